@@ -1,0 +1,65 @@
+# medguard — the two commands a newcomer needs are `make demo` and `make test`; both install first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+UV_VERSION := 0.13.9
+STAMP := $(VENV)/.installed-stamp
+
+# All local state stays under the project's working directory, never in ~.
+export MEDGUARD_HOME ?= $(CURDIR)/.medguard
+export AIRFLOW_HOME ?= $(MEDGUARD_HOME)/airflow
+export GX_ANALYTICS_ENABLED := False
+export SPARK_LOCAL_IP ?= 127.0.0.1
+
+.PHONY: help install java demo test bench lint lock clean
+
+help:
+	@echo "make demo   install everything and run the end-to-end job on embedded defaults"
+	@echo "make test   install everything and run the test suite"
+	@echo "make bench  run the benchmarks (prints one line per figure)"
+	@echo "make lint   ruff"
+	@echo "make lock   re-resolve requirements.in into requirements.lock"
+
+install: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@$(MAKE) --no-print-directory java
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -x $(UV) || $(PY) -m pip install --quiet "uv==$(UV_VERSION)"
+	$(UV) pip install --python $(PY) --require-hashes -r requirements.lock
+	$(UV) pip install --python $(PY) --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+# Spark 4 needs Java 17 or newer.
+java:
+	@major=$$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1); \
+	if [ -n "$$major" ] && [ "$$major" -ge 17 ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing a Java 17 runtime (openjdk-17-jre-headless) for Spark"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless; \
+	else \
+		echo "medguard needs Java 17+ for Spark and found '$${major:-none}': install openjdk-17-jre-headless (or any JDK 17+) and put java on PATH" >&2; \
+		exit 1; \
+	fi
+
+demo: install
+	$(VENV)/bin/medguard demo
+
+test: install
+	$(PY) -m pytest
+
+bench: install
+	$(PY) bench/run.py
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+lock:
+	$(UV) pip compile requirements.in --python-version 3.11 --generate-hashes -q -o requirements.lock
+
+clean:
+	rm -rf $(VENV) .medguard .pytest_cache

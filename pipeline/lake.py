@@ -1,0 +1,265 @@
+"""The Delta lake adapter: every read and write of a zone's table goes through :class:`Lake`.
+
+Tables live at ``<lake root>/<zone>/<table>``. delta-rs is the engine by default; with ``lake_engine=spark``
+reads and writes go through delta-spark (and start-up fails if Delta's jars are missing). Every commit carries
+who and why (:class:`CommitInfo`) in its metadata. Destructive operations are explicit and keyword-only.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import pandas as pd
+import pyarrow as pa
+
+from pipeline._arrow import is_spark_dataframe, to_arrow
+from pipeline._delta_rs import DeltaRsEngine
+from pipeline.errors import StorageError
+from pipeline.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+
+class Zone(StrEnum):
+    """The lake's zones (see DESIGN.md "Lake zones")."""
+
+    RAW = "raw"
+    QUARANTINE = "quarantine"
+    CURATED = "curated"
+    DEIDENTIFIED = "deidentified"
+    PREDICTIONS = "predictions"
+    AUDIT = "audit"
+
+
+_TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+
+@dataclass(frozen=True)
+class CommitInfo:
+    """Who wrote a commit and why; stored in the Delta commit's metadata."""
+
+    principal: str = field(default_factory=lambda: f"os:{getpass.getuser()}")
+    purpose: str = "unspecified"
+    dag_run: str | None = None
+    batch_id: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def metadata(self, operation: str) -> dict[str, str]:
+        meta = {f"medguard.{k}": str(v) for k, v in asdict(self).items() if v is not None and k != "extra"}
+        meta.update({f"medguard.{k}": v for k, v in self.extra.items()})
+        meta["medguard.operation"] = operation
+        return meta
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    """Rows a merge inserted and updated, and the table version it produced."""
+
+    inserted: int
+    updated: int
+    version: int
+
+
+class _Engine(Protocol):
+    name: str
+
+    def exists(self, uri: str) -> bool: ...
+    def write(self, uri: str, data: Any, *, mode: str, metadata: dict[str, str], predicate: str | None = ...,
+              evolve_schema: bool = ...) -> int: ...
+    def merge(self, uri: str, data: Any, *, keys: list[str], metadata: dict[str, str]) -> dict[str, int]: ...
+    def delete(self, uri: str, *, where: str, metadata: dict[str, str]) -> int: ...
+    def read(self, uri: str, *, version: int | None = ..., columns: list[str] | None = ...,
+             where: str | None = ...) -> pa.Table: ...
+    def version(self, uri: str) -> int: ...
+    def history(self, uri: str, limit: int | None = ...) -> list[dict[str, Any]]: ...
+    def snapshot_files(self, uri: str, version: int | None = ...) -> list[str]: ...
+    def schema(self, uri: str) -> pa.Schema: ...
+    def vacuum(self, uri: str, *, retention_hours: int, dry_run: bool, metadata: dict[str, str]) -> list[str]: ...
+
+
+class Lake:
+    """The zones and tables of one lake root, read and written through one Delta engine.
+
+    Args:
+        settings: defaults to the process settings.
+
+    Raises:
+        EngineUnavailableError: the Spark engine is selected and Delta's jars are not on Spark's classpath.
+    """
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or get_settings()
+        self.root = str(self.settings.lake_root).rstrip("/")
+        self._engine: _Engine
+        if self.settings.lake_engine == "spark":
+            from pipeline._delta_spark import DeltaSparkEngine
+            from pipeline.spark import get_spark
+
+            self._engine = DeltaSparkEngine(get_spark(self.settings))
+        else:
+            self._engine = DeltaRsEngine()
+
+    def __repr__(self) -> str:
+        return f"Lake(root={self.root!r}, engine={self.engine!r})"
+
+    @property
+    def engine(self) -> str:
+        """The name of the Delta engine in use: ``delta-rs`` or ``spark``."""
+        return self._engine.name
+
+    def uri(self, zone: Zone | str, table: str) -> str:
+        """Where a table lives.
+
+        Raises:
+            ValueError: unknown zone, or a table name that is not lower_snake_case (no paths, no dots).
+        """
+        zone = Zone(zone)
+        if not _TABLE_NAME.match(table):
+            raise ValueError(f"table name {table!r} must be lower_snake_case: [a-z][a-z0-9_]*, at most 63 chars")
+        return f"{self.root}/{zone.value}/{table}"
+
+    def exists(self, zone: Zone | str, table: str) -> bool:
+        """True when the table has been written at least once."""
+        return self._engine.exists(self.uri(zone, table))
+
+    def tables(self, zone: Zone | str) -> list[str]:
+        """Names of the tables in a zone of a local lake, sorted."""
+        base = Path(self.uri(zone, "x")).parent
+        if not self.settings.lake_is_local or not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if (p / "_delta_log").is_dir())
+
+    # writes ------------------------------------------------------------------------------------------
+
+    def append(self, zone: Zone | str, table: str, data: Any, *, commit: CommitInfo | None = None,
+               evolve_schema: bool = False) -> int:
+        """Append rows, creating the table if needed; returns the new table version.
+
+        Args:
+            data: a pyarrow Table/RecordBatch/RecordBatchReader, a pandas or Spark DataFrame, or a list of dicts.
+            evolve_schema: allow new columns (existing rows read them as null).
+        """
+        return self._write(zone, table, data, mode="append", commit=commit, evolve_schema=evolve_schema)
+
+    def overwrite(self, zone: Zone | str, table: str, data: Any, *, commit: CommitInfo | None = None,
+                  where: str | None = None, evolve_schema: bool = False) -> int:
+        """Replace the table's rows (or only those matching ``where``); earlier versions stay readable."""
+        return self._write(zone, table, data, mode="overwrite", commit=commit, evolve_schema=evolve_schema,
+                           predicate=where)
+
+    def merge(self, zone: Zone | str, table: str, data: Any, *, keys: list[str] | tuple[str, ...],
+              commit: CommitInfo | None = None) -> MergeResult:
+        """Upsert on ``keys``: rows whose keys exist are updated, the rest inserted.
+
+        The table is created from ``data`` when it does not exist yet. Keys must be unique within ``data``.
+
+        Raises:
+            StorageError: the merge failed, or ``data`` holds the same key twice.
+        """
+        if not keys:
+            raise ValueError("merge needs at least one key column")
+        uri = self.uri(zone, table)
+        arrow = self._materialise(data)
+        missing = [k for k in keys if k not in arrow.column_names]
+        if missing:
+            raise ValueError(f"merge keys {missing} are not columns of the data for {zone}/{table}")
+        duplicated = arrow.group_by(list(keys)).aggregate([([], "count_all")]).filter(
+            pa.compute.field("count_all") > 1)
+        if duplicated.num_rows:
+            raise StorageError(f"merge into {zone}/{table}: {duplicated.num_rows} key(s) appear more than once "
+                               f"in the data, e.g. {duplicated.slice(0, 1).to_pylist()[0]}")
+        info = commit or CommitInfo()
+        if not self._engine.exists(uri):
+            version = self._engine.write(uri, arrow, mode="append", metadata=info.metadata("merge"))
+            return MergeResult(inserted=arrow.num_rows, updated=0, version=version)
+        counts = self._engine.merge(uri, arrow, keys=list(keys), metadata=info.metadata("merge"))
+        return MergeResult(inserted=counts["inserted"], updated=counts["updated"], version=self.version(zone, table))
+
+    def delete(self, zone: Zone | str, table: str, *, where: str, commit: CommitInfo | None = None) -> int:
+        """Delete the rows matching the SQL predicate ``where``; returns how many were deleted."""
+        if not where.strip():
+            raise ValueError("delete needs a predicate; use overwrite to empty a table")
+        info = commit or CommitInfo()
+        return self._engine.delete(self.uri(zone, table), where=where, metadata=info.metadata("delete"))
+
+    def vacuum(self, zone: Zone | str, table: str, *, retention_hours: int = 168, dry_run: bool = True,
+               commit: CommitInfo | None = None) -> list[str]:
+        """Remove files no longer referenced by versions newer than the retention; a dry run by default.
+
+        Vacuuming makes versions older than the retention unreadable (time travel ends there).
+        """
+        if retention_hours < 0:
+            raise ValueError("retention_hours must be >= 0")
+        info = commit or CommitInfo()
+        return self._engine.vacuum(self.uri(zone, table), retention_hours=retention_hours, dry_run=dry_run,
+                                   metadata=info.metadata("vacuum"))
+
+    # reads -------------------------------------------------------------------------------------------
+
+    def read_arrow(self, zone: Zone | str, table: str, *, version: int | None = None,
+                   columns: list[str] | None = None, where: str | None = None) -> pa.Table:
+        """Read the table (or a past ``version`` of it) as an Arrow table."""
+        return self._engine.read(self.uri(zone, table), version=version, columns=columns, where=where)
+
+    def read_pandas(self, zone: Zone | str, table: str, *, version: int | None = None,
+                    columns: list[str] | None = None, where: str | None = None) -> pd.DataFrame:
+        """Read the table (or a past ``version`` of it) as a pandas DataFrame."""
+        return self.read_arrow(zone, table, version=version, columns=columns, where=where).to_pandas()
+
+    def read_spark(self, zone: Zone | str, table: str, *, version: int | None = None) -> DataFrame:
+        """Read the table (or a past ``version``) as a Spark DataFrame.
+
+        With the Spark engine this is a Delta read. With delta-rs, Spark reads the Parquet files of the
+        requested snapshot as listed by the Delta log (the same rows, no Delta jars needed).
+        """
+        from pipeline.spark import get_spark
+
+        uri = self.uri(zone, table)
+        if self.engine == "spark":
+            return self._engine.read_frame(uri, version=version)  # type: ignore[attr-defined]
+        spark = get_spark(self.settings)
+        schema = self._engine.schema(uri)
+        files = self._engine.snapshot_files(uri, version)
+        spark_schema = spark.createDataFrame(schema.empty_table()).schema
+        if not files:
+            return spark.createDataFrame([], spark_schema)
+        return spark.read.schema(spark_schema).parquet(*files)
+
+    def version(self, zone: Zone | str, table: str) -> int:
+        """The table's current version number."""
+        return self._engine.version(self.uri(zone, table))
+
+    def history(self, zone: Zone | str, table: str, *, limit: int | None = None) -> list[dict[str, Any]]:
+        """Commits, newest first, each with its version, operation and medguard who/why metadata."""
+        entries = self._engine.history(self.uri(zone, table), limit)
+        for entry in entries:
+            user = entry.pop("userMetadata", None)
+            if user:
+                entry.update(json.loads(user))
+        return entries
+
+    # helpers -----------------------------------------------------------------------------------------
+
+    def _materialise(self, data: Any) -> Any:
+        if self.engine == "spark" and is_spark_dataframe(data):
+            return data
+        arrow = to_arrow(data)
+        return arrow.read_all() if isinstance(arrow, pa.RecordBatchReader) else arrow
+
+    def _write(self, zone: Zone | str, table: str, data: Any, *, mode: str, commit: CommitInfo | None,
+               evolve_schema: bool, predicate: str | None = None) -> int:
+        uri = self.uri(zone, table)
+        if self.settings.lake_is_local:
+            os.makedirs(uri, exist_ok=True)
+        payload = data if (self.engine == "spark" and is_spark_dataframe(data)) else to_arrow(data)
+        info = commit or CommitInfo()
+        return self._engine.write(uri, payload, mode=mode, metadata=info.metadata(mode), predicate=predicate,
+                                  evolve_schema=evolve_schema)

@@ -1,0 +1,206 @@
+"""The one settings object of medguard, read from ``MEDGUARD_*`` variables and an optional YAML file.
+
+Precedence, highest first: values passed in code, ``MEDGUARD_*`` environment variables (nested fields use
+``__``, e.g. ``MEDGUARD_SPARK__MASTER``), the YAML file named by ``--config`` or ``MEDGUARD_CONFIG``, defaults.
+Invalid settings raise :class:`~pipeline.errors.SettingsError` at load time, naming the setting.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import ValidationError as PydanticValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from pipeline.errors import SettingsError
+
+ENV_PREFIX = "MEDGUARD_"
+CONFIG_ENV = "MEDGUARD_CONFIG"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SparkSettings(_Section):
+    """Where Spark runs and how it is configured."""
+
+    master: str = "local[*]"
+    app_name: str = "medguard"
+    ui_enabled: bool = True
+    driver_memory: str = "2g"
+    conf: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("master")
+    @classmethod
+    def _known_master(cls, value: str) -> str:
+        if not value.startswith(("local", "spark://", "yarn", "k8s://", "mesos://", "sc://")):
+            raise ValueError("expected local[*], local[N], spark://HOST:PORT, yarn, k8s://URL or sc://HOST")
+        return value
+
+
+class VaultSettings(_Section):
+    """How to reach Vault (or OpenBao) Transit. An empty ``addr`` means the local OpenBao of ``vault up``."""
+
+    addr: str | None = None
+    auth_method: Literal["token", "approle"] = "token"
+    token: SecretStr | None = None
+    role_id: str | None = None
+    secret_id: SecretStr | None = None
+    namespace: str | None = None
+    transit_mount: str = "transit"
+    kek_name: str = "medguard-kek"
+    verify_tls: bool = True
+    ca_cert: Path | None = None
+    timeout_seconds: float = Field(default=10.0, gt=0)
+
+    @field_validator("addr")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _approle_complete(self) -> VaultSettings:
+        if self.auth_method == "approle" and self.addr and not self.role_id:
+            raise ValueError("auth_method 'approle' needs vault.role_id (MEDGUARD_VAULT__ROLE_ID)")
+        return self
+
+
+class KeyringSettings(_Section):
+    """The local keyring file, for machines with no Vault at all. The master secret is never in code."""
+
+    path: Path | None = None
+    master_key_env: str = "MEDGUARD_KEYRING_MASTER_KEY"
+    master_key_file: Path | None = None
+
+
+class Settings(BaseSettings):
+    """Every knob of medguard. Build it with :func:`load_settings` so errors are reported uniformly."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    home: Path = Path(".medguard")
+    lake_root: str | None = None
+    lake_engine: Literal["delta-rs", "spark"] = "delta-rs"
+    spark: SparkSettings = Field(default_factory=SparkSettings)
+    key_provider: Literal["vault", "keyring"] = "vault"
+    vault: VaultSettings = Field(default_factory=VaultSettings)
+    keyring: KeyringSettings = Field(default_factory=KeyringSettings)
+    airflow_home: Path | None = None
+    k_anonymity: int = Field(default=5, ge=2, le=1000)
+    l_diversity: int = Field(default=2, ge=1, le=100)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config = os.environ.get(CONFIG_ENV)
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if config:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config))
+        return tuple(sources)
+
+    @model_validator(mode="after")
+    def _absolute_paths(self) -> Settings:
+        # Resolve once so that a later chdir (Spark, Airflow) cannot move the lake.
+        home = self.home.expanduser().resolve()
+        object.__setattr__(self, "home", home)
+        if self.lake_root is None:
+            object.__setattr__(self, "lake_root", str(home / "lake"))
+        elif "://" not in self.lake_root:
+            object.__setattr__(self, "lake_root", str(Path(self.lake_root).expanduser().resolve()))
+        if self.airflow_home is None:
+            object.__setattr__(self, "airflow_home", home / "airflow")
+        if self.keyring.path is None:
+            keyring = self.keyring.model_copy(update={"path": home / "keyring.json"})
+            object.__setattr__(self, "keyring", keyring)
+        return self
+
+    @property
+    def lake_is_local(self) -> bool:
+        """True when the lake root is a directory on this machine rather than an object-store URI."""
+        return "://" not in str(self.lake_root) or str(self.lake_root).startswith("file://")
+
+
+def _setting_name(loc: tuple[Any, ...]) -> str:
+    dotted = ".".join(str(part) for part in loc if not isinstance(part, int))
+    env = ENV_PREFIX + "__".join(str(part).upper() for part in loc if not isinstance(part, int))
+    return f"{dotted} ({env})" if dotted else "settings"
+
+
+def _reject_unknown_env(environ: Mapping[str, str]) -> None:
+    # A typo such as MEDGUARD_K_ANONIMITY would otherwise be ignored and the default silently used.
+    known = {name.upper() for name in Settings.model_fields} | {"CONFIG", "KEYRING_MASTER_KEY"}
+    for name in environ:
+        if name.startswith(ENV_PREFIX):
+            field = name[len(ENV_PREFIX) :].split("__", 1)[0]
+            if field not in known:
+                raise SettingsError(f"unknown setting {name}: no medguard setting is called {field.lower()!r}")
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Read settings from the environment and an optional YAML file.
+
+    Args:
+        config_file: a YAML file; when omitted, ``MEDGUARD_CONFIG`` is used if set.
+        **overrides: values that win over every other source (tests, CLI flags).
+
+    Raises:
+        SettingsError: a setting is invalid or unknown, or the YAML file is unreadable; the message names it.
+    """
+    _reject_unknown_env(os.environ)
+    previous = os.environ.get(CONFIG_ENV)
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise SettingsError(f"config file {path} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise SettingsError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise SettingsError(f"config file {path} must hold a mapping of settings, not {type(loaded).__name__}")
+        os.environ[CONFIG_ENV] = str(path)
+    try:
+        return Settings(**overrides)
+    except PydanticValidationError as exc:
+        problems = "; ".join(f"{_setting_name(err['loc'])}: {err['msg']}" for err in exc.errors())
+        raise SettingsError(f"invalid setting {problems}") from exc
+    except (OSError, yaml.YAMLError) as exc:
+        raise SettingsError(f"cannot read settings: {exc}") from exc
+    finally:
+        if config_file is not None:
+            if previous is None:
+                os.environ.pop(CONFIG_ENV, None)
+            else:
+                os.environ[CONFIG_ENV] = previous
+
+
+@cache
+def get_settings() -> Settings:
+    """The process-wide settings, loaded once (call ``get_settings.cache_clear()`` after changing env)."""
+    return load_settings()

@@ -1,0 +1,98 @@
+"""The Spark session factory: one session per process, configured from settings, workers on this Python.
+
+Workers must run the interpreter that runs the driver (xgboost.spark and pandas UDFs import the project's
+packages in the workers), so ``PYSPARK_PYTHON`` and ``PYSPARK_DRIVER_PYTHON`` are pinned to ``sys.executable``.
+When settings select the Spark lake engine, the session is built with Delta's extensions and checked for
+Delta's jars at once: a missing jar fails here, at start-up, never halfway through a job.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from typing import TYPE_CHECKING
+
+from pipeline.errors import EngineUnavailableError
+from pipeline.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
+DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+DELTA_JARS_HELP = (
+    "Delta Lake's jars are not on Spark's classpath, so the 'spark' lake engine cannot run. Add them with "
+    "MEDGUARD_SPARK__CONF='{\"spark.jars\": \"/path/delta-spark_2.13-4.0.0.jar,/path/delta-storage-4.0.0.jar\"}' "
+    "(or spark.jars.packages=io.delta:delta-spark_2.13:4.0.0 where Maven is reachable, or put them in "
+    "$SPARK_HOME/jars on the cluster), or use the embedded engine with MEDGUARD_LAKE_ENGINE=delta-rs"
+)
+
+_lock = threading.Lock()
+_session: SparkSession | None = None
+
+
+def _builder_conf(settings: Settings) -> dict[str, str]:
+    conf = {
+        "spark.master": settings.spark.master,
+        "spark.app.name": settings.spark.app_name,
+        "spark.ui.enabled": str(settings.spark.ui_enabled).lower(),
+        "spark.driver.memory": settings.spark.driver_memory,
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.execution.arrow.pyspark.fallback.enabled": "false",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.shuffle.partitions": "8",
+        "spark.sql.warehouse.dir": str(settings.home / "spark-warehouse"),
+        "spark.driver.extraJavaOptions": f"-Dderby.system.home={settings.home / 'derby'}",
+    }
+    if settings.lake_engine == "spark":
+        conf["spark.sql.extensions"] = DELTA_EXTENSION
+        conf["spark.sql.catalog.spark_catalog"] = DELTA_CATALOG
+    conf.update(settings.spark.conf)
+    return conf
+
+
+def delta_jars_present(spark: SparkSession) -> bool:
+    """True when Delta Lake's Spark classes can be loaded by this session's JVM."""
+    try:
+        spark._jvm.java.lang.Class.forName(DELTA_EXTENSION)  # type: ignore[union-attr]
+    except Exception:  # py4j reports ClassNotFoundException as a generic Py4JJavaError
+        return False
+    return True
+
+
+def get_spark(settings: Settings | None = None) -> SparkSession:
+    """Return this process's Spark session, creating it on first use.
+
+    Raises:
+        EngineUnavailableError: settings select the Spark lake engine but Delta's jars are missing.
+    """
+    global _session
+    settings = settings or get_settings()
+    with _lock:
+        if _session is not None and _session._sc._jsc is not None:  # type: ignore[attr-defined]
+            return _session
+        os.environ["PYSPARK_PYTHON"] = sys.executable
+        os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+        settings.home.mkdir(parents=True, exist_ok=True)
+        from pyspark.sql import SparkSession
+
+        builder = SparkSession.builder
+        for key, value in _builder_conf(settings).items():
+            builder = builder.config(key, value)
+        session = builder.getOrCreate()
+        session.sparkContext.setLogLevel("ERROR")
+        if settings.lake_engine == "spark" and not delta_jars_present(session):
+            session.stop()
+            raise EngineUnavailableError(DELTA_JARS_HELP)
+        _session = session
+        return session
+
+
+def stop_spark() -> None:
+    """Stop this process's Spark session, if one is running."""
+    global _session
+    with _lock:
+        if _session is not None:
+            _session.stop()
+            _session = None
