@@ -1,3 +1,131 @@
-"""placeholder"""
-def main():
-    pass
+"""The ``medguard`` command line: one Typer app, a sub-command per layer, ``--json`` everywhere.
+
+Failures exit non-zero with a one-line reason on stderr; ``--json`` prints a machine-readable result on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from pipeline.errors import MedguardError
+from pipeline.settings import Settings, get_settings, load_settings
+
+app = typer.Typer(
+    name="medguard",
+    help="A secure big-data pipeline for healthcare data. Settings come from MEDGUARD_* variables or --config.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+_out = Console()
+_err = Console(stderr=True)
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")]
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Option("--config", help="YAML settings file.", exists=False)] = None,
+) -> None:
+    """Load settings once, before any command runs, so invalid settings fail at start-up."""
+    ctx.obj = load_settings(config) if config else get_settings()
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    root = ctx.find_root()
+    return root.obj if isinstance(root.obj, Settings) else get_settings()
+
+
+@contextmanager
+def _progress(label: str, total: int, enabled: bool) -> Iterator[Callable[[int], None]]:
+    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=_err,
+                  disable=not enabled, transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda done: bar.advance(task, done)
+
+
+def _emit(result: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any]], None]) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
+    else:
+        render(result)
+
+
+def _render_generation(summary: dict[str, Any]) -> None:
+    table = Table(title=f"{summary['patients']:,} patients (seed {summary['seed']}) → {summary['out_dir']}")
+    table.add_column("output")
+    table.add_column("count", justify="right")
+    for name, count in summary["rows"].items():
+        table.add_row(f"{name} rows", f"{count:,}")
+    for key in ("notes", "fhir_bundles", "hl7_messages"):
+        if summary[key]:
+            table.add_row(key.replace("_", " "), f"{summary[key]:,}")
+    labelled = summary["label_positive"] + summary["label_negative"]
+    if labelled:
+        table.add_row("new T2D within 1y (label)", f"{summary['label_positive']:,} of {labelled:,} "
+                      f"({summary['label_positive'] / labelled:.1%})")
+    table.add_row("prevalent T2D (no label)", f"{summary['prevalent_t2d']:,}")
+    for kind, count in summary["defects"].items():
+        table.add_row(f"defect: {kind}", f"{count:,}")
+    _out.print(table)
+
+
+@app.command()
+def generate(
+    out: Annotated[Path, typer.Option("--out", help="Directory for the source extracts.")],
+    patients: Annotated[int, typer.Option("--patients", min=1, help="How many patients.")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Same seed, byte-identical output.")] = 42,
+    formats: Annotated[str, typer.Option("--formats", help="Comma-separated: csv,parquet,jsonl,fhir,hl7,notes")]
+    = "csv,parquet,jsonl,fhir,hl7,notes",
+    defect_rate: Annotated[float, typer.Option("--defect-rate", min=0.0, max=0.5,
+                                               help="Fraction of records given a realistic fault.")] = 0.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Generate a synthetic, seeded EHR population as source extracts (CSV, Parquet, JSON lines, FHIR, HL7, notes)."""
+    from pipeline.synthetic import generate as run
+
+    with _progress("generating patients", patients, enabled=not as_json and sys.stderr.isatty()) as advance:
+        summary = run(out, patients=patients, seed=seed, formats=formats.split(","), defect_rate=defect_rate,
+                      progress=advance)
+    _emit(summary.to_dict(), as_json, _render_generation)
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    patients: Annotated[int, typer.Option("--patients", min=1, help="Size of the demo population.")] = 2000,
+    seed: Annotated[int, typer.Option("--seed", min=0)] = 42,
+    as_json: JsonOption = False,
+) -> None:
+    """Run the whole chain end to end on the embedded defaults (what `make demo` runs)."""
+    from pipeline.demo import run_demo
+
+    settings = _settings(ctx)
+    with _progress("demo: generating patients", patients, enabled=not as_json and sys.stderr.isatty()) as advance:
+        report = run_demo(patients=patients, seed=seed, settings=settings, progress=advance)
+
+    def render(result: dict[str, Any]) -> None:
+        _out.print(f"[bold]medguard demo[/bold] — home {settings.home}")
+        _render_generation(result["generate"])
+
+    _emit(report.to_dict(), as_json, render)
+
+
+def main() -> None:
+    """Console-script entry point: turn every expected failure into one line on stderr and a non-zero exit."""
+    try:
+        app()  # usage errors are reported by Typer itself, with exit status 2
+    except (MedguardError, ValueError, OSError) as exc:
+        sys.stderr.write(f"medguard: error: {exc}\n")
+        sys.exit(1)

@@ -37,3 +37,7 @@ class ValidationError(MedguardError):
 
 class ModelIntegrityError(MedguardError):
     """Raised by analytics when a model artifact or its signature does not verify."""
+
+
+class OrchestrationError(MedguardError):
+    """Raised by ``pipeline.orchestration`` when Airflow cannot be set up or a DAG run does not succeed."""
