@@ -20,12 +20,12 @@ from pipeline.errors import StorageError
 # Appends never conflict logically, but on a busy table a writer can lose the race for the next version
 # number many times in a row; delta-rs retries the commit itself up to this many times.
 _COMMIT_RETRIES = 100
-# Two writers creating the same new table race for version 0; the loser retries as an append.
+# Two writers creating the same new table race for version 0; the loser retries against the winner's table.
 _CREATE_ATTEMPTS = 5
 
 
-def _props(metadata: dict[str, str]) -> CommitProperties:
-    return CommitProperties(custom_metadata=metadata, max_commit_retries=_COMMIT_RETRIES)
+def _props(metadata: dict[str, str], retries: int = _COMMIT_RETRIES) -> CommitProperties:
+    return CommitProperties(custom_metadata=metadata, max_commit_retries=retries)
 
 
 def _quote(name: str) -> str:
@@ -62,32 +62,47 @@ class DeltaRsEngine:
         if mode == "overwrite" and evolve_schema:
             schema_mode = "overwrite"
         for attempt in range(_CREATE_ATTEMPTS):
+            table = self._table(uri) if self.exists(uri) else None
             try:
+                if table is None:
+                    # Creating: mode "error" makes the loser of a race for version 0 fail (and retry below
+                    # against the winner's table) rather than commit at a version it cannot know.
+                    write_deltalake(
+                        uri,
+                        data,
+                        mode="error",
+                        predicate=predicate if mode == "overwrite" else None,
+                        commit_properties=_props(metadata, retries=0),
+                    )
+                    return 0
+                # Writing through the DeltaTable leaves it at the version this commit produced, which
+                # re-reading the table would not report when other writers commit concurrently.
                 write_deltalake(
-                    uri,
+                    table,
                     data,
                     mode=mode,  # type: ignore[arg-type]
                     predicate=predicate,
                     schema_mode=schema_mode,  # type: ignore[arg-type]
                     commit_properties=_props(metadata),
                 )
-                return self._table(uri).version()
-            except CommitFailedError as exc:
-                # Only a race to create the table (version 0) is worth another try at this level.
-                if attempt == _CREATE_ATTEMPTS - 1 or isinstance(data, pa.RecordBatchReader):
-                    raise StorageError(f"commit to {uri} failed: {exc}") from exc
-                time.sleep(0.05 * (attempt + 1))
+                return table.version()
             except DeltaError as exc:
-                raise StorageError(f"write ({mode}) to {uri} failed: {exc}") from exc
+                # Only a lost race to create the table is worth another try at this level; a stream that
+                # has been read cannot be written again.
+                lost_race = table is None and (isinstance(exc, CommitFailedError) or self.exists(uri))
+                if not lost_race or attempt == _CREATE_ATTEMPTS - 1 or isinstance(data, pa.RecordBatchReader):
+                    raise StorageError(f"write ({mode}) to {uri} failed: {exc}") from exc
+                time.sleep(0.05 * (attempt + 1))
             except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError) as exc:
                 raise StorageError(f"write ({mode}) to {uri} failed: {exc}") from exc
         raise AssertionError("unreachable")
 
     def merge(self, uri: str, data: pa.Table, *, keys: list[str], metadata: dict[str, str]) -> dict[str, int]:
         on = " AND ".join(f"t.{_quote(k)} = s.{_quote(k)}" for k in keys)
+        table = self._table(uri)
         try:
             metrics = (
-                self._table(uri)
+                table
                 .merge(data, predicate=on, source_alias="s", target_alias="t", commit_properties=_props(metadata))
                 .when_matched_update_all()
                 .when_not_matched_insert_all()
@@ -98,13 +113,14 @@ class DeltaRsEngine:
         return {
             "inserted": int(metrics.get("num_target_rows_inserted", 0)),
             "updated": int(metrics.get("num_target_rows_updated", 0)),
+            "version": table.version(),  # the merge's own commit, even when others commit concurrently
         }
 
     def delete(self, uri: str, *, where: str, metadata: dict[str, str]) -> int:
         try:
             metrics = self._table(uri).delete(where, commit_properties=_props(metadata))
         except DeltaError as exc:
-            raise StorageError(f"delete from {uri} where {where!r} failed: {exc}") from exc
+            raise StorageError(f"delete in {uri} (predicate {where!r}) failed: {exc}") from exc
         return int(metrics.get("num_deleted_rows", 0))
 
     def read(
@@ -140,7 +156,7 @@ class DeltaRsEngine:
         return self._table(uri, version).file_uris()
 
     def schema(self, uri: str) -> pa.Schema:
-        return pa.schema([pa.field(f.name, f.type, f.nullable) for f in pa.schema(self._table(uri).schema().to_arrow())])
+        return pa.schema(self._table(uri).schema().to_arrow())
 
     def vacuum(self, uri: str, *, retention_hours: int, dry_run: bool, metadata: dict[str, str]) -> list[str]:
         try:

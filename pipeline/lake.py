@@ -181,7 +181,7 @@ class Lake:
             version = self._engine.write(uri, arrow, mode="append", metadata=info.metadata("merge"))
             return MergeResult(inserted=arrow.num_rows, updated=0, version=version)
         counts = self._engine.merge(uri, arrow, keys=list(keys), metadata=info.metadata("merge"))
-        return MergeResult(inserted=counts["inserted"], updated=counts["updated"], version=self.version(zone, table))
+        return MergeResult(inserted=counts["inserted"], updated=counts["updated"], version=counts["version"])
 
     def delete(self, zone: Zone | str, table: str, *, where: str, commit: CommitInfo | None = None) -> int:
         """Delete the rows matching the SQL predicate ``where``; returns how many were deleted."""

@@ -22,6 +22,7 @@ from pydantic_settings import (
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+from pydantic_settings import SettingsError as PydanticSettingsError
 
 from pipeline.errors import SettingsError
 
@@ -162,6 +163,19 @@ def _reject_unknown_env(environ: Mapping[str, str]) -> None:
                 raise SettingsError(f"unknown setting {name}: no medguard setting is called {field.lower()!r}")
 
 
+def _check_config_file(path: Path, source: str) -> None:
+    if not path.is_file():
+        raise SettingsError(f"config file {path} (from {source}) does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise SettingsError(f"config file {path} (from {source}) is not readable YAML: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise SettingsError(
+            f"config file {path} (from {source}) must hold a mapping of settings, not {type(loaded).__name__}"
+        )
+
+
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
     """Read settings from the environment and an optional YAML file.
 
@@ -175,22 +189,18 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     _reject_unknown_env(os.environ)
     previous = os.environ.get(CONFIG_ENV)
     if config_file is not None:
-        path = Path(config_file)
-        if not path.is_file():
-            raise SettingsError(f"config file {path} does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise SettingsError(f"config file {path} is not valid YAML: {exc}") from exc
-        if not isinstance(loaded, dict):
-            raise SettingsError(f"config file {path} must hold a mapping of settings, not {type(loaded).__name__}")
-        os.environ[CONFIG_ENV] = str(path)
+        _check_config_file(Path(config_file), "--config")
+        os.environ[CONFIG_ENV] = str(config_file)
+    elif previous:
+        # pydantic-settings would silently skip a missing file; a typo in the path must not mean defaults.
+        _check_config_file(Path(previous), CONFIG_ENV)
     try:
         return Settings(**overrides)
     except PydanticValidationError as exc:
         problems = "; ".join(f"{_setting_name(err['loc'])}: {err['msg']}" for err in exc.errors())
         raise SettingsError(f"invalid setting {problems}") from exc
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, yaml.YAMLError, PydanticSettingsError) as exc:
+        # PydanticSettingsError: a value that is not valid JSON for a nested setting, naming the field.
         raise SettingsError(f"cannot read settings: {exc}") from exc
     finally:
         if config_file is not None:

@@ -71,6 +71,10 @@ def get_spark(settings: Settings | None = None) -> SparkSession:
     settings = settings or get_settings()
     with _lock:
         if _session is not None and _session._sc._jsc is not None:  # type: ignore[attr-defined]
+            # The running session may have been started for the delta-rs engine: check the jars on every
+            # request for the Spark engine, and leave the session running for its other users.
+            if settings.lake_engine == "spark" and not delta_jars_present(_session):
+                raise EngineUnavailableError(DELTA_JARS_HELP)
             return _session
         os.environ["PYSPARK_PYTHON"] = sys.executable
         os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable

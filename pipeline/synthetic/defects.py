@@ -125,7 +125,7 @@ def inject_fhir(bundles: list[dict[str, Any]], first_line: int, rate: float,
     """Serialise bundles to JSON lines, corrupting about ``rate`` of them."""
     lines: list[str] = []
     manifest: list[dict[str, Any]] = []
-    for i, bundle in enumerate(bundles):
+    for _i, bundle in enumerate(bundles):
         line = json.dumps(bundle, separators=(",", ":"))
         if rate <= 0 or rng.random() >= rate:
             lines.append(line)

@@ -10,7 +10,6 @@ from typing import Any
 
 import pandas as pd
 
-
 SENDING_APP = "MEDGUARD-SYN"
 VERSION = "2.5.1"
 _ESCAPES = (("\\", "\\E\\"), ("|", "\\F\\"), ("^", "\\S\\"), ("&", "\\T\\"), ("~", "\\R\\"))

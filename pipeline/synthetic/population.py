@@ -22,8 +22,8 @@ import pandas as pd
 from pipeline.synthetic.reference import (
     BACKGROUND_CONDITIONS,
     CONDITIONS,
-    ENCOUNTER_TYPES,
     EMAIL_DOMAINS,
+    ENCOUNTER_TYPES,
     FACILITIES,
     INDEX_DATE,
     INSURERS,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -35,7 +36,7 @@ def test_when_notes_generated_then_every_span_covers_exactly_its_phi(clean: Path
         text, spans = note["text"], note["spans"]
         person = patients.loc[note["patient_id"]]
         assert spans == sorted(spans, key=lambda s: s["start"])
-        for a, b in zip(spans, spans[1:], strict=False):
+        for a, b in itertools.pairwise(spans):
             assert a["end"] <= b["start"], "spans overlap"
         covered = {text[s["start"]:s["end"]]: s["label"] for s in spans}
         assert all(label in PHI_LABELS for label in covered.values())
