@@ -1,0 +1,72 @@
+"""The medguard command line: --help everywhere, --json results, one-line errors with a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+MEDGUARD = str(Path(sys.executable).with_name("medguard"))
+
+
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([MEDGUARD, *args], capture_output=True, text=True, timeout=300, env=env, check=False)
+
+
+@pytest.mark.parametrize("command", [[], ["generate"], ["demo"]])
+def test_when_help_requested_then_every_command_describes_itself(command: list[str]) -> None:
+    done = _run(*command, "--help")
+    assert done.returncode == 0
+    assert "Usage" in done.stdout
+
+
+def test_when_generate_with_json_then_stdout_is_the_summary(tmp_path: Path) -> None:
+    done = _run("generate", "--out", str(tmp_path / "p"), "--patients", "25", "--seed", "2",
+                "--formats", "csv,notes", "--defect-rate", "0.1", "--json")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["patients"] == 25
+    assert summary["notes"] >= 25
+    assert (tmp_path / "p" / "patients.csv").is_file()
+    assert summary["defects"]
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (["--formats", "xml"], "unknown format"),
+        (["--defect-rate", "0.3", "--formats", ""], "unknown format"),
+    ],
+)
+def test_when_generate_fails_then_one_line_reason_on_stderr(tmp_path: Path, args: list[str], reason: str) -> None:
+    done = _run("generate", "--out", str(tmp_path / "p"), "--patients", "3", *args)
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and reason in done.stderr
+    assert done.stdout == ""
+
+
+def test_when_settings_invalid_then_cli_fails_at_start_naming_the_setting(tmp_path: Path) -> None:
+    import os
+
+    env = {**os.environ, "MEDGUARD_K_ANONYMITY": "1"}
+    done = _run("generate", "--out", str(tmp_path / "p"), "--patients", "3", env=env)
+    assert done.returncode == 1
+    assert "MEDGUARD_K_ANONYMITY" in done.stderr
+    assert not (tmp_path / "p").exists()
+
+
+def test_when_usage_is_wrong_then_exit_status_is_2(tmp_path: Path) -> None:
+    assert _run("generate", "--out", str(tmp_path), "--patients", "0").returncode == 2
+
+
+def test_when_demo_runs_then_population_lands_in_home_sources_not_in_the_lake(run_home: Path) -> None:
+    done = _run("demo", "--patients", "40", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert Path(report["generate"]["out_dir"]) == run_home / "sources" / "demo"
+    assert (run_home / "sources" / "demo" / "patients.parquet").is_file()
+    lake = run_home / "lake"
+    assert not lake.exists() or not any(lake.rglob("*patients*"))
