@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pipeline.errors import OrchestrationError
-from pipeline.settings import Settings, get_settings
+from pipeline.settings import CONFIG_ENV, Settings, get_settings
 
 __all__ = ["DAGS_FOLDER", "DagRunResult", "airflow_env", "run_dag"]
 
@@ -79,8 +79,8 @@ def airflow_env(settings: Settings, *, dags_folder: Path = DAGS_FOLDER) -> dict[
 
     It is a copy of ``os.environ`` without any inherited ``AIRFLOW*`` variable (so a user's Airflow config
     cannot leak in), plus the Airflow home, DAG folder and SQLite metadata DB of ``settings``, the medguard
-    home and lake root (so tasks see the caller's lake), and this checkout first on ``PYTHONPATH`` (so
-    tasks import the same medguard code as the DAG files next to it).
+    home and lake root (so tasks see the caller's lake), ``MEDGUARD_CONFIG`` made absolute, and this checkout
+    first on ``PYTHONPATH`` (so tasks import the same medguard code as the DAG files next to it).
 
     Args:
         settings: whose ``airflow_home``, ``home`` and ``lake_root`` to use.
@@ -105,6 +105,9 @@ def airflow_env(settings: Settings, *, dags_folder: Path = DAGS_FOLDER) -> dict[
             "PYTHONPATH": os.pathsep.join(dict.fromkeys(python_path)),
         }
     )
+    if env.get(CONFIG_ENV):
+        # The subprocess runs in the Airflow home, where a relative config path would name another file.
+        env[CONFIG_ENV] = str(Path(env[CONFIG_ENV]).expanduser().resolve())
     return env
 
 
