@@ -30,7 +30,7 @@ $(STAMP): requirements.lock pyproject.toml
 	@$(MAKE) --no-print-directory java
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@test -x $(UV) || $(PY) -m pip install --quiet "uv==$(UV_VERSION)"
-	$(UV) pip install --python $(PY) --require-hashes -r requirements.lock
+	$(UV) pip install --python $(PY) --require-hashes --compile-bytecode -r requirements.lock
 	$(UV) pip install --python $(PY) --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 

@@ -54,10 +54,7 @@ class DeltaSparkEngine:
         evolve_schema: bool = False,
     ) -> int:
         writer = self._frame(data).write.format("delta").option("userMetadata", json.dumps(metadata))
-        if mode == "error":
-            writer = writer.mode("errorifexists")
-        else:
-            writer = writer.mode(mode)
+        writer = writer.mode("errorifexists") if mode == "error" else writer.mode(mode)
         if predicate:
             writer = writer.option("replaceWhere", predicate)
         if evolve_schema:
@@ -82,6 +79,7 @@ class DeltaSparkEngine:
         return {
             "inserted": int(metrics.get("numTargetRowsInserted", 0)),
             "updated": int(metrics.get("numTargetRowsUpdated", 0)),
+            "version": self.version(uri),
         }
 
     def delete(self, uri: str, *, where: str, metadata: dict[str, str]) -> int:

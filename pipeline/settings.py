@@ -8,6 +8,7 @@ Invalid settings raise :class:`~pipeline.errors.SettingsError` at load time, nam
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
@@ -28,6 +29,10 @@ from pipeline.errors import SettingsError
 
 ENV_PREFIX = "MEDGUARD_"
 CONFIG_ENV = "MEDGUARD_CONFIG"
+# Spark's master URL forms; a bare prefix check would let "localhost:7077" through to fail at start-up.
+_SPARK_MASTER = re.compile(
+    r"local(\[(\*|[1-9]\d*)(,[1-9]\d*)?\])?|local-cluster\[\d+,\d+,\d+\]|yarn|(spark|k8s|mesos|sc)://\S+"
+)
 
 
 class _Section(BaseModel):
@@ -46,7 +51,7 @@ class SparkSettings(_Section):
     @field_validator("master")
     @classmethod
     def _known_master(cls, value: str) -> str:
-        if not value.startswith(("local", "spark://", "yarn", "k8s://", "mesos://", "sc://")):
+        if not _SPARK_MASTER.fullmatch(value):
             raise ValueError("expected local[*], local[N], spark://HOST:PORT, yarn, k8s://URL or sc://HOST")
         return value
 
