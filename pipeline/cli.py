@@ -9,6 +9,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -120,6 +121,20 @@ def demo(
         _render_generation(result["generate"])
 
     _emit(report.to_dict(), as_json, render)
+
+
+def _register_layer_commands() -> None:
+    # Layers sit above the spine, so the spine never imports them: each layer declares its commands as
+    # entry points in the "medguard.commands" group (a Typer app becomes a group, a function a command).
+    for entry in sorted(entry_points(group="medguard.commands"), key=lambda e: e.name):
+        target = entry.load()
+        if isinstance(target, typer.Typer):
+            app.add_typer(target, name=entry.name)
+        else:
+            app.command(name=entry.name)(target)
+
+
+_register_layer_commands()
 
 
 def main() -> None:

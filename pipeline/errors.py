@@ -41,3 +41,15 @@ class ModelIntegrityError(MedguardError):
 
 class OrchestrationError(MedguardError):
     """Raised by ``pipeline.orchestration`` when Airflow cannot be set up or a DAG run does not succeed."""
+
+
+class KeyProviderUnavailableError(CryptoError):
+    """Raised by key providers when Vault/OpenBao or the keyring cannot be reached or read; nothing is written."""
+
+
+class KeyAccessDeniedError(CryptoError):
+    """Raised by key providers when Vault answers 403; the message names the path and the policy to check."""
+
+
+class DecryptionError(CryptoError):
+    """Raised by envelope decryption: "decryption failed" naming the cell, never the key or the reason."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -20,6 +21,9 @@ for _name in list(os.environ):
         del os.environ[_name]
 
 from pipeline.settings import Settings, get_settings, load_settings  # noqa: E402
+
+# py4j logs at INFO from finalizers after pytest has closed its capture streams ("Logging error" noise).
+logging.getLogger("py4j").setLevel(logging.WARNING)
 
 
 @pytest.fixture(scope="session")
