@@ -1,16 +1,22 @@
 """The end-to-end runner behind ``medguard demo``: the whole chain on embedded defaults, step by step.
 
-Each layer's issue adds its step here; today the chain is: generate a synthetic population of source extracts.
+The spine runs the first step (generate a synthetic population of source extracts); each layer adds its own
+steps through the ``medguard.demo_steps`` entry-point group, run in the order of their names (``20_keys``,
+``30_ingest``…). A step is a callable ``step(settings, report) -> dict`` that reads earlier steps' results from
+``report.steps`` and returns its own.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from typing import Any
 
 from pipeline.settings import Settings, get_settings
-from pipeline.synthetic import GenerationSummary, generate
+from pipeline.synthetic import generate
+
+DEMO_SOURCES = "sources/demo"
 
 
 @dataclass
@@ -23,6 +29,11 @@ class DemoReport:
         return dict(self.steps)
 
 
+def layer_steps() -> list[tuple[str, Callable[[Settings, DemoReport], dict[str, Any]]]]:
+    """The demo steps that layers have registered, in run order."""
+    return [(e.name, e.load()) for e in sorted(entry_points(group="medguard.demo_steps"), key=lambda e: e.name)]
+
+
 def run_demo(*, patients: int = 2_000, seed: int = 42, defect_rate: float = 0.02,
              settings: Settings | None = None, progress: Callable[[int], None] | None = None) -> DemoReport:
     """Run every step of the chain that exists, on the embedded defaults.
@@ -32,7 +43,9 @@ def run_demo(*, patients: int = 2_000, seed: int = 42, defect_rate: float = 0.02
     """
     settings = settings or get_settings()
     report = DemoReport()
-    summary: GenerationSummary = generate(settings.home / "sources" / "demo", patients=patients, seed=seed,
-                                          defect_rate=defect_rate, progress=progress)
+    summary = generate(settings.home / DEMO_SOURCES, patients=patients, seed=seed, defect_rate=defect_rate,
+                       progress=progress)
     report.steps["generate"] = summary.to_dict()
+    for name, step in layer_steps():
+        report.steps[name.split("_", 1)[-1]] = step(settings, report)
     return report
