@@ -53,3 +53,10 @@ class KeyAccessDeniedError(CryptoError):
 
 class DecryptionError(CryptoError):
     """Raised by envelope decryption: "decryption failed" naming the cell, never the key or the reason."""
+
+
+class AuditIntegrityError(MedguardError):
+    """Raised by ``medguard audit verify`` when the audit hash chain or a signed head does not verify.
+
+    The message is one line naming the first bad event's sequence number and why it is bad.
+    """

@@ -70,6 +70,8 @@ class VaultSettings(_Section):
     verify_tls: bool = True
     ca_cert: Path | None = None
     timeout_seconds: float = Field(default=10.0, gt=0)
+    # The local OpenBao of `medguard vault up` listens on 127.0.0.1:local_port (its cluster port is the next one).
+    local_port: int = Field(default=8201, ge=1024, le=65534)
 
     @field_validator("addr")
     @classmethod

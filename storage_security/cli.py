@@ -6,8 +6,220 @@ imports stay inside the commands so that ``medguard --help`` stays fast.
 
 from __future__ import annotations
 
+import json
+import sys
+from typing import TYPE_CHECKING, Annotated
+
 import typer
+
+if TYPE_CHECKING:
+    from pipeline.settings import Settings
+    from storage_security.keys import KeyProvider
 
 vault_app = typer.Typer(help="The local OpenBao server of the embedded default (Vault's API).", no_args_is_help=True)
 keys_app = typer.Typer(help="Key lifecycle: init, rotate, re-encrypt, shred, status.", no_args_is_help=True)
 audit_app = typer.Typer(help="The tamper-evident audit log: verify the chain, list alerts.", no_args_is_help=True)
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    from pipeline.settings import Settings, get_settings
+
+    root = ctx.find_root().obj
+    return root if isinstance(root, Settings) else get_settings()
+
+
+def _emit_line(result: dict[str, object], as_json: bool, line: str) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
+    else:
+        typer.echo(line)
+
+
+def _remote_note(settings: Settings) -> str:
+    if settings.vault.addr:
+        return f" (note: vault.addr is {settings.vault.addr}, so the pipeline uses that Vault, not this one)"
+    return ""
+
+
+@vault_app.command("up")
+def vault_up(
+    ctx: typer.Context,
+    port: Annotated[
+        int | None,
+        typer.Option("--port", min=1024, max=65534, help="API port; the next port is the cluster port. "
+                     "Default: vault.local_port (MEDGUARD_VAULT__LOCAL_PORT, 8201)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")] = False,
+) -> None:
+    """Start the local OpenBao: initialise once, unseal, Transit + KEK, policies, AppRole. Running already is fine."""
+    from storage_security import openbao
+
+    settings = _settings(ctx)
+    result = openbao.up(settings, port=port)
+    first = ", initialised now: unseal key and root token in openbao/init.json (mode 0600)"
+    _emit_line(
+        result,
+        as_json,
+        f"OpenBao {result['status']} at {result['addr']} (pid {result['pid']}, unsealed"
+        f"{first if result['initialized_now'] else ''}){_remote_note(settings)}",
+    )
+
+
+@vault_app.command("down")
+def vault_down(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")] = False,
+) -> None:
+    """Stop the local OpenBao; its data stays and the next `vault up` unseals it again."""
+    from storage_security import openbao
+
+    result = openbao.down(_settings(ctx))
+    where = f" at {result['addr']} (pid {result['pid']})" if result["addr"] else ""
+    _emit_line(result, as_json, f"OpenBao {result['status']}{where}")
+
+
+@vault_app.command("status")
+def vault_status(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")] = False,
+) -> None:
+    """Whether the local OpenBao runs, its address, and whether it is sealed."""
+    from storage_security import openbao
+
+    settings = _settings(ctx)
+    result = openbao.status(settings)
+    if result["running"]:
+        line = (f"OpenBao {result['status']} at {result['addr']} (pid {result['pid']}, version {result['version']})"
+                f"{_remote_note(settings)}")
+    else:
+        initialised = "initialised" if result["initialized"] else "never initialised"
+        line = f"OpenBao not running ({initialised}; home {result['home']}); start it with `medguard vault up`"
+    _emit_line(result, as_json, line)
+
+
+@audit_app.command("verify")
+def audit_verify(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")] = False,
+) -> None:
+    """Check the audit hash chain and its signed heads; exit non-zero naming the first bad event."""
+    from pipeline.errors import AuditIntegrityError
+    from pipeline.lake import Lake
+    from storage_security.audit import AuditLog
+    from storage_security.providers import provider_from_settings
+
+    settings = _settings(ctx)
+    # Verifying only unwraps the audit signing key: on the local OpenBao, log in with the auditor's AppRole.
+    report = AuditLog(Lake(settings), provider_from_settings(settings, role="medguard-auditor")).verify()
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n")
+    elif report.ok:
+        typer.echo(report.summary())
+    if not report.ok:
+        raise AuditIntegrityError(report.summary())
+
+
+
+def _keyring_init(settings: Settings) -> tuple[KeyProvider, dict[str, object]]:
+    """Open or create the keyring file; a new master key goes to keyring.master_key_file or is shown once."""
+    import os
+
+    from storage_security.keyring import (
+        LocalKeyring,
+        encode_master_key,
+        master_key_from_settings,
+        write_master_key_file,
+    )
+
+    path = settings.keyring.path
+    assert path is not None  # settings fill it in: <home>/keyring.json
+    result: dict[str, object] = {"provider": "keyring", "path": str(path), "created": not path.exists()}
+    key_file = settings.keyring.master_key_file
+    if path.exists():
+        return LocalKeyring.from_settings(settings), result
+    if os.environ.get(settings.keyring.master_key_env):
+        master, source = master_key_from_settings(settings), f"${settings.keyring.master_key_env}"
+    elif key_file is not None and key_file.exists():
+        master, source = master_key_from_settings(settings), str(key_file)
+    elif key_file is not None:
+        master, source = LocalKeyring.generate_master_key(), f"{key_file} (new, mode 0600)"
+        write_master_key_file(key_file, master)
+    else:
+        master, source = LocalKeyring.generate_master_key(), "generated (shown once, stored nowhere)"
+        result["master_key"] = encode_master_key(master)
+    result["master_key_source"] = source
+    return LocalKeyring.init(path, master), result
+
+
+@keys_app.command("init")
+def keys_init(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")] = False,
+) -> None:
+    """Create the KEK (vault.kek_name); running again is fine.
+
+    With key_provider=keyring this first creates the keyring file (mode 0600, keyring.path). Its master key
+    comes from $MEDGUARD_KEYRING_MASTER_KEY or keyring.master_key_file when set (a missing key file is created,
+    mode 0600); otherwise a new master key is printed ONCE and stored nowhere: keep it in a secret store and
+    set MEDGUARD_KEYRING_MASTER_KEY to it. With key_provider=vault it creates the Transit key if missing.
+    """
+    settings = _settings(ctx)
+    kek = settings.vault.kek_name
+    if settings.key_provider == "keyring":
+        provider, result = _keyring_init(settings)
+    else:
+        from storage_security.openbao import KEY_ROTATION_ROLE
+        from storage_security.providers import provider_from_settings
+
+        provider, result = provider_from_settings(settings, role=KEY_ROTATION_ROLE), {"provider": "vault"}
+    existed = provider.key_exists(kek)
+    provider.ensure_key(kek)
+    latest = provider.versions(kek).latest
+    result.update(kek=kek, kek_created=not existed, kek_latest_version=latest)
+    line = f"KEK {kek!r} {'exists' if existed else 'created'} (latest version {latest}) in {result['provider']}"
+    if result.get("created"):
+        line = f"keyring created at {result['path']}; {line}"
+    if "master_key" in result:
+        line += (f"\nmaster key (shown once, stored nowhere; keep it in a secret store):\n{result['master_key']}\n"
+                 f"then: export {settings.keyring.master_key_env}=<that key>")
+    _emit_line(result, as_json, line)
+
+
+@keys_app.command("status")
+def keys_status(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")] = False,
+) -> None:
+    """Key provider health, the KEK's versions, and how many DEKs the lake's DEK store holds (per scope)."""
+    from pipeline.errors import KeyProviderUnavailableError
+    from storage_security.dek_store import DekStore
+    from storage_security.providers import provider_from_settings
+
+    settings = _settings(ctx)
+    provider = provider_from_settings(settings)
+    health = provider.health()
+    if not health.get("ok", True):
+        reason = health.get("error", "not healthy")
+        if as_json:
+            _emit_line({"provider": provider.name, "health": health}, True, "")
+        raise KeyProviderUnavailableError(f"key provider {provider.name} is unhealthy: {reason}")
+    kek = settings.vault.kek_name
+    kek_info: dict[str, object] = {"name": kek, "exists": provider.key_exists(kek)}
+    latest: dict[str, int] = {}
+    if kek_info["exists"]:
+        versions = provider.versions(kek)
+        latest[kek] = versions.latest
+        kek_info.update(latest=versions.latest, min_decryption_version=versions.min_decryption_version,
+                        versions=list(versions.versions))
+        kek_text = f"latest v{versions.latest}, decrypts from v{versions.min_decryption_version}"
+    else:
+        kek_text = "missing: run `medguard keys init`"
+    deks = DekStore.from_settings(settings).summary(latest)
+    by_scope = ", ".join(f"{scope} {count}" for scope, count in deks["by_scope"].items())
+    _emit_line(
+        {"provider": provider.name, "health": health, "kek": kek_info, "deks": deks},
+        as_json,
+        f"{provider.name}: healthy; KEK {kek!r} {kek_text}\n"
+        f"DEKs: {deks['deks']} ({by_scope}; {deks['patients']} patients, {deks['retired']} retired, "
+        f"{deks.get('stale', 0)} wrapped under an older KEK version)",
+    )

@@ -1,0 +1,15 @@
+# medguard-auditor: `medguard audit verify`. Reads key metadata (versions, creation times,
+# min_decryption_version, rotation period) and unwraps the audit log's signing key to check signed heads.
+# It cannot make or unwrap any data key of the lake.
+
+path "transit/keys/medguard-kek" {
+  capabilities = ["read"]
+}
+
+path "transit/keys/medguard-audit" {
+  capabilities = ["read"]
+}
+
+path "transit/decrypt/medguard-audit" {
+  capabilities = ["update"]
+}
