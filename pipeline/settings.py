@@ -95,6 +95,30 @@ class KeyringSettings(_Section):
     master_key_file: Path | None = None
 
 
+class IngestionSettings(_Section):
+    """Layer 1: how sources are read and loaded."""
+
+    chunk_rows: int = Field(default=50_000, ge=100, le=5_000_000)
+
+
+class DeidentifySettings(_Section):
+    """Layer 2, masking: PHI detection and publication to the deidentified zone."""
+
+    processes: int = Field(default=2, ge=1, le=64)
+
+
+class AccessSettings(_Section):
+    """Layer 2, access: sessions, lockout and activity-monitoring thresholds."""
+
+    session_ttl_minutes: int = Field(default=60, ge=1, le=24 * 60)
+
+
+class AnalyticsSettings(_Section):
+    """Layer 3: training, robustness and drift."""
+
+    target_sensitivity: float = Field(default=0.85, gt=0.0, lt=1.0)
+
+
 class Settings(BaseSettings):
     """Every knob of medguard. Build it with :func:`load_settings` so errors are reported uniformly."""
 
@@ -116,6 +140,10 @@ class Settings(BaseSettings):
     k_anonymity: int = Field(default=5, ge=2, le=1000)
     l_diversity: int = Field(default=2, ge=1, le=100)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    ingestion: IngestionSettings = Field(default_factory=IngestionSettings)
+    deidentify: DeidentifySettings = Field(default_factory=DeidentifySettings)
+    access: AccessSettings = Field(default_factory=AccessSettings)
+    analytics: AnalyticsSettings = Field(default_factory=AnalyticsSettings)
 
     @classmethod
     def settings_customise_sources(
