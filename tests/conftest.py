@@ -120,5 +120,9 @@ def vault_provider(openbao: VaultEndpoint, kek_name: str) -> Iterator[VaultTrans
 
 @pytest.fixture
 def keyring(tmp_path: Path) -> LocalKeyring:
-    """A local keyring in a fresh file, for tests that need some key provider but not Vault itself."""
-    return LocalKeyring.init(tmp_path / "keyring.json", LocalKeyring.generate_master_key())
+    """A local keyring in a fresh file with the data KEK and the audit KEK, for tests that need some key
+    provider but not Vault itself."""
+    ring = LocalKeyring.init(tmp_path / "keyring.json", LocalKeyring.generate_master_key())
+    ring.ensure_key("medguard-kek")
+    ring.ensure_key("medguard-audit")
+    return ring
