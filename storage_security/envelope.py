@@ -75,6 +75,7 @@ class _Dek:
     scope_key: str
     created: float
     uses: int = 0
+    scope: str = "batch"
 
     @property
     def header(self) -> bytes:
@@ -197,8 +198,9 @@ class CellCipher:
     themselves). Nulls stay null and are not encrypted. Row keys are bound by their text form
     (``cast(string)``), at most 1 KiB.
 
-    DEKs: one per (table, column, batch) by default; with ``scope_key`` one per (table, column, patient),
-    wrapped by the patient's own KEK :func:`patient_kek_name`, so :meth:`shred` (destroying that KEK) makes
+    DEKs: one per (table, column, batch) by default; with ``scope_key`` one per patient for all of that
+    patient's cells in every table and column (recorded with empty table and column), wrapped by the patient's
+    own KEK :func:`patient_kek_name`, so :meth:`shred` (destroying that KEK) makes
     the patient's cells undecryptable in every table version. A DEK is reused from the in-memory cache until
     ``dek_ttl_seconds`` pass or it has encrypted ``max_invocations`` cells, then a fresh one is made.
     Decryption caches unwrapped DEKs for the same TTL.
@@ -345,9 +347,10 @@ class CellCipher:
             now = self._clock()
             plan: list[list[tuple[_Dek, int]]] = []
             missing: list[int] = []
-            for index, (scope, key) in enumerate(groups):
+            slots = [_slot(table, column, scope, key) for scope, key in groups]
+            for index in range(len(groups)):
                 need, segments = counts[index], []
-                active = self._active.get((table, column, scope, key))
+                active = self._active.get(slots[index])
                 if active is not None and now - active.created < self._ttl and active.uses < self._max_invocations:
                     take = min(need, self._max_invocations - active.uses)
                     segments.append((active, take))
@@ -363,18 +366,18 @@ class CellCipher:
                 kek = self.kek_name if scope == "batch" else patient_kek_name(key)
                 need = missing[index]
                 while need > 0:
-                    dek, record = self._new_dek(kek, table, column, scope, key, now)
+                    dek, record = self._new_dek(kek, *slots[index], now)
                     take = min(need, self._max_invocations)
                     plan[index].append((dek, take))
                     records.append(record)
                     need -= take
             self._store.put(records, commit=self._commit)
-            for index, (scope, key) in enumerate(groups):
+            for index, slot in enumerate(slots):
                 for dek, take in plan[index]:
                     dek.uses += take
                     self._remember(dek, dek.created)
-                self._active.pop((table, column, scope, key), None)
-                self._active[(table, column, scope, key)] = plan[index][-1][0]
+                self._active.pop(slot, None)
+                self._active[slot] = plan[index][-1][0]
             while len(self._active) > _MAX_CACHED_KEYS:  # many patients: forget the least recently used
                 del self._active[next(iter(self._active))]
         return _layout(plan, row_group, counts)
@@ -395,7 +398,7 @@ class CellCipher:
                               f"AES-256 needs {_aead.KEY_SIZE}")
         key_id = secrets.token_bytes(KEY_ID_SIZE)
         dek = _Dek(key_id=key_id, aead=_aead.AesGcm(data_key.plaintext), table=table, column=column,
-                   scope_key=scope_key, created=now)
+                   scope_key=scope_key, created=now, scope=scope)
         record = DekRecord(key_id=key_id.hex(), kek_name=kek, wrapped=data_key.wrapped, table=table, column=column,
                            scope=scope, scope_key=scope_key)
         return dek, record
@@ -538,11 +541,12 @@ class CellCipher:
                             continue
                         dek = _Dek(key_id=bytes.fromhex(record.key_id), aead=_aead.AesGcm(plaintext),
                                    table=record.table, column=record.column, scope_key=record.scope_key,
-                                   created=now)
+                                   created=now, scope=record.scope)
                         self._remember(dek, now)
                         found[record.key_id] = dek
-        # A DEK only ever decrypts the table and column it was made for.
-        return [dek if dek is not None and dek.table == table and dek.column == column else None
+        # A batch DEK only ever decrypts the table and column it was made for; a patient's DEK serves all of
+        # that patient's cells (the associated data still binds each cell to its table, column and row).
+        return [dek if dek is not None and _serves(dek, table, column) else None
                 for dek in (found.get(key) for key in key_ids)]
 
     def _unwrap(self, kek: str, records: list[DekRecord]) -> list[bytes | None]:
@@ -584,6 +588,21 @@ class CellCipher:
             for key, dek in list(self._active.items()):
                 if scope_key is None or dek.scope_key == scope_key:
                     del self._active[key]
+
+
+def _slot(table: str, column: str, scope: str, scope_key: str) -> tuple[str, str, str, str]:
+    """The DEK cache slot of a scope: batch DEKs per (table, column), a patient's DEK shared by all their cells.
+
+    Sharing keeps the provider calls per patient at one per TTL instead of one per table and column, which is
+    what makes per-patient keys affordable; moved cells still fail, since the associated data binds them.
+    """
+    return (table, column, scope, scope_key) if scope == "batch" else ("", "", scope, scope_key)
+
+
+def _serves(dek: _Dek, table: str, column: str) -> bool:
+    if dek.scope == "patient":
+        return dek.table == "" and dek.column == ""
+    return dek.scope == "batch" and dek.table == table and dek.column == column
 
 
 def _layout(plan: list[list[tuple[_Dek, int]]], row_group: np.ndarray | None,

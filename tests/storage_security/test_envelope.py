@@ -544,3 +544,17 @@ def test_when_cells_are_encrypted_then_the_dek_store_holds_no_plaintext_key(
     [record] = store.records()
     plaintext = cipher._provider.unwrap(KEK, record.wrapped)
     assert plaintext not in stored and plaintext.hex().encode() not in stored
+
+
+def test_when_a_patient_has_cells_in_many_columns_then_one_dek_serves_them_and_moved_cells_still_fail(
+    keyring: LocalKeyring, store: DekStore
+) -> None:
+    cipher = CellCipher(keyring, store)
+    name = cipher.encrypt_cell("Ann", table="raw.patients", column="name", row_key="r1", scope_key="ps1_a")
+    ssn = cipher.encrypt_cell("123", table="raw.notes", column="ssn", row_key="r1", scope_key="ps1_a")
+    assert name is not None and ssn is not None and _key_id(name) == _key_id(ssn)
+    assert len(store.records(scope="patient")) == 1
+    reader = CellCipher(keyring, store)
+    assert reader.decrypt_cell(ssn, table="raw.notes", column="ssn", row_key="r1") == "123"
+    with pytest.raises(DecryptionError):
+        reader.decrypt_cell(name, table="raw.notes", column="ssn", row_key="r1")

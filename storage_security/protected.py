@@ -1,0 +1,437 @@
+"""Protected tables: the lake adapter for zones holding PHI — encrypt before writing, decrypt on read, audit both.
+
+Every layer that writes sensitive cells goes through :class:`ProtectedLake`: it seals the columns a
+:class:`Protection` names with the :class:`~storage_security.envelope.CellCipher` *before* anything reaches the
+lake (so a provider failure writes nothing), records which columns are sealed and their Arrow types in a
+manifest, and appends one audit event per write and per read. Readers ask for plaintext by column; cells of
+crypto-shredded patients come back null (the patient is gone), any other cell that does not decrypt fails the
+read.
+
+Cells are bound to ``"<zone>.<table>"``, the column and the row key, so a cell copied into another zone, table,
+column or row does not decrypt. Key metadata lives beside the zones, never in one:
+
+- ``<lake root>/_keys/manifests``: one row per sealed column ``(zone, table_name, column_name, value_type,
+  row_key, patient_key, updated_at)``; ``value_type`` is the column's Arrow type as a serialised schema (base64).
+- ``<lake root>/_keys/shredded``: the pseudonyms of shredded patients ``(scope_key, shredded_at)`` — no key
+  material, just the fact, so readers know a dead cell from a tampered one.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline._delta_rs import DeltaRsEngine
+from pipeline.lake import CommitInfo, Lake, MergeResult, Zone
+from storage_security.audit import AuditAction, AuditEvent, AuditLog, Decision
+from storage_security.dek_store import DekStore, check_scope_key
+from storage_security.envelope import CellCipher
+from storage_security.pseudonyms import Pseudonymizer
+
+if TYPE_CHECKING:
+    from pipeline.settings import Settings
+    from storage_security.keys import KeyProvider
+
+__all__ = ["ProtectedLake", "Protection", "ReadResult"]
+
+_MANIFEST_SCHEMA = pa.schema([
+    pa.field("zone", pa.string(), nullable=False),
+    pa.field("table_name", pa.string(), nullable=False),
+    pa.field("column_name", pa.string(), nullable=False),
+    pa.field("value_type", pa.string(), nullable=False),
+    pa.field("row_key", pa.string(), nullable=False),
+    pa.field("patient_key", pa.string()),
+    pa.field("updated_at", pa.timestamp("us", tz="UTC"), nullable=False),
+])
+_SHREDDED_SCHEMA = pa.schema([
+    pa.field("scope_key", pa.string(), nullable=False),
+    pa.field("shredded_at", pa.timestamp("us", tz="UTC"), nullable=False),
+])
+
+
+@dataclass(frozen=True)
+class Protection:
+    """Which columns of a table are sealed, and how.
+
+    Args:
+        encrypted: the columns stored as AES-GCM cells (every PHI column).
+        row_key: a plaintext column, unique per row and free of PHI (a content hash, a pseudonymous id), bound
+            into each cell so a cell moved to another row fails to decrypt.
+        patient_key: optional column of patient pseudonyms: rows with one get that patient's DEK, so
+            ``medguard keys shred`` can erase the patient; rows without one get the batch's DEKs.
+    """
+
+    encrypted: tuple[str, ...]
+    row_key: str
+    patient_key: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "encrypted", tuple(self.encrypted))
+        if isinstance(self.encrypted, str) or not all(isinstance(c, str) and c for c in self.encrypted):
+            raise TypeError("Protection.encrypted must be a sequence of column names")
+        if len(set(self.encrypted)) != len(self.encrypted):
+            raise ValueError(f"Protection.encrypted names a column twice: {self.encrypted}")
+        for name, value in (("row_key", self.row_key), ("patient_key", self.patient_key)):
+            if value is not None and value in self.encrypted:
+                raise ValueError(f"the {name} column {value!r} cannot be encrypted: it is bound into every cell")
+
+    def same_as(self, other: Protection) -> bool:
+        """True when both seal the same columns (in any order) with the same row and patient keys."""
+        return (set(self.encrypted), self.row_key, self.patient_key) == (
+            set(other.encrypted), other.row_key, other.patient_key)
+
+    def check(self, schema: pa.Schema, where: str) -> None:
+        """Raise ValueError naming what is missing when ``schema`` lacks a named column."""
+        names = set(schema.names)
+        wanted = [*self.encrypted, self.row_key, *([self.patient_key] if self.patient_key else [])]
+        missing = [c for c in wanted if c not in names]
+        if missing:
+            raise ValueError(f"{where}: the protection names columns the data does not have: {missing}")
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    """A decrypted read: the rows, and how many rows belonged to shredded patients (their cells are null)."""
+
+    table: pa.Table
+    shredded_rows: int
+
+
+class ProtectedLake:
+    """Reads and writes the lake's tables with their PHI columns sealed, audited as the given principal.
+
+    Args:
+        lake: the lake.
+        provider: the key provider (the data KEK, per-patient KEKs and the audit KEK live there).
+        principal: who acts, for commits and audit events (``svc:ingest``, ``user:alice``).
+        kek_name: the data KEK.
+        audit: the audit log to record into; one over ``lake`` and ``provider`` when omitted.
+        cipher: the cell cipher; one over ``provider`` and the lake's DEK store when omitted.
+    """
+
+    def __init__(self, lake: Lake, provider: KeyProvider, *, principal: str, kek_name: str = "medguard-kek",
+                 audit: AuditLog | None = None, cipher: CellCipher | None = None) -> None:
+        if not principal or not isinstance(principal, str):
+            raise ValueError("a ProtectedLake needs a principal (who reads and writes)")
+        self.lake = lake
+        self.provider = provider
+        self.principal = principal
+        self.kek_name = kek_name
+        self.store = DekStore(f"{lake.root}/_keys/deks")
+        self.cipher = cipher or CellCipher(provider, self.store, kek_name=kek_name)
+        self.audit = audit or AuditLog(lake, provider)
+        self._engine = DeltaRsEngine()
+        self._manifest_uri = f"{lake.root}/_keys/manifests"
+        self._shredded_uri = f"{lake.root}/_keys/shredded"
+        self._pseudonymizers: dict[str, Pseudonymizer] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, principal: str, role: str | None = None) -> ProtectedLake:
+        """A protected lake over the lake and key provider of ``settings``.
+
+        Args:
+            role: for the local OpenBao, the AppRole to log in as (see ``provider_from_settings``).
+        """
+        from storage_security.providers import provider_from_settings
+
+        return cls(Lake(settings), provider_from_settings(settings, role=role), principal=principal,
+                   kek_name=settings.vault.kek_name)
+
+    def __repr__(self) -> str:
+        return f"ProtectedLake(root={self.lake.root!r}, principal={self.principal!r})"
+
+    def __reduce__(self) -> None:  # type: ignore[override]
+        raise TypeError("ProtectedLake holds data keys and cannot be pickled; build one per process")
+
+    def pseudonymizer(self, name: str = "patient") -> Pseudonymizer:
+        """The keyed pseudonymizer ``name`` (``patient``: the join key of every zone)."""
+        if name not in self._pseudonymizers:
+            self._pseudonymizers[name] = Pseudonymizer(self.provider, self.store, name=name, kek_name=self.kek_name)
+        return self._pseudonymizers[name]
+
+    # writes ------------------------------------------------------------------------------------------
+
+    def seal(self, zone: Zone | str, table: str, data: Any, protection: Protection) -> pa.Table:
+        """``data`` with the protected columns replaced by cells (binary); nothing is written.
+
+        Raises:
+            KeyProviderUnavailableError, KeyAccessDeniedError, CryptoError: the provider failed.
+            ValueError: the protection does not fit the data (missing columns, null row keys).
+        """
+        zone = Zone(zone)
+        self.lake.uri(zone, table)  # validates the name
+        arrow = _as_table(data)
+        where = f"{zone}.{table}"
+        protection.check(arrow.schema, where)
+        row_keys = arrow.column(protection.row_key)
+        if row_keys.null_count:
+            raise ValueError(f"{where}: the row key column {protection.row_key!r} has nulls")
+        if arrow.num_rows and pc.count_distinct(row_keys).as_py() != arrow.num_rows:
+            raise ValueError(f"{where}: the row key column {protection.row_key!r} is not unique in the data")
+        patients = arrow.column(protection.patient_key) if protection.patient_key else None
+        for column in protection.encrypted:
+            cells = self._seal_column(arrow.column(column), where, column, row_keys, patients)
+            arrow = arrow.set_column(arrow.schema.get_field_index(column), pa.field(column, pa.binary()), cells)
+        return arrow
+
+    def _seal_column(self, values: pa.ChunkedArray, where: str, column: str, row_keys: pa.ChunkedArray,
+                     patients: pa.ChunkedArray | None) -> pa.Array:
+        values, row_keys = values.combine_chunks(), row_keys.combine_chunks()
+        if patients is None:
+            return self.cipher.encrypt_column(values, table=where, column=column, row_keys=row_keys)
+        patients = patients.combine_chunks()
+        if not patients.null_count:
+            return self.cipher.encrypt_column(values, table=where, column=column, row_keys=row_keys,
+                                              scope_key=patients)
+        # Rows with no patient (e.g. a resource about no one) use the batch's DEKs.
+        has = patients.is_valid()
+        scoped = self.cipher.encrypt_column(values.filter(has), table=where, column=column,
+                                            row_keys=row_keys.filter(has), scope_key=patients.filter(has))
+        batch = self.cipher.encrypt_column(values.filter(pc.invert(has)), table=where, column=column,
+                                           row_keys=row_keys.filter(pc.invert(has)))
+        valid = has.to_numpy(zero_copy_only=False)
+        order = np.empty(len(values), dtype=np.int64)
+        order[np.flatnonzero(valid)] = np.arange(int(valid.sum()))
+        order[np.flatnonzero(~valid)] = int(valid.sum()) + np.arange(int((~valid).sum()))
+        return pa.concat_arrays([scoped, batch]).take(pa.array(order))
+
+    def append(self, zone: Zone | str, table: str, data: Any, protection: Protection, *,
+               commit: CommitInfo | None = None) -> int:
+        """Seal, then append; returns the new table version. Nothing is written if sealing fails."""
+        sealed, info = self._prepare(zone, table, data, protection, commit)
+        version = self.lake.append(zone, table, sealed, commit=info)
+        self._audit_write(zone, table, protection, sealed.num_rows, info, version=version, operation="append")
+        return version
+
+    def merge(self, zone: Zone | str, table: str, data: Any, protection: Protection, *, keys: Sequence[str],
+              commit: CommitInfo | None = None) -> MergeResult:
+        """Seal, then upsert on ``keys`` (which must be plaintext columns); idempotent on re-runs.
+
+        Re-merging rows already present updates them with fresh cells of the same values.
+        """
+        sealed_keys = [k for k in keys if k in protection.encrypted]
+        if sealed_keys:
+            raise ValueError(f"merge keys {sealed_keys} are encrypted: cells differ each time, merge on plaintext")
+        sealed, info = self._prepare(zone, table, data, protection, commit)
+        result = self.lake.merge(zone, table, sealed, keys=list(keys), commit=info)
+        self._audit_write(zone, table, protection, sealed.num_rows, info, version=result.version,
+                          operation="merge", extra={"inserted": result.inserted, "updated": result.updated})
+        return result
+
+    def overwrite(self, zone: Zone | str, table: str, data: Any, protection: Protection, *,
+                  commit: CommitInfo | None = None) -> int:
+        """Seal, then replace the table's rows; earlier versions stay readable (time travel)."""
+        sealed, info = self._prepare(zone, table, data, protection, commit)
+        version = self.lake.overwrite(zone, table, sealed, commit=info)
+        self._audit_write(zone, table, protection, sealed.num_rows, info, version=version, operation="overwrite")
+        return version
+
+    def _prepare(self, zone: Zone | str, table: str, data: Any, protection: Protection,
+                 commit: CommitInfo | None) -> tuple[pa.Table, CommitInfo]:
+        zone = Zone(zone)
+        arrow = _as_table(data)
+        known = self.protection(zone, table)
+        if known is not None and not known.same_as(protection):
+            raise ValueError(f"{zone}.{table} is protected as {known}; refusing to write it as {protection}")
+        sealed = self.seal(zone, table, arrow, protection)
+        if known is None:
+            self._write_manifest(zone, table, arrow.schema, protection)
+        info = commit or CommitInfo(principal=self.principal, purpose="protected-write")
+        return sealed, info
+
+    def _audit_write(self, zone: Zone, table: str, protection: Protection, rows: int, info: CommitInfo, *,
+                     version: int, operation: str, extra: dict[str, Any] | None = None) -> None:
+        details: dict[str, Any] = {"operation": operation, "version": version}
+        if info.batch_id:
+            details["batch_id"] = info.batch_id
+        details.update(extra or {})
+        self.audit.record(AuditEvent(principal=self.principal, action=AuditAction.ENCRYPT, zone=zone,
+                                     table_name=table, columns=protection.encrypted, row_count=rows,
+                                     decision=Decision.ALLOW, purpose=info.purpose, dag_run=info.dag_run,
+                                     details=details))
+
+    # reads -------------------------------------------------------------------------------------------
+
+    def read(self, zone: Zone | str, table: str, *, decrypt: bool | Sequence[str] = False,
+             columns: Sequence[str] | None = None, where: str | None = None, version: int | None = None,
+             purpose: str = "unspecified") -> pa.Table:
+        """Read a table, decrypting the sealed columns asked for; see :meth:`read_result`."""
+        return self.read_result(zone, table, decrypt=decrypt, columns=columns, where=where, version=version,
+                                purpose=purpose).table
+
+    def read_result(self, zone: Zone | str, table: str, *, decrypt: bool | Sequence[str] = False,
+                    columns: Sequence[str] | None = None, where: str | None = None, version: int | None = None,
+                    purpose: str = "unspecified") -> ReadResult:
+        """Read a table (or a past ``version``), decrypting the sealed columns asked for.
+
+        Args:
+            decrypt: True for every sealed column, False for none (cells stay binary), or column names.
+            columns: the columns to return (all by default); the row and patient keys are read as needed.
+            where: a SQL predicate on plaintext columns.
+            purpose: purpose of use, recorded in the audit event.
+
+        Raises:
+            DecryptionError: a cell of a living patient does not decrypt (names the cell).
+            KeyProviderUnavailableError, KeyAccessDeniedError: the provider failed; nothing is returned.
+            ValueError: ``decrypt`` names a column that is not sealed.
+        """
+        zone = Zone(zone)
+        protection = self.protection(zone, table)
+        sealed = protection.encrypted if protection else ()
+        wanted = list(sealed) if decrypt is True else [] if decrypt is False else list(decrypt)
+        not_sealed = [c for c in wanted if c not in sealed]
+        if not_sealed:
+            raise ValueError(f"{zone}.{table}: columns {not_sealed} are not encrypted; nothing to decrypt")
+        if columns is not None:
+            wanted = [c for c in wanted if c in columns]
+        read_columns = None
+        if columns is not None:
+            needed = list(columns)
+            if wanted and protection is not None:
+                needed += [protection.row_key, *([protection.patient_key] if protection.patient_key else [])]
+            read_columns = list(dict.fromkeys(needed))
+        arrow = self.lake.read_arrow(zone, table, version=version, columns=read_columns, where=where)
+        shredded_rows = 0
+        if wanted and protection is not None and arrow.num_rows:
+            arrow, shredded_rows = self._open(zone, table, arrow, protection, wanted)
+        if columns is not None:
+            arrow = arrow.select(list(columns))
+        action = AuditAction.DECRYPT if wanted else AuditAction.READ
+        self.audit.record(AuditEvent(principal=self.principal, action=action, zone=zone, table_name=table,
+                                     columns=tuple(wanted) or tuple(arrow.column_names), row_count=arrow.num_rows,
+                                     decision=Decision.ALLOW, purpose=purpose,
+                                     details={"version": version if version is not None else "latest",
+                                              "shredded_rows": shredded_rows}))
+        return ReadResult(arrow, shredded_rows)
+
+    def _open(self, zone: Zone, table: str, arrow: pa.Table, protection: Protection,
+              wanted: list[str]) -> tuple[pa.Table, int]:
+        where = f"{zone}.{table}"
+        types = self._value_types(zone, table)
+        alive = None
+        if protection.patient_key:
+            dead = self.shredded()
+            if dead:
+                patients = arrow.column(protection.patient_key)
+                alive = pc.invert(pc.fill_null(pc.is_in(patients, pa.array(sorted(dead), pa.string())), False))
+                alive = alive.combine_chunks()
+        shredded_rows = 0 if alive is None else len(alive) - pc.sum(alive).as_py()
+        for column in wanted:
+            cells = arrow.column(column).combine_chunks()
+            row_keys = arrow.column(protection.row_key).combine_chunks()
+            value_type = types.get(column, pa.string())
+            if alive is not None and shredded_rows:
+                live = self.cipher.decrypt_column(cells.filter(alive), table=where, column=column,
+                                                  row_keys=row_keys.filter(alive), value_type=value_type)
+                positions = np.cumsum(alive.to_numpy(zero_copy_only=False), dtype=np.int64) - 1
+                mask = ~alive.to_numpy(zero_copy_only=False)
+                plain = live.take(pa.array(positions, mask=mask)) if len(live) else pa.nulls(len(cells), value_type)
+            else:
+                plain = self.cipher.decrypt_column(cells, table=where, column=column, row_keys=row_keys,
+                                                   value_type=value_type)
+            arrow = arrow.set_column(arrow.schema.get_field_index(column), pa.field(column, value_type), plain)
+        return arrow, shredded_rows
+
+    # manifest and shredding ---------------------------------------------------------------------------
+
+    def protection(self, zone: Zone | str, table: str) -> Protection | None:
+        """How a table's cells are sealed, or None for a table written without protection."""
+        rows = self._manifest_rows(Zone(zone), table)
+        if not rows:
+            return None
+        first = rows[0]
+        return Protection(encrypted=tuple(r["column_name"] for r in rows), row_key=first["row_key"],
+                          patient_key=first["patient_key"])
+
+    def _value_types(self, zone: Zone, table: str) -> dict[str, pa.DataType]:
+        types = {}
+        for row in self._manifest_rows(zone, table):
+            schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(row["value_type"])))
+            types[row["column_name"]] = schema.field(0).type
+        return types
+
+    def _manifest_rows(self, zone: Zone, table: str) -> list[dict[str, Any]]:
+        if not self._engine.exists(self._manifest_uri):
+            return []
+        where = f"zone = '{zone.value}' AND table_name = '{table}'"
+        self.lake.uri(zone, table)  # validates the name before it goes into SQL
+        rows = self._engine.read(self._manifest_uri, where=where).to_pylist()
+        return sorted(rows, key=lambda r: r["column_name"])
+
+    def _write_manifest(self, zone: Zone, table: str, schema: pa.Schema, protection: Protection) -> None:
+        now = datetime.now(UTC)
+        rows = []
+        for column in protection.encrypted:
+            field = schema.field(column)
+            if pa.types.is_dictionary(field.type):
+                field = field.with_type(field.type.value_type)
+            encoded = base64.b64encode(pa.schema([field]).serialize().to_pybytes()).decode()
+            rows.append({"zone": zone.value, "table_name": table, "column_name": column, "value_type": encoded,
+                         "row_key": protection.row_key, "patient_key": protection.patient_key, "updated_at": now})
+        data = pa.Table.from_pylist(rows, schema=_MANIFEST_SCHEMA)
+        info = CommitInfo(principal=self.principal, purpose="protection-manifest").metadata("manifest")
+        if self._engine.exists(self._manifest_uri):
+            self._engine.merge(self._manifest_uri, data, keys=["zone", "table_name", "column_name"], metadata=info)
+        else:
+            _local_dir(self._manifest_uri)
+            self._engine.write(self._manifest_uri, data, mode="append", metadata=info)
+
+    def shredded(self) -> set[str]:
+        """Pseudonyms of the patients crypto-shredded in this lake."""
+        if not self._engine.exists(self._shredded_uri):
+            return set()
+        return set(self._engine.read(self._shredded_uri, columns=["scope_key"]).column("scope_key").to_pylist())
+
+    def shred(self, patient_pseudonym: str, *, reason: str, commit: CommitInfo | None = None) -> int:
+        """Crypto-shred one patient: destroy their KEK, drop their DEK records, note the fact; audited.
+
+        Every cell sealed under the patient's key, in every version of every table, stays undecryptable for
+        good; readers return those cells as null. Re-running an interrupted shred completes it.
+
+        Returns:
+            how many DEK records were dropped.
+
+        Raises:
+            ValueError: no reason given, or a malformed pseudonym.
+        """
+        check_scope_key(patient_pseudonym)
+        if not reason or not reason.strip():
+            raise ValueError("shredding a patient needs a reason (e.g. the erasure request's reference)")
+        info = commit or CommitInfo(principal=self.principal, purpose="crypto-shredding")
+        # Note the fact first: if the KEK is gone but the note is not, readers would fail on the dead cells.
+        if patient_pseudonym not in self.shredded():
+            data = pa.Table.from_pylist([{"scope_key": patient_pseudonym, "shredded_at": datetime.now(UTC)}],
+                                        schema=_SHREDDED_SCHEMA)
+            _local_dir(self._shredded_uri)
+            self._engine.write(self._shredded_uri, data, mode="append", metadata=info.metadata("shred-note"))
+        dropped = self.cipher.shred(patient_pseudonym, commit=info)
+        self.audit.record(AuditEvent(principal=self.principal, action=AuditAction.KEY_SHRED,
+                                     row_keys=(patient_pseudonym,), decision=Decision.ALLOW,
+                                     purpose=info.purpose, reason=reason,
+                                     details={"kek": f"patient-{patient_pseudonym}", "deks_dropped": dropped}))
+        return dropped
+
+
+def _as_table(data: Any) -> pa.Table:
+    from pipeline._arrow import to_arrow
+
+    arrow = to_arrow(data)
+    if isinstance(arrow, pa.RecordBatchReader):
+        arrow = arrow.read_all()
+    if not isinstance(arrow, pa.Table):
+        raise TypeError(f"protected writes take tabular data, not {type(data).__name__}")
+    return arrow
+
+
+def _local_dir(uri: str) -> None:
+    if "://" not in uri:
+        import os
+
+        os.makedirs(uri, exist_ok=True)
