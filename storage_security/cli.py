@@ -185,6 +185,77 @@ def keys_init(
     _emit_line(result, as_json, line)
 
 
+def _lifecycle_lake(settings: Settings, principal: str):
+    """The protected lake as the key-rotation role (on the local OpenBao) for lifecycle commands."""
+    from storage_security.openbao import KEY_ROTATION_ROLE
+    from storage_security.protected import ProtectedLake
+
+    role = KEY_ROTATION_ROLE if settings.key_provider == "vault" else None
+    return ProtectedLake.from_settings(settings, principal=principal, role=role)
+
+
+def _operator() -> str:
+    import getpass
+
+    return f"os:{getpass.getuser()}"
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")] = False,
+) -> None:
+    """Rotate the data KEK and the audit KEK, rewrap every stored DEK, then retire the old KEK versions.
+
+    No data is touched. If a rotation was interrupted, running this again finishes it instead of rotating again.
+    """
+    from storage_security.audit import DEFAULT_KEY_NAME
+    from storage_security.lifecycle import rotate_keys
+
+    settings = _settings(ctx)
+    plake = _lifecycle_lake(settings, _operator())
+    report = rotate_keys(plake.provider, plake.store, plake.audit, kek_names=(settings.vault.kek_name,
+                         DEFAULT_KEY_NAME), principal=plake.principal, optional=(DEFAULT_KEY_NAME,))
+    done = ", ".join(f"{k} → v{v}" for k, v in report.rotated.items()) or "none (finished an earlier rotation)"
+    _emit_line(report.to_dict(), as_json,
+               f"rotated: {done}; rewrapped {report.rewrapped} DEKs ({report.already_current} already current), "
+               f"{report.audit_keys_rewrapped} audit signing keys; decrypts from "
+               + (", ".join(f"{k} v{v}" for k, v in report.min_decryption_version.items()) or "unchanged"))
+
+
+@keys_app.command("reencrypt")
+def keys_reencrypt(
+    ctx: typer.Context,
+    table: Annotated[str, typer.Argument(help="ZONE.TABLE, or TABLE for the raw zone.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")] = False,
+) -> None:
+    """Move a table's cells to fresh DEKs (a new table version) and retire its old DEKs."""
+    from storage_security.lifecycle import reencrypt_table
+
+    zone, _, name = table.rpartition(".")
+    settings = _settings(ctx)
+    report = reencrypt_table(_lifecycle_lake(settings, _operator()), zone or "raw", name)
+    _emit_line(report.to_dict(), as_json,
+               f"{report.zone}.{report.table}: {report.rows} rows re-encrypted into version {report.version}; "
+               f"{report.retired_deks} old DEKs retired")
+
+
+@keys_app.command("shred")
+def keys_shred(
+    ctx: typer.Context,
+    patient: Annotated[str, typer.Argument(help="The patient id (as in the source) or its pseudonym (ps1_…).")],
+    reason: Annotated[str, typer.Option("--reason", help="Why: the erasure request's reference (audited).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")] = False,
+) -> None:
+    """Crypto-shred a patient: destroy their KEK so no version of any table decrypts their cells. Irreversible."""
+    from storage_security.lifecycle import shred_patient
+
+    settings = _settings(ctx)
+    result = shred_patient(_lifecycle_lake(settings, _operator()), patient, reason=reason)
+    _emit_line(result, as_json, f"shredded patient {result['patient_pseudonym']}: KEK {result['kek_destroyed']} "
+               f"destroyed, {result['deks_dropped']} DEK records dropped")
+
+
 @keys_app.command("status")
 def keys_status(
     ctx: typer.Context,

@@ -220,3 +220,46 @@ def test_when_policies_loaded_for_another_kek_and_mount_then_every_path_names_th
         assert '"kms/' in text and "acme-kek" in text
     with pytest.raises(ValueError, match="KEK name"):
         openbao.load_policies(kek_name='x" { capabilities = ["sudo"] }')
+
+
+def _medguard(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MEDGUARD_HOME": str(settings.home),
+           "MEDGUARD_VAULT__LOCAL_PORT": str(settings.vault.local_port)}
+    return subprocess.run([MEDGUARD, *args], capture_output=True, text=True, env=env, timeout=300, check=False)
+
+
+def test_when_key_lifecycle_commands_run_on_the_local_openbao_then_data_stays_readable_and_shreds_stick(
+    local: tuple[Settings, dict[str, Any]],
+) -> None:
+    import pyarrow as pa
+
+    from pipeline.lake import Lake
+    from storage_security.protected import ProtectedLake, Protection
+
+    settings, _ = local
+    writer = ProtectedLake.from_settings(settings, principal="svc:test")  # the pipeline-writer AppRole
+    patients = writer.pseudonymizer("patient").pseudonymize(["PAT1", "PAT2"])
+    protection = Protection(encrypted=("ssn",), row_key="row_id", patient_key="patient")
+    writer.append("raw", "people", pa.table({"row_id": ["r1", "r2", "r3"],
+                                             "patient": [patients[0].as_py(), patients[1].as_py(), None],
+                                             "ssn": ["111", "222", "333"]}), protection)
+
+    rotated = _medguard(settings, "keys", "rotate", "--json")
+    assert rotated.returncode == 0, rotated.stderr
+    assert json.loads(rotated.stdout)["min_decryption_version"]
+    reencrypted = _medguard(settings, "keys", "reencrypt", "raw.people", "--json")
+    assert reencrypted.returncode == 0, reencrypted.stderr
+    assert json.loads(reencrypted.stdout)["rows"] == 3
+    refused = _medguard(settings, "keys", "shred", "PAT1")
+    assert refused.returncode == 2 and "--reason" in refused.stderr
+    shredded = _medguard(settings, "keys", "shred", "PAT1", "--reason", "erasure ER-9", "--json")
+    assert shredded.returncode == 0, shredded.stderr
+    assert json.loads(shredded.stdout)["patient_pseudonym"] == patients[0].as_py()
+
+    reader = ProtectedLake(Lake(settings), provider_from_settings(settings), principal="svc:reader")
+    for version in range(Lake(settings).version("raw", "people") + 1):
+        ssn = dict(zip(*reader.read("raw", "people", decrypt=True, version=version).select(
+            ["row_id", "ssn"]).to_pydict().values(), strict=True))
+        assert ssn == {"r1": None, "r2": "222", "r3": "333"}
+    verified = _medguard(settings, "audit", "verify", "--json")
+    assert verified.returncode == 0 and json.loads(verified.stdout)["ok"] is True
