@@ -1,0 +1,57 @@
+"""The security demo steps: the final check finds plaintext identifiers in the lake, compressed or not."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from pipeline.demo import DEMO_SOURCES, DemoReport
+from pipeline.lake import Lake
+from pipeline.settings import load_settings
+from storage_security.demo import verify_step
+from storage_security.protected import ProtectedLake, Protection
+
+SSN = "123-45-6789"
+
+
+@pytest.fixture
+def settings(tmp_path: Path):
+    settings = load_settings(home=tmp_path, key_provider="keyring")
+    sources = tmp_path / DEMO_SOURCES
+    sources.mkdir(parents=True)
+    with (sources / "patients.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["patient_id", "ssn", "email"])
+        writer.writeheader()
+        writer.writerow({"patient_id": "PAT1", "ssn": SSN, "email": "ann.lee@example.org"})
+    return settings
+
+
+def _keyring(settings, monkeypatch: pytest.MonkeyPatch):
+    from storage_security.keyring import LocalKeyring, encode_master_key
+
+    master = LocalKeyring.generate_master_key()
+    monkeypatch.setenv(settings.keyring.master_key_env, encode_master_key(master))
+    ring = LocalKeyring.init(settings.keyring.path, master)
+    for name in ("medguard-kek", "medguard-audit"):
+        ring.ensure_key(name)
+    return ring
+
+
+def test_when_identifiers_are_sealed_then_the_check_passes_and_when_one_leaks_it_is_named(
+    settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ring = _keyring(settings, monkeypatch)
+    lake = Lake(settings)
+    ProtectedLake(lake, ring, principal="test").append(
+        "raw", "patients", pa.table({"row_id": ["r1"], "ssn": [SSN], "email": ["ann.lee@example.org"]}),
+        Protection(encrypted=("ssn", "email"), row_key="row_id"))
+    result = verify_step(settings, DemoReport())
+    assert result["plaintext_found"] == 0 and result["identifiers_checked"] == 2
+    assert "intact" in result["audit"]
+
+    lake.append("curated", "leak", pa.table({"note": [f"patient ssn {SSN} " * 50]}))  # compressible: hidden
+    with pytest.raises(AssertionError, match=SSN):
+        verify_step(settings, DemoReport())
