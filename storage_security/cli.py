@@ -175,6 +175,13 @@ def keys_init(
     existed = provider.key_exists(kek)
     provider.ensure_key(kek)
     latest = provider.versions(kek).latest
+    if not existed:
+        from pipeline.lake import Lake
+        from storage_security.audit import AuditAction, AuditEvent, AuditLog, Decision
+
+        AuditLog(Lake(settings), provider).record(AuditEvent(
+            principal=_operator(), action=AuditAction.KEY_CREATE, decision=Decision.ALLOW, purpose="key-setup",
+            details={"kek": kek, "version": latest, "provider": provider.name}))
     result.update(kek=kek, kek_created=not existed, kek_latest_version=latest)
     line = f"KEK {kek!r} {'exists' if existed else 'created'} (latest version {latest}) in {result['provider']}"
     if result.get("created"):

@@ -263,3 +263,5 @@ def test_when_key_lifecycle_commands_run_on_the_local_openbao_then_data_stays_re
         assert ssn == {"r1": None, "r2": "222", "r3": "333"}
     verified = _medguard(settings, "audit", "verify", "--json")
     assert verified.returncode == 0 and json.loads(verified.stdout)["ok"] is True
+    actions = {str(record.event.action) for record in reader.audit.events()}
+    assert {"encrypt", "key_rotate", "key_rewrap", "key_retire", "reencrypt", "key_shred", "decrypt"} <= actions

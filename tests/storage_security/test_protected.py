@@ -179,3 +179,35 @@ def test_when_written_through_vault_then_the_table_reads_back(openbao, lake: Lak
     back = plake.read("raw", "patients", decrypt=True).sort_by("row_id")
     assert back.column("ssn").to_pylist() == _patients().column("ssn").to_pylist()
     assert plake.audit.verify().ok
+
+
+def test_when_vault_denies_or_is_unreachable_then_nothing_is_written_and_a_rerun_after_recovery_adds_no_duplicates(
+    openbao, lake: Lake
+) -> None:
+    from pipeline.errors import KeyAccessDeniedError
+    from storage_security._vault import RetryPolicy, VaultClient
+    from storage_security.openbao import free_port_pair
+    from storage_security.vault_transit import VaultTransitKeys
+
+    good = VaultTransitKeys(openbao.client(), mount="transit")
+    for name in ("medguard-kek", "medguard-audit"):
+        good.ensure_key(name)
+    root = openbao.client()
+    root.write("sys/policies/acl/test-auditor-only", {"policy": 'path "transit/keys/*" { capabilities = ["read"] }'})
+    token = root.write("auth/token/create", {"policies": ["test-auditor-only"], "ttl": "10m"})["auth"]["client_token"]
+    denied = VaultTransitKeys(VaultClient(openbao.addr, token=token), mount="transit")
+    unreachable = VaultTransitKeys(VaultClient(f"http://127.0.0.1:{free_port_pair()}", token="t", timeout=0.5,
+                                               retry=RetryPolicy(attempts=2, base_delay=0.01)), mount="transit")
+
+    for provider, error, words in ((denied, KeyAccessDeniedError, "403"),
+                                   (unreachable, KeyProviderUnavailableError, "127.0.0.1")):
+        with pytest.raises(error, match=words):
+            ProtectedLake(lake, provider, principal="svc:ingest").merge("raw", "patients", _patients(), PROT,
+                                                                        keys=["row_id"])
+        assert not lake.exists("raw", "patients")
+        assert not any(Path(lake.root).rglob("*.parquet"))
+
+    recovered = ProtectedLake(lake, good, principal="svc:ingest")
+    for _ in range(2):
+        recovered.merge("raw", "patients", _patients(), PROT, keys=["row_id"])
+    assert recovered.read("raw", "patients", decrypt=True).num_rows == 4
