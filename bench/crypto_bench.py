@@ -126,7 +126,7 @@ def _fetches(root: Path, keyring: LocalKeyring, cells: int, patients: int) -> It
                                                row_keys=row_keys)
     yield ("crypto.dek_fetches_per_patient", counting.fetches / patients, "fetches",
            f"patient-scoped DEKs: {count:,} cells of {patients:,} patients, one column, encrypt then decrypt "
-           f"with a cold cache: one DEK per patient and column, whatever the number of cells")
+           f"with a cold cache: one DEK per patient (shared by all their columns), whatever the number of cells")
 
 
 def crypto_figures(cells: int = 1_000_000, pairs: int = 9,
