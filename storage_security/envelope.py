@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import chain, repeat
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -415,7 +416,6 @@ class CellCipher:
         count = len(plaintexts)
         nonces = _aead.random_nonces(count)
         nonce_list, plain_list = _aead.nonce_list(nonces), plaintexts.to_pylist()
-        headers = np.frombuffer(b"".join(dek.header for dek in deks), dtype=np.uint8).reshape(len(deks), -1)
         contexts = [_context(prefix, dek.header) for dek in deks]
         if dek_index is None:
             aad_list = _aads(contexts[0], row_keys)
@@ -425,12 +425,16 @@ class CellCipher:
             aad_list = _aads(context_rows[dek_index], row_keys)
             sealed = _aead.seal_rows([dek.aead for dek in deks], dek_index.tolist(), nonce_list, plain_list,
                                      aad_list)
-        # Each cell is header || nonce || sealed: the fixed-size part is laid out as a matrix, then joined.
-        head = np.empty((count, _HEADER_SIZE + _aead.NONCE_SIZE), dtype=np.uint8)
-        head[:, :_HEADER_SIZE] = headers[0] if dek_index is None else headers[dek_index]
-        head[:, _HEADER_SIZE:] = nonces
-        head_cells = pa.Array.from_buffers(pa.binary(head.shape[1]), count, [None, pa.py_buffer(head)])
-        return pc.binary_join_element_wise(head_cells.cast(pa.binary()), pa.array(sealed, pa.binary()), b"")
+        # Each cell is header || nonce || sealed: one join of the pieces makes the data buffer, and the offsets
+        # follow from the plaintext lengths, so no per-cell Arrow conversion is needed.
+        header_bytes = [dek.header for dek in deks]
+        per_row = repeat(header_bytes[0], count) if dek_index is None else map(header_bytes.__getitem__,
+                                                                                dek_index.tolist())
+        data = b"".join(chain.from_iterable(zip(per_row, nonce_list, sealed, strict=True)))
+        sizes = pc.binary_length(plaintexts).to_numpy(zero_copy_only=False).astype(np.int64) + _OVERHEAD
+        offsets = np.zeros(count + 1, dtype=np.int32)
+        np.cumsum(sizes, out=offsets[1:])
+        return pa.Array.from_buffers(pa.binary(), count, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
 
     # decryption ----------------------------------------------------------------------------------------
 
