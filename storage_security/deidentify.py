@@ -33,7 +33,7 @@ PRINCIPAL = "svc:deidentify"
 REPORT_KEY = "deidentify_report"
 _PURPOSE = "deidentification"
 
-__all__ = ["PRINCIPAL", "Deidentifier", "published_report"]
+__all__ = ["PRINCIPAL", "Deidentifier", "publish_raw_zone", "published_report", "summary"]
 
 
 def published_report(lake: Lake, table: str) -> dict[str, Any]:
@@ -171,3 +171,44 @@ def _arrow(frame: pd.DataFrame) -> Any:
     import pyarrow as pa
 
     return pa.Table.from_pandas(frame, preserve_index=False)
+
+
+def publish_raw_zone(tables: Sequence[str] | None = None, *, settings: Settings | None = None,
+                     dag_run: str | None = None) -> dict[str, Any]:
+    """Publish the raw zone's tables (all of them by default) with the settings' key provider; a summary per table.
+
+    The entry point of the DAG and of ``medguard deidentify``.
+    """
+    from pipeline.settings import get_settings
+
+    settings = settings or get_settings()
+    reports = Deidentifier.from_settings(settings).publish_all(tables, dag_run=dag_run)
+    return {name: summary(report) for name, report in reports.items()}
+
+
+def summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures of a table's report."""
+    return {key: report.get(key) for key in ("version", "rows_in", "rows_out", "k", "l", "suppressed",
+                                              "generalization", "flagged_columns")}
+
+
+def demo_step(settings: Settings, report: Any) -> dict[str, Any]:
+    """``medguard demo`` step ``40_deidentify``: publish every raw table, then score detection on the demo notes.
+
+    Detection is scored on the demo population's labelled notes against vanilla Presidio in the same run.
+    """
+    from pipeline.demo import DEMO_SOURCES
+    from storage_security.phi_evaluation import evaluate, load_labelled_notes
+
+    out: dict[str, Any] = {}
+    lake = Lake(settings)
+    out["published"] = publish_raw_zone(settings=settings) if lake.tables("raw") else {}
+    notes_file = settings.home / DEMO_SOURCES / "notes.jsonl"
+    if notes_file.exists():
+        notes = load_labelled_notes(notes_file, limit=500)
+        ours = evaluate(notes, processes=settings.deidentify.processes)
+        vanilla = evaluate(notes, processes=settings.deidentify.processes, kind="vanilla")
+        out["evaluation"] = {"notes": len(notes), "medguard": ours.overall, "vanilla_presidio": vanilla.overall,
+                             "min_recall_per_label": min(v["recall"] for v in ours.per_label.values()
+                                                         if v["recall"] is not None)}
+    return out
