@@ -111,6 +111,25 @@ class AccessSettings(_Section):
     """Layer 2, access: sessions, lockout and activity-monitoring thresholds."""
 
     session_ttl_minutes: int = Field(default=60, ge=1, le=24 * 60)
+    # Principals, tokens and lockout.
+    token_ttl_days: int = Field(default=90, ge=1, le=3650)
+    max_failed_logins: int = Field(default=5, ge=1, le=100)
+    lockout_minutes: int = Field(default=15, ge=1, le=24 * 60)
+    # Policies: a YAML file replacing the shipped access/policies/default.yaml; None uses the shipped one.
+    policy_file: Path | None = None
+    break_glass_min_reason_chars: int = Field(default=20, ge=5, le=1000)
+    # Query gateway limits.
+    max_query_chars: int = Field(default=20_000, ge=100, le=1_000_000)
+    max_result_rows: int = Field(default=1_000_000, ge=1)
+    # Activity monitoring (storage_security.monitoring): working hours are [start, end) in UTC.
+    working_hours_start: int = Field(default=7, ge=0, le=23)
+    working_hours_end: int = Field(default=19, ge=1, le=24)
+    bulk_factor: float = Field(default=10.0, gt=1.0)
+    bulk_min_rows: int = Field(default=1_000, ge=1)
+    baseline_min_events: int = Field(default=5, ge=1)
+    denial_threshold: int = Field(default=5, ge=2)
+    denial_window_minutes: int = Field(default=10, ge=1)
+    facility_threshold: int = Field(default=3, ge=2)
 
 
 class AnalyticsSettings(_Section):

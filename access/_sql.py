@@ -1,0 +1,197 @@
+"""The analyst SQL surface: parse with sqlglot, allow-list, bind logical tables to views, prove column lineage.
+
+Nothing here uses regular expressions on SQL text. A query is parsed into a tree; the tree must be one
+SELECT (or a set operation of SELECTs) made only of allow-listed node types and functions; every table must be
+a logical name ``zone.table`` or a CTE of the same query; after binding tables to the gateway's views the tree
+is qualified against the views' columns, and every column reference in every scope must resolve to a view or a
+derived table of the query. The SQL that runs is generated from the checked tree (comments dropped), never the
+caller's text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import SqlglotError
+from sqlglot.optimizer.qualify import qualify
+from sqlglot.optimizer.scope import Scope, traverse_scope
+
+from pipeline.errors import AccessDeniedError
+
+DIALECT = "duckdb"
+
+_STRUCTURE = (
+    "Select", "Union", "Intersect", "Except", "From", "Join", "Where", "Group", "Having", "Order", "Ordered",
+    "Limit", "Offset", "With", "CTE", "TableAlias", "Alias", "Subquery", "Column", "Identifier", "Star",
+    "Literal", "Boolean", "Null", "Paren", "Table", "Tuple", "Distinct", "Window", "WindowSpec", "Qualify",
+    "Values", "DataType", "DataTypeParam", "Var", "Interval", "Case", "If", "Cast", "TryCast", "Between", "In",
+    "Is", "Like", "ILike", "Not", "And", "Or", "Add", "Sub", "Mul", "Div", "IntDiv", "Mod", "Neg", "EQ", "NEQ",
+    "NullSafeEQ", "NullSafeNEQ", "GT", "GTE", "LT", "LTE", "DPipe", "Exists", "Any", "All", "Filter",
+)
+_FUNCTIONS = (
+    "Count", "Sum", "Avg", "Min", "Max", "Stddev", "StddevPop", "StddevSamp", "Variance", "VariancePop",
+    "Median", "Quantile", "PercentileCont", "PercentileDisc", "ApproxDistinct", "CountIf", "AnyValue", "ArgMax",
+    "ArgMin", "LogicalOr", "LogicalAnd", "Corr", "CovarSamp", "CovarPop", "Lower", "Upper", "Length",
+    "Substring", "Concat", "ConcatWs", "Trim", "Coalesce", "Nullif", "Round", "Abs", "Floor", "Ceil", "Sqrt",
+    "Ln", "Log", "Exp", "Pow", "Sign", "Year", "Month", "Day", "Quarter", "DayOfWeek", "DateTrunc",
+    "TimestampTrunc", "Extract", "DateDiff", "DateAdd", "DateSub", "CurrentDate", "StrPosition", "Left",
+    "Right", "Greatest", "Least", "RowNumber", "Rank", "DenseRank", "Lag", "Lead", "FirstValue", "LastValue",
+    "First", "Last", "NTile", "CumeDist", "PercentRank", "TimeToStr", "StrToDate", "StartsWith", "RegexpLike",
+    "Pad", "TsOrDsToDate", "Date",
+)
+ALLOWED_NODES: frozenset[type[exp.Expression]] = frozenset(
+    getattr(exp, name) for name in (*_STRUCTURE, *_FUNCTIONS) if hasattr(exp, name))
+# DuckDB functions sqlglot does not model: harmless scalar functions only.
+ALLOWED_ANONYMOUS = frozenset({"date_part", "datepart", "date_diff", "datediff", "strftime", "starts_with",
+                               "ends_with", "contains", "prefix", "suffix"})
+_TABLE_ARGS = frozenset({"this", "db", "catalog", "alias"})
+
+
+def refuse(reason: str) -> AccessDeniedError:
+    """The one error a refused query raises."""
+    return AccessDeniedError(f"query refused: {reason}")
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A parsed, allow-listed query and the logical tables it names (lower case ``zone.table``)."""
+
+    tree: exp.Expression
+    tables: tuple[str, ...]
+
+
+def _node_name(node: exp.Expression) -> str:
+    if isinstance(node, exp.Anonymous):
+        return f"function {node.name}()"
+    if isinstance(node, exp.Func):
+        return f"function {node.sql_name()}()"
+    return f"{type(node).__name__} expressions"
+
+
+def check(sql: str, *, max_chars: int) -> Checked:
+    """Parse and allow-list one analyst query.
+
+    Raises:
+        AccessDeniedError: anything but one allow-listed SELECT over logical tables and its own CTEs.
+    """
+    if not isinstance(sql, str) or not sql.strip():
+        raise refuse("empty query")
+    if len(sql) > max_chars:
+        raise refuse(f"query is {len(sql)} characters long; at most {max_chars} are accepted")
+    try:
+        statements = [s for s in sqlglot.parse(sql, read=DIALECT) if s is not None]
+    except (SqlglotError, RecursionError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise refuse(f"cannot parse the SQL: {first[:200]}") from exc
+    if len(statements) != 1:
+        raise refuse(f"exactly one statement is allowed, got {len(statements)}")
+    tree = statements[0]
+    if not isinstance(tree, exp.Select | exp.Union | exp.Intersect | exp.Except):
+        raise refuse(f"only SELECT queries are allowed, not {tree.key.upper()}")
+    ctes = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
+    tables: list[str] = []
+    for node in tree.walk():
+        if isinstance(node, exp.Anonymous):
+            if node.name.lower() not in ALLOWED_ANONYMOUS:
+                raise refuse(f"{_node_name(node)} is not allowed")
+            continue
+        if type(node) not in ALLOWED_NODES:
+            raise refuse(f"{_node_name(node)} are not allowed" if not isinstance(node, exp.Func)
+                         else f"{_node_name(node)} is not allowed")
+        if isinstance(node, exp.Table):
+            tables.append(_logical_table(node, ctes))
+    return Checked(tree, tuple(dict.fromkeys(t for t in tables if t)))
+
+
+def _logical_table(node: exp.Table, ctes: set[str]) -> str:
+    extra = sorted(k for k, v in node.args.items() if v is not None and k not in _TABLE_ARGS)
+    if extra or not isinstance(node.this, exp.Identifier):
+        what = node.this.sql_name() if isinstance(node.this, exp.Func) else "table options"
+        raise refuse(f"table functions and table options are not allowed ({what})")
+    if node.catalog:
+        raise refuse(f"three-part table names are not allowed ({node.sql(DIALECT)[:80]}); use zone.table")
+    name = node.name.lower()
+    if not node.db:
+        if name in ctes:
+            return ""
+        raise refuse(f"unknown table {node.name!r}: name tables as zone.table (see `medguard access tables`)")
+    return f"{node.db.lower()}.{name}"
+
+
+def bind(checked: Checked, views: Mapping[str, str], schema: Mapping[str, list[str]]) -> exp.Expression:
+    """Replace logical tables by their views, qualify every column, and prove each one comes from a view.
+
+    Args:
+        views: logical name -> view name registered in DuckDB.
+        schema: view name -> its column names.
+
+    Returns:
+        the qualified tree, ready to generate the SQL that runs.
+
+    Raises:
+        AccessDeniedError: an unknown column, or a column whose source cannot be proven to be a view or a
+            derived table of this query (fail closed).
+    """
+    tree = checked.tree.copy()
+    for node in list(tree.find_all(exp.Table)):
+        if not node.db:
+            continue
+        logical = f"{node.db.lower()}.{node.name.lower()}"
+        alias = node.alias or node.name.lower()
+        node.replace(exp.Table(this=exp.to_identifier(views[logical], quoted=True),
+                               alias=exp.TableAlias(this=exp.to_identifier(alias, quoted=True))))
+    try:
+        tree = qualify(tree, schema={v: dict.fromkeys(cols, "VARCHAR") for v, cols in schema.items()},
+                       dialect=DIALECT, validate_qualify_columns=True, quote_identifiers=True)
+    except (SqlglotError, KeyError, ValueError) as exc:
+        raise refuse(f"cannot resolve the query's columns: {str(exc).splitlines()[0][:200]}") from exc
+    view_names = set(views.values())
+    try:
+        scopes = traverse_scope(tree)
+    except (SqlglotError, KeyError, ValueError) as exc:
+        raise refuse(f"cannot prove where the query's columns come from: {exc}") from exc
+    for scope in scopes:
+        _prove(scope, view_names)
+    return tree
+
+
+def _prove(scope: Scope, view_names: set[str]) -> None:
+    for source in scope.selected_sources.values():
+        node = source[1] if isinstance(source, tuple) else source
+        if isinstance(node, exp.Table) and node.name not in view_names:
+            raise refuse(f"cannot prove the lineage of table {node.name!r}: not a policy-enforced view")
+    outputs = {s.alias_or_name for s in scope.expression.selects} if isinstance(scope.expression, exp.Select) \
+        else set()
+    for column in scope.columns:
+        if not column.table:
+            if column.name in outputs:
+                continue  # a reference to an output alias (ORDER BY, HAVING)
+            raise refuse(f"cannot prove the lineage of column {column.name!r}")
+        current: Scope | None = scope
+        while current is not None and column.table not in current.selected_sources:
+            current = current.parent
+        if current is None:
+            raise refuse(f"cannot prove the lineage of column {column.table}.{column.name}")
+
+
+def referenced_columns(tree: exp.Expression, view_names: set[str]) -> dict[str, set[str]]:
+    """View name -> the columns the (qualified) query reads from it."""
+    used: dict[str, set[str]] = {v: set() for v in view_names}
+    for scope in traverse_scope(tree):
+        aliases: dict[str, str] = {}
+        for alias, source in scope.selected_sources.items():
+            node = source[1] if isinstance(source, tuple) else source
+            if isinstance(node, exp.Table) and node.name in view_names:
+                aliases[alias] = node.name
+        for column in scope.columns:
+            if column.table in aliases:
+                used[aliases[column.table]].add(column.name)
+    return used
+
+
+def render(tree: exp.Expression) -> str:
+    """The SQL to run, generated from the checked tree, without comments."""
+    return tree.sql(dialect=DIALECT, comments=False)
