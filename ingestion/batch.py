@@ -1,0 +1,548 @@
+"""One ingestion batch: read a source in chunks, validate, quarantine the rejects, load the rest into ``raw``.
+
+Flow per chunk: the source reader yields raw records per table and the records it could not read; each
+table's records are conformed to the contract's types and validated through Great Expectations
+(:mod:`ingestion.validate`); rows that pass are checked for duplicates within the batch, hashed, given their
+``patient_pseudonym`` and provenance, and merged into ``raw/<table>`` through the security core's
+:class:`~storage_security.protected.ProtectedLake`, which seals every PHI column of the contract before
+anything is written. Rejected rows go to ``quarantine/records`` with their position, rules and reason; their
+payload is sealed the same way.
+
+Idempotence (the choice, documented): **a deterministic batch id, Delta merges on content keys, and a batch
+ledger.** The batch id is a digest of the source kind, table, contracts and the input files' bytes, so
+re-running the same input gives the same batch. Raw rows are merged on ``_record_hash`` (SHA-256 of the table
+name and the record's typed values) and quarantine rows on ``quarantine_id`` (digest of batch, table and
+position), so re-running a batch, or resuming it after a crash at any point, rewrites what was there and adds
+nothing twice; every Delta commit is atomic, so a crash leaves whole commits only. When a batch has finished, a
+row in ``quarantine/batches`` (the ledger) records its counts and validation results, and a later run of the
+same batch returns those without touching the tables.
+
+Duplicates inside a batch: a row identical to an earlier accepted row (same ``_record_hash``: an exact copy,
+or the same patient repeated across HL7 messages or FHIR bundles) is accepted once and counted in
+``duplicates``; a row whose key was already taken by a *different* accepted row is quarantined under
+``<key>:unique``. The invariant ``in = accepted + quarantined`` is checked per table before the batch is
+recorded; a breach raises and records nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+
+from ingestion.contract import CONFORMED_TABLES, Contract, builtin_contract, load_contract
+from ingestion.sources._base import SourceChunk, TableRows
+from ingestion.validate import ChunkValidator, conform
+from pipeline.errors import ValidationError
+from pipeline.lake import CommitInfo, Zone
+from pipeline.settings import Settings
+
+__all__ = ["SOURCES", "BatchReport", "TableCounts", "ingest"]
+
+SOURCES = ("tabular", "fhir", "hl7", "notes")
+QUARANTINE_TABLE = "records"
+LEDGER_TABLE = "batches"
+STAGES = ("quarantine", "raw")
+PRINCIPAL = "svc:ingest"
+_FHIR_TABLES = ("patients", "encounters", "observations", "conditions", "medications", "resources")
+_HL7_TABLES = ("patients", "encounters", "observations")
+_PROVENANCE = [pa.field("patient_pseudonym", pa.string()), pa.field("_source", pa.string()),
+               pa.field("_batch_id", pa.string()), pa.field("_ingested_at", pa.timestamp("us", tz="UTC")),
+               pa.field("_record_hash", pa.string())]
+_QUARANTINE_SCHEMA = pa.schema([
+    ("quarantine_id", pa.string()), ("table_name", pa.string()), ("source", pa.string()),
+    ("source_path", pa.string()), ("batch_id", pa.string()), ("position", pa.string()),
+    ("rules", pa.list_(pa.string())), ("reason", pa.string()), ("record_key", pa.string()),
+    ("patient_pseudonym", pa.string()), ("payload", pa.string()), ("payload_truncated", pa.bool_()),
+    ("_ingested_at", pa.timestamp("us", tz="UTC")),
+])
+_LEDGER_SCHEMA = pa.schema([
+    ("batch_id", pa.string()), ("stage", pa.string()), ("source", pa.string()), ("source_path", pa.string()),
+    ("contracts", pa.string()), ("counts", pa.string()), ("validation", pa.string()), ("data_docs", pa.string()),
+    ("finished_at", pa.timestamp("us", tz="UTC")),
+])
+
+
+@dataclass
+class TableCounts:
+    """Rows in, accepted and quarantined for one table of a batch, with the rules broken."""
+
+    rows_in: int = 0
+    accepted: int = 0
+    quarantined: int = 0
+    duplicates: int = 0
+    by_rule: Counter[str] = field(default_factory=Counter)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"in": self.rows_in, "accepted": self.accepted, "quarantined": self.quarantined,
+                "duplicates": self.duplicates, "by_rule": dict(sorted(self.by_rule.items()))}
+
+
+@dataclass
+class BatchReport:
+    """What a batch did (or, when ``replayed``, what the ledger says it did the first time)."""
+
+    batch_id: str
+    source: str
+    path: str
+    tables: dict[str, TableCounts] = field(default_factory=dict)
+    validation: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    contracts: dict[str, str] = field(default_factory=dict)
+    data_docs: str | None = None
+    stages: tuple[str, ...] = STAGES
+    replayed: bool = False
+
+    def counts(self, table: str) -> TableCounts:
+        return self.tables.setdefault(table, TableCounts())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"batch_id": self.batch_id, "source": self.source, "path": self.path,
+                "tables": {name: counts.to_dict() for name, counts in sorted(self.tables.items())},
+                "validation": self.validation, "contracts": self.contracts, "data_docs": self.data_docs,
+                "stages": list(self.stages), "replayed": self.replayed}
+
+    def check_invariant(self) -> None:
+        """Raise ValidationError unless rows in = accepted + quarantined for every table."""
+        broken = {name: c.to_dict() for name, c in self.tables.items() if c.rows_in != c.accepted + c.quarantined}
+        if broken:
+            raise ValidationError(f"batch {self.batch_id}: rows in != accepted + quarantined for {broken}")
+
+
+# contracts and batch identity ------------------------------------------------------------------------------
+
+
+def source_files(source: str, path: Path) -> list[Path]:
+    """The input files of a source (a file, or a directory of FHIR/HL7 files)."""
+    from ingestion.sources.fhir import fhir_files
+    from ingestion.sources.hl7v2 import hl7_files
+
+    if not path.exists():
+        raise ValueError(f"{path} does not exist")
+    if source == "fhir":
+        files = fhir_files(path)
+    elif source == "hl7":
+        files = hl7_files(path)
+    else:
+        if path.is_dir():
+            raise ValueError(f"{path} is a directory; --source {source} takes one extract file")
+        files = [path]
+    if not files:
+        raise ValueError(f"{path} holds no {source} files")
+    return files
+
+
+def resolve_contracts(settings: Settings, source: str, path: Path, table: str | None,
+                      contract: str | Path | Contract | None) -> dict[str, Contract]:
+    """The contract of every table the source can fill.
+
+    Tabular: ``contract`` when given; the shipped contract when ``table`` is a conformed table; otherwise a
+    draft inferred from the data, saved under ``$MEDGUARD_HOME/contracts/`` for review.
+    """
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}; choose from {', '.join(SOURCES)}")
+    if source == "fhir":
+        return {name: builtin_contract(name) for name in _FHIR_TABLES}
+    if source == "hl7":
+        return {name: builtin_contract(name) for name in _HL7_TABLES}
+    if source == "notes":
+        return {"notes": _given(contract) if contract is not None else builtin_contract("notes")}
+    if contract is not None:
+        chosen = _given(contract)
+        if table and table != chosen.table:
+            raise ValueError(f"--table {table} but the contract is for table {chosen.table}")
+        return {chosen.table: chosen}
+    name = table or _table_from_path(path)
+    if name in CONFORMED_TABLES:
+        return {name: builtin_contract(name)}
+    from ingestion.infer import infer_contract, save_draft
+
+    draft = infer_contract(path, table=name, sample_rows=settings.ingestion.infer_sample_rows)
+    save_draft(settings, draft)
+    return {name: draft}
+
+
+def _given(contract: str | Path | Contract) -> Contract:
+    return contract if isinstance(contract, Contract) else load_contract(contract)
+
+
+def _table_from_path(path: Path) -> str:
+    stem = path.name.split(".")[0].lower().replace("-", "_").replace(" ", "_")
+    return stem if stem and stem[0].isalpha() else f"t_{stem}"
+
+
+def batch_id_for(source: str, files: list[Path], contracts: dict[str, Contract]) -> str:
+    """A deterministic batch id: same source, files and contracts give the same id."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([source, sorted((t, c.fingerprint) for t, c in contracts.items())]).encode())
+    for file in files:
+        digest.update(file.name.encode() + b"\0")
+        with file.open("rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+    return f"b{digest.hexdigest()[:24]}"
+
+
+def _chunks(source: str, path: Path, contracts: dict[str, Contract], settings: Settings) -> Iterator[SourceChunk]:
+    options = {"chunk_rows": settings.ingestion.chunk_rows, "max_record_bytes": settings.ingestion.max_record_bytes}
+    if source == "fhir":
+        from ingestion.sources.fhir import read_fhir
+
+        yield from read_fhir(path, **options)
+    elif source == "hl7":
+        from ingestion.sources.hl7v2 import read_hl7
+
+        yield from read_hl7(path, **options)
+    else:
+        from ingestion.sources.tabular import read_tabular
+
+        (table, contract), = contracts.items()
+        yield from read_tabular(path, table, list(contract.columns), **options)
+
+
+# the batch ----------------------------------------------------------------------------------------------------
+
+
+class _Dedup:
+    """First accepted row wins per key; exact copies are duplicates, different rows with a taken key conflict."""
+
+    def __init__(self) -> None:
+        self._keys: dict[tuple[str, str], str] = {}
+        self._hashes: set[str] = set()
+
+    def verdict(self, table: str, key: str | None, record_hash: str) -> str:
+        if record_hash in self._hashes:
+            return "duplicate"
+        if key is not None and (table, key) in self._keys:
+            return "conflict"
+        self._hashes.add(record_hash)
+        if key is not None:
+            self._keys[(table, key)] = record_hash
+        return "new"
+
+
+def record_hashes(table: str, frame: pd.DataFrame) -> list[str]:
+    """SHA-256 of the table name and each row's typed values (its content, without provenance)."""
+    prefix = json.dumps(table).encode()
+    out = []
+    for values in frame.itertuples(index=False, name=None):
+        canonical = json.dumps([None if _missing(v) else v for v in values], default=str,
+                               ensure_ascii=False, separators=(",", ":"))
+        out.append(hashlib.sha256(prefix + b"\0" + canonical.encode()).hexdigest())
+    return out
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value) or value is pd.NA
+
+
+class _Batch:
+    def __init__(self, settings: Settings, plake: Any, source: str, path: Path, contracts: dict[str, Contract],
+                 batch_id: str, stages: tuple[str, ...], dag_run: str | None, docs_dir: Path | None) -> None:
+        self.settings, self.plake, self.source, self.path = settings, plake, source, path
+        self.contracts, self.batch_id, self.stages, self.dag_run = contracts, batch_id, stages, dag_run
+        self.report = BatchReport(batch_id, source, str(path), stages=stages,
+                                  contracts={t: c.fingerprint for t, c in contracts.items()})
+        self.validators = {t: ChunkValidator(c, docs_dir) for t, c in contracts.items()}
+        self.dedup = _Dedup()
+        self.pseudonyms = plake.pseudonymizer("patient")
+        self.now = datetime.now(UTC)
+        self.commit = CommitInfo(principal=plake.principal, purpose="ingest", dag_run=dag_run, batch_id=batch_id)
+
+    def run(self) -> BatchReport:
+        for chunk in _chunks(self.source, self.path, self.contracts, self.settings):
+            self._chunk(chunk)
+        self.report.check_invariant()
+        for _table, validator in self.validators.items():
+            docs = validator.build_docs()
+            if docs is not None:
+                self.report.data_docs = str(docs)
+        return self.report
+
+    def _chunk(self, chunk: SourceChunk) -> None:
+        quarantined: list[dict[str, Any]] = []
+        for unit, count in chunk.units.items():
+            if unit not in self.contracts:  # whole bundles/messages: their own in/accepted/quarantined
+                counts = self.report.counts(unit)
+                counts.rows_in += count
+                rejected = sum(1 for r in chunk.rejected if r.table == unit)
+                counts.accepted += count - rejected
+        for rejected in chunk.rejected:
+            counts = self.report.counts(rejected.table)
+            if rejected.table in self.contracts:
+                counts.rows_in += 1
+            counts.quarantined += 1
+            counts.by_rule[rejected.rule] += 1
+            quarantined.append(self._quarantine_row(rejected.table, rejected.position, [rejected.rule],
+                                                    rejected.reason, rejected.payload, rejected.patient_id,
+                                                    None, rejected.payload_truncated))
+        loads: list[tuple[str, pa.Table]] = []
+        for table, rows in chunk.tables.items():
+            contract = self.contracts.get(table)
+            if contract is None:
+                raise ValidationError(f"the {self.source} reader produced rows for {table!r}, which has no contract")
+            accepted, rejected_rows = self._table(chunk.index, table, contract, rows)
+            quarantined += rejected_rows
+            if accepted is not None and accepted.num_rows:
+                loads.append((table, accepted))
+        # Quarantine first: a crash between the two leaves rejects recorded and the raw merge still to redo.
+        if "quarantine" in self.stages and quarantined:
+            self._write_quarantine(quarantined)
+        if "raw" in self.stages:
+            for table, data in loads:
+                contract = self.contracts[table]
+                self.plake.merge(Zone.RAW, table, data, _protection(contract), keys=["_record_hash"],
+                                 commit=self.commit)
+
+    def _table(self, chunk_index: int, table: str, contract: Contract,
+               rows: TableRows) -> tuple[pa.Table | None, list[dict[str, Any]]]:
+        counts = self.report.counts(table)
+        counts.rows_in += len(rows.rows)
+        frame, violations = conform(rows, contract)
+        result = self.validators[table].validate(frame, run_name=f"{self.batch_id}-{table}-{chunk_index:05d}")
+        for index, found in result.violations.items():
+            violations.setdefault(index, []).extend(found)
+        self._merge_outcomes(table, result.outcomes)
+        hashes = record_hashes(table, frame)
+        patient_ids = frame[contract.patient_column] if contract.patient_column else None
+        keep: list[int] = []
+        for index in range(len(frame)):
+            if index in violations:
+                continue
+            key = frame.at[index, contract.key] if contract.key else None
+            verdict = self.dedup.verdict(table, None if _missing(key) else str(key), hashes[index])
+            if verdict == "duplicate":
+                counts.duplicates += 1
+                counts.accepted += 1
+            elif verdict == "conflict":
+                violations[index] = [(f"{contract.key}:unique", f"{contract.key} was already loaded in this batch "
+                                      "with different content")]
+            else:
+                keep.append(index)
+                counts.accepted += 1
+        quarantined = []
+        for index in sorted(violations):
+            rules = list(dict.fromkeys(rule for rule, _ in violations[index]))
+            counts.quarantined += 1
+            counts.by_rule.update(rules)
+            patient = patient_ids.iloc[index] if patient_ids is not None else None
+            key_value = None
+            if contract.key and not contract.columns[contract.key].phi and not _missing(frame.at[index, contract.key]):
+                key_value = str(frame.at[index, contract.key])
+            naming = f" ({contract.key}={key_value})" if key_value else ""
+            reason = f"record at {rows.positions[index]}{naming}: " + "; ".join(
+                dict.fromkeys(message for _, message in violations[index]))
+            quarantined.append(self._quarantine_row(
+                table, rows.positions[index], rules, reason, json.dumps(rows.rows[index], default=str,
+                                                                          ensure_ascii=False),
+                None if _missing(patient) else str(patient), key_value, False))
+        if not keep:
+            return None, quarantined
+        accepted = frame.iloc[keep].reset_index(drop=True)
+        return self._raw_table(table, contract, accepted, [hashes[i] for i in keep]), quarantined
+
+    def _raw_table(self, table: str, contract: Contract, frame: pd.DataFrame, hashes: list[str]) -> pa.Table:
+        data = pa.Table.from_pandas(frame, schema=contract.arrow_schema, preserve_index=False)
+        if contract.patient_column:
+            pseudonyms = self.pseudonyms.pseudonymize(data.column(contract.patient_column))
+        else:
+            pseudonyms = pa.nulls(data.num_rows, pa.string())
+        extra = [pseudonyms, pa.array([self.source] * data.num_rows, pa.string()),
+                 pa.array([self.batch_id] * data.num_rows, pa.string()),
+                 pa.array([self.now] * data.num_rows, pa.timestamp("us", tz="UTC")), pa.array(hashes, pa.string())]
+        for fld, column in zip(_PROVENANCE, extra, strict=True):
+            data = data.append_column(fld, column)
+        return data
+
+    def _quarantine_row(self, table: str, position: str, rules: list[str], reason: str, payload: str,
+                        patient_id: str | None, record_key: str | None, truncated: bool) -> dict[str, Any]:
+        qid = hashlib.sha256(json.dumps([self.batch_id, table, position, rules]).encode()).hexdigest()
+        return {"quarantine_id": qid, "table_name": table, "source": self.source, "source_path": str(self.path),
+                "batch_id": self.batch_id, "position": position, "rules": rules, "reason": f"{table}: {reason}",
+                "record_key": record_key, "patient_id": patient_id, "payload": payload,
+                "payload_truncated": truncated, "_ingested_at": self.now}
+
+    def _write_quarantine(self, rows: list[dict[str, Any]]) -> None:
+        patients = pa.array([r.pop("patient_id") for r in rows], pa.string())
+        has = [p is not None for p in patients.to_pylist()]
+        pseudonyms = pa.nulls(len(rows), pa.string())
+        if any(has):
+            pseudonyms = self.pseudonyms.pseudonymize(patients)
+        for row, pseudonym in zip(rows, pseudonyms.to_pylist(), strict=True):
+            row["patient_pseudonym"] = pseudonym
+        data = pa.Table.from_pylist(rows, schema=_QUARANTINE_SCHEMA)
+        # The same position can be rejected twice in one chunk only if a reader repeats itself; keep one.
+        unique = {r: i for i, r in enumerate(data.column("quarantine_id").to_pylist())}
+        if len(unique) != data.num_rows:
+            data = data.take(pa.array(sorted(unique.values())))
+        self.plake.merge(Zone.QUARANTINE, QUARANTINE_TABLE, data, QUARANTINE_PROTECTION, keys=["quarantine_id"],
+                         commit=self.commit)
+
+    def _merge_outcomes(self, table: str, outcomes: Iterable[Any]) -> None:
+        rules = self.report.validation.setdefault(table, {})
+        for outcome in outcomes:
+            entry = rules.setdefault(outcome.rule, {"expectation": outcome.expectation, "column": outcome.column,
+                                                    "success": True, "element_count": 0, "unexpected_count": 0})
+            entry["success"] = entry["success"] and outcome.success
+            entry["element_count"] += outcome.element_count
+            entry["unexpected_count"] += outcome.unexpected_count
+
+
+def _protection(contract: Contract) -> Any:
+    from storage_security.protected import Protection
+
+    return Protection(encrypted=contract.phi_columns, row_key="_record_hash", patient_key="patient_pseudonym")
+
+
+def _quarantine_protection() -> Any:
+    from storage_security.protected import Protection
+
+    return Protection(encrypted=("payload",), row_key="quarantine_id", patient_key="patient_pseudonym")
+
+
+QUARANTINE_PROTECTION = _quarantine_protection()
+
+
+# ledger ---------------------------------------------------------------------------------------------------------
+
+
+def _ledger_rows(lake: Any, batch_id: str) -> list[dict[str, Any]]:
+    if not lake.exists(Zone.QUARANTINE, LEDGER_TABLE):
+        return []
+    if not all(c.isalnum() for c in batch_id):
+        raise ValueError(f"malformed batch id {batch_id!r}")
+    return lake.read_arrow(Zone.QUARANTINE, LEDGER_TABLE, where=f"batch_id = '{batch_id}'").to_pylist()
+
+
+def _replay(rows: list[dict[str, Any]], stages: tuple[str, ...]) -> BatchReport | None:
+    done = {r["stage"]: r for r in rows}
+    if not stages or not all(s in done for s in stages):
+        return None
+    row = done[stages[-1]]
+    report = BatchReport(row["batch_id"], row["source"], row["source_path"], stages=stages, replayed=True,
+                         contracts=json.loads(row["contracts"]), validation=json.loads(row["validation"]),
+                         data_docs=row["data_docs"])
+    for name, counts in json.loads(row["counts"]).items():
+        report.tables[name] = TableCounts(counts["in"], counts["accepted"], counts["quarantined"],
+                                          counts["duplicates"], Counter(counts["by_rule"]))
+    return report
+
+
+def _record_ledger(lake: Any, report: BatchReport, commit: CommitInfo) -> None:
+    now = datetime.now(UTC)
+    counts = json.dumps({n: c.to_dict() for n, c in report.tables.items()}, sort_keys=True)
+    rows = [{"batch_id": report.batch_id, "stage": stage, "source": report.source, "source_path": report.path,
+             "contracts": json.dumps(report.contracts, sort_keys=True), "counts": counts,
+             "validation": json.dumps(report.validation, sort_keys=True), "data_docs": report.data_docs,
+             "finished_at": now} for stage in report.stages]
+    lake.merge(Zone.QUARANTINE, LEDGER_TABLE, pa.Table.from_pylist(rows, schema=_LEDGER_SCHEMA),
+               keys=["batch_id", "stage"], commit=commit)
+
+
+def _audit(plake: Any, report: BatchReport, commit: CommitInfo) -> None:
+    from storage_security.audit import AuditAction, AuditEvent, Decision
+
+    accepted = sum(c.accepted - c.duplicates for n, c in report.tables.items() if n in CONFORMED_TABLES)
+    plake.audit.record(AuditEvent(
+        principal=plake.principal, action=AuditAction.WRITE, zone=Zone.RAW if "raw" in report.stages else None,
+        columns=(), row_count=accepted, decision=Decision.ALLOW, purpose="ingest", dag_run=commit.dag_run,
+        details={"batch_id": report.batch_id, "source": report.source, "stages": list(report.stages),
+                 "replayed": report.replayed,
+                 "tables": {n: {k: v for k, v in c.to_dict().items() if k != "by_rule"}
+                            for n, c in report.tables.items()}}))
+
+
+def ingest(settings: Settings, *, source: str, path: str | Path, table: str | None = None,
+           contract: str | Path | Contract | None = None, plake: Any = None, stages: Iterable[str] = STAGES,
+           dag_run: str | None = None, docs: bool = True) -> BatchReport:
+    """Ingest one source file (or directory of FHIR/HL7 files) as one batch.
+
+    Args:
+        settings: medguard settings (chunk size, record size limit, home for drafts and Data Docs).
+        source: ``tabular``, ``fhir``, ``hl7`` or ``notes``.
+        path: the extract file, or a directory of ``*.ndjson`` bundles / ``*.hl7`` messages.
+        table: the table of a tabular extract (default: the file name's stem).
+        contract: a contract file or object (tabular and notes); inferred when omitted for unknown tables.
+        plake: the ProtectedLake to write through (built from settings as ``svc:ingest`` when omitted).
+        stages: which writes to do: ``quarantine``, ``raw`` (both by default; none = validate only).
+        dag_run: the Airflow run id, recorded in commits and the audit event.
+        docs: build Great Expectations Data Docs under ``$MEDGUARD_HOME/reports/ingest/data_docs``.
+
+    Returns:
+        The batch report; ``replayed`` when the ledger shows the batch already finished these stages.
+
+    Raises:
+        ValueError: bad arguments (unknown source, missing path, table/contract mismatch).
+        ValidationError: a contract is invalid, or the in = accepted + quarantined invariant broke.
+        KeyProviderUnavailableError, CryptoError: the key provider failed; nothing was written in plaintext.
+    """
+    stages = tuple(s for s in STAGES if s in set(stages))
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        raise ValueError(f"unknown stages {sorted(unknown)}; choose from {STAGES}")
+    source_path = Path(path).expanduser().resolve()
+    files = source_files(source, source_path)
+    contracts = resolve_contracts(settings, source, source_path, table, contract)
+    batch_id = batch_id_for(source, files, contracts)
+    if plake is None:
+        from storage_security.protected import ProtectedLake
+
+        plake = ProtectedLake.from_settings(settings, principal=PRINCIPAL)
+    commit = CommitInfo(principal=plake.principal, purpose="ingest", dag_run=dag_run, batch_id=batch_id)
+    if stages:
+        replayed = _replay(_ledger_rows(plake.lake, batch_id), stages)
+        if replayed is not None:
+            _audit(plake, replayed, commit)
+            return replayed
+    docs_dir = settings.home / "reports" / "ingest" / "data_docs" if docs else None
+    report = _Batch(settings, plake, source, source_path, contracts, batch_id, stages, dag_run, docs_dir).run()
+    if stages:
+        _record_ledger(plake.lake, report, commit)
+    _audit(plake, report, commit)
+    return report
+
+
+def extract_paths(source: str, sources_dir: str | Path, *,
+                  tabular_format: str = "parquet") -> list[tuple[Path, str | None]]:
+    """The inputs of one source kind in a generator-shaped extract folder: ``(path, table)`` pairs.
+
+    Tabular: every ``<table>.<format>`` of the conformed tables found; FHIR: ``fhir/``; HL7: ``hl7/``; notes:
+    ``notes.jsonl``. Missing inputs are simply absent from the list.
+    """
+    root = Path(sources_dir)
+    if source == "tabular":
+        return [(root / f"{t}.{tabular_format}", t) for t in CONFORMED_TABLES
+                if t not in ("notes", "resources") and (root / f"{t}.{tabular_format}").is_file()]
+    candidate = {"fhir": root / "fhir", "hl7": root / "hl7", "notes": root / "notes.jsonl"}.get(source)
+    if candidate is None:
+        raise ValueError(f"unknown source {source!r}; choose from {', '.join(SOURCES)}")
+    return [(candidate, None)] if candidate.exists() else []
+
+
+def ingest_extract(settings: Settings, *, source: str, sources_dir: str | Path, stages: Iterable[str] = STAGES,
+                   tabular_format: str = "parquet", plake: Any = None, dag_run: str | None = None) -> dict[str, Any]:
+    """Ingest every input of one source kind found in an extract folder; the DAG's tasks call this.
+
+    Returns:
+        ``{"batches": [batch ids], "tables": {table: {"in", "accepted", "quarantined"}}}`` summed over batches.
+    """
+    if plake is None:
+        from storage_security.protected import ProtectedLake
+
+        plake = ProtectedLake.from_settings(settings, principal=PRINCIPAL)
+    totals: dict[str, Counter[str]] = {}
+    batches = []
+    for path, table in extract_paths(source, sources_dir, tabular_format=tabular_format):
+        report = ingest(settings, source=source, path=path, table=table, plake=plake, stages=stages, dag_run=dag_run)
+        batches.append(report.batch_id)
+        for name, counts in report.tables.items():
+            totals.setdefault(name, Counter()).update(
+                {"in": counts.rows_in, "accepted": counts.accepted, "quarantined": counts.quarantined})
+    return {"batches": batches, "tables": {name: dict(c) for name, c in sorted(totals.items())}}

@@ -1,0 +1,205 @@
+"""Data contracts: one declarative YAML file per table (schema, types, rules, PHI columns), loaded and checked.
+
+A contract is data, not code. The shipped contracts live in ``ingestion/contracts/<table>.yaml``; a user can
+pass any file of the same shape (``medguard ingest --contract FILE``) or let :mod:`ingestion.infer` draft one.
+
+Shape::
+
+    table: observations            # the raw table it loads
+    key: observation_id            # unique per record within a batch
+    patient_column: patient_id     # whose record it is (pseudonymised into patient_pseudonym); optional
+    columns:
+      <name>: {type: string|float|integer|boolean|date|datetime|json, required: bool, phi: bool,
+               enum: [...], pattern: REGEX, min: x, max: y, min_length: n, max_length: n,
+               code_system: icd10cm|loinc|ndc}
+    ranges:                        # value limits that depend on a code (vitals and labs per LOINC)
+      - {column: value, by: loinc_code, limits: {"8480-6": [60, 260], ...}}
+    order:                         # one column's value may not be earlier than another's
+      - {before: admit_time, after: discharge_time}
+
+Dates are ISO-8601 strings as the extracts carry them (``date``: ``YYYY-MM-DD``, ``datetime``:
+``YYYY-MM-DDTHH:MM:SSZ``); they are checked for format *and* calendar validity, and kept as strings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import pyarrow as pa
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ValidationError as PydanticValidationError
+
+from pipeline.errors import ValidationError
+
+__all__ = ["CONFORMED_TABLES", "Column", "Contract", "builtin_contract", "load_contract"]
+
+ColumnType = Literal["string", "float", "integer", "boolean", "date", "datetime", "json"]
+CodeSystem = Literal["icd10cm", "loinc", "ndc"]
+CONFORMED_TABLES = ("patients", "encounters", "observations", "conditions", "medications", "outcomes", "notes",
+                    "resources")
+_TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+_ARROW = {"string": pa.string(), "float": pa.float64(), "integer": pa.int64(), "boolean": pa.bool_(),
+          "date": pa.string(), "datetime": pa.string(), "json": pa.string()}
+# Provenance and join columns the loader adds; a source column may not take these names.
+RESERVED = ("patient_pseudonym", "_source", "_batch_id", "_ingested_at", "_record_hash")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Column(_Model):
+    """One column's type and rules."""
+
+    type: ColumnType = "string"
+    required: bool = False
+    phi: bool = False
+    enum: tuple[str, ...] | None = None
+    pattern: str | None = None
+    min: float | None = None
+    max: float | None = None
+    min_length: int | None = Field(default=None, ge=0)
+    max_length: int | None = Field(default=None, ge=1)
+    code_system: CodeSystem | None = None
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"pattern {value!r} is not a valid regular expression: {exc}") from exc
+        return value
+
+    @property
+    def arrow_type(self) -> pa.DataType:
+        return _ARROW[self.type]
+
+
+class CodedRange(_Model):
+    """Inclusive limits of ``column`` for each code found in ``by`` (e.g. a vital's range per LOINC code)."""
+
+    column: str
+    by: str
+    limits: dict[str, tuple[float, float]]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> CodedRange:
+        for code, (low, high) in self.limits.items():
+            if low > high:
+                raise ValueError(f"range for {code}: low {low} is above high {high}")
+        return self
+
+
+class Order(_Model):
+    """``after`` may not be earlier than ``before`` (both ISO strings of the same format)."""
+
+    before: str
+    after: str
+
+
+class Contract(_Model):
+    """A table's data contract. Build with :func:`load_contract` / :func:`builtin_contract`."""
+
+    table: str
+    description: str = ""
+    key: str | None = None
+    patient_column: str | None = None
+    columns: dict[str, Column]
+    ranges: tuple[CodedRange, ...] = ()
+    order: tuple[Order, ...] = ()
+
+    @field_validator("table")
+    @classmethod
+    def _table_name(cls, value: str) -> str:
+        if not _TABLE_NAME.match(value):
+            raise ValueError(f"table {value!r} must be lower_snake_case: [a-z][a-z0-9_]*")
+        return value
+
+    @model_validator(mode="after")
+    def _names_exist(self) -> Contract:
+        if not self.columns:
+            raise ValueError("a contract needs at least one column")
+        names = set(self.columns)
+        reserved = sorted(names & set(RESERVED))
+        if reserved:
+            raise ValueError(f"columns {reserved} are reserved for the loader's provenance columns")
+        wanted = [self.key, self.patient_column]
+        wanted += [n for r in self.ranges for n in (r.column, r.by)]
+        wanted += [n for o in self.order for n in (o.before, o.after)]
+        missing = sorted({n for n in wanted if n is not None and n not in names})
+        if missing:
+            raise ValueError(f"the contract refers to columns it does not declare: {missing}")
+        for rng in self.ranges:
+            if self.columns[rng.column].type not in ("float", "integer"):
+                raise ValueError(f"range column {rng.column!r} must be float or integer")
+        return self
+
+    @property
+    def phi_columns(self) -> tuple[str, ...]:
+        """The columns sealed by the security core before anything is written."""
+        return tuple(name for name, col in self.columns.items() if col.phi)
+
+    @property
+    def arrow_schema(self) -> pa.Schema:
+        """The schema of the source columns as loaded (before encryption)."""
+        return pa.schema([(name, col.arrow_type) for name, col in self.columns.items()])
+
+    @property
+    def fingerprint(self) -> str:
+        """A short digest of the contract's content, recorded with every batch validated against it."""
+        text = self.model_dump_json(exclude={"description"})
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        """The contract as YAML (what :func:`load_contract` reads)."""
+        data = self.model_dump(mode="json", exclude_defaults=True)
+        data["columns"] = {name: col.model_dump(mode="json", exclude_defaults=True)
+                           for name, col in self.columns.items()}
+        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def _parse(text: str, where: str) -> Contract:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValidationError(f"contract {where} is not readable YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValidationError(f"contract {where} must be a mapping, not {type(data).__name__}")
+    try:
+        return Contract.model_validate(data)
+    except PydanticValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'contract'}: {e['msg']}" for e in exc.errors())
+        raise ValidationError(f"contract {where} is invalid: {problems}") from exc
+
+
+def load_contract(path: str | Path) -> Contract:
+    """Read a contract file.
+
+    Raises:
+        ValidationError: the file is missing, not YAML, or not a valid contract (the message names the field).
+    """
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValidationError(f"cannot read contract {file}: {exc.strerror or exc}") from exc
+    return _parse(text, str(file))
+
+
+def builtin_contract(table: str) -> Contract:
+    """The shipped contract of a conformed table.
+
+    Raises:
+        ValidationError: no contract ships for ``table``.
+    """
+    if table not in CONFORMED_TABLES:
+        raise ValidationError(f"no shipped contract for table {table!r}; shipped: {', '.join(CONFORMED_TABLES)}")
+    text = resources.files("ingestion").joinpath(f"contracts/{table}.yaml").read_text(encoding="utf-8")
+    return _parse(text, f"ingestion/contracts/{table}.yaml")
