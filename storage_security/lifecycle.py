@@ -81,10 +81,12 @@ def rotate_keys(provider: KeyProvider, store: DekStore, audit: AuditLog, *, kek_
         versions = provider.versions(name)
         if versions.min_decryption_version < versions.latest:
             resumed.append(name)  # an earlier rotation did not finish: finish it, rotate no further
-            continue
-        rotated[name] = provider.rotate(name)
+            details = {"kek": name, "version": versions.latest, "resumed": True}
+        else:
+            rotated[name] = provider.rotate(name)
+            details = {"kek": name, "version": rotated[name], "resumed": False}
         audit.record(AuditEvent(principal=principal, action=AuditAction.KEY_ROTATE, decision=Decision.ALLOW,
-                                purpose="key-rotation", details={"kek": name, "version": rotated[name]}))
+                                purpose="key-rotation", details=details))
     rewrap = store.rewrap_all(provider, commit=CommitInfo(principal=principal, purpose="key-rotation"))
     audit_keys = audit.rewrap_signing_keys()
     audit.record(AuditEvent(principal=principal, action=AuditAction.KEY_REWRAP, decision=Decision.ALLOW,
