@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 from access import _sql
 from access.policy import Action, Mask, PolicyDecision, PolicyEngine, policy_from_settings
 from access.principals import Session
-from pipeline.errors import AccessDeniedError
+from pipeline.errors import AccessDeniedError, MedguardError
 from pipeline.lake import Lake, Zone
 from storage_security.audit import AuditAction, AuditEvent, AuditLog, Decision
 
@@ -110,12 +110,15 @@ class QueryGateway:
         max_query_chars: longer queries are refused before parsing.
         max_result_rows: queries returning more rows are refused.
         column_classes: optional ``(zone, table) -> {column: class}`` (e.g. the de-identification report).
+        kek_name: the data KEK (for pseudonym keys created on first use).
     """
 
     def __init__(self, lake: Lake, provider: KeyProvider, engine: PolicyEngine, *, audit: AuditLog | None = None,
                  max_query_chars: int = 20_000, max_result_rows: int = 1_000_000,
-                 column_classes: Callable[[Zone, str], Mapping[str, str] | None] | None = None) -> None:
+                 column_classes: Callable[[Zone, str], Mapping[str, str] | None] | None = None,
+                 kek_name: str = "medguard-kek") -> None:
         self.lake = lake
+        self.kek_name = kek_name
         self.provider = provider
         self.engine = engine
         self.audit = audit or engine.audit or AuditLog(lake, provider)
@@ -136,7 +139,8 @@ class QueryGateway:
         engine = PolicyEngine(policy_from_settings(settings), audit=audit,
                               min_reason_chars=settings.access.break_glass_min_reason_chars)
         return cls(lake, provider, engine, audit=audit, max_query_chars=settings.access.max_query_chars,
-                   max_result_rows=settings.access.max_result_rows, column_classes=_published_classes(lake))
+                   max_result_rows=settings.access.max_result_rows, column_classes=_published_classes(lake),
+                   kek_name=settings.vault.kek_name)
 
     def __repr__(self) -> str:
         return f"QueryGateway(lake={self.lake.root!r}, policy_version={self.engine.policy.version})"
@@ -265,7 +269,8 @@ class QueryGateway:
     def _plake(self, principal: str) -> ProtectedLake:
         from storage_security.protected import ProtectedLake
 
-        return ProtectedLake(self.lake, self.provider, principal=principal, audit=self.audit)
+        return ProtectedLake(self.lake, self.provider, principal=principal, audit=self.audit,
+                             kek_name=self.kek_name)
 
     def _decide(self, view: _View, session: Session, columns: list[str], purpose: str,
                 break_glass_reason: str | None) -> None:
@@ -449,7 +454,7 @@ def _published_classes(lake: Lake) -> Callable[[Zone, str], Mapping[str, str] | 
             return None
         try:
             return published_report(lake, table).get("column_classes")
-        except Exception:  # a table published before reports existed: the policy's own classes apply
+        except (ValueError, MedguardError):  # published before reports existed: the policy's classes apply
             return None
 
     return classes
