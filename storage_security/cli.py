@@ -301,3 +301,29 @@ def keys_status(
         f"DEKs: {deks['deks']} ({by_scope}; {deks['patients']} patients, {deks['retired']} retired, "
         f"{deks.get('stale', 0)} wrapped under an older KEK version)",
     )
+
+
+@audit_app.command("alerts")
+def audit_alerts(
+    ctx: typer.Context,
+    severity: Annotated[
+        str | None,
+        typer.Option("--severity", help="Only alerts at least this severe: low, medium, high or critical."),
+    ] = None,
+    run: Annotated[bool, typer.Option("--run", help="Run the detectors over the audit log first.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")] = False,
+) -> None:
+    """List activity alerts (bulk reads, off-hours access, new endpoints, denials, break glass, many facilities)."""
+    from pipeline.lake import Lake
+    from storage_security.monitoring import SEVERITIES, ActivityMonitor, Thresholds
+
+    settings = _settings(ctx)
+    if severity is not None and severity not in SEVERITIES:
+        raise ValueError(f"unknown severity {severity!r}; use one of {', '.join(SEVERITIES)}")
+    if run:
+        ActivityMonitor.from_settings(settings).run()
+    # Listing reads only the alerts table: no key provider needed.
+    rows = ActivityMonitor(Lake(settings), None, Thresholds.from_settings(settings.access)).alerts(severity=severity)
+    lines = [f"{row['event_time']:%Y-%m-%d %H:%M} [{row['severity']}] {row['detector']}: {row['summary']}"
+             for row in rows]
+    _emit_line({"alerts": rows, "count": len(rows)}, as_json, "\n".join(lines) or "no alerts")

@@ -254,12 +254,12 @@ class ActivityMonitor:
 
     Args:
         lake: the lake whose audit zone holds the log and the alerts.
-        audit: the audit log to read.
+        audit: the audit log to read (None when only listing stored alerts).
         thresholds: the detectors' knobs.
         clock: the time written as ``detected_at``.
     """
 
-    def __init__(self, lake: Lake, audit: AuditLog, thresholds: Thresholds | None = None, *,
+    def __init__(self, lake: Lake, audit: AuditLog | None, thresholds: Thresholds | None = None, *,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.lake = lake
         self.audit = audit
@@ -276,7 +276,11 @@ class ActivityMonitor:
 
     def detect(self, records: Iterable[AuditRecord] | None = None) -> list[Alert]:
         """Every alert the detectors find in ``records`` (the whole log by default); nothing is written."""
-        records = sorted(self.audit.events() if records is None else records, key=lambda r: r.seq)
+        if records is None:
+            if self.audit is None:
+                raise ValueError("detect() needs records or an audit log to read them from")
+            records = self.audit.events()
+        records = sorted(records, key=lambda r: r.seq)
         alerts = [alert for detector in DETECTORS.values() for alert in detector(records, self.thresholds)]
         return sorted(alerts, key=lambda a: (a.event_time, a.detector, a.alert_id))
 

@@ -41,7 +41,7 @@ def normal_day(principal: str = "user:ann", day: datetime = DAY) -> list[AuditEv
 
 
 def _fired(events: list[AuditEvent]) -> list[tuple[str, str, str]]:
-    monitor = ActivityMonitor(lake=None, audit=None, thresholds=T)  # type: ignore[arg-type]
+    monitor = ActivityMonitor(lake=None, audit=None, thresholds=T)  # type: ignore[arg-type]  # detect() reads no lake
     return [(a.detector, a.severity, a.principal) for a in monitor.detect(_records(events))]
 
 
