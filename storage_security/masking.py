@@ -186,7 +186,11 @@ class NoteMasker:
 
 
 def _prefer_patterns(spans: Sequence[Any]) -> list[Any]:
-    """Drop statistical-model spans that overlap a pattern match: the pattern knows the identifier's kind."""
+    """Drop statistical-model spans inside a pattern match (the pattern knows the identifier's kind).
+
+    A model span that reaches past the pattern match is kept: the anonymizer trims the overlap, and every
+    character either recognizer flagged stays masked.
+    """
     patterns = [s for s in spans if getattr(s, "recognizer", "") != "SpacyRecognizer"]
     return patterns + [s for s in spans if getattr(s, "recognizer", "") == "SpacyRecognizer"
-                       and not any(p.start < s.end and s.start < p.end for p in patterns)]
+                       and not any(p.start <= s.start and s.end <= p.end for p in patterns)]

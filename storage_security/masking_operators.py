@@ -163,9 +163,12 @@ def zip3(value: str | None) -> str | None:
     """The first three digits of a ZIP, or ``000`` for a restricted (low-population) prefix."""
     if value is None:
         return None
-    digits = re.sub(r"\D", "", str(value))[:3]
-    if len(digits) < 3:
+    digits = re.sub(r"\D", "", str(value))
+    if len(digits) in (3, 4):
+        digits = digits.zfill(5)  # a leading zero lost on the way through a spreadsheet or an integer column
+    if len(digits) not in (5, 9):
         return None
+    digits = digits[:3]
     return "000" if digits in RESTRICTED_ZIP3 else digits
 
 

@@ -13,7 +13,7 @@ class AccountNumberRecognizer(HealthcarePatternRecognizer):
     ENTITY = "ACCOUNT_NUMBER"
     PATTERNS = (
         Pattern("Account (labelled)",
-                r"(?<=\b(?:account|acct|billing|invoice|encounter|visit)\.?\s*(?:id|no\.?|number|#)\s*[:#]?\s*)"
+                r"(?<=\b(?:account|acct|billing|invoice|encounter|visit)\b\.?\s*(?:id|no\.?|number|#)\s*[:#]?\s*)"
                 r"[A-Z0-9][A-Z0-9-]{4,19}\b", 0.75),
     )
     CONTEXT = ("account", "acct", "billing")

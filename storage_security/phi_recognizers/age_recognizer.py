@@ -15,6 +15,6 @@ class AgeOver89Recognizer(HealthcarePatternRecognizer):
     ENTITY = "AGE"
     PATTERNS = (
         Pattern("Age, year-old", rf"\b{_OVER_89}(?=[- ]?(?:years?|yrs?|y/?o|yo)\b)", 0.85),
-        Pattern("Age, labelled", rf"(?<=\b(?:age|aged)\s*:?\s*){_OVER_89}\b", 0.85),
+        Pattern("Age, labelled", rf"(?<=\b(?:age|aged)\b\s*:?\s*){_OVER_89}\b", 0.85),
     )
     CONTEXT = ("age", "aged", "year-old", "years old")

@@ -14,7 +14,7 @@ class DeviceIdRecognizer(HealthcarePatternRecognizer):
     PATTERNS = (
         Pattern("UDI (GS1)", r"\(01\)\d{14}(?:\(\d{2}\)[A-Z0-9]{1,20})*", 0.8),
         Pattern("Serial (labelled)",
-                r"(?<=\b(?:serial|s/n|sn|device id|device|udi|imei|model)\s*(?:no\.?|number|#)?\s*[:#]?\s*)"
+                r"(?<=\b(?:serial|s/n|sn|device id|device|udi|imei|model)\b\s*(?:no\.?|number|#)?\s*[:#]?\s*)"
                 r"[A-Z0-9]{2,10}(?:-[A-Z0-9]{2,10}){0,4}\b", 0.7),
         Pattern("Serial (shape)", r"\b[A-Z]{2,5}-\d{3,6}-\d{3,8}\b", 0.3),
     )

@@ -13,7 +13,7 @@ class HealthPlanIdRecognizer(HealthcarePatternRecognizer):
     ENTITY = "HEALTH_PLAN_ID"
     PATTERNS = (
         Pattern("Member id (labelled)",
-                r"(?<=\b(?:member|subscriber|policy|beneficiary|plan|insurance)\s*(?:id|no\.?|number|#)\s*[:#]?\s*)"
+                r"(?<=\b(?:member|subscriber|policy|beneficiary|plan|insurance)\b\s*(?:id|no\.?|number|#)\s*[:#]?\s*)"
                 r"[A-Z0-9]{0,4}\d{6,12}[A-Z0-9]{0,3}\b", 0.85),
         Pattern("Member id (weak)", r"\b[A-Z]{1,3}\d{8,12}\b", 0.3),
     )

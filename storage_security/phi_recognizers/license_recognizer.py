@@ -13,7 +13,7 @@ class LicenseNumberRecognizer(HealthcarePatternRecognizer):
     ENTITY = "LICENSE_NUMBER"
     PATTERNS = (
         Pattern("License (labelled)",
-                r"(?<=\b(?:licen[cs]e|lic\.|certificate|cert\.|permit)\s*(?:id|no\.?|number|#)?\s*[:#]?\s*)"
+                r"(?<=\b(?:(?:licen[cs]e|certificate|permit)\b|lic\.|cert\.)\s*(?:id|no\.?|number|#)?\s*[:#]?\s*)"
                 r"[A-Z]{0,3}-?\d{4,12}[A-Z]?\b", 0.75),
     )
     CONTEXT = ("license", "licence", "certificate", "board")

@@ -17,7 +17,7 @@ class ClinicalNameRecognizer(HealthcarePatternRecognizer):
     CASE_SENSITIVE = True
     PATTERNS = (
         Pattern("Titled name", rf"(?<=\b(?:Dr|Mr|Mrs|Ms|Miss|Mx|Prof)\.?\s+){_FULL}", 0.8),
-        Pattern("Labelled name", rf"(?<=\b(?:Patient|Pt|Name|Patient name|Guarantor|Contact)\s*:\s*){_FULL}", 0.85),
+        Pattern("Labelled name", rf"(?<=\b(?:Patient|Pt|Name|Patient name|Guarantor|Contact)\b\s*:\s*){_FULL}", 0.85),
         Pattern("Relative",
                 rf"(?<=\b(?:daughter|son|wife|husband|sister|brother|caregiver|mother|father|spouse|partner|"
                 rf"friend|neighbor|niece|nephew|grandson|granddaughter)\s+){_FULL}", 0.7),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import cache
 from pathlib import Path
 
 import pandas as pd
@@ -51,3 +52,23 @@ def load_raw(plake, source: Path, tables=tuple(PHI), *, extra_columns: dict[str,
         plake.append("raw", table, arrow, protection, commit=CommitInfo(principal="svc:ingest", purpose="ingest"))
         frames[table] = frame
     return frames
+
+
+@cache
+def shared_detector():
+    """One medguard PhiDetector per test session (a spaCy model load takes seconds)."""
+    from storage_security.phi_detection import PhiDetector
+
+    return PhiDetector("medguard")
+
+
+@cache
+def generated(patients: int = 60, seed: int = 11) -> Path:
+    """A generated population (no defects) in a per-session temporary folder."""
+    import tempfile
+
+    from pipeline.synthetic import generate
+
+    out = Path(tempfile.mkdtemp(prefix="medguard-deid-")) / f"p{patients}-s{seed}"
+    generate(out, patients=patients, seed=seed, formats=["parquet", "notes"], defect_rate=0.0)
+    return out
