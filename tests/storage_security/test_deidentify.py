@@ -128,3 +128,33 @@ def test_when_a_table_is_too_small_for_k_then_nothing_is_published(published, se
     with pytest.raises(RiskGateError):
         strict.publish("outcomes")
     assert published["lake"].version("deidentified", "outcomes") == before
+
+
+def test_when_deidentify_runs_from_the_cli_on_vault_then_the_table_is_published(tmp_path, openbao, vault_provider,
+                                                                                kek_name):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    vault_provider.ensure_key("medguard-audit")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MEDGUARD_")},
+           "MEDGUARD_HOME": str(tmp_path / "home"), "MEDGUARD_KEY_PROVIDER": "vault",
+           "MEDGUARD_VAULT__ADDR": openbao.addr, "MEDGUARD_VAULT__TOKEN": openbao.token,
+           "MEDGUARD_VAULT__KEK_NAME": kek_name}
+    from pipeline.settings import load_settings
+
+    lake = Lake(load_settings(home=tmp_path / "home"))
+    plake = ProtectedLake(lake, vault_provider, principal="svc:ingest", kek_name=kek_name)
+    load_raw(plake, generated(60, 11), ("outcomes",))
+    medguard = str(Path(sys.executable).with_name("medguard"))
+    done = subprocess.run([medguard, "deidentify", "--table", "outcomes", "--json"], env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)["tables"]["outcomes"]
+    assert result["rows_out"] == 60 and result["k"] >= 5
+    assert published_report(lake, "outcomes")["version"] == result["version"]
+    assert "patient_id" not in lake.read_pandas("deidentified", "outcomes").columns
+    missing = subprocess.run([medguard, "deidentify", "--table", "nope"], env=env, capture_output=True, text=True,
+                             timeout=300, check=False)
+    assert missing.returncode == 1 and len(missing.stderr.strip().splitlines()) == 1
