@@ -1,0 +1,41 @@
+"""Hourly: verify the audit hash chain, then run the activity detectors (alerts go to ``audit/alerts``).
+
+Two tasks, each one call into ``storage_security.monitoring``. The detectors run only after the chain
+verifies: alerts computed from a tampered log would be worthless, and the failed run is itself the alarm.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import dag, task
+
+
+@dag(
+    dag_id="medguard_audit_monitor",
+    description="Verify the audit chain and run activity detectors (bulk reads, off-hours, new endpoints, ...)",
+    doc_md=__doc__,
+    schedule="@hourly",
+    catchup=False,
+    tags=["medguard", "security", "audit"],
+    default_args={"owner": "medguard-security", "retries": 0},
+)
+def medguard_audit_monitor() -> None:
+    @task(task_id="verify_chain")
+    def verify_chain() -> dict[str, Any]:
+        from pipeline.settings import get_settings
+        from storage_security.monitoring import verify_chain
+
+        return verify_chain(get_settings())
+
+    @task(task_id="run_detectors")
+    def run_detectors() -> dict[str, Any]:
+        from pipeline.settings import get_settings
+        from storage_security.monitoring import run_detectors
+
+        return run_detectors(get_settings())
+
+    verify_chain() >> run_detectors()
+
+
+medguard_audit_monitor()

@@ -1,0 +1,53 @@
+"""The ``50_access`` demo step: granted and refused queries over whatever tables exist, or a clear skip."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from access.demo import step
+from pipeline.demo import DemoReport
+from pipeline.lake import CommitInfo, Lake
+from pipeline.settings import load_settings
+from storage_security.keyring import LocalKeyring, encode_master_key
+from storage_security.protected import ProtectedLake, Protection
+
+
+@pytest.fixture
+def demo_settings(tmp_path, monkeypatch):
+    master = LocalKeyring.generate_master_key()
+    monkeypatch.setenv("MEDGUARD_KEYRING_MASTER_KEY", encode_master_key(master))
+    settings = load_settings(home=tmp_path / "home", key_provider="keyring")
+    ring = LocalKeyring.init(settings.keyring.path, master)
+    ring.ensure_key("medguard-kek")
+    ring.ensure_key("medguard-audit")
+    return settings, ring
+
+
+def test_when_no_tables_exist_then_the_step_skips_with_a_note(demo_settings):
+    settings, _ = demo_settings
+    assert "skipped" in step(settings, DemoReport())
+
+
+def test_when_raw_and_deidentified_tables_exist_then_granted_and_refused_queries_are_reported(demo_settings):
+    settings, ring = demo_settings
+    lake = Lake(settings)
+    plake = ProtectedLake(lake, ring, principal="svc:ingest")
+    rows = [{"ssn": f"{i:03d}-00-0000", "facility_id": f"F{i % 2}", "_record_hash": f"h{i}",
+             "patient_pseudonym": f"ps1_demo_{i:04x}", "consent_research": True} for i in range(8)]
+    plake.append("raw", "patients", pa.Table.from_pylist(rows),
+                 Protection(encrypted=("ssn",), row_key="_record_hash", patient_key="patient_pseudonym"))
+    lake.append("deidentified", "patients", pa.Table.from_pylist(
+        [{"patient_pseudonym": r["patient_pseudonym"], "consent_research": True, "sex": "F"} for r in rows]),
+        commit=CommitInfo(principal="test"))
+    result = step(settings, DemoReport())
+    outcome = {(q["principal"], q["sql"].split(" FROM ")[-1]): q["granted"] for q in result["queries"]}
+    assert outcome[("demo-analyst", "deidentified.patients")] is True
+    assert outcome[("demo-analyst", "raw.patients")] is False
+    assert outcome[("demo-clinician", "raw.patients")] is True
+    clinician_rows = [q for q in result["queries"] if q["principal"] == "demo-clinician" and "count" in q["sql"]]
+    assert clinician_rows[0]["rows"] == 1
+    assert result["refused"] >= 3 and result["tables_for_analyst"] == ["deidentified.patients"]
+    assert "000-00-0000" not in str(result)
+    again = step(settings, DemoReport())  # principals exist already: the step is re-runnable
+    assert again["granted"] == result["granted"]
