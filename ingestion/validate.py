@@ -38,7 +38,7 @@ __all__ = ["ChunkResult", "ChunkValidator", "ExpectationOutcome", "conform", "lo
 _DATE = "%Y-%m-%d"
 _DATETIME = "%Y-%m-%dT%H:%M:%SZ"
 _LOINC = r"^\d{1,5}-\d$"
-_NDC = r"^(\d{4}-\d{4}-\d{2}|\d{5}-\d{3}-\d{2}|\d{5}-\d{4}-\d{1,2})$"
+_NDC = r"^(?:\d{4}-\d{4}-\d{2}|\d{5}-\d{3}-\d{2}|\d{5}-\d{4}-\d{1,2})$"
 _TRUE = {"true", "t", "1", "yes", "y"}
 _FALSE = {"false", "f", "0", "no", "n"}
 # Keys of a GX result that hold values or row positions: never stored, never rendered (they may be PHI).

@@ -110,6 +110,10 @@ def _read_csv(path: Path, table: str, columns: list[str], chunk_rows: int, max_b
             try:
                 fields = next(reader)
             except StopIteration:
+                fields = None
+                for number, rule, raw, too_long in lines.bad:
+                    chunk.rejected.append(_bad_line(table, number, rule, raw, too_long, max_bytes))
+                lines.bad.clear()
                 break
             except csv.Error as exc:
                 chunk.rejected.append(Rejected(table, f"line {lines.current}", "record:parse",
