@@ -140,7 +140,16 @@ class Deidentifier:
         if _has_notes(used):
             entity_ops = dict(self.config.get("note_entities") or {"default": "surrogate"})
             masker = NoteMasker(self.detector, keys, entity_ops)
-        masked = mask_table(raw, used, keys, reference_date=self.reference_date, note_masker=masker)
+        note_spans = None
+        spark_rows = int(self.config.get("spark_min_rows", 50_000))
+        if masker is not None and len(raw) >= spark_rows:
+            # Large note tables: detection (the costly part) runs on Spark, one engine per executor.
+            from storage_security.deidentify_spark import detect_notes
+
+            text_column = next(c for c, r in used.items() if r.get("op") == "notes")
+            note_spans = detect_notes(self.settings, raw[text_column].tolist())
+        masked = mask_table(raw, used, keys, reference_date=self.reference_date, note_masker=masker,
+                            note_spans=note_spans)
         published, risk = enforce(masked, spec.get("quasi_identifiers", []), spec.get("sensitive", []),
                                   k=self.settings.k_anonymity, ell=self.settings.l_diversity,
                                   ladders=self.config.get("generalize"),
@@ -150,6 +159,8 @@ class Deidentifier:
         report = {"table": table, "column_classes": column_classes,
                   "source_classes": classification.classes(), "flagged_columns": classification.flagged,
                   "scanned": classification.to_dict()["scanned"], **risk.to_dict()}
+        if masker is not None:
+            report["notes_detection"] = "spark" if note_spans is not None else "local"
         commit = CommitInfo(principal=self.plake.principal, purpose=_PURPOSE, dag_run=dag_run,
                             extra={REPORT_KEY: json.dumps(report, sort_keys=True, default=str)})
         version = lake.overwrite("deidentified", table, _arrow(published), commit=commit, evolve_schema=True)

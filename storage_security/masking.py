@@ -87,11 +87,13 @@ def _to_date(value: Any) -> date | None:
 
 def mask_table(frame: pd.DataFrame, rules: dict[str, dict[str, Any]], keys: MaskingKeys, *,
                reference_date: date, note_masker: NoteMasker | None = None,
-               patient_column: str = "patient_pseudonym") -> pd.DataFrame:
+               patient_column: str = "patient_pseudonym",
+               note_spans: Sequence[Sequence[Any]] | None = None) -> pd.DataFrame:
     """The de-identified form of ``frame``: each column with a rule is kept, dropped or masked by it.
 
     Columns without a rule are left out (the caller classifies them first). Date shifts use each row's patient
-    offset (``patient_column``), so a patient's intervals survive.
+    offset (``patient_column``), so a patient's intervals survive. ``note_spans`` are PHI spans already detected
+    (on Spark) for the notes column, one list per row.
 
     Raises:
         ValueError: a date shift or notes rule on a table with no patient pseudonym column.
@@ -124,8 +126,8 @@ def mask_table(frame: pd.DataFrame, rules: dict[str, dict[str, Any]], keys: Mask
             else:
                 if note_masker is None:
                     raise ValueError(f"column {column!r} holds notes but no note masker was given")
-                out[name] = pd.Series(note_masker.mask(values.tolist(), shift_days), index=values.index,
-                                      dtype=object)
+                out[name] = pd.Series(note_masker.mask(values.tolist(), shift_days, spans=note_spans),
+                                      index=values.index, dtype=object)
         elif op == "year":
             out[name] = values.map(lambda v: None if _to_date(v) is None else _to_date(v).year).astype("Int64")
         elif op == "age_band":
