@@ -297,7 +297,9 @@ class QueryGateway:
             # and never decrypted merely to be masked.
             if column in sealed and column not in decrypt:
                 masks[column] = Mask.NULL
-        has_facility = "facility_id" in view.columns
+        # Which facilities' rows were read feeds the many-facilities detector; it matters for identifiable zones
+        # (de-identified research spans facilities by design), so only those pay for it.
+        has_facility = "facility_id" in view.columns and view.zone is not Zone.DEIDENTIFIED
         read_columns = list(dict.fromkeys([*masks, *(["facility_id"] if has_facility else [])]))
         predicate, keep = self._filters(view, session, decrypt)
         for name in ("consent_research", _PATIENT_LINK):
@@ -338,8 +340,7 @@ class QueryGateway:
                 allowed = self._linked_patients(view, "facility_id", facility)
             else:
                 if "consent_research" in view.columns:
-                    needed.add("consent_research")
-                    arrow_filters.append(lambda t: pc.fill_null(t.column("consent_research"), False))
+                    predicates.append("consent_research = true")  # pushed down into the scan; null is no consent
                     continue
                 allowed = self._linked_patients(view, "consent_research", True)
             needed.add(_PATIENT_LINK)
