@@ -218,9 +218,19 @@ class QueryGateway:
                                      table_name=view.table, columns=tuple(view.data.column_names),
                                      row_count=view.data.num_rows, decision=Decision.ALLOW, purpose=purpose,
                                      details=details))
-        self.audit.record_many(events)
+        seqs = self.audit.record_many(events)
+        glass = [(seq, e) for seq, e in zip(seqs, events, strict=True) if e.action == AuditAction.BREAK_GLASS]
+        if glass:
+            self._alert_break_glass(glass)
         return QueryResult(result, tuple(v.decision for v in views), _sql.render(tree),
                            time.perf_counter() - started)
+
+    def _alert_break_glass(self, glass: Sequence[tuple[int, AuditEvent]]) -> None:
+        # Break glass must alert now, not at the next hourly monitor run.
+        from storage_security.monitoring import ActivityMonitor, break_glass_alert
+
+        now = datetime.now(UTC)
+        ActivityMonitor(self.lake, self.audit).store([break_glass_alert(seq, event, now) for seq, event in glass])
 
     def _refuse(self, session: Session, purpose: str, base: Mapping[str, Any], reason: str,
                 views: Sequence[_View] = (), events: Sequence[AuditEvent] = ()) -> NoReturn:

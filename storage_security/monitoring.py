@@ -35,12 +35,13 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from pipeline.lake import CommitInfo, Lake, Zone
-from storage_security.audit import AuditAction, AuditLog, AuditRecord, Decision
+from storage_security.audit import AuditAction, AuditEvent, AuditLog, AuditRecord, Decision
 
 if TYPE_CHECKING:
     from pipeline.settings import AccessSettings, Settings
 
-__all__ = ["ALERTS_TABLE", "ActivityMonitor", "Alert", "Thresholds", "run_detectors", "verify_chain"]
+__all__ = ["ALERTS_TABLE", "ActivityMonitor", "Alert", "Thresholds", "break_glass_alert", "run_detectors",
+           "verify_chain"]
 
 ALERTS_TABLE = "alerts"
 SEVERITIES = ("low", "medium", "high", "critical")
@@ -214,11 +215,16 @@ def detect_repeated_denials(records: Sequence[AuditRecord], t: Thresholds) -> li
     return alerts
 
 
+def break_glass_alert(seq: int, event: AuditEvent, at: datetime) -> Alert:
+    """The alert for the break-glass event stored at ``seq`` (the same id whoever raises it)."""
+    return Alert("break_glass", "critical", event.principal, f"{event.principal} used break-glass access to "
+                 f"{event.zone}.{event.table_name}", at, (seq,), f"seq:{seq}",
+                 {"table": f"{event.zone}.{event.table_name}", "purpose": event.purpose})
+
+
 def detect_break_glass(records: Sequence[AuditRecord], t: Thresholds) -> list[Alert]:
-    return [Alert("break_glass", "critical", r.event.principal, f"{r.event.principal} used break-glass access to "
-                  f"{r.event.zone}.{r.event.table_name}", _time(r), (r.seq,), f"seq:{r.seq}",
-                  {"table": f"{r.event.zone}.{r.event.table_name}", "purpose": r.event.purpose})
-            for r in records if r.event.action == AuditAction.BREAK_GLASS and r.event.decision != Decision.DENY]
+    return [break_glass_alert(r.seq, r.event, _time(r)) for r in records
+            if r.event.action == AuditAction.BREAK_GLASS and r.event.decision != Decision.DENY]
 
 
 def detect_many_facilities(records: Sequence[AuditRecord], t: Thresholds) -> list[Alert]:
@@ -286,8 +292,16 @@ class ActivityMonitor:
 
     def run(self) -> list[Alert]:
         """Detect, store the alerts not stored before, log each new one at its severity; returns the new ones."""
+        return self.store(self.detect())
+
+    def store(self, alerts: Iterable[Alert]) -> list[Alert]:
+        """Store the alerts not stored before (by id) and log each at its severity; returns the new ones.
+
+        Callers that must alert at once (a break-glass grant) store their alert directly; the detector finds
+        the same alert (same id) on its next run and does not store it twice.
+        """
         known = {row["alert_id"] for row in self.alerts()}
-        fresh = [a for a in self.detect() if a.alert_id not in known]
+        fresh = [a for a in alerts if a.alert_id not in known]
         fresh = list({a.alert_id: a for a in fresh}.values())
         if fresh:
             now = self._clock()

@@ -10,6 +10,7 @@ from access.principals import Principal, PrincipalStore, Role
 from pipeline.errors import AccessDeniedError
 from pipeline.lake import CommitInfo
 from storage_security.audit import AuditAction, AuditLog
+from storage_security.monitoring import ActivityMonitor
 from storage_security.protected import ProtectedLake, Protection
 
 HOSTILE = [
@@ -125,7 +126,12 @@ def test_when_break_glass_is_used_then_every_facility_is_visible_and_it_is_audit
     got = _rows(world, "cleo", "SELECT count(DISTINCT facility_id) AS n FROM raw.patients", purpose="emergency",
                 break_glass_reason="cardiac arrest, patient transferred from another facility")
     assert got == [{"n": 3}]
-    assert any(r.event.action == AuditAction.BREAK_GLASS for r in world.audit.events()[-4:])
+    glass = [r for r in world.audit.events()[-4:] if r.event.action == AuditAction.BREAK_GLASS]
+    assert len(glass) == 1 and "cardiac arrest" in glass[0].event.reason
+    monitor = ActivityMonitor(world.lake, world.audit)
+    raised = [a for a in monitor.alerts() if a["detector"] == "break_glass"]
+    assert [a["evidence_seqs"] for a in raised] == [[glass[0].seq]] and raised[0]["severity"] == "critical"
+    assert not [a for a in monitor.run() if a.detector == "break_glass"]  # the detector finds it stored already
 
 
 def test_when_an_engineer_reads_raw_then_sealed_columns_are_null_and_quasi_identifiers_masked(world):
