@@ -91,6 +91,8 @@ def check(sql: str, *, max_chars: int) -> Checked:
     tree = statements[0]
     if not isinstance(tree, exp.Select | exp.Union | exp.Intersect | exp.Except):
         raise refuse(f"only SELECT queries are allowed, not {tree.key.upper()}")
+    if any(w.args.get("recursive") for w in tree.find_all(exp.With)):
+        raise refuse("recursive CTEs are not allowed (they can run without end)")
     ctes = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
     tables: list[str] = []
     for node in tree.walk():

@@ -109,6 +109,8 @@ class QueryGateway:
         audit: the audit log (one over ``lake`` and ``provider`` when omitted).
         max_query_chars: longer queries are refused before parsing.
         max_result_rows: queries returning more rows are refused.
+        timeout_seconds: a query still running after this long is interrupted and refused.
+        memory_limit: DuckDB's memory limit for one query (e.g. ``"2GB"``).
         column_classes: optional ``(zone, table) -> {column: class}`` (e.g. the de-identification report).
         kek_name: the data KEK (for pseudonym keys created on first use).
     """
@@ -116,9 +118,12 @@ class QueryGateway:
     def __init__(self, lake: Lake, provider: KeyProvider, engine: PolicyEngine, *, audit: AuditLog | None = None,
                  max_query_chars: int = 20_000, max_result_rows: int = 1_000_000,
                  column_classes: Callable[[Zone, str], Mapping[str, str] | None] | None = None,
-                 kek_name: str = "medguard-kek") -> None:
+                 kek_name: str = "medguard-kek", timeout_seconds: float = 60.0,
+                 memory_limit: str = "2GB") -> None:
         self.lake = lake
         self.kek_name = kek_name
+        self._timeout = timeout_seconds
+        self._memory_limit = memory_limit
         self.provider = provider
         self.engine = engine
         self.audit = audit or engine.audit or AuditLog(lake, provider)
@@ -140,7 +145,8 @@ class QueryGateway:
                               min_reason_chars=settings.access.break_glass_min_reason_chars)
         return cls(lake, provider, engine, audit=audit, max_query_chars=settings.access.max_query_chars,
                    max_result_rows=settings.access.max_result_rows, column_classes=_published_classes(lake),
-                   kek_name=settings.vault.kek_name)
+                   kek_name=settings.vault.kek_name, timeout_seconds=settings.access.query_timeout_seconds,
+                   memory_limit=settings.access.query_memory_limit)
 
     def __repr__(self) -> str:
         return f"QueryGateway(lake={self.lake.root!r}, policy_version={self.engine.policy.version})"
@@ -155,8 +161,13 @@ class QueryGateway:
         return [f"{zone.value}.{t}" for zone in Zone for t in self.lake.tables(zone)]
 
     def tables(self, session: Session, *, purpose: str | None = None) -> list[str]:
-        """The logical tables the session's principal may query (``medguard access tables``)."""
-        return self.engine.readable_tables(session.principal, self.all_tables(), purpose=purpose)
+        """The logical tables the session's principal may query (``medguard access tables``); audited."""
+        names = self.engine.readable_tables(session.principal, self.all_tables(), purpose=purpose)
+        self.audit.record(AuditEvent(
+            principal=session.principal.qualified, action=AuditAction.POLICY_DECISION, decision=Decision.ALLOW,
+            purpose=purpose or "unspecified", reason="list of readable tables",
+            details={"requested_action": "list_tables", "tables": names, **session.audit_details()}))
+        return names
 
     # queries -----------------------------------------------------------------------------------------
 
@@ -416,12 +427,15 @@ class QueryGateway:
         return masked
 
     def _run(self, tree: Any, views: Sequence[_View]) -> pa.Table:
+        import threading
+
         import duckdb
 
         con = duckdb.connect(":memory:", config={
             "enable_external_access": False, "autoload_known_extensions": False,
             "autoinstall_known_extensions": False, "python_enable_replacements": False,
-            "python_scan_all_frames": False})
+            "python_scan_all_frames": False, "memory_limit": self._memory_limit})
+        timer = threading.Timer(self._timeout, con.interrupt)
         try:
             for view in views:
                 data = view.data
@@ -430,10 +444,15 @@ class QueryGateway:
                     data = pa.table({"_row": pa.nulls(view.data.num_rows, pa.bool_())})
                 con.register(view.name, data)
             con.execute("SET lock_configuration = true")
+            timer.start()
             return con.sql(_sql.render(tree)).to_arrow_table()
+        except duckdb.InterruptException as exc:
+            raise AccessDeniedError(f"query refused: it ran longer than {self._timeout:g} s and was stopped") \
+                from exc
         except duckdb.Error as exc:
             raise _EngineError(str(exc).splitlines()[0][:300]) from exc
         finally:
+            timer.cancel()
             con.close()
 
 

@@ -57,6 +57,7 @@ HOSTILE = [
     ("SELECT " + "1 + " * 6000 + "1", "characters long"),
     ("SELECT ssn_typo FROM deidentified.patients", "cannot resolve"),
     ("", "empty query"),
+    ("WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT count(*) FROM r", "recursive"),
 ]
 
 
@@ -243,3 +244,14 @@ def test_when_the_keys_live_in_openbao_then_a_clinician_decrypts_through_vault(l
                            kek_name=kek_name)
     got = gateway.query(store.local_session("cleo", operator="tester"), "SELECT ssn FROM raw.patients ORDER BY 1")
     assert got.table.column("ssn").to_pylist() == [r["ssn"] for r in rows if r["facility_id"] == "F1"]
+
+
+def test_when_a_query_runs_too_long_then_it_is_stopped_and_refused(world):
+    slow = QueryGateway(world.lake, world.provider, world.engine, audit=world.audit, timeout_seconds=0.2)
+    # 24^5 distinct concatenations: seconds of work, far past the 0.2 s limit.
+    sql = ("SELECT count(DISTINCT a.zip3 || b.patient_pseudonym || c.patient_pseudonym || d.patient_pseudonym "
+           "|| e.patient_pseudonym) AS n FROM deidentified.patients a, deidentified.patients b, "
+           "deidentified.patients c, deidentified.patients d, deidentified.patients e")
+    with pytest.raises(AccessDeniedError, match="ran longer than"):
+        slow.query(world.session("ann"), sql)
+    assert "ran longer than" in world.audit.events()[-1].event.reason
