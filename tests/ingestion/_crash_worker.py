@@ -13,7 +13,7 @@ def main(lake_root: str, keyring_path: str, master_hex: str, source: str, path: 
     from storage_security.keyring import LocalKeyring
     from storage_security.protected import ProtectedLake
 
-    settings = load_settings(lake_root=lake_root, ingestion={"chunk_rows": 200})
+    settings = load_settings(lake_root=lake_root, ingestion={"chunk_rows": 600})
     plake = ProtectedLake(Lake(settings), LocalKeyring(Path(keyring_path), bytes.fromhex(master_hex)),
                           principal="svc:ingest")
     print("ready", flush=True)

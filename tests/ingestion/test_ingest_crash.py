@@ -55,7 +55,7 @@ def test_when_ingestion_is_killed_at_random_points_then_a_rerun_equals_a_clean_r
     ring = LocalKeyring.init(tmp_path / "keyring.json", master)
     ring.ensure_key("medguard-kek")
     ring.ensure_key("medguard-audit")
-    small = settings.model_copy(update={"ingestion": settings.ingestion.model_copy(update={"chunk_rows": 200})})
+    small = settings.model_copy(update={"ingestion": settings.ingestion.model_copy(update={"chunk_rows": 600})})
 
     clean_settings = small.model_copy(update={"lake_root": str(tmp_path / "clean")})
     clean = ProtectedLake(Lake(clean_settings), ring, principal="svc:ingest")
