@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -132,6 +133,8 @@ class QueryGateway:
         self._column_classes = column_classes
         self._protections: dict[str, Protection | None] = {}
         self._service: ProtectedLake | None = None
+        self._con: Any = None
+        self._con_lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings, *, provider: KeyProvider | None = None) -> QueryGateway:
@@ -205,10 +208,11 @@ class QueryGateway:
         if refused is not None:
             self.audit.record_many(events)
             raise AccessDeniedError(f"query refused: {refused.decision.reason}")
+        sql_to_run = _sql.render(tree)
         try:
             for view in views:
                 self._load(view, session, purpose)
-            result = self._run(tree, views)
+            result = self._run(sql_to_run, views)
         except AccessDeniedError as exc:
             self._refuse(session, purpose, base, str(exc), views, events)
         except _EngineError as exc:
@@ -233,8 +237,7 @@ class QueryGateway:
         glass = [(seq, e) for seq, e in zip(seqs, events, strict=True) if e.action == AuditAction.BREAK_GLASS]
         if glass:
             self._alert_break_glass(glass)
-        return QueryResult(result, tuple(v.decision for v in views), _sql.render(tree),
-                           time.perf_counter() - started)
+        return QueryResult(result, tuple(v.decision for v in views), sql_to_run, time.perf_counter() - started)
 
     def _alert_break_glass(self, glass: Sequence[tuple[int, AuditEvent]]) -> None:
         # Break glass must alert now, not at the next hourly monitor run.
@@ -426,34 +429,48 @@ class QueryGateway:
         _prove_masked(view, masked, masks)
         return masked
 
-    def _run(self, tree: Any, views: Sequence[_View]) -> pa.Table:
-        import threading
+    def _connection(self) -> Any:
+        """The gateway's DuckDB: in memory, no file or network access, no extensions, configuration locked.
 
+        One connection serves every query of this gateway (opening one costs tens of milliseconds); queries
+        take turns under a lock, and each query's views are unregistered when it ends, so nothing of one
+        query is visible to the next. Only SELECTs ever reach it, so no query can leave state behind.
+        """
         import duckdb
 
-        con = duckdb.connect(":memory:", config={
-            "enable_external_access": False, "autoload_known_extensions": False,
-            "autoinstall_known_extensions": False, "python_enable_replacements": False,
-            "python_scan_all_frames": False, "memory_limit": self._memory_limit})
-        timer = threading.Timer(self._timeout, con.interrupt)
-        try:
-            for view in views:
-                data = view.data
-                if data.num_columns == 0:
-                    # DuckDB cannot register a table without columns: count(*) still needs the row count.
-                    data = pa.table({"_row": pa.nulls(view.data.num_rows, pa.bool_())})
-                con.register(view.name, data)
+        if self._con is None:
+            con = duckdb.connect(":memory:", config={
+                "enable_external_access": False, "autoload_known_extensions": False,
+                "autoinstall_known_extensions": False, "python_enable_replacements": False,
+                "python_scan_all_frames": False, "memory_limit": self._memory_limit})
             con.execute("SET lock_configuration = true")
-            timer.start()
-            return con.sql(_sql.render(tree)).to_arrow_table()
-        except duckdb.InterruptException as exc:
-            raise AccessDeniedError(f"query refused: it ran longer than {self._timeout:g} s and was stopped") \
-                from exc
-        except duckdb.Error as exc:
-            raise _EngineError(str(exc).splitlines()[0][:300]) from exc
-        finally:
-            timer.cancel()
-            con.close()
+            self._con = con
+        return self._con
+
+    def _run(self, sql: str, views: Sequence[_View]) -> pa.Table:
+        import duckdb
+
+        with self._con_lock:
+            con = self._connection()
+            timer = threading.Timer(self._timeout, con.interrupt)
+            try:
+                for view in views:
+                    data = view.data
+                    if data.num_columns == 0:
+                        # DuckDB cannot register a table without columns: count(*) still needs the row count.
+                        data = pa.table({"_row": pa.nulls(view.data.num_rows, pa.bool_())})
+                    con.register(view.name, data)
+                timer.start()
+                return con.sql(sql).to_arrow_table()
+            except duckdb.InterruptException as exc:
+                raise AccessDeniedError(f"query refused: it ran longer than {self._timeout:g} s and was "
+                                        "stopped") from exc
+            except duckdb.Error as exc:
+                raise _EngineError(str(exc).splitlines()[0][:300]) from exc
+            finally:
+                timer.cancel()
+                for view in views:
+                    con.unregister(view.name)
 
 
 def _prove_masked(view: _View, table: pa.Table, masks: Mapping[str, Mask]) -> None:
