@@ -468,9 +468,14 @@ class QueryGateway:
             except duckdb.Error as exc:
                 raise _EngineError(str(exc).splitlines()[0][:300]) from exc
             finally:
+                fired = timer.finished.is_set()  # before cancel(), which sets it too
                 timer.cancel()
                 for view in views:
                     con.unregister(view.name)
+                if fired:
+                    # An interrupt that raced the end of the query must not hit the next one: start afresh.
+                    con.close()
+                    self._con = None
 
 
 def _prove_masked(view: _View, table: pa.Table, masks: Mapping[str, Mask]) -> None:

@@ -255,3 +255,5 @@ def test_when_a_query_runs_too_long_then_it_is_stopped_and_refused(world):
     with pytest.raises(AccessDeniedError, match="ran longer than"):
         slow.query(world.session("ann"), sql)
     assert "ran longer than" in world.audit.events()[-1].event.reason
+    again = slow.query(world.session("ann"), "SELECT count(*) AS n FROM deidentified.patients")
+    assert again.table.to_pylist() == [{"n": sum(p["consent_research"] for p in world.patients)}]
