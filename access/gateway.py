@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 from access import _sql
 from access.policy import Action, Mask, PolicyDecision, PolicyEngine, policy_from_settings
 from access.principals import Session
-from pipeline.errors import AccessDeniedError, MedguardError
+from pipeline.errors import AccessDeniedError, CryptoError, MedguardError, StorageError
 from pipeline.lake import Lake, Zone
 from storage_security.audit import AuditAction, AuditEvent, AuditLog, Decision
 
@@ -215,6 +215,12 @@ class QueryGateway:
             result = self._run(sql_to_run, views)
         except AccessDeniedError as exc:
             self._refuse(session, purpose, base, str(exc), views, events)
+        except (StorageError, CryptoError) as exc:
+            # Not a policy refusal, but the attempt and the granted decisions must still be on record.
+            try:
+                self._refuse(session, purpose, base, f"read failed: {type(exc).__name__}", views, events)
+            except AccessDeniedError:
+                raise exc from None
         except _EngineError as exc:
             # The engine's message may quote values the principal may see: it goes to the caller, not the log.
             try:
@@ -353,6 +359,10 @@ class QueryGateway:
         arrow_filters: list[Callable[[pa.Table], pa.Array]] = []
         needed: set[str] = set()
         principal = session.principal
+        sealed = set(view.protection.encrypted) if view.protection else set()
+        for column in ("facility_id", "consent_research"):
+            if column in sealed:
+                raise self._fail(view, f"{view.logical}.{column} is encrypted and cannot drive a row filter")
         for name in view.decision.row_filters:
             if name == "facility":
                 facility = principal.facility or ""
@@ -401,6 +411,9 @@ class QueryGateway:
                 names = self._schema(zone, "patients").names
                 if column in names and _PATIENT_LINK in names:
                     rows = self.lake.read_arrow(zone, "patients", columns=[_PATIENT_LINK, column])
+                    if pa.types.is_binary(rows.column(column).type):
+                        raise self._fail(view, f"{zone.value}.patients.{column} is encrypted and cannot drive a "
+                                               "row filter")
                     hit = pc.fill_null(pc.equal(rows.column(column), pa.scalar(value)), False)
                     return {p for p in rows.column(_PATIENT_LINK).filter(hit).to_pylist() if p is not None}
         raise self._fail(view, f"the row filter on {column} cannot be applied to {view.logical}: no patients "

@@ -257,3 +257,19 @@ def test_when_a_query_runs_too_long_then_it_is_stopped_and_refused(world):
     assert "ran longer than" in world.audit.events()[-1].event.reason
     again = slow.query(world.session("ann"), "SELECT count(*) AS n FROM deidentified.patients")
     assert again.table.to_pylist() == [{"n": sum(p["consent_research"] for p in world.patients)}]
+
+
+def test_when_the_row_filter_column_is_encrypted_then_the_query_is_refused(lake, keyring, tmp_path):
+    import pyarrow as pa
+
+    audit = AuditLog(lake, keyring)
+    plake = ProtectedLake(lake, keyring, principal="svc:ingest", audit=audit)
+    rows = [{"facility_id": f"F{i % 2}", "note": "x", "_record_hash": f"h{i}"} for i in range(4)]
+    plake.append("raw", "odd", pa.Table.from_pylist(rows), Protection(encrypted=("facility_id",),
+                                                                      row_key="_record_hash"))
+    store = PrincipalStore(tmp_path / "principals.json")
+    store.add(Principal("cleo", Role.CLINICIAN, facility="F1", purposes=("treatment",)))
+    gateway = QueryGateway(lake, keyring, PolicyEngine(load_policy(), audit=audit), audit=audit)
+    with pytest.raises(AccessDeniedError, match="encrypted and cannot drive a row filter"):
+        gateway.query(store.local_session("cleo", operator="tester"), "SELECT note FROM raw.odd")
+    assert audit.events()[-1].event.decision == "deny"
