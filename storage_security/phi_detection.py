@@ -30,7 +30,7 @@ _NER_IGNORED = ["ORG", "ORGANIZATION", "CARDINAL", "EVENT", "LANGUAGE", "LAW", "
 
 _WORD = re.compile(r"\w+(?:['-]\w+)*")
 
-__all__ = ["SPACY_MODEL", "PhiDetector", "PhiSpan", "build_analyzer", "detect_many"]
+__all__ = ["SPACY_MODEL", "DetectorPool", "PhiDetector", "PhiSpan", "build_analyzer", "detect_many"]
 
 
 @dataclass(frozen=True, order=True)
@@ -71,6 +71,33 @@ def _nlp_engine() -> Any:
     return NlpEngineProvider(nlp_configuration=configuration).create_engine()
 
 
+def _lower_lemma(doc: Any) -> Any:
+    from spacy.attrs import LEMMA, LOWER
+
+    # One vectorised copy of the LOWER ids into LEMMA (same string store), not a Python loop over tokens.
+    if len(doc):
+        doc.from_array([LEMMA], doc.to_array([LOWER]))
+    return doc
+
+
+def _slim(nlp: Any, disabled: list[str]) -> None:
+    """Switch off the pipes Presidio does not need; NER keeps its own tok2vec in the small English models.
+
+    With the tagger and lemmatizer off, a token's lemma is its lower-case form: the context words of our
+    recognizers are written in the forms notes use ("admitted", "member"), so nothing is lost, and the
+    tagger's network — the biggest cost after NER — is saved.
+    """
+    from spacy.language import Language
+
+    if "medguard_lower_lemma" not in Language.factories:
+        Language.component("medguard_lower_lemma", func=_lower_lemma)
+    for pipe in disabled:
+        if pipe in nlp.pipe_names:
+            nlp.disable_pipe(pipe)
+    if "lemmatizer" in disabled and "medguard_lower_lemma" not in nlp.pipe_names:
+        nlp.add_pipe("medguard_lower_lemma", last=True)
+
+
 def build_analyzer(kind: Literal["medguard", "vanilla"] = "medguard", config: dict[str, Any] | None = None) -> Any:
     """An AnalyzerEngine on the installed spaCy model.
 
@@ -91,11 +118,7 @@ def build_analyzer(kind: Literal["medguard", "vanilla"] = "medguard", config: di
         registry.load_predefined_recognizers(nlp_engine=nlp, languages=["en"])
         return AnalyzerEngine(nlp_engine=nlp, registry=registry, supported_languages=["en"])
     config = config or recognizer_config()
-    # The dependency parser feeds nothing Presidio uses here (lemmas come from the tagger): about a third of the
-    # model's time, saved.
-    for pipe in config.get("disable_pipes", ["parser"]):
-        if pipe in nlp.nlp["en"].pipe_names:
-            nlp.nlp["en"].disable_pipe(pipe)
+    _slim(nlp.nlp["en"], config.get("disable_pipes", ["parser"]))
     registry = RecognizerRegistry(supported_languages=["en"])
     for name in config.get("presidio", []):
         cls = getattr(predefined, name, None)
@@ -188,17 +211,42 @@ def _local(kind: str) -> PhiDetector:
     return PhiDetector(kind)  # type: ignore[arg-type]
 
 
-def detect_many(texts: Sequence[str], *, processes: int = 1, kind: Literal["medguard", "vanilla"] = "medguard",
-                chunk_size: int = 64) -> list[list[PhiSpan]]:
-    """Detect PHI in many texts, over ``processes`` spawned workers (one engine each) when more than one.
+class DetectorPool:
+    """A ``spawn`` process pool with one engine per process, kept warm across calls (a context manager).
 
     ``spawn``, never ``fork``: delta-rs and spaCy's threads do not survive a fork.
     """
+
+    def __init__(self, processes: int, kind: Literal["medguard", "vanilla"] = "medguard") -> None:
+        context = multiprocessing.get_context("spawn")
+        self.processes = processes
+        self._pool = context.Pool(processes, initializer=_init_worker, initargs=(kind,))
+
+    def __enter__(self) -> DetectorPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._pool.terminate()
+        self._pool.join()
+
+    def warm(self) -> None:
+        """Wait until every process has built its engine."""
+        self._pool.map(_detect_chunk, [["warm-up"]] * self.processes, chunksize=1)
+
+    def detect(self, texts: Sequence[str], *, chunk_size: int = 64) -> list[list[PhiSpan]]:
+        texts = list(texts)
+        chunks = [texts[i:i + chunk_size] for i in range(0, len(texts), chunk_size)]
+        return [spans for part in self._pool.map(_detect_chunk, chunks, chunksize=1) for spans in part]
+
+
+def detect_many(texts: Sequence[str], *, processes: int = 1, kind: Literal["medguard", "vanilla"] = "medguard",
+                chunk_size: int = 64) -> list[list[PhiSpan]]:
+    """Detect PHI in many texts, over ``processes`` spawned workers (one engine each) when more than one."""
     texts = list(texts)
     if processes <= 1 or len(texts) <= chunk_size:
         return _local(kind).detect_batch(texts)
-    chunks = [texts[i:i + chunk_size] for i in range(0, len(texts), chunk_size)]
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(processes, initializer=_init_worker, initargs=(kind,)) as pool:
-        parts = pool.map(_detect_chunk, chunks)
-    return [spans for part in parts for spans in part]
+    with DetectorPool(processes, kind) as pool:
+        return pool.detect(texts, chunk_size=chunk_size)
