@@ -9,7 +9,7 @@ operator its entity type is configured for (surrogates by default), using the pa
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date
+from datetime import date, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -61,22 +61,24 @@ def table_rules(config: dict[str, Any], table: str) -> dict[str, dict[str, Any]]
 
 
 def _shift(values: pd.Series, days: Sequence[int | None]) -> pd.Series:
-    """Shift ISO date / timestamp strings (or datetimes) by per-row days, keeping their written form."""
-    out = []
+    """Shift dates by per-row days, keeping their form: ISO strings stay strings, dates dates, timestamps timestamps."""
+    out: list[Any] = []
     for value, d in zip(values.tolist(), days, strict=True):
-        if value is None or (isinstance(value, float) and pd.isna(value)) or d is None:
+        if value is None or d is None or (not isinstance(value, str) and pd.isna(value)):
             out.append(None)
-            continue
-        if isinstance(value, str):
-            stamp = pd.Timestamp(value)
-            moved = stamp + pd.Timedelta(days=d)
+        elif isinstance(value, str):
+            moved = pd.Timestamp(value) + pd.Timedelta(days=d)
             if len(value) == 10:
                 out.append(moved.strftime("%Y-%m-%d"))
             else:
                 out.append(moved.strftime("%Y-%m-%dT%H:%M:%S") + ("Z" if value.endswith("Z") else ""))
+        elif isinstance(value, date) and not isinstance(value, datetime):
+            out.append(value + timedelta(days=d))
         else:
             out.append(pd.Timestamp(value) + pd.Timedelta(days=d))
-    return pd.Series(out, index=values.index, dtype=object if isinstance(values.dtype, object) else values.dtype)
+    if pd.api.types.is_datetime64_any_dtype(values.dtype):
+        return pd.Series(out, index=values.index).astype(values.dtype)
+    return pd.Series(out, index=values.index, dtype=object)
 
 
 def _to_date(value: Any) -> date | None:

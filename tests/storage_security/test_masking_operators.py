@@ -138,3 +138,18 @@ def test_when_dates_are_shifted_per_patient_then_every_interval_is_preserved(key
             shift = (after[rows] - before[rows]).dt.days.unique()
             assert len(shift) == 1 and 1 <= abs(shift[0]) <= 365
     assert out["admit_time"][0].endswith("Z") and len(out["onset_date"][0]) == 10
+
+
+def test_when_typed_date_columns_are_shifted_then_types_and_intervals_survive(keys):
+    frame = pd.DataFrame({
+        "patient_pseudonym": ["p1", "p1"],
+        "birth": [date(1950, 1, 1), date(1950, 3, 1)],
+        "seen": pd.to_datetime(["2024-01-01T10:00:00Z", "2024-01-03T10:00:00Z"], utc=True),
+    })
+    rules = {"patient_pseudonym": {"class": "non_sensitive", "op": "keep"},
+             "birth": {"class": "quasi_identifier", "op": "date_shift"},
+             "seen": {"class": "quasi_identifier", "op": "date_shift"}}
+    out = mask_table(frame, rules, keys, reference_date=date(2025, 1, 1))
+    assert isinstance(out["birth"][0], date) and (out["birth"][1] - out["birth"][0]).days == 59
+    assert str(out["seen"].dtype) == str(frame["seen"].dtype)
+    assert (out["seen"][1] - out["seen"][0]) == pd.Timedelta(days=2) and out["seen"][0] != frame["seen"][0]
