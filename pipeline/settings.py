@@ -142,6 +142,21 @@ class AnalyticsSettings(_Section):
     """Layer 3: training, robustness and drift."""
 
     target_sensitivity: float = Field(default=0.85, gt=0.0, lt=1.0)
+    # Hyper-parameter search stops starting new candidates after this many seconds (the first always runs).
+    cv_budget_seconds: float = Field(default=300.0, gt=0)
+    # xgboost.spark workers (one per core; the embedded default has few cores).
+    num_workers: int = Field(default=1, ge=1, le=256)
+    # Drift alerts: population stability index and two-sample Kolmogorov-Smirnov statistic per feature.
+    psi_alert: float = Field(default=0.2, gt=0)
+    ks_alert: float = Field(default=0.15, gt=0, lt=1)
+    # Retraining is triggered when at least this share of features alerts.
+    retrain_drift_share: float = Field(default=0.2, gt=0, le=1)
+    # Poisoning screen: the share of clean labelled rows it may flag (sets its thresholds on trusted data).
+    screen_false_flag_rate: float = Field(default=0.025, gt=0, lt=0.5)
+    # With no trusted reference (a first training set screens itself) only the most inconsistent rows are flagged.
+    screen_initial_flag_rate: float = Field(default=0.005, gt=0, lt=0.5)
+    # A screened batch is rejected when it lowers validation AUROC by more than this.
+    screen_max_auroc_loss: float = Field(default=0.005, ge=0)
 
 
 class Settings(BaseSettings):

@@ -1,0 +1,402 @@
+"""The training and diagnosis flows, as steps a DAG task, the CLI and the demo each call the same way.
+
+Training: :func:`step_features` → :func:`step_screen` → :func:`step_train` → :func:`step_evaluate` →
+:func:`step_robustness` → :func:`step_register`. Each step reads and writes a run folder
+(``$MEDGUARD_HOME/analytics/runs/<run id>``: examples as Parquet, JSON state), so Airflow tasks stay small and
+a failed step can be re-run. :func:`train_pipeline` runs them in order. :func:`diagnose` is the batch diagnosis:
+verify the model, measure drift, score on Spark, write the ``predictions`` zone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from analytics.config import TrainConfig, load_train_config
+from analytics.contract import Classifier, published_classifier
+from analytics.features import GROUP, LABEL, PASSTHROUGH, ROW_ID, FeatureContract, build_features
+from pipeline.errors import ValidationError
+from pipeline.lake import CommitInfo, Lake, Zone
+from pipeline.settings import Settings
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+PRINCIPAL = "svc:analytics"
+QUARANTINE_TABLE = "training_screen"
+PREDICTIONS_TABLE = "diagnoses"
+_STATE = "state.json"
+
+
+# run folder -------------------------------------------------------------------------------------------
+
+def _run_dir(settings: Settings, run_id: str) -> Path:
+    path = settings.home / "analytics" / "runs" / run_id
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _state(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / _STATE).read_text())
+
+
+def _save_state(run_dir: Path, state: dict[str, Any]) -> None:
+    (run_dir / _STATE).write_text(json.dumps(state, indent=2, sort_keys=True, default=str))
+
+
+def _config(settings: Settings, state: dict[str, Any]) -> TrainConfig:
+    return load_train_config(state.get("config_path"), settings, **state.get("overrides", {}))
+
+
+def open_tables(lake: Lake) -> tuple[dict[str, DataFrame], dict[str, int]]:
+    """Every table of the deidentified zone as a Spark DataFrame, with the version read."""
+    tables, versions = {}, {}
+    for name in lake.tables(Zone.DEIDENTIFIED):
+        versions[name] = lake.version(Zone.DEIDENTIFIED, name)
+        tables[name] = lake.read_spark(Zone.DEIDENTIFIED, name, version=versions[name])
+    return tables, versions
+
+
+def _digest(frame: pd.DataFrame, columns: list[str]) -> str:
+    ordered = frame.sort_values(ROW_ID)[columns]
+    return hashlib.sha256(pd.util.hash_pandas_object(ordered, index=False).to_numpy().tobytes()).hexdigest()
+
+
+# training steps ---------------------------------------------------------------------------------------
+
+def step_features(settings: Settings, table: str, label: str, *, config_path: str | None = None,
+                  overrides: dict[str, Any] | None = None, run_id: str | None = None,
+                  classify: Classifier | None = None) -> str:
+    """Build the examples on Spark, split them by patient; returns the run folder."""
+    from analytics.train import SPLIT, assign_splits
+    from pipeline.spark import get_spark
+
+    get_spark(settings)
+    lake = Lake(settings)
+    config = load_train_config(config_path, settings, **(overrides or {}))
+    tables, versions = open_tables(lake)
+    sdf, contract = build_features(tables, table, config, classify or published_classifier(lake), label=label)
+    examples = sdf.toPandas()
+    if examples.empty:
+        raise ValidationError(f"deidentified/{table} has no labelled rows for {label!r}")
+    examples[SPLIT] = assign_splits(examples[GROUP], config.test_fraction, config.calibration_fraction, config.seed)
+    run_dir = _run_dir(settings, run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6])
+    examples.to_parquet(run_dir / "examples.parquet", index=False)
+    used = sorted({table, *contract.source_tables})
+    _save_state(run_dir, {"table": table, "label": label, "config_path": config_path, "overrides": overrides or {},
+                          "contract": contract.to_dict(), "sources": config.sources.model_dump(mode="json"),
+                          "table_versions": {t: versions[t] for t in used},
+                          "rows": len(examples), "positives": int(examples[LABEL].sum())})
+    return str(run_dir)
+
+
+def step_screen(settings: Settings, run_dir: str, *, provider: Any = None) -> dict[str, Any]:
+    """Screen the newest training batch (or the whole train split, out of fold); quarantine flagged rows."""
+    from analytics.poisoning import quarantine_frame, screen
+    from analytics.train import SPLIT, xgb_params
+
+    run = Path(run_dir)
+    state = _state(run)
+    config = _config(settings, state)
+    examples = pd.read_parquet(run / "examples.parquet")
+    contract = FeatureContract.from_dict(state["contract"])
+    train_rows = examples[examples[SPLIT] == "train"]
+    batch_col = PASSTHROUGH["_batch_id"]
+    trusted = None
+    batch_id = "initial"
+    if batch_col in train_rows and train_rows[batch_col].nunique() > 1:
+        # The newest batch (latest ingestion time) is screened against everything accepted before it.
+        order = train_rows.groupby(batch_col)[PASSTHROUGH["_ingested_at"]].max().sort_values() \
+            if PASSTHROUGH["_ingested_at"] in train_rows else train_rows.groupby(batch_col).size()
+        batch_id = str(order.index[-1])
+        trusted = train_rows[train_rows[batch_col] != batch_id]
+        batch = train_rows[train_rows[batch_col] == batch_id]
+    else:
+        batch = train_rows
+    params = xgb_params(config, dict(config.cv.grid[0]) if config.cv.grid else {}, train_rows[LABEL].to_numpy())
+    _, flagged, report = screen(
+        batch, contract.features, params, trusted=trusted,
+        validation=examples[examples[SPLIT] == "calibration"] if trusted is not None else None,
+        false_flag_rate=(settings.analytics.screen_false_flag_rate if trusted is not None
+                         else settings.analytics.screen_initial_flag_rate),
+        max_auroc_loss=settings.analytics.screen_max_auroc_loss, source_trust=config.source_trust,
+        batch_id=batch_id, seed=config.seed)
+    if len(flagged):
+        Lake(settings).append(Zone.QUARANTINE, QUARANTINE_TABLE,
+                              quarantine_frame(flagged, batch_id=batch_id, table=state["table"], model_run=run.name),
+                              commit=CommitInfo(principal=PRINCIPAL, purpose="poisoning screen", batch_id=batch_id))
+    drop = set(flagged[ROW_ID].astype(str))
+    examples = examples[~((examples[SPLIT] == "train") & examples[ROW_ID].astype(str).isin(drop))]
+    examples.to_parquet(run / "examples.parquet", index=False)
+    state["screen"] = {**report.to_dict(), "quarantine_table": f"quarantine/{QUARANTINE_TABLE}"}
+    _save_state(run, state)
+    return state["screen"]
+
+
+def step_train(settings: Settings, run_dir: str) -> dict[str, Any]:
+    """Cross-validate and fit on Spark, calibrate, set the threshold; the model is kept in the run folder."""
+    from analytics.train import train
+    from pipeline.spark import get_spark
+
+    run = Path(run_dir)
+    state = _state(run)
+    config = _config(settings, state)
+    examples = pd.read_parquet(run / "examples.parquet")
+    contract = FeatureContract.from_dict(state["contract"])
+    model = train(get_spark(settings), examples, contract, config)
+    (run / "model.ubj").write_bytes(bytes(model.booster.save_raw("ubj")))
+    state["model"] = {"calibrator": {"method": model.calibrator.method, "params": model.calibrator.params},
+                      "threshold": model.threshold, "params": model.params, "cv": model.cv,
+                      "train_seconds": model.train_seconds}
+    (run / "profile.json").write_text(json.dumps(model.profile))
+    _save_state(run, state)
+    return {"params": model.params, "cv": model.cv, "threshold": model.threshold,
+            "train_seconds": model.train_seconds}
+
+
+def _load_run_model(run: Path, state: dict[str, Any]) -> Any:
+    import xgboost as xgb
+
+    from analytics.train import Calibrator, TrainedModel
+
+    booster = xgb.Booster()
+    booster.load_model(bytearray((run / "model.ubj").read_bytes()))
+    m = state["model"]
+    return TrainedModel(booster=booster, contract=FeatureContract.from_dict(state["contract"]),
+                        calibrator=Calibrator(m["calibrator"]["method"], m["calibrator"]["params"]),
+                        threshold=m["threshold"], params=m["params"], cv=m["cv"],
+                        profile=json.loads((run / "profile.json").read_text()), train_seconds=m["train_seconds"])
+
+
+def step_evaluate(settings: Settings, run_dir: str) -> dict[str, Any]:
+    """Held-out metrics, subgroup metrics and plots (the card itself is written at registration)."""
+    from analytics.evaluate import metrics, plots, subgroup_metrics
+    from analytics.train import SPLIT
+
+    run = Path(run_dir)
+    state = _state(run)
+    model = _load_run_model(run, state)
+    test = pd.read_parquet(run / "examples.parquet").query(f"{SPLIT} == 'test'")
+    y = test[LABEL].to_numpy(dtype=int)
+    prob = model.predict_proba(test)
+    subs = [f"_sub_{s}" for s in model.contract.subgroups if f"_sub_{s}" in test]
+    sub = subgroup_metrics(test.rename(columns={s: s[5:] for s in subs}), y, prob, model.threshold,
+                           [s[5:] for s in subs])
+    gain = model.booster.get_score(importance_type="total_gain")
+    names = model.features
+    importance = {names[int(k[1:])] if k.startswith("f") and k[1:].isdigit() else k: float(v) for k, v in gain.items()}
+    state["evaluation"] = {"test": metrics(y, prob, model.threshold), "subgroups": sub, "importance": importance}
+    (run / "plots.json").write_text(json.dumps(plots(y, prob, model.threshold, importance)))
+    _save_state(run, state)
+    return state["evaluation"]["test"]
+
+
+def step_robustness(settings: Settings, run_dir: str) -> dict[str, Any]:
+    """Bounded evasion attack on the model and on its defended variants."""
+    from analytics.robustness import attack_bounds, evaluate_robustness
+    from analytics.train import SPLIT
+
+    run = Path(run_dir)
+    state = _state(run)
+    config = _config(settings, state)
+    model = _load_run_model(run, state)
+    examples = pd.read_parquet(run / "examples.parquet")
+    bounds = attack_bounds(model.features, model.profile, config.attack_bounds, config.attack_epsilon)
+    report = evaluate_robustness(model, examples[examples[SPLIT] == "train"], examples[examples[SPLIT] == "test"],
+                                 bounds=bounds, monotone=config.monotone, samples=config.attack_samples,
+                                 seed=config.seed)
+    state["robustness"] = report
+    _save_state(run, state)
+    return {k: v for k, v in report.items() if k != "bounds"}
+
+
+def step_register(settings: Settings, run_dir: str, *, provider: Any = None) -> dict[str, Any]:
+    """Sign and register the model with its metrics and lineage; write the model card; the CLI's result."""
+    from analytics.evaluate import write_model_card
+    from analytics.registry import ModelRegistry, model_name
+    from analytics.train import SPLIT
+
+    run = Path(run_dir)
+    state = _state(run)
+    model = _load_run_model(run, state)
+    examples = pd.read_parquet(run / "examples.parquet")
+    train_rows = examples[examples[SPLIT] == "train"]
+    registry = ModelRegistry(settings, provider or _provider(settings))
+    test = state["evaluation"]["test"]
+    metrics = {k: test[k] for k in ("auroc", "auprc", "sensitivity", "specificity", "brier")}
+    bundle = {"calibrator": state["model"]["calibrator"], "threshold": model.threshold, "params": model.params,
+              "contract": state["contract"], "sources": state["sources"], "profile": model.profile}
+    manifest = registry.register(
+        model_name(state["table"], state["label"]), booster_raw=(run / "model.ubj").read_bytes(), bundle=bundle,
+        metrics=metrics, table_versions=state["table_versions"],
+        data_sha256=_digest(train_rows, [ROW_ID, *model.features, LABEL]),
+        extra={"threshold": model.threshold, "cv": state["model"]["cv"], "screen": state.get("screen"),
+               "robustness": {k: v for k, v in state.get("robustness", {}).items() if k != "bounds"},
+               "subgroup_largest_gap": state["evaluation"]["subgroups"]["largest_gap"]})
+    folder = registry.root / manifest["name"] / f"v{manifest['version']}"
+    card = write_model_card(
+        folder / "model_card.html", title=f"Model card — {manifest['model_version']}",
+        summary={"model version": manifest["model_version"], "table": state["table"], "label": state["label"],
+                 "rows (all splits)": state["rows"], "positives": state["positives"],
+                 "threshold": model.threshold, "training tables": state["table_versions"],
+                 "parameters": model.params, "training data SHA-256": manifest["training_data_sha256"],
+                 "artifact SHA-256": manifest["sha256"], "signed with": manifest["key_ref"]},
+        test_metrics=test, subgroups=state["evaluation"]["subgroups"],
+        images=json.loads((run / "plots.json").read_text()),
+        sections={"Cross-validation": state["model"]["cv"], "Poisoning screen": state.get("screen", {}),
+                  "Evasion robustness": state.get("robustness", {}), "Features": model.features})
+    result = {"model_version": manifest["model_version"], "metrics": metrics, "model_card": str(card),
+              "threshold": model.threshold, "run_dir": str(run)}
+    state["result"] = result
+    _save_state(run, state)
+    return result
+
+
+def train_pipeline(settings: Settings, table: str, label: str, *, config_path: str | None = None,
+                   overrides: dict[str, Any] | None = None, provider: Any = None,
+                   classify: Classifier | None = None) -> dict[str, Any]:
+    """features → screen → train → evaluate → robustness → register, in one process."""
+    started = time.perf_counter()
+    run_dir = step_features(settings, table, label, config_path=config_path, overrides=overrides, classify=classify)
+    step_screen(settings, run_dir, provider=provider)
+    step_train(settings, run_dir)
+    step_evaluate(settings, run_dir)
+    step_robustness(settings, run_dir)
+    result = step_register(settings, run_dir, provider=provider)
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    return result
+
+
+def _provider(settings: Settings) -> Any:
+    from storage_security.providers import provider_from_settings
+
+    return provider_from_settings(settings)
+
+
+# batch diagnosis --------------------------------------------------------------------------------------
+
+def verify_model(settings: Settings, table: str | None = None, *, provider: Any = None) -> dict[str, Any]:
+    """Verify the newest model (for ``table``, when given); raises ModelIntegrityError when it does not verify."""
+    from analytics.registry import ModelRegistry
+
+    registry = ModelRegistry(settings, provider or _provider(settings))
+    name = _model_for(registry, table)
+    manifest, _, _ = registry.load(name)
+    return {"model_version": manifest["model_version"], "table": manifest["feature_contract"]["table"]}
+
+
+def _model_for(registry: Any, table: str | None) -> str | None:
+    if table is None:
+        return None
+    names = [p.parent.name for p in registry.versions()
+             if json.loads((p / "manifest.json").read_text())["feature_contract"]["table"] == table]
+    if not names:
+        raise ValidationError(f"no registered model was trained on deidentified/{table}: run `medguard train`")
+    return names[-1]
+
+
+def diagnose(settings: Settings, table: str | None = None, *, provider: Any = None, batch_id: str | None = None,
+             classify: Classifier | None = None) -> dict[str, Any]:
+    """Verify the model, check drift, score ``table`` on Spark and merge the results into ``predictions``.
+
+    Raises:
+        ModelIntegrityError: the model does not verify (nothing is scored).
+        ValidationError: the table cannot produce the model's features.
+    """
+    from pyspark.sql import functions as F
+
+    from analytics.drift import drift_report
+    from analytics.registry import ModelRegistry
+    from pipeline.spark import get_spark
+
+    started = time.perf_counter()
+    get_spark(settings)
+    registry = ModelRegistry(settings, provider or _provider(settings))
+    manifest, booster, bundle = registry.load(_model_for(registry, table))
+    contract = FeatureContract.from_dict(bundle["contract"])
+    table = table or contract.table
+    lake = Lake(settings)
+    tables, versions = open_tables(lake)
+    config = TrainConfig(subgroups=(), sources=_sources(bundle))
+    sdf, _ = build_features(tables, table, config, classify or published_classifier(lake), contract=contract)
+    features = contract.features
+    # Drift on a bounded sample: PSI/KS need distributions, not every row.
+    total = sdf.count()
+    sample = sdf.select(*features).sample(fraction=min(1.0, 50_000 / max(total, 1)), seed=1).toPandas()
+    a = settings.analytics
+    drift = drift_report(bundle["profile"], sample, features, psi_alert=a.psi_alert, ks_alert=a.ks_alert,
+                         retrain_share=a.retrain_drift_share)
+    scored = score_spark(sdf, booster, bundle, manifest["model_version"], drift["status"],
+                         batch_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"))
+    arrow = scored.withColumn("scored_at", F.current_timestamp()).toArrow()
+    result = lake.merge(Zone.PREDICTIONS, PREDICTIONS_TABLE, arrow, keys=["row_key", "model_version"],
+                        commit=CommitInfo(principal=PRINCIPAL, purpose="batch diagnosis", batch_id=batch_id,
+                                          extra={"model_version": manifest["model_version"]}))
+    flagged = int(pd.Series(arrow.column("flag").to_pylist()).sum())
+    return {"model_version": manifest["model_version"], "table": table, "table_version": versions.get(table),
+            "rows": arrow.num_rows, "flagged": flagged,
+            "out_of_profile": int(pd.Series(arrow.column("out_of_profile").to_pylist()).sum()),
+            "drift": {k: drift[k] for k in ("status", "alerts", "alert_share", "retrain")},
+            "predictions": f"{Zone.PREDICTIONS.value}/{PREDICTIONS_TABLE}", "predictions_version": result.version,
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def _sources(bundle: dict[str, Any]) -> Any:
+    from analytics.config import Sources
+
+    return Sources(**bundle["sources"])
+
+
+def score_spark(sdf: DataFrame, booster: Any, bundle: dict[str, Any], model_version: str, drift_status: str,
+                batch_id: str) -> DataFrame:
+    """Calibrated probability, flag and out-of-profile check per row, computed on Spark's executors."""
+    from pyspark.sql.types import BooleanType, DoubleType, StringType, StructField, StructType
+
+    contract = FeatureContract.from_dict(bundle["contract"])
+    features = contract.features
+    raw = sdf.sparkSession.sparkContext.broadcast(bytes(booster.save_raw("ubj")))
+    calibrator, threshold = bundle["calibrator"], float(bundle["threshold"])
+    # Input-range validation from the training profile: values far outside what training saw are flagged.
+    ranges = {f: (p.get("min"), p.get("max")) for f, p in bundle["profile"].items() if "min" in p}
+    key = contract.key
+    schema = StructType([StructField("row_key", StringType(), False),
+                         StructField("patient_pseudonym", StringType(), True),
+                         StructField("model_version", StringType(), False),
+                         StructField("probability", DoubleType(), False), StructField("flag", BooleanType(), False),
+                         StructField("out_of_profile", BooleanType(), False),
+                         StructField("drift_status", StringType(), False),
+                         StructField("batch_id", StringType(), False)])
+
+    def score(batches: Any) -> Any:
+        import xgboost as xgb
+
+        from analytics.train import Calibrator, matrix
+
+        model = xgb.Booster()
+        model.load_model(bytearray(raw.value))
+        cal = Calibrator(calibrator["method"], calibrator["params"])
+        for part in batches:
+            x = matrix(part, features)
+            prob = cal.apply(model.inplace_predict(x)) if len(part) else np.zeros(0)
+            outside = np.zeros(len(part), dtype=bool)
+            for j, name in enumerate(features):
+                lo, hi = ranges.get(name, (None, None))
+                if lo is None:
+                    continue
+                span = (hi - lo) or 1.0
+                with np.errstate(invalid="ignore"):
+                    outside |= (x[:, j] < lo - 0.1 * span) | (x[:, j] > hi + 0.1 * span)
+            yield pd.DataFrame({
+                "row_key": part[ROW_ID].astype(str), "patient_pseudonym": part[key] if key else None,
+                "model_version": model_version, "probability": prob, "flag": prob >= threshold,
+                "out_of_profile": outside, "drift_status": drift_status, "batch_id": batch_id})
+
+    return sdf.mapInPandas(score, schema=schema)
