@@ -124,3 +124,49 @@ def test_when_the_monitor_runs_twice_then_alerts_are_stored_once_and_listed(lake
     assert {row["alert_id"] for row in stored} == {a.alert_id for a in first}
     assert [row["severity"] for row in monitor.alerts(severity="high")] == ["high"]
     assert all("90000" in row["summary"] or "outside" in row["summary"] for row in stored)
+
+
+@pytest.fixture
+def keyring_settings(tmp_path, monkeypatch):
+    from pipeline.settings import load_settings
+    from storage_security.keyring import LocalKeyring, encode_master_key
+
+    master = LocalKeyring.generate_master_key()
+    monkeypatch.setenv("MEDGUARD_KEYRING_MASTER_KEY", encode_master_key(master))
+    settings = load_settings(home=tmp_path / "home", key_provider="keyring")
+    ring = LocalKeyring.init(settings.keyring.path, master)
+    ring.ensure_key("medguard-kek")
+    ring.ensure_key("medguard-audit")
+    return settings, ring
+
+
+def test_when_the_dag_tasks_run_then_the_chain_is_verified_and_alerts_stored(keyring_settings):
+    from pipeline.lake import Lake
+    from storage_security.monitoring import run_detectors, verify_chain
+
+    settings, ring = keyring_settings
+    audit = AuditLog(Lake(settings), ring)
+    audit.record_many([*normal_day(), _read("user:ann", DAY + timedelta(hours=23), 90_000)])
+    audit.sign_head()
+    assert verify_chain(settings)["ok"] is True
+    assert run_detectors(settings) == {"new_alerts": 2, "by_severity": {"low": 0, "medium": 1, "high": 1,
+                                                                        "critical": 0}}
+    assert run_detectors(settings)["new_alerts"] == 0
+
+
+def test_when_the_chain_is_tampered_then_the_verify_task_fails(keyring_settings):
+    import pyarrow.compute as pc
+
+    from pipeline.errors import AuditIntegrityError
+    from pipeline.lake import CommitInfo, Lake
+    from storage_security.monitoring import verify_chain
+
+    settings, ring = keyring_settings
+    lake = Lake(settings)
+    AuditLog(lake, ring).record_many(normal_day())
+    events = lake.read_arrow("audit", "events")
+    changed = events.set_column(events.schema.get_field_index("row_count"), "row_count",
+                                pc.add(events.column("row_count"), 1))
+    lake.overwrite("audit", "events", changed, commit=CommitInfo(principal="attacker"))
+    with pytest.raises(AuditIntegrityError, match="first bad event seq 0"):
+        verify_chain(settings)
