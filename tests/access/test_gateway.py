@@ -57,6 +57,7 @@ HOSTILE = [
     ("SELECT " + "1 + " * 6000 + "1", "characters long"),
     ("SELECT ssn_typo FROM deidentified.patients", "cannot resolve"),
     ("", "empty query"),
+    ("SELECT " + "(" * 3000 + "1" + ")" * 3000, "query refused"),
     ("WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT count(*) FROM r", "recursive"),
 ]
 
@@ -273,3 +274,25 @@ def test_when_the_row_filter_column_is_encrypted_then_the_query_is_refused(lake,
     with pytest.raises(AccessDeniedError, match="encrypted and cannot drive a row filter"):
         gateway.query(store.local_session("cleo", operator="tester"), "SELECT note FROM raw.odd")
     assert audit.events()[-1].event.decision == "deny"
+
+
+def test_when_an_analyst_reads_predictions_then_patients_are_pseudonymised_again(lake, keyring, tmp_path):
+    import pyarrow as pa
+
+    audit = AuditLog(lake, keyring)
+    commit = CommitInfo(principal="test")
+    people = [f"ps1_test_{i:04x}" for i in range(6)]
+    lake.append("raw", "patients", pa.Table.from_pylist(
+        [{"patient_pseudonym": p, "consent_research": i != 0, "facility_id": "F1"} for i, p in enumerate(people)]),
+        commit=commit)
+    lake.append("predictions", "scores", pa.Table.from_pylist(
+        [{"patient_pseudonym": p, "score": i / 10} for i, p in enumerate(people)]), commit=commit)
+    store = PrincipalStore(tmp_path / "principals.json")
+    store.add(Principal("ann", Role.ANALYST, purposes=("research",)))
+    gateway = QueryGateway(lake, keyring, PolicyEngine(load_policy(), audit=audit), audit=audit)
+    got = gateway.query(store.local_session("ann", operator="tester"),
+                        "SELECT patient_pseudonym, score FROM predictions.scores ORDER BY score").table.to_pylist()
+    assert [r["score"] for r in got] == [0.1, 0.2, 0.3, 0.4, 0.5]  # patient 0 did not consent
+    shown = [r["patient_pseudonym"] for r in got]
+    assert len(set(shown)) == 5 and not set(shown) & set(people)
+    assert all(s.startswith("ps1_") for s in shown)
