@@ -362,12 +362,12 @@ class QueryGateway:
         sealed = set(view.protection.encrypted) if view.protection else set()
         for column in ("facility_id", "consent_research"):
             if column in sealed:
-                raise self._fail(view, f"{view.logical}.{column} is encrypted and cannot drive a row filter")
+                raise _fail_closed(f"{view.logical}.{column} is encrypted and cannot drive a row filter")
         for name in view.decision.row_filters:
             if name == "facility":
                 facility = principal.facility or ""
                 if not _SAFE_LITERAL.fullmatch(facility):
-                    raise self._fail(view, f"facility {facility!r} cannot be used as a row filter")
+                    raise _fail_closed(f"facility {facility!r} cannot be used as a row filter")
                 if "facility_id" in view.columns:
                     predicates.append(f"facility_id = '{facility}'")
                     continue
@@ -382,7 +382,7 @@ class QueryGateway:
                 # Decrypt only the permitted patients' rows: push the patient list down to the read.
                 bad = [p for p in allowed if not _SAFE_LITERAL.fullmatch(p)]
                 if bad:
-                    raise self._fail(view, "a patient pseudonym is malformed")
+                    raise _fail_closed("a patient pseudonym is malformed")
                 if not allowed:
                     return "false", None
                 predicates.append(f"{_PATIENT_LINK} IN ({', '.join(repr(p) for p in sorted(allowed))})")
@@ -404,7 +404,7 @@ class QueryGateway:
     def _linked_patients(self, view: _View, column: str, value: Any) -> set[str]:
         """Patients (pseudonyms) whose ``patients`` row has ``column = value``: the zone's own table first."""
         if _PATIENT_LINK not in view.columns:
-            raise self._fail(view, f"the row filter on {column} cannot be applied to {view.logical}: it has "
+            raise _fail_closed(f"the row filter on {column} cannot be applied to {view.logical}: it has "
                                    f"neither {column} nor {_PATIENT_LINK}")
         for zone in dict.fromkeys([view.zone, Zone.CURATED, Zone.RAW]):
             if self.lake.exists(zone, "patients"):
@@ -412,15 +412,12 @@ class QueryGateway:
                 if column in names and _PATIENT_LINK in names:
                     rows = self.lake.read_arrow(zone, "patients", columns=[_PATIENT_LINK, column])
                     if pa.types.is_binary(rows.column(column).type):
-                        raise self._fail(view, f"{zone.value}.patients.{column} is encrypted and cannot drive a "
+                        raise _fail_closed(f"{zone.value}.patients.{column} is encrypted and cannot drive a "
                                                "row filter")
                     hit = pc.fill_null(pc.equal(rows.column(column), pa.scalar(value)), False)
                     return {p for p in rows.column(_PATIENT_LINK).filter(hit).to_pylist() if p is not None}
-        raise self._fail(view, f"the row filter on {column} cannot be applied to {view.logical}: no patients "
+        raise _fail_closed(f"the row filter on {column} cannot be applied to {view.logical}: no patients "
                                f"table with {column} and {_PATIENT_LINK}")
-
-    def _fail(self, view: _View, reason: str) -> AccessDeniedError:
-        return AccessDeniedError(f"query refused: {reason} (fail closed)")
 
     def _mask(self, view: _View, arrow: pa.Table, masks: Mapping[str, Mask]) -> pa.Table:
         columns, fields = [], []
@@ -489,6 +486,10 @@ class QueryGateway:
                     # An interrupt that raced the end of the query must not hit the next one: start afresh.
                     con.close()
                     self._con = None
+
+
+def _fail_closed(reason: str) -> AccessDeniedError:
+    return AccessDeniedError(f"query refused: {reason} (fail closed)")
 
 
 def _prove_masked(view: _View, table: pa.Table, masks: Mapping[str, Mask]) -> None:
