@@ -211,21 +211,66 @@ def _chunks(source: str, path: Path, contracts: dict[str, Contract], settings: S
 
 
 class _Dedup:
-    """First accepted row wins per key; exact copies are duplicates, different rows with a taken key conflict."""
+    """First accepted row wins per key; exact copies are duplicates, different rows with a taken key conflict.
 
-    def __init__(self) -> None:
-        self._keys: dict[tuple[str, str], str] = {}
-        self._hashes: set[str] = set()
+    The batch's seen keys and hashes live in a temporary SQLite file, not in memory, so a batch of any size
+    runs in bounded memory. Keys can be PHI (a patient id), so only keyed BLAKE2b digests are stored, under a
+    random per-batch key that never leaves memory; the file is deleted when the batch ends.
+    """
 
-    def verdict(self, table: str, key: str | None, record_hash: str) -> str:
-        if record_hash in self._hashes:
-            return "duplicate"
-        if key is not None and (table, key) in self._keys:
-            return "conflict"
-        self._hashes.add(record_hash)
-        if key is not None:
-            self._keys[(table, key)] = record_hash
-        return "new"
+    _IN = 500  # parameters per IN (...) lookup
+
+    def __init__(self, folder: Path) -> None:
+        import secrets
+        import sqlite3
+        import tempfile
+
+        folder.mkdir(parents=True, exist_ok=True)
+        self._dir = Path(tempfile.mkdtemp(prefix="dedup-", dir=folder))
+        self._salt = secrets.token_bytes(32)
+        self._db = sqlite3.connect(self._dir / "seen.sqlite")
+        self._db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
+                               "CREATE TABLE keys (k BLOB PRIMARY KEY, h BLOB) WITHOUT ROWID;"
+                               "CREATE TABLE hashes (h BLOB PRIMARY KEY) WITHOUT ROWID;")
+
+    def close(self) -> None:
+        import shutil
+
+        self._db.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def _key(self, table: str, key: str) -> bytes:
+        return hashlib.blake2b(f"{table}\0{key}".encode(), key=self._salt, digest_size=16).digest()
+
+    def _lookup(self, sql: str, values: list[bytes]) -> list[tuple[Any, ...]]:
+        found: list[tuple[Any, ...]] = []
+        for start in range(0, len(values), self._IN):
+            part = values[start:start + self._IN]
+            found += self._db.execute(sql.format(",".join("?" * len(part))), part).fetchall()
+        return found
+
+    def verdicts(self, table: str, keys: list[str | None], record_hashes: list[str]) -> list[str]:
+        """``new``, ``duplicate`` or ``conflict`` for each row, in order, against everything seen before."""
+        hashes = [bytes.fromhex(h[:32]) for h in record_hashes]
+        digests = [None if k is None else self._key(table, k) for k in keys]
+        seen_hashes = {row[0] for row in self._lookup("SELECT h FROM hashes WHERE h IN ({})", hashes)}
+        taken = dict(self._lookup("SELECT k, h FROM keys WHERE k IN ({})", [d for d in digests if d is not None]))
+        out, new_keys, new_hashes = [], [], []
+        for digest, record in zip(digests, hashes, strict=True):
+            if record in seen_hashes:
+                out.append("duplicate")
+            elif digest is not None and digest in taken:
+                out.append("conflict")
+            else:
+                out.append("new")
+                seen_hashes.add(record)
+                new_hashes.append((record,))
+                if digest is not None:
+                    taken[digest] = record
+                    new_keys.append((digest, record))
+        self._db.executemany("INSERT OR IGNORE INTO hashes VALUES (?)", new_hashes)
+        self._db.executemany("INSERT OR IGNORE INTO keys VALUES (?, ?)", new_keys)
+        return out
 
 
 def record_hashes(table: str, frame: pd.DataFrame) -> list[str]:
@@ -251,14 +296,17 @@ class _Batch:
         self.report = BatchReport(batch_id, source, str(path), stages=stages,
                                   contracts={t: c.fingerprint for t, c in contracts.items()})
         self.validators = {t: ChunkValidator(c, docs_dir) for t, c in contracts.items()}
-        self.dedup = _Dedup()
+        self.dedup = _Dedup(settings.home / "tmp" / "ingest")
         self.pseudonyms = plake.pseudonymizer("patient")
         self.now = datetime.now(UTC)
         self.commit = CommitInfo(principal=plake.principal, purpose="ingest", dag_run=dag_run, batch_id=batch_id)
 
     def run(self) -> BatchReport:
-        for chunk in _chunks(self.source, self.path, self.contracts, self.settings):
-            self._chunk(chunk)
+        try:
+            for chunk in _chunks(self.source, self.path, self.contracts, self.settings):
+                self._chunk(chunk)
+        finally:
+            self.dedup.close()
         self.report.check_invariant()
         for _table, validator in self.validators.items():
             docs = validator.build_docs()
@@ -313,11 +361,11 @@ class _Batch:
         hashes = record_hashes(table, frame)
         patient_ids = frame[contract.patient_column] if contract.patient_column else None
         keep: list[int] = []
-        for index in range(len(frame)):
-            if index in violations:
-                continue
-            key = frame.at[index, contract.key] if contract.key else None
-            verdict = self.dedup.verdict(table, None if _missing(key) else str(key), hashes[index])
+        candidates = [i for i in range(len(frame)) if i not in violations]
+        keys = [frame.at[i, contract.key] if contract.key else None for i in candidates]
+        verdicts = self.dedup.verdicts(table, [None if _missing(k) else str(k) for k in keys],
+                                       [hashes[i] for i in candidates])
+        for index, verdict in zip(candidates, verdicts, strict=True):
             if verdict == "duplicate":
                 counts.duplicates += 1
                 counts.accepted += 1

@@ -149,3 +149,22 @@ def test_when_a_batch_finishes_then_gx_results_are_stored_with_it_and_an_audit_e
     assert report.data_docs and Path(report.data_docs).is_file()
     events = [e for e in plake.audit.events() if e.event.details.get("batch_id") == report.batch_id]
     assert any(e.event.action == "write" and e.event.details.get("tables") for e in events)
+
+
+def test_when_duplicates_span_chunks_then_copies_are_counted_and_key_conflicts_quarantined(
+        tmp_path: Path, ing_settings, plake) -> None:
+    small = ing_settings.model_copy(update={"ingestion": ing_settings.ingestion.model_copy(update={"chunk_rows": 100})})
+    rows = [f'"PAT{i:04d}","2025-01-01",false,false' for i in range(250)]
+    rows.append(rows[3])  # an exact copy, two chunks later
+    rows.append('"PAT0004","2025-01-01",true,')  # the same key with different content
+    path = tmp_path / "outcomes.csv"
+    path.write_text('"patient_id","index_date","prevalent_t2d","t2d_within_1y"\n' + "\n".join(rows) + "\n")
+    report = ingest(small, source="tabular", path=path, table="outcomes", plake=plake, docs=False)
+    counts = report.tables["outcomes"]
+    assert (counts.rows_in, counts.accepted, counts.duplicates, counts.quarantined) == (252, 251, 1, 1)
+    assert dict(counts.by_rule) == {"patient_id:unique": 1}
+    assert plake.lake.read_arrow("raw", "outcomes").num_rows == 250
+    (row,) = plake.read("quarantine", "records", decrypt=True).to_pylist()
+    assert row["position"] == "line 253" and "already loaded in this batch" in row["reason"]
+    leftovers = ing_settings.home / "tmp" / "ingest"
+    assert not leftovers.exists() or list(leftovers.iterdir()) == []  # the seen-keys file is gone
