@@ -86,6 +86,16 @@ def _generalize(values: pd.Series, step: Any) -> pd.Series:
     return values.map(widen)
 
 
+def _apply_levels(frame: pd.DataFrame, qis: Sequence[str], levels: dict[str, int],
+                  ladders: dict[str, Sequence[Any]]) -> pd.DataFrame:
+    """``frame`` with each quasi-identifier taken ``levels[c]`` steps up its ladder."""
+    out = frame.copy()
+    for column in qis:
+        for step in list(ladders.get(column, [WITHHELD]))[:levels[column]]:
+            out[column] = _generalize(out[column], step)
+    return out
+
+
 def _failing(frame: pd.DataFrame, qis: Sequence[str], sensitive: Sequence[str], k: int, ell: int) -> pd.Series:
     """Rows whose equivalence class is smaller than k or less diverse than l."""
     if not qis:
@@ -136,6 +146,16 @@ def enforce(frame: pd.DataFrame, quasi_identifiers: Sequence[str], sensitive: Se
         column = min(candidates, key=lambda c: (trials[c][0], -work[c].nunique(), c))
         work = trials[column][1]
         levels[column] += 1
+    # Minimality: undo any step the final state no longer needs (the greedy path may have taken one too early).
+    changed = True
+    while changed and rows:
+        changed = False
+        for column in sorted((c for c in qis if levels[c]), key=lambda c: -levels[c]):
+            trial_levels = {**levels, column: levels[column] - 1}
+            trial = _apply_levels(frame, qis, trial_levels, ladders)
+            trial_failing = _failing(trial, qis, sensitive, k, ell)
+            if int(trial_failing.sum()) <= budget:
+                levels, work, failing, changed = trial_levels, trial, trial_failing, True
     suppressed = int(failing.sum()) if rows else 0
     published = work.loc[~failing].reset_index(drop=True) if rows else work
     if rows and published.empty:
