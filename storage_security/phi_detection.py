@@ -28,6 +28,7 @@ _NER_MAPPING = {"PER": "PERSON", "PERSON": "PERSON", "NORP": "NRP", "FAC": "LOCA
 _NER_IGNORED = ["ORG", "ORGANIZATION", "CARDINAL", "EVENT", "LANGUAGE", "LAW", "MONEY", "ORDINAL", "PERCENT",
                 "PRODUCT", "QUANTITY", "WORK_OF_ART"]
 
+_PROPER = re.compile(r"\b[A-Z][A-Za-z'-]*[a-z]")
 _WORD = re.compile(r"\w+(?:['-]\w+)*")
 
 __all__ = ["SPACY_MODEL", "DetectorPool", "PhiDetector", "PhiSpan", "build_analyzer", "detect_many"]
@@ -173,9 +174,10 @@ def _spans(results: Iterable[Any], text: str, allow: frozenset[str]) -> list[Phi
     for r in results:
         name = (r.recognition_metadata or {}).get("recognizer_name", "")
         start, end = r.start, r.end
-        if name == "SpacyRecognizer" and allow:
+        if name == "SpacyRecognizer":
             start, end = _trim(text, start, end, allow)
-            if start >= end:
+            # A name or place has a capitalised word: "116" or "Z00.00" tagged PERSON by the model is noise.
+            if start >= end or not _PROPER.search(text[start:end]):
                 continue
         out.append(PhiSpan(start, end, r.entity_type, float(r.score), name))
     return sorted(out)
