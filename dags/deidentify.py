@@ -28,9 +28,9 @@ DEIDENTIFIED = [Asset(f"medguard://deidentified/{t}") for t in TABLES]
 def medguard_deidentify() -> None:
     @task(task_id="publish", outlets=DEIDENTIFIED)
     def publish(run_id: str | None = None) -> dict[str, Any]:
-        from storage_security.deidentify import publish_raw_zone
+        from storage_security.deidentify import publish_raw_zone_or_fail
 
-        return publish_raw_zone(dag_run=run_id)
+        return publish_raw_zone_or_fail(dag_run=run_id)
 
     publish()
 

@@ -23,7 +23,7 @@ from storage_security.audit import AuditAction, AuditEvent, Decision
 from storage_security.classification import classify
 from storage_security.masking import NoteMasker, load_masking_config, mask_table, table_rules
 from storage_security.masking_operators import MaskingKeys
-from storage_security.risk import enforce
+from storage_security.risk import RiskGateError, enforce
 
 if TYPE_CHECKING:
     from pipeline.settings import Settings
@@ -33,7 +33,8 @@ PRINCIPAL = "svc:deidentify"
 REPORT_KEY = "deidentify_report"
 _PURPOSE = "deidentification"
 
-__all__ = ["PRINCIPAL", "Deidentifier", "publish_raw_zone", "published_report", "summary"]
+__all__ = ["PRINCIPAL", "Deidentifier", "publish_raw_zone", "publish_raw_zone_or_fail", "published_report", "refused",
+           "summary"]
 
 
 def published_report(lake: Lake, table: str) -> dict[str, Any]:
@@ -97,7 +98,14 @@ class Deidentifier:
         names = list(tables) if tables else self.raw_tables()
         if not names:
             raise ValueError("the raw zone has no tables to de-identify (run ingestion first)")
-        return {name: self.publish(name, dag_run=dag_run) for name in names}
+        reports: dict[str, Any] = {}
+        for name in names:
+            try:
+                reports[name] = self.publish(name, dag_run=dag_run)
+            except RiskGateError as exc:
+                # One table that cannot be made safe must not hold back the others; it is reported, unpublished.
+                reports[name] = {"table": name, "refused": str(exc)}
+        return reports
 
     def _forbidden_names(self) -> set[str]:
         # Surrogate names must never coincide with a real patient's name in this release.
@@ -153,7 +161,8 @@ class Deidentifier:
         published, risk = enforce(masked, spec.get("quasi_identifiers", []), spec.get("sensitive", []),
                                   k=self.settings.k_anonymity, ell=self.settings.l_diversity,
                                   ladders=self.config.get("generalize"),
-                                  max_suppression=float(self.config.get("max_suppression", 0.05)))
+                                  max_suppression=float(self.config.get("max_suppression", 0.05)),
+                                  entity="patient_pseudonym")
         column_classes = {used[c].get("as", c): used[c]["class"] for c in raw.columns
                           if used.get(c, {}).get("op") != "drop"}
         report = {"table": table, "column_classes": column_classes,
@@ -197,8 +206,27 @@ def publish_raw_zone(tables: Sequence[str] | None = None, *, settings: Settings 
     return {name: summary(report) for name, report in reports.items()}
 
 
+def publish_raw_zone_or_fail(*, dag_run: str | None = None) -> dict[str, Any]:
+    """:func:`publish_raw_zone` for a DAG task: every table that can be published is; then a refusal fails the task.
+
+    Raises:
+        RiskGateError: naming the tables the risk gate refused.
+    """
+    result = publish_raw_zone(dag_run=dag_run)
+    if refused(result):
+        raise RiskGateError(f"not published (risk gate): {refused(result)}")
+    return result
+
+
+def refused(result: dict[str, Any]) -> dict[str, str]:
+    """The tables of a :func:`publish_raw_zone` result that the risk gate refused, with the reason."""
+    return {name: r["refused"] for name, r in result.items() if r.get("refused")}
+
+
 def summary(report: dict[str, Any]) -> dict[str, Any]:
     """The headline figures of a table's report."""
+    if "refused" in report:
+        return {"refused": report["refused"]}
     return {key: report.get(key) for key in ("version", "rows_in", "rows_out", "k", "l", "suppressed",
                                               "generalization", "flagged_columns")}
 

@@ -49,17 +49,23 @@ def deidentify(
     """Classify, mask, pass the k-anonymity gate and publish raw tables to `deidentified`."""
     if ctx.invoked_subcommand is not None:
         return
-    from storage_security.deidentify import publish_raw_zone
+    from pipeline.errors import ValidationError
+    from storage_security.deidentify import publish_raw_zone, refused
 
     settings = _settings(ctx)
     result = publish_raw_zone([table] if table else None, settings=settings)
     lines = []
     for name, r in result.items():
+        if r.get("refused"):
+            lines.append(f"{name}: NOT published: {r['refused']}")
+            continue
         diversity = "" if r["l"] is None else f", l={r['l']}"
         flagged = f", flagged and dropped: {','.join(r['flagged_columns'])}" if r["flagged_columns"] else ""
         lines.append(f"{name}: version {r['version']}, {r['rows_out']} of {r['rows_in']} rows published, "
                      f"k={r['k']}{diversity}, {r['suppressed']} suppressed{flagged}")
     _emit({"tables": result}, as_json, lines)
+    if refused(result):
+        raise ValidationError(f"the risk gate refused {', '.join(sorted(refused(result)))}: not published")
 
 
 @deidentify_app.command("evaluate")

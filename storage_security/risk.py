@@ -39,12 +39,13 @@ class RiskReport:
     suppressed: int = 0
     rows_in: int = 0
     rows_out: int = 0
+    counted: str = "rows"
 
     def to_dict(self) -> dict[str, Any]:
         return {"k_required": self.k_required, "l_required": self.l_required, "k": self.k,
                 "l": self.l_diversity, "quasi_identifiers": self.quasi_identifiers, "sensitive": self.sensitive,
                 "generalization": self.generalization, "suppressed": self.suppressed, "rows_in": self.rows_in,
-                "rows_out": self.rows_out}
+                "rows_out": self.rows_out, "counted": self.counted}
 
 
 def _keys(frame: pd.DataFrame, qis: Sequence[str]) -> pd.DataFrame:
@@ -52,13 +53,20 @@ def _keys(frame: pd.DataFrame, qis: Sequence[str]) -> pd.DataFrame:
     return frame[list(qis)].astype(object).where(frame[list(qis)].notna(), "<null>")
 
 
-def k_anonymity(frame: pd.DataFrame, quasi_identifiers: Sequence[str]) -> int:
-    """The size of the smallest equivalence class (the table's row count when it has no quasi-identifiers)."""
+def k_anonymity(frame: pd.DataFrame, quasi_identifiers: Sequence[str], entity: str | None = None) -> int:
+    """The size of the smallest equivalence class, in rows or, with ``entity``, in distinct individuals.
+
+    Counting individuals matters when a person has several rows (events, or the same patient from two sources):
+    five rows of one patient are one person, not five. With no quasi-identifiers the table is one class.
+    """
     if frame.empty:
         return 0
     if not quasi_identifiers:
-        return len(frame)
-    return int(_keys(frame, quasi_identifiers).groupby(list(quasi_identifiers), sort=False).size().min())
+        return int(frame[entity].nunique()) if entity else len(frame)
+    keys = _keys(frame, quasi_identifiers)
+    groups = (frame[entity] if entity else keys[quasi_identifiers[0]]).groupby(
+        [keys[c] for c in quasi_identifiers], sort=False)
+    return int((groups.nunique() if entity else groups.size()).min())
 
 
 def l_diversity(frame: pd.DataFrame, quasi_identifiers: Sequence[str], sensitive: str) -> int:
@@ -96,14 +104,18 @@ def _apply_levels(frame: pd.DataFrame, qis: Sequence[str], levels: dict[str, int
     return out
 
 
-def _failing(frame: pd.DataFrame, qis: Sequence[str], sensitive: Sequence[str], k: int, ell: int) -> pd.Series:
-    """Rows whose equivalence class is smaller than k or less diverse than l."""
+def _failing(frame: pd.DataFrame, qis: Sequence[str], sensitive: Sequence[str], k: int, ell: int,
+             entity: str | None = None) -> pd.Series:
+    """Rows whose equivalence class has fewer than k individuals (rows) or fewer than l sensitive values."""
     if not qis:
-        bad = len(frame) < k or any(frame[s].nunique() < ell for s in sensitive)
+        size = frame[entity].nunique() if entity else len(frame)
+        bad = size < k or any(frame[s].nunique() < ell for s in sensitive)
         return pd.Series(bad, index=frame.index)
     keys = _keys(frame, qis)
-    groups = keys.groupby(list(qis), sort=False)
-    bad = groups[qis[0]].transform("size") < k
+    if entity:
+        bad = frame[entity].groupby([keys[c] for c in qis], sort=False).transform("nunique") < k
+    else:
+        bad = keys.groupby(list(qis), sort=False)[qis[0]].transform("size") < k
     for column in sensitive:
         diverse = frame[column].groupby([keys[c] for c in qis], sort=False).transform("nunique")
         bad |= diverse < ell
@@ -112,11 +124,15 @@ def _failing(frame: pd.DataFrame, qis: Sequence[str], sensitive: Sequence[str], 
 
 def enforce(frame: pd.DataFrame, quasi_identifiers: Sequence[str], sensitive: Sequence[str], *, k: int,
             ell: int = 1, ladders: dict[str, Sequence[Any]] | None = None,
-            max_suppression: float = 0.05) -> tuple[pd.DataFrame, RiskReport]:
-    """Generalise and suppress until every equivalence class has ≥ k rows and ≥ l sensitive values.
+            max_suppression: float = 0.05, entity: str | None = None) -> tuple[pd.DataFrame, RiskReport]:
+    """Generalise and suppress until every equivalence class has ≥ k individuals and ≥ l sensitive values.
 
-    Greedy: while suppressing the failing rows would exceed ``max_suppression`` of the table, take one more
-    ladder step on the quasi-identifier with the most distinct values; then suppress what still fails.
+    Greedy: while suppressing the failing rows would exceed ``max_suppression`` of the table, take the ladder
+    step that leaves the fewest failing rows; then undo steps no longer needed, and suppress what still fails.
+
+    Args:
+        entity: the column naming the individual (``patient_pseudonym``): classes are sized in distinct
+            individuals, not rows. Without it (or when the table lacks it), rows are counted.
 
     Raises:
         RiskGateError: the table cannot meet k and l even fully generalised within the suppression budget
@@ -124,13 +140,14 @@ def enforce(frame: pd.DataFrame, quasi_identifiers: Sequence[str], sensitive: Se
     """
     qis = [c for c in quasi_identifiers if c in frame.columns]
     sensitive = [c for c in sensitive if c in frame.columns]
+    entity = entity if entity in frame.columns else None
     ladders = ladders or {}
     work = frame.copy()
     levels = {c: 0 for c in qis}
     rows = len(work)
     budget = int(max_suppression * rows)
     while True:
-        failing = _failing(work, qis, sensitive, k, ell) if rows else pd.Series(dtype=bool)
+        failing = _failing(work, qis, sensitive, k, ell, entity) if rows else pd.Series(dtype=bool)
         if int(failing.sum()) <= budget:
             break
         candidates = [c for c in qis if levels[c] < len(ladders.get(c, [WITHHELD]))]
@@ -142,7 +159,7 @@ def enforce(frame: pd.DataFrame, quasi_identifiers: Sequence[str], sensitive: Se
         for c in candidates:
             trial = work.copy()
             trial[c] = _generalize(trial[c], list(ladders.get(c, [WITHHELD]))[levels[c]])
-            trials[c] = (int(_failing(trial, qis, sensitive, k, ell).sum()), trial)
+            trials[c] = (int(_failing(trial, qis, sensitive, k, ell, entity).sum()), trial)
         column = min(candidates, key=lambda c: (trials[c][0], -work[c].nunique(), c))
         work = trials[column][1]
         levels[column] += 1
@@ -153,7 +170,7 @@ def enforce(frame: pd.DataFrame, quasi_identifiers: Sequence[str], sensitive: Se
         for column in sorted((c for c in qis if levels[c]), key=lambda c: -levels[c]):
             trial_levels = {**levels, column: levels[column] - 1}
             trial = _apply_levels(frame, qis, trial_levels, ladders)
-            trial_failing = _failing(trial, qis, sensitive, k, ell)
+            trial_failing = _failing(trial, qis, sensitive, k, ell, entity)
             if int(trial_failing.sum()) <= budget:
                 levels, work, failing, changed = trial_levels, trial, trial_failing, True
     suppressed = int(failing.sum()) if rows else 0
@@ -161,11 +178,11 @@ def enforce(frame: pd.DataFrame, quasi_identifiers: Sequence[str], sensitive: Se
     if rows and published.empty:
         raise RiskGateError(f"k={k} would suppress every row of the table")
     report = RiskReport(
-        k_required=k, l_required=ell, k=k_anonymity(published, qis),
+        k_required=k, l_required=ell, k=k_anonymity(published, qis, entity),
         l_diversity=min((l_diversity(published, qis, s) for s in sensitive), default=None),
         quasi_identifiers=qis, sensitive=sensitive,
         generalization={c: list(ladders.get(c, [WITHHELD]))[:levels[c]] for c in qis if levels[c]},
-        suppressed=suppressed, rows_in=rows, rows_out=len(published))
+        suppressed=suppressed, rows_in=rows, rows_out=len(published), counted=entity or "rows")
     if rows and report.k < k:
         raise RiskGateError(f"k-anonymity {report.k} < {k} after generalisation")
     return published, report

@@ -53,7 +53,9 @@ def test_when_a_table_is_published_then_k_anonymity_holds_counted_independently(
            if klass == "quasi_identifier" and c in ("age_band", "sex", "zip3", "state", "facility_id",
                                                      "encounter_type", "clinical_status", "status", "index_year")]
     assert set(qis) <= set(report["quasi_identifiers"])
-    smallest = frame.groupby(qis, dropna=False).size().min() if qis else len(frame)
+    # k counts people: the distinct patient pseudonyms in each class (a patient's several rows are one person).
+    people = frame.groupby(qis, dropna=False)["patient_pseudonym"].nunique() if qis else None
+    smallest = people.min() if qis else frame["patient_pseudonym"].nunique()
     assert smallest >= settings.k_anonymity
     assert report["k"] == smallest and report["version"] == published["lake"].version("deidentified", table)
 
@@ -127,6 +129,9 @@ def test_when_a_table_is_too_small_for_k_then_nothing_is_published(published, se
     before = published["lake"].version("deidentified", "outcomes")
     with pytest.raises(RiskGateError):
         strict.publish("outcomes")
+    assert published["lake"].version("deidentified", "outcomes") == before
+    reports = strict.publish_all(["outcomes"])   # a batch run reports the refusal and goes on with the rest
+    assert "k=1000" in reports["outcomes"]["refused"]
     assert published["lake"].version("deidentified", "outcomes") == before
 
 

@@ -60,3 +60,11 @@ def test_when_a_class_has_one_sensitive_value_then_l_diversity_forces_action():
     assert l_diversity(frame, ["zip3"], "dx") == 1
     out, report = enforce(frame, ["zip3"], ["dx"], k=5, ell=2, ladders={"zip3": ["*"]}, max_suppression=0.0)
     assert l_diversity(out, ["zip3"], "dx") >= 2 and report.generalization == {"zip3": ["*"]}
+
+
+def test_when_one_person_has_many_rows_then_k_counts_people_not_rows():
+    frame = pd.DataFrame({"patient": ["a"] * 6 + ["b", "c", "d", "e", "f"], "facility": ["F1"] * 6 + ["F2"] * 5})
+    assert k_anonymity(frame, ["facility"]) == 5 and k_anonymity(frame, ["facility"], "patient") == 1
+    out, report = enforce(frame, ["facility"], [], k=5, entity="patient", ladders={"facility": ["*"]})
+    assert out.groupby("facility")["patient"].nunique().min() >= 5 and report.counted == "patient"
+    assert set(out["facility"]) == {"*"} and report.suppressed == 0
