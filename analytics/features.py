@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from analytics.config import TrainConfig
-from analytics.contract import Classifier, check_columns, check_provenance
+from analytics.contract import DIRECT_IDENTIFIER, Classifier, check_columns, check_provenance
 from pipeline.errors import ValidationError
 
 if TYPE_CHECKING:
@@ -170,9 +170,17 @@ def build_features(tables: dict[str, DataFrame], table: str, config: TrainConfig
 
     # Own columns of the table (a flat dataset's features; for a patient-keyed table usually few or none).
     if training:
+        own_classes = classify(table)
+        wanted = set(config.features)
+        for column in sorted(wanted & set(base.columns)):
+            if own_classes.get(column) == DIRECT_IDENTIFIER:
+                raise ValidationError(f"the training config asks for deidentified/{table}.{column}, a direct "
+                                      "identifier: it can never enter a feature set")
         for column, dtype in base.dtypes:
             if column in excluded or column in drop or column.startswith("_"):
                 continue
+            if own_classes.get(column) == DIRECT_IDENTIFIER:
+                continue  # never a candidate, whatever its type
             if _is_numeric(dtype):
                 contract.numeric.append(column)
             elif dtype == "string":
@@ -196,7 +204,7 @@ def build_features(tables: dict[str, DataFrame], table: str, config: TrainConfig
             contract.provenance.setdefault(name, (table, column))
     if contract.index_time:
         cols.append(_timestamp(F.col(contract.index_time)).alias("_index_ts"))
-    if contract.label and contract.label in base.columns:
+    if label is not None and contract.label in base.columns:
         cols.append(_label_expr(base, contract.label, contract.positive_class).alias(LABEL))
     for column in config.subgroups:
         if column in base.columns and column not in {c for c in base.columns if c.startswith("_")}:

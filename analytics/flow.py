@@ -209,7 +209,11 @@ def step_robustness(settings: Settings, run_dir: str) -> dict[str, Any]:
     config = _config(settings, state)
     model = _load_run_model(run, state)
     examples = pd.read_parquet(run / "examples.parquet")
-    bounds = attack_bounds(model.features, model.profile, config.attack_bounds, config.attack_epsilon)
+    # Measured values can be nudged: labs and vitals, and a flat table's own numeric columns.
+    c = model.contract
+    own_numeric = {name for name, (table, column) in c.provenance.items() if table == c.table and column in c.numeric}
+    attackable = [f for f in model.features if (f.startswith("obs_") and not f.endswith("_trend")) or f in own_numeric]
+    bounds = attack_bounds(model.features, model.profile, config.attack_bounds, config.attack_epsilon, attackable)
     report = evaluate_robustness(model, examples[examples[SPLIT] == "train"], examples[examples[SPLIT] == "test"],
                                  bounds=bounds, monotone=config.monotone, samples=config.attack_samples,
                                  seed=config.seed)
@@ -264,14 +268,22 @@ def train_pipeline(settings: Settings, table: str, label: str, *, config_path: s
                    overrides: dict[str, Any] | None = None, provider: Any = None,
                    classify: Classifier | None = None) -> dict[str, Any]:
     """features → screen → train → evaluate → robustness → register, in one process."""
-    started = time.perf_counter()
-    run_dir = step_features(settings, table, label, config_path=config_path, overrides=overrides, classify=classify)
-    step_screen(settings, run_dir, provider=provider)
-    step_train(settings, run_dir)
-    step_evaluate(settings, run_dir)
-    step_robustness(settings, run_dir)
-    result = step_register(settings, run_dir, provider=provider)
-    result["seconds"] = round(time.perf_counter() - started, 1)
+    timings: dict[str, float] = {}
+
+    def timed(name: str, step: Any, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        out = step(*args, **kwargs)
+        timings[name] = round(time.perf_counter() - started, 1)
+        return out
+
+    run_dir = timed("features", step_features, settings, table, label, config_path=config_path, overrides=overrides,
+                    classify=classify)
+    timed("screen", step_screen, settings, run_dir, provider=provider)
+    timed("train", step_train, settings, run_dir)
+    timed("evaluate", step_evaluate, settings, run_dir)
+    timed("robustness", step_robustness, settings, run_dir)
+    result = timed("register", step_register, settings, run_dir, provider=provider)
+    result["step_seconds"] = timings
     return result
 
 

@@ -52,6 +52,14 @@ def _key_ref(kek_name: str, key: bytes) -> str:
     return f"{kek_name}:{digest}"
 
 
+def _created_at(folder: Path) -> str:
+    # Ordering only: a manifest that does not parse sorts first, and loading it is refused by verification.
+    try:
+        return str(json.loads((folder / MANIFEST_FILE).read_text()).get("created_at", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
 def model_name(table: str, label: str | None) -> str:
     """The registry name of a model trained on ``table`` for ``label``."""
     return re.sub(r"[^a-z0-9_]+", "_", f"{table}__{label or 'unlabelled'}".lower())
@@ -150,8 +158,7 @@ class ModelRegistry:
             for p in (self.root / n).glob("v*"):
                 if p.name[1:].isdigit() and (p / MANIFEST_FILE).exists():
                     found.append(p)
-        return sorted(found, key=lambda p: (json.loads((p / MANIFEST_FILE).read_text()).get("created_at", ""),
-                                            int(p.name[1:])))
+        return sorted(found, key=lambda p: (_created_at(p), int(p.name[1:])))
 
     def load(self, name: str | None = None, version: int | None = None) -> tuple[dict[str, Any], Any, dict[str, Any]]:
         """Verify and load a version (the newest by default): (manifest, booster, bundle).

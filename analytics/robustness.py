@@ -48,13 +48,20 @@ class AttackResult:
 
 
 def attack_bounds(features: list[str], profile: dict[str, Any], bounds: dict[str, float], epsilon: float,
-                  attackable_prefixes: tuple[str, ...] = ("obs_",)) -> dict[str, float]:
-    """Per-feature maximal change: the config's clinical bounds, else epsilon x training std for measurements."""
+                  attackable: list[str] | None = None) -> dict[str, float]:
+    """Per-feature maximal change: the config's clinical bounds, else epsilon x training std for measured values.
+
+    Args:
+        attackable: features an attacker can plausibly nudge (measurements); default: lab and vital values
+            (``obs_*``), never trends, indicators or demographics.
+    """
+    if attackable is None:
+        attackable = [f for f in features if f.startswith("obs_") and not f.endswith("_trend")]
     out = {}
     for name in features:
         if name in bounds:
             out[name] = float(bounds[name])
-        elif name.startswith(attackable_prefixes) and not name.endswith("_trend") and profile.get(name, {}).get("std"):
+        elif name in attackable and profile.get(name, {}).get("std"):
             out[name] = float(epsilon * profile[name]["std"])
     return {k: v for k, v in out.items() if v > 0}
 

@@ -24,7 +24,9 @@ T2D_PATIENTS = 8_000
 T2D_SEED = 11
 # Small but real: every step runs, with few boosting rounds and a two-fold, two-candidate search.
 FAST = {"n_estimators": 120, "attack_samples": 40,
-        "cv": {"folds": 2, "grid": [{"max_depth": 3, "learning_rate": 0.1}, {"max_depth": 4, "learning_rate": 0.1}]},
+        # A one-second budget: the first candidate always runs, the second must be skipped (the budget works).
+        "cv": {"folds": 2, "budget_seconds": 1.0,
+               "grid": [{"max_depth": 3, "learning_rate": 0.1}, {"max_depth": 4, "learning_rate": 0.1}]},
         "monotone": {"obs_4548_4_last": 1, "obs_2345_7_last": 1, "obs_39156_5_last": 1, "age_band_lower": 1}}
 
 
@@ -65,6 +67,19 @@ def isolated(settings: Settings, root: Path) -> Settings:
     """Settings with their own home and lake, so registries and keys never mix between tests."""
     return settings.model_copy(update={"home": root / "home", "lake_root": str(root / "lake"),
                                        "airflow_home": root / "home" / "airflow"})
+
+
+@pytest.fixture
+def publish_classes() -> Iterator[Any]:
+    """Install a stand-in ``published_report`` serving the given classes; undone after the test."""
+    saved: list[types.ModuleType | None] = []
+
+    def install(classes: dict[str, dict[str, str]]) -> None:
+        saved.append(install_deidentify(classes))
+
+    yield install
+    for previous in reversed(saved):
+        restore_deidentify(previous)
 
 
 @pytest.fixture(scope="session")

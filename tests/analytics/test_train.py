@@ -52,11 +52,11 @@ def test_when_the_threshold_is_chosen_then_test_sensitivity_is_near_the_target(t
     assert 0 < metrics["brier"] < 0.1
 
 
-def test_when_cv_runs_then_every_candidate_within_budget_is_scored_and_the_best_is_used(t2d_run):
+def test_when_the_cv_budget_is_spent_then_later_candidates_are_skipped_and_the_best_scored_one_is_used(t2d_run):
     state, _ = _run(t2d_run)
     cv = state["model"]["cv"]
-    assert len(cv) == 2 and all(len(c["auroc_folds"]) == 2 for c in cv)
-    best = max(cv, key=lambda c: c["auroc_mean"])["params"]
+    assert len(cv) == 1 and len(cv[0]["auroc_folds"]) == 2 and cv[0]["auroc_mean"] > 0.7
+    best = cv[0]["params"]
     assert {k: state["model"]["params"][k] for k in best} == best
 
 
