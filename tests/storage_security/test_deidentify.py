@@ -163,3 +163,24 @@ def test_when_deidentify_runs_from_the_cli_on_vault_then_the_table_is_published(
     missing = subprocess.run([medguard, "deidentify", "--table", "nope"], env=env, capture_output=True, text=True,
                              timeout=300, check=False)
     assert missing.returncode == 1 and len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_when_the_demo_step_runs_then_it_publishes_and_scores_against_vanilla(tmp_path, settings, keyring,
+                                                                             monkeypatch):
+    from storage_security import deidentify as module
+    from storage_security.deidentify import demo_step
+
+    home_settings = settings.model_copy(update={"home": tmp_path, "lake_root": str(tmp_path / "lake")})
+    lake = Lake(home_settings)
+    plake = ProtectedLake(lake, keyring, principal="svc:deidentify")
+    load_raw(plake, generated(60, 11), ("outcomes",))
+    demo_notes = tmp_path / "sources" / "demo" / "notes.jsonl"
+    demo_notes.parent.mkdir(parents=True)
+    demo_notes.write_text("\n".join((generated(60, 11) / "notes.jsonl").read_text().splitlines()[:6]) + "\n")
+    monkeypatch.setattr(module.Deidentifier, "from_settings",
+                        classmethod(lambda cls, s, **kw: cls(plake, s, detector=shared_detector())))
+    result = demo_step(home_settings, None)
+    assert result["published"]["outcomes"]["rows_out"] == 60
+    evaluation = result["evaluation"]
+    assert evaluation["notes"] == 6 and evaluation["min_recall_per_label"] >= 0.95
+    assert evaluation["medguard"]["recall"] >= evaluation["vanilla_presidio"]["recall"]
