@@ -150,7 +150,8 @@ class PhiDetector:
         self.analyzer = analyzer if analyzer is not None else build_analyzer(kind)
         self._batch = BatchAnalyzerEngine(analyzer_engine=self.analyzer)
         config = recognizer_config() if kind == "medguard" else {}
-        self._allow = frozenset(config.get("allow_words", ()))
+        # Vanilla is the baseline: its spans are reported as Presidio gives them, no medguard clean-up.
+        self._allow: frozenset[str] | None = frozenset(config.get("allow_words", ())) if kind == "medguard" else None
 
     def __repr__(self) -> str:
         return f"PhiDetector(kind={self.kind!r})"
@@ -169,12 +170,12 @@ class PhiDetector:
         return [_spans(r, t, self._allow) for r, t in zip(results, texts, strict=True)]
 
 
-def _spans(results: Iterable[Any], text: str, allow: frozenset[str]) -> list[PhiSpan]:
+def _spans(results: Iterable[Any], text: str, allow: frozenset[str] | None) -> list[PhiSpan]:
     out = []
     for r in results:
         name = (r.recognition_metadata or {}).get("recognizer_name", "")
         start, end = r.start, r.end
-        if name == "SpacyRecognizer":
+        if name == "SpacyRecognizer" and allow is not None:
             start, end = _trim(text, start, end, allow)
             # A name or place has a capitalised word: "116" or "Z00.00" tagged PERSON by the model is noise.
             if start >= end or not _PROPER.search(text[start:end]):

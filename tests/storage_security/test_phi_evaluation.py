@@ -73,3 +73,11 @@ def test_when_the_notes_file_is_missing_then_the_cli_fails_with_one_line(tmp_pat
     done = subprocess.run([MEDGUARD, "deidentify", "evaluate", "--notes", str(tmp_path / "none.jsonl")],
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode != 0 and done.stderr.strip()
+
+
+def test_when_the_baseline_is_vanilla_then_its_spans_are_not_cleaned_up_by_medguard():
+    from storage_security.phi_detection import PhiDetector
+
+    vanilla = PhiDetector("vanilla")
+    text = "Seen on 11/29/2024 at the clinic."
+    assert any(s.entity_type == "DATE_TIME" and text[s.start:s.end] == "11/29/2024" for s in vanilla.detect(text))
