@@ -315,6 +315,44 @@ def _model_for(registry: Any, table: str | None) -> str | None:
     return names[-1]
 
 
+def _scoring_input(settings: Settings, table: str | None, provider: Any, classify: Classifier | None,
+                   ) -> tuple[dict[str, Any], Any, dict[str, Any], DataFrame, str, dict[str, int]]:
+    from analytics.registry import ModelRegistry
+    from pipeline.spark import get_spark
+
+    get_spark(settings)
+    registry = ModelRegistry(settings, provider or _provider(settings))
+    manifest, booster, bundle = registry.load(_model_for(registry, table))
+    contract = FeatureContract.from_dict(bundle["contract"])
+    table = table or contract.table
+    lake = Lake(settings)
+    tables, versions = open_tables(lake)
+    config = TrainConfig(subgroups=(), sources=_sources(bundle))
+    sdf, _ = build_features(tables, table, config, classify or published_classifier(lake), contract=contract)
+    return manifest, booster, bundle, sdf, table, versions
+
+
+def _drift(settings: Settings, bundle: dict[str, Any], sdf: DataFrame) -> dict[str, Any]:
+    from analytics.drift import drift_report
+
+    features = bundle["contract"]["features"]
+    # Drift on a bounded sample: PSI/KS need distributions, not every row.
+    total = sdf.count()
+    sample = sdf.select(*features).sample(fraction=min(1.0, 50_000 / max(total, 1)), seed=1).toPandas()
+    a = settings.analytics
+    return drift_report(bundle["profile"], sample, features, psi_alert=a.psi_alert, ks_alert=a.ks_alert,
+                        retrain_share=a.retrain_drift_share)
+
+
+def drift_check(settings: Settings, table: str | None = None, *, provider: Any = None,
+                classify: Classifier | None = None) -> dict[str, Any]:
+    """PSI/KS of ``table`` against the verified model's training profile, with alerts and the retrain decision."""
+    manifest, _, bundle, sdf, table, _ = _scoring_input(settings, table, provider, classify)
+    report = _drift(settings, bundle, sdf)
+    return {"model_version": manifest["model_version"], "table": table,
+            **{k: report[k] for k in ("status", "alerts", "alert_share", "retrain", "rows")}}
+
+
 def diagnose(settings: Settings, table: str | None = None, *, provider: Any = None, batch_id: str | None = None,
              classify: Classifier | None = None) -> dict[str, Any]:
     """Verify the model, check drift, score ``table`` on Spark and merge the results into ``predictions``.
@@ -325,30 +363,13 @@ def diagnose(settings: Settings, table: str | None = None, *, provider: Any = No
     """
     from pyspark.sql import functions as F
 
-    from analytics.drift import drift_report
-    from analytics.registry import ModelRegistry
-    from pipeline.spark import get_spark
-
     started = time.perf_counter()
-    get_spark(settings)
-    registry = ModelRegistry(settings, provider or _provider(settings))
-    manifest, booster, bundle = registry.load(_model_for(registry, table))
-    contract = FeatureContract.from_dict(bundle["contract"])
-    table = table or contract.table
-    lake = Lake(settings)
-    tables, versions = open_tables(lake)
-    config = TrainConfig(subgroups=(), sources=_sources(bundle))
-    sdf, _ = build_features(tables, table, config, classify or published_classifier(lake), contract=contract)
-    features = contract.features
-    # Drift on a bounded sample: PSI/KS need distributions, not every row.
-    total = sdf.count()
-    sample = sdf.select(*features).sample(fraction=min(1.0, 50_000 / max(total, 1)), seed=1).toPandas()
-    a = settings.analytics
-    drift = drift_report(bundle["profile"], sample, features, psi_alert=a.psi_alert, ks_alert=a.ks_alert,
-                         retrain_share=a.retrain_drift_share)
-    scored = score_spark(sdf, booster, bundle, manifest["model_version"], drift["status"],
-                         batch_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"))
+    manifest, booster, bundle, sdf, table, versions = _scoring_input(settings, table, provider, classify)
+    drift = _drift(settings, bundle, sdf)
+    batch_id = batch_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    scored = score_spark(sdf, booster, bundle, manifest["model_version"], drift["status"], batch_id)
     arrow = scored.withColumn("scored_at", F.current_timestamp()).toArrow()
+    lake = Lake(settings)
     result = lake.merge(Zone.PREDICTIONS, PREDICTIONS_TABLE, arrow, keys=["row_key", "model_version"],
                         commit=CommitInfo(principal=PRINCIPAL, purpose="batch diagnosis", batch_id=batch_id,
                                           extra={"model_version": manifest["model_version"]}))

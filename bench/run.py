@@ -6,6 +6,7 @@ Figures that compare things are ratios measured in the same run, so they hold on
     python bench/run.py --only lake          # one group
     python bench/run.py --only ingest --ingest-patients 2000   # ingestion rows/s vs a plain load
     python bench/run.py --only crypto        # envelope encryption vs raw AES-GCM, DEK fetches per 1M cells
+    python bench/run.py --only analytics --analytics-patients 5000   # xgboost.spark vs single-node, scoring rows/s
     python bench/run.py --only access --access-rows 200000   # policy-enforced query vs plain Arrow; decisions/s
     python bench/run.py --only deid --deid-notes 300   # notes/s vs vanilla Presidio, structured rows/s
     python bench/run.py --patients 200000    # a smaller generator run
@@ -25,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.access_bench import access_figures
+from bench.analytics_bench import analytics_figures
 from bench.crypto_bench import crypto_figures
 from bench.deid_bench import deid_figures
 from bench.ingest_bench import ingest_figures
@@ -65,11 +67,12 @@ def generator_figures(patients: int, formats: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["generator", "lake", "crypto", "deid", "access", "ingest"])
+    parser.add_argument("--only", choices=["generator", "lake", "crypto", "deid", "access", "ingest", "analytics"])
     parser.add_argument("--patients", type=int, default=1_000_000)
     parser.add_argument("--formats", default="parquet,notes")
     parser.add_argument("--lake-rows", type=int, default=2_000_000)
     parser.add_argument("--crypto-cells", type=int, default=1_000_000)
+    parser.add_argument("--analytics-patients", type=int, default=50_000)
     parser.add_argument("--access-rows", type=int, default=1_000_000)
     parser.add_argument("--deid-notes", type=int, default=2_000)
     parser.add_argument("--ingest-patients", type=int, default=2_000)
@@ -89,6 +92,9 @@ def main() -> None:
             figure(name, value, unit, details)
     if args.only in (None, "ingest"):
         for name, value, unit, details in ingest_figures(args.ingest_patients):
+            figure(name, value, unit, details)
+    if args.only in (None, "analytics"):
+        for name, value, unit, details in analytics_figures(args.analytics_patients):
             figure(name, value, unit, details)
     if args.only in (None, "generator"):
         generator_figures(args.patients, args.formats)
