@@ -163,7 +163,7 @@ class Deidentifier:
                                   ladders=self.config.get("generalize"),
                                   max_suppression=float(self.config.get("max_suppression", 0.05)),
                                   entity="patient_pseudonym")
-        column_classes = {used[c].get("as", c): used[c]["class"] for c in raw.columns
+        column_classes = {used[c].get("as", c): published_class(used[c]) for c in raw.columns
                           if used.get(c, {}).get("op") != "drop"}
         report = {"table": table, "column_classes": column_classes,
                   "source_classes": classification.classes(), "flagged_columns": classification.flagged,
@@ -181,6 +181,13 @@ class Deidentifier:
                                       "suppressed": risk.suppressed, "flagged_columns": classification.flagged,
                                       "source_version": lake.version("raw", table)}))
         return report
+
+
+def published_class(rule: dict[str, Any]) -> str:
+    """The class of a column *as published*: a keyed pseudonym links rows within the release (quasi-identifier),
+    masked notes are sensitive text; otherwise the source column's class (``published_class`` in YAML wins)."""
+    return rule.get("published_class") or {"pseudonym": "quasi_identifier", "notes": "sensitive"}.get(
+        rule["op"], rule["class"])
 
 
 def _has_notes(rules: dict[str, dict[str, Any]]) -> bool:

@@ -43,6 +43,8 @@ def load_masking_config(path: str | Path | None = None) -> dict[str, Any]:
         for column, rule in rules.items():
             if rule.get("class") not in COLUMN_CLASSES:
                 raise ValueError(f"{where}.{column}: class must be one of {COLUMN_CLASSES}")
+            if rule.get("published_class", rule.get("class")) not in COLUMN_CLASSES:
+                raise ValueError(f"{where}.{column}: published_class must be one of {COLUMN_CLASSES}")
             if rule.get("op") not in COLUMN_OPS:
                 raise ValueError(f"{where}.{column}: op must be one of {COLUMN_OPS}")
             if rule["op"] == "pseudonym" and not rule.get("key"):

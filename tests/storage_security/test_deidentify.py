@@ -99,6 +99,12 @@ def test_when_published_then_the_contract_columns_and_report_are_there(published
     assert "t2d_within_1y" in published["out"]["outcomes"].columns
     report = published_report(published["lake"], "patients")
     assert report["column_classes"]["age_band"] == "quasi_identifier"
+    for table in TABLES:   # what is published holds no direct identifier: each was dropped or transformed
+        classes = published_report(published["lake"], table)["column_classes"]
+        assert set(classes) == set(published["out"][table].columns)
+        assert "direct_identifier" not in classes.values(), (table, classes)
+    assert published_report(published["lake"], "notes")["column_classes"]["text"] == "sensitive"
+    assert published_report(published["lake"], "encounters")["column_classes"]["encounter_id"] == "quasi_identifier"
     assert {"k", "suppressed", "version", "column_classes"} <= set(report)
 
 
