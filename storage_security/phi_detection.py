@@ -99,6 +99,27 @@ def _slim(nlp: Any, disabled: list[str]) -> None:
         nlp.add_pipe("medguard_lower_lemma", last=True)
 
 
+def _enhancer(threshold: float) -> Any:
+    from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
+
+    class ThresholdContextEnhancer(LemmaContextAwareEnhancer):
+        """Presidio's lemma context enhancer, run only on results still below the threshold.
+
+        Context can only raise a score, so a result already above the reporting threshold gains nothing from it;
+        skipping those (most checksum-validated and labelled matches) saves most of the enhancer's token scans.
+        """
+
+        def enhance_using_context(self, text: str, raw_results: list[Any], nlp_artifacts: Any,
+                                  recognizers: list[Any], context: list[str] | None = None) -> list[Any]:
+            weak = [r for r in raw_results if r.score < threshold]
+            strong = [r for r in raw_results if r.score >= threshold]
+            if not weak:
+                return strong
+            return strong + super().enhance_using_context(text, weak, nlp_artifacts, recognizers, context)
+
+    return ThresholdContextEnhancer()
+
+
 def build_analyzer(kind: Literal["medguard", "vanilla"] = "medguard", config: dict[str, Any] | None = None) -> Any:
     """An AnalyzerEngine on the installed spaCy model.
 
@@ -131,8 +152,9 @@ def build_analyzer(kind: Literal["medguard", "vanilla"] = "medguard", config: di
             registry.add_recognizer(cls())
     for recognizer in enabled_recognizers(config):
         registry.add_recognizer(recognizer)
+    threshold = float(config.get("score_threshold", 0.35))
     return AnalyzerEngine(nlp_engine=nlp, registry=registry, supported_languages=["en"],
-                          default_score_threshold=float(config.get("score_threshold", 0.35)))
+                          default_score_threshold=threshold, context_aware_enhancer=_enhancer(threshold))
 
 
 class PhiDetector:
