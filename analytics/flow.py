@@ -214,7 +214,8 @@ def step_robustness(settings: Settings, run_dir: str) -> dict[str, Any]:
     own_numeric = {name for name, (table, column) in c.provenance.items() if table == c.table and column in c.numeric}
     attackable = [f for f in model.features if (f.startswith("obs_") and not f.endswith("_trend")) or f in own_numeric]
     bounds = attack_bounds(model.features, model.profile, config.attack_bounds, config.attack_epsilon, attackable)
-    report = evaluate_robustness(model, examples[examples[SPLIT] == "train"], examples[examples[SPLIT] == "test"],
+    report = evaluate_robustness(model, examples[examples[SPLIT] == "train"],
+                                 examples[examples[SPLIT] == "calibration"], examples[examples[SPLIT] == "test"],
                                  bounds=bounds, monotone=config.monotone, samples=config.attack_samples,
                                  seed=config.seed)
     state["robustness"] = report

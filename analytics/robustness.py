@@ -119,6 +119,17 @@ def attack(booster: Any, calibrator: Calibrator, threshold: float, x: np.ndarray
             if probs[best] >= score:
                 break
             current, score = candidates[best], float(probs[best])
+        if score < threshold:
+            # Shrink the successful perturbation towards the original: the minimal step that still evades.
+            low_a, high_a = 0.0, 1.0
+            for _ in range(12):
+                mid = (low_a + high_a) / 2
+                trial = np.where(np.isnan(original), original, original + mid * np.nan_to_num(current - original))
+                if float(calibrator.apply(booster.inplace_predict(trial[None, :]))[0]) < threshold:
+                    high_a = mid
+                else:
+                    low_a = mid
+            current = np.where(np.isnan(original), original, original + high_a * np.nan_to_num(current - original))
         adversarial[i] = current
         if score < threshold:
             succeeded += 1
@@ -129,20 +140,31 @@ def attack(booster: Any, calibrator: Calibrator, threshold: float, x: np.ndarray
     return AttackResult(len(x), succeeded, linf, changed, adversarial)
 
 
-def evaluate_robustness(model: Any, train: pd.DataFrame, test: pd.DataFrame, *, bounds: dict[str, float],
-                        monotone: dict[str, int], samples: int, seed: int) -> dict[str, Any]:
+def evaluate_robustness(model: Any, train: pd.DataFrame, calibration: pd.DataFrame, test: pd.DataFrame, *,
+                        bounds: dict[str, float], monotone: dict[str, int], samples: int, seed: int,
+                        ) -> dict[str, Any]:
     """Attack the model on flagged test positives; retrain with each defence and attack it the same way.
+
+    Every retrained variant (the plain baseline and each defence) is single-node xgboost with the model's
+    parameters, its threshold set on the calibration split to the sensitivity the model reaches there, so
+    they are compared at the same operating point.
 
     Args:
         model: a :class:`~analytics.train.TrainedModel`.
-        train: the training rows (to retrain defended models and to find augmentation examples).
+        train: the training rows (to retrain and to find augmentation examples).
+        calibration: the calibration rows (operating point of retrained variants).
         test: held-out rows; the attacked ones are true positives the model flags.
     """
     from sklearn.metrics import roc_auc_score
 
+    from analytics.train import choose_threshold
+
     features = model.features
-    attack_bounds_ = attack_bounds(features, model.profile, bounds, 0.0) if bounds else {}
     rng = np.random.default_rng(seed)
+    y_cal = calibration[LABEL].to_numpy()
+    cal_prob = model.predict_proba(calibration)
+    sensitivity = float((cal_prob[y_cal == 1] >= model.threshold).mean())
+    identity = Calibrator("platt", {"a": [1.0], "b": [0.0]})
 
     def targets(booster: Any, calibrator: Calibrator, threshold: float, frame: pd.DataFrame) -> np.ndarray:
         x = matrix(frame, features)
@@ -150,38 +172,30 @@ def evaluate_robustness(model: Any, train: pd.DataFrame, test: pd.DataFrame, *, 
         rows = np.flatnonzero(flagged & (frame[LABEL].to_numpy() == 1))
         return x[np.sort(rng.permutation(rows)[:samples])] if len(rows) else x[:0]
 
-    def auroc(booster: Any) -> float:
-        return float(roc_auc_score(test[LABEL], booster.inplace_predict(matrix(test, features))))
-
-    def threshold_for(booster: Any, calibrator: Calibrator) -> float:
-        # The same operating point as the model: the sensitivity it reaches at its threshold, on training rows.
-        base = model.calibrator.apply(model.booster.inplace_predict(matrix(train, features)))
-        target = float((base[train[LABEL].to_numpy() == 1] >= model.threshold).mean())
-        probs = calibrator.apply(booster.inplace_predict(matrix(train, features)))
-        positives = np.sort(probs[train[LABEL].to_numpy() == 1])
-        return float(positives[min(int((1 - target) * len(positives)), len(positives) - 1)])
-
-    def run(booster: Any, calibrator: Calibrator, threshold: float) -> tuple[dict[str, Any], AttackResult]:
+    def run(booster: Any, calibrator: Calibrator, threshold: float) -> dict[str, Any]:
         x = targets(booster, calibrator, threshold, test)
-        result = attack(booster, calibrator, threshold, x, features, attack_bounds_, model.profile)
-        return {**result.summary(), "auroc": auroc(booster)}, result
+        result = attack(booster, calibrator, threshold, x, features, bounds, model.profile)
+        auroc = float(roc_auc_score(test[LABEL], booster.inplace_predict(matrix(test, features))))
+        return {**result.summary(), "auroc": auroc}
 
-    report: dict[str, Any] = {"bounds": attack_bounds_}
-    report["undefended"], _ = run(model.booster, model.calibrator, model.threshold)
-    identity = Calibrator("platt", {"a": [1.0], "b": [0.0]})
+    def retrained(frame: pd.DataFrame, params: dict[str, Any]) -> dict[str, Any]:
+        booster = fit_local(frame, features, params)
+        threshold = choose_threshold(booster.inplace_predict(matrix(calibration, features)), y_cal, sensitivity)
+        return run(booster, identity, threshold)
+
+    report: dict[str, Any] = {"bounds": bounds, "operating_sensitivity": sensitivity}
+    report["undefended"] = run(model.booster, model.calibrator, model.threshold)
+    report["baseline_retrained"] = retrained(train, model.params)
     if monotone:
         params = dict(model.params)
         params["monotone_constraints"] = "(" + ",".join(str(int(monotone.get(f, 0))) for f in features) + ")"
-        mono = fit_local(train, features, params)
-        report["monotone"], _ = run(mono, identity, threshold_for(mono, identity))
+        report["monotone"] = retrained(train, params)
         report["monotone"]["constrained"] = sorted(f for f in features if monotone.get(f))
     # Adversarial augmentation: attack training positives, add what evaded with the true label, retrain.
     x_train = targets(model.booster, model.calibrator, model.threshold, train)
-    found = attack(model.booster, model.calibrator, model.threshold, x_train, features, attack_bounds_,
-                   model.profile)
+    found = attack(model.booster, model.calibrator, model.threshold, x_train, features, bounds, model.profile)
     augmented = pd.concat([train, pd.DataFrame(found.adversarial, columns=features).assign(**{LABEL: 1})],
                           ignore_index=True)
-    aug = fit_local(augmented, features, model.params)
-    report["adversarial_augmentation"], _ = run(aug, identity, threshold_for(aug, identity))
+    report["adversarial_augmentation"] = retrained(augmented, model.params)
     report["adversarial_augmentation"]["examples_added"] = len(found.adversarial)
     return report
