@@ -126,7 +126,7 @@ def fit_spark(spark: SparkSession, frame: pd.DataFrame, features: list[str], par
     spark_params = dict(params)
     spark_params["seed"] = spark_params.pop("random_state", 0)
     clf = SparkXGBClassifier(features_col=list(features), label_col=LABEL, num_workers=num_workers,
-                             missing=float("nan"), verbosity=0, **spark_params)
+                             missing=float("nan"), verbosity=0, verbose=False, **spark_params)
     return clf.fit(sdf.repartition(num_workers)).get_booster()
 
 
