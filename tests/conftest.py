@@ -41,6 +41,15 @@ from storage_security.vault_transit import VaultTransitKeys  # noqa: E402
 logging.getLogger("py4j").setLevel(logging.WARNING)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_local_openbao_left_running() -> Iterator[None]:
+    """Stop a local OpenBao that a test started in the run's home (``vault up`` via the demo or a command)."""
+    yield
+    from storage_security import openbao
+
+    openbao.down(load_settings())
+
+
 @pytest.fixture(scope="session")
 def run_home() -> Path:
     """The MEDGUARD_HOME shared by the whole test run."""

@@ -62,11 +62,23 @@ def test_when_usage_is_wrong_then_exit_status_is_2(tmp_path: Path) -> None:
     assert _run("generate", "--out", str(tmp_path), "--patients", "0").returncode == 2
 
 
-def test_when_demo_runs_then_population_lands_in_home_sources_not_in_the_lake(run_home: Path) -> None:
-    done = _run("demo", "--patients", "40", "--json")
+def test_when_demo_runs_then_every_layer_runs_and_no_plaintext_identifier_reaches_the_lake(tmp_path: Path) -> None:
+    import os
+
+    from storage_security.openbao import free_port_pair
+
+    env = {**os.environ, "MEDGUARD_HOME": str(tmp_path), "MEDGUARD_VAULT__LOCAL_PORT": str(free_port_pair())}
+    try:
+        done = _run("demo", "--patients", "60", "--json", env=env)
+    finally:
+        _run("vault", "down", env=env)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
-    assert Path(report["generate"]["out_dir"]) == run_home / "sources" / "demo"
-    assert (run_home / "sources" / "demo" / "patients.parquet").is_file()
-    lake = run_home / "lake"
-    assert not lake.exists() or not any(lake.rglob("*patients*"))
+    assert Path(report["generate"]["out_dir"]) == tmp_path / "sources" / "demo"
+    assert (tmp_path / "sources" / "demo" / "patients.parquet").is_file()
+    assert set(report) == {"generate", "security", "ingest", "deidentify", "access", "train", "diagnose", "verify"}
+    assert (tmp_path / "lake" / "raw" / "patients" / "_delta_log").is_dir()
+    assert (tmp_path / "lake" / "deidentified" / "patients" / "_delta_log").is_dir()
+    # The last step greps every lake file (Parquet decoded) for the demo patients' identifiers.
+    assert report["verify"]["plaintext_found"] == 0 and report["verify"]["identifiers_checked"] > 100
+    assert "intact" in report["verify"]["audit"]
