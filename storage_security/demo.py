@@ -94,7 +94,9 @@ class _Finder:
 
     Testing each needle with ``in`` costs needles × blob size, which on a lake of a few hundred MB and a
     thousand identifiers runs for many minutes. Instead every 6-byte window of the blob is read as an integer
-    and looked up among the needles' first 6 bytes; only those hits are compared in full.
+    and looked up among the needles' first 6 bytes; only those hits are compared in full. A hit counts only
+    when it stands alone (no letter or digit right before or after it): an 8-digit MRN turns up by chance
+    inside long hex pseudonyms and digests, which is no leak.
     """
 
     _WIDTH = 6
@@ -117,9 +119,16 @@ class _Finder:
         slots = np.minimum(np.searchsorted(self._prefixes, windows), len(self._prefixes) - 1)
         for position in np.flatnonzero(self._prefixes[slots] == windows).tolist():
             for needle in self._by_prefix[int(windows[position])]:
-                if blob.startswith(needle, position):
+                if blob.startswith(needle, position) and _standalone(blob, position, len(needle)):
                     found.add(needle)
         return found
+
+
+def _standalone(blob: bytes, start: int, length: int) -> bool:
+    """True when the match is not part of a longer alphanumeric run (an MRN's digits inside a hex pseudonym)."""
+    before = blob[start - 1:start] if start else b""
+    after = blob[start + length:start + length + 1]
+    return not (before.isalnum() or after.isalnum())
 
 
 def _parquet_text(path: Path) -> bytes:

@@ -55,3 +55,12 @@ def test_when_identifiers_are_sealed_then_the_check_passes_and_when_one_leaks_it
     lake.append("curated", "leak", pa.table({"note": [f"patient ssn {SSN} " * 50]}))  # compressible: hidden
     with pytest.raises(AssertionError, match=SSN):
         verify_step(settings, DemoReport())
+
+
+def test_when_an_identifier_only_appears_inside_a_longer_token_then_it_is_no_leak() -> None:
+    from storage_security.demo import _Finder
+
+    finder = _Finder({b"10529035", b"ann.lee@example.org"})
+    assert finder.find(b"ps1_7445779a_26fc86519a0f6a97addabb1052903516") == set()
+    assert finder.find(b"mrn: 10529035;") == {b"10529035"}
+    assert finder.find(b"\x00ann.lee@example.org") == {b"ann.lee@example.org"}
