@@ -119,8 +119,27 @@ def demo(
     def render(result: dict[str, Any]) -> None:
         _out.print(f"[bold]medguard demo[/bold] — home {settings.home}")
         _render_generation(result["generate"])
+        for step, outcome in result.items():
+            if step != "generate":
+                _out.print(f"[bold]{step}[/bold]: {_summary(outcome)}")
+        _out.print("Everything each step did: `medguard demo --json`.")
 
     _emit(report.to_dict(), as_json, render)
+
+
+def _summary(outcome: Any, limit: int = 400) -> str:
+    """One line for a demo step: its top-level facts, nested detail left to ``--json``."""
+    if not isinstance(outcome, dict):
+        return str(outcome)[:limit]
+    parts = []
+    for key, value in outcome.items():
+        if isinstance(value, dict):
+            flat = ", ".join(f"{k}={v}" for k, v in value.items() if not isinstance(v, dict | list))
+            parts.append(f"{key}({flat})" if flat else key)
+        elif not isinstance(value, list):
+            parts.append(f"{key}={value}")
+    text = "; ".join(parts)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _register_layer_commands() -> None:
