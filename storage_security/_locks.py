@@ -9,27 +9,32 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipeline.errors import StorageError
+from pipeline.errors import MedguardError, StorageError
 
 _FIRST_WAIT = 0.001
 _LONGEST_WAIT = 0.02
 
 
 @contextmanager
-def exclusive_lock(path: Path, *, timeout: float) -> Iterator[None]:
+def exclusive_lock(path: Path, *, timeout: float, error: type[MedguardError] = StorageError) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``path`` (created 0600 if needed) for the ``with`` block.
 
     Separate processes, and separate ``open`` calls in one process, exclude each other. The lock is released
     when the block ends or the process dies, so a crashed holder never wedges the others.
 
+    Args:
+        error: what to raise when the lock cannot be had (callers whose lock guards a key store say
+            :class:`~pipeline.errors.KeyProviderUnavailableError`).
+
     Raises:
-        StorageError: the lock was not acquired within ``timeout`` seconds, or the file cannot be opened.
+        StorageError (or ``error``): the lock was not acquired within ``timeout`` seconds, or the file cannot
+            be opened.
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
-        raise StorageError(f"cannot open lock file {path}: {exc}") from exc
+        raise error(f"cannot open lock file {path}: {exc}") from exc
     try:
         deadline = time.monotonic() + timeout
         wait = _FIRST_WAIT
@@ -39,7 +44,7 @@ def exclusive_lock(path: Path, *, timeout: float) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise StorageError(f"timed out after {timeout:g}s waiting for lock {path}") from None
+                    raise error(f"timed out after {timeout:g}s waiting for lock {path}") from None
                 time.sleep(wait)
                 wait = min(wait * 2, _LONGEST_WAIT)
         try:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import fcntl
 import hashlib
 import hmac
 import json
@@ -37,14 +36,14 @@ import re
 import secrets
 import stat
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import CryptoError, DecryptionError, KeyProviderUnavailableError
 from storage_security._aead import KEY_SIZE, AesGcm
+from storage_security._locks import exclusive_lock
 from storage_security.keys import DataKey, KeyVersions
 
 if TYPE_CHECKING:
@@ -482,36 +481,14 @@ class LocalKeyring:
             raise DecryptionError("decryption failed: the data key does not unwrap") from exc
 
     def _mutate(self, change: Callable[[dict[str, Any]], None]) -> None:
-        with self._mutex, self._file_lock():
+        # The keyring is the key provider: a lock it cannot take makes the provider unavailable.
+        with self._mutex, exclusive_lock(self._lock_path, timeout=LOCK_TIMEOUT_SECONDS,
+                                         error=KeyProviderUnavailableError):
             self._load()  # the latest state on disk, read under the lock
             state = json.loads(json.dumps(self._state))
             change(state)
             _atomic_write(self.path, json.dumps(state, indent=1, sort_keys=True).encode())
             self._load()
-
-    @contextlib.contextmanager
-    def _file_lock(self) -> Iterator[None]:
-        try:
-            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise KeyProviderUnavailableError(f"cannot lock keyring {self.path}: {exc.strerror}") from exc
-        try:
-            deadline = time.monotonic() + LOCK_TIMEOUT_SECONDS
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise KeyProviderUnavailableError(
-                            f"keyring {self.path} stayed locked by another process for {LOCK_TIMEOUT_SECONDS:g}s "
-                            f"({self._lock_path})"
-                        ) from None
-                    time.sleep(0.005)
-            yield
-        finally:
-            os.close(fd)  # closing the descriptor releases the lock
-
 
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
