@@ -135,3 +135,22 @@ def keyring(tmp_path: Path) -> LocalKeyring:
     ring.ensure_key("medguard-kek")
     ring.ensure_key("medguard-audit")
     return ring
+
+
+@pytest.fixture
+def keyring_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LocalKeyring:
+    """A keyring at ``tmp_path/keyring.json`` with both KEKs, selected through the environment.
+
+    For code that builds its own settings or runs in a subprocess (``airflow dags test``, the ``medguard``
+    command), which inherit ``MEDGUARD_KEY_PROVIDER``, ``MEDGUARD_KEYRING__PATH`` and the master key.
+    """
+    from storage_security.keyring import encode_master_key
+
+    master = LocalKeyring.generate_master_key()
+    ring = LocalKeyring.init(tmp_path / "keyring.json", master)
+    ring.ensure_key("medguard-kek")
+    ring.ensure_key("medguard-audit")
+    monkeypatch.setenv("MEDGUARD_KEY_PROVIDER", "keyring")
+    monkeypatch.setenv("MEDGUARD_KEYRING__PATH", str(ring.path))
+    monkeypatch.setenv("MEDGUARD_KEYRING_MASTER_KEY", encode_master_key(master))
+    return ring

@@ -8,22 +8,14 @@ from pathlib import Path
 
 from pipeline.lake import Lake
 from pipeline.orchestration import run_dag
-from storage_security.keyring import LocalKeyring, encode_master_key
 
 RAW_TABLES = {"patients", "encounters", "observations", "conditions", "medications", "outcomes", "notes",
               "resources"}
 
 
 def test_when_the_ingest_dag_runs_then_every_raw_table_is_loaded_and_emitted_as_an_asset(
-        population: Path, settings, tmp_path: Path, monkeypatch) -> None:
-    master = LocalKeyring.generate_master_key()
-    ring = LocalKeyring.init(tmp_path / "keyring.json", master)
-    ring.ensure_key("medguard-kek")
-    ring.ensure_key("medguard-audit")
-    # The DAG's tasks run in an `airflow dags test` subprocess, which inherits these.
-    monkeypatch.setenv("MEDGUARD_KEY_PROVIDER", "keyring")
-    monkeypatch.setenv("MEDGUARD_KEYRING__PATH", str(tmp_path / "keyring.json"))
-    monkeypatch.setenv("MEDGUARD_KEYRING_MASTER_KEY", encode_master_key(master))
+        population: Path, settings, tmp_path: Path, keyring_env) -> None:
+    # The DAG's tasks run in an `airflow dags test` subprocess, which inherits the keyring_env settings.
     dag_settings = settings.model_copy(update={"lake_root": str(tmp_path / "lake")})
 
     result = run_dag("medguard_ingest", settings=dag_settings, timeout=400,

@@ -10,7 +10,6 @@ from typer.testing import CliRunner
 from ingestion.batch import ingest
 from pipeline.cli import app
 from pipeline.lake import Lake
-from storage_security.keyring import LocalKeyring, encode_master_key
 from storage_security.protected import ProtectedLake
 
 NOTES = [{"note_id": f"N{i}", "patient_id": f"PAT{i}", "encounter_id": f"E{i}", "note_time": "2024-01-01T00:00:00Z",
@@ -30,14 +29,8 @@ def test_when_ingesting_through_vault_transit_then_phi_is_sealed_and_reads_back(
     assert texts == sorted(n["text"] for n in NOTES)
 
 
-def test_when_ingest_runs_from_the_command_line_then_json_reports_counts(tmp_path: Path, monkeypatch) -> None:
-    master = LocalKeyring.generate_master_key()
-    ring = LocalKeyring.init(tmp_path / "keyring.json", master)
-    ring.ensure_key("medguard-kek")
-    ring.ensure_key("medguard-audit")
-    monkeypatch.setenv("MEDGUARD_KEY_PROVIDER", "keyring")
-    monkeypatch.setenv("MEDGUARD_KEYRING__PATH", str(tmp_path / "keyring.json"))
-    monkeypatch.setenv("MEDGUARD_KEYRING_MASTER_KEY", encode_master_key(master))
+def test_when_ingest_runs_from_the_command_line_then_json_reports_counts(tmp_path: Path, monkeypatch,
+                                                                        keyring_env) -> None:
     monkeypatch.setenv("MEDGUARD_LAKE_ROOT", str(tmp_path / "lake"))
     extract = tmp_path / "visits.csv"
     extract.write_text("visit_id,person_id,phone,score\nV1,A1,503-555-0101,3.5\nV2,A2,503-555-0102,4.0\n")

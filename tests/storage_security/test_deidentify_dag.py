@@ -11,25 +11,17 @@ from _deid_raw import generated, load_raw
 from pipeline.lake import Lake
 from pipeline.orchestration import run_dag
 from storage_security.deidentify import published_report
-from storage_security.keyring import LocalKeyring, encode_master_key
 from storage_security.protected import ProtectedLake
 
 TABLES = ("patients", "encounters", "outcomes")
 
 
 def test_when_the_deidentify_dag_runs_then_raw_tables_are_published_and_emitted(settings, tmp_path: Path,
-                                                                                monkeypatch) -> None:
-    master = LocalKeyring.generate_master_key()
-    ring = LocalKeyring.init(tmp_path / "keyring.json", master)
-    ring.ensure_key("medguard-kek")
-    ring.ensure_key("medguard-audit")
-    # The DAG's task runs in an `airflow dags test` subprocess, which inherits these.
-    monkeypatch.setenv("MEDGUARD_KEY_PROVIDER", "keyring")
-    monkeypatch.setenv("MEDGUARD_KEYRING__PATH", str(tmp_path / "keyring.json"))
-    monkeypatch.setenv("MEDGUARD_KEYRING_MASTER_KEY", encode_master_key(master))
+                                                                                keyring_env) -> None:
+    # The DAG's task runs in an `airflow dags test` subprocess, which inherits the keyring_env settings.
     dag_settings = settings.model_copy(update={"lake_root": str(tmp_path / "lake")})
     lake = Lake(dag_settings)
-    load_raw(ProtectedLake(lake, ring, principal="svc:ingest"), generated(60, 11), TABLES)
+    load_raw(ProtectedLake(lake, keyring_env, principal="svc:ingest"), generated(60, 11), TABLES)
 
     result = run_dag("medguard_deidentify", settings=dag_settings, timeout=400)
     result.raise_for_state()

@@ -29,23 +29,12 @@ def settings(tmp_path: Path):
     return settings
 
 
-def _keyring(settings, monkeypatch: pytest.MonkeyPatch):
-    from storage_security.keyring import LocalKeyring, encode_master_key
-
-    master = LocalKeyring.generate_master_key()
-    monkeypatch.setenv(settings.keyring.master_key_env, encode_master_key(master))
-    ring = LocalKeyring.init(settings.keyring.path, master)
-    for name in ("medguard-kek", "medguard-audit"):
-        ring.ensure_key(name)
-    return ring
-
-
 def test_when_identifiers_are_sealed_then_the_check_passes_and_when_one_leaks_it_is_named(
-    settings, monkeypatch: pytest.MonkeyPatch
+    settings, keyring_env
 ) -> None:
-    ring = _keyring(settings, monkeypatch)
+    assert keyring_env.path == settings.keyring.path  # the step finds the keyring through the settings
     lake = Lake(settings)
-    ProtectedLake(lake, ring, principal="test").append(
+    ProtectedLake(lake, keyring_env, principal="test").append(
         "raw", "patients", pa.table({"row_id": ["r1"], "ssn": [SSN], "email": ["ann.lee@example.org"]}),
         Protection(encrypted=("ssn", "email"), row_key="row_id"))
     result = verify_step(settings, DemoReport())
