@@ -32,7 +32,7 @@ from pipeline._delta_rs import DeltaRsEngine
 from pipeline.lake import CommitInfo, Lake, MergeResult, Zone
 from storage_security.audit import AuditAction, AuditEvent, AuditLog, Decision
 from storage_security.dek_store import DekStore, check_scope_key
-from storage_security.envelope import CellCipher
+from storage_security.envelope import CellCipher, _with_nulls
 from storage_security.pseudonyms import Pseudonymizer
 
 if TYPE_CHECKING:
@@ -283,7 +283,7 @@ class ProtectedLake:
             ValueError: ``decrypt`` names a column that is not sealed.
         """
         zone = Zone(zone)
-        protection = self.protection(zone, table)
+        protection, types = self._manifest(zone, table)
         sealed = protection.encrypted if protection else ()
         wanted = list(sealed) if decrypt is True else [] if decrypt is False else list(decrypt)
         not_sealed = [c for c in wanted if c not in sealed]
@@ -300,7 +300,7 @@ class ProtectedLake:
         arrow = self.lake.read_arrow(zone, table, version=version, columns=read_columns, where=where)
         shredded_rows = 0
         if wanted and protection is not None and arrow.num_rows:
-            arrow, shredded_rows = self._open(zone, table, arrow, protection, wanted)
+            arrow, shredded_rows = self._open(zone, table, arrow, protection, types, wanted)
         if columns is not None:
             arrow = arrow.select(list(columns))
         action = AuditAction.DECRYPT if wanted else AuditAction.READ
@@ -312,9 +312,8 @@ class ProtectedLake:
         return ReadResult(arrow, shredded_rows)
 
     def _open(self, zone: Zone, table: str, arrow: pa.Table, protection: Protection,
-              wanted: list[str]) -> tuple[pa.Table, int]:
+              types: dict[str, pa.DataType], wanted: list[str]) -> tuple[pa.Table, int]:
         where = f"{zone}.{table}"
-        types = self._value_types(zone, table)
         alive = None
         if protection.patient_key:
             dead = self.shredded()
@@ -330,9 +329,7 @@ class ProtectedLake:
             if alive is not None and shredded_rows:
                 live = self.cipher.decrypt_column(cells.filter(alive), table=where, column=column,
                                                   row_keys=row_keys.filter(alive), value_type=value_type)
-                positions = np.cumsum(alive.to_numpy(zero_copy_only=False), dtype=np.int64) - 1
-                mask = ~alive.to_numpy(zero_copy_only=False)
-                plain = live.take(pa.array(positions, mask=mask)) if len(live) else pa.nulls(len(cells), value_type)
+                plain = _with_nulls(live, alive.to_numpy(zero_copy_only=False))
             else:
                 plain = self.cipher.decrypt_column(cells, table=where, column=column, row_keys=row_keys,
                                                    value_type=value_type)
@@ -343,27 +340,22 @@ class ProtectedLake:
 
     def protection(self, zone: Zone | str, table: str) -> Protection | None:
         """How a table's cells are sealed, or None for a table written without protection."""
-        rows = self._manifest_rows(Zone(zone), table)
-        if not rows:
-            return None
-        first = rows[0]
-        return Protection(encrypted=tuple(r["column_name"] for r in rows), row_key=first["row_key"],
-                          patient_key=first["patient_key"])
+        return self._manifest(Zone(zone), table)[0]
 
-    def _value_types(self, zone: Zone, table: str) -> dict[str, pa.DataType]:
-        types = {}
-        for row in self._manifest_rows(zone, table):
-            schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(row["value_type"])))
-            types[row["column_name"]] = schema.field(0).type
-        return types
-
-    def _manifest_rows(self, zone: Zone, table: str) -> list[dict[str, Any]]:
+    def _manifest(self, zone: Zone, table: str) -> tuple[Protection | None, dict[str, pa.DataType]]:
+        """A table's protection and the Arrow type of each sealed column, from one read of the manifest."""
         if not self._engine.exists(self._manifest_uri):
-            return []
-        where = f"zone = '{zone.value}' AND table_name = '{table}'"
+            return None, {}
         self.lake.uri(zone, table)  # validates the name before it goes into SQL
-        rows = self._engine.read(self._manifest_uri, where=where).to_pylist()
-        return sorted(rows, key=lambda r: r["column_name"])
+        where = f"zone = '{zone.value}' AND table_name = '{table}'"
+        rows = sorted(self._engine.read(self._manifest_uri, where=where).to_pylist(), key=lambda r: r["column_name"])
+        if not rows:
+            return None, {}
+        types = {row["column_name"]: pa.ipc.read_schema(pa.py_buffer(base64.b64decode(row["value_type"]))).field(0).type
+                 for row in rows}
+        protection = Protection(encrypted=tuple(types), row_key=rows[0]["row_key"],
+                                patient_key=rows[0]["patient_key"])
+        return protection, types
 
     def _write_manifest(self, zone: Zone, table: str, schema: pa.Schema, protection: Protection) -> None:
         now = datetime.now(UTC)
