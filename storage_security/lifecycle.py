@@ -95,15 +95,14 @@ def rotate_keys(provider: KeyProvider, store: DekStore, audit: AuditLog, *, kek_
                                      "already_current": rewrap.already_current,
                                      "audit_keys_rewrapped": audit_keys}))
     # Retire old versions only when nothing stored is still wrapped under them.
+    latest = {name: provider.versions(name).latest for name in kek_names}
     stale = {r.kek_name for r in store.records()
-             if r.kek_name in kek_names and wrapped_version(r.wrapped) != provider.versions(r.kek_name).latest}
+             if r.kek_name in latest and wrapped_version(r.wrapped) != latest[r.kek_name]}
     retired: dict[str, int] = {}
     for name in kek_names:
-        if name in stale:
-            continue
-        latest = provider.versions(name).latest
-        provider.set_min_decryption_version(name, latest)
-        retired[name] = latest
+        if name not in stale:
+            provider.set_min_decryption_version(name, latest[name])
+            retired[name] = latest[name]
     if retired:
         audit.record(AuditEvent(principal=principal, action=AuditAction.KEY_RETIRE, decision=Decision.ALLOW,
                                 purpose="key-rotation", details={"min_decryption_version": retired}))
