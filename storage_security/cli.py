@@ -106,11 +106,12 @@ def audit_verify(
     from pipeline.errors import AuditIntegrityError
     from pipeline.lake import Lake
     from storage_security.audit import AuditLog
+    from storage_security.openbao import AUDITOR_ROLE
     from storage_security.providers import provider_from_settings
 
     settings = _settings(ctx)
     # Verifying only unwraps the audit signing key: on the local OpenBao, log in with the auditor's AppRole.
-    report = AuditLog(Lake(settings), provider_from_settings(settings, role="medguard-auditor")).verify()
+    report = AuditLog(Lake(settings), provider_from_settings(settings, role=AUDITOR_ROLE)).verify()
     if as_json:
         sys.stdout.write(json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n")
     elif report.ok:
@@ -197,8 +198,7 @@ def _lifecycle_lake(settings: Settings, principal: str):
     from storage_security.openbao import KEY_ROTATION_ROLE
     from storage_security.protected import ProtectedLake
 
-    role = KEY_ROTATION_ROLE if settings.key_provider == "vault" else None
-    return ProtectedLake.from_settings(settings, principal=principal, role=role)
+    return ProtectedLake.from_settings(settings, principal=principal, role=KEY_ROTATION_ROLE)
 
 
 def _operator() -> str:

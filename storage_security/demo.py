@@ -25,18 +25,16 @@ _SAMPLE = 200
 
 def security_step(settings: Settings, report: DemoReport) -> dict[str, Any]:
     """Start the key provider of the embedded default and create the KEKs; returns what is running."""
+    from storage_security import openbao
     from storage_security.audit import DEFAULT_KEY_NAME
     from storage_security.providers import provider_from_settings
 
     result: dict[str, Any] = {"provider": settings.key_provider}
-    role = None
     if settings.key_provider == "vault" and not settings.vault.addr:
-        from storage_security import openbao
-
         started = openbao.up(settings)
         result.update(openbao={"addr": started["addr"], "status": started["status"]})
-        role = openbao.KEY_ROTATION_ROLE
-    provider = provider_from_settings(settings, role=role)
+    # The role only applies to the local OpenBao; a remote Vault or the keyring use their own credentials.
+    provider = provider_from_settings(settings, role=openbao.KEY_ROTATION_ROLE)
     for name in (settings.vault.kek_name, DEFAULT_KEY_NAME):
         provider.ensure_key(name)
     result["keks"] = {name: provider.versions(name).latest for name in (settings.vault.kek_name, DEFAULT_KEY_NAME)}
@@ -49,11 +47,11 @@ def verify_step(settings: Settings, report: DemoReport) -> dict[str, Any]:
     from pipeline.errors import AuditIntegrityError
     from pipeline.lake import Lake
     from storage_security.audit import AuditLog
+    from storage_security.openbao import AUDITOR_ROLE
     from storage_security.providers import provider_from_settings
 
     lake = Lake(settings)
-    role = "medguard-auditor" if settings.key_provider == "vault" and not settings.vault.addr else None
-    audit = AuditLog(lake, provider_from_settings(settings, role=role))
+    audit = AuditLog(lake, provider_from_settings(settings, role=AUDITOR_ROLE))
     verified = audit.verify()
     if not verified.ok:
         raise AuditIntegrityError(verified.summary())

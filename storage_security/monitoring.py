@@ -36,6 +36,7 @@ import pyarrow as pa
 
 from pipeline.lake import CommitInfo, Lake, Zone
 from storage_security.audit import AuditAction, AuditEvent, AuditLog, AuditRecord, Decision
+from storage_security.openbao import AUDITOR_ROLE
 
 if TYPE_CHECKING:
     from pipeline.settings import AccessSettings, Settings
@@ -273,7 +274,7 @@ class ActivityMonitor:
         self._clock = clock
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, role: str | None = "medguard-auditor") -> ActivityMonitor:
+    def from_settings(cls, settings: Settings, *, role: str | None = AUDITOR_ROLE) -> ActivityMonitor:
         from storage_security.providers import provider_from_settings
 
         lake = Lake(settings)
@@ -337,7 +338,7 @@ def verify_chain(settings: Settings) -> dict[str, Any]:
     from pipeline.errors import AuditIntegrityError
     from storage_security.providers import provider_from_settings
 
-    report = AuditLog(Lake(settings), provider_from_settings(settings, role="medguard-auditor")).verify()
+    report = AuditLog(Lake(settings), provider_from_settings(settings, role=AUDITOR_ROLE)).verify()
     if not report.ok:
         raise AuditIntegrityError(report.summary())
     return report.to_dict()

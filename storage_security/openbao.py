@@ -55,13 +55,14 @@ POLICY_DIR = Path(__file__).resolve().parents[1] / "infra" / "vault"
 POLICY_PREFIX = "medguard-"
 PIPELINE_ROLE = "medguard-pipeline"
 KEY_ROTATION_ROLE = "medguard-key-rotation"
+AUDITOR_ROLE = "medguard-auditor"
 # AppRole name -> policy files of infra/vault (without .hcl). Keep in step with infra/vault/approle.sh.
 ROLES: dict[str, tuple[str, ...]] = {
     PIPELINE_ROLE: ("pipeline-writer",),
     "medguard-deidentify": ("deidentify",),
     "medguard-clinician": ("clinician-reidentify",),
     KEY_ROTATION_ROLE: ("key-rotation", "pipeline-writer", "auditor"),
-    "medguard-auditor": ("auditor",),
+    AUDITOR_ROLE: ("auditor",),
 }
 _HEALTH_PROBE = RetryPolicy(attempts=1)
 _SECRET_FILE_MODE = 0o600
