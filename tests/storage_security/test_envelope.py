@@ -40,13 +40,6 @@ class Clock:
 
 
 @pytest.fixture
-def keyring(tmp_path: Path) -> LocalKeyring:
-    ring = LocalKeyring.init(tmp_path / "keyring.json", LocalKeyring.generate_master_key())
-    ring.ensure_key(KEK)
-    return ring
-
-
-@pytest.fixture
 def store(tmp_path: Path) -> DekStore:
     return DekStore(tmp_path / "lake" / "_keys" / "deks")
 

@@ -21,13 +21,6 @@ PSEUDONYM = re.compile(r"^ps1_[0-9a-f]{8}_[0-9a-f]{32}$")
 
 
 @pytest.fixture
-def keyring(tmp_path: Path) -> LocalKeyring:
-    ring = LocalKeyring.init(tmp_path / "keyring.json", LocalKeyring.generate_master_key())
-    ring.ensure_key(KEK)
-    return ring
-
-
-@pytest.fixture
 def store(tmp_path: Path) -> DekStore:
     return DekStore(tmp_path / "deks")
 
