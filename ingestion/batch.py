@@ -3,19 +3,24 @@
 Flow per chunk: the source reader yields raw records per table and the records it could not read; each
 table's records are conformed to the contract's types and validated through Great Expectations
 (:mod:`ingestion.validate`); rows that pass are checked for duplicates within the batch, hashed, given their
-``patient_pseudonym`` and provenance, and merged into ``raw/<table>`` through the security core's
+``patient_pseudonym`` and provenance, and appended to ``raw/<table>`` through the security core's
 :class:`~storage_security.protected.ProtectedLake`, which seals every PHI column of the contract before
 anything is written. Rejected rows go to ``quarantine/records`` with their position, rules and reason; their
 payload is sealed the same way.
 
-Idempotence (the choice, documented): **a deterministic batch id, Delta merges on content keys, and a batch
-ledger.** The batch id is a digest of the source kind, table, contracts and the input files' bytes, so
-re-running the same input gives the same batch. Raw rows are merged on ``_record_hash`` (SHA-256 of the table
-name and the record's typed values) and quarantine rows on ``quarantine_id`` (digest of batch, table and
-position), so re-running a batch, or resuming it after a crash at any point, rewrites what was there and adds
-nothing twice; every Delta commit is atomic, so a crash leaves whole commits only. When a batch has finished, a
-row in ``quarantine/batches`` (the ledger) records its counts and validation results, and a later run of the
-same batch returns those without touching the tables.
+Idempotence (the choice, documented): **a deterministic batch id, Delta transaction identifiers per chunk,
+and a batch ledger.** The batch id is a digest of the source kind, the contracts, the chunk size and the input
+files' bytes, so re-running the same input gives the same batch and the same chunks. Every chunk is appended to
+``raw/<table>`` and ``quarantine/records`` with the Delta transaction identifier ``(medguard-ingest/<batch>,
+<chunk>)`` in the same atomic commit; a run that resumes after a crash at any point asks each table which chunk
+it committed last and writes only the chunks after it, so nothing is added twice and nothing is lost. An append
+costs the same however large the table has grown (a merge on content would rescan the table for every chunk).
+When a batch has finished, a row in ``quarantine/batches`` (the ledger) records its counts and validation
+results, and a later run of the same batch returns those without touching the tables.
+
+``raw`` is the append-only landing zone: the same record arriving in two different batches (the same extract
+as CSV and as Parquet, or a patient in both a FHIR bundle and an HL7 feed) is kept once per batch, with the
+same ``_record_hash``; de-identification publishes one row per ``_record_hash``.
 
 Duplicates inside a batch: a row identical to an earlier accepted row (same ``_record_hash``: an exact copy,
 or the same patient repeated across HL7 messages or FHIR bundles) is accepted once and counted in
@@ -178,10 +183,14 @@ def _table_from_path(path: Path) -> str:
     return stem if stem and stem[0].isalpha() else f"t_{stem}"
 
 
-def batch_id_for(source: str, files: list[Path], contracts: dict[str, Contract]) -> str:
-    """A deterministic batch id: same source, files and contracts give the same id."""
+def batch_id_for(source: str, files: list[Path], contracts: dict[str, Contract], chunk_rows: int) -> str:
+    """A deterministic batch id: same source, files, contracts and chunk size give the same id.
+
+    The chunk size is part of it because chunk numbers are what a resumed batch skips by.
+    """
     digest = hashlib.sha256()
-    digest.update(json.dumps([source, sorted((t, c.fingerprint) for t, c in contracts.items())]).encode())
+    digest.update(json.dumps([source, sorted((t, c.fingerprint) for t, c in contracts.items()),
+                              chunk_rows]).encode())
     for file in files:
         digest.update(file.name.encode() + b"\0")
         with file.open("rb") as handle:
@@ -300,6 +309,7 @@ class _Batch:
         self.pseudonyms = plake.pseudonymizer("patient")
         self.now = datetime.now(UTC)
         self.commit = CommitInfo(principal=plake.principal, purpose="ingest", dag_run=dag_run, batch_id=batch_id)
+        self.app_id = f"medguard-ingest/{batch_id}"
 
     def run(self) -> BatchReport:
         try:
@@ -340,14 +350,14 @@ class _Batch:
             quarantined += rejected_rows
             if accepted is not None and accepted.num_rows:
                 loads.append((table, accepted))
-        # Quarantine first: a crash between the two leaves rejects recorded and the raw merge still to redo.
+        # Each write is one atomic commit carrying (app id, chunk): a resumed run skips what was committed.
+        txn = (self.app_id, chunk.index)
         if "quarantine" in self.stages and quarantined:
-            self._write_quarantine(quarantined)
+            self._write_quarantine(quarantined, txn)
         if "raw" in self.stages:
             for table, data in loads:
-                contract = self.contracts[table]
-                self.plake.merge(Zone.RAW, table, data, _protection(contract), keys=["_record_hash"],
-                                 commit=self.commit)
+                self.plake.append(Zone.RAW, table, data, _protection(self.contracts[table]), commit=self.commit,
+                                  txn=txn)
 
     def _table(self, chunk_index: int, table: str, contract: Contract,
                rows: TableRows) -> tuple[pa.Table | None, list[dict[str, Any]]]:
@@ -417,7 +427,7 @@ class _Batch:
                 "record_key": record_key, "patient_id": patient_id, "payload": payload,
                 "payload_truncated": truncated, "_ingested_at": self.now}
 
-    def _write_quarantine(self, rows: list[dict[str, Any]]) -> None:
+    def _write_quarantine(self, rows: list[dict[str, Any]], txn: tuple[str, int]) -> None:
         patients = pa.array([r.pop("patient_id") for r in rows], pa.string())
         has = [p is not None for p in patients.to_pylist()]
         pseudonyms = pa.nulls(len(rows), pa.string())
@@ -430,8 +440,8 @@ class _Batch:
         unique = {r: i for i, r in enumerate(data.column("quarantine_id").to_pylist())}
         if len(unique) != data.num_rows:
             data = data.take(pa.array(sorted(unique.values())))
-        self.plake.merge(Zone.QUARANTINE, QUARANTINE_TABLE, data, QUARANTINE_PROTECTION, keys=["quarantine_id"],
-                         commit=self.commit)
+        self.plake.append(Zone.QUARANTINE, QUARANTINE_TABLE, data, QUARANTINE_PROTECTION, commit=self.commit,
+                          txn=txn)
 
     def _merge_outcomes(self, table: str, outcomes: Iterable[Any]) -> None:
         rules = self.report.validation.setdefault(table, {})
@@ -538,7 +548,7 @@ def ingest(settings: Settings, *, source: str, path: str | Path, table: str | No
     source_path = Path(path).expanduser().resolve()
     files = source_files(source, source_path)
     contracts = resolve_contracts(settings, source, source_path, table, contract)
-    batch_id = batch_id_for(source, files, contracts)
+    batch_id = batch_id_for(source, files, contracts, settings.ingestion.chunk_rows)
     if plake is None:
         from storage_security.protected import ProtectedLake
 

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 import pyarrow as pa
-from deltalake import CommitProperties, DeltaTable, QueryBuilder, write_deltalake
+from deltalake import CommitProperties, DeltaTable, QueryBuilder, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from pipeline._arrow import plain_table
@@ -24,8 +24,10 @@ _COMMIT_RETRIES = 100
 _CREATE_ATTEMPTS = 5
 
 
-def _props(metadata: dict[str, str], retries: int = _COMMIT_RETRIES) -> CommitProperties:
-    return CommitProperties(custom_metadata=metadata, max_commit_retries=retries)
+def _props(metadata: dict[str, str], retries: int = _COMMIT_RETRIES,
+           txn: tuple[str, int] | None = None) -> CommitProperties:
+    transactions = [Transaction(app_id=txn[0], version=txn[1])] if txn else None
+    return CommitProperties(custom_metadata=metadata, max_commit_retries=retries, app_transactions=transactions)
 
 
 def _quote(name: str) -> str:
@@ -57,6 +59,7 @@ class DeltaRsEngine:
         metadata: dict[str, str],
         predicate: str | None = None,
         evolve_schema: bool = False,
+        txn: tuple[str, int] | None = None,
     ) -> int:
         schema_mode = "merge" if evolve_schema else None
         if mode == "overwrite" and evolve_schema:
@@ -72,7 +75,7 @@ class DeltaRsEngine:
                         data,
                         mode="error",
                         predicate=predicate if mode == "overwrite" else None,
-                        commit_properties=_props(metadata, retries=0),
+                        commit_properties=_props(metadata, retries=0, txn=txn),
                     )
                     return 0
                 # Writing through the DeltaTable leaves it at the version this commit produced, which
@@ -83,7 +86,7 @@ class DeltaRsEngine:
                     mode=mode,  # type: ignore[arg-type]
                     predicate=predicate,
                     schema_mode=schema_mode,  # type: ignore[arg-type]
-                    commit_properties=_props(metadata),
+                    commit_properties=_props(metadata, txn=txn),
                 )
                 return table.version()
             except DeltaError as exc:
@@ -148,6 +151,11 @@ class DeltaRsEngine:
 
     def version(self, uri: str) -> int:
         return self._table(uri).version()
+
+    def transaction_version(self, uri: str, app_id: str) -> int | None:
+        if not self.exists(uri):
+            return None
+        return self._table(uri).transaction_version(app_id)
 
     def history(self, uri: str, limit: int | None = None) -> list[dict[str, Any]]:
         return self._table(uri).history(limit)

@@ -52,8 +52,12 @@ class DeltaSparkEngine:
         metadata: dict[str, str],
         predicate: str | None = None,
         evolve_schema: bool = False,
+        txn: tuple[str, int] | None = None,
     ) -> int:
         writer = self._frame(data).write.format("delta").option("userMetadata", json.dumps(metadata))
+        if txn:
+            # Delta's idempotent writes: the commit is skipped when this app id already committed the version.
+            writer = writer.option("txnAppId", txn[0]).option("txnVersion", txn[1])
         writer = writer.mode("errorifexists") if mode == "error" else writer.mode(mode)
         if predicate:
             writer = writer.option("replaceWhere", predicate)
@@ -109,6 +113,11 @@ class DeltaSparkEngine:
 
     def version(self, uri: str) -> int:
         return int(self._delta(uri).history(1).collect()[0]["version"])
+
+    def transaction_version(self, uri: str, app_id: str) -> int | None:
+        # Delta Spark has no public reader for transaction ids; it skips an already-committed txnVersion
+        # itself when the write is attempted, so "unknown" is safe here.
+        return None
 
     def history(self, uri: str, limit: int | None = None) -> list[dict[str, Any]]:
         rows = self._delta(uri).history(limit).collect() if limit else self._delta(uri).history().collect()

@@ -73,12 +73,13 @@ class _Engine(Protocol):
 
     def exists(self, uri: str) -> bool: ...
     def write(self, uri: str, data: Any, *, mode: str, metadata: dict[str, str], predicate: str | None = ...,
-              evolve_schema: bool = ...) -> int: ...
+              evolve_schema: bool = ..., txn: tuple[str, int] | None = ...) -> int: ...
     def merge(self, uri: str, data: Any, *, keys: list[str], metadata: dict[str, str]) -> dict[str, int]: ...
     def delete(self, uri: str, *, where: str, metadata: dict[str, str]) -> int: ...
     def read(self, uri: str, *, version: int | None = ..., columns: list[str] | None = ...,
              where: str | None = ...) -> pa.Table: ...
     def version(self, uri: str) -> int: ...
+    def transaction_version(self, uri: str, app_id: str) -> int | None: ...
     def history(self, uri: str, limit: int | None = ...) -> list[dict[str, Any]]: ...
     def snapshot_files(self, uri: str, version: int | None = ...) -> list[str]: ...
     def schema(self, uri: str) -> pa.Schema: ...
@@ -140,14 +141,29 @@ class Lake:
     # writes ------------------------------------------------------------------------------------------
 
     def append(self, zone: Zone | str, table: str, data: Any, *, commit: CommitInfo | None = None,
-               evolve_schema: bool = False) -> int:
+               evolve_schema: bool = False, txn: tuple[str, int] | None = None) -> int:
         """Append rows, creating the table if needed; returns the new table version.
 
         Args:
             data: a pyarrow Table/RecordBatch/RecordBatchReader, a pandas or Spark DataFrame, or a list of dicts.
             evolve_schema: allow new columns (existing rows read them as null).
+            txn: ``(app_id, version)``, recorded in the same commit as a Delta transaction identifier, so a
+                writer that resumes can ask :meth:`transaction_version` what it already committed. The append
+                is skipped (and the current version returned) when ``app_id`` already committed ``version``.
         """
-        return self._write(zone, table, data, mode="append", commit=commit, evolve_schema=evolve_schema)
+        if txn is not None:
+            done = self.transaction_version(zone, table, txn[0])
+            if done is not None and done >= txn[1]:
+                return self.version(zone, table)
+        return self._write(zone, table, data, mode="append", commit=commit, evolve_schema=evolve_schema, txn=txn)
+
+    def transaction_version(self, zone: Zone | str, table: str, app_id: str) -> int | None:
+        """The highest version ``app_id`` committed to the table through ``append(txn=...)``; None if none.
+
+        The Spark engine cannot read transaction ids and answers None; Delta Spark then skips an already
+        committed version itself when the append is attempted.
+        """
+        return self._engine.transaction_version(self.uri(zone, table), app_id)
 
     def overwrite(self, zone: Zone | str, table: str, data: Any, *, commit: CommitInfo | None = None,
                   where: str | None = None, evolve_schema: bool = False) -> int:
@@ -255,11 +271,11 @@ class Lake:
         return arrow.read_all() if isinstance(arrow, pa.RecordBatchReader) else arrow
 
     def _write(self, zone: Zone | str, table: str, data: Any, *, mode: str, commit: CommitInfo | None,
-               evolve_schema: bool, predicate: str | None = None) -> int:
+               evolve_schema: bool, predicate: str | None = None, txn: tuple[str, int] | None = None) -> int:
         uri = self.uri(zone, table)
         if self.settings.lake_is_local:
             os.makedirs(uri, exist_ok=True)
         payload = data if (self.engine == "spark" and is_spark_dataframe(data)) else to_arrow(data)
         info = commit or CommitInfo()
         return self._engine.write(uri, payload, mode=mode, metadata=info.metadata(mode), predicate=predicate,
-                                  evolve_schema=evolve_schema)
+                                  evolve_schema=evolve_schema, txn=txn)

@@ -131,6 +131,9 @@ class Deidentifier:
         if not lake.exists("raw", table):
             raise ValueError(f"raw.{table} does not exist")
         raw = self.plake.read("raw", table, decrypt=True, purpose=_PURPOSE).to_pandas()
+        if "_record_hash" in raw.columns:
+            # raw keeps a record once per batch that brought it (CSV and FHIR, a re-sent extract): publish it once.
+            raw = raw.drop_duplicates("_record_hash", ignore_index=True)
         protection = self.plake.protection("raw", table)
         rules = table_rules(self.config, table)
         spec = (self.config.get("tables") or {}).get(table, {})

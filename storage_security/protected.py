@@ -203,10 +203,18 @@ class ProtectedLake:
         return pa.concat_arrays([scoped, batch]).take(pa.array(order))
 
     def append(self, zone: Zone | str, table: str, data: Any, protection: Protection, *,
-               commit: CommitInfo | None = None) -> int:
-        """Seal, then append; returns the new table version. Nothing is written if sealing fails."""
+               commit: CommitInfo | None = None, txn: tuple[str, int] | None = None) -> int:
+        """Seal, then append; returns the new table version. Nothing is written if sealing fails.
+
+        ``txn`` makes the append idempotent as in :meth:`Lake.append`; a version ``txn``'s app id already
+        committed is neither sealed nor written again.
+        """
+        if txn is not None:
+            done = self.lake.transaction_version(zone, table, txn[0])
+            if done is not None and done >= txn[1]:
+                return self.lake.version(zone, table)
         sealed, info = self._prepare(zone, table, data, protection, commit)
-        version = self.lake.append(zone, table, sealed, commit=info)
+        version = self.lake.append(zone, table, sealed, commit=info, txn=txn)
         self._audit_write(zone, table, protection, sealed.num_rows, info, version=version, operation="append")
         return version
 

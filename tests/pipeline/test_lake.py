@@ -106,6 +106,22 @@ def test_when_appending_again_then_rows_accumulate_and_versions_count_up(lake: L
     assert lake.version("raw", "patients") == 1
 
 
+def test_when_an_append_carries_a_transaction_id_then_a_version_already_committed_is_not_written_again(
+        lake: Lake) -> None:
+    assert lake.transaction_version("raw", "patients", "batch-1") is None  # no table yet
+    lake.append("raw", "patients", _patients([1, 2]), txn=("batch-1", 0))
+    lake.append("raw", "patients", _patients([3]), txn=("batch-1", 1))
+    assert lake.transaction_version("raw", "patients", "batch-1") == 1
+    assert lake.transaction_version("raw", "patients", "batch-2") is None
+
+    version = lake.version("raw", "patients")
+    assert lake.append("raw", "patients", _patients([1, 2]), txn=("batch-1", 0)) == version  # a resumed run
+    assert lake.append("raw", "patients", _patients([3]), txn=("batch-1", 1)) == version
+    assert lake.version("raw", "patients") == version
+    lake.append("raw", "patients", _patients([4]), txn=("batch-2", 0))  # another writer's ids are its own
+    assert _ids(lake.read_arrow("raw", "patients")) == [1, 2, 3, 4]
+
+
 def test_when_columns_and_where_are_given_then_only_those_are_read(lake: Lake) -> None:
     lake.append("raw", "patients", _patients(range(1, 7)))
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from _deid_raw import generated, load_raw, shared_detector
 
-from pipeline.lake import Lake
+from pipeline.lake import CommitInfo, Lake
 from storage_security.audit import AuditAction
 from storage_security.deidentify import Deidentifier, published_report
 from storage_security.keyring import LocalKeyring
@@ -190,3 +190,15 @@ def test_when_the_demo_step_runs_then_it_publishes_and_scores_against_vanilla(tm
     evaluation = result["evaluation"]
     assert evaluation["notes"] == 6 and evaluation["min_recall_per_label"] >= 0.95
     assert evaluation["medguard"]["recall"] >= evaluation["vanilla_presidio"]["recall"]
+
+
+def test_when_a_second_batch_brings_the_same_records_then_each_is_published_once(published, settings):
+    plake, lake = published["plake"], published["lake"]
+    again = plake.read("raw", "outcomes", decrypt=True)  # the same records, as a re-sent extract would land them
+    protection = plake.protection("raw", "outcomes")
+    plake.append("raw", "outcomes", again, protection, commit=CommitInfo(principal="svc:ingest", purpose="ingest"))
+    assert lake.read_arrow("raw", "outcomes").num_rows == 2 * again.num_rows
+    published["deid"].publish("outcomes")
+    out = lake.read_pandas("deidentified", "outcomes")
+    assert len(out) == again.num_rows - published["reports"]["outcomes"]["suppressed"]
+    assert out["row_id"].is_unique
