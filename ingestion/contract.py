@@ -127,9 +127,10 @@ class Contract(_Model):
         if not self.columns:
             raise ValueError("a contract needs at least one column")
         names = set(self.columns)
-        reserved = sorted(names & set(RESERVED))
+        reserved = sorted((names & set(RESERVED)) | {n for n in names if n.startswith("__")})
         if reserved:
-            raise ValueError(f"columns {reserved} are reserved for the loader's provenance columns")
+            raise ValueError(f"columns {reserved} are reserved for the loader's provenance columns "
+                             "(and names starting with '__' for the validator's own)")
         wanted = [self.key, self.patient_column]
         wanted += [n for r in self.ranges for n in (r.column, r.by)]
         wanted += [n for o in self.order for n in (o.before, o.after)]

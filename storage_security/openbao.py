@@ -314,7 +314,7 @@ def _up(settings: Settings, paths: LocalServerPaths, port: int | None, timeout: 
     if running is not None:
         pid, addr = running
         secrets_ = _init_secrets(paths)
-        if _probe(addr).health().get("sealed"):
+        if _probe(addr, attempts=3).health().get("sealed"):
             _unseal(addr, secrets_, None, paths.log, timeout)
         # Cheap and idempotent: a changed KEK name or mount in the settings is picked up without a restart.
         _configure(addr, secrets_, settings, paths)
@@ -452,7 +452,9 @@ def _initialise(addr: str, paths: LocalServerPaths) -> dict[str, Any]:
             "data that is gone. Move init.json and approle.json away to start afresh"
         )
     # One attempt only: initialising twice is impossible, and a lost answer would lose the unseal key anyway.
-    answer = _probe(addr).write("sys/init", {"secret_shares": 1, "secret_threshold": 1}, authenticated=False) or {}
+    # So a generous timeout: on a loaded machine initialising the storage barrier took longer than a probe's 2 s.
+    client = VaultClient(addr, auth_method="none", timeout=60.0, retry=_HEALTH_PROBE)
+    answer = client.write("sys/init", {"secret_shares": 1, "secret_threshold": 1}, authenticated=False) or {}
     secrets_ = {"unseal_keys_b64": answer.get("keys_base64"), "root_token": answer.get("root_token")}
     if not secrets_["unseal_keys_b64"] or not secrets_["root_token"]:
         raise KeyProviderUnavailableError(f"OpenBao at {addr} answered its initialisation without keys")

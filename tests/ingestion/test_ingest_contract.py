@@ -25,6 +25,7 @@ def test_when_a_shipped_contract_is_loaded_then_it_declares_its_key_and_phi(tabl
     ("table: t\nkey: b\ncolumns: {a: {type: string}}\n", "does not declare: ['b']"),
     ("table: T-1\ncolumns: {a: {}}\n", "lower_snake_case"),
     ("table: t\ncolumns: {_record_hash: {}}\n", "reserved"),
+    ("table: t\ncolumns: {__limit_low_0: {}}\n", "reserved"),
     ("table: t\ncolumns: {a: {pattern: '('}}\n", "not a valid regular expression"),
     ("table: t\ncolumns: {a: {type: string}}\nranges: [{column: a, by: a, limits: {x: [1, 2]}}]\n",
      "must be float or integer"),

@@ -1,0 +1,80 @@
+"""Row verdicts of one chunk: type conformance, then the contract's rules through Great Expectations."""
+
+from __future__ import annotations
+
+import pytest
+
+from ingestion.contract import builtin_contract
+from ingestion.sources._base import TableRows
+from ingestion.validate import ChunkValidator, conform
+
+GOOD_OBS = {"observation_id": "o1", "patient_id": "p1", "encounter_id": "e1", "category": "vital-signs",
+            "loinc_code": "8480-6", "display": "Systolic", "value": 120.0, "unit": "mm[Hg]",
+            "effective_time": "2024-03-01T10:00:00Z"}
+
+
+def _verdicts(table: str, rows: list[dict]) -> dict[int, set[str]]:
+    contract = builtin_contract(table)
+    chunk = TableRows()
+    for number, row in enumerate(rows, start=1):
+        chunk.add(row, f"line {number}")
+    frame, violations = conform(chunk, contract)
+    result = ChunkValidator(contract).validate(frame, run_name="unit")
+    for index, found in result.violations.items():
+        violations.setdefault(index, []).extend(found)
+    return {index: {rule for rule, _ in found} for index, found in violations.items()}
+
+
+def _obs(**changes) -> dict:
+    return {**GOOD_OBS, **changes}
+
+
+def test_when_a_chunk_mixes_good_and_bad_observations_then_each_bad_row_names_exactly_its_rules() -> None:
+    rows = [
+        _obs(),                                                    # 0 good
+        _obs(value=300.0),                                         # 1 systolic above 260
+        _obs(loinc_code="8867-4", value=10),                       # 2 heart rate below 25 (an int is a float)
+        _obs(loinc_code="2160-0", value="0.9"),                    # 3 creatinine as text: fine
+        _obs(value="high"),                                        # 4 not a number
+        _obs(value=float("inf")),                                  # 5 infinite
+        _obs(effective_time="2023-02-30T10:00:00Z"),               # 6 no such day
+        _obs(effective_time="2024-3-1T10:00:00Z"),                 # 7 wrong shape
+        _obs(category="imaging", loinc_code="1234-5"),             # 8 enum; bad LOINC check digit
+        _obs(value=None),                                          # 9 required
+    ]
+    verdicts = _verdicts("observations", rows)
+    assert verdicts == {
+        1: {"value:range[8480-6]"},
+        2: {"value:range[8867-4]"},
+        4: {"value:type", "value:required"},
+        5: {"value:type", "value:required"},
+        6: {"effective_time:format"},
+        7: {"effective_time:format"},
+        8: {"category:enum", "loinc_code:code_system"},
+        9: {"value:required"},
+    }
+
+
+def test_when_a_value_breaks_its_code_range_then_the_message_names_the_code_limits_and_value() -> None:
+    contract = builtin_contract("observations")
+    chunk = TableRows()
+    chunk.add(_obs(value=300.0), "line 1")
+    frame, _ = conform(chunk, contract)
+    result = ChunkValidator(contract).validate(frame, run_name="unit")
+    (rule, message), = result.violations[0]
+    assert rule == "value:range[8480-6]"
+    assert message == "value is outside [60, 260] for loinc_code 8480-6 (value '300.0')"
+
+
+@pytest.mark.parametrize(("birth_date", "broken"), [
+    ("1980-02-29", set()),                       # a leap day
+    ("1981-02-29", {"birth_date:format"}),       # not a leap year
+    ("1980-13-01", {"birth_date:format"}),
+    ("01/02/1980", {"birth_date:format"}),
+    (19800101, {"birth_date:type"}),             # a number is no date
+])
+def test_when_a_birth_date_is_checked_then_only_real_calendar_days_pass(birth_date, broken: set[str]) -> None:
+    row = {"patient_id": "p1", "mrn": "1234567", "first_name": "Ann", "last_name": "Lee", "sex": "F",
+           "birth_date": birth_date, "facility_id": "FAC-A"}
+    verdicts = _verdicts("patients", [row])
+    assert verdicts.get(0, set()) - {"birth_date:required"} == broken
