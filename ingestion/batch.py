@@ -42,6 +42,7 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ingestion.contract import CONFORMED_TABLES, Contract, builtin_contract, load_contract
 from ingestion.sources._base import SourceChunk, TableRows
@@ -282,15 +283,23 @@ class _Dedup:
         return out
 
 
-def record_hashes(table: str, frame: pd.DataFrame) -> list[str]:
-    """SHA-256 of the table name and each row's typed values (its content, without provenance)."""
-    prefix = json.dumps(table).encode()
-    out = []
-    for values in frame.itertuples(index=False, name=None):
-        canonical = json.dumps([None if _missing(v) else v for v in values], default=str,
-                               ensure_ascii=False, separators=(",", ":"))
-        out.append(hashlib.sha256(prefix + b"\0" + canonical.encode()).hexdigest())
-    return out
+def record_hashes(table: str, data: pa.Table) -> list[str]:
+    """SHA-256 of the table name and each row's typed values (its content, without provenance).
+
+    Each value is written as its text with its length in front (``5:hello``), a null as ``\\0``, so no two
+    different rows share an encoding; the text of a value is Arrow's cast to string of the contract's type,
+    the same whatever format the row arrived in.
+    """
+    if data.num_rows == 0:
+        return []
+    parts = []
+    for column in data.itercolumns():
+        text = column if column.type == pa.string() else pc.cast(column, pa.string())
+        framed = pc.binary_join_element_wise(pc.cast(pc.utf8_length(text), pa.string()), text, ":")
+        parts.append(pc.fill_null(framed, "\0"))
+    encoded = pc.binary_join_element_wise(*parts, "").cast(pa.binary()).to_pylist()
+    prefix = json.dumps(table).encode() + b"\0"
+    return [hashlib.sha256(prefix + row).hexdigest() for row in encoded]
 
 
 def _missing(value: Any) -> bool:
@@ -368,14 +377,13 @@ class _Batch:
         for index, found in result.violations.items():
             violations.setdefault(index, []).extend(found)
         self._merge_outcomes(table, result.outcomes)
-        hashes = record_hashes(table, frame)
-        patient_ids = frame[contract.patient_column] if contract.patient_column else None
-        keep: list[int] = []
         candidates = [i for i in range(len(frame)) if i not in violations]
-        keys = [frame.at[i, contract.key] if contract.key else None for i in candidates]
-        verdicts = self.dedup.verdicts(table, [None if _missing(k) else str(k) for k in keys],
-                                       [hashes[i] for i in candidates])
-        for index, verdict in zip(candidates, verdicts, strict=True):
+        typed = pa.Table.from_pandas(frame.iloc[candidates], schema=contract.arrow_schema, preserve_index=False)
+        hashes = record_hashes(table, typed)
+        keys = typed.column(contract.key).to_pylist() if contract.key else [None] * typed.num_rows
+        verdicts = self.dedup.verdicts(table, [None if k is None else str(k) for k in keys], hashes)
+        keep: list[int] = []  # positions in typed
+        for position, (index, verdict) in enumerate(zip(candidates, verdicts, strict=True)):
             if verdict == "duplicate":
                 counts.duplicates += 1
                 counts.accepted += 1
@@ -383,8 +391,9 @@ class _Batch:
                 violations[index] = [(f"{contract.key}:unique", f"{contract.key} was already loaded in this batch "
                                       "with different content")]
             else:
-                keep.append(index)
+                keep.append(position)
                 counts.accepted += 1
+        patient_ids = frame[contract.patient_column] if contract.patient_column else None
         quarantined = []
         for index in sorted(violations):
             rules = list(dict.fromkeys(rule for rule, _ in violations[index]))
@@ -403,11 +412,10 @@ class _Batch:
                 None if _missing(patient) else str(patient), key_value, False))
         if not keep:
             return None, quarantined
-        accepted = frame.iloc[keep].reset_index(drop=True)
-        return self._raw_table(table, contract, accepted, [hashes[i] for i in keep]), quarantined
+        accepted = typed.take(pa.array(keep, pa.int64()))
+        return self._raw_table(contract, accepted, [hashes[i] for i in keep]), quarantined
 
-    def _raw_table(self, table: str, contract: Contract, frame: pd.DataFrame, hashes: list[str]) -> pa.Table:
-        data = pa.Table.from_pandas(frame, schema=contract.arrow_schema, preserve_index=False)
+    def _raw_table(self, contract: Contract, data: pa.Table, hashes: list[str]) -> pa.Table:
         if contract.patient_column:
             pseudonyms = self.pseudonyms.pseudonymize(data.column(contract.patient_column))
         else:

@@ -170,3 +170,17 @@ def test_when_duplicates_span_chunks_then_copies_are_counted_and_key_conflicts_q
     assert row["position"] == "line 253" and "already loaded in this batch" in row["reason"]
     leftovers = ing_settings.home / "tmp" / "ingest"
     assert not leftovers.exists() or list(leftovers.iterdir()) == []  # the seen-keys file is gone
+
+
+def test_when_rows_differ_only_in_where_a_value_ends_or_is_null_then_their_record_hashes_differ() -> None:
+    import pyarrow as pa
+
+    from ingestion.batch import record_hashes
+
+    rows = pa.table({"a": ["ab", "a", None, "", "1:a", None],
+                     "b": ["c", "bc", "", None, None, "1:a"],
+                     "n": [1.5, 1.5, None, None, 2.0, 2.0]})
+    hashes = record_hashes("t", rows)
+    assert len(set(hashes)) == rows.num_rows
+    assert record_hashes("t", rows.slice(0, 1)) == hashes[:1]          # a row's hash is its own, not its chunk's
+    assert record_hashes("u", rows.slice(0, 1)) != hashes[:1]          # and its table's
