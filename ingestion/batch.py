@@ -224,8 +224,10 @@ class _Dedup:
     """First accepted row wins per key; exact copies are duplicates, different rows with a taken key conflict.
 
     The batch's seen keys and hashes live in a temporary SQLite file, not in memory, so a batch of any size
-    runs in bounded memory. Keys can be PHI (a patient id), so only keyed BLAKE2b digests are stored, under a
-    random per-batch key that never leaves memory; the file is deleted when the batch ends.
+    runs in bounded memory. Keys can be PHI (a patient id), so only keyed BLAKE2b digests of them are stored,
+    under a random per-batch key that never leaves memory; the file is deleted when the batch ends. A row with
+    a key is looked up and recorded by its key alone (the key is part of the content, so the same key with the
+    same hash is a copy); a row without one by its record hash.
     """
 
     _IN = 500  # parameters per IN (...) lookup
@@ -239,9 +241,8 @@ class _Dedup:
         self._dir = Path(tempfile.mkdtemp(prefix="dedup-", dir=folder))
         self._salt = secrets.token_bytes(32)
         self._db = sqlite3.connect(self._dir / "seen.sqlite")
-        self._db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
-                               "CREATE TABLE keys (k BLOB PRIMARY KEY, h BLOB) WITHOUT ROWID;"
-                               "CREATE TABLE hashes (h BLOB PRIMARY KEY) WITHOUT ROWID;")
+        self._db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-65536;"
+                               "CREATE TABLE seen (k BLOB PRIMARY KEY, h BLOB) WITHOUT ROWID;")
 
     def close(self) -> None:
         import shutil
@@ -249,37 +250,33 @@ class _Dedup:
         self._db.close()
         shutil.rmtree(self._dir, ignore_errors=True)
 
-    def _key(self, table: str, key: str) -> bytes:
-        return hashlib.blake2b(f"{table}\0{key}".encode(), key=self._salt, digest_size=16).digest()
-
-    def _lookup(self, sql: str, values: list[bytes]) -> list[tuple[Any, ...]]:
-        found: list[tuple[Any, ...]] = []
+    def _lookup(self, values: list[bytes]) -> dict[bytes, bytes]:
+        found: dict[bytes, bytes] = {}
         for start in range(0, len(values), self._IN):
             part = values[start:start + self._IN]
-            found += self._db.execute(sql.format(",".join("?" * len(part))), part).fetchall()
+            sql = f"SELECT k, h FROM seen WHERE k IN ({','.join('?' * len(part))})"  # noqa: S608 - placeholders
+            found.update(self._db.execute(sql, part).fetchall())
         return found
 
     def verdicts(self, table: str, keys: list[str | None], record_hashes: list[str]) -> list[str]:
         """``new``, ``duplicate`` or ``conflict`` for each row, in order, against everything seen before."""
+        prefix = f"{table}\0".encode()
         hashes = [bytes.fromhex(h[:32]) for h in record_hashes]
-        digests = [None if k is None else self._key(table, k) for k in keys]
-        seen_hashes = {row[0] for row in self._lookup("SELECT h FROM hashes WHERE h IN ({})", hashes)}
-        taken = dict(self._lookup("SELECT k, h FROM keys WHERE k IN ({})", [d for d in digests if d is not None]))
-        out, new_keys, new_hashes = [], [], []
-        for digest, record in zip(digests, hashes, strict=True):
-            if record in seen_hashes:
-                out.append("duplicate")
-            elif digest is not None and digest in taken:
-                out.append("conflict")
-            else:
+        # A keyed digest for a keyed row; the record hash itself (already stored in raw) for one without.
+        lookups = [b"h" + h if k is None else
+                   b"k" + hashlib.blake2b(prefix + k.encode(), key=self._salt, digest_size=16).digest()
+                   for k, h in zip(keys, hashes, strict=True)]
+        seen = self._lookup(lookups)
+        out, new = [], []
+        for lookup, record in zip(lookups, hashes, strict=True):
+            taken = seen.get(lookup)
+            if taken is None:
                 out.append("new")
-                seen_hashes.add(record)
-                new_hashes.append((record,))
-                if digest is not None:
-                    taken[digest] = record
-                    new_keys.append((digest, record))
-        self._db.executemany("INSERT OR IGNORE INTO hashes VALUES (?)", new_hashes)
-        self._db.executemany("INSERT OR IGNORE INTO keys VALUES (?, ?)", new_keys)
+                seen[lookup] = record
+                new.append((lookup, record))
+            else:
+                out.append("duplicate" if taken == record else "conflict")
+        self._db.executemany("INSERT INTO seen VALUES (?, ?)", new)
         return out
 
 
