@@ -40,13 +40,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from ingestion.checking import CheckedTable, CheckPipeline
 from ingestion.contract import CONFORMED_TABLES, Contract, builtin_contract, load_contract
 from ingestion.sources._base import SourceChunk, TableRows
-from ingestion.validate import ChunkValidator, conform
+from ingestion.validate import ChunkValidator
 from pipeline.errors import ValidationError
 from pipeline.lake import CommitInfo, Zone
 from pipeline.settings import Settings
@@ -200,6 +199,13 @@ def batch_id_for(source: str, files: list[Path], contracts: dict[str, Contract],
     return f"b{digest.hexdigest()[:24]}"
 
 
+def _workers(settings: Settings) -> int:
+    import os
+
+    chosen = settings.ingestion.workers
+    return chosen if chosen is not None else min(4, max(0, (os.cpu_count() or 1) - 1))
+
+
 def _chunks(source: str, path: Path, contracts: dict[str, Contract], settings: Settings) -> Iterator[SourceChunk]:
     options = {"chunk_rows": settings.ingestion.chunk_rows, "max_record_bytes": settings.ingestion.max_record_bytes}
     if source == "fhir":
@@ -280,29 +286,6 @@ class _Dedup:
         return out
 
 
-def record_hashes(table: str, data: pa.Table) -> list[str]:
-    """SHA-256 of the table name and each row's typed values (its content, without provenance).
-
-    Each value is written as its text with its length in front (``5:hello``), a null as ``\\0``, so no two
-    different rows share an encoding; the text of a value is Arrow's cast to string of the contract's type,
-    the same whatever format the row arrived in.
-    """
-    if data.num_rows == 0:
-        return []
-    parts = []
-    for column in data.itercolumns():
-        text = column if column.type == pa.string() else pc.cast(column, pa.string())
-        framed = pc.binary_join_element_wise(pc.cast(pc.utf8_length(text), pa.string()), text, ":")
-        parts.append(pc.fill_null(framed, "\0"))
-    encoded = pc.binary_join_element_wise(*parts, "").cast(pa.binary()).to_pylist()
-    prefix = json.dumps(table).encode() + b"\0"
-    return [hashlib.sha256(prefix + row).hexdigest() for row in encoded]
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and value != value) or value is pd.NA
-
-
 class _Batch:
     def __init__(self, settings: Settings, plake: Any, source: str, path: Path, contracts: dict[str, Contract],
                  batch_id: str, stages: tuple[str, ...], dag_run: str | None, docs_dir: Path | None) -> None:
@@ -319,8 +302,9 @@ class _Batch:
 
     def run(self) -> BatchReport:
         try:
-            for chunk in _chunks(self.source, self.path, self.contracts, self.settings):
-                self._chunk(chunk)
+            with CheckPipeline(self.contracts, _workers(self.settings)) as checks:
+                for chunk, checked in checks.run(_chunks(self.source, self.path, self.contracts, self.settings)):
+                    self._chunk(chunk, checked)
         finally:
             self.dedup.close()
         self.report.check_invariant()
@@ -330,7 +314,7 @@ class _Batch:
                 self.report.data_docs = str(docs)
         return self.report
 
-    def _chunk(self, chunk: SourceChunk) -> None:
+    def _chunk(self, chunk: SourceChunk, checked: dict[str, CheckedTable]) -> None:
         quarantined: list[dict[str, Any]] = []
         for unit, count in chunk.units.items():
             if unit not in self.contracts:  # whole bundles/messages: their own in/accepted/quarantined
@@ -352,7 +336,7 @@ class _Batch:
             contract = self.contracts.get(table)
             if contract is None:
                 raise ValidationError(f"the {self.source} reader produced rows for {table!r}, which has no contract")
-            accepted, rejected_rows = self._table(chunk.index, table, contract, rows)
+            accepted, rejected_rows = self._table(chunk.index, table, contract, rows, checked[table])
             quarantined += rejected_rows
             if accepted is not None and accepted.num_rows:
                 loads.append((table, accepted))
@@ -365,22 +349,17 @@ class _Batch:
                 self.plake.append(Zone.RAW, table, data, _protection(self.contracts[table]), commit=self.commit,
                                   txn=txn)
 
-    def _table(self, chunk_index: int, table: str, contract: Contract,
-               rows: TableRows) -> tuple[pa.Table | None, list[dict[str, Any]]]:
+    def _table(self, chunk_index: int, table: str, contract: Contract, rows: TableRows,
+               checked: CheckedTable) -> tuple[pa.Table | None, list[dict[str, Any]]]:
         counts = self.report.counts(table)
         counts.rows_in += len(rows.rows)
-        frame, violations = conform(rows, contract)
-        result = self.validators[table].validate(frame, run_name=f"{self.batch_id}-{table}-{chunk_index:05d}")
-        for index, found in result.violations.items():
-            violations.setdefault(index, []).extend(found)
+        result = checked.result
+        self.validators[table].record(result, run_name=f"{self.batch_id}-{table}-{chunk_index:05d}")
         self._merge_outcomes(table, result.outcomes)
-        candidates = [i for i in range(len(frame)) if i not in violations]
-        typed = pa.Table.from_pandas(frame.iloc[candidates], schema=contract.arrow_schema, preserve_index=False)
-        hashes = record_hashes(table, typed)
-        keys = typed.column(contract.key).to_pylist() if contract.key else [None] * typed.num_rows
-        verdicts = self.dedup.verdicts(table, [None if k is None else str(k) for k in keys], hashes)
-        keep: list[int] = []  # positions in typed
-        for position, (index, verdict) in enumerate(zip(candidates, verdicts, strict=True)):
+        violations = result.violations
+        verdicts = self.dedup.verdicts(table, [checked.keys[i] for i in checked.candidates], checked.hashes)
+        keep: list[int] = []  # positions in checked.typed
+        for position, (index, verdict) in enumerate(zip(checked.candidates, verdicts, strict=True)):
             if verdict == "duplicate":
                 counts.duplicates += 1
                 counts.accepted += 1
@@ -390,27 +369,23 @@ class _Batch:
             else:
                 keep.append(position)
                 counts.accepted += 1
-        patient_ids = frame[contract.patient_column] if contract.patient_column else None
         quarantined = []
         for index in sorted(violations):
             rules = list(dict.fromkeys(rule for rule, _ in violations[index]))
             counts.quarantined += 1
             counts.by_rule.update(rules)
-            patient = patient_ids.iloc[index] if patient_ids is not None else None
-            key_value = None
-            if contract.key and not contract.columns[contract.key].phi and not _missing(frame.at[index, contract.key]):
-                key_value = str(frame.at[index, contract.key])
+            key_value = None if contract.key and contract.columns[contract.key].phi else checked.keys[index]
             naming = f" ({contract.key}={key_value})" if key_value else ""
             reason = f"record at {rows.positions[index]}{naming}: " + "; ".join(
                 dict.fromkeys(message for _, message in violations[index]))
             quarantined.append(self._quarantine_row(
                 table, rows.positions[index], rules, reason, json.dumps(rows.rows[index], default=str,
                                                                           ensure_ascii=False),
-                None if _missing(patient) else str(patient), key_value, False))
+                checked.patients[index], key_value, False))
         if not keep:
             return None, quarantined
-        accepted = typed.take(pa.array(keep, pa.int64()))
-        return self._raw_table(contract, accepted, [hashes[i] for i in keep]), quarantined
+        accepted = checked.typed.take(pa.array(keep, pa.int64()))
+        return self._raw_table(contract, accepted, [checked.hashes[i] for i in keep]), quarantined
 
     def _raw_table(self, contract: Contract, data: pa.Table, hashes: list[str]) -> pa.Table:
         if contract.patient_column:

@@ -233,6 +233,8 @@ class ChunkResult:
     violations: dict[int, list[tuple[str, str]]] = field(default_factory=dict)
     outcomes: list[ExpectationOutcome] = field(default_factory=list)
     gx_success: bool = True
+    # GX's own result with every value stripped, for Data Docs (see ChunkValidator.record).
+    gx_result: Any = None
 
 
 def _describe(kind: str, column: Column | None, name: str, **facts: Any) -> str:
@@ -346,7 +348,7 @@ class ChunkValidator:
                 f"{order.after}:order", order.after, _describe("order", None, order.after, before=order.before))
         return suite, rules
 
-    def validate(self, frame: pd.DataFrame, *, run_name: str) -> ChunkResult:
+    def validate(self, frame: pd.DataFrame) -> ChunkResult:
         """Validate one typed chunk (index 0..n-1); returns row verdicts and per-expectation counts."""
         result = ChunkResult()
         if frame.empty:
@@ -385,18 +387,21 @@ class ChunkValidator:
                     text = f"{text} (value {str(value)[:60]!r})"
                 result.violations.setdefault(row, []).append((row_rule, text))
             _strip_values(item)
-        if self.docs_dir is not None:
-            self._store(validation, run_name)
+        validation.meta.pop("batch_spec", None)
+        result.gx_result = validation
         return result
 
-    def _store(self, validation: Any, run_name: str) -> None:
+    def record(self, result: ChunkResult, run_name: str) -> None:
+        """Keep a chunk's result for the Data Docs (when this validator builds docs); it may come from a worker."""
+        if self.docs_dir is None or result.gx_result is None:
+            return
         from great_expectations.core.run_identifier import RunIdentifier
         from great_expectations.data_context.types.resource_identifiers import (
             ExpectationSuiteIdentifier,
             ValidationResultIdentifier,
         )
 
-        validation.meta.pop("batch_spec", None)
+        validation = result.gx_result
         key = ValidationResultIdentifier(
             expectation_suite_identifier=ExpectationSuiteIdentifier(name=validation.suite_name),
             run_id=RunIdentifier(run_name=run_name), batch_identifier=self.contract.table)

@@ -9,6 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from ingestion.batch import LEDGER_TABLE, ingest
+from pipeline.lake import Lake
+from storage_security.protected import ProtectedLake
 
 CASES = [
     ("tabular", "patients.csv", "patients"),
@@ -175,7 +177,7 @@ def test_when_duplicates_span_chunks_then_copies_are_counted_and_key_conflicts_q
 def test_when_rows_differ_only_in_where_a_value_ends_or_is_null_then_their_record_hashes_differ() -> None:
     import pyarrow as pa
 
-    from ingestion.batch import record_hashes
+    from ingestion.checking import record_hashes
 
     rows = pa.table({"a": ["ab", "a", None, "", "1:a", None],
                      "b": ["c", "bc", "", None, None, "1:a"],
@@ -184,3 +186,24 @@ def test_when_rows_differ_only_in_where_a_value_ends_or_is_null_then_their_recor
     assert len(set(hashes)) == rows.num_rows
     assert record_hashes("t", rows.slice(0, 1)) == hashes[:1]          # a row's hash is its own, not its chunk's
     assert record_hashes("u", rows.slice(0, 1)) != hashes[:1]          # and its table's
+
+
+def test_when_chunks_are_checked_in_worker_processes_then_the_batch_equals_an_inline_one(
+        population: Path, ing_settings, keyring, tmp_path: Path) -> None:
+    def run(workers: int, lake_dir: str):
+        ingestion = ing_settings.ingestion.model_copy(update={"chunk_rows": 400, "workers": workers})
+        chosen = ing_settings.model_copy(update={"ingestion": ingestion, "lake_root": str(tmp_path / lake_dir)})
+        plake = ProtectedLake(Lake(chosen), keyring, principal="svc:ingest")
+        report = ingest(chosen, source="tabular", path=population / "observations.csv", table="observations",
+                        plake=plake, docs=False)
+        quarantine = sorted((q["position"], tuple(q["rules"]), q["reason"], q["payload"])
+                            for q in plake.read("quarantine", "records", decrypt=True).to_pylist())
+        return report, _hashes(plake, "observations"), quarantine
+
+    inline, inline_hashes, inline_quarantine = run(0, "inline")
+    pooled, pooled_hashes, pooled_quarantine = run(1, "pooled")
+    assert inline.batch_id == pooled.batch_id
+    assert pooled.to_dict()["tables"] == inline.to_dict()["tables"]
+    assert pooled.validation == inline.validation
+    assert pooled_hashes == inline_hashes and pooled_quarantine == inline_quarantine
+    assert inline.tables["observations"].rows_in > 4 * 400  # several chunks, so the pool really ran

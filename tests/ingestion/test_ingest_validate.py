@@ -19,7 +19,7 @@ def _verdicts(table: str, rows: list[dict]) -> dict[int, set[str]]:
     for number, row in enumerate(rows, start=1):
         chunk.add(row, f"line {number}")
     frame, violations = conform(chunk, contract)
-    result = ChunkValidator(contract).validate(frame, run_name="unit")
+    result = ChunkValidator(contract).validate(frame)
     for index, found in result.violations.items():
         violations.setdefault(index, []).extend(found)
     return {index: {rule for rule, _ in found} for index, found in violations.items()}
@@ -60,7 +60,7 @@ def test_when_a_value_breaks_its_code_range_then_the_message_names_the_code_limi
     chunk = TableRows()
     chunk.add(_obs(value=300.0), "line 1")
     frame, _ = conform(chunk, contract)
-    result = ChunkValidator(contract).validate(frame, run_name="unit")
+    result = ChunkValidator(contract).validate(frame)
     (rule, message), = result.violations[0]
     assert rule == "value:range[8480-6]"
     assert message == "value is outside [60, 260] for loinc_code 8480-6 (value '300.0')"

@@ -1,0 +1,175 @@
+"""The side-effect-free half of loading a chunk: conform, validate and hash it, inline or in spawned workers.
+
+:func:`check_table` turns one table's raw records into row verdicts (type violations and the contract's rules
+through Great Expectations), the typed Arrow rows that passed, and their record hashes. It touches no table, key
+or file, so it can run in another process: :class:`CheckPipeline` hands chunks to a ``spawn`` process pool
+(delta-rs and spaCy do not survive ``fork``) and gives the results back in source order, while the loader seals
+and writes earlier chunks. At most ``workers + 1`` chunks are in flight, so memory stays bounded. With no
+workers everything runs inline, which is also what small inputs do: the pool starts with a source's second
+chunk, so a one-chunk input never pays for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import multiprocessing
+import os
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ingestion.contract import Contract
+from ingestion.sources._base import SourceChunk, TableRows
+from ingestion.validate import ChunkResult, ChunkValidator, conform
+
+__all__ = ["CheckPipeline", "CheckedTable", "check_chunk", "check_table", "record_hashes"]
+
+
+@dataclass
+class CheckedTable:
+    """One table of one chunk after checking.
+
+    Attributes:
+        result: the Great Expectations outcomes, and ``violations``: every rule each row index broke.
+        candidates: the row indices that broke nothing, in order; ``typed`` holds them in the contract's types.
+        hashes: the record hash of each candidate.
+        patients: the source patient id of every row (for the quarantine's pseudonym).
+        keys: the key value of every row as text (None when missing or when there is no key).
+    """
+
+    result: ChunkResult
+    candidates: list[int]
+    typed: pa.Table
+    hashes: list[str]
+    patients: list[Any] = field(default_factory=list)
+    keys: list[str | None] = field(default_factory=list)
+
+
+def record_hashes(table: str, data: pa.Table) -> list[str]:
+    """SHA-256 of the table name and each row's typed values (its content, without provenance).
+
+    Each value is written as its text with its length in front (``5:hello``), a null as ``\\0``, so no two
+    different rows share an encoding; the text of a value is Arrow's cast to string of the contract's type,
+    the same whatever format the row arrived in.
+    """
+    if data.num_rows == 0:
+        return []
+    parts = []
+    for column in data.itercolumns():
+        text = column if column.type == pa.string() else pc.cast(column, pa.string())
+        framed = pc.binary_join_element_wise(pc.cast(pc.utf8_length(text), pa.string()), text, ":")
+        parts.append(pc.fill_null(framed, "\0"))
+    encoded = pc.binary_join_element_wise(*parts, "").cast(pa.binary()).to_pylist()
+    prefix = json.dumps(table).encode() + b"\0"
+    return [hashlib.sha256(prefix + row).hexdigest() for row in encoded]
+
+
+_VALIDATORS: dict[tuple[str, str], ChunkValidator] = {}
+
+
+def _validator(contract: Contract) -> ChunkValidator:
+    # One per contract and process: a worker keeps its Great Expectations context across chunks.
+    key = (contract.table, contract.fingerprint)
+    if key not in _VALIDATORS:
+        _VALIDATORS[key] = ChunkValidator(contract)
+    return _VALIDATORS[key]
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None or value is pd.NA or (isinstance(value, float) and value != value) else str(value)
+
+
+def check_table(contract: Contract, rows: TableRows) -> CheckedTable:
+    """Conform, validate and hash one table's records of a chunk."""
+    frame, violations = conform(rows, contract)
+    result = _validator(contract).validate(frame)
+    for index, found in result.violations.items():
+        violations.setdefault(index, []).extend(found)
+    result.violations = violations
+    candidates = [i for i in range(len(frame)) if i not in violations]
+    typed = pa.Table.from_pandas(frame.iloc[candidates], schema=contract.arrow_schema, preserve_index=False)
+    patients = frame[contract.patient_column].tolist() if contract.patient_column else [None] * len(frame)
+    keys = [_text(v) for v in frame[contract.key].tolist()] if contract.key else [None] * len(frame)
+    return CheckedTable(result, candidates, typed, record_hashes(contract.table, typed),
+                        [_text(p) for p in patients], keys)
+
+
+def check_chunk(chunk: SourceChunk, contracts: dict[str, Contract]) -> dict[str, CheckedTable]:
+    """Every table of a chunk checked against its contract (the tables without one are left to the loader)."""
+    return {table: check_table(contracts[table], rows) for table, rows in chunk.tables.items()
+            if table in contracts}
+
+
+def _prepare_worker() -> None:
+    # Great Expectations imports pyspark.sql.connect, which takes a __main__ without __file__ or __spec__ for a
+    # doctest run and calls sys.exit(0). A spawned worker of a parent started as `python -m ...` (pytest, an
+    # Airflow task) has just such a __main__; naming it keeps the import an import.
+    main = sys.modules["__main__"]
+    if getattr(main, "__spec__", None) is None and not hasattr(main, "__file__"):
+        main.__file__ = "<medguard ingestion worker>"
+    # A loader killed hard (the crash tests do it) leaves its workers waiting on a dead pipe: they leave too.
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+class CheckPipeline:
+    """Checks a stream of chunks ahead of the loader, in order; a context manager that owns its pool.
+
+    Args:
+        contracts: the contract of every table the source can fill.
+        workers: processes to check in (0: inline).
+    """
+
+    def __init__(self, contracts: dict[str, Contract], workers: int) -> None:
+        self.contracts = contracts
+        self.workers = max(0, workers)
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> CheckPipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def _submit(self, chunk: SourceChunk) -> Future[dict[str, CheckedTable]]:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_prepare_worker)
+        return self._pool.submit(check_chunk, chunk, self.contracts)
+
+    def run(self, chunks: Iterator[SourceChunk]) -> Iterator[tuple[SourceChunk, dict[str, CheckedTable]]]:
+        """``(chunk, checked tables)`` for every chunk, in source order."""
+        chunks = iter(chunks)
+        head = list(itertools.islice(chunks, 2))
+        if len(head) < 2 or self.workers == 0:
+            for chunk in itertools.chain(head, chunks):
+                yield chunk, check_chunk(chunk, self.contracts)
+            return
+        pending: deque[tuple[SourceChunk, Future[dict[str, CheckedTable]]]] = deque()
+        for chunk in itertools.chain(head, chunks):
+            while len(pending) > self.workers:
+                done, future = pending.popleft()
+                yield done, future.result()
+            pending.append((chunk, self._submit(chunk)))
+        while pending:
+            done, future = pending.popleft()
+            yield done, future.result()
