@@ -23,11 +23,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 TABLES = ("patients", "encounters", "observations", "conditions", "medications", "outcomes")
 
 
-def ingest_figures(patients: int) -> Iterator[tuple[str, float, str, str]]:
-    """Yield (name, value, unit, details) for the ingestion benchmark at ``patients`` patients."""
+def ingest_figures(patients: int, *, inline: bool = False) -> Iterator[tuple[str, float, str, str]]:
+    """Yield (name, value, unit, details) for the ingestion benchmark at ``patients`` patients.
+
+    ``inline`` also measures the same ingestion with no checking workers, for the pool's speed-up.
+    """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from ingestion.batch import ingest
+    from ingestion.checking import worker_count
     from pipeline.lake import Lake
     from pipeline.settings import load_settings
     from pipeline.synthetic import generate
@@ -43,24 +48,39 @@ def ingest_figures(patients: int) -> Iterator[tuple[str, float, str, str]]:
         plain = Lake(settings.model_copy(update={"lake_root": str(root / "plain")}))
         started = time.perf_counter()
         for table in TABLES:
-            plain.append("raw", table, pq.read_table(root / "src" / f"{table}.parquet"))
+            source = pq.ParquetFile(root / "src" / f"{table}.parquet")
+            plain.append("raw", table, pa.RecordBatchReader.from_batches(source.schema_arrow,
+                                                                         source.iter_batches(1 << 20)))
         baseline = time.perf_counter() - started
 
         ring = LocalKeyring.init(root / "keyring.json", LocalKeyring.generate_master_key())
         ring.ensure_key("medguard-kek")
         ring.ensure_key("medguard-audit")
-        plake = ProtectedLake(Lake(settings), ring, principal="svc:bench")
-        ingest(settings, source="tabular", path=root / "src" / "outcomes.parquet", table="outcomes", plake=plake,
-               stages=(), docs=False)  # warm-up: Great Expectations' first context and imports
-        started = time.perf_counter()
-        quarantined = 0
-        for table in TABLES:
-            report = ingest(settings, source="tabular", path=root / "src" / f"{table}.parquet", table=table,
-                            plake=plake, docs=False)
-            quarantined += report.tables[table].quarantined
-        measured = time.perf_counter() - started
-    detail = f"{patients:,} patients, {rows:,} rows, Parquet, chunk {settings.ingestion.chunk_rows:,}"
-    yield "ingest.rows_per_s", rows / measured, "rows/s", f"validate + quarantine + encrypt + merge; {detail}"
+
+        def measure(workers: int | None, lake: str) -> tuple[float, int]:
+            ingestion = settings.ingestion.model_copy(update={"workers": workers})
+            chosen = settings.model_copy(update={"lake_root": str(root / lake), "ingestion": ingestion})
+            plake = ProtectedLake(Lake(chosen), ring, principal="svc:bench")
+            ingest(chosen, source="tabular", path=root / "src" / "outcomes.parquet", table="outcomes",
+                   plake=plake, stages=(), docs=False)  # warm-up: Great Expectations' first context and imports
+            started = time.perf_counter()
+            quarantined = 0
+            for table in TABLES:
+                report = ingest(chosen, source="tabular", path=root / "src" / f"{table}.parquet", table=table,
+                                plake=plake, docs=False)
+                quarantined += report.tables[table].quarantined
+            return time.perf_counter() - started, quarantined
+
+        measured, quarantined = measure(settings.ingestion.workers, "lake")
+        workers = worker_count(settings)
+        if inline:
+            alone, _ = measure(0, "lake-inline")
+    detail = (f"{patients:,} patients, {rows:,} rows, Parquet, chunk {settings.ingestion.chunk_rows:,}, "
+              f"{workers} checking worker(s)")
+    yield "ingest.rows_per_s", rows / measured, "rows/s", f"validate + quarantine + encrypt + load; {detail}"
+    if inline:
+        yield "ingest.rows_per_s_inline", rows / alone, "rows/s", "the same with no workers (all in one process)"
+        yield "ingest.worker_speedup", alone / measured, "x", "time inline / time with the workers"
     yield "ingest.plain_load_rows_per_s", rows / baseline, "rows/s", "Delta append, no validation or encryption"
     yield "ingest.slowdown_vs_plain_load", measured / baseline, "x", "time ingesting / time of a plain load"
     yield "ingest.quarantined", quarantined, "rows", f"{quarantined / rows:.2%} of rows (2 % defect rate)"
@@ -69,8 +89,9 @@ def ingest_figures(patients: int) -> Iterator[tuple[str, float, str, str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--patients", type=int, default=2_000)
+    parser.add_argument("--inline", action="store_true", help="also measure with no checking workers")
     args = parser.parse_args()
-    for name, value, unit, details in ingest_figures(args.patients):
+    for name, value, unit, details in ingest_figures(args.patients, inline=args.inline):
         print(f"{name}: {value:,.3g} {unit}  ({details})", flush=True)
 
 

@@ -42,7 +42,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from ingestion.checking import CheckedTable, CheckPipeline
+from ingestion.checking import CheckedTable, CheckPipeline, worker_count
 from ingestion.contract import CONFORMED_TABLES, Contract, builtin_contract, load_contract
 from ingestion.sources._base import SourceChunk, TableRows
 from ingestion.validate import ChunkValidator
@@ -128,6 +128,7 @@ def source_files(source: str, path: Path) -> list[Path]:
     """The input files of a source (a file, or a directory of FHIR/HL7 files)."""
     from ingestion.sources.fhir import fhir_files
     from ingestion.sources.hl7v2 import hl7_files
+    from ingestion.sources.notes_text import note_files
 
     if not path.exists():
         raise ValueError(f"{path} does not exist")
@@ -135,6 +136,8 @@ def source_files(source: str, path: Path) -> list[Path]:
         files = fhir_files(path)
     elif source == "hl7":
         files = hl7_files(path)
+    elif _note_files(source, path):
+        files = note_files(path)
     else:
         if path.is_dir():
             raise ValueError(f"{path} is a directory; --source {source} takes one extract file")
@@ -199,16 +202,18 @@ def batch_id_for(source: str, files: list[Path], contracts: dict[str, Contract],
     return f"b{digest.hexdigest()[:24]}"
 
 
-def _workers(settings: Settings) -> int:
-    import os
-
-    chosen = settings.ingestion.workers
-    return chosen if chosen is not None else min(4, max(0, (os.cpu_count() or 1) - 1))
+def _note_files(source: str, path: Path) -> bool:
+    # Notes come as an extract with a text column (.jsonl, .csv, .parquet) or as .txt files, one note each.
+    return source == "notes" and (path.is_dir() or path.suffix.lower() == ".txt")
 
 
 def _chunks(source: str, path: Path, contracts: dict[str, Contract], settings: Settings) -> Iterator[SourceChunk]:
     options = {"chunk_rows": settings.ingestion.chunk_rows, "max_record_bytes": settings.ingestion.max_record_bytes}
-    if source == "fhir":
+    if _note_files(source, path):
+        from ingestion.sources.notes_text import read_note_files
+
+        yield from read_note_files(path, list(contracts["notes"].columns), **options)
+    elif source == "fhir":
         from ingestion.sources.fhir import read_fhir
 
         yield from read_fhir(path, **options)
@@ -302,7 +307,7 @@ class _Batch:
 
     def run(self) -> BatchReport:
         try:
-            with CheckPipeline(self.contracts, _workers(self.settings)) as checks:
+            with CheckPipeline(self.contracts, worker_count(self.settings)) as checks:
                 for chunk, checked in checks.run(_chunks(self.source, self.path, self.contracts, self.settings)):
                     self._chunk(chunk, checked)
         finally:
@@ -505,7 +510,7 @@ def ingest(settings: Settings, *, source: str, path: str | Path, table: str | No
     Args:
         settings: medguard settings (chunk size, record size limit, home for drafts and Data Docs).
         source: ``tabular``, ``fhir``, ``hl7`` or ``notes``.
-        path: the extract file, or a directory of ``*.ndjson`` bundles / ``*.hl7`` messages.
+        path: the extract file, or a directory of ``*.ndjson`` bundles / ``*.hl7`` messages / ``*.txt`` notes.
         table: the table of a tabular extract (default: the file name's stem).
         contract: a contract file or object (tabular and notes); inferred when omitted for unknown tables.
         plake: the ProtectedLake to write through (built from settings as ``svc:ingest`` when omitted).

@@ -5,12 +5,13 @@ through Great Expectations), the typed Arrow rows that passed, and their record 
 or file, so it can run in another process: :class:`CheckPipeline` hands chunks to a ``spawn`` process pool
 (delta-rs and spaCy do not survive ``fork``) and gives the results back in source order, while the loader seals
 and writes earlier chunks. At most ``workers + 1`` chunks are in flight, so memory stays bounded. With no
-workers everything runs inline, which is also what small inputs do: the pool starts with a source's second
-chunk, so a one-chunk input never pays for it.
+workers everything runs inline, which is also what small inputs do: a one-chunk input is checked inline. The
+pool starts with the first input of two chunks or more and stays up for the process's later batches.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import itertools
 import json
@@ -32,8 +33,9 @@ import pyarrow.compute as pc
 from ingestion.contract import Contract
 from ingestion.sources._base import SourceChunk, TableRows
 from ingestion.validate import ChunkResult, ChunkValidator, conform
+from pipeline.settings import Settings
 
-__all__ = ["CheckPipeline", "CheckedTable", "check_chunk", "check_table", "record_hashes"]
+__all__ = ["CheckPipeline", "CheckedTable", "check_chunk", "check_table", "record_hashes", "worker_count"]
 
 
 @dataclass
@@ -111,6 +113,14 @@ def check_chunk(chunk: SourceChunk, contracts: dict[str, Contract]) -> dict[str,
             if table in contracts}
 
 
+def worker_count(settings: Settings) -> int:
+    """The checking workers to use: ``ingestion.workers``, or when unset one per two cores beyond the first two
+    (at most 4). On 2 cores one worker measured no faster than none: the loader's own half (reading, sealing,
+    writing) keeps the other core busy, and shipping chunks between processes costs what it saves."""
+    chosen = settings.ingestion.workers
+    return chosen if chosen is not None else min(4, max(0, (os.cpu_count() or 1) // 2 - 1))
+
+
 def _prepare_worker() -> None:
     # Great Expectations imports pyspark.sql.connect, which takes a __main__ without __file__ or __spec__ for a
     # doctest run and calls sys.exit(0). A spawned worker of a parent started as `python -m ...` (pytest, an
@@ -140,21 +150,21 @@ class CheckPipeline:
     def __init__(self, contracts: dict[str, Contract], workers: int) -> None:
         self.contracts = contracts
         self.workers = max(0, workers)
-        self._pool: ProcessPoolExecutor | None = None
+        self._pending: deque[Future[dict[str, CheckedTable]]] = deque()
 
     def __enter__(self) -> CheckPipeline:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        # The pool outlives the batch (its workers are warm: imports, GX contexts); what this batch left
+        # queued, after an error, is dropped.
+        for future in self._pending:
+            future.cancel()
 
     def _submit(self, chunk: SourceChunk) -> Future[dict[str, CheckedTable]]:
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_prepare_worker)
-        return self._pool.submit(check_chunk, chunk, self.contracts)
+        future = _pool(self.workers).submit(check_chunk, chunk, self.contracts)
+        self._pending.append(future)
+        return future
 
     def run(self, chunks: Iterator[SourceChunk]) -> Iterator[tuple[SourceChunk, dict[str, CheckedTable]]]:
         """``(chunk, checked tables)`` for every chunk, in source order."""
@@ -173,3 +183,18 @@ class CheckPipeline:
         while pending:
             done, future = pending.popleft()
             yield done, future.result()
+        self._pending.clear()
+
+
+_POOLS: dict[int, ProcessPoolExecutor] = {}
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    """One pool per worker count and process, started on first use and kept for later batches."""
+    pool = _POOLS.get(workers)
+    if pool is None or getattr(pool, "_broken", False):  # a worker that died breaks its pool for good
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_prepare_worker)
+        _POOLS[workers] = pool
+        atexit.register(pool.shutdown, wait=False, cancel_futures=True)
+    return pool

@@ -100,7 +100,7 @@ class IngestionSettings(_Section):
 
     chunk_rows: int = Field(default=50_000, ge=100, le=5_000_000)
     # Processes that conform and validate chunks ahead of the loader (0: all in the loading process); None
-    # picks one per spare core, at most 4.
+    # picks by core count (none on 2 cores, where a worker measured no faster; see ingestion.checking).
     workers: int | None = Field(default=None, ge=0, le=64)
     # A line, bundle or message longer than this is quarantined whole (only its first 64 KiB kept).
     max_record_bytes: int = Field(default=4 * 2**20, ge=1024, le=15 * 2**20)
