@@ -151,10 +151,8 @@ class Lake:
                 writer that resumes can ask :meth:`transaction_version` what it already committed. The append
                 is skipped (and the current version returned) when ``app_id`` already committed ``version``.
         """
-        if txn is not None:
-            done = self.transaction_version(zone, table, txn[0])
-            if done is not None and done >= txn[1]:
-                return self.version(zone, table)
+        if txn is not None and self.committed(zone, table, txn):
+            return self.version(zone, table)
         return self._write(zone, table, data, mode="append", commit=commit, evolve_schema=evolve_schema, txn=txn)
 
     def transaction_version(self, zone: Zone | str, table: str, app_id: str) -> int | None:
@@ -164,6 +162,11 @@ class Lake:
         committed version itself when the append is attempted.
         """
         return self._engine.transaction_version(self.uri(zone, table), app_id)
+
+    def committed(self, zone: Zone | str, table: str, txn: tuple[str, int]) -> bool:
+        """True when ``txn``'s app id has already committed its version (or a later one) to the table."""
+        done = self.transaction_version(zone, table, txn[0])
+        return done is not None and done >= txn[1]
 
     def overwrite(self, zone: Zone | str, table: str, data: Any, *, commit: CommitInfo | None = None,
                   where: str | None = None, evolve_schema: bool = False) -> int:

@@ -209,10 +209,8 @@ class ProtectedLake:
         ``txn`` makes the append idempotent as in :meth:`Lake.append`; a version ``txn``'s app id already
         committed is neither sealed nor written again.
         """
-        if txn is not None:
-            done = self.lake.transaction_version(zone, table, txn[0])
-            if done is not None and done >= txn[1]:
-                return self.lake.version(zone, table)
+        if txn is not None and self.lake.committed(zone, table, txn):
+            return self.lake.version(zone, table)
         sealed, info = self._prepare(zone, table, data, protection, commit)
         version = self.lake.append(zone, table, sealed, commit=info, txn=txn)
         self._audit_write(zone, table, protection, sealed.num_rows, info, version=version, operation="append")
