@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-__all__ = ["PAYLOAD_KEEP_BYTES", "Rejected", "SourceChunk", "TableRows", "decode_line", "iter_lines", "lossy"]
+__all__ = ["PAYLOAD_KEEP_BYTES", "Chunker", "Rejected", "SourceChunk", "TableRows", "decode_line", "iter_lines",
+           "lossy"]
 
 # How much of an over-long line is kept as the quarantined payload (the rest is skipped, not buffered).
 PAYLOAD_KEEP_BYTES = 64 * 1024
@@ -73,6 +74,36 @@ class SourceChunk:
     @property
     def size(self) -> int:
         return sum(len(t.rows) for t in self.tables.values()) + len(self.rejected)
+
+
+class Chunker:
+    """Cuts a reader's records into chunks: the reader fills :attr:`chunk`, and takes each chunk that is done.
+
+    ``per_record`` names the table whose ``units`` are the records themselves (a tabular line, a note file);
+    readers whose units are bundles or messages count them into ``chunk.units`` as they go instead.
+    """
+
+    def __init__(self, chunk_rows: int, *, per_record: str | None = None) -> None:
+        self.chunk = SourceChunk(0)
+        self._rows = chunk_rows
+        self._per_record = per_record
+
+    def full(self) -> Iterator[SourceChunk]:
+        """The current chunk once it holds ``chunk_rows`` records (none before); the next one is started."""
+        if self.chunk.size >= self._rows:
+            yield self._close()
+
+    def rest(self) -> Iterator[SourceChunk]:
+        """The last, partly filled chunk, if it holds anything."""
+        if self.chunk.size or self.chunk.units:
+            yield self._close()
+
+    def _close(self) -> SourceChunk:
+        done = self.chunk
+        if self._per_record is not None:
+            done.units[self._per_record] = done.size
+        self.chunk = SourceChunk(done.index + 1)
+        return done
 
 
 def iter_lines(handle: IO[bytes], max_bytes: int, *, separator: bytes = b"\n") -> Iterator[tuple[int, bytes, bool]]:

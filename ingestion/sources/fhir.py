@@ -19,7 +19,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from ingestion.sources._base import Rejected, SourceChunk, decode_line, iter_lines, lossy
+from ingestion.sources._base import Chunker, Rejected, SourceChunk, decode_line, iter_lines, lossy
 
 __all__ = ["BUNDLES", "read_fhir"]
 
@@ -46,7 +46,7 @@ def read_fhir(path: Path, *, chunk_rows: int, max_record_bytes: int) -> Iterator
     """Chunks of flattened records from the bundles under ``path`` (about ``chunk_rows`` records each)."""
     from fhir.resources.R4B import get_fhir_model_class
 
-    chunk = SourceChunk(0)
+    chunks = Chunker(chunk_rows)
     for file in fhir_files(path):
         label = file.name
         with file.open("rb") as handle:
@@ -54,13 +54,11 @@ def read_fhir(path: Path, *, chunk_rows: int, max_record_bytes: int) -> Iterator
                 if not raw.strip():
                     continue
                 position = f"{label} line {number}"
+                chunk = chunks.chunk
                 chunk.units[BUNDLES] = chunk.units.get(BUNDLES, 0) + 1
                 _bundle(chunk, raw, too_long, position, max_record_bytes, get_fhir_model_class)
-                if chunk.size >= chunk_rows:
-                    yield chunk
-                    chunk = SourceChunk(chunk.index + 1)
-    if chunk.size or chunk.units:
-        yield chunk
+                yield from chunks.full()
+    yield from chunks.rest()
 
 
 def _bundle(chunk: SourceChunk, raw: bytes, too_long: bool, position: str, max_bytes: int, model_class) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ingestion.sources._base import Rejected, SourceChunk, decode_line, iter_lines, lossy
+from ingestion.sources._base import Chunker, Rejected, SourceChunk, decode_line, iter_lines, lossy
 
 __all__ = ["MESSAGES", "read_hl7"]
 
@@ -42,7 +42,7 @@ def read_hl7(path: Path, *, chunk_rows: int, max_record_bytes: int) -> Iterator[
     """Chunks of mapped records from the messages under ``path``."""
     import hl7
 
-    chunk = SourceChunk(0)
+    chunks = Chunker(chunk_rows)
     index = 0
     for file in hl7_files(path):
         with file.open("rb") as handle:
@@ -50,14 +50,12 @@ def read_hl7(path: Path, *, chunk_rows: int, max_record_bytes: int) -> Iterator[
                 if not raw.strip(b"\r\n\x0b\x1c "):
                     continue
                 index += 1
+                chunk = chunks.chunk
                 chunk.units[MESSAGES] = chunk.units.get(MESSAGES, 0) + 1
                 position = f"message {index} ({file.name} line {number})"
                 _message(chunk, raw, too_long, position, max_record_bytes, hl7)
-                if chunk.size >= chunk_rows:
-                    yield chunk
-                    chunk = SourceChunk(chunk.index + 1)
-    if chunk.size or chunk.units:
-        yield chunk
+                yield from chunks.full()
+    yield from chunks.rest()
 
 
 def _reject(chunk: SourceChunk, position: str, rule: str, reason: str, payload: str, **extra: Any) -> None:

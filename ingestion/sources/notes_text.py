@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from ingestion.sources._base import PAYLOAD_KEEP_BYTES, Rejected, SourceChunk, decode_line, lossy
+from ingestion.sources._base import PAYLOAD_KEEP_BYTES, Chunker, Rejected, SourceChunk, decode_line, lossy
 
 __all__ = ["note_files", "read_note_files"]
 
@@ -37,16 +37,11 @@ def note_files(path: Path) -> list[Path]:
 def read_note_files(path: Path, columns: list[str], *, chunk_rows: int,
                     max_record_bytes: int) -> Iterator[SourceChunk]:
     """Chunks of notes, one record per file."""
-    chunk = SourceChunk(0)
+    chunks = Chunker(chunk_rows, per_record=_TABLE)
     for file in note_files(path):
-        _read_one(chunk, file, columns, max_record_bytes)
-        if chunk.size >= chunk_rows:
-            chunk.units[_TABLE] = chunk.size
-            yield chunk
-            chunk = SourceChunk(chunk.index + 1)
-    if chunk.size:
-        chunk.units[_TABLE] = chunk.size
-        yield chunk
+        _read_one(chunks.chunk, file, columns, max_record_bytes)
+        yield from chunks.full()
+    yield from chunks.rest()
 
 
 def _read_one(chunk: SourceChunk, file: Path, columns: list[str], max_bytes: int) -> None:

@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from ingestion.sources._base import Rejected, SourceChunk, decode_line, iter_lines, lossy
+from ingestion.sources._base import Chunker, Rejected, SourceChunk, decode_line, iter_lines, lossy
 
 __all__ = ["read_tabular", "tabular_format"]
 
@@ -64,8 +64,16 @@ class _Lines:
 
     def __init__(self, handle, max_bytes: int) -> None:
         self._lines = iter_lines(handle, max_bytes)
+        self._max_bytes = max_bytes
         self.current = 0
         self.bad: list[tuple[int, str, bytes, bool]] = []
+
+    def take_bad(self, table: str) -> list[Rejected]:
+        """The lines skipped since the last call, as rejected records."""
+        taken = [_bad_line(table, number, rule, raw, too_long, self._max_bytes)
+                 for number, rule, raw, too_long in self.bad]
+        self.bad.clear()
+        return taken
 
     def __iter__(self) -> _Lines:
         return self
@@ -89,7 +97,7 @@ def _read_csv(path: Path, table: str, columns: list[str], chunk_rows: int, max_b
     with path.open("rb") as handle:
         lines = _Lines(handle, max_bytes)
         reader = csv.reader(lines, strict=True)
-        chunk = SourceChunk(0)
+        chunks = Chunker(chunk_rows, per_record=table)
         header_error = None
         header: list[str] = []
         try:
@@ -101,27 +109,23 @@ def _read_csv(path: Path, table: str, columns: list[str], chunk_rows: int, max_b
             header_error = None
         except csv.Error as exc:
             header_error = f"the header is not readable CSV ({exc})"
-        for number, rule, raw, too_long in lines.bad:  # a header line that could not even be decoded
-            chunk.rejected.append(_bad_line(table, number, rule, raw, too_long, max_bytes))
+        unreadable = lines.take_bad(table)  # a header line that could not even be decoded
+        chunks.chunk.rejected.extend(unreadable)
+        if unreadable:
             header_error = header_error or "the header line is unreadable"
-        lines.bad.clear()
         while True:
+            chunk = chunks.chunk
             start = lines.current + 1
             try:
                 fields = next(reader)
             except StopIteration:
-                fields = None
-                for number, rule, raw, too_long in lines.bad:
-                    chunk.rejected.append(_bad_line(table, number, rule, raw, too_long, max_bytes))
-                lines.bad.clear()
+                chunk.rejected.extend(lines.take_bad(table))
                 break
             except csv.Error as exc:
                 chunk.rejected.append(Rejected(table, f"line {lines.current}", "record:parse",
                                                f"line {lines.current} is not readable CSV: {exc}", ""))
                 fields = None
-            for number, rule, raw, too_long in lines.bad:
-                chunk.rejected.append(_bad_line(table, number, rule, raw, too_long, max_bytes))
-            lines.bad.clear()
+            chunk.rejected.extend(lines.take_bad(table))
             if fields is not None and fields:
                 start = max(start, lines.current - _extra_lines(fields))
                 position = f"line {start}"
@@ -136,13 +140,8 @@ def _read_csv(path: Path, table: str, columns: list[str], chunk_rows: int, max_b
                 else:
                     chunk.rows(table).add({h: (v if v != "" else None) for h, v in zip(header, fields, strict=True)},
                                           position)
-            if chunk.size >= chunk_rows:
-                chunk.units[table] = chunk.size
-                yield chunk
-                chunk = SourceChunk(chunk.index + 1)
-        if chunk.size:
-            chunk.units[table] = chunk.size
-            yield chunk
+            yield from chunks.full()
+        yield from chunks.rest()
 
 
 def _extra_lines(fields: list[str]) -> int:
@@ -163,25 +162,20 @@ def _bad_line(table: str, number: int, rule: str, raw: bytes, too_long: bool, ma
 
 
 def _read_jsonl(path: Path, table: str, columns: list[str], chunk_rows: int, max_bytes: int) -> Iterator[SourceChunk]:
-    chunk = SourceChunk(0)
+    chunks = Chunker(chunk_rows, per_record=table)
     with path.open("rb") as handle:
         for number, raw, too_long in iter_lines(handle, max_bytes):
             position = f"line {number}"
             if too_long:
-                chunk.rejected.append(_bad_line(table, number, "record:size", raw, True, max_bytes))
+                chunks.chunk.rejected.append(_bad_line(table, number, "record:size", raw, True, max_bytes))
             elif raw.strip():
                 text, problem = decode_line(raw)
                 if problem:
-                    chunk.rejected.append(_bad_line(table, number, "record:encoding", raw, False, max_bytes))
+                    chunks.chunk.rejected.append(_bad_line(table, number, "record:encoding", raw, False, max_bytes))
                 else:
-                    _json_record(chunk, table, columns, text, position)
-            if chunk.size >= chunk_rows:
-                chunk.units[table] = chunk.size
-                yield chunk
-                chunk = SourceChunk(chunk.index + 1)
-    if chunk.size:
-        chunk.units[table] = chunk.size
-        yield chunk
+                    _json_record(chunks.chunk, table, columns, text, position)
+            yield from chunks.full()
+    yield from chunks.rest()
 
 
 def _json_record(chunk: SourceChunk, table: str, columns: list[str], text: str, position: str) -> None:
