@@ -30,6 +30,11 @@ def _props(metadata: dict[str, str], retries: int = _COMMIT_RETRIES,
     return CommitProperties(custom_metadata=metadata, max_commit_retries=retries, app_transactions=transactions)
 
 
+def _committed(table: DeltaTable, txn: tuple[str, int] | None) -> bool:
+    done = table.transaction_version(txn[0]) if txn is not None else None
+    return done is not None and done >= txn[1]  # type: ignore[index]
+
+
 def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -66,6 +71,8 @@ class DeltaRsEngine:
             schema_mode = "overwrite"
         for attempt in range(_CREATE_ATTEMPTS):
             table = self._table(uri) if self.exists(uri) else None
+            if table is not None and _committed(table, txn):  # an earlier run, or a creation race's winner
+                return table.version()
             try:
                 if table is None:
                     # Creating: mode "error" makes the loser of a race for version 0 fail (and retry below
@@ -90,6 +97,13 @@ class DeltaRsEngine:
                 )
                 return table.version()
             except DeltaError as exc:
+                if txn is not None and self.exists(uri):
+                    # Delta refuses a commit when a concurrent one carried the same app id, and a creator can
+                    # lose the race for version 0: if the other writer committed this very txn, its rows are
+                    # there once, and this append has happened.
+                    current = self._table(uri)
+                    if _committed(current, txn):
+                        return current.version()
                 # Only a lost race to create the table is worth another try at this level; a stream that
                 # has been read cannot be written again.
                 lost_race = table is None and (isinstance(exc, CommitFailedError) or self.exists(uri))

@@ -149,10 +149,10 @@ class Lake:
             evolve_schema: allow new columns (existing rows read them as null).
             txn: ``(app_id, version)``, recorded in the same commit as a Delta transaction identifier, so a
                 writer that resumes can ask :meth:`transaction_version` what it already committed. The append
-                is skipped (and the current version returned) when ``app_id`` already committed ``version``.
+                is skipped (and the current version returned) when ``app_id`` already committed ``version``,
+                by an earlier run or by a concurrent writer of the same txn: each engine checks this on the
+                table snapshot it commits against.
         """
-        if txn is not None and self.committed(zone, table, txn):
-            return self.version(zone, table)
         return self._write(zone, table, data, mode="append", commit=commit, evolve_schema=evolve_schema, txn=txn)
 
     def transaction_version(self, zone: Zone | str, table: str, app_id: str) -> int | None:

@@ -122,6 +122,42 @@ def test_when_an_append_carries_a_transaction_id_then_a_version_already_committe
     assert _ids(lake.read_arrow("raw", "patients")) == [1, 2, 3, 4]
 
 
+def test_when_another_run_commits_the_same_txn_after_this_one_read_the_table_then_its_rows_are_there_once(
+        lake: Lake, monkeypatch: pytest.MonkeyPatch) -> None:
+    lake.append("raw", "patients", _patients([1]))
+    engine = type(lake._engine)
+    real_table = engine._table
+
+    def read_then_lose_the_race(self, uri: str, version: int | None = None):
+        snapshot = real_table(self, uri, version)
+        monkeypatch.setattr(engine, "_table", real_table)
+        Lake(lake.settings).append("raw", "patients", _patients([2]), txn=("batch-1", 0))  # the other run
+        return snapshot
+
+    monkeypatch.setattr(engine, "_table", read_then_lose_the_race)
+    version = lake.append("raw", "patients", _patients([2]), txn=("batch-1", 0))
+
+    assert _ids(lake.read_arrow("raw", "patients")) == [1, 2]
+    assert version == lake.version("raw", "patients")
+
+
+def test_when_two_runs_of_the_same_txn_race_to_create_a_table_then_its_rows_are_there_once(
+        lake: Lake, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = type(lake._engine)
+    real_exists = engine.exists
+
+    def not_yet_then_created_by_the_other(self, uri: str) -> bool:
+        monkeypatch.setattr(engine, "exists", real_exists)
+        Lake(lake.settings).append("raw", "patients", _patients([1, 2]), txn=("batch-1", 0))  # the other run
+        return False
+
+    monkeypatch.setattr(engine, "exists", not_yet_then_created_by_the_other)
+    lake.append("raw", "patients", _patients([1, 2]), txn=("batch-1", 0))
+
+    assert _ids(lake.read_arrow("raw", "patients")) == [1, 2]
+    assert lake.transaction_version("raw", "patients", "batch-1") == 0
+
+
 def test_when_columns_and_where_are_given_then_only_those_are_read(lake: Lake) -> None:
     lake.append("raw", "patients", _patients(range(1, 7)))
 
