@@ -289,7 +289,7 @@ class LocalKeyring:
         result: list[int] = []
 
         def add_version(state: dict[str, Any]) -> None:
-            entry = self._entry_in(state, key_name)
+            entry = self._entry_copy(state, key_name)
             version = int(entry["latest"]) + 1
             entry["versions"][str(version)] = self._seal_kek(key_name, version, secrets.token_bytes(KEY_SIZE))
             entry["latest"] = version
@@ -318,7 +318,7 @@ class LocalKeyring:
             raise TypeError("version must be an int")
 
         def set_min(state: dict[str, Any]) -> None:
-            entry = self._entry_in(state, key_name)
+            entry = self._entry_copy(state, key_name)
             if not 1 <= version <= int(entry["latest"]):
                 raise ValueError(f"min_decryption_version of {key_name!r} must be 1 to {entry['latest']}, "
                                  f"got {version}")
@@ -437,6 +437,13 @@ class LocalKeyring:
             raise _NoSuchKey(f"no key named {key_name!r} in keyring {self.path} (`medguard keys init` creates the KEK)")
         return entry
 
+    def _entry_copy(self, state: dict[str, Any], key_name: str) -> dict[str, Any]:
+        # A change edits a copy of the entry in the new state, never the entry the current state shares.
+        entry = dict(self._entry_in(state, key_name))
+        entry["versions"] = dict(entry["versions"])
+        state["keys"][key_name] = entry
+        return entry
+
     def _entry(self, key_name: str) -> dict[str, Any]:
         with self._mutex:
             return self._entry_in(self._fresh(), key_name)
@@ -484,11 +491,16 @@ class LocalKeyring:
         # The keyring is the key provider: a lock it cannot take makes the provider unavailable.
         with self._mutex, exclusive_lock(self._lock_path, timeout=LOCK_TIMEOUT_SECONDS,
                                          error=KeyProviderUnavailableError):
-            self._load()  # the latest state on disk, read under the lock
-            state = json.loads(json.dumps(self._state))
+            # The latest state on disk, read under the lock (re-parsed only when another process rewrote it).
+            # With a patient KEK per patient the file grows to ~100 MB per million patients, so a change
+            # copies only the mapping of keys (``change`` replaces, never edits, the entries it alters), the
+            # file is written with the C JSON encoder (no indent), and what was written becomes the state.
+            current = self._fresh()
+            state = {**current, "keys": dict(current["keys"])}
             change(state)
-            _atomic_write(self.path, json.dumps(state, indent=1, sort_keys=True).encode())
-            self._load()
+            _atomic_write(self.path, json.dumps(state, sort_keys=True, separators=(",", ":")).encode())
+            info = os.stat(self.path)
+            self._state, self._identity = state, (info.st_ino, info.st_mtime_ns, info.st_size, info.st_mode)
 
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
