@@ -3,7 +3,8 @@
 Both sides read the same generated Parquet extracts. The baseline appends each table to a Delta table as is:
 no validation, no encryption, no pseudonyms. The measured side is ``ingestion.ingest`` with the shipped
 contracts (Great Expectations on every chunk, quarantine, PHI sealed per patient with a local keyring,
-content-hash merge into raw). Figures are rows/s and the ratio of the two, measured in the same run.
+appends into raw that a resumed batch skips by Delta transaction id). Figures are rows/s and the ratio of the
+two, measured in the same run; each table's time goes to stderr as it finishes, so a long run shows progress.
 
     python bench/ingest_bench.py --patients 2000
     python bench/run.py --only ingest --ingest-patients 2000
@@ -19,6 +20,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+def progress(what: str, rows: int, begun: float) -> None:
+    """Say on stderr how long one table took, so that a run of an hour shows where it is."""
+    took = time.perf_counter() - begun
+    print(f"  {what}: {rows:,} rows in {took:,.1f} s ({rows / took:,.0f} rows/s)", file=sys.stderr, flush=True)
+
 
 TABLES = ("patients", "encounters", "observations", "conditions", "medications", "outcomes")
 
@@ -48,9 +55,11 @@ def ingest_figures(patients: int, *, inline: bool = False) -> Iterator[tuple[str
         plain = Lake(settings.model_copy(update={"lake_root": str(root / "plain")}))
         started = time.perf_counter()
         for table in TABLES:
+            begun = time.perf_counter()
             source = pq.ParquetFile(root / "src" / f"{table}.parquet")
             plain.append("raw", table, pa.RecordBatchReader.from_batches(source.schema_arrow,
                                                                          source.iter_batches(1 << 20)))
+            progress(f"plain/{table}", source.metadata.num_rows, begun)
         baseline = time.perf_counter() - started
 
         ring = LocalKeyring.init(root / "keyring.json", LocalKeyring.generate_master_key())
@@ -66,9 +75,11 @@ def ingest_figures(patients: int, *, inline: bool = False) -> Iterator[tuple[str
             started = time.perf_counter()
             quarantined = 0
             for table in TABLES:
+                begun = time.perf_counter()
                 report = ingest(chosen, source="tabular", path=root / "src" / f"{table}.parquet", table=table,
                                 plake=plake, docs=False)
                 quarantined += report.tables[table].quarantined
+                progress(f"{lake}/{table}", report.tables[table].rows_in, begun)
             return time.perf_counter() - started, quarantined
 
         measured, quarantined = measure(settings.ingestion.workers, "lake")
