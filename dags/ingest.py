@@ -2,8 +2,9 @@
 
 Each task is one call into ``ingestion.batch.ingest_extract`` with the stages it owns: ``validate`` writes
 nothing (it checks every record against its contract and builds the Data Docs), ``quarantine`` writes the
-rejected records, ``load`` merges the accepted rows into ``raw`` and records the batch in the ledger. Batch ids
-are deterministic and every write is a merge on content keys, so Airflow retries are safe. The load tasks
+rejected records, ``load`` appends the accepted rows to ``raw`` and records the batch in the ledger. Batch ids
+are deterministic and every chunk is appended with a Delta transaction id that a retry skips once committed
+(and a finished batch is replayed from the ledger), so Airflow retries are safe. The load tasks
 emit one Asset per raw table (``medguard://raw/<table>``) for data-aware downstream DAGs.
 """
 

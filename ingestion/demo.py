@@ -12,8 +12,8 @@ from pipeline.settings import Settings
 def step(settings: Settings, report: DemoReport) -> dict[str, Any]:
     """Ingest every source of the demo extract; returns per-table counts and the raw zone's row counts.
 
-    Tabular tables are ingested from each of their formats; the records are the same, so the content-hash
-    merge stores them once (the second and third formats add no rows).
+    Tabular tables are ingested from each of their formats, each a batch of its own: ``raw`` is append-only and
+    keeps a record once per batch under the same ``_record_hash``; de-identification publishes it once.
     """
     from ingestion.batch import PRINCIPAL, ingest_extract
     from pipeline.lake import Lake
