@@ -115,9 +115,17 @@ class DeltaSparkEngine:
         return int(self._delta(uri).history(1).collect()[0]["version"])
 
     def transaction_version(self, uri: str, app_id: str) -> int | None:
-        # Delta Spark has no public reader for transaction ids; it skips an already-committed txnVersion
-        # itself when the write is attempted, so "unknown" is safe here.
-        return None
+        # Delta Spark has no public reader for transaction ids, but they are plain `txn` actions in the
+        # table's log, which delta-rs reads (from the same storage, with the environment's credentials).
+        # Where it cannot, "unknown" is still safe: Spark skips an already committed txnVersion itself when
+        # the write is attempted; only the work of preparing it again is lost.
+        from deltalake import DeltaTable as LogReader
+        from deltalake.exceptions import DeltaError
+
+        try:
+            return LogReader(uri).transaction_version(app_id)
+        except (DeltaError, OSError):
+            return None
 
     def history(self, uri: str, limit: int | None = None) -> list[dict[str, Any]]:
         rows = self._delta(uri).history(limit).collect() if limit else self._delta(uri).history().collect()

@@ -158,8 +158,9 @@ class Lake:
     def transaction_version(self, zone: Zone | str, table: str, app_id: str) -> int | None:
         """The highest version ``app_id`` committed to the table through ``append(txn=...)``; None if none.
 
-        The Spark engine cannot read transaction ids and answers None; Delta Spark then skips an already
-        committed version itself when the append is attempted.
+        The Spark engine reads them from the table's log through delta-rs; where that storage is out of
+        delta-rs's reach it answers None, and Delta Spark still skips an already committed version itself when
+        the append is attempted.
         """
         return self._engine.transaction_version(self.uri(zone, table), app_id)
 

@@ -122,6 +122,19 @@ def test_when_an_append_carries_a_transaction_id_then_a_version_already_committe
     assert _ids(lake.read_arrow("raw", "patients")) == [1, 2, 3, 4]
 
 
+def test_when_the_spark_engine_is_asked_for_a_transaction_version_then_it_reads_the_tables_log(lake: Lake) -> None:
+    from pipeline._delta_spark import DeltaSparkEngine
+
+    engine = DeltaSparkEngine(spark=None)  # type: ignore[arg-type]  # reading the log needs no session
+    lake.append("raw", "patients", _patients([1, 2]), txn=("batch-1", 0))
+    lake.append("raw", "patients", _patients([3]), txn=("batch-1", 1))
+    uri = lake.uri("raw", "patients")
+
+    assert engine.transaction_version(uri, "batch-1") == 1
+    assert engine.transaction_version(uri, "batch-2") is None
+    assert engine.transaction_version(lake.uri("raw", "absent"), "batch-1") is None  # unknown is safe: None
+
+
 def test_when_another_run_commits_the_same_txn_after_this_one_read_the_table_then_its_rows_are_there_once(
         lake: Lake, monkeypatch: pytest.MonkeyPatch) -> None:
     lake.append("raw", "patients", _patients([1]))
