@@ -103,6 +103,19 @@ def test_when_data_key_is_generated_then_wrapped_names_the_version_and_unwraps(k
     assert keyring.generate_data_key(KEK).plaintext != key.plaintext
 
 
+def test_when_more_keks_are_used_than_the_cache_holds_then_memory_stays_bounded_and_every_key_still_unwraps(
+        keyring: LocalKeyring, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("storage_security.keyring._MAX_CACHED_KEKS", 3)
+    names = [f"patient-{i}" for i in range(8)]
+    keyring.ensure_keys(names)
+    keys = {name: keyring.generate_data_key(name) for name in names}  # a KEK per patient, as ingestion uses
+
+    assert len(keyring._keks) <= 3
+    for name, key in keys.items():  # the evicted ones are unwrapped again from the file
+        assert keyring.unwrap(name, key.wrapped) == key.plaintext
+    assert len(keyring._keks) <= 3
+
+
 def _tamper(wrapped: str, position: int) -> str:
     prefix, _, body = wrapped.rpartition(":")
     raw = bytearray(base64.b64decode(body))
