@@ -116,15 +116,14 @@ class DeltaSparkEngine:
 
     def transaction_version(self, uri: str, app_id: str) -> int | None:
         # Delta Spark has no public reader for transaction ids, but they are plain `txn` actions in the
-        # table's log, which delta-rs reads (from the same storage, with the environment's credentials).
-        # Where it cannot, "unknown" is still safe: Spark skips an already committed txnVersion itself when
-        # the write is attempted; only the work of preparing it again is lost.
-        from deltalake import DeltaTable as LogReader
-        from deltalake.exceptions import DeltaError
+        # table's log, which the delta-rs engine reads (from the same storage, with the environment's
+        # credentials). Where it cannot, "unknown" is still safe: Spark skips an already committed txnVersion
+        # itself when the write is attempted; only the work of preparing it again is lost.
+        from pipeline._delta_rs import DeltaRsEngine
 
         try:
-            return LogReader(uri).transaction_version(app_id)
-        except (DeltaError, OSError):
+            return DeltaRsEngine().transaction_version(uri, app_id)
+        except (StorageError, OSError):
             return None
 
     def history(self, uri: str, limit: int | None = None) -> list[dict[str, Any]]:
