@@ -69,8 +69,8 @@ def _store(settings: Settings) -> PrincipalStore:
 
 def _record_admin(settings: Settings, operator: str, operation: str, details: dict[str, object]) -> None:
     from pipeline.lake import Lake
-    from storage_security.audit import AuditAction, AuditEvent, AuditLog, Decision
-    from storage_security.providers import provider_from_settings
+    from storage_security.audit.log import AuditAction, AuditEvent, AuditLog, Decision
+    from storage_security.keys.providers import provider_from_settings
 
     AuditLog(Lake(settings), provider_from_settings(settings)).record(AuditEvent(
         principal=f"operator:{operator}", action=AuditAction.POLICY_DECISION, decision=Decision.ALLOW,

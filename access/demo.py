@@ -46,7 +46,7 @@ def step(settings: Settings, report: DemoReport) -> dict[str, Any]:
     """Run the access demo; skips with a note when no raw or de-identified table exists yet."""
     from access.gateway import QueryGateway
     from access.principals import PrincipalStore
-    from storage_security.monitoring import ActivityMonitor
+    from storage_security.audit.monitoring import ActivityMonitor
 
     lake = Lake(settings)
     deidentified, raw = lake.tables(Zone.DEIDENTIFIED), lake.tables(Zone.RAW)

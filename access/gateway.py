@@ -39,11 +39,11 @@ from access.policy import Action, Mask, PolicyDecision, PolicyEngine, policy_fro
 from access.principals import Session
 from pipeline.errors import AccessDeniedError, CryptoError, MedguardError, StorageError
 from pipeline.lake import Lake, Zone
-from storage_security.audit import AuditAction, AuditEvent, AuditLog, Decision
+from storage_security.audit.log import AuditAction, AuditEvent, AuditLog, Decision
 
 if TYPE_CHECKING:
     from pipeline.settings import Settings
-    from storage_security.keys import KeyProvider
+    from storage_security.keys.base import KeyProvider
     from storage_security.protected import ProtectedLake, Protection
 
 __all__ = ["MASKED_VALUE", "QueryGateway", "QueryResult"]
@@ -139,7 +139,7 @@ class QueryGateway:
     @classmethod
     def from_settings(cls, settings: Settings, *, provider: KeyProvider | None = None) -> QueryGateway:
         """A gateway over the lake, key provider and policy of ``settings``."""
-        from storage_security.providers import provider_from_settings
+        from storage_security.keys.providers import provider_from_settings
 
         lake = Lake(settings)
         provider = provider or provider_from_settings(settings)
@@ -247,7 +247,7 @@ class QueryGateway:
 
     def _alert_break_glass(self, glass: Sequence[tuple[int, AuditEvent]]) -> None:
         # Break glass must alert now, not at the next hourly monitor run.
-        from storage_security.monitoring import ActivityMonitor, break_glass_alert
+        from storage_security.audit.monitoring import ActivityMonitor, break_glass_alert
 
         now = datetime.now(UTC)
         ActivityMonitor(self.lake, self.audit).store([break_glass_alert(seq, event, now) for seq, event in glass])
@@ -515,7 +515,7 @@ def _published_classes(lake: Lake) -> Callable[[Zone, str], Mapping[str, str] | 
         if zone is not Zone.DEIDENTIFIED:
             return None
         try:
-            from storage_security.deidentify import published_report
+            from storage_security.deid.deidentify import published_report
         except ImportError:
             return None
         try:

@@ -42,7 +42,7 @@ from pipeline.lake import Zone
 
 if TYPE_CHECKING:
     from pipeline.settings import Settings
-    from storage_security.audit import AuditEvent, AuditLog
+    from storage_security.audit.log import AuditEvent, AuditLog
 
 __all__ = ["Action", "ColumnClass", "Mask", "Policy", "PolicyDecision", "PolicyEngine", "load_policy"]
 
@@ -265,7 +265,7 @@ class PolicyDecision:
     def audit_event(self, *, details: Mapping[str, Any] | None = None,
                     break_glass_reason: str | None = None) -> AuditEvent:
         """This decision as an audit event (no PHI: names, masks, rule ids)."""
-        from storage_security.audit import AuditAction, AuditEvent, Decision
+        from storage_security.audit.log import AuditAction, AuditEvent, Decision
 
         facts: dict[str, Any] = {"requested_action": self.action.value, "policy_version": self.policy_version,
                                  "rules": list(self.rules), "row_filters": list(self.row_filters),

@@ -1,7 +1,7 @@
 """The guard between the deidentified zone and a feature set: only classified, non-identifying columns pass.
 
 De-identification publishes, per table, a column classification (``direct_identifier``, ``quasi_identifier``,
-``sensitive``, ``non_sensitive``) through ``storage_security.deidentify.published_report``. A feature may come
+``sensitive``, ``non_sensitive``) through ``storage_security.deid.deidentify.published_report``. A feature may come
 only from a column classified as something other than a direct identifier. A table without a published
 classification, or a column missing from it, is refused: when in doubt, nothing enters a model.
 """
@@ -28,7 +28,7 @@ def published_classifier(lake: Lake) -> Classifier:
 
     def classes(table: str) -> Mapping[str, str]:
         try:
-            from storage_security.deidentify import published_report  # type: ignore[import-not-found]
+            from storage_security.deid.deidentify import published_report  # type: ignore[import-not-found]
         except ImportError as exc:
             raise ValidationError(
                 f"no column classification for deidentified/{table}: de-identification is not available, so "

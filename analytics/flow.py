@@ -289,7 +289,7 @@ def train_pipeline(settings: Settings, table: str, label: str, *, config_path: s
 
 
 def _provider(settings: Settings) -> Any:
-    from storage_security.providers import provider_from_settings
+    from storage_security.keys.providers import provider_from_settings
 
     return provider_from_settings(settings)
 

@@ -215,7 +215,7 @@ class ModelRegistry:
         return manifest, booster, bundle
 
     def _audit(self, decision: str, model_version: str, reason: str) -> None:
-        from storage_security.audit import AuditAction, AuditEvent, AuditLog
+        from storage_security.audit.log import AuditAction, AuditEvent, AuditLog
 
         lake = self._lake or Lake(self.settings)
         AuditLog(lake, self._provider).record(AuditEvent(

@@ -23,8 +23,8 @@ from access.policy import PolicyEngine, load_policy
 from access.principals import Principal, PrincipalStore, Role
 from pipeline.lake import CommitInfo, Lake
 from pipeline.settings import load_settings
-from storage_security.audit import AuditLog
-from storage_security.keyring import LocalKeyring
+from storage_security.audit.log import AuditLog
+from storage_security.keys.keyring import LocalKeyring
 
 QUERY = ("SELECT age_band, sex, count(*) AS n, count(DISTINCT zip3) AS zips, avg(value) AS mean "
          "FROM deidentified.observations WHERE value > 10 GROUP BY age_band, sex ORDER BY age_band, sex")

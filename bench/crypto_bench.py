@@ -20,11 +20,11 @@ from typing import Any
 import pyarrow as pa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from storage_security import _aead
-from storage_security.dek_store import DekStore
-from storage_security.envelope import CellCipher, _aad_prefix, _context
-from storage_security.keyring import LocalKeyring
-from storage_security.keys import DataKey
+from storage_security.crypto import _aead
+from storage_security.crypto.envelope import CellCipher, _aad_prefix, _context
+from storage_security.keys.base import DataKey
+from storage_security.keys.dek_store import DekStore
+from storage_security.keys.keyring import LocalKeyring
 
 _BATCH = 100_000  # cells per encrypt_column call: one Arrow record batch
 _TABLE, _COLUMN = "encounters", "patient_name"

@@ -28,7 +28,7 @@ class _Vanilla:
     def __init__(self) -> None:
         from presidio_anonymizer import AnonymizerEngine
 
-        from storage_security.phi_detection import build_analyzer
+        from storage_security.deid.detection import build_analyzer
 
         self.analyzer, self.anonymizer = build_analyzer("vanilla"), AnonymizerEngine()
         self.analyzer.analyze(text="warm-up", language="en")  # model load is not per-note work
@@ -46,12 +46,12 @@ def deid_figures(notes: int = 200, *, processes: int = 2, rounds: int = 3) -> It
     from pipeline.lake import Lake
     from pipeline.settings import load_settings
     from pipeline.synthetic import generate
-    from storage_security.deidentify import Deidentifier
-    from storage_security.keyring import LocalKeyring
-    from storage_security.masking import NoteMasker
-    from storage_security.masking_operators import MaskingKeys
-    from storage_security.phi_detection import DetectorPool, PhiDetector
-    from storage_security.phi_evaluation import load_labelled_notes
+    from storage_security.deid.deidentify import Deidentifier
+    from storage_security.deid.detection import DetectorPool, PhiDetector
+    from storage_security.deid.evaluation import load_labelled_notes
+    from storage_security.deid.masking import NoteMasker
+    from storage_security.deid.operators import MaskingKeys
+    from storage_security.keys.keyring import LocalKeyring
     from storage_security.protected import ProtectedLake
 
     with tempfile.TemporaryDirectory(prefix="medguard-deid-bench-") as tmp:

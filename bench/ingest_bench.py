@@ -43,7 +43,7 @@ def ingest_figures(patients: int, *, inline: bool = False) -> Iterator[tuple[str
     from pipeline.lake import Lake
     from pipeline.settings import load_settings
     from pipeline.synthetic import generate
-    from storage_security.keyring import LocalKeyring
+    from storage_security.keys.keyring import LocalKeyring
     from storage_security.protected import ProtectedLake
 
     with tempfile.TemporaryDirectory(prefix="medguard-ingest-bench-") as tmp:

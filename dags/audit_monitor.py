@@ -1,6 +1,6 @@
 """Hourly: verify the audit hash chain, then run the activity detectors (alerts go to ``audit/alerts``).
 
-Two tasks, each one call into ``storage_security.monitoring``. The detectors run only after the chain
+Two tasks, each one call into ``storage_security.audit.monitoring``. The detectors run only after the chain
 verifies: alerts computed from a tampered log would be worthless, and the failed run is itself the alarm.
 """
 
@@ -24,14 +24,14 @@ def medguard_audit_monitor() -> None:
     @task(task_id="verify_chain")
     def verify_chain() -> dict[str, Any]:
         from pipeline.settings import get_settings
-        from storage_security.monitoring import verify_chain
+        from storage_security.audit.monitoring import verify_chain
 
         return verify_chain(get_settings())
 
     @task(task_id="run_detectors")
     def run_detectors() -> dict[str, Any]:
         from pipeline.settings import get_settings
-        from storage_security.monitoring import run_detectors
+        from storage_security.audit.monitoring import run_detectors
 
         return run_detectors(get_settings())
 

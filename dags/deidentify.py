@@ -1,7 +1,7 @@
 """De-identify the raw zone into ``deidentified`` whenever ingestion updates a raw table.
 
 Scheduled on the raw-zone Assets that ingestion emits (``medguard://raw/<table>``): any of them updated starts a
-run, which publishes every raw table (one task, one call into ``storage_security.deidentify``) and emits the
+run, which publishes every raw table (one task, one call into ``storage_security.deid.deidentify``) and emits the
 matching ``medguard://deidentified/<table>`` Assets for the layers downstream (training, the query gateway).
 """
 
@@ -28,7 +28,7 @@ DEIDENTIFIED = [Asset(f"medguard://deidentified/{t}") for t in TABLES]
 def medguard_deidentify() -> None:
     @task(task_id="publish", outlets=DEIDENTIFIED)
     def publish(run_id: str | None = None) -> dict[str, Any]:
-        from storage_security.deidentify import publish_raw_zone_or_fail
+        from storage_security.deid.deidentify import publish_raw_zone_or_fail
 
         return publish_raw_zone_or_fail(dag_run=run_id)
 

@@ -490,7 +490,7 @@ def _record_ledger(lake: Any, report: BatchReport, commit: CommitInfo) -> None:
 
 
 def _audit(plake: Any, report: BatchReport, commit: CommitInfo) -> None:
-    from storage_security.audit import AuditAction, AuditEvent, Decision
+    from storage_security.audit.log import AuditAction, AuditEvent, Decision
 
     accepted = sum(c.accepted - c.duplicates for n, c in report.tables.items() if n in CONFORMED_TABLES)
     plake.audit.record(AuditEvent(

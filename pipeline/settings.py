@@ -130,7 +130,7 @@ class AccessSettings(_Section):
     max_result_rows: int = Field(default=1_000_000, ge=1)
     query_timeout_seconds: float = Field(default=60.0, gt=0)
     query_memory_limit: str = Field(default="2GB", pattern=r"^[0-9]+(\.[0-9]+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")
-    # Activity monitoring (storage_security.monitoring): working hours are [start, end) in UTC.
+    # Activity monitoring (storage_security.audit.monitoring): working hours are [start, end) in UTC.
     working_hours_start: int = Field(default=7, ge=0, le=23)
     working_hours_end: int = Field(default=19, ge=1, le=24)
     bulk_factor: float = Field(default=10.0, gt=1.0)

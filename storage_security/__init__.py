@@ -1,35 +1,31 @@
-"""Layer 2: PHI detection, masking, key providers, envelope encryption and the tamper-evident audit log.
+"""Layer 2, storage & security: what the other layers import to write, read and audit protected data.
 
-The public surface (``__all__``) is the recipes: protected tables, the cell cipher, pseudonyms, key providers,
-key lifecycle and the audit log. Raw AES-GCM and hvac calls stay in the private ``_`` modules.
+The package is split by job:
+
+- ``keys/``: key providers (Vault/OpenBao Transit through hvac, a local keyring), the DEK store, key lifecycle;
+- ``crypto/``: AES-256-GCM cells under cached data keys, keyed pseudonyms (raw AES-GCM stays in ``_aead``);
+- ``protected.py``: the lake adapter every layer writes PHI through (seal, write, read, decrypt, audit);
+- ``audit/``: the hash-chained audit log and activity monitoring over it;
+- ``deid/``: PHI detection (Presidio recognizers), masking operators, the risk gate, publication;
+- ``local_vault/``: the embedded OpenBao server and its Vault policies.
+
+``__all__`` below is the surface other layers use; the sub-packages' own modules are for this layer, its CLI
+and its tests.
 """
 
-from storage_security.audit import AuditAction, AuditEvent, AuditLog, Decision, VerifyReport
-from storage_security.dek_store import DekStore
-from storage_security.envelope import CellCipher
-from storage_security.keyring import LocalKeyring
-from storage_security.keys import DataKey, KeyProvider, KeyVersions
+from storage_security.audit.log import AuditAction, AuditEvent, AuditLog, Decision
+from storage_security.keys.base import KeyProvider
+from storage_security.keys.providers import provider_from_settings
 from storage_security.protected import ProtectedLake, Protection, ReadResult
-from storage_security.providers import provider_from_settings
-from storage_security.pseudonyms import Pseudonymizer
-from storage_security.vault_transit import VaultTransitKeys
 
 __all__ = [
     "AuditAction",
     "AuditEvent",
     "AuditLog",
-    "CellCipher",
-    "DataKey",
     "Decision",
-    "DekStore",
     "KeyProvider",
-    "KeyVersions",
-    "LocalKeyring",
     "ProtectedLake",
     "Protection",
-    "Pseudonymizer",
     "ReadResult",
-    "VaultTransitKeys",
-    "VerifyReport",
     "provider_from_settings",
 ]

@@ -14,7 +14,7 @@ import typer
 
 if TYPE_CHECKING:
     from pipeline.settings import Settings
-    from storage_security.keys import KeyProvider
+    from storage_security.keys.base import KeyProvider
 
 vault_app = typer.Typer(help="The local OpenBao server of the embedded default (Vault's API).", no_args_is_help=True)
 keys_app = typer.Typer(help="Key lifecycle: init, rotate, re-encrypt, shred, status.", no_args_is_help=True)
@@ -52,7 +52,7 @@ def vault_up(
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")] = False,
 ) -> None:
     """Start the local OpenBao: initialise once, unseal, Transit + KEK, policies, AppRole. Running already is fine."""
-    from storage_security import openbao
+    from storage_security.local_vault import openbao
 
     settings = _settings(ctx)
     result = openbao.up(settings, port=port)
@@ -71,7 +71,7 @@ def vault_down(
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")] = False,
 ) -> None:
     """Stop the local OpenBao; its data stays and the next `vault up` unseals it again."""
-    from storage_security import openbao
+    from storage_security.local_vault import openbao
 
     result = openbao.down(_settings(ctx))
     where = f" at {result['addr']} (pid {result['pid']})" if result["addr"] else ""
@@ -84,7 +84,7 @@ def vault_status(
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")] = False,
 ) -> None:
     """Whether the local OpenBao runs, its address, and whether it is sealed."""
-    from storage_security import openbao
+    from storage_security.local_vault import openbao
 
     settings = _settings(ctx)
     result = openbao.status(settings)
@@ -105,9 +105,9 @@ def audit_verify(
     """Check the audit hash chain and its signed heads; exit non-zero naming the first bad event."""
     from pipeline.errors import AuditIntegrityError
     from pipeline.lake import Lake
-    from storage_security.audit import AuditLog
-    from storage_security.openbao import AUDITOR_ROLE
-    from storage_security.providers import provider_from_settings
+    from storage_security.audit.log import AuditLog
+    from storage_security.keys.providers import provider_from_settings
+    from storage_security.local_vault.openbao import AUDITOR_ROLE
 
     settings = _settings(ctx)
     # Verifying only unwraps the audit signing key: on the local OpenBao, log in with the auditor's AppRole.
@@ -125,7 +125,7 @@ def _keyring_init(settings: Settings) -> tuple[KeyProvider, dict[str, object]]:
     """Open or create the keyring file; a new master key goes to keyring.master_key_file or is shown once."""
     import os
 
-    from storage_security.keyring import (
+    from storage_security.keys.keyring import (
         LocalKeyring,
         encode_master_key,
         master_key_from_settings,
@@ -169,8 +169,8 @@ def keys_init(
     if settings.key_provider == "keyring":
         provider, result = _keyring_init(settings)
     else:
-        from storage_security.openbao import KEY_ROTATION_ROLE
-        from storage_security.providers import provider_from_settings
+        from storage_security.keys.providers import provider_from_settings
+        from storage_security.local_vault.openbao import KEY_ROTATION_ROLE
 
         provider, result = provider_from_settings(settings, role=KEY_ROTATION_ROLE), {"provider": "vault"}
     existed = provider.key_exists(kek)
@@ -178,7 +178,7 @@ def keys_init(
     latest = provider.versions(kek).latest
     if not existed:
         from pipeline.lake import Lake
-        from storage_security.audit import AuditAction, AuditEvent, AuditLog, Decision
+        from storage_security.audit.log import AuditAction, AuditEvent, AuditLog, Decision
 
         AuditLog(Lake(settings), provider).record(AuditEvent(
             principal=_operator(), action=AuditAction.KEY_CREATE, decision=Decision.ALLOW, purpose="key-setup",
@@ -195,7 +195,7 @@ def keys_init(
 
 def _lifecycle_lake(settings: Settings, principal: str):
     """The protected lake as the key-rotation role (on the local OpenBao) for lifecycle commands."""
-    from storage_security.openbao import KEY_ROTATION_ROLE
+    from storage_security.local_vault.openbao import KEY_ROTATION_ROLE
     from storage_security.protected import ProtectedLake
 
     return ProtectedLake.from_settings(settings, principal=principal, role=KEY_ROTATION_ROLE)
@@ -216,8 +216,8 @@ def keys_rotate(
 
     No data is touched. If a rotation was interrupted, running this again finishes it instead of rotating again.
     """
-    from storage_security.audit import DEFAULT_KEY_NAME
-    from storage_security.lifecycle import rotate_keys
+    from storage_security.audit.log import DEFAULT_KEY_NAME
+    from storage_security.keys.lifecycle import rotate_keys
 
     settings = _settings(ctx)
     plake = _lifecycle_lake(settings, _operator())
@@ -237,7 +237,7 @@ def keys_reencrypt(
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")] = False,
 ) -> None:
     """Move a table's cells to fresh DEKs (a new table version) and retire its old DEKs."""
-    from storage_security.lifecycle import reencrypt_table
+    from storage_security.keys.lifecycle import reencrypt_table
 
     zone, _, name = table.rpartition(".")
     settings = _settings(ctx)
@@ -255,7 +255,7 @@ def keys_shred(
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")] = False,
 ) -> None:
     """Crypto-shred a patient: destroy their KEK so no version of any table decrypts their cells. Irreversible."""
-    from storage_security.lifecycle import shred_patient
+    from storage_security.keys.lifecycle import shred_patient
 
     settings = _settings(ctx)
     result = shred_patient(_lifecycle_lake(settings, _operator()), patient, reason=reason)
@@ -270,8 +270,8 @@ def keys_status(
 ) -> None:
     """Key provider health, the KEK's versions, and how many DEKs the lake's DEK store holds (per scope)."""
     from pipeline.errors import KeyProviderUnavailableError
-    from storage_security.dek_store import DekStore
-    from storage_security.providers import provider_from_settings
+    from storage_security.keys.dek_store import DekStore
+    from storage_security.keys.providers import provider_from_settings
 
     settings = _settings(ctx)
     provider = provider_from_settings(settings)
@@ -315,7 +315,7 @@ def audit_alerts(
 ) -> None:
     """List activity alerts (bulk reads, off-hours access, new endpoints, denials, break glass, many facilities)."""
     from pipeline.lake import Lake
-    from storage_security.monitoring import SEVERITIES, ActivityMonitor, Thresholds
+    from storage_security.audit.monitoring import SEVERITIES, ActivityMonitor, Thresholds
 
     settings = _settings(ctx)
     if severity is not None and severity not in SEVERITIES:

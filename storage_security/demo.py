@@ -25,9 +25,9 @@ _SAMPLE = 200
 
 def security_step(settings: Settings, report: DemoReport) -> dict[str, Any]:
     """Start the key provider of the embedded default and create the KEKs; returns what is running."""
-    from storage_security import openbao
-    from storage_security.audit import DEFAULT_KEY_NAME
-    from storage_security.providers import provider_from_settings
+    from storage_security.audit.log import DEFAULT_KEY_NAME
+    from storage_security.keys.providers import provider_from_settings
+    from storage_security.local_vault import openbao
 
     result: dict[str, Any] = {"provider": settings.key_provider}
     if settings.key_provider == "vault" and not settings.vault.addr:
@@ -46,9 +46,9 @@ def verify_step(settings: Settings, report: DemoReport) -> dict[str, Any]:
     from pipeline.demo import DEMO_SOURCES
     from pipeline.errors import AuditIntegrityError
     from pipeline.lake import Lake
-    from storage_security.audit import AuditLog
-    from storage_security.openbao import AUDITOR_ROLE
-    from storage_security.providers import provider_from_settings
+    from storage_security.audit.log import AuditLog
+    from storage_security.keys.providers import provider_from_settings
+    from storage_security.local_vault.openbao import AUDITOR_ROLE
 
     lake = Lake(settings)
     audit = AuditLog(lake, provider_from_settings(settings, role=AUDITOR_ROLE))

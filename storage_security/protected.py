@@ -1,7 +1,7 @@
 """Protected tables: the lake adapter for zones holding PHI — encrypt before writing, decrypt on read, audit both.
 
 Every layer that writes sensitive cells goes through :class:`ProtectedLake`: it seals the columns a
-:class:`Protection` names with the :class:`~storage_security.envelope.CellCipher` *before* anything reaches the
+:class:`Protection` names with the :class:`~storage_security.crypto.envelope.CellCipher` *before* anything reaches the
 lake (so a provider failure writes nothing), records which columns are sealed and their Arrow types in a
 manifest, and appends one audit event per write and per read. Readers ask for plaintext by column; cells of
 crypto-shredded patients come back null (the patient is gone), any other cell that does not decrypt fails the
@@ -30,14 +30,14 @@ import pyarrow.compute as pc
 
 from pipeline._delta_rs import DeltaRsEngine
 from pipeline.lake import CommitInfo, Lake, MergeResult, Zone
-from storage_security.audit import AuditAction, AuditEvent, AuditLog, Decision
-from storage_security.dek_store import DekStore, check_scope_key
-from storage_security.envelope import CellCipher, _with_nulls
-from storage_security.pseudonyms import Pseudonymizer
+from storage_security.audit.log import AuditAction, AuditEvent, AuditLog, Decision
+from storage_security.crypto.envelope import CellCipher, _with_nulls
+from storage_security.crypto.pseudonyms import Pseudonymizer
+from storage_security.keys.dek_store import DekStore, check_scope_key
 
 if TYPE_CHECKING:
     from pipeline.settings import Settings
-    from storage_security.keys import KeyProvider
+    from storage_security.keys.base import KeyProvider
 
 __all__ = ["ProtectedLake", "Protection", "ReadResult"]
 
@@ -139,7 +139,7 @@ class ProtectedLake:
         Args:
             role: for the local OpenBao, the AppRole to log in as (see ``provider_from_settings``).
         """
-        from storage_security.providers import provider_from_settings
+        from storage_security.keys.providers import provider_from_settings
 
         return cls(Lake(settings), provider_from_settings(settings, role=role), principal=principal,
                    kek_name=settings.vault.kek_name)

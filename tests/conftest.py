@@ -32,10 +32,10 @@ for _name in list(os.environ):
         del os.environ[_name]
 
 from pipeline.settings import Settings, get_settings, load_settings  # noqa: E402
-from storage_security._vault import VaultClient  # noqa: E402
-from storage_security.keyring import LocalKeyring  # noqa: E402
-from storage_security.openbao import dev_server, enable_transit  # noqa: E402
-from storage_security.vault_transit import VaultTransitKeys  # noqa: E402
+from storage_security.keys._vault import VaultClient  # noqa: E402
+from storage_security.keys.keyring import LocalKeyring  # noqa: E402
+from storage_security.keys.vault_transit import VaultTransitKeys  # noqa: E402
+from storage_security.local_vault.openbao import dev_server, enable_transit  # noqa: E402
 
 # py4j logs at INFO from finalizers after pytest has closed its capture streams ("Logging error" noise).
 logging.getLogger("py4j").setLevel(logging.WARNING)
@@ -45,7 +45,7 @@ logging.getLogger("py4j").setLevel(logging.WARNING)
 def _no_local_openbao_left_running() -> Iterator[None]:
     """Stop a local OpenBao that a test started in the run's home (``vault up`` via the demo or a command)."""
     yield
-    from storage_security import openbao
+    from storage_security.local_vault import openbao
 
     openbao.down(load_settings())
 
@@ -144,7 +144,7 @@ def keyring_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LocalKeyring
     For code that builds its own settings or runs in a subprocess (``airflow dags test``, the ``medguard``
     command), which inherit ``MEDGUARD_KEY_PROVIDER``, ``MEDGUARD_KEYRING__PATH`` and the master key.
     """
-    from storage_security.keyring import encode_master_key
+    from storage_security.keys.keyring import encode_master_key
 
     master = LocalKeyring.generate_master_key()
     ring = LocalKeyring.init(tmp_path / "keyring.json", master)

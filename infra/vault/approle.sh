@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Production AppRole set-up for medguard (idempotent): write the policies of this folder, enable AppRole and
+# Production AppRole set-up for medguard (idempotent): write the policies (storage_security/local_vault/policies), enable AppRole and
 # create one role per job, each holding only its policies. `medguard vault up` does the same on the local
-# OpenBao (storage_security/openbao.py, ROLES), so the demo authenticates exactly like production.
+# OpenBao (storage_security/local_vault/openbao.py, ROLES), so the demo authenticates exactly like production.
 #
 # Needs VAULT_ADDR and an operator VAULT_TOKEN; run transit.sh first. Works with `vault` and `bao` (VAULT_BIN).
 #   MEDGUARD_VAULT__TRANSIT_MOUNT  (default transit)      substituted for transit/ in the policies
@@ -15,7 +15,8 @@ KEK="${MEDGUARD_VAULT__KEK_NAME:-medguard-kek}"
 CIDRS="${APPROLE_BOUND_CIDRS:-}"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
-for file in "$HERE"/*.hcl; do
+POLICIES="$HERE/../../storage_security/local_vault/policies"
+for file in "$POLICIES"/*.hcl; do
   name="medguard-$(basename "$file" .hcl)"
   sed -e "s#\"transit/#\"${MOUNT}/#g" -e "s#medguard-kek#${KEK}#g" "$file" | "$VAULT" policy write "$name" -
 done
@@ -24,7 +25,7 @@ if ! "$VAULT" auth list -format=json | grep -q '"approle/"'; then
   "$VAULT" auth enable approle
 fi
 
-# role -> policies; keep in step with ROLES in storage_security/openbao.py.
+# role -> policies; keep in step with ROLES in storage_security/local_vault/openbao.py.
 declare -A ROLES=(
   [medguard-pipeline]="medguard-pipeline-writer"
   [medguard-deidentify]="medguard-deidentify"

@@ -19,8 +19,8 @@ from access.policy import PolicyEngine, load_policy
 from access.principals import Principal, PrincipalStore, Role, Session
 from pipeline.lake import CommitInfo, Lake
 from pipeline.settings import Settings
-from storage_security.audit import AuditLog
-from storage_security.keyring import LocalKeyring
+from storage_security.audit.log import AuditLog
+from storage_security.keys.keyring import LocalKeyring
 from storage_security.protected import ProtectedLake, Protection
 
 FACILITIES = ("F1", "F2", "F3")

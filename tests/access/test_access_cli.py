@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.lake import CommitInfo, Lake
 from pipeline.settings import load_settings
-from storage_security.keyring import LocalKeyring, encode_master_key
+from storage_security.keys.keyring import LocalKeyring, encode_master_key
 
 MEDGUARD = str(Path(sys.executable).with_name("medguard"))
 

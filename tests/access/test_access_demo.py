@@ -9,7 +9,7 @@ from access.demo import step
 from pipeline.demo import DemoReport
 from pipeline.lake import CommitInfo, Lake
 from pipeline.settings import load_settings
-from storage_security.keyring import LocalKeyring, encode_master_key
+from storage_security.keys.keyring import LocalKeyring, encode_master_key
 from storage_security.protected import ProtectedLake, Protection
 
 

@@ -9,8 +9,8 @@ from access.policy import PolicyEngine, load_policy
 from access.principals import Principal, PrincipalStore, Role
 from pipeline.errors import AccessDeniedError
 from pipeline.lake import CommitInfo
-from storage_security.audit import AuditAction, AuditLog
-from storage_security.monitoring import ActivityMonitor
+from storage_security.audit.log import AuditAction, AuditLog
+from storage_security.audit.monitoring import ActivityMonitor
 from storage_security.protected import ProtectedLake, Protection
 
 HOSTILE = [

@@ -15,7 +15,7 @@ from access.policy import DEFAULT_PURPOSES, Action, ColumnClass, Mask, PolicyEng
 from access.principals import Principal, Role
 from pipeline.errors import SettingsError
 from pipeline.lake import Zone
-from storage_security.audit import AuditAction, AuditLog
+from storage_security.audit.log import AuditAction, AuditLog
 
 MATRIX = Path(__file__).with_name("policy_matrix.csv")
 

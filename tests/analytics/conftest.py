@@ -1,6 +1,6 @@
 """Fixtures of the analytics tests: deidentified-shaped synthetic tables, a column classification, one trained run.
 
-De-identification publishes column classes through ``storage_security.deidentify.published_report``; until it
+De-identification publishes column classes through ``storage_security.deid.deidentify.published_report``; until it
 lands (and to control the classes in tests), ``classified`` puts a stand-in module with that function in
 ``sys.modules``. ``t2d_run`` trains once per test run on 8,000 synthetic patients and is shared by the tests
 that only read its results.
@@ -35,8 +35,8 @@ class Classes(dict):
 
 
 def install_deidentify(classes: dict[str, dict[str, str]]) -> types.ModuleType | None:
-    previous = sys.modules.get("storage_security.deidentify")
-    module = types.ModuleType("storage_security.deidentify")
+    previous = sys.modules.get("storage_security.deid.deidentify")
+    module = types.ModuleType("storage_security.deid.deidentify")
 
     def published_report(lake: Lake, table: str) -> dict[str, Any]:
         if table not in classes:
@@ -44,15 +44,15 @@ def install_deidentify(classes: dict[str, dict[str, str]]) -> types.ModuleType |
         return {"column_classes": dict(classes[table]), "k": 5, "suppressed": 0, "version": 0}
 
     module.published_report = published_report  # type: ignore[attr-defined]
-    sys.modules["storage_security.deidentify"] = module
+    sys.modules["storage_security.deid.deidentify"] = module
     return previous
 
 
 def restore_deidentify(previous: types.ModuleType | None) -> None:
     if previous is None:
-        sys.modules.pop("storage_security.deidentify", None)
+        sys.modules.pop("storage_security.deid.deidentify", None)
     else:
-        sys.modules["storage_security.deidentify"] = previous
+        sys.modules["storage_security.deid.deidentify"] = previous
 
 
 @pytest.fixture
@@ -92,7 +92,7 @@ def t2d_run(settings: Settings, spark: Any, t2d_data: SyntheticDeidentified,
             tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One full training run (features → screen → train → evaluate → robustness → register) on the T2D data."""
     from analytics.flow import train_pipeline
-    from storage_security.keyring import LocalKeyring
+    from storage_security.keys.keyring import LocalKeyring
 
     root = tmp_path_factory.mktemp("t2d")
     local = isolated(settings, root)

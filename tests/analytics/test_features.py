@@ -71,7 +71,7 @@ def test_when_a_column_is_unclassified_then_features_are_refused(tables, lake, c
 def test_when_no_classification_is_published_then_features_are_refused(tables, lake, monkeypatch):
     import sys
 
-    monkeypatch.setitem(sys.modules, "storage_security.deidentify", None)  # import fails: layer absent
+    monkeypatch.setitem(sys.modules, "storage_security.deid.deidentify", None)  # import fails: layer absent
     with pytest.raises(ValidationError, match="refusing"):
         build_features(tables, "outcomes", TrainConfig(), published_classifier(lake), label="t2d_within_1y")
 

@@ -13,8 +13,8 @@ import xgboost as xgb
 from analytics.registry import BUNDLE_FILE, MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, ModelRegistry
 from pipeline.errors import ModelIntegrityError
 from pipeline.lake import Lake
-from storage_security.audit import AuditLog
-from storage_security.keyring import LocalKeyring
+from storage_security.audit.log import AuditLog
+from storage_security.keys.keyring import LocalKeyring
 
 
 def _booster() -> bytes:

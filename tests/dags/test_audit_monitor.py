@@ -9,9 +9,9 @@ import pytest
 from pipeline.lake import Lake
 from pipeline.orchestration import run_dag
 from pipeline.settings import load_settings
-from storage_security.audit import AuditEvent, AuditLog
-from storage_security.keyring import LocalKeyring, encode_master_key
-from storage_security.monitoring import ActivityMonitor
+from storage_security.audit.log import AuditEvent, AuditLog
+from storage_security.audit.monitoring import ActivityMonitor
+from storage_security.keys.keyring import LocalKeyring, encode_master_key
 
 
 @pytest.mark.timeout(600)

@@ -10,7 +10,7 @@ def main(lake_root: str, keyring_path: str, master_hex: str, source: str, path: 
     from ingestion.batch import ingest
     from pipeline.lake import Lake
     from pipeline.settings import load_settings
-    from storage_security.keyring import LocalKeyring
+    from storage_security.keys.keyring import LocalKeyring
     from storage_security.protected import ProtectedLake
 
     settings = load_settings(lake_root=lake_root, ingestion={"chunk_rows": 600})

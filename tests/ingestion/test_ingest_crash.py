@@ -12,7 +12,7 @@ import pytest
 
 from ingestion.batch import ingest
 from pipeline.lake import Lake
-from storage_security.keyring import LocalKeyring
+from storage_security.keys.keyring import LocalKeyring
 from storage_security.protected import ProtectedLake
 
 WORKER = Path(__file__).with_name("_crash_worker.py")

@@ -65,7 +65,7 @@ def test_when_usage_is_wrong_then_exit_status_is_2(tmp_path: Path) -> None:
 def test_when_demo_runs_then_every_layer_runs_and_no_plaintext_identifier_reaches_the_lake(tmp_path: Path) -> None:
     import os
 
-    from storage_security.openbao import free_port_pair
+    from storage_security.local_vault.openbao import free_port_pair
 
     env = {**os.environ, "MEDGUARD_HOME": str(tmp_path), "MEDGUARD_VAULT__LOCAL_PORT": str(free_port_pair())}
     try:

@@ -10,8 +10,8 @@ import pytest
 
 from pipeline.errors import DecryptionError, KeyProviderUnavailableError
 from pipeline.lake import Lake
-from storage_security.audit import AuditAction
-from storage_security.keyring import LocalKeyring
+from storage_security.audit.log import AuditAction
+from storage_security.keys.keyring import LocalKeyring
 from storage_security.protected import ProtectedLake, Protection
 
 PROT = Protection(encrypted=("name", "ssn", "birth_date", "visits"), row_key="row_id", patient_key="patient")
@@ -169,7 +169,7 @@ def test_when_pseudonyms_are_made_twice_then_they_agree_and_hide_the_value(plake
 
 
 def test_when_written_through_vault_then_the_table_reads_back(openbao, lake: Lake, tmp_path: Path) -> None:
-    from storage_security.vault_transit import VaultTransitKeys
+    from storage_security.keys.vault_transit import VaultTransitKeys
 
     provider = VaultTransitKeys(openbao.client(), mount="transit")
     provider.ensure_key("medguard-kek")
@@ -185,9 +185,9 @@ def test_when_vault_denies_or_is_unreachable_then_nothing_is_written_and_a_rerun
     openbao, lake: Lake
 ) -> None:
     from pipeline.errors import KeyAccessDeniedError
-    from storage_security._vault import RetryPolicy, VaultClient
-    from storage_security.openbao import free_port_pair
-    from storage_security.vault_transit import VaultTransitKeys
+    from storage_security.keys._vault import RetryPolicy, VaultClient
+    from storage_security.keys.vault_transit import VaultTransitKeys
+    from storage_security.local_vault.openbao import free_port_pair
 
     good = VaultTransitKeys(openbao.client(), mount="transit")
     for name in ("medguard-kek", "medguard-audit"):

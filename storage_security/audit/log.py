@@ -1,0 +1,623 @@
+"""The tamper-evident audit log: hash-chained events in the ``audit`` zone, with periodically signed heads.
+
+Every read, write, decrypt, encryption, policy decision and key operation is one :class:`AuditEvent`.
+:class:`AuditLog` appends events to ``audit/events`` and signs the chain head into ``audit/heads``;
+:meth:`AuditLog.verify` (``medguard audit verify``) names the first bad event after any change, deletion,
+insertion, reordering or truncation.
+
+**No PHI in events.** An event names tables, column *names*, row counts and row-key *pseudonyms* (keyed HMACs,
+never MRNs or names), a purpose and a reason. Never put a cell value, a patient identifier or free text copied
+from a record into any field, ``details`` included: the audit zone is not encrypted and is read by auditors.
+
+Tables (all in the ``audit`` zone):
+
+- ``events``: one row per event: ``seq`` (0, 1, 2, … without gaps), ``prev_hash`` (the previous event's
+  ``hash``; 64 zeros for seq 0), ``hash`` (SHA-256 over a canonical JSON of seq, prev_hash and every event
+  field; see :mod:`storage_security.audit._codec`), then the event's fields.
+- ``heads``: signed chain heads ``(seq, hash, signature, key_ref, signed_at)``; ``signature`` is
+  HMAC-SHA256 over (seq, hash, key_ref, signed_at). A head is signed automatically whenever a write crosses a
+  multiple of ``sign_every`` events, and on demand with :meth:`AuditLog.sign_head`.
+- ``signing_keys``: the HMAC key, **wrapped only**: ``(key_ref, kek_name, wrapped, created_at)``. It is a data
+  key generated once from the key provider under its own KEK, ``medguard-audit`` (apart from the data KEK, so
+  data-key rotation and retirement never touch it); it is unwrapped in memory to sign and verify. Keeping it in
+  the lake (not under ``MEDGUARD_HOME``) keeps the key with the log it signs. ``key_ref`` is the KEK name and a
+  one-way digest of the key itself, so a swapped key record is noticed and re-wrapping
+  (:meth:`AuditLog.rewrap_signing_keys`, after rotating the KEK) changes nothing else.
+
+Concurrency: appending means read head → hash → append, which must not interleave between writers, or two
+events would get the same seq (a forked chain). On a local lake, writers (threads, processes, parallel Airflow
+tasks on one machine) take an exclusive ``flock`` on ``$MEDGUARD_HOME/locks/audit-<lake id>.lock`` around it.
+That lock does not reach across machines: on object storage (S3, ABFS, GCS) run a single audit-writer service
+that every task sends events to, or commit through Delta with a conflict check on the head row; this class
+serves a single machine. The verifier reads heads first and events second, so it never mistakes a writer
+caught in between for truncation.
+
+What verification can and cannot see: a changed, deleted, inserted or reordered event breaks the chain at that
+seq; an attacker who also recomputes every later hash is caught by the next signed head (reported as the
+first seq after the last head that still matches); a tail cut off after a signed head (``Lake.overwrite`` or a
+Delta restore to an older version) is reported as truncation. An attacker who can write the lake *and* delete
+the ``heads`` rows can hide a truncation back to the last remaining head; ship heads off the lake (e.g. to a
+WORM bucket or a SIEM) where that matters. Forging a head needs the key provider.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.errors import AuditIntegrityError, DecryptionError
+from pipeline.lake import CommitInfo, Lake, Zone
+from storage_security._locks import exclusive_lock
+from storage_security.audit import _codec as codec
+from storage_security.audit._head_cache import HeadCache
+from storage_security.keys.base import KeyProvider
+
+EVENTS_TABLE = "events"
+HEADS_TABLE = "heads"
+SIGNING_KEYS_TABLE = "signing_keys"
+DEFAULT_KEY_NAME = "medguard-audit"
+DEFAULT_SIGN_EVERY = 100
+# Row keys are pseudonyms; past this many an event should carry a count (and the batch id in details).
+MAX_ROW_KEYS = 1000
+
+EVENTS_SCHEMA = pa.schema([
+    ("seq", pa.int64()),
+    ("prev_hash", pa.string()),
+    ("hash", pa.string()),
+    ("time", pa.timestamp("us", tz="UTC")),
+    ("principal", pa.string()),
+    ("action", pa.string()),
+    ("zone", pa.string()),
+    ("table_name", pa.string()),
+    ("columns", pa.list_(pa.string())),
+    ("row_count", pa.int64()),
+    ("row_keys", pa.list_(pa.string())),
+    ("decision", pa.string()),
+    ("purpose", pa.string()),
+    ("reason", pa.string()),
+    ("dag_run", pa.string()),
+    ("details", pa.string()),
+])
+HEADS_SCHEMA = pa.schema([
+    ("seq", pa.int64()),
+    ("hash", pa.string()),
+    ("signature", pa.string()),
+    ("key_ref", pa.string()),
+    ("signed_at", pa.timestamp("us", tz="UTC")),
+])
+SIGNING_KEYS_SCHEMA = pa.schema([
+    ("key_ref", pa.string()),
+    ("kek_name", pa.string()),
+    ("wrapped", pa.string()),
+    ("created_at", pa.timestamp("us", tz="UTC")),
+])
+_WRITER = "svc:medguard-audit"
+
+
+class AuditAction(StrEnum):
+    """What an event records."""
+
+    READ = "read"
+    WRITE = "write"
+    DELETE = "delete"
+    ENCRYPT = "encrypt"
+    DECRYPT = "decrypt"
+    REENCRYPT = "reencrypt"
+    POLICY_DECISION = "policy_decision"
+    BREAK_GLASS = "break_glass"
+    KEY_CREATE = "key_create"
+    KEY_ROTATE = "key_rotate"
+    KEY_REWRAP = "key_rewrap"
+    KEY_RETIRE = "key_retire"
+    KEY_SHRED = "key_shred"
+
+
+class Decision(StrEnum):
+    """The outcome of a policy decision or an attempted operation."""
+
+    ALLOW = "allow"
+    DENY = "deny"
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One audited action. Holds no PHI: column names, counts and row-key pseudonyms only.
+
+    Args:
+        principal: who acted, e.g. ``user:alice`` or ``svc:deidentify``.
+        action: an :class:`AuditAction` (or its value).
+        zone: the lake zone touched, if any.
+        table_name: the table touched, if any.
+        columns: names of the columns read, written, encrypted or decrypted.
+        row_count: how many rows were involved.
+        row_keys: pseudonymised row keys (keyed HMACs), at most :data:`MAX_ROW_KEYS`; never raw identifiers.
+        decision: ``allow``/``deny`` for policy decisions and refused operations.
+        purpose: purpose of use (e.g. ``treatment``, ``research``).
+        reason: free text from the caller (break-glass justification, denial rule); no PHI.
+        dag_run: the Airflow DAG run id, when run from a DAG.
+        details: further JSON-serialisable facts (key name and version, batch id, policy id); no PHI.
+        time: when it happened (timezone-aware); the log's clock fills it in when omitted.
+
+    Raises:
+        ValueError: an unknown action, zone or decision, a naive time, a negative count, too many row keys,
+            or details that are not canonical JSON (NaN, non-string keys).
+        TypeError: a field of the wrong type.
+    """
+
+    principal: str
+    action: AuditAction | str
+    zone: Zone | str | None = None
+    table_name: str | None = None
+    columns: Sequence[str] = ()
+    row_count: int | None = None
+    row_keys: Sequence[str] = ()
+    decision: Decision | str | None = None
+    purpose: str = "unspecified"
+    reason: str | None = None
+    dag_run: str | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+    time: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.principal, str) or not self.principal.strip():
+            raise ValueError("an audit event needs a principal (who acted)")
+        set_ = object.__setattr__
+        set_(self, "action", AuditAction(self.action))
+        if self.zone is not None:
+            set_(self, "zone", Zone(self.zone))
+        if self.decision is not None:
+            set_(self, "decision", Decision(self.decision))
+        for name in ("columns", "row_keys"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not all(isinstance(item, str) for item in value):
+                raise TypeError(f"{name} must be a sequence of strings, not {value!r}")
+            set_(self, name, tuple(value))
+        if len(self.row_keys) > MAX_ROW_KEYS:
+            raise ValueError(f"{len(self.row_keys)} row keys in one event (at most {MAX_ROW_KEYS}): "
+                             "record a row_count and a batch id in details instead")
+        if self.row_count is not None and (isinstance(self.row_count, bool) or self.row_count < 0):
+            raise ValueError(f"row_count must be a non-negative integer, not {self.row_count!r}")
+        if not isinstance(self.details, Mapping):
+            raise TypeError(f"details must be a mapping, not {type(self.details).__name__}")
+        if not all(isinstance(key, str) for key in self.details):
+            raise ValueError("details keys must be strings")
+        codec.canonical_json(dict(self.details))  # fail now, not when the event is written
+        if self.time is not None:
+            codec.utc_text(self.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The event as plain JSON-ready values."""
+        out = asdict(self)
+        out.update(action=str(self.action), zone=self.zone and str(self.zone),
+                   decision=self.decision and str(self.decision), columns=list(self.columns),
+                   row_keys=list(self.row_keys), details=dict(self.details),
+                   time=self.time and codec.utc_text(self.time))
+        return out
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """An event as stored: its place in the chain and the hashes that link it."""
+
+    seq: int
+    prev_hash: str
+    hash: str
+    event: AuditEvent
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as plain JSON-ready values."""
+        return {"seq": self.seq, "prev_hash": self.prev_hash, "hash": self.hash, **self.event.to_dict()}
+
+
+@dataclass(frozen=True)
+class SignedHead:
+    """A signed statement that the chain's event ``seq`` has hash ``hash``."""
+
+    seq: int
+    hash: str
+    signature: str
+    key_ref: str
+    signed_at: datetime
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """The outcome of :meth:`AuditLog.verify`.
+
+    ``first_bad_seq`` and ``reason`` are set when the log is not intact: the lowest sequence number that cannot
+    be trusted and why.
+    """
+
+    ok: bool
+    events: int
+    heads: int
+    last_seq: int | None
+    last_signed_seq: int | None
+    first_bad_seq: int | None = None
+    reason: str | None = None
+
+    def summary(self) -> str:
+        """One line for people and logs."""
+        if self.ok:
+            if self.last_signed_seq is None:
+                return f"audit log intact: {self.events} events, no signed head"
+            unsigned = (self.last_seq or 0) - self.last_signed_seq
+            tail = f" ({unsigned} unsigned)" if unsigned else ""
+            return f"audit log intact: {self.events} events, signed to seq {self.last_signed_seq}{tail}"
+        return f"audit log tampered: first bad event seq {self.first_bad_seq}: {self.reason}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as plain JSON-ready values."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Head:
+    seq: int
+    hash: str
+
+
+class AuditLog:
+    """Append-only, hash-chained audit events in the ``audit`` zone of ``lake``, signed with a provider key.
+
+    Args:
+        lake: the lake whose ``audit`` zone holds the log.
+        provider: the key provider holding the KEK that wraps the head-signing key.
+        clock: returns the current time, timezone-aware (tests inject a fixed clock).
+        sign_every: sign the head whenever a write crosses a multiple of this many events; 0 signs only
+            on demand.
+        key_name: the KEK under which the signing key is wrapped.
+        lock_timeout: seconds a writer waits for the inter-process lock before failing.
+
+    Raises:
+        ValueError: ``sign_every`` negative, ``lock_timeout`` not positive, or an empty ``key_name``.
+    """
+
+    def __init__(self, lake: Lake, provider: KeyProvider, *, clock: Callable[[], datetime] = _utcnow,
+                 sign_every: int = DEFAULT_SIGN_EVERY, key_name: str = DEFAULT_KEY_NAME,
+                 lock_timeout: float = 60.0) -> None:
+        if sign_every < 0:
+            raise ValueError(f"sign_every must be >= 0 (0: sign only on demand), not {sign_every}")
+        if lock_timeout <= 0:
+            raise ValueError(f"lock_timeout must be positive, not {lock_timeout}")
+        if not key_name:
+            raise ValueError("key_name must name the KEK that wraps the audit signing key")
+        self._lake = lake
+        self._provider = provider
+        self._clock = clock
+        self._sign_every = sign_every
+        self._key_name = key_name
+        self._lock_timeout = lock_timeout
+        lake_id = hashlib.sha256(lake.root.encode()).hexdigest()[:16]
+        self._lock_path = Path(lake.settings.home) / "locks" / f"audit-{lake_id}.lock"
+        local_table = None if "://" in lake.root else Path(lake.uri(Zone.AUDIT, EVENTS_TABLE))
+        self._head_cache = HeadCache(self._lock_path.with_suffix(".head.json"), local_table)
+        self._signing_key: tuple[str, bytes] | None = None
+        self._last_seq_seen: int | None = None
+
+    def __repr__(self) -> str:
+        return f"AuditLog(lake={self._lake.root!r}, key_name={self._key_name!r}, sign_every={self._sign_every})"
+
+    def __getstate__(self) -> None:
+        raise TypeError("AuditLog may hold the unwrapped signing key and cannot be pickled; build one per process")
+
+    # writing -----------------------------------------------------------------------------------------
+
+    def record(self, event: AuditEvent) -> int:
+        """Append one event; returns its sequence number.
+
+        Raises:
+            StorageError: the lock or the lake write failed (nothing was appended).
+            CryptoError: a head was due and the key provider could not supply the signing key; the event
+                itself is already appended.
+        """
+        return self.record_many([event])[0]
+
+    def record_many(self, events: Iterable[AuditEvent]) -> list[int]:
+        """Append events in order as one Delta commit; returns their sequence numbers (consecutive).
+
+        Raises:
+            TypeError: something other than an :class:`AuditEvent` was passed.
+            StorageError, CryptoError: as for :meth:`record`.
+        """
+        batch = list(events)
+        for event in batch:
+            if not isinstance(event, AuditEvent):
+                raise TypeError(f"record takes AuditEvent objects, not {type(event).__name__}")
+        if not batch:
+            return []
+        with exclusive_lock(self._lock_path, timeout=self._lock_timeout):
+            head = self._read_head()
+            first = 0 if head is None else head.seq + 1
+            prev = codec.GENESIS_HASH if head is None else head.hash
+            rows = []
+            for offset, event in enumerate(batch):
+                row = _event_row(first + offset, prev, event if event.time else replace(event, time=self._now()))
+                prev = row["hash"]
+                rows.append(row)
+            last = first + len(rows) - 1
+            commit = CommitInfo(principal=_WRITER, purpose="audit", dag_run=batch[0].dag_run,
+                                extra={"audit.first_seq": str(first), "audit.last_seq": str(last)})
+            version = self._lake.append(Zone.AUDIT, EVENTS_TABLE, pa.Table.from_pylist(rows, schema=EVENTS_SCHEMA),
+                                        commit=commit)
+            self._head_cache.put(version, last, prev)
+            self._last_seq_seen = last
+            if self._sign_every and (last + 1) // self._sign_every > first // self._sign_every:
+                self._sign(_Head(last, prev))
+        return list(range(first, last + 1))
+
+    def sign_head(self) -> SignedHead | None:
+        """Sign the current head now (if it is not signed already); None while the log is empty.
+
+        Raises:
+            StorageError: the lock or a lake read/write failed.
+            CryptoError: the key provider could not create or unwrap the signing key.
+        """
+        with exclusive_lock(self._lock_path, timeout=self._lock_timeout):
+            head = self._read_head()
+            if head is None:
+                return None
+            for signed in reversed(self._heads()):
+                if signed.seq == head.seq and signed.hash == head.hash:
+                    return signed
+            return self._sign(head)
+
+    def rewrap_signing_keys(self) -> int:
+        """Re-wrap the stored signing key(s) under their KEK's latest version; returns how many were re-wrapped.
+
+        Run it after rotating the audit KEK and before raising its ``min_decryption_version``, as ``medguard keys
+        rotate`` does for data keys; the keys themselves (and so every signature) stay the same.
+
+        Raises:
+            StorageError: the lock or the lake failed. CryptoError: the provider refused to re-wrap.
+        """
+        with exclusive_lock(self._lock_path, timeout=self._lock_timeout):
+            table = self._read(SIGNING_KEYS_TABLE)
+            if table is None or table.num_rows == 0:
+                return 0
+            rows = table.to_pylist()
+            for kek_name in sorted({row["kek_name"] for row in rows}):
+                mine = [row for row in rows if row["kek_name"] == kek_name]
+                for row, wrapped in zip(mine, self._provider.rewrap(kek_name, [r["wrapped"] for r in mine]),
+                                        strict=True):
+                    row["wrapped"] = wrapped
+            self._lake.overwrite(Zone.AUDIT, SIGNING_KEYS_TABLE, pa.Table.from_pylist(rows, schema=SIGNING_KEYS_SCHEMA),
+                                 commit=CommitInfo(principal=_WRITER, purpose="audit signing key rewrap"))
+            self._signing_key = None
+            return len(rows)
+
+    # reading -----------------------------------------------------------------------------------------
+
+    def events(self) -> list[AuditRecord]:
+        """Every stored event in sequence order, as stored (run :meth:`verify` to know it is authentic)."""
+        return [_record(row) for row in self._event_rows()]
+
+    def heads(self) -> list[SignedHead]:
+        """Every signed head in sequence order."""
+        return self._heads()
+
+    def verify(self) -> VerifyReport:
+        """Check the whole chain and every signed head; report the first bad event.
+
+        Raises:
+            KeyProviderUnavailableError, KeyAccessDeniedError: the provider cannot be asked to unwrap the
+                signing key (the log's integrity is then unknown, not bad).
+            StorageError: a table cannot be read.
+        """
+        # Heads first: a head is appended after its events, so events read afterwards always cover it.
+        heads = self._heads()
+        keys = self._key_records()
+        rows = self._event_rows()
+        last_seq = rows[-1]["seq"] if rows else None
+        last_signed = max((head.seq for head in heads), default=None)
+        chain_failure, verified = _check_chain(rows)
+        head_failure = self._check_heads(heads, keys, verified, last_seq)
+        failures = [f for f in (chain_failure, head_failure) if f is not None]
+        if not failures:
+            return VerifyReport(ok=True, events=len(rows), heads=len(heads), last_seq=last_seq,
+                                last_signed_seq=last_signed)
+        bad_seq, reason = min(failures, key=lambda failure: failure[0])
+        return VerifyReport(ok=False, events=len(rows), heads=len(heads), last_seq=last_seq,
+                            last_signed_seq=last_signed, first_bad_seq=bad_seq, reason=reason)
+
+    # helpers -----------------------------------------------------------------------------------------
+
+    def _now(self) -> datetime:
+        moment = self._clock()
+        codec.utc_text(moment)  # a naive clock is a bug: refuse it
+        return moment.astimezone(UTC)
+
+    def _read(self, table: str, **kwargs: Any) -> pa.Table | None:
+        if not self._lake.exists(Zone.AUDIT, table):
+            return None
+        return self._lake.read_arrow(Zone.AUDIT, table, **kwargs)
+
+    def _read_head(self) -> _Head | None:
+        cached = self._head_cache.get()
+        if cached is not None:
+            return _Head(*cached)
+        found = None
+        if self._last_seq_seen is not None:
+            # Delta's file statistics skip every file below the last seq this log saw: a cheap read.
+            found = self._read(EVENTS_TABLE, columns=["seq", "hash"], where=f"seq >= {int(self._last_seq_seen)}")
+        if found is None or found.num_rows == 0:
+            found = self._read(EVENTS_TABLE, columns=["seq", "hash"],
+                               where="seq = (SELECT max(seq) FROM snapshot)")
+        if found is None or found.num_rows == 0:
+            return None
+        top = max(found.to_pylist(), key=lambda row: row["seq"])
+        return _Head(top["seq"], top["hash"])
+
+    def _event_rows(self) -> list[dict[str, Any]]:
+        table = self._read(EVENTS_TABLE)
+        if table is None:
+            return []
+        rows = table.to_pylist()
+        rows.sort(key=lambda row: (row.get("seq") is None, row.get("seq") or 0))
+        return rows
+
+    def _heads(self) -> list[SignedHead]:
+        table = self._read(HEADS_TABLE)
+        if table is None:
+            return []
+        heads = [SignedHead(**{name: row.get(name) for name in HEADS_SCHEMA.names}) for row in table.to_pylist()]
+        return sorted(heads, key=lambda head: (head.seq is None, head.seq or 0, head.signed_at is None,
+                                               head.signed_at or datetime.min.replace(tzinfo=UTC)))
+
+    def _key_records(self) -> dict[str, dict[str, Any]]:
+        table = self._read(SIGNING_KEYS_TABLE)
+        return {} if table is None else {row["key_ref"]: row for row in table.to_pylist()}
+
+    def _sign(self, head: _Head) -> SignedHead:
+        key_ref, key = self._current_signing_key()
+        signed_at = self._now()
+        signed = SignedHead(head.seq, head.hash, codec.sign_head(key, head.seq, head.hash, key_ref, signed_at),
+                            key_ref, signed_at)
+        self._lake.append(Zone.AUDIT, HEADS_TABLE, pa.Table.from_pylist([asdict(signed)], schema=HEADS_SCHEMA),
+                          commit=CommitInfo(principal=_WRITER, purpose="audit", extra={"audit.head": str(head.seq)}))
+        return signed
+
+    def _current_signing_key(self) -> tuple[str, bytes]:
+        # Called with the writer lock held, so two writers never both create a key.
+        if self._signing_key is None:
+            records = self._key_records()
+            if records:
+                record = max(records.values(), key=lambda row: row["created_at"])
+                key = self._provider.unwrap(record["kek_name"], record["wrapped"])
+                if codec.key_ref(record["kek_name"], key) != record["key_ref"]:
+                    raise AuditIntegrityError(f"the record of audit signing key {record['key_ref']} was altered; "
+                                              "refusing to sign with it")
+                self._signing_key = (record["key_ref"], key)
+            else:
+                self._provider.ensure_key(self._key_name)
+                data_key = self._provider.generate_data_key(self._key_name)
+                key_ref = codec.key_ref(self._key_name, data_key.plaintext)
+                row = {"key_ref": key_ref, "kek_name": self._key_name, "wrapped": data_key.wrapped,
+                       "created_at": self._now()}
+                self._lake.append(Zone.AUDIT, SIGNING_KEYS_TABLE,
+                                  pa.Table.from_pylist([row], schema=SIGNING_KEYS_SCHEMA),
+                                  commit=CommitInfo(principal=_WRITER, purpose="audit signing key"))
+                self._signing_key = (key_ref, data_key.plaintext)
+        return self._signing_key
+
+    def _check_heads(self, heads: list[SignedHead], keys: dict[str, dict[str, Any]], verified: dict[int, str],
+                     last_seq: int | None) -> tuple[int, str] | None:
+        unwrapped: dict[str, bytes | str] = {}  # key_ref -> key, or why there is none
+        last_matching = -1
+        for head in heads:
+            if None in (head.seq, head.hash, head.key_ref, head.signed_at):
+                return head.seq or 0, f"a signed head at seq {head.seq} has empty fields (forged or altered head)"
+            if head.key_ref not in unwrapped:
+                unwrapped[head.key_ref] = self._verification_key(head.key_ref, keys)
+            key = unwrapped[head.key_ref]
+            if isinstance(key, str):
+                return head.seq, f"signed head at seq {head.seq}: {key}"
+            if not codec.head_signature_ok(key, head.seq, head.hash, head.key_ref, head.signed_at, head.signature):
+                return head.seq, f"signed head at seq {head.seq} has a bad signature (forged or altered head)"
+            if head.seq in verified:
+                if verified[head.seq] != head.hash:
+                    return last_matching + 1, (f"events {last_matching + 1}..{head.seq} were rewritten: seq "
+                                               f"{head.seq} no longer matches its signed head")
+                last_matching = head.seq
+            elif last_seq is None or head.seq > last_seq:
+                after = "no event remains" if last_seq is None else f"truncated after seq {last_seq}"
+                return (0 if last_seq is None else last_seq + 1), (
+                    f"{after}: the signed head at seq {head.seq} is no longer present (events cut off)")
+        return None
+
+    def _verification_key(self, key_ref: str, keys: dict[str, dict[str, Any]]) -> bytes | str:
+        record = keys.get(key_ref)
+        if record is None:
+            return f"its signing key {key_ref} is unknown"
+        try:
+            key = self._provider.unwrap(record["kek_name"], record["wrapped"])
+        except DecryptionError:
+            return f"signing key {key_ref} does not unwrap with this key provider (forged or foreign key)"
+        if codec.key_ref(record["kek_name"], key) != key_ref:
+            return f"the record of signing key {key_ref} was altered"
+        return key
+
+
+def _event_row(seq: int, prev_hash: str, event: AuditEvent) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "seq": seq,
+        "prev_hash": prev_hash,
+        "time": event.time.astimezone(UTC) if event.time else None,
+        "principal": event.principal,
+        "action": str(event.action),
+        "zone": event.zone and str(event.zone),
+        "table_name": event.table_name,
+        "columns": list(event.columns),
+        "row_count": event.row_count,
+        "row_keys": list(event.row_keys),
+        "decision": event.decision and str(event.decision),
+        "purpose": event.purpose,
+        "reason": event.reason,
+        "dag_run": event.dag_run,
+        "details": codec.canonical_json(dict(event.details)).decode(),
+    }
+    row["hash"] = codec.event_hash(row)
+    return row
+
+
+def _record(row: dict[str, Any]) -> AuditRecord:
+    event = AuditEvent(
+        principal=row["principal"], action=row["action"], zone=row["zone"], table_name=row["table_name"],
+        columns=tuple(row["columns"] or ()), row_count=row["row_count"], row_keys=tuple(row["row_keys"] or ()),
+        decision=row["decision"], purpose=row["purpose"], reason=row["reason"], dag_run=row["dag_run"],
+        details=json.loads(row["details"] or "{}"), time=row["time"],
+    )
+    return AuditRecord(seq=row["seq"], prev_hash=row["prev_hash"], hash=row["hash"], event=event)
+
+
+def _check_chain(rows: list[dict[str, Any]]) -> tuple[tuple[int, str] | None, dict[int, str]]:
+    """Walk events in seq order; returns the first failure (seq, why) and the hashes of the verified prefix."""
+    counts = Counter(row.get("seq") for row in rows)
+    duplicated = min((seq for seq, n in counts.items() if seq is not None and n > 1), default=None)
+    verified: dict[int, str] = {}
+    prev = codec.GENESIS_HASH
+    for expected, row in enumerate(rows):
+        seq = row.get("seq")
+        if duplicated is not None and seq == duplicated:
+            return (seq, f"seq {seq} appears {counts[seq]} times (inserted event)"), verified
+        if seq is None or seq < expected:
+            return (expected, f"an event with seq {seq} stands where seq {expected} belongs (inserted event)"), \
+                verified
+        if seq > expected:
+            return (expected, f"seq {expected} is missing (deleted event)"), verified
+        content_ok = codec.event_hash(row) == row.get("hash")
+        if row.get("prev_hash") != prev:
+            return _diagnose_link(seq, row, content_ok, verified), verified
+        if not content_ok:
+            return (seq, "changed: the event's content does not match its hash"), verified
+        verified[seq] = row["hash"]
+        prev = row["hash"]
+    return None, verified
+
+
+def _diagnose_link(seq: int, row: dict[str, Any], content_ok: bool, verified: dict[int, str]) -> tuple[int, str]:
+    """Name the first bad seq when event ``seq`` does not link to its predecessor."""
+    if seq == 0:
+        return 0, "seq 0 does not start the chain: its prev_hash is not the genesis hash"
+    links_to = next((earlier for earlier, digest in verified.items() if digest == row.get("prev_hash")), None)
+    if links_to is not None:
+        return links_to + 1, (f"inserted: seq {seq} links to seq {links_to}, so events {links_to + 1}.."
+                              f"{seq - 1} were inserted")
+    if content_ok:
+        return seq - 1, (f"changed: seq {seq} links to a hash that seq {seq - 1} no longer has (seq {seq - 1} "
+                         "was altered and re-hashed)")
+    return seq, (f"seq {seq} does not link to seq {seq - 1} and does not match its hash (changed, reordered, "
+                 "or an event before it was deleted)")

@@ -1,0 +1,180 @@
+"""Raw AES-256-GCM (cryptography's ``AESGCM``): the one primitive under the cell format and the keyring.
+
+Private: the rest of medguard uses the recipes built on it (:mod:`storage_security.crypto.envelope`,
+:mod:`storage_security.keys.keyring`). Nonces are 96-bit and random, tags 128-bit; the bulk helpers take nonces
+made by :func:`random_nonces` so that a column of cells costs one ``os.urandom`` call. :func:`gcm_encrypt`
+and :func:`gcm_decrypt` accept other IV and tag lengths for interoperability and NIST's test vectors only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from pipeline.errors import DecryptionError
+
+KEY_SIZE = 32
+NONCE_SIZE = 12
+TAG_SIZE = 16
+# cryptography's GCM accepts IVs of 8 to 128 bytes and tags of at least 4 bytes (NIST SP 800-38D 5.2.1.2).
+_IV_RANGE = (8, 128)
+_TAG_RANGE = (4, 16)
+
+
+class AuthenticationFailed(DecryptionError):
+    """A ciphertext did not authenticate; ``index`` is its position in a bulk call (0 for a single one)."""
+
+    def __init__(self, index: int = 0) -> None:
+        super().__init__("decryption failed")
+        self.index = index
+
+
+def _check_key(key: bytes) -> None:
+    if not isinstance(key, bytes | bytearray):
+        raise TypeError(f"an AES-256-GCM key must be bytes, not {type(key).__name__}")
+    if len(key) != KEY_SIZE:
+        raise ValueError(f"an AES-256-GCM key must be {KEY_SIZE} bytes, got {len(key)}")
+
+
+class AesGcm:
+    """AES-256-GCM under one key; ``encrypt`` returns ``nonce || ciphertext || tag`` with a random nonce.
+
+    Args:
+        key: 32 bytes.
+
+    Raises:
+        TypeError: the key is not bytes.
+        ValueError: the key is not 32 bytes long.
+    """
+
+    __slots__ = ("__weakref__", "_aesgcm")
+
+    def __init__(self, key: bytes) -> None:
+        _check_key(key)
+        self._aesgcm = AESGCM(bytes(key))
+
+    def __repr__(self) -> str:
+        return "AesGcm(key=<redacted>)"
+
+    def __reduce__(self) -> None:  # type: ignore[override]
+        raise TypeError("AesGcm holds key material and cannot be pickled")
+
+    def encrypt(self, plaintext: bytes, associated_data: bytes) -> bytes:
+        """``nonce || ciphertext || tag`` with a fresh random 96-bit nonce."""
+        nonce = os.urandom(NONCE_SIZE)
+        return nonce + self._aesgcm.encrypt(nonce, plaintext, associated_data)
+
+    def decrypt(self, data: bytes, associated_data: bytes) -> bytes:
+        """The plaintext of ``nonce || ciphertext || tag``.
+
+        Raises:
+            AuthenticationFailed: too short, or the tag does not verify.
+        """
+        if len(data) < NONCE_SIZE + TAG_SIZE:
+            raise AuthenticationFailed()
+        try:
+            return self._aesgcm.decrypt(data[:NONCE_SIZE], data[NONCE_SIZE:], associated_data)
+        except InvalidTag as exc:
+            raise AuthenticationFailed() from exc
+
+    def seal_many(self, nonces: list[bytes], plaintexts: list[bytes], aads: list[bytes]) -> list[bytes]:
+        """``ciphertext || tag`` of each plaintext under its nonce and associated data (nonces not included)."""
+        return list(map(self._aesgcm.encrypt, nonces, plaintexts, aads))
+
+    def open_many(self, nonces: list[bytes], sealed: list[bytes], aads: list[bytes]) -> list[bytes]:
+        """Plaintexts of :meth:`seal_many` output.
+
+        Raises:
+            AuthenticationFailed: naming the position of the first ciphertext that does not verify.
+        """
+        try:
+            return list(map(self._aesgcm.decrypt, nonces, sealed, aads))
+        except InvalidTag:
+            pass
+        return _first_failure([self] * len(sealed), nonces, sealed, aads)
+
+
+def seal_rows(keys: Sequence[AesGcm], key_index: list[int], nonces: list[bytes], plaintexts: list[bytes],
+              aads: list[bytes]) -> list[bytes]:
+    """Like :meth:`AesGcm.seal_many`, each row under ``keys[key_index[row]]``."""
+    encrypt = [key._aesgcm.encrypt for key in keys]
+    return [encrypt[k](n, p, a) for k, n, p, a in zip(key_index, nonces, plaintexts, aads, strict=True)]
+
+
+def open_rows(keys: Sequence[AesGcm], key_index: list[int], nonces: list[bytes], sealed: list[bytes],
+              aads: list[bytes]) -> list[bytes]:
+    """Like :meth:`AesGcm.open_many`, each row under ``keys[key_index[row]]``."""
+    decrypt = [key._aesgcm.decrypt for key in keys]
+    try:
+        return [decrypt[k](n, c, a) for k, n, c, a in zip(key_index, nonces, sealed, aads, strict=True)]
+    except InvalidTag:
+        pass
+    return _first_failure([keys[k] for k in key_index], nonces, sealed, aads)
+
+
+def _first_failure(keys: Sequence[AesGcm], nonces: list[bytes], sealed: list[bytes], aads: list[bytes]) -> list[bytes]:
+    for index, (key, nonce, data, aad) in enumerate(zip(keys, nonces, sealed, aads, strict=True)):
+        try:
+            key._aesgcm.decrypt(nonce, data, aad)
+        except InvalidTag as exc:
+            raise AuthenticationFailed(index) from exc
+    raise AssertionError("a bulk decryption failed but no single row does")
+
+
+def random_nonces(count: int) -> np.ndarray:
+    """``count`` random 96-bit nonces as a ``(count, 12)`` uint8 array, from one ``os.urandom`` call."""
+    return np.frombuffer(os.urandom(NONCE_SIZE * count), dtype=np.uint8).reshape(count, NONCE_SIZE)
+
+
+def nonce_list(nonces: np.ndarray) -> list[bytes]:
+    """The rows of a ``(count, 12)`` uint8 array as ``bytes`` objects."""
+    return np.ascontiguousarray(nonces).view(f"V{NONCE_SIZE}").ravel().tolist()
+
+
+def _check_iv_tag(iv: bytes, tag_length: int) -> None:
+    if not _IV_RANGE[0] <= len(iv) <= _IV_RANGE[1]:
+        raise ValueError(f"GCM IVs must be {_IV_RANGE[0]} to {_IV_RANGE[1]} bytes here, got {len(iv)}")
+    if not _TAG_RANGE[0] <= tag_length <= _TAG_RANGE[1]:
+        raise ValueError(f"GCM tags must be {_TAG_RANGE[0]} to {_TAG_RANGE[1]} bytes, got {tag_length}")
+
+
+def gcm_encrypt(key: bytes, iv: bytes, plaintext: bytes, associated_data: bytes, *,
+                tag_length: int = TAG_SIZE) -> tuple[bytes, bytes]:
+    """``(ciphertext, tag)`` for a caller-chosen IV and tag length: interoperability and test vectors only.
+
+    Raises:
+        ValueError: a key, IV or tag length outside what GCM (as implemented by cryptography) allows.
+    """
+    _check_key(key)
+    _check_iv_tag(iv, tag_length)
+    if tag_length == TAG_SIZE:
+        sealed = AESGCM(bytes(key)).encrypt(iv, plaintext, associated_data)
+        return sealed[:-TAG_SIZE], sealed[-TAG_SIZE:]
+    encryptor = Cipher(algorithms.AES(bytes(key)), modes.GCM(iv)).encryptor()
+    encryptor.authenticate_additional_data(associated_data)
+    ciphertext = encryptor.update(plaintext) + encryptor.finalize()
+    return ciphertext, encryptor.tag[:tag_length]
+
+
+def gcm_decrypt(key: bytes, iv: bytes, ciphertext: bytes, tag: bytes, associated_data: bytes) -> bytes:
+    """The plaintext for a caller-chosen IV and a tag of 4 to 16 bytes: interoperability and test vectors only.
+
+    Raises:
+        AuthenticationFailed: the tag does not verify.
+        ValueError: a key, IV or tag length outside what GCM (as implemented by cryptography) allows.
+    """
+    _check_key(key)
+    _check_iv_tag(iv, len(tag))
+    try:
+        if len(tag) == TAG_SIZE:
+            return AESGCM(bytes(key)).decrypt(iv, ciphertext + tag, associated_data)
+        decryptor = Cipher(algorithms.AES(bytes(key)), modes.GCM(iv, tag, min_tag_length=len(tag))).decryptor()
+        decryptor.authenticate_additional_data(associated_data)
+        return decryptor.update(ciphertext) + decryptor.finalize()
+    except InvalidTag as exc:
+        raise AuthenticationFailed() from exc

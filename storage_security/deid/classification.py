@@ -1,0 +1,94 @@
+"""Column classification: direct identifier, quasi-identifier, sensitive or non-sensitive, for every column.
+
+A column's class comes from the masking configuration when it names the column; a column the configuration does
+not know (a new extract's extra field) is classified from evidence: if the data contract marked it PHI (it is
+sealed in the raw zone) it is a direct identifier; otherwise a sample of its values is scanned with Presidio,
+and a column where PHI turns up in at least ``threshold`` of the sampled values is a direct identifier too.
+Unknown columns are *flagged* either way and never published as they are.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+__all__ = ["ColumnClass", "TableClassification", "classify"]
+
+
+@dataclass(frozen=True)
+class ColumnClass:
+    """One column's class, how it was decided (``config``/``contract``/``scan``), and the scan's evidence."""
+
+    column: str
+    klass: str
+    source: str
+    phi_share: float | None = None
+    entities: tuple[str, ...] = ()
+
+
+@dataclass
+class TableClassification:
+    """Every column's class; ``flagged`` lists the columns nobody tagged that were found to hold PHI."""
+
+    columns: dict[str, ColumnClass] = field(default_factory=dict)
+
+    @property
+    def flagged(self) -> list[str]:
+        return [c.column for c in self.columns.values() if c.source != "config" and c.klass == "direct_identifier"]
+
+    @property
+    def unknown(self) -> list[str]:
+        return [c.column for c in self.columns.values() if c.source != "config"]
+
+    def classes(self) -> dict[str, str]:
+        return {name: c.klass for name, c in self.columns.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"column_classes": self.classes(), "flagged_columns": self.flagged,
+                "scanned": {c.column: {"phi_share": c.phi_share, "entities": list(c.entities)}
+                            for c in self.columns.values() if c.source == "scan"}}
+
+
+def classify(frame: pd.DataFrame, rules: dict[str, dict[str, Any]], *, contract_phi: Collection[str] = (),
+             detector: Any = None, sample: int = 200, threshold: float = 0.2, seed: int = 0) -> TableClassification:
+    """Classify every column of ``frame``.
+
+    Args:
+        rules: the table's per-column masking rules (each with a ``class``).
+        contract_phi: columns the data contract marks as PHI (the columns sealed in the raw zone).
+        detector: a :class:`~storage_security.deid.detection.PhiDetector` for the sampled scan.
+        sample: at most this many non-null values are scanned per unknown column.
+        threshold: share of sampled values with PHI from which a column counts as a direct identifier.
+    """
+    result = TableClassification()
+    for column in frame.columns:
+        if column in rules:
+            result.columns[column] = ColumnClass(column, rules[column]["class"], "config")
+        elif column in contract_phi:
+            result.columns[column] = ColumnClass(column, "direct_identifier", "contract")
+        else:
+            result.columns[column] = _scan(frame[column], column, detector, sample, threshold, seed)
+    return result
+
+
+def _scan(values: pd.Series, column: str, detector: Any, sample: int, threshold: float, seed: int) -> ColumnClass:
+    present = values.dropna()
+    if present.empty:
+        return ColumnClass(column, "non_sensitive", "scan", 0.0)
+    if detector is None:
+        # No scanner: an unknown column cannot be shown harmless, so it is treated as PHI.
+        return ColumnClass(column, "direct_identifier", "scan", None)
+    picked = present.sample(min(sample, len(present)), random_state=seed).astype(str).tolist()
+    # The column name is context ("ssn: 123-45-6789"), as a human reading the extract would use it.
+    label = column.replace("_", " ")
+    found = detector.detect_batch([f"{label}: {v}" for v in picked])
+    offset = len(label) + 2
+    hits = [[s for s in spans if s.end > offset] for spans in found]
+    share = sum(1 for h in hits if h) / len(picked)
+    entities = Counter(s.entity_type for h in hits for s in h)
+    klass = "direct_identifier" if share >= threshold else "non_sensitive"
+    return ColumnClass(column, klass, "scan", round(share, 3), tuple(e for e, _ in entities.most_common(3)))

@@ -1,0 +1,104 @@
+"""``medguard deidentify``: publish raw tables to the deidentified zone; ``deidentify evaluate``: score detection.
+
+Registered with the spine's CLI through the ``medguard.commands`` entry point. Heavy imports (Presidio, spaCy)
+stay inside the commands so that ``medguard --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from pipeline.settings import Settings
+
+deidentify_app = typer.Typer(
+    help="De-identify raw tables into the deidentified zone (all of them, or --table NAME); "
+         "`evaluate` scores PHI detection on labelled notes.",
+    invoke_without_command=True,
+)
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")]
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    from pipeline.settings import Settings, get_settings
+
+    root = ctx.find_root().obj
+    return root if isinstance(root, Settings) else get_settings()
+
+
+def _emit(result: dict[str, Any], as_json: bool, lines: list[str]) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
+    else:
+        for line in lines:
+            typer.echo(line)
+
+
+@deidentify_app.callback()
+def deidentify(
+    ctx: typer.Context,
+    table: Annotated[str | None, typer.Option("--table", help="One raw table; every raw table when omitted.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Classify, mask, pass the k-anonymity gate and publish raw tables to `deidentified`."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from pipeline.errors import ValidationError
+    from storage_security.deid.deidentify import publish_raw_zone, refused
+
+    settings = _settings(ctx)
+    result = publish_raw_zone([table] if table else None, settings=settings)
+    lines = []
+    for name, r in result.items():
+        if r.get("refused"):
+            lines.append(f"{name}: NOT published: {r['refused']}")
+            continue
+        diversity = "" if r["l"] is None else f", l={r['l']}"
+        flagged = f", flagged and dropped: {','.join(r['flagged_columns'])}" if r["flagged_columns"] else ""
+        lines.append(f"{name}: version {r['version']}, {r['rows_out']} of {r['rows_in']} rows published, "
+                     f"k={r['k']}{diversity}, {r['suppressed']} suppressed{flagged}")
+    _emit({"tables": result}, as_json, lines)
+    if refused(result):
+        raise ValidationError(f"the risk gate refused {', '.join(sorted(refused(result)))}: not published")
+
+
+@deidentify_app.command("evaluate")
+def evaluate(
+    ctx: typer.Context,
+    notes: Annotated[Path, typer.Option("--notes", help='JSONL: {"text": …, "spans": [{"start","end","label"}]}',
+                                        exists=True, dir_okay=False, readable=True)],
+    baseline: Annotated[bool, typer.Option("--baseline/--no-baseline",
+                                           help="Also score vanilla Presidio (default recognizers, same model).")]
+    = False,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Score only the first N notes.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Score PHI detection token by token (label-agnostic overall, per label below), i2b2 style."""
+    from storage_security.deid.evaluation import evaluate as run
+    from storage_security.deid.evaluation import load_labelled_notes
+
+    settings = _settings(ctx)
+    labelled = load_labelled_notes(notes, limit=limit)
+    if not labelled:
+        raise ValueError(f"{notes} holds no labelled notes")
+    scores = run(labelled, processes=settings.deidentify.processes)
+    result = scores.to_dict()
+    lines = [_line("overall", scores.overall)] + [_line(label, s) for label, s in scores.per_label.items()]
+    if baseline:
+        vanilla = run(labelled, processes=settings.deidentify.processes, kind="vanilla")
+        result["baseline"] = vanilla.to_dict()
+        lines.append(_line("vanilla presidio", vanilla.overall))
+    _emit(result, as_json, lines)
+
+
+def _line(name: str, s: dict[str, Any]) -> str:
+    def fmt(v: Any) -> str:
+        return "  -  " if v is None else f"{v:.3f}"
+
+    return f"{name:<24} precision {fmt(s['precision'])}  recall {fmt(s['recall'])}  f2 {fmt(s['f2'])}"

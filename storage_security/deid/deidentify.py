@@ -1,0 +1,263 @@
+"""Publishes raw tables to the ``deidentified`` zone: classify, mask, pass the risk gate, write, audit.
+
+For each raw table, :meth:`Deidentifier.publish` reads it decrypted through
+:class:`~storage_security.protected.ProtectedLake` (the read is audited), classifies every column
+(:mod:`~storage_security.deid.classification`; untagged PHI columns are flagged and dropped), masks it
+(:mod:`~storage_security.deid.masking`; notes through Presidio with surrogates), enforces k-anonymity and l-diversity
+(:mod:`~storage_security.deid.risk`; a table that cannot meet them raises and nothing is written), then overwrites the
+deidentified table with the report in the Delta commit's metadata — so the report is stored with the very table
+version it describes — and records one audit event. :func:`published_report` reads that report back.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import date
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from pipeline.lake import CommitInfo, Lake
+from storage_security.audit.log import AuditAction, AuditEvent, Decision
+from storage_security.deid.classification import classify
+from storage_security.deid.masking import NoteMasker, load_masking_config, mask_table, table_rules
+from storage_security.deid.operators import MaskingKeys
+from storage_security.deid.risk import RiskGateError, enforce
+
+if TYPE_CHECKING:
+    from pipeline.settings import Settings
+    from storage_security.protected import ProtectedLake
+
+PRINCIPAL = "svc:deidentify"
+REPORT_KEY = "deidentify_report"
+_PURPOSE = "deidentification"
+
+__all__ = ["PRINCIPAL", "Deidentifier", "publish_raw_zone", "publish_raw_zone_or_fail", "published_report", "refused",
+           "summary"]
+
+
+def published_report(lake: Lake, table: str) -> dict[str, Any]:
+    """The de-identification report of the current version of ``deidentified/<table>``.
+
+    Returns:
+        ``{"column_classes", "k", "l", "suppressed", "quasi_identifiers", "flagged_columns", "version", …}``.
+
+    Raises:
+        ValueError: the table was never published, or its latest commit was not written by de-identification.
+    """
+    if not lake.exists("deidentified", table):
+        raise ValueError(f"deidentified.{table} has not been published")
+    latest = lake.history("deidentified", table, limit=1)[0]
+    text = latest.get(f"medguard.{REPORT_KEY}")
+    if text is None:
+        raise ValueError(f"deidentified.{table} version {latest.get('version')} carries no de-identification report")
+    report = json.loads(text)
+    report["version"] = int(latest["version"])
+    return report
+
+
+class Deidentifier:
+    """Publishes raw tables as de-identified tables.
+
+    Args:
+        plake: the protected lake (reads raw decrypted; its principal is recorded).
+        settings: k-anonymity, l-diversity and the ``deidentify`` section.
+        config: the masking configuration (the packaged ``deidentify.yaml`` by default).
+        detector: a :class:`~storage_security.deid.detection.PhiDetector` (built on first need; tests share one).
+    """
+
+    def __init__(self, plake: ProtectedLake, settings: Settings, *, config: dict[str, Any] | None = None,
+                 detector: Any = None) -> None:
+        self.plake = plake
+        self.settings = settings
+        self.config = config or load_masking_config()
+        self._detector = detector
+        self.reference_date = date.fromisoformat(str(self.config.get("reference_date", "2025-01-01")))
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kwargs: Any) -> Deidentifier:
+        from storage_security.protected import ProtectedLake
+
+        return cls(ProtectedLake.from_settings(settings, principal=PRINCIPAL), settings, **kwargs)
+
+    @property
+    def detector(self) -> Any:
+        if self._detector is None:
+            from storage_security.deid.detection import PhiDetector
+
+            self._detector = PhiDetector("medguard")
+        return self._detector
+
+    def raw_tables(self) -> list[str]:
+        """The tables of the raw zone."""
+        return self.plake.lake.tables("raw")
+
+    def publish_all(self, tables: Sequence[str] | None = None, *, dag_run: str | None = None) -> dict[str, Any]:
+        """Publish every raw table (or ``tables``); one report per table."""
+        names = list(tables) if tables else self.raw_tables()
+        if not names:
+            raise ValueError("the raw zone has no tables to de-identify (run ingestion first)")
+        reports: dict[str, Any] = {}
+        for name in names:
+            try:
+                reports[name] = self.publish(name, dag_run=dag_run)
+            except RiskGateError as exc:
+                # One table that cannot be made safe must not hold back the others; it is reported, unpublished.
+                reports[name] = {"table": name, "refused": str(exc)}
+        return reports
+
+    def _forbidden_names(self) -> set[str]:
+        # Surrogate names must never coincide with a real patient's name in this release.
+        if not self.plake.lake.exists("raw", "patients"):
+            return set()
+        columns = [c for c in ("first_name", "last_name") if c in self._raw_columns("patients")]
+        if not columns:
+            return set()
+        names = self.plake.read("raw", "patients", decrypt=columns, columns=columns, purpose=_PURPOSE)
+        return {str(v).lower() for c in columns for v in names.column(c).to_pylist() if v}
+
+    def _raw_columns(self, table: str) -> list[str]:
+        return list(self.plake.lake.read_arrow("raw", table, where="1 = 0").column_names)
+
+    def publish(self, table: str, *, dag_run: str | None = None) -> dict[str, Any]:
+        """De-identify ``raw/<table>`` into ``deidentified/<table>``; returns the report.
+
+        Raises:
+            RiskGateError: the table cannot meet k-anonymity / l-diversity; nothing is written.
+            ValueError: the raw table does not exist.
+        """
+        lake = self.plake.lake
+        if not lake.exists("raw", table):
+            raise ValueError(f"raw.{table} does not exist")
+        raw = self.plake.read("raw", table, decrypt=True, purpose=_PURPOSE).to_pandas()
+        if "_record_hash" in raw.columns:
+            # raw keeps a record once per batch that brought it (CSV and FHIR, a re-sent extract): publish it once.
+            raw = raw.drop_duplicates("_record_hash", ignore_index=True)
+        protection = self.plake.protection("raw", table)
+        rules = table_rules(self.config, table)
+        spec = (self.config.get("tables") or {}).get(table, {})
+        classification = classify(raw, rules, contract_phi=protection.encrypted if protection else (),
+                                  detector=self.detector)
+        used = dict(rules)
+        for column, found in classification.columns.items():
+            if found.source != "config":
+                # Flagged PHI is dropped; a column the scan cleared is published as it is.
+                used[column] = {"class": found.klass,
+                                "op": "drop" if found.klass == "direct_identifier" else "keep"}
+        keys = MaskingKeys(self.plake.pseudonymizer,
+                           forbidden_names=self._forbidden_names() if _has_notes(used) else ())
+        masker = None
+        if _has_notes(used):
+            entity_ops = dict(self.config.get("note_entities") or {"default": "surrogate"})
+            masker = NoteMasker(self.detector, keys, entity_ops)
+        note_spans = None
+        spark_rows = int(self.config.get("spark_min_rows", 50_000))
+        if masker is not None and len(raw) >= spark_rows:
+            # Large note tables: detection (the costly part) runs on Spark, one engine per executor.
+            from storage_security.deid.spark import detect_notes
+
+            text_column = next(c for c, r in used.items() if r.get("op") == "notes")
+            note_spans = detect_notes(self.settings, raw[text_column].tolist())
+        masked = mask_table(raw, used, keys, reference_date=self.reference_date, note_masker=masker,
+                            note_spans=note_spans)
+        published, risk = enforce(masked, spec.get("quasi_identifiers", []), spec.get("sensitive", []),
+                                  k=self.settings.k_anonymity, ell=self.settings.l_diversity,
+                                  ladders=self.config.get("generalize"),
+                                  max_suppression=float(self.config.get("max_suppression", 0.05)),
+                                  entity="patient_pseudonym")
+        column_classes = {used[c].get("as", c): published_class(used[c]) for c in raw.columns
+                          if used.get(c, {}).get("op") != "drop"}
+        report = {"table": table, "column_classes": column_classes,
+                  "source_classes": classification.classes(), "flagged_columns": classification.flagged,
+                  "scanned": classification.to_dict()["scanned"], **risk.to_dict()}
+        if masker is not None:
+            report["notes_detection"] = "spark" if note_spans is not None else "local"
+        commit = CommitInfo(principal=self.plake.principal, purpose=_PURPOSE, dag_run=dag_run,
+                            extra={REPORT_KEY: json.dumps(report, sort_keys=True, default=str)})
+        version = lake.overwrite("deidentified", table, _arrow(published), commit=commit, evolve_schema=True)
+        report["version"] = version
+        self.plake.audit.record(AuditEvent(
+            principal=self.plake.principal, action=AuditAction.WRITE, zone="deidentified", table_name=table,
+            columns=tuple(published.columns), row_count=len(published), decision=Decision.ALLOW, purpose=_PURPOSE,
+            dag_run=dag_run, details={"version": version, "k": risk.k, "l": risk.l_diversity,
+                                      "suppressed": risk.suppressed, "flagged_columns": classification.flagged,
+                                      "source_version": lake.version("raw", table)}))
+        return report
+
+
+def published_class(rule: dict[str, Any]) -> str:
+    """The class of a column *as published*: a keyed pseudonym links rows within the release (quasi-identifier),
+    masked notes are sensitive text; otherwise the source column's class (``published_class`` in YAML wins)."""
+    return rule.get("published_class") or {"pseudonym": "quasi_identifier", "notes": "sensitive"}.get(
+        rule["op"], rule["class"])
+
+
+def _has_notes(rules: dict[str, dict[str, Any]]) -> bool:
+    return any(rule.get("op") == "notes" for rule in rules.values())
+
+
+def _arrow(frame: pd.DataFrame) -> Any:
+    import pyarrow as pa
+
+    return pa.Table.from_pandas(frame, preserve_index=False)
+
+
+def publish_raw_zone(tables: Sequence[str] | None = None, *, settings: Settings | None = None,
+                     dag_run: str | None = None) -> dict[str, Any]:
+    """Publish the raw zone's tables (all of them by default) with the settings' key provider; a summary per table.
+
+    The entry point of the DAG and of ``medguard deidentify``.
+    """
+    from pipeline.settings import get_settings
+
+    settings = settings or get_settings()
+    reports = Deidentifier.from_settings(settings).publish_all(tables, dag_run=dag_run)
+    return {name: summary(report) for name, report in reports.items()}
+
+
+def publish_raw_zone_or_fail(*, dag_run: str | None = None) -> dict[str, Any]:
+    """:func:`publish_raw_zone` for a DAG task: every table that can be published is; then a refusal fails the task.
+
+    Raises:
+        RiskGateError: naming the tables the risk gate refused.
+    """
+    result = publish_raw_zone(dag_run=dag_run)
+    if refused(result):
+        raise RiskGateError(f"not published (risk gate): {refused(result)}")
+    return result
+
+
+def refused(result: dict[str, Any]) -> dict[str, str]:
+    """The tables of a :func:`publish_raw_zone` result that the risk gate refused, with the reason."""
+    return {name: r["refused"] for name, r in result.items() if r.get("refused")}
+
+
+def summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures of a table's report."""
+    if "refused" in report:
+        return {"refused": report["refused"]}
+    return {key: report.get(key) for key in ("version", "rows_in", "rows_out", "k", "l", "suppressed",
+                                              "generalization", "flagged_columns")}
+
+
+def demo_step(settings: Settings, report: Any) -> dict[str, Any]:
+    """``medguard demo`` step ``40_deidentify``: publish every raw table, then score detection on the demo notes.
+
+    Detection is scored on the demo population's labelled notes against vanilla Presidio in the same run.
+    """
+    from pipeline.demo import DEMO_SOURCES
+    from storage_security.deid.evaluation import evaluate, load_labelled_notes
+
+    out: dict[str, Any] = {}
+    lake = Lake(settings)
+    out["published"] = publish_raw_zone(settings=settings) if lake.tables("raw") else {}
+    notes_file = settings.home / DEMO_SOURCES / "notes.jsonl"
+    if notes_file.exists():
+        notes = load_labelled_notes(notes_file, limit=500)
+        ours = evaluate(notes, processes=settings.deidentify.processes)
+        vanilla = evaluate(notes, processes=settings.deidentify.processes, kind="vanilla")
+        out["evaluation"] = {"notes": len(notes), "medguard": ours.overall, "vanilla_presidio": vanilla.overall,
+                             "min_recall_per_label": min(v["recall"] for v in ours.per_label.values()
+                                                         if v["recall"] is not None)}
+    return out

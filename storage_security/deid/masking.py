@@ -1,0 +1,202 @@
+"""Applies the masking configuration (``deidentify.yaml``) to a table: per column, and per entity type in notes.
+
+:func:`load_masking_config` reads the packaged YAML (or another file); :func:`mask_table` turns a raw table (pandas,
+decrypted) into its de-identified form with the operators of :mod:`storage_security.deid.operators`;
+:class:`NoteMasker` detects PHI in notes (batched) and replaces each mention through presidio-anonymizer with the
+operator its entity type is configured for (surrogates by default), using the patient's own date offset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date, datetime, timedelta
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from storage_security.deid.operators import (
+    OPERATORS,
+    MaskingKeys,
+    PartialMaskOperator,
+    age_band,
+    zip3,
+)
+
+COLUMN_CLASSES = ("direct_identifier", "quasi_identifier", "sensitive", "non_sensitive")
+COLUMN_OPS = ("keep", "drop", "redact", "partial_mask", "pseudonym", "date_shift", "year", "age_band", "zip3",
+              "notes")
+NOTE_OPS = {"surrogate": "medguard_surrogate", "redact": "medguard_redact", "partial_mask": "medguard_partial_mask"}
+
+__all__ = ["COLUMN_CLASSES", "NoteMasker", "load_masking_config", "mask_table"]
+
+
+def load_masking_config(path: str | Path | None = None) -> dict[str, Any]:
+    """The masking configuration, checked now (unknown ops or classes fail here, not mid-publication)."""
+    text = (resources.files("storage_security.deid").joinpath("deidentify.yaml").read_text() if path is None
+            else Path(path).read_text())
+    config = yaml.safe_load(text) or {}
+    for where, rules in [("provenance", config.get("provenance", {}))] + [
+            (f"tables.{t}", spec.get("columns", {})) for t, spec in (config.get("tables") or {}).items()]:
+        for column, rule in rules.items():
+            if rule.get("class") not in COLUMN_CLASSES:
+                raise ValueError(f"{where}.{column}: class must be one of {COLUMN_CLASSES}")
+            if rule.get("published_class", rule.get("class")) not in COLUMN_CLASSES:
+                raise ValueError(f"{where}.{column}: published_class must be one of {COLUMN_CLASSES}")
+            if rule.get("op") not in COLUMN_OPS:
+                raise ValueError(f"{where}.{column}: op must be one of {COLUMN_OPS}")
+            if rule["op"] == "pseudonym" and not rule.get("key"):
+                raise ValueError(f"{where}.{column}: a pseudonym needs a key name")
+    for entity, op in (config.get("note_entities") or {}).items():
+        if op not in NOTE_OPS:
+            raise ValueError(f"note_entities.{entity}: op must be one of {sorted(NOTE_OPS)}")
+    date.fromisoformat(str(config.get("reference_date", "2025-01-01")))
+    return config
+
+
+def table_rules(config: dict[str, Any], table: str) -> dict[str, dict[str, Any]]:
+    """The per-column rules of ``table`` (provenance columns included)."""
+    spec = (config.get("tables") or {}).get(table, {})
+    return {**config.get("provenance", {}), **spec.get("columns", {})}
+
+
+def _shift(values: pd.Series, days: Sequence[int | None]) -> pd.Series:
+    """Shift dates by per-row days, keeping their form: ISO strings stay strings, dates dates, timestamps timestamps."""
+    out: list[Any] = []
+    for value, d in zip(values.tolist(), days, strict=True):
+        if value is None or d is None or (not isinstance(value, str) and pd.isna(value)):
+            out.append(None)
+        elif isinstance(value, str):
+            moved = pd.Timestamp(value) + pd.Timedelta(days=d)
+            if len(value) == 10:
+                out.append(moved.strftime("%Y-%m-%d"))
+            else:
+                out.append(moved.strftime("%Y-%m-%dT%H:%M:%S") + ("Z" if value.endswith("Z") else ""))
+        elif isinstance(value, date) and not isinstance(value, datetime):
+            out.append(value + timedelta(days=d))
+        else:
+            out.append(pd.Timestamp(value) + pd.Timedelta(days=d))
+    if pd.api.types.is_datetime64_any_dtype(values.dtype):
+        return pd.Series(out, index=values.index).astype(values.dtype)
+    return pd.Series(out, index=values.index, dtype=object)
+
+
+def _to_date(value: Any) -> date | None:
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return None
+    return pd.Timestamp(value).date()
+
+
+def mask_table(frame: pd.DataFrame, rules: dict[str, dict[str, Any]], keys: MaskingKeys, *,
+               reference_date: date, note_masker: NoteMasker | None = None,
+               patient_column: str = "patient_pseudonym",
+               note_spans: Sequence[Sequence[Any]] | None = None) -> pd.DataFrame:
+    """The de-identified form of ``frame``: each column with a rule is kept, dropped or masked by it.
+
+    Columns without a rule are left out (the caller classifies them first). Date shifts use each row's patient
+    offset (``patient_column``), so a patient's intervals survive. ``note_spans`` are PHI spans already detected
+    (on Spark) for the notes column, one list per row.
+
+    Raises:
+        ValueError: a date shift or notes rule on a table with no patient pseudonym column.
+    """
+    out: dict[str, pd.Series] = {}
+    shift_days: list[int | None] | None = None
+    for column in frame.columns:
+        rule = rules.get(column)
+        if rule is None or rule["op"] == "drop":
+            continue
+        values = frame[column]
+        op, name = rule["op"], rule.get("as", column)
+        if op == "keep":
+            out[name] = values
+        elif op == "redact":
+            out[name] = pd.Series([None] * len(values), index=values.index, dtype=object)
+        elif op == "partial_mask":
+            partial = PartialMaskOperator().operate
+            out[name] = values.map(lambda v, op=partial: None if v is None or pd.isna(v) else op(str(v), {}))
+        elif op == "pseudonym":
+            pseudonyms = keys.pseudonymize(rule["key"], values.astype(object).where(values.notna(), None).tolist())
+            out[name] = pd.Series(pseudonyms.to_pylist(), index=values.index, dtype=object)
+        elif op in ("date_shift", "notes"):
+            if patient_column not in frame.columns:
+                raise ValueError(f"column {column!r}: '{op}' needs the patient pseudonym column {patient_column!r}")
+            if shift_days is None:
+                shift_days = keys.shift_days_many(frame[patient_column].tolist())
+            if op == "date_shift":
+                out[name] = _shift(values, shift_days)
+            else:
+                if note_masker is None:
+                    raise ValueError(f"column {column!r} holds notes but no note masker was given")
+                out[name] = pd.Series(note_masker.mask(values.tolist(), shift_days, spans=note_spans),
+                                      index=values.index, dtype=object)
+        elif op == "year":
+            out[name] = values.map(lambda v: None if _to_date(v) is None else _to_date(v).year).astype("Int64")
+        elif op == "age_band":
+            out[name] = values.map(lambda v: age_band(_to_date(v), reference_date))
+        elif op == "zip3":
+            out[name] = values.map(lambda v: None if v is None or pd.isna(v) else zip3(str(v)))
+    return pd.DataFrame(out, index=frame.index).reset_index(drop=True)
+
+
+class NoteMasker:
+    """Masks free text: detect PHI (batched), then replace each mention with its entity type's operator.
+
+    Args:
+        detector: a :class:`~storage_security.deid.detection.PhiDetector`.
+        keys: the masking keys (surrogate names, date offsets).
+        entity_ops: entity type → ``surrogate`` | ``redact`` | ``partial_mask`` (``default`` for the rest).
+    """
+
+    def __init__(self, detector: Any, keys: MaskingKeys, entity_ops: dict[str, str] | None = None) -> None:
+        from presidio_anonymizer import AnonymizerEngine
+
+        self.detector = detector
+        self.keys = keys
+        self.entity_ops = dict(entity_ops or {"default": "surrogate"})
+        self.engine = AnonymizerEngine()
+        for operator in OPERATORS:
+            self.engine.add_anonymizer(operator)
+
+    def _operators(self, days: int) -> dict[str, Any]:
+        from presidio_anonymizer.entities import OperatorConfig
+
+        params = {"keys": self.keys, "days": days}
+        configs = {}
+        for entity, op in self.entity_ops.items():
+            configs["DEFAULT" if entity == "default" else entity] = OperatorConfig(NOTE_OPS[op], dict(params))
+        configs.setdefault("DEFAULT", OperatorConfig("medguard_surrogate", dict(params)))
+        return configs
+
+    def mask(self, texts: Sequence[str | None], shift_days: Sequence[int | None], *,
+             spans: Sequence[Sequence[Any]] | None = None) -> list[str | None]:
+        """Each text with its PHI replaced; ``shift_days[i]`` is text i's patient offset (None: 1 day)."""
+        from presidio_anonymizer.entities import ConflictResolutionStrategy, RecognizerResult
+
+        present = [i for i, t in enumerate(texts) if t is not None]
+        if spans is None:
+            detected = self.detector.detect_batch([texts[i] for i in present])
+        else:
+            detected = [spans[i] for i in present]
+        out: list[str | None] = [None] * len(texts)
+        for i, found in zip(present, detected, strict=True):
+            results = [RecognizerResult(s.entity_type, s.start, s.end, s.score) for s in _prefer_patterns(found)]
+            days = shift_days[i] or 1
+            masked = self.engine.anonymize(
+                text=str(texts[i]), analyzer_results=results, operators=self._operators(days),
+                conflict_resolution=ConflictResolutionStrategy.REMOVE_INTERSECTIONS)
+            out[i] = masked.text
+        return out
+
+
+def _prefer_patterns(spans: Sequence[Any]) -> list[Any]:
+    """Drop statistical-model spans inside a pattern match (the pattern knows the identifier's kind).
+
+    A model span that reaches past the pattern match is kept: the anonymizer trims the overlap, and every
+    character either recognizer flagged stays masked.
+    """
+    patterns = [s for s in spans if getattr(s, "recognizer", "") != "SpacyRecognizer"]
+    return patterns + [s for s in spans if getattr(s, "recognizer", "") == "SpacyRecognizer"
+                       and not any(p.start <= s.start and s.end <= p.end for p in patterns)]

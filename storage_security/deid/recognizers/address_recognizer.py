@@ -1,0 +1,26 @@
+"""Street addresses: a house number, one to three capitalised words and a USPS street suffix, unit optional."""
+
+from __future__ import annotations
+
+from faker.providers.address.en_US import Provider as _UsAddress
+from presidio_analyzer import Pattern
+
+from storage_security.deid.recognizers._base import HealthcarePatternRecognizer
+
+# USPS suffixes as written out (Faker carries the full USPS list) and their common abbreviations.
+_ABBREVIATIONS = ("St", "Ave", "Rd", "Blvd", "Dr", "Ln", "Ct", "Pl", "Ter", "Hwy", "Pkwy", "Cir", "Sq", "Trl")
+_SUFFIXES = "|".join(sorted({*_UsAddress.street_suffixes, *_ABBREVIATIONS}, key=len, reverse=True))
+_UNIT = r"(?:,?\s+(?:Apt\.?|Suite|Ste\.?|Unit|#)\s*[A-Z0-9-]{1,6})?"
+
+
+class StreetAddressRecognizer(HealthcarePatternRecognizer):
+    """Case-sensitive so that "5 mg daily" and similar are not read as a street."""
+
+    ENTITY = "STREET_ADDRESS"
+    CASE_SENSITIVE = True
+    PATTERNS = (
+        Pattern("Street address",
+                rf"\b\d{{1,6}}\s+(?:[NSEW]\.?\s+)?(?:[A-Z][a-z']+\s+){{1,3}}(?:{_SUFFIXES})\b\.?{_UNIT}", 0.7),
+        Pattern("PO box", r"\bP\.?\s?O\.?\s+Box\s+\d{1,6}\b", 0.7),
+    )
+    CONTEXT = ("lives", "address", "resides", "street", "home")

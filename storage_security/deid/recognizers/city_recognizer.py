@@ -1,0 +1,25 @@
+"""Cities (geographic subdivisions smaller than a state): the place name in "…, City, ST 12345" and "lives in City"."""
+
+from __future__ import annotations
+
+from presidio_analyzer import Pattern
+
+from storage_security.deid.recognizers._base import HealthcarePatternRecognizer
+from storage_security.deid.recognizers.zip_recognizer import _STATES
+
+_PLACE = r"[A-Z][a-z]+(?:[ -](?:[A-Z][a-z]+|de|la|of)){0,3}"
+
+
+class CityRecognizer(HealthcarePatternRecognizer):
+    """spaCy finds well-known places; this finds any place in an address line, known or not."""
+
+    ENTITY = "LOCATION"
+    CASE_SENSITIVE = True
+    PATTERNS = (
+        Pattern("City before state", rf"\b{_PLACE}(?=,?\s+(?:{_STATES})\b(?:,?\s+\d{{5}})?)", 0.6),
+        Pattern("City after preposition",
+                rf"(?<=\b(?:lives in|resides in|moved to|from|transferred to|home in)\s){_PLACE}"
+                rf"(?=,?\s+(?:{_STATES})\b)",
+                0.7),
+    )
+    CONTEXT = ("lives", "city", "town", "resides")

@@ -1,0 +1,295 @@
+"""The DEK store: every data key medguard ever used, wrapped by its KEK, in one Delta table.
+
+Lives at ``<lake root>/_keys/deks``, beside the zones rather than in one: it is key metadata, not data, and
+no zone listing, policy or analyst query should ever see it. It is written through delta-rs (the engine of
+:mod:`pipeline._delta_rs`, reads through ``QueryBuilder``) whichever engine the lake uses, because it is small
+and written from the driver. Only wrapped keys are stored; a plaintext DEK never reaches it.
+
+Columns: ``key_id`` (hex, the key id inside each cell), ``kek_name``, ``wrapped`` (``vault:v<N>:…`` or
+``keyring:v<N>:…``), ``table``, ``column``, ``scope`` (``batch`` | ``patient`` | ``pseudonym``), ``scope_key``
+(the batch id, the patient pseudonym, or the pseudonym key's name), ``created_at``, ``retired``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+from deltalake import CommitProperties, DeltaTable
+from deltalake.exceptions import DeltaError
+
+from pipeline._delta_rs import DeltaRsEngine
+from pipeline.errors import StorageError
+from pipeline.lake import CommitInfo
+
+if TYPE_CHECKING:
+    from pipeline.settings import Settings
+    from storage_security.keys.base import KeyProvider
+
+__all__ = ["SCOPES", "DekRecord", "DekStore", "RewrapReport", "check_scope_key"]
+
+SCOPES = ("batch", "patient", "pseudonym")
+_SCOPE_KEY = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+_KEY_ID = re.compile(r"^[0-9a-f]{2,64}$")
+_WRAPPED_VERSION = re.compile(r"^[a-z][a-z0-9_-]*:v([0-9]{1,9}):")
+# Vault refuses a batch_input of more than ~499 items with its default JSON limits.
+REWRAP_CHUNK = 400
+_LOOKUP_CHUNK = 2000
+
+SCHEMA = pa.schema([
+    pa.field("key_id", pa.string(), nullable=False),
+    pa.field("kek_name", pa.string(), nullable=False),
+    pa.field("wrapped", pa.string(), nullable=False),
+    pa.field("table", pa.string(), nullable=False),
+    pa.field("column", pa.string(), nullable=False),
+    pa.field("scope", pa.string(), nullable=False),
+    pa.field("scope_key", pa.string(), nullable=False),
+    pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    pa.field("retired", pa.bool_(), nullable=False),
+])
+
+
+def check_scope_key(scope_key: str) -> str:
+    """Validate a scope key (batch id, patient pseudonym, pseudonym key name); returns it.
+
+    Raises:
+        ValueError: not 1-100 characters of letters, digits, ``_`` and ``-`` (it names a KEK and sits in SQL).
+    """
+    if not isinstance(scope_key, str) or not _SCOPE_KEY.match(scope_key):
+        raise ValueError(f"scope key {scope_key!r} must be 1-100 characters of letters, digits, '_' and '-'")
+    return scope_key
+
+
+def wrapped_version(wrapped: str) -> int | None:
+    """The KEK version named by a wrapped DEK (``<provider>:v<N>:…``), or None when it names none."""
+    match = _WRAPPED_VERSION.match(wrapped)
+    return int(match.group(1)) if match else None
+
+
+def _sql_list(values: Iterable[str]) -> str:
+    return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
+
+
+@dataclass(frozen=True)
+class DekRecord:
+    """One stored data key: its id, the KEK that wraps it, what it encrypts."""
+
+    key_id: str
+    kek_name: str
+    wrapped: str
+    table: str
+    column: str
+    scope: str
+    scope_key: str
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    retired: bool = False
+
+    def __post_init__(self) -> None:
+        if not _KEY_ID.match(self.key_id):
+            raise ValueError(f"key id {self.key_id!r} must be lowercase hex")
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope {self.scope!r} must be one of {SCOPES}")
+        check_scope_key(self.scope_key)
+
+
+@dataclass(frozen=True)
+class RewrapReport:
+    """What :meth:`DekStore.rewrap_all` did."""
+
+    rewrapped: int
+    already_current: int
+    missing_kek: int
+    keks: int
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class DekStore:
+    """Wrapped DEKs in a Delta table.
+
+    Args:
+        uri: the table's location (a directory or an object-store URI).
+    """
+
+    def __init__(self, uri: str | Path) -> None:
+        self.uri = str(uri).rstrip("/")
+        self._engine = DeltaRsEngine()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DekStore:
+        """The DEK store of the lake of ``settings``: ``<lake root>/_keys/deks``."""
+        return cls(f"{str(settings.lake_root).rstrip('/')}/_keys/deks")
+
+    def __repr__(self) -> str:
+        return f"DekStore(uri={self.uri!r})"
+
+    # writes --------------------------------------------------------------------------------------------
+
+    def put(self, records: Sequence[DekRecord], *, commit: CommitInfo | None = None) -> None:
+        """Append records in one commit.
+
+        Raises:
+            StorageError: the write failed (callers must not use the keys then).
+        """
+        if not records:
+            return
+        table = pa.Table.from_pylist([asdict(r) for r in records], schema=SCHEMA)
+        if "://" not in self.uri:
+            os.makedirs(self.uri, exist_ok=True)
+        info = commit or CommitInfo(purpose="envelope-encryption")
+        self._engine.write(self.uri, table, mode="append", metadata=info.metadata("dek-put"))
+
+    def drop_scope(self, scope_key: str, *, scope: str | None = None, commit: CommitInfo | None = None) -> int:
+        """Delete every record of ``scope_key`` (optionally only of one ``scope``); returns how many.
+
+        Crypto-shredding destroys the KEK first (see :meth:`CellCipher.shred`): the records dropped here are
+        then useless, and older versions of this table keep only keys wrapped under the destroyed KEK.
+        """
+        check_scope_key(scope_key)
+        if not self.exists():
+            return 0
+        where = f"scope_key = '{scope_key}'"
+        if scope is not None:
+            if scope not in SCOPES:
+                raise ValueError(f"scope {scope!r} must be one of {SCOPES}")
+            where += f" AND scope = '{scope}'"
+        info = commit or CommitInfo(purpose="crypto-shredding")
+        return self._engine.delete(self.uri, where=where, metadata=info.metadata("dek-drop-scope"))
+
+    def retire(self, key_ids: Iterable[str], *, commit: CommitInfo | None = None) -> int:
+        """Mark DEKs retired (no longer used for new cells; they still decrypt). Returns how many changed."""
+        ids = [k for k in key_ids if _KEY_ID.match(k)]
+        if not ids or not self.exists():
+            return 0
+        info = commit or CommitInfo(purpose="key-retirement")
+        changed = 0
+        for start in range(0, len(ids), _LOOKUP_CHUNK):
+            chunk = ids[start:start + _LOOKUP_CHUNK]
+            try:
+                metrics = DeltaTable(self.uri).update(
+                    updates={"retired": "true"},
+                    predicate=f"key_id IN ({_sql_list(chunk)}) AND NOT retired",
+                    commit_properties=CommitProperties(custom_metadata=info.metadata("dek-retire"),
+                                                       max_commit_retries=100),
+                )
+            except DeltaError as exc:
+                raise StorageError(f"retiring DEKs in {self.uri} failed: {exc}") from exc
+            changed += int(metrics.get("num_updated_rows", 0))
+        return changed
+
+    def rewrap_all(self, provider: KeyProvider, *, chunk_size: int = REWRAP_CHUNK,
+                   commit: CommitInfo | None = None) -> RewrapReport:
+        """Rewrap every stored DEK under its KEK's latest version, without touching any data.
+
+        Idempotent and safe to re-run after an interruption: DEKs already under the latest version are
+        skipped, each chunk is committed as it is done, and a row changed by someone else since it was read
+        is left alone (the update matches on the old wrapped value). Records whose KEK no longer exists
+        (shredded patients) are counted and skipped.
+
+        Raises:
+            KeyProviderUnavailableError, KeyAccessDeniedError: from the provider; what was committed stays.
+            StorageError: a write failed.
+        """
+        if not 1 <= chunk_size <= 499:
+            raise ValueError("chunk_size must be 1 to 499 (Vault's batch_input limit)")
+        by_kek: dict[str, list[DekRecord]] = defaultdict(list)
+        for record in self.records():
+            by_kek[record.kek_name].append(record)
+        rewrapped = current = missing = 0
+        info = commit or CommitInfo(purpose="key-rotation")
+        for kek_name, records in sorted(by_kek.items()):
+            if not provider.key_exists(kek_name):
+                missing += len(records)
+                continue
+            latest = provider.versions(kek_name).latest
+            stale = [r for r in records if wrapped_version(r.wrapped) != latest]
+            current += len(records) - len(stale)
+            for start in range(0, len(stale), chunk_size):
+                chunk = stale[start:start + chunk_size]
+                fresh = provider.rewrap(kek_name, [r.wrapped for r in chunk])
+                rewrapped += self._replace_wrapped(chunk, fresh, info)
+        return RewrapReport(rewrapped=rewrapped, already_current=current, missing_kek=missing, keks=len(by_kek))
+
+    def _replace_wrapped(self, records: list[DekRecord], fresh: list[str], info: CommitInfo) -> int:
+        if len(fresh) != len(records):
+            raise StorageError(f"the key provider rewrapped {len(fresh)} of {len(records)} DEKs; nothing stored")
+        source = pa.table({
+            "key_id": [r.key_id for r in records],
+            "old_wrapped": [r.wrapped for r in records],
+            "wrapped": fresh,
+        })
+        try:
+            metrics = (
+                DeltaTable(self.uri)
+                .merge(source, predicate="t.key_id = s.key_id AND t.wrapped = s.old_wrapped", source_alias="s",
+                       target_alias="t",
+                       commit_properties=CommitProperties(custom_metadata=info.metadata("dek-rewrap"),
+                                                          max_commit_retries=100))
+                .when_matched_update({"wrapped": "s.wrapped"})
+                .execute()
+            )
+        except DeltaError as exc:
+            raise StorageError(f"rewrapping DEKs in {self.uri} failed: {exc}") from exc
+        return int(metrics.get("num_target_rows_updated", 0))
+
+    # reads ---------------------------------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        """True once a DEK has been stored."""
+        return self._engine.exists(self.uri)
+
+    def get(self, key_ids: Iterable[str]) -> dict[str, DekRecord]:
+        """The records of the given key ids that exist (malformed ids are simply not found)."""
+        ids = sorted({k for k in key_ids if isinstance(k, str) and _KEY_ID.match(k)})
+        if not ids or not self.exists():
+            return {}
+        found: dict[str, DekRecord] = {}
+        for start in range(0, len(ids), _LOOKUP_CHUNK):
+            chunk = ids[start:start + _LOOKUP_CHUNK]
+            found.update((r.key_id, r) for r in self._read(f"key_id IN ({_sql_list(chunk)})"))
+        return found
+
+    def records(self, *, scope: str | None = None, scope_key: str | None = None) -> list[DekRecord]:
+        """Stored records, optionally of one scope and/or scope key."""
+        if not self.exists():
+            return []
+        clauses = []
+        if scope is not None:
+            if scope not in SCOPES:
+                raise ValueError(f"scope {scope!r} must be one of {SCOPES}")
+            clauses.append(f"scope = '{scope}'")
+        if scope_key is not None:
+            clauses.append(f"scope_key = '{check_scope_key(scope_key)}'")
+        return self._read(" AND ".join(clauses) or None)
+
+    def summary(self, latest: Mapping[str, int] | None = None) -> dict[str, Any]:
+        """Counts for ``medguard keys status``: DEKs per scope, patients, retired.
+
+        Args:
+            latest: the latest version of the KEKs the caller can see; with it, ``stale`` counts DEKs of those
+                KEKs wrapped under an older version (``keys rotate`` rewraps them).
+        """
+        records = self.records()
+        result: dict[str, Any] = {
+            "uri": self.uri,
+            "deks": len(records),
+            "by_scope": {scope: sum(1 for r in records if r.scope == scope) for scope in SCOPES},
+            "patients": len({r.scope_key for r in records if r.scope == "patient"}),
+            "retired": sum(1 for r in records if r.retired),
+        }
+        if latest is not None:
+            result["stale"] = sum(1 for r in records
+                                  if r.kek_name in latest and wrapped_version(r.wrapped) != latest[r.kek_name])
+        return result
+
+    def _read(self, where: str | None) -> list[DekRecord]:
+        table = self._engine.read(self.uri, where=where)
+        return [DekRecord(**row) for row in table.to_pylist()]

@@ -1,0 +1,149 @@
+"""Key lifecycle recipes behind ``medguard keys rotate / reencrypt / shred``: each one re-runnable, each audited.
+
+- :func:`rotate_keys` adds a KEK version, rewraps every stored DEK (and the audit log's signing key) under it
+  without touching any data, then retires the old versions (``min_decryption_version``) — only once nothing is
+  left wrapped under them. A rotation interrupted anywhere is resumed, not restarted, by running it again: a
+  KEK whose ``min_decryption_version`` is below its latest version has a rotation in progress.
+- :func:`reencrypt_table` moves a table's cells to fresh DEKs (a new version of the table; time travel keeps
+  the old one readable) and marks the old DEKs retired.
+- :func:`shred_patient` crypto-shreds one patient (see :meth:`ProtectedLake.shred`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pipeline.lake import CommitInfo, Zone
+from storage_security.audit.log import AuditAction, AuditEvent, AuditLog, Decision
+from storage_security.crypto.envelope import CellCipher
+from storage_security.keys.base import KeyProvider
+from storage_security.keys.dek_store import DekStore, wrapped_version
+from storage_security.protected import ProtectedLake
+
+__all__ = ["ReencryptReport", "RotationReport", "reencrypt_table", "rotate_keys", "shred_patient"]
+
+_PSEUDONYM = re.compile(r"^ps1_[0-9a-f]{8}_[0-9a-f]{32}$")
+
+
+@dataclass(frozen=True)
+class RotationReport:
+    """What :func:`rotate_keys` did, per KEK and in total."""
+
+    rotated: dict[str, int] = field(default_factory=dict)
+    resumed: list[str] = field(default_factory=list)
+    rewrapped: int = 0
+    already_current: int = 0
+    audit_keys_rewrapped: int = 0
+    min_decryption_version: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ReencryptReport:
+    """What :func:`reencrypt_table` did."""
+
+    zone: str
+    table: str
+    rows: int
+    version: int
+    retired_deks: int
+    shredded_rows: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def rotate_keys(provider: KeyProvider, store: DekStore, audit: AuditLog, *, kek_names: Sequence[str],
+                principal: str, optional: Sequence[str] = ()) -> RotationReport:
+    """Rotate each KEK, rewrap every stored DEK and audit signing key, then retire the old KEK versions.
+
+    Args:
+        kek_names: the KEKs to rotate (the data KEK and the audit KEK, typically).
+        principal: who rotates, for the audit log.
+        optional: KEKs of ``kek_names`` that may not exist yet (the audit KEK before the first signed head):
+            skipped when missing, since nothing can be wrapped under them.
+
+    Raises:
+        ValueError: a KEK does not exist.
+        KeyProviderUnavailableError, KeyAccessDeniedError: the provider failed; run again once it is back.
+    """
+    rotated: dict[str, int] = {}
+    resumed: list[str] = []
+    kek_names = [name for name in kek_names if name not in optional or provider.key_exists(name)]
+    for name in kek_names:
+        if not provider.key_exists(name):
+            raise ValueError(f"KEK {name!r} does not exist; create it with `medguard keys init`")
+        versions = provider.versions(name)
+        if versions.min_decryption_version < versions.latest:
+            resumed.append(name)  # an earlier rotation did not finish: finish it, rotate no further
+            details = {"kek": name, "version": versions.latest, "resumed": True}
+        else:
+            rotated[name] = provider.rotate(name)
+            details = {"kek": name, "version": rotated[name], "resumed": False}
+        audit.record(AuditEvent(principal=principal, action=AuditAction.KEY_ROTATE, decision=Decision.ALLOW,
+                                purpose="key-rotation", details=details))
+    rewrap = store.rewrap_all(provider, commit=CommitInfo(principal=principal, purpose="key-rotation"))
+    audit_keys = audit.rewrap_signing_keys()
+    audit.record(AuditEvent(principal=principal, action=AuditAction.KEY_REWRAP, decision=Decision.ALLOW,
+                            purpose="key-rotation", row_count=rewrap.rewrapped,
+                            details={"keks": list(kek_names), "deks_rewrapped": rewrap.rewrapped,
+                                     "already_current": rewrap.already_current,
+                                     "audit_keys_rewrapped": audit_keys}))
+    # Retire old versions only when nothing stored is still wrapped under them.
+    latest = {name: provider.versions(name).latest for name in kek_names}
+    stale = {r.kek_name for r in store.records()
+             if r.kek_name in latest and wrapped_version(r.wrapped) != latest[r.kek_name]}
+    retired: dict[str, int] = {}
+    for name in kek_names:
+        if name not in stale:
+            provider.set_min_decryption_version(name, latest[name])
+            retired[name] = latest[name]
+    if retired:
+        audit.record(AuditEvent(principal=principal, action=AuditAction.KEY_RETIRE, decision=Decision.ALLOW,
+                                purpose="key-rotation", details={"min_decryption_version": retired}))
+    return RotationReport(rotated=rotated, resumed=resumed, rewrapped=rewrap.rewrapped,
+                          already_current=rewrap.already_current, audit_keys_rewrapped=audit_keys,
+                          min_decryption_version=retired)
+
+
+def reencrypt_table(plake: ProtectedLake, zone: Zone | str, table: str, *,
+                    commit: CommitInfo | None = None) -> ReencryptReport:
+    """Move every cell of a protected table to fresh DEKs, then retire the table's old batch DEKs.
+
+    The table's earlier versions stay readable (their DEKs are retired, not deleted). Cells of shredded
+    patients are written as nulls. Re-running after an interruption re-encrypts again and retires the rest.
+
+    Raises:
+        ValueError: the table is not protected.
+    """
+    zone = Zone(zone)
+    protection = plake.protection(zone, table)
+    if protection is None:
+        raise ValueError(f"{zone}.{table} has no encrypted columns: nothing to re-encrypt")
+    bound = f"{zone}.{table}"
+    old = [r.key_id for r in plake.store.records(scope="batch") if r.table == bound and not r.retired]
+    result = plake.read_result(zone, table, decrypt=True, purpose="key-reencryption")
+    fresh = ProtectedLake(plake.lake, plake.provider, principal=plake.principal, kek_name=plake.kek_name,
+                          audit=plake.audit, cipher=CellCipher(plake.provider, plake.store, kek_name=plake.kek_name))
+    info = commit or CommitInfo(principal=plake.principal, purpose="key-reencryption")
+    version = fresh.overwrite(zone, table, result.table, protection, commit=info)
+    retired = plake.store.retire(old, commit=info)
+    plake.audit.record(AuditEvent(principal=plake.principal, action=AuditAction.REENCRYPT, zone=zone,
+                                  table_name=table, columns=protection.encrypted, row_count=result.table.num_rows,
+                                  decision=Decision.ALLOW, purpose=info.purpose,
+                                  details={"version": version, "retired_deks": retired}))
+    return ReencryptReport(zone=zone.value, table=table, rows=result.table.num_rows, version=version,
+                           retired_deks=retired, shredded_rows=result.shredded_rows)
+
+
+def shred_patient(plake: ProtectedLake, patient: str, *, reason: str) -> dict[str, Any]:
+    """Crypto-shred a patient given their patient id (pseudonymised here) or their pseudonym (``ps1_…``)."""
+    pseudonym = patient if _PSEUDONYM.match(patient) else plake.pseudonymizer("patient").pseudonym(patient)
+    assert pseudonym is not None
+    dropped = plake.shred(pseudonym, reason=reason)
+    return {"patient_pseudonym": pseudonym, "deks_dropped": dropped, "kek_destroyed": f"patient-{pseudonym}"}
