@@ -39,6 +39,10 @@ class Zone(StrEnum):
     AUDIT = "audit"
 
 
+# Key metadata (wrapped data keys, table manifests, shred records) lives beside the zones, never in one: no zone
+# listing, policy or analyst query reaches it, but it is read and written through Lake like any table.
+SYSTEM_ZONE = "_keys"
+
 _TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 
@@ -120,12 +124,13 @@ class Lake:
         """Where a table lives.
 
         Raises:
-            ValueError: unknown zone, or a table name that is not lower_snake_case (no paths, no dots).
+            ValueError: unknown zone (a :class:`Zone` or :data:`SYSTEM_ZONE`), or a table name that is not
+                lower_snake_case (no paths, no dots).
         """
-        zone = Zone(zone)
+        where = SYSTEM_ZONE if zone == SYSTEM_ZONE else Zone(zone).value
         if not _TABLE_NAME.match(table):
             raise ValueError(f"table name {table!r} must be lower_snake_case: [a-z][a-z0-9_]*, at most 63 chars")
-        return f"{self.root}/{zone.value}/{table}"
+        return f"{self.root}/{where}/{table}"
 
     def exists(self, zone: Zone | str, table: str) -> bool:
         """True when the table has been written at least once."""
