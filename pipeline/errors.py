@@ -60,3 +60,10 @@ class AuditIntegrityError(MedguardError):
 
     The message is one line naming the first bad event's sequence number and why it is bad.
     """
+
+
+class PlaintextLeakError(MedguardError):
+    """Raised by the demo's verify step when plaintext identifiers of the sources are found in the lake's files.
+
+    Never ``AssertionError``: the check is a guarantee the product makes, and ``python -O`` must not skip it.
+    """

@@ -44,7 +44,7 @@ def security_step(settings: Settings, report: DemoReport) -> dict[str, Any]:
 def verify_step(settings: Settings, report: DemoReport) -> dict[str, Any]:
     """Verify the audit chain and look for plaintext identifiers of the demo sources anywhere in the lake."""
     from pipeline.demo import DEMO_SOURCES
-    from pipeline.errors import AuditIntegrityError
+    from pipeline.errors import AuditIntegrityError, PlaintextLeakError
     from pipeline.lake import Lake
     from storage_security.audit.log import AuditLog
     from storage_security.keys.providers import provider_from_settings
@@ -58,7 +58,7 @@ def verify_step(settings: Settings, report: DemoReport) -> dict[str, Any]:
     needles = _identifiers(settings.home / DEMO_SOURCES / "patients.csv")
     found = _grep(Path(lake.root), needles)
     if found:
-        raise AssertionError(f"plaintext identifiers found in the lake: {sorted(found)[:5]}")
+        raise PlaintextLeakError(f"plaintext identifiers found in the lake: {sorted(found)[:5]}")
     return {"audit": verified.summary(), "identifiers_checked": len(needles), "plaintext_found": 0}
 
 
