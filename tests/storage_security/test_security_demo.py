@@ -9,6 +9,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline.demo import DEMO_SOURCES, DemoReport
+from pipeline.errors import PlaintextLeakError
 from pipeline.lake import Lake
 from pipeline.settings import load_settings
 from storage_security.demo import verify_step
@@ -41,8 +42,8 @@ def test_when_identifiers_are_sealed_then_the_check_passes_and_when_one_leaks_it
     assert result["plaintext_found"] == 0 and result["identifiers_checked"] == 2
     assert "intact" in result["audit"]
 
-    lake.append("curated", "leak", pa.table({"note": [f"patient ssn {SSN} " * 50]}))  # compressible: hidden
-    with pytest.raises(AssertionError, match=SSN):
+    lake.append("quarantine", "leak", pa.table({"note": [f"patient ssn {SSN} " * 50]}))  # compressible: hidden
+    with pytest.raises(PlaintextLeakError, match=SSN):
         verify_step(settings, DemoReport())
 
 
