@@ -2,8 +2,7 @@
 
 Private: the rest of medguard uses the recipes built on it (:mod:`storage_security.crypto.envelope`,
 :mod:`storage_security.keys.keyring`). Nonces are 96-bit and random, tags 128-bit; the bulk helpers take nonces
-made by :func:`random_nonces` so that a column of cells costs one ``os.urandom`` call. :func:`gcm_encrypt`
-and :func:`gcm_decrypt` accept other IV and tag lengths for interoperability and NIST's test vectors only.
+made by :func:`random_nonces` so that a column of cells costs one ``os.urandom`` call.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ from collections.abc import Sequence
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from pipeline.errors import DecryptionError
@@ -21,9 +19,6 @@ from pipeline.errors import DecryptionError
 KEY_SIZE = 32
 NONCE_SIZE = 12
 TAG_SIZE = 16
-# cryptography's GCM accepts IVs of 8 to 128 bytes and tags of at least 4 bytes (NIST SP 800-38D 5.2.1.2).
-_IV_RANGE = (8, 128)
-_TAG_RANGE = (4, 16)
 
 
 class AuthenticationFailed(DecryptionError):
@@ -135,46 +130,3 @@ def nonce_list(nonces: np.ndarray) -> list[bytes]:
     """The rows of a ``(count, 12)`` uint8 array as ``bytes`` objects."""
     return np.ascontiguousarray(nonces).view(f"V{NONCE_SIZE}").ravel().tolist()
 
-
-def _check_iv_tag(iv: bytes, tag_length: int) -> None:
-    if not _IV_RANGE[0] <= len(iv) <= _IV_RANGE[1]:
-        raise ValueError(f"GCM IVs must be {_IV_RANGE[0]} to {_IV_RANGE[1]} bytes here, got {len(iv)}")
-    if not _TAG_RANGE[0] <= tag_length <= _TAG_RANGE[1]:
-        raise ValueError(f"GCM tags must be {_TAG_RANGE[0]} to {_TAG_RANGE[1]} bytes, got {tag_length}")
-
-
-def gcm_encrypt(key: bytes, iv: bytes, plaintext: bytes, associated_data: bytes, *,
-                tag_length: int = TAG_SIZE) -> tuple[bytes, bytes]:
-    """``(ciphertext, tag)`` for a caller-chosen IV and tag length: interoperability and test vectors only.
-
-    Raises:
-        ValueError: a key, IV or tag length outside what GCM (as implemented by cryptography) allows.
-    """
-    _check_key(key)
-    _check_iv_tag(iv, tag_length)
-    if tag_length == TAG_SIZE:
-        sealed = AESGCM(bytes(key)).encrypt(iv, plaintext, associated_data)
-        return sealed[:-TAG_SIZE], sealed[-TAG_SIZE:]
-    encryptor = Cipher(algorithms.AES(bytes(key)), modes.GCM(iv)).encryptor()
-    encryptor.authenticate_additional_data(associated_data)
-    ciphertext = encryptor.update(plaintext) + encryptor.finalize()
-    return ciphertext, encryptor.tag[:tag_length]
-
-
-def gcm_decrypt(key: bytes, iv: bytes, ciphertext: bytes, tag: bytes, associated_data: bytes) -> bytes:
-    """The plaintext for a caller-chosen IV and a tag of 4 to 16 bytes: interoperability and test vectors only.
-
-    Raises:
-        AuthenticationFailed: the tag does not verify.
-        ValueError: a key, IV or tag length outside what GCM (as implemented by cryptography) allows.
-    """
-    _check_key(key)
-    _check_iv_tag(iv, len(tag))
-    try:
-        if len(tag) == TAG_SIZE:
-            return AESGCM(bytes(key)).decrypt(iv, ciphertext + tag, associated_data)
-        decryptor = Cipher(algorithms.AES(bytes(key)), modes.GCM(iv, tag, min_tag_length=len(tag))).decryptor()
-        decryptor.authenticate_additional_data(associated_data)
-        return decryptor.update(ciphertext) + decryptor.finalize()
-    except InvalidTag as exc:
-        raise AuthenticationFailed() from exc

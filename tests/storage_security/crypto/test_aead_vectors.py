@@ -1,30 +1,47 @@
-"""NIST CAVS AES-256-GCM vectors (from the cryptography-vectors package) through ``storage_security.crypto._aead``.
+"""NIST CAVS AES-256-GCM vectors (from the cryptography-vectors package) through the cell primitive ``AesGcm``.
 
-Every case of ``gcmEncryptExtIV256.rsp`` and ``gcmDecrypt256.rsp`` is run: 96-bit, 1024-bit and 8-bit IVs,
-empty and non-empty plaintext and associated data, tags of 32 to 128 bits, and the decrypt cases marked FAIL,
-which must be rejected. cryptography (like most AES-GCM libraries) refuses IVs shorter than 64 bits, so the
-8-bit-IV cases must be refused by ``_aead`` with ``ValueError`` rather than computed. The cases with 96-bit IVs
-and 128-bit tags also go through ``AesGcm``, the class the cell format uses.
+Both files, ``gcmEncryptExtIV256.rsp`` and ``gcmDecrypt256.rsp``, hold 7,875 cases each: 96-bit, 1024-bit and
+8-bit IVs, empty and non-empty plaintext and associated data, tags of 32 to 128 bits, and (decrypt file) cases
+marked FAIL. They are run only through what the cell format calls:
+
+- The cases the format can carry (96-bit IV, 128-bit tag; 375 per file) must come out of ``seal_many`` and
+  ``seal_rows`` byte for byte, and ``decrypt``, ``open_many`` and ``open_rows`` must return their plaintext, or
+  refuse them when NIST marks them FAIL (a bulk call naming the position of the first failing cell).
+- Every other case, fed to ``decrypt`` as ``iv || ciphertext || tag``, must be refused: the format has no way to
+  carry another IV length or a truncated tag, so such a message can never authenticate. Their encrypt side is not
+  run: no medguard API takes a caller-chosen IV or tag length (nonces come from ``random_nonces``).
+
+Each test walks every case of one file for one property and lists the failing cases by section and count.
 """
 
 from __future__ import annotations
 
 import os
-from collections import defaultdict
+import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cryptography_vectors
 import pytest
 
-from storage_security.crypto import _aead
+from storage_security.crypto._aead import (
+    NONCE_SIZE,
+    TAG_SIZE,
+    AesGcm,
+    AuthenticationFailed,
+    open_rows,
+    seal_rows,
+)
 
 ENCRYPT_FILE = os.path.join("ciphers", "AES", "GCM", "gcmEncryptExtIV256.rsp")
 DECRYPT_FILE = os.path.join("ciphers", "AES", "GCM", "gcmDecrypt256.rsp")
 CASES_PER_FILE = 7875
+FORMAT_CASES_PER_FILE = 375  # 5 plaintext lengths x 5 associated-data lengths x 15 cases, 96-bit IV, 128-bit tag
 
 
 @dataclass(frozen=True)
 class Case:
+    section: str  # e.g. ``IVlen=96,PTlen=128,AADlen=0,Taglen=128``
     count: int
     key: bytes
     iv: bytes
@@ -33,23 +50,34 @@ class Case:
     ciphertext: bytes
     tag: bytes
 
+    @property
+    def ident(self) -> str:
+        return f"[{self.section}] Count={self.count}"
 
-def _parse(name: str) -> dict[str, list[Case]]:
-    """Cases grouped by their section header, e.g. ``IVlen=96,PTlen=128,AADlen=0,Taglen=128``."""
-    groups: dict[str, list[Case]] = defaultdict(list)
+    @property
+    def in_cell_format(self) -> bool:
+        return len(self.iv) == NONCE_SIZE and len(self.tag) == TAG_SIZE
+
+    @property
+    def message(self) -> bytes:
+        """The case laid out as ``AesGcm.decrypt`` reads a message: ``nonce || ciphertext || tag``."""
+        return self.iv + self.ciphertext + self.tag
+
+
+def _parse(name: str) -> list[Case]:
+    cases: list[Case] = []
     params: dict[str, str] = {}
     fields: dict[str, str] = {}
 
     def flush() -> None:
         if "Count" not in fields:
             return
-        section = ",".join(f"{k}={params[k]}" for k in ("IVlen", "PTlen", "AADlen", "Taglen"))
-        fail = fields.get("FAIL") == "FAIL"
-        groups[section].append(Case(
+        cases.append(Case(
+            section=",".join(f"{k}={params[k]}" for k in ("IVlen", "PTlen", "AADlen", "Taglen")),
             count=int(fields["Count"]),
             key=bytes.fromhex(fields["Key"]),
             iv=bytes.fromhex(fields["IV"]),
-            plaintext=None if fail else bytes.fromhex(fields["PT"]),
+            plaintext=None if fields.get("FAIL") == "FAIL" else bytes.fromhex(fields["PT"]),
             aad=bytes.fromhex(fields["AAD"]),
             ciphertext=bytes.fromhex(fields["CT"]),
             tag=bytes.fromhex(fields["Tag"]),
@@ -61,8 +89,7 @@ def _parse(name: str) -> dict[str, list[Case]]:
             line = raw.strip()
             if not line or line.startswith("#"):
                 flush()
-                continue
-            if line.startswith("["):
+            elif line.startswith("["):
                 flush()
                 key, _, value = line.strip("[]").partition("=")
                 params[key.strip()] = value.strip()
@@ -72,76 +99,85 @@ def _parse(name: str) -> dict[str, list[Case]]:
                 key, _, value = line.partition("=")
                 fields[key.strip()] = value.strip()
         flush()
-    return dict(groups)
+    return cases
 
 
-ENCRYPT = _parse(ENCRYPT_FILE)
-DECRYPT = _parse(DECRYPT_FILE)
+FILES = {"encrypt": _parse(ENCRYPT_FILE), "decrypt": _parse(DECRYPT_FILE)}
 
 
-@pytest.mark.parametrize(("name", "groups"), [(ENCRYPT_FILE, ENCRYPT), (DECRYPT_FILE, DECRYPT)])
-def test_when_vector_files_are_parsed_then_every_case_is_there(name: str, groups: dict[str, list[Case]]) -> None:
-    cases = [case for group in groups.values() for case in group]
-    assert len(cases) == CASES_PER_FILE, name
+def _failures(cases: list[Case], check: Callable[[Case], bool]) -> list[str]:
+    return [case.ident for case in cases if not check(case)]
+
+
+def _refused(call: Callable[[], object], index: int = 0) -> bool:
+    try:
+        call()
+    except AuthenticationFailed as exc:
+        return exc.index == index
+    return False
+
+
+@pytest.mark.parametrize("name", sorted(FILES))
+def test_when_vector_files_are_parsed_then_every_case_is_there(name: str) -> None:
+    cases = FILES[name]
+    assert len(cases) == CASES_PER_FILE
     assert {len(case.tag) for case in cases} == {4, 8, 12, 13, 14, 15, 16}
     assert {len(case.iv) for case in cases} == {1, 12, 128}
+    assert sum(case.in_cell_format for case in cases) == FORMAT_CASES_PER_FILE
+    failing = sum(case.plaintext is None for case in cases)
+    assert (failing == 0) if name == "encrypt" else (0 < failing < CASES_PER_FILE)
 
 
-def test_when_decrypt_file_is_parsed_then_it_holds_cases_that_must_fail() -> None:
-    failing = sum(case.plaintext is None for group in DECRYPT.values() for case in group)
-    assert 0 < failing < CASES_PER_FILE
+def test_when_nist_encrypt_vector_fits_the_cell_format_then_seal_many_and_seal_rows_reproduce_it() -> None:
+    cases = [case for case in FILES["encrypt"] if case.in_cell_format]
+    failures = _failures(cases, lambda case: AesGcm(case.key).seal_many(
+        [case.iv], [case.plaintext], [case.aad]) == [case.ciphertext + case.tag])  # type: ignore[list-item]
+    assert not failures, failures
+    sealed = seal_rows([AesGcm(case.key) for case in cases], list(range(len(cases))), [case.iv for case in cases],
+                       [case.plaintext for case in cases], [case.aad for case in cases])  # type: ignore[misc]
+    failures = [case.ident for case, got in zip(cases, sealed, strict=True) if got != case.ciphertext + case.tag]
+    assert not failures, failures
 
 
-@pytest.mark.parametrize("section", sorted(ENCRYPT))
-def test_when_nist_encrypt_vector_then_aead_reproduces_ciphertext_and_tag(section: str) -> None:
-    for case in ENCRYPT[section]:
-        assert case.plaintext is not None
-        if len(case.iv) < 8:
-            with pytest.raises(ValueError, match="IV"):
-                _aead.gcm_encrypt(case.key, case.iv, case.plaintext, case.aad, tag_length=len(case.tag))
-            continue
-        ciphertext, tag = _aead.gcm_encrypt(case.key, case.iv, case.plaintext, case.aad, tag_length=len(case.tag))
-        assert (ciphertext, tag) == (case.ciphertext, case.tag), f"{section} Count={case.count}"
-        assert _aead.gcm_decrypt(case.key, case.iv, ciphertext, tag, case.aad) == case.plaintext
+@pytest.mark.parametrize("name", sorted(FILES))
+def test_when_nist_vector_fits_the_cell_format_then_decrypt_open_many_and_open_rows_return_its_plaintext(
+        name: str) -> None:
+    cases = [case for case in FILES[name] if case.in_cell_format and case.plaintext is not None]
+    assert cases
+    failures = _failures(cases, lambda case: AesGcm(case.key).decrypt(case.message, case.aad) == case.plaintext)
+    assert not failures, failures
+    failures = _failures(cases, lambda case: AesGcm(case.key).open_many(
+        [case.iv], [case.ciphertext + case.tag], [case.aad]) == [case.plaintext])
+    assert not failures, failures
+    opened = open_rows([AesGcm(case.key) for case in cases], list(range(len(cases))), [case.iv for case in cases],
+                       [case.ciphertext + case.tag for case in cases], [case.aad for case in cases])
+    failures = [case.ident for case, got in zip(cases, opened, strict=True) if got != case.plaintext]
+    assert not failures, failures
 
 
-@pytest.mark.parametrize("section", sorted(DECRYPT))
-def test_when_nist_decrypt_vector_then_aead_returns_plaintext_or_rejects(section: str) -> None:
-    for case in DECRYPT[section]:
-        if len(case.iv) < 8:
-            with pytest.raises(ValueError, match="IV"):
-                _aead.gcm_decrypt(case.key, case.iv, case.ciphertext, case.tag, case.aad)
-        elif case.plaintext is None:
-            with pytest.raises(_aead.AuthenticationFailed):
-                _aead.gcm_decrypt(case.key, case.iv, case.ciphertext, case.tag, case.aad)
-        else:
-            assert _aead.gcm_decrypt(case.key, case.iv, case.ciphertext, case.tag, case.aad) == case.plaintext
+def test_when_nist_decrypt_vector_is_marked_fail_then_every_cell_path_refuses_it() -> None:
+    cases = [case for case in FILES["decrypt"] if case.in_cell_format]
+    bad = [case for case in cases if case.plaintext is None]
+    assert bad
+    failures = _failures(bad, lambda case: _refused(lambda: AesGcm(case.key).decrypt(case.message, case.aad)))
+    assert not failures, failures
+    # In a bulk call the error names the failing cell: here the second, after one that authenticates.
+    good = next(case for case in cases if case.plaintext is not None)
+    failures = _failures(bad, lambda case: _refused(lambda: open_rows(
+        [AesGcm(good.key), AesGcm(case.key)], [0, 1], [good.iv, case.iv],
+        [good.ciphertext + good.tag, case.ciphertext + case.tag], [good.aad, case.aad]), index=1))
+    assert not failures, failures
+    failures = _failures(bad, lambda case: _refused(lambda: AesGcm(case.key).open_many(
+        [case.iv, case.iv], [case.ciphertext + case.tag] * 2, [case.aad] * 2), index=0))
+    assert not failures, failures
 
 
-_CELL_SECTIONS = sorted(s for s in ENCRYPT if s.startswith("IVlen=96,") and s.endswith("Taglen=128"))
-
-
-@pytest.mark.parametrize("section", _CELL_SECTIONS)
-def test_when_96_bit_iv_and_128_bit_tag_vector_then_the_cell_primitive_agrees(section: str) -> None:
-    encrypt_cases, decrypt_cases = ENCRYPT[section], DECRYPT[section]
-    for case in encrypt_cases:
-        sealed = _aead.AesGcm(case.key).seal_many([case.iv], [case.plaintext], [case.aad])  # type: ignore[list-item]
-        assert sealed == [case.ciphertext + case.tag]
-    for case in decrypt_cases:
-        aead = _aead.AesGcm(case.key)
-        message = case.iv + case.ciphertext + case.tag
-        if case.plaintext is None:
-            with pytest.raises(_aead.AuthenticationFailed):
-                aead.decrypt(message, case.aad)
-            with pytest.raises(_aead.AuthenticationFailed) as failed:
-                aead.open_many([case.iv, case.iv], [case.ciphertext + case.tag] * 2, [case.aad] * 2)
-            assert failed.value.index == 0
-        else:
-            assert aead.decrypt(message, case.aad) == case.plaintext
-
-
-def test_when_cell_sections_are_selected_then_every_length_combination_is_covered() -> None:
-    assert len(_CELL_SECTIONS) == 25  # 5 plaintext lengths x 5 associated-data lengths
+@pytest.mark.parametrize("name", sorted(FILES))
+def test_when_nist_vector_has_another_iv_length_or_a_short_tag_then_decrypt_refuses_it(name: str) -> None:
+    cases = [case for case in FILES[name] if not case.in_cell_format]
+    assert len(cases) == CASES_PER_FILE - FORMAT_CASES_PER_FILE
+    failures = _failures(cases, lambda case: _refused(lambda: AesGcm(case.key).decrypt(case.message, case.aad)))
+    assert not failures, failures
 
 
 @pytest.mark.parametrize(
@@ -150,28 +186,20 @@ def test_when_cell_sections_are_selected_then_every_length_combination_is_covere
 )
 def test_when_key_is_not_32_bytes_then_caller_error(key: object, error: type[Exception]) -> None:
     with pytest.raises(error):
-        _aead.AesGcm(key)  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize("tag_length", [0, 3, 17])
-def test_when_tag_length_outside_gcm_then_value_error(tag_length: int) -> None:
-    with pytest.raises(ValueError, match="tag"):
-        _aead.gcm_encrypt(b"k" * 32, b"n" * 12, b"", b"", tag_length=tag_length)
+        AesGcm(key)  # type: ignore[arg-type]
 
 
 def test_when_aead_is_pickled_or_printed_then_no_key_material_leaks() -> None:
-    import pickle
-
-    aead = _aead.AesGcm(b"\x42" * 32)
+    aead = AesGcm(b"\x42" * 32)
     with pytest.raises(TypeError, match="pickled"):
         pickle.dumps(aead)
     assert "42" not in repr(aead) and "redacted" in repr(aead)
 
 
 def test_when_a_message_is_encrypted_twice_then_nonces_differ_and_both_decrypt() -> None:
-    aead = _aead.AesGcm(os.urandom(32))
+    aead = AesGcm(os.urandom(32))
     first, second = aead.encrypt(b"same", b"ad"), aead.encrypt(b"same", b"ad")
-    assert first[:_aead.NONCE_SIZE] != second[:_aead.NONCE_SIZE]
+    assert first[:NONCE_SIZE] != second[:NONCE_SIZE]
     assert aead.decrypt(first, b"ad") == aead.decrypt(second, b"ad") == b"same"
-    with pytest.raises(_aead.AuthenticationFailed):
-        aead.decrypt(first[:_aead.NONCE_SIZE + _aead.TAG_SIZE - 1], b"ad")
+    with pytest.raises(AuthenticationFailed):
+        aead.decrypt(first[:NONCE_SIZE + TAG_SIZE - 1], b"ad")
