@@ -12,11 +12,12 @@ as ``operator:<os account>``. Heavy imports stay inside the commands so ``medgua
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+from pipeline.cli_support import JsonOption, emit, settings_from
 
 if TYPE_CHECKING:
     from access.principals import PrincipalStore, Session
@@ -25,26 +26,11 @@ if TYPE_CHECKING:
 access_app = typer.Typer(help="Principals, roles, API tokens and what each principal may query.",
                          no_args_is_help=True)
 
-JsonOption = Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")]
 AsOption = Annotated[str | None, typer.Option("--as", help="Act as this principal (operator of MEDGUARD_HOME only).")]
 TokenOption = Annotated[str | None, typer.Option("--token", help="Authenticate with this API token.")]
 TotpOption = Annotated[str | None, typer.Option("--totp", help="The TOTP code, for principals with a second factor.")]
 PurposeOption = Annotated[str | None, typer.Option("--purpose",
                                                    help="Purpose of use (default: the principal's first).")]
-
-
-def _settings(ctx: typer.Context) -> Settings:
-    from pipeline.settings import Settings, get_settings
-
-    root = ctx.find_root().obj
-    return root if isinstance(root, Settings) else get_settings()
-
-
-def _emit(result: object, as_json: bool, line: str) -> None:
-    if as_json:
-        sys.stdout.write(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
-    else:
-        typer.echo(line)
 
 
 def _operator(settings: Settings) -> str:
@@ -107,7 +93,7 @@ def add_principal(
     from access.policy import DEFAULT_PURPOSES
     from access.principals import Principal, PrincipalKind, Role, parse_purposes
 
-    settings = _settings(ctx)
+    settings = settings_from(ctx)
     operator = _operator(settings)
     try:
         role_value = Role(role)
@@ -118,17 +104,17 @@ def add_principal(
         name, role_value, kind=PrincipalKind.SERVICE if service else PrincipalKind.USER, facility=facility,
         department=department, purposes=purposes))
     _record_admin(settings, operator, "add-principal", {"target": principal.qualified, "role": role_value.value})
-    _emit(principal.to_dict(), as_json, f"added {principal.qualified} ({role_value.value}"
+    emit(principal.to_dict(), as_json, f"added {principal.qualified} ({role_value.value}"
           f"{', facility ' + facility if facility else ''}; purposes {', '.join(purposes)})")
 
 
 @access_app.command("list")
 def list_principals(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """List principals and their roles and attributes."""
-    principals = [p.to_dict() for p in _store(_settings(ctx)).list()]
+    principals = [p.to_dict() for p in _store(settings_from(ctx)).list()]
     lines = [f"{p['kind']}:{p['name']}  {p['role']}  facility={p['facility'] or '-'}  purposes="
              f"{','.join(p['purposes']) or '-'}{'  (disabled)' if p['disabled'] else ''}" for p in principals]
-    _emit(principals, as_json, "\n".join(lines) or "no principals yet: `medguard access add-principal`")
+    emit(principals, as_json, "\n".join(lines) or "no principals yet: `medguard access add-principal`")
 
 
 @access_app.command("issue-token")
@@ -142,11 +128,11 @@ def issue_token(
     """Issue an API token; it is shown ONCE and stored only as a salted scrypt hash."""
     from datetime import timedelta
 
-    settings = _settings(ctx)
+    settings = settings_from(ctx)
     operator = _operator(settings)
     issued = _store(settings).issue_token(name, ttl=timedelta(days=ttl_days) if ttl_days else None)
     _record_admin(settings, operator, "issue-token", {"target": name, "token_id": issued.token_id})
-    _emit({"token_id": issued.token_id, "principal": name, "expires_at": issued.expires_at.isoformat(),
+    emit({"token_id": issued.token_id, "principal": name, "expires_at": issued.expires_at.isoformat(),
            "token": issued.secret}, as_json,
           f"token {issued.token_id} for {name}, expires {issued.expires_at:%Y-%m-%d} (shown once):\n{issued.secret}")
 
@@ -158,11 +144,11 @@ def revoke_token(
     as_json: JsonOption = False,
 ) -> None:
     """Revoke an API token; its sessions end at once."""
-    settings = _settings(ctx)
+    settings = settings_from(ctx)
     operator = _operator(settings)
     principal = _store(settings).revoke_token(token_id)
     _record_admin(settings, operator, "revoke-token", {"target": principal, "token_id": token_id})
-    _emit({"token_id": token_id, "principal": principal, "revoked": True}, as_json,
+    emit({"token_id": token_id, "principal": principal, "revoked": True}, as_json,
           f"revoked token {token_id} of {principal}")
 
 
@@ -173,11 +159,11 @@ def enable_totp(
     as_json: JsonOption = False,
 ) -> None:
     """Require a TOTP code at login; prints the provisioning URI once (load it into an authenticator)."""
-    settings = _settings(ctx)
+    settings = settings_from(ctx)
     operator = _operator(settings)
     uri = _store(settings).enable_totp(name)
     _record_admin(settings, operator, "enable-totp", {"target": name})
-    _emit({"principal": name, "provisioning_uri": uri}, as_json, f"TOTP enabled for {name}; provisioning URI "
+    emit({"principal": name, "provisioning_uri": uri}, as_json, f"TOTP enabled for {name}; provisioning URI "
           f"(shown once):\n{uri}")
 
 
@@ -193,10 +179,10 @@ def tables(
     """The logical tables (zone.table) the principal may query."""
     from access.gateway import QueryGateway
 
-    settings = _settings(ctx)
+    settings = settings_from(ctx)
     session = open_session(settings, as_name, token, totp)
     names = QueryGateway.from_settings(settings).tables(session, purpose=purpose)
-    _emit(names, as_json, "\n".join(names) or f"{session.principal.qualified} may query no table")
+    emit(names, as_json, "\n".join(names) or f"{session.principal.qualified} may query no table")
 
 
 def query(
@@ -214,13 +200,13 @@ def query(
     """Run a policy-enforced SQL query (masks and row filters applied); refusals exit 1 with the reason."""
     from access.gateway import QueryGateway
 
-    settings = _settings(ctx)
+    settings = settings_from(ctx)
     session = open_session(settings, as_name, token, totp)
     result = QueryGateway.from_settings(settings).query(session, sql, purpose=purpose,
                                                         break_glass_reason=break_glass)
-    if as_json:
-        _emit({"columns": result.table.column_names, "rows": result.table.to_pylist(),
-               "row_count": result.table.num_rows, "masks": result.masks(), "seconds": result.seconds}, True, "")
+    if as_json:  # the rows become JSON only when asked for
+        emit({"columns": result.table.column_names, "rows": result.table.to_pylist(),
+              "row_count": result.table.num_rows, "masks": result.masks(), "seconds": result.seconds}, True, "")
     elif csv:
         sys.stdout.write(result.to_csv())
     else:

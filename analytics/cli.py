@@ -1,41 +1,17 @@
 """The analytics commands: ``medguard train`` and ``medguard diagnose``.
 
 Registered through the ``medguard.commands`` entry points; heavy imports stay inside the commands so that
-``medguard --help`` stays fast. Failures are MedguardError/ValueError: one line on stderr, exit 1.
+``medguard --help`` stays fast. Failures reach the root command's one error path (:mod:`pipeline.cli_support`).
 """
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 import typer
 
-if TYPE_CHECKING:
-    from pipeline.settings import Settings
-
-JsonOption = Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")]
-
-
-def _settings(ctx: typer.Context) -> Settings:
-    from pipeline.settings import Settings, get_settings
-
-    root = ctx.find_root().obj
-    return root if isinstance(root, Settings) else get_settings()
-
-
-def _fail(exc: Exception) -> None:
-    sys.stderr.write(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}\n")
-    raise typer.Exit(1)
-
-
-def _emit(result: dict[str, Any], as_json: bool, line: str) -> None:
-    if as_json:
-        sys.stdout.write(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
-    else:
-        typer.echo(line)
+from pipeline.cli_support import JsonOption, emit, settings_from
 
 
 def train(
@@ -49,14 +25,10 @@ def train(
 ) -> None:
     """Train a diagnostic model on a deidentified table: screen, fit on Spark, evaluate, attack, sign, register."""
     from analytics.flow import train_pipeline
-    from pipeline.errors import MedguardError
 
-    try:
-        result = train_pipeline(_settings(ctx), table, label, config_path=str(config) if config else None)
-    except (MedguardError, ValueError) as exc:
-        _fail(exc)
+    result = train_pipeline(settings_from(ctx), table, label, config_path=str(config) if config else None)
     m = result["metrics"]
-    _emit({k: result[k] for k in ("model_version", "metrics", "model_card")}, as_json,
+    emit({k: result[k] for k in ("model_version", "metrics", "model_card")}, as_json,
           f"{result['model_version']}: AUROC {m['auroc']:.3f}, AUPRC {m['auprc']:.3f}, sensitivity "
           f"{m['sensitivity']:.3f}, specificity {m['specificity']:.3f}, Brier {m['brier']:.3f} (held-out test); "
           f"model card {result['model_card']}")
@@ -70,12 +42,8 @@ def diagnose(
 ) -> None:
     """Score a deidentified table with the verified model on Spark and write the predictions zone."""
     from analytics.flow import diagnose as run
-    from pipeline.errors import MedguardError
 
-    try:
-        result = run(_settings(ctx), table)
-    except (MedguardError, ValueError) as exc:
-        _fail(exc)
-    _emit(result, as_json, f"{result['rows']:,} rows of {result['table']} scored with {result['model_version']}: "
+    result = run(settings_from(ctx), table)
+    emit(result, as_json, f"{result['rows']:,} rows of {result['table']} scored with {result['model_version']}: "
           f"{result['flagged']:,} flagged, drift {result['drift']['status']}"
           f"{' (retraining recommended)' if result['drift']['retrain'] else ''} → {result['predictions']}")

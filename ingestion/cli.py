@@ -5,25 +5,15 @@ Heavy imports stay inside the commands so that ``medguard --help`` stays fast.
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
-if TYPE_CHECKING:
-    from pipeline.settings import Settings
+from pipeline.cli_support import JsonOption, emit, settings_from
 
 contract_app = typer.Typer(name="contract", help="Data contracts of the ingestion layer.", no_args_is_help=True,
                            add_completion=False, pretty_exceptions_enable=False)
-
-
-def _settings(ctx: typer.Context) -> Settings:
-    from pipeline.settings import Settings, get_settings
-
-    root = ctx.find_root().obj
-    return root if isinstance(root, Settings) else get_settings()
 
 
 def summary_lines(result: dict[str, Any]) -> list[str]:
@@ -49,23 +39,18 @@ def ingest(
     = None,
     contract: Annotated[Path | None, typer.Option("--contract", help="Contract YAML; inferred when omitted.")]
     = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Validate a source against its data contract, quarantine rejects, load the rest into raw (PHI encrypted)."""
     from ingestion.batch import ingest as run
 
-    report = run(_settings(ctx), source=source, path=path, table=table, contract=contract)
-    result = report.to_dict()
-    if as_json:
-        compact = {"batch_id": result["batch_id"],
-                   "tables": {t: {k: c[k] for k in ("in", "accepted", "quarantined")}
-                              for t, c in result["tables"].items()},
-                   "duplicates": {t: c["duplicates"] for t, c in result["tables"].items()},
-                   "quarantined_by_rule": {t: c["by_rule"] for t, c in result["tables"].items() if c["by_rule"]},
-                   "data_docs": result["data_docs"], "replayed": result["replayed"]}
-        sys.stdout.write(json.dumps(compact, indent=2, sort_keys=True) + "\n")
-    else:
-        sys.stdout.write("\n".join(summary_lines(result)) + "\n")
+    result = run(settings_from(ctx), source=source, path=path, table=table, contract=contract).to_dict()
+    compact = {"batch_id": result["batch_id"],
+               "tables": {t: {k: c[k] for k in ("in", "accepted", "quarantined")} for t, c in result["tables"].items()},
+               "duplicates": {t: c["duplicates"] for t, c in result["tables"].items()},
+               "quarantined_by_rule": {t: c["by_rule"] for t, c in result["tables"].items() if c["by_rule"]},
+               "data_docs": result["data_docs"], "replayed": result["replayed"]}
+    emit(compact, as_json, "\n".join(summary_lines(result)))
 
 
 @contract_app.command("infer")
@@ -73,21 +58,18 @@ def infer(
     ctx: typer.Context,
     path: Annotated[Path, typer.Argument(help="A CSV, Parquet or JSON-lines extract.")],
     table: Annotated[str | None, typer.Option("--table", help="Table name (default: file stem).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Draft a data contract from an extract (types, ranges, enumerations, PHI columns) and save it for review."""
     from ingestion.batch import _table_from_path
     from ingestion.infer import infer_contract, save_draft
 
-    settings = _settings(ctx)
+    settings = settings_from(ctx)
     if not path.is_file():
         raise ValueError(f"{path} is not a file")
     draft = infer_contract(path, table=table or _table_from_path(path),
                            sample_rows=settings.ingestion.infer_sample_rows)
     saved = save_draft(settings, draft)
-    if as_json:
-        sys.stdout.write(json.dumps({"table": draft.table, "contract": str(saved), "phi_columns":
-                                     list(draft.phi_columns), "columns": {n: c.type for n, c in draft.columns.items()}},
-                                    indent=2) + "\n")
-    else:
-        sys.stdout.write(f"draft contract for {draft.table} saved to {saved}\n{draft.to_yaml()}")
+    emit({"table": draft.table, "contract": str(saved), "phi_columns": list(draft.phi_columns),
+          "columns": {n: c.type for n, c in draft.columns.items()}}, as_json,
+         f"draft contract for {draft.table} saved to {saved}\n{draft.to_yaml().rstrip()}")

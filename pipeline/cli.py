@@ -5,7 +5,6 @@ Failures exit non-zero with a one-line reason on stderr; ``--json`` prints a mac
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,8 +17,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from pipeline.errors import MedguardError
-from pipeline.settings import Settings, get_settings, load_settings
+from pipeline.cli_support import JsonOption, MedguardGroup, emit, settings_from
+from pipeline.settings import get_settings, load_settings
 
 app = typer.Typer(
     name="medguard",
@@ -27,11 +26,10 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=MedguardGroup,
 )
 _out = Console()
 _err = Console(stderr=True)
-
-JsonOption = Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")]
 
 
 @app.callback()
@@ -43,24 +41,12 @@ def _root(
     ctx.obj = load_settings(config) if config else get_settings()
 
 
-def _settings(ctx: typer.Context) -> Settings:
-    root = ctx.find_root()
-    return root.obj if isinstance(root.obj, Settings) else get_settings()
-
-
 @contextmanager
 def _progress(label: str, total: int, enabled: bool) -> Iterator[Callable[[int], None]]:
     with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=_err,
                   disable=not enabled, transient=True) as bar:
         task = bar.add_task(label, total=total)
         yield lambda done: bar.advance(task, done)
-
-
-def _emit(result: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any]], None]) -> None:
-    if as_json:
-        sys.stdout.write(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
-    else:
-        render(result)
 
 
 def _render_generation(summary: dict[str, Any]) -> None:
@@ -99,7 +85,8 @@ def generate(
     with _progress("generating patients", patients, enabled=not as_json and sys.stderr.isatty()) as advance:
         summary = run(out, patients=patients, seed=seed, formats=formats.split(","), defect_rate=defect_rate,
                       progress=advance)
-    _emit(summary.to_dict(), as_json, _render_generation)
+    result = summary.to_dict()
+    emit(result, as_json, lambda: _render_generation(result))
 
 
 @app.command()
@@ -112,11 +99,13 @@ def demo(
     """Run the whole chain end to end on the embedded defaults (what `make demo` runs)."""
     from pipeline.demo import run_demo
 
-    settings = _settings(ctx)
+    settings = settings_from(ctx)
     with _progress("demo: generating patients", patients, enabled=not as_json and sys.stderr.isatty()) as advance:
         report = run_demo(patients=patients, seed=seed, settings=settings, progress=advance)
 
-    def render(result: dict[str, Any]) -> None:
+    result = report.to_dict()
+
+    def render() -> None:
         _out.print(f"[bold]medguard demo[/bold] — home {settings.home}")
         _render_generation(result["generate"])
         for step, outcome in result.items():
@@ -124,7 +113,7 @@ def demo(
                 _out.print(f"[bold]{step}[/bold]: {_summary(outcome)}")
         _out.print("Everything each step did: `medguard demo --json`.")
 
-    _emit(report.to_dict(), as_json, render)
+    emit(result, as_json, render)
 
 
 def _summary(outcome: Any, limit: int = 400) -> str:
@@ -157,9 +146,5 @@ _register_layer_commands()
 
 
 def main() -> None:
-    """Console-script entry point: turn every expected failure into one line on stderr and a non-zero exit."""
-    try:
-        app()  # usage errors are reported by Typer itself, with exit status 2
-    except (MedguardError, ValueError, OSError) as exc:
-        sys.stderr.write(f"medguard: error: {exc}\n")
-        sys.exit(1)
+    """Console-script entry point; the root group reports failures (see :mod:`pipeline.cli_support`)."""
+    app()

@@ -6,11 +6,11 @@ imports stay inside the commands so that ``medguard --help`` stays fast.
 
 from __future__ import annotations
 
-import json
-import sys
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+from pipeline.cli_support import JsonOption, emit, settings_from
 
 if TYPE_CHECKING:
     from pipeline.settings import Settings
@@ -19,20 +19,6 @@ if TYPE_CHECKING:
 vault_app = typer.Typer(help="The local OpenBao server of the embedded default (Vault's API).", no_args_is_help=True)
 keys_app = typer.Typer(help="Key lifecycle: init, rotate, re-encrypt, shred, status.", no_args_is_help=True)
 audit_app = typer.Typer(help="The tamper-evident audit log: verify the chain, list alerts.", no_args_is_help=True)
-
-
-def _settings(ctx: typer.Context) -> Settings:
-    from pipeline.settings import Settings, get_settings
-
-    root = ctx.find_root().obj
-    return root if isinstance(root, Settings) else get_settings()
-
-
-def _emit_line(result: dict[str, object], as_json: bool, line: str) -> None:
-    if as_json:
-        sys.stdout.write(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
-    else:
-        typer.echo(line)
 
 
 def _remote_note(settings: Settings) -> str:
@@ -49,15 +35,15 @@ def vault_up(
         typer.Option("--port", min=1024, max=65534, help="API port; the next port is the cluster port. "
                      "Default: vault.local_port (MEDGUARD_VAULT__LOCAL_PORT, 8201)."),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Start the local OpenBao: initialise once, unseal, Transit + KEK, policies, AppRole. Running already is fine."""
     from storage_security.local_vault import openbao
 
-    settings = _settings(ctx)
+    settings = settings_from(ctx)
     result = openbao.up(settings, port=port)
     first = ", initialised now: unseal key and root token in openbao/init.json (mode 0600)"
-    _emit_line(
+    emit(
         result,
         as_json,
         f"OpenBao {result['status']} at {result['addr']} (pid {result['pid']}, unsealed"
@@ -68,25 +54,25 @@ def vault_up(
 @vault_app.command("down")
 def vault_down(
     ctx: typer.Context,
-    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Stop the local OpenBao; its data stays and the next `vault up` unseals it again."""
     from storage_security.local_vault import openbao
 
-    result = openbao.down(_settings(ctx))
+    result = openbao.down(settings_from(ctx))
     where = f" at {result['addr']} (pid {result['pid']})" if result["addr"] else ""
-    _emit_line(result, as_json, f"OpenBao {result['status']}{where}")
+    emit(result, as_json, f"OpenBao {result['status']}{where}")
 
 
 @vault_app.command("status")
 def vault_status(
     ctx: typer.Context,
-    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Whether the local OpenBao runs, its address, and whether it is sealed."""
     from storage_security.local_vault import openbao
 
-    settings = _settings(ctx)
+    settings = settings_from(ctx)
     result = openbao.status(settings)
     if result["running"]:
         line = (f"OpenBao {result['status']} at {result['addr']} (pid {result['pid']}, version {result['version']})"
@@ -94,13 +80,13 @@ def vault_status(
     else:
         initialised = "initialised" if result["initialized"] else "never initialised"
         line = f"OpenBao not running ({initialised}; home {result['home']}); start it with `medguard vault up`"
-    _emit_line(result, as_json, line)
+    emit(result, as_json, line)
 
 
 @audit_app.command("verify")
 def audit_verify(
     ctx: typer.Context,
-    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Check the audit hash chain and its signed heads; exit non-zero naming the first bad event."""
     from pipeline.errors import AuditIntegrityError
@@ -109,13 +95,11 @@ def audit_verify(
     from storage_security.keys.providers import provider_from_settings
     from storage_security.local_vault.openbao import AUDITOR_ROLE
 
-    settings = _settings(ctx)
+    settings = settings_from(ctx)
     # Verifying only unwraps the audit signing key: on the local OpenBao, log in with the auditor's AppRole.
     report = AuditLog(Lake(settings), provider_from_settings(settings, role=AUDITOR_ROLE)).verify()
-    if as_json:
-        sys.stdout.write(json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n")
-    elif report.ok:
-        typer.echo(report.summary())
+    if as_json or report.ok:
+        emit(report.to_dict(), as_json, report.summary())
     if not report.ok:
         raise AuditIntegrityError(report.summary())
 
@@ -155,7 +139,7 @@ def _keyring_init(settings: Settings) -> tuple[KeyProvider, dict[str, object]]:
 @keys_app.command("init")
 def keys_init(
     ctx: typer.Context,
-    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Create the KEK (vault.kek_name); running again is fine.
 
@@ -164,7 +148,7 @@ def keys_init(
     mode 0600); otherwise a new master key is printed ONCE and stored nowhere: keep it in a secret store and
     set MEDGUARD_KEYRING_MASTER_KEY to it. With key_provider=vault it creates the Transit key if missing.
     """
-    settings = _settings(ctx)
+    settings = settings_from(ctx)
     kek = settings.vault.kek_name
     if settings.key_provider == "keyring":
         provider, result = _keyring_init(settings)
@@ -190,7 +174,7 @@ def keys_init(
     if "master_key" in result:
         line += (f"\nmaster key (shown once, stored nowhere; keep it in a secret store):\n{result['master_key']}\n"
                  f"then: export {settings.keyring.master_key_env}=<that key>")
-    _emit_line(result, as_json, line)
+    emit(result, as_json, line)
 
 
 def _lifecycle_lake(settings: Settings, principal: str):
@@ -210,7 +194,7 @@ def _operator() -> str:
 @keys_app.command("rotate")
 def keys_rotate(
     ctx: typer.Context,
-    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Rotate the data KEK and the audit KEK, rewrap every stored DEK, then retire the old KEK versions.
 
@@ -219,12 +203,12 @@ def keys_rotate(
     from storage_security.audit.log import DEFAULT_KEY_NAME
     from storage_security.keys.lifecycle import rotate_keys
 
-    settings = _settings(ctx)
+    settings = settings_from(ctx)
     plake = _lifecycle_lake(settings, _operator())
     report = rotate_keys(plake.provider, plake.store, plake.audit, kek_names=(settings.vault.kek_name,
                          DEFAULT_KEY_NAME), principal=plake.principal, optional=(DEFAULT_KEY_NAME,))
     done = ", ".join(f"{k} → v{v}" for k, v in report.rotated.items()) or "none (finished an earlier rotation)"
-    _emit_line(report.to_dict(), as_json,
+    emit(report.to_dict(), as_json,
                f"rotated: {done}; rewrapped {report.rewrapped} DEKs ({report.already_current} already current), "
                f"{report.audit_keys_rewrapped} audit signing keys; decrypts from "
                + (", ".join(f"{k} v{v}" for k, v in report.min_decryption_version.items()) or "unchanged"))
@@ -234,15 +218,15 @@ def keys_rotate(
 def keys_reencrypt(
     ctx: typer.Context,
     table: Annotated[str, typer.Argument(help="ZONE.TABLE, or TABLE for the raw zone.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Move a table's cells to fresh DEKs (a new table version) and retire its old DEKs."""
     from storage_security.keys.lifecycle import reencrypt_table
 
     zone, _, name = table.rpartition(".")
-    settings = _settings(ctx)
+    settings = settings_from(ctx)
     report = reencrypt_table(_lifecycle_lake(settings, _operator()), zone or "raw", name)
-    _emit_line(report.to_dict(), as_json,
+    emit(report.to_dict(), as_json,
                f"{report.zone}.{report.table}: {report.rows} rows re-encrypted into version {report.version}; "
                f"{report.retired_deks} old DEKs retired")
 
@@ -252,34 +236,34 @@ def keys_shred(
     ctx: typer.Context,
     patient: Annotated[str, typer.Argument(help="The patient id (as in the source) or its pseudonym (ps1_…).")],
     reason: Annotated[str, typer.Option("--reason", help="Why: the erasure request's reference (audited).")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Crypto-shred a patient: destroy their KEK so no version of any table decrypts their cells. Irreversible."""
     from storage_security.keys.lifecycle import shred_patient
 
-    settings = _settings(ctx)
+    settings = settings_from(ctx)
     result = shred_patient(_lifecycle_lake(settings, _operator()), patient, reason=reason)
-    _emit_line(result, as_json, f"shredded patient {result['patient_pseudonym']}: KEK {result['kek_destroyed']} "
+    emit(result, as_json, f"shredded patient {result['patient_pseudonym']}: KEK {result['kek_destroyed']} "
                f"destroyed, {result['deks_dropped']} DEK records dropped")
 
 
 @keys_app.command("status")
 def keys_status(
     ctx: typer.Context,
-    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Key provider health, the KEK's versions, and how many DEKs the lake's DEK store holds (per scope)."""
     from pipeline.errors import KeyProviderUnavailableError
     from storage_security.keys.dek_store import DekStore
     from storage_security.keys.providers import provider_from_settings
 
-    settings = _settings(ctx)
+    settings = settings_from(ctx)
     provider = provider_from_settings(settings)
     health = provider.health()
     if not health.get("ok", True):
         reason = health.get("error", "not healthy")
         if as_json:
-            _emit_line({"provider": provider.name, "health": health}, True, "")
+            emit({"provider": provider.name, "health": health}, True, "")
         raise KeyProviderUnavailableError(f"key provider {provider.name} is unhealthy: {reason}")
     kek = settings.vault.kek_name
     kek_info: dict[str, object] = {"name": kek, "exists": provider.key_exists(kek)}
@@ -294,7 +278,7 @@ def keys_status(
         kek_text = "missing: run `medguard keys init`"
     deks = DekStore.from_settings(settings).summary(latest)
     by_scope = ", ".join(f"{scope} {count}" for scope, count in deks["by_scope"].items())
-    _emit_line(
+    emit(
         {"provider": provider.name, "health": health, "kek": kek_info, "deks": deks},
         as_json,
         f"{provider.name}: healthy; KEK {kek!r} {kek_text}\n"
@@ -311,13 +295,13 @@ def audit_alerts(
         typer.Option("--severity", help="Only alerts at least this severe: low, medium, high or critical."),
     ] = None,
     run: Annotated[bool, typer.Option("--run", help="Run the detectors over the audit log first.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """List activity alerts (bulk reads, off-hours access, new endpoints, denials, break glass, many facilities)."""
     from pipeline.lake import Lake
     from storage_security.audit.monitoring import SEVERITIES, ActivityMonitor, Thresholds
 
-    settings = _settings(ctx)
+    settings = settings_from(ctx)
     if severity is not None and severity not in SEVERITIES:
         raise ValueError(f"unknown severity {severity!r}; use one of {', '.join(SEVERITIES)}")
     if run:
@@ -326,4 +310,4 @@ def audit_alerts(
     rows = ActivityMonitor(Lake(settings), None, Thresholds.from_settings(settings.access)).alerts(severity=severity)
     lines = [f"{row['event_time']:%Y-%m-%d %H:%M} [{row['severity']}] {row['detector']}: {row['summary']}"
              for row in rows]
-    _emit_line({"alerts": rows, "count": len(rows)}, as_json, "\n".join(lines) or "no alerts")
+    emit({"alerts": rows, "count": len(rows)}, as_json, "\n".join(lines) or "no alerts")

@@ -6,38 +6,18 @@ stay inside the commands so that ``medguard --help`` stays fast.
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
-if TYPE_CHECKING:
-    from pipeline.settings import Settings
+from pipeline.cli_support import JsonOption, emit, settings_from
 
 deidentify_app = typer.Typer(
     help="De-identify raw tables into the deidentified zone (all of them, or --table NAME); "
          "`evaluate` scores PHI detection on labelled notes.",
     invoke_without_command=True,
 )
-
-JsonOption = Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")]
-
-
-def _settings(ctx: typer.Context) -> Settings:
-    from pipeline.settings import Settings, get_settings
-
-    root = ctx.find_root().obj
-    return root if isinstance(root, Settings) else get_settings()
-
-
-def _emit(result: dict[str, Any], as_json: bool, lines: list[str]) -> None:
-    if as_json:
-        sys.stdout.write(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
-    else:
-        for line in lines:
-            typer.echo(line)
 
 
 @deidentify_app.callback()
@@ -52,7 +32,7 @@ def deidentify(
     from pipeline.errors import ValidationError
     from storage_security.deid.deidentify import publish_raw_zone, refused
 
-    settings = _settings(ctx)
+    settings = settings_from(ctx)
     result = publish_raw_zone([table] if table else None, settings=settings)
     lines = []
     for name, r in result.items():
@@ -63,7 +43,7 @@ def deidentify(
         flagged = f", flagged and dropped: {','.join(r['flagged_columns'])}" if r["flagged_columns"] else ""
         lines.append(f"{name}: version {r['version']}, {r['rows_out']} of {r['rows_in']} rows published, "
                      f"k={r['k']}{diversity}, {r['suppressed']} suppressed{flagged}")
-    _emit({"tables": result}, as_json, lines)
+    emit({"tables": result}, as_json, "\n".join(lines))
     if refused(result):
         raise ValidationError(f"the risk gate refused {', '.join(sorted(refused(result)))}: not published")
 
@@ -83,7 +63,7 @@ def evaluate(
     from storage_security.deid.evaluation import evaluate as run
     from storage_security.deid.evaluation import load_labelled_notes
 
-    settings = _settings(ctx)
+    settings = settings_from(ctx)
     labelled = load_labelled_notes(notes, limit=limit)
     if not labelled:
         raise ValueError(f"{notes} holds no labelled notes")
@@ -94,7 +74,7 @@ def evaluate(
         vanilla = run(labelled, processes=settings.deidentify.processes, kind="vanilla")
         result["baseline"] = vanilla.to_dict()
         lines.append(_line("vanilla presidio", vanilla.overall))
-    _emit(result, as_json, lines)
+    emit(result, as_json, "\n".join(lines))
 
 
 def _line(name: str, s: dict[str, Any]) -> str:
