@@ -1,4 +1,4 @@
-"""Data contracts: one declarative YAML file per table (schema, types, rules, PHI columns), loaded and checked.
+"""Data contracts: one declarative YAML file per table (schema, types, validation rules), loaded and checked.
 
 A contract is data, not code. The shipped contracts live in ``ingestion/contracts/<table>.yaml``; a user can
 pass any file of the same shape (``medguard ingest --contract FILE``) or let :mod:`ingestion.infer` draft one.
@@ -9,13 +9,18 @@ Shape::
     key: observation_id            # unique per record within a batch
     patient_column: patient_id     # whose record it is (pseudonymised into patient_pseudonym); optional
     columns:
-      <name>: {type: string|float|integer|boolean|date|datetime|json, required: bool, phi: bool,
+      <name>: {type: string|float|integer|boolean|date|datetime|json, required: bool,
                enum: [...], pattern: REGEX, min: x, max: y, min_length: n, max_length: n,
-               code_system: icd10cm|loinc|ndc}
+               code_system: icd10cm|loinc|ndc, phi: bool}
     ranges:                        # value limits that depend on a code (vitals and labs per LOINC)
       - {column: value, by: loinc_code, limits: {"8480-6": [60, 260], ...}}
     order:                         # one column's value may not be earlier than another's
       - {before: admit_time, after: discharge_time}
+
+Which columns are PHI (sealed in the raw zone) is declared once, in the column catalog (:mod:`pipeline.catalog`):
+a contract for a table the catalog knows takes ``phi`` from it. ``phi:`` in a contract is for columns the catalog
+does not know (a new extract's table or extra field); a contract that says ``phi:`` for a catalogued column and
+disagrees with the catalog, or declares another type than the catalog, fails at load naming both places.
 
 Dates are ISO-8601 strings as the extracts carry them (``date``: ``YYYY-MM-DD``, ``datetime``:
 ``YYYY-MM-DDTHH:MM:SSZ``); they are checked for format *and* calendar validity, and kept as strings.
@@ -34,6 +39,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
+from pipeline.catalog import catalog_file, load_catalog
 from pipeline.errors import ValidationError
 
 __all__ = ["CONFORMED_TABLES", "Column", "Contract", "builtin_contract", "load_contract"]
@@ -58,7 +64,8 @@ class Column(_Model):
 
     type: ColumnType = "string"
     required: bool = False
-    phi: bool = False
+    # None: as the column catalog says (not PHI for a column the catalog does not know). Resolved at load.
+    phi: bool | None = None
     enum: tuple[str, ...] | None = None
     pattern: str | None = None
     min: float | None = None
@@ -142,6 +149,23 @@ class Contract(_Model):
                 raise ValueError(f"range column {rng.column!r} must be float or integer")
         return self
 
+    @model_validator(mode="after")
+    def _agrees_with_catalog(self) -> Contract:
+        catalog = load_catalog()
+        resolved: dict[str, Column] = {}
+        for name, column in self.columns.items():
+            known = catalog.column(self.table, name)
+            there = f"the column catalog {catalog_file('raw')} (tables.{self.table}.columns.{name})"
+            if known is not None and column.phi is not None and column.phi != known.phi:
+                raise ValueError(f"columns.{name}: phi: {str(column.phi).lower()} here, but {there} says phi: "
+                                 f"{str(known.phi).lower()}; PHI is declared in the catalog only")
+            if known is not None and column.type != known.type:
+                raise ValueError(f"columns.{name}: type {column.type} here, but {there} says type {known.type}")
+            phi = known.phi if known is not None else bool(column.phi)
+            resolved[name] = column if column.phi is phi else column.model_copy(update={"phi": phi})
+        object.__setattr__(self, "columns", resolved)
+        return self
+
     @property
     def phi_columns(self) -> tuple[str, ...]:
         """The columns sealed by the security core before anything is written."""
@@ -161,8 +185,8 @@ class Contract(_Model):
     def to_yaml(self) -> str:
         """The contract as YAML (what :func:`load_contract` reads)."""
         data = self.model_dump(mode="json", exclude_defaults=True)
-        data["columns"] = {name: col.model_dump(mode="json", exclude_defaults=True)
-                           for name, col in self.columns.items()}
+        data["columns"] = {name: col.model_dump(mode="json", exclude_defaults=True, exclude={"phi"})
+                           | ({"phi": True} if col.phi else {}) for name, col in self.columns.items()}
         return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ingestion.contract import RESERVED, Column, Contract
+from pipeline.catalog import load_catalog
 from pipeline.settings import Settings
 
 __all__ = ["classify_phi", "infer_contract", "save_draft"]
@@ -135,10 +136,12 @@ def infer_contract(path: str | Path, *, table: str, sample_rows: int = 10_000) -
         if name in RESERVED:
             raise ValueError(f"{file.name}: column {name!r} is reserved for provenance; rename it")
         values = [row.get(name) for row in rows]
-        kind = _column_type(values)
+        # A column the column catalog knows has the catalog's type and PHI flag; only the others are guessed.
+        known = load_catalog().column(table, name)
+        kind = known.type if known else _column_type(values)
         present = [v for v in values if v is not None]
         options: dict[str, Any] = {"type": kind, "required": bool(rows) and len(present) == len(values),
-                                   "phi": classify_phi(name, values) is not None}
+                                   "phi": known.phi if known else classify_phi(name, values) is not None}
         if kind in ("integer", "float") and present:
             numbers = [float(v) for v in present]
             options.update(min=min(numbers), max=max(numbers))

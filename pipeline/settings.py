@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from datetime import date
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
@@ -108,10 +109,39 @@ class IngestionSettings(_Section):
     infer_sample_rows: int = Field(default=10_000, ge=10, le=1_000_000)
 
 
-class DeidentifySettings(_Section):
-    """Layer 2, masking: PHI detection and publication to the deidentified zone."""
+# Per entity type detected in notes: surrogate (a realistic stand-in), redact or partial_mask; "default" for the rest.
+NoteOp = Literal["surrogate", "redact", "partial_mask"]
+_NOTE_ENTITIES: dict[str, NoteOp] = {
+    "default": "surrogate", "US_SSN": "redact", "MEDICAL_RECORD_NUMBER": "redact", "HEALTH_PLAN_ID": "redact",
+    "ACCOUNT_NUMBER": "redact", "LICENSE_NUMBER": "redact", "DEA_NUMBER": "redact", "NPI": "redact", "VIN": "redact",
+    "DEVICE_ID": "redact",
+}
+# Short environment names of deidentify settings, documented before the section existed; they still work.
+SHORT_ENV = {"K_ANONYMITY": "k_anonymity", "L_DIVERSITY": "l_diversity"}
 
+
+class DeidentifySettings(_Section):
+    """Layer 2, de-identification: the risk gate, masking knobs and PHI detection. What each column is (class, mask,
+    generalisation ladder) is not a setting: it is in the column catalog (:mod:`pipeline.catalog`)."""
+
+    # Publication needs every equivalence class to hold at least k patients, and l distinct sensitive values.
+    k_anonymity: int = Field(default=5, ge=2, le=1000)
+    l_diversity: int = Field(default=2, ge=1, le=100)
+    # Share of rows the risk gate may suppress before it must generalise further.
+    max_suppression: float = Field(default=0.05, ge=0.0, le=0.5)
+    # Ages (age_band) are computed at this date: the cohort's index date.
+    reference_date: date = date(2025, 1, 1)
+    # Note tables this long are scanned on Spark (one Presidio engine per executor).
+    spark_min_rows: int = Field(default=50_000, ge=1)
+    # Entries given here replace the shipped ones entity by entity (so an SSN stays redacted unless you say so).
+    note_entities: dict[str, NoteOp] = Field(default_factory=lambda: dict(_NOTE_ENTITIES))
+    # Processes scoring PHI detection (``medguard deidentify evaluate``).
     processes: int = Field(default=2, ge=1, le=64)
+
+    @field_validator("note_entities", mode="before")
+    @classmethod
+    def _over_shipped(cls, value: Any) -> Any:
+        return {**_NOTE_ENTITIES, **value} if isinstance(value, Mapping) else value
 
 
 class AccessSettings(_Section):
@@ -175,13 +205,15 @@ class Settings(BaseSettings):
     home: Path = Path(".medguard")
     lake_root: str | None = None
     lake_engine: Literal["delta-rs", "spark"] = "delta-rs"
+    # Options of the lake's object store, handed to delta-rs as they are (e.g. AWS_ENDPOINT_URL, AWS_REGION,
+    # AWS_ACCESS_KEY_ID, AWS_ALLOW_HTTP, AWS_S3_ALLOW_UNSAFE_RENAME); MEDGUARD_STORAGE_OPTIONS takes them as a
+    # JSON object. Secret values: never printed. Empty: delta-rs reads the usual AWS_/GOOGLE_/AZURE_ variables.
+    storage_options: dict[str, SecretStr] = Field(default_factory=dict)
     spark: SparkSettings = Field(default_factory=SparkSettings)
     key_provider: Literal["vault", "keyring"] = "vault"
     vault: VaultSettings = Field(default_factory=VaultSettings)
     keyring: KeyringSettings = Field(default_factory=KeyringSettings)
     airflow_home: Path | None = None
-    k_anonymity: int = Field(default=5, ge=2, le=1000)
-    l_diversity: int = Field(default=2, ge=1, le=100)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     ingestion: IngestionSettings = Field(default_factory=IngestionSettings)
     deidentify: DeidentifySettings = Field(default_factory=DeidentifySettings)
@@ -198,10 +230,20 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         config = os.environ.get(CONFIG_ENV)
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, _ShortEnvSource(settings_cls)]
         if config:
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config))
         return tuple(sources)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            moved = sorted(name for name in SHORT_ENV.values() if name in data)
+            if moved:
+                raise ValueError(f"{', '.join(moved)}: moved into the deidentify section (deidentify.{moved[0]}); "
+                                 "the variables MEDGUARD_K_ANONYMITY and MEDGUARD_L_DIVERSITY still work")
+        return data
 
     @model_validator(mode="after")
     def _absolute_paths(self) -> Settings:
@@ -225,15 +267,31 @@ class Settings(BaseSettings):
         return "://" not in str(self.lake_root) or str(self.lake_root).startswith("file://")
 
 
+class _ShortEnvSource(PydanticBaseSettingsSource):
+    """``MEDGUARD_K_ANONYMITY`` / ``MEDGUARD_L_DIVERSITY``: the short names of ``deidentify.k_anonymity`` and
+    ``deidentify.l_diversity`` (``MEDGUARD_DEIDENTIFY__K_ANONYMITY`` wins when both are set)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        found = {name: os.environ[ENV_PREFIX + short] for short, name in SHORT_ENV.items()
+                 if ENV_PREFIX + short in os.environ}
+        return {"deidentify": found} if found else {}
+
+
 def _setting_name(loc: tuple[Any, ...]) -> str:
-    dotted = ".".join(str(part) for part in loc if not isinstance(part, int))
-    env = ENV_PREFIX + "__".join(str(part).upper() for part in loc if not isinstance(part, int))
+    parts = [str(part) for part in loc if not isinstance(part, int)]
+    dotted = ".".join(parts)
+    env = ENV_PREFIX + "__".join(part.upper() for part in parts)
+    if len(parts) == 2 and parts[0] == "deidentify" and parts[1].upper() in SHORT_ENV:
+        env += f" or {ENV_PREFIX}{parts[1].upper()}"
     return f"{dotted} ({env})" if dotted else "settings"
 
 
 def _reject_unknown_env(environ: Mapping[str, str]) -> None:
     # A typo such as MEDGUARD_K_ANONIMITY would otherwise be ignored and the default silently used.
-    known = {name.upper() for name in Settings.model_fields} | {"CONFIG", "KEYRING_MASTER_KEY"}
+    known = {name.upper() for name in Settings.model_fields} | {"CONFIG", "KEYRING_MASTER_KEY"} | set(SHORT_ENV)
     for name in environ:
         if name.startswith(ENV_PREFIX):
             field = name[len(ENV_PREFIX) :].split("__", 1)[0]

@@ -1,9 +1,10 @@
 """Column classification: direct identifier, quasi-identifier, sensitive or non-sensitive, for every column.
 
-A column's class comes from the masking configuration when it names the column; a column the configuration does
-not know (a new extract's extra field) is classified from evidence: if the data contract marked it PHI (it is
-sealed in the raw zone) it is a direct identifier; otherwise a sample of its values is scanned with Presidio,
-and a column where PHI turns up in at least ``threshold`` of the sampled values is a direct identifier too.
+A column's class (:class:`~pipeline.catalog.ColumnClass`) comes from the masking configuration, built from the
+column catalog, when it names the column; a column the catalog does not know (a new extract's extra field) is
+classified from evidence: if the data contract marked it PHI (it is sealed in the raw zone) it is a direct
+identifier; otherwise a sample of its values is scanned with Presidio, and a column where PHI turns up in at least
+``threshold`` of the sampled values is a direct identifier too.
 Unknown columns are *flagged* either way and never published as they are.
 """
 
@@ -16,15 +17,17 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["ColumnClass", "TableClassification", "classify"]
+from pipeline.catalog import ColumnClass
+
+__all__ = ["Classified", "TableClassification", "classify"]
 
 
 @dataclass(frozen=True)
-class ColumnClass:
+class Classified:
     """One column's class, how it was decided (``config``/``contract``/``scan``), and the scan's evidence."""
 
     column: str
-    klass: str
+    klass: ColumnClass
     source: str
     phi_share: float | None = None
     entities: tuple[str, ...] = ()
@@ -34,18 +37,19 @@ class ColumnClass:
 class TableClassification:
     """Every column's class; ``flagged`` lists the columns nobody tagged that were found to hold PHI."""
 
-    columns: dict[str, ColumnClass] = field(default_factory=dict)
+    columns: dict[str, Classified] = field(default_factory=dict)
 
     @property
     def flagged(self) -> list[str]:
-        return [c.column for c in self.columns.values() if c.source != "config" and c.klass == "direct_identifier"]
+        return [c.column for c in self.columns.values()
+                if c.source != "config" and c.klass is ColumnClass.DIRECT_IDENTIFIER]
 
     @property
     def unknown(self) -> list[str]:
         return [c.column for c in self.columns.values() if c.source != "config"]
 
     def classes(self) -> dict[str, str]:
-        return {name: c.klass for name, c in self.columns.items()}
+        return {name: c.klass.value for name, c in self.columns.items()}
 
     def to_dict(self) -> dict[str, Any]:
         return {"column_classes": self.classes(), "flagged_columns": self.flagged,
@@ -67,21 +71,21 @@ def classify(frame: pd.DataFrame, rules: dict[str, dict[str, Any]], *, contract_
     result = TableClassification()
     for column in frame.columns:
         if column in rules:
-            result.columns[column] = ColumnClass(column, rules[column]["class"], "config")
+            result.columns[column] = Classified(column, ColumnClass(rules[column]["class"]), "config")
         elif column in contract_phi:
-            result.columns[column] = ColumnClass(column, "direct_identifier", "contract")
+            result.columns[column] = Classified(column, ColumnClass.DIRECT_IDENTIFIER, "contract")
         else:
             result.columns[column] = _scan(frame[column], column, detector, sample, threshold, seed)
     return result
 
 
-def _scan(values: pd.Series, column: str, detector: Any, sample: int, threshold: float, seed: int) -> ColumnClass:
+def _scan(values: pd.Series, column: str, detector: Any, sample: int, threshold: float, seed: int) -> Classified:
     present = values.dropna()
     if present.empty:
-        return ColumnClass(column, "non_sensitive", "scan", 0.0)
+        return Classified(column, ColumnClass.NON_SENSITIVE, "scan", 0.0)
     if detector is None:
         # No scanner: an unknown column cannot be shown harmless, so it is treated as PHI.
-        return ColumnClass(column, "direct_identifier", "scan", None)
+        return Classified(column, ColumnClass.DIRECT_IDENTIFIER, "scan", None)
     picked = present.sample(min(sample, len(present)), random_state=seed).astype(str).tolist()
     # The column name is context ("ssn: 123-45-6789"), as a human reading the extract would use it.
     label = column.replace("_", " ")
@@ -90,5 +94,5 @@ def _scan(values: pd.Series, column: str, detector: Any, sample: int, threshold:
     hits = [[s for s in spans if s.end > offset] for spans in found]
     share = sum(1 for h in hits if h) / len(picked)
     entities = Counter(s.entity_type for h in hits for s in h)
-    klass = "direct_identifier" if share >= threshold else "non_sensitive"
-    return ColumnClass(column, klass, "scan", round(share, 3), tuple(e for e, _ in entities.most_common(3)))
+    klass = ColumnClass.DIRECT_IDENTIFIER if share >= threshold else ColumnClass.NON_SENSITIVE
+    return Classified(column, klass, "scan", round(share, 3), tuple(e for e, _ in entities.most_common(3)))

@@ -62,8 +62,8 @@ class Deidentifier:
 
     Args:
         plake: the protected lake (reads raw decrypted; its principal is recorded).
-        settings: k-anonymity, l-diversity and the ``deidentify`` section.
-        config: the masking configuration (the packaged ``deidentify.yaml`` by default).
+        settings: the ``deidentify`` section (k-anonymity, l-diversity, reference date, suppression budget…).
+        config: the masking configuration (by default built from the column catalog and ``settings``).
         detector: a :class:`~storage_security.deid.detection.PhiDetector` (built on first need; tests share one).
     """
 
@@ -71,7 +71,7 @@ class Deidentifier:
                  detector: Any = None) -> None:
         self.plake = plake
         self.settings = settings
-        self.config = config or load_masking_config()
+        self.config = config or load_masking_config(settings.deidentify)
         self._detector = detector
         self.reference_date = date.fromisoformat(str(self.config.get("reference_date", "2025-01-01")))
 
@@ -162,7 +162,7 @@ class Deidentifier:
         masked = mask_table(raw, used, keys, reference_date=self.reference_date, note_masker=masker,
                             note_spans=note_spans)
         published, risk = enforce(masked, spec.get("quasi_identifiers", []), spec.get("sensitive", []),
-                                  k=self.settings.k_anonymity, ell=self.settings.l_diversity,
+                                  k=self.settings.deidentify.k_anonymity, ell=self.settings.deidentify.l_diversity,
                                   ladders=self.config.get("generalize"),
                                   max_suppression=float(self.config.get("max_suppression", 0.05)),
                                   entity="patient_pseudonym")

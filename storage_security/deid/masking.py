@@ -1,6 +1,8 @@
-"""Applies the masking configuration (``deidentify.yaml``) to a table: per column, and per entity type in notes.
+"""Applies the masking configuration to a table: per column, and per entity type in notes.
 
-:func:`load_masking_config` reads the packaged YAML (or another file); :func:`mask_table` turns a raw table (pandas,
+:func:`load_masking_config` builds the configuration from the column catalog (:mod:`pipeline.catalog`: each column's
+class and mask, the risk-gate columns, the ladders) and the ``deidentify`` settings (reference date, suppression
+budget, Spark threshold, note entity operators); :func:`mask_table` turns a raw table (pandas,
 decrypted) into its de-identified form with the operators of :mod:`storage_security.deid.operators`;
 :class:`NoteMasker` detects PHI in notes (batched) and replaces each mention through presidio-anonymizer with the
 operator its entity type is configured for (surrogates by default), using the patient's own date offset.
@@ -10,13 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
-from importlib import resources
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-import yaml
 
+from pipeline.catalog import Catalog, CatalogColumn, Mask, MaskOp, load_catalog, published_class
 from storage_security.deid.operators import (
     OPERATORS,
     MaskingKeys,
@@ -25,35 +25,54 @@ from storage_security.deid.operators import (
     zip3,
 )
 
-COLUMN_CLASSES = ("direct_identifier", "quasi_identifier", "sensitive", "non_sensitive")
-COLUMN_OPS = ("keep", "drop", "redact", "partial_mask", "pseudonym", "date_shift", "year", "age_band", "zip3",
-              "notes")
+if TYPE_CHECKING:
+    from pipeline.settings import DeidentifySettings
+
 NOTE_OPS = {"surrogate": "medguard_surrogate", "redact": "medguard_redact", "partial_mask": "medguard_partial_mask"}
 
-__all__ = ["COLUMN_CLASSES", "NoteMasker", "load_masking_config", "mask_table"]
+__all__ = ["NoteMasker", "load_masking_config", "mask_table"]
 
 
-def load_masking_config(path: str | Path | None = None) -> dict[str, Any]:
-    """The masking configuration, checked now (unknown ops or classes fail here, not mid-publication)."""
-    text = (resources.files("storage_security.deid").joinpath("deidentify.yaml").read_text() if path is None
-            else Path(path).read_text())
-    config = yaml.safe_load(text) or {}
-    for where, rules in [("provenance", config.get("provenance", {}))] + [
-            (f"tables.{t}", spec.get("columns", {})) for t, spec in (config.get("tables") or {}).items()]:
-        for column, rule in rules.items():
-            if rule.get("class") not in COLUMN_CLASSES:
-                raise ValueError(f"{where}.{column}: class must be one of {COLUMN_CLASSES}")
-            if rule.get("published_class", rule.get("class")) not in COLUMN_CLASSES:
-                raise ValueError(f"{where}.{column}: published_class must be one of {COLUMN_CLASSES}")
-            if rule.get("op") not in COLUMN_OPS:
-                raise ValueError(f"{where}.{column}: op must be one of {COLUMN_OPS}")
-            if rule["op"] == "pseudonym" and not rule.get("key"):
-                raise ValueError(f"{where}.{column}: a pseudonym needs a key name")
-    for entity, op in (config.get("note_entities") or {}).items():
-        if op not in NOTE_OPS:
-            raise ValueError(f"note_entities.{entity}: op must be one of {sorted(NOTE_OPS)}")
-    date.fromisoformat(str(config.get("reference_date", "2025-01-01")))
-    return config
+def load_masking_config(settings: DeidentifySettings | None = None, *,
+                        catalog: Catalog | None = None) -> dict[str, Any]:
+    """The masking configuration: per raw table and column its class and mask, from the column catalog.
+
+    Returns:
+        ``{"provenance": {column: rule}, "tables": {table: {"columns": {column: rule}, "quasi_identifiers": [...],
+        "sensitive": [...]}}, "generalize": {column: ladder}, "note_entities", "reference_date", "max_suppression",
+        "spark_min_rows"}``; a rule is ``{"class", "op", "published_class"}`` plus ``"key"`` (pseudonyms) and
+        ``"as"`` (the published name, when it differs).
+
+    Args:
+        settings: the ``deidentify`` settings (those of :func:`~pipeline.settings.get_settings` by default).
+        catalog: the column catalog (the shipped one by default; it is validated when it loads).
+    """
+    if settings is None:
+        from pipeline.settings import get_settings
+
+        settings = get_settings().deidentify
+    catalog = catalog or load_catalog()
+    tables = {}
+    for name, spec in catalog.raw.tables.items():
+        tables[name] = {"columns": {column: _rule(entry) for column, entry in spec.columns.items()},
+                        "quasi_identifiers": list(spec.quasi_identifiers), "sensitive": list(spec.sensitive)}
+    return {"reference_date": settings.reference_date.isoformat(),
+            "provenance": {column: _rule(entry) for column, entry in catalog.raw.provenance.items()},
+            "note_entities": dict(settings.note_entities), "generalize": catalog.ladders(),
+            "spark_min_rows": settings.spark_min_rows, "max_suppression": settings.max_suppression, "tables": tables}
+
+
+def _rule(entry: CatalogColumn) -> dict[str, Any]:
+    # The catalog gives every raw column a mask; a column without one is not published.
+    mask = entry.mask or Mask(op=MaskOp.DROP)
+    rule: dict[str, Any] = {"class": entry.klass.value, "op": mask.op.value}
+    if mask.key:
+        rule["key"] = mask.key
+    if mask.as_:
+        rule["as"] = mask.as_
+    if mask.op is not MaskOp.DROP:
+        rule["published_class"] = published_class(entry).value
+    return rule
 
 
 def table_rules(config: dict[str, Any], table: str) -> dict[str, dict[str, Any]]:

@@ -60,7 +60,7 @@ def test_when_nothing_is_set_then_embedded_engines_are_the_defaults(home: Path) 
     assert settings.spark.master == "local[*]"
     assert settings.spark.ui_enabled is True
     assert settings.vault.addr is None
-    assert settings.k_anonymity == 5
+    assert settings.deidentify.k_anonymity == 5
 
 
 def test_when_home_is_relative_then_it_is_resolved_once_against_the_working_directory(
@@ -94,7 +94,7 @@ def test_when_settings_are_loaded_then_they_are_frozen(home: Path) -> None:
     settings = load_settings()
 
     with pytest.raises(ValueError, match="frozen"):
-        settings.k_anonymity = 3  # type: ignore[misc]
+        settings.deidentify.k_anonymity = 3  # type: ignore[misc]
 
 
 def test_when_a_token_is_set_then_repr_does_not_show_it(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -131,7 +131,10 @@ def test_when_spark_master_is_not_a_spark_master_url_then_settings_error_names_i
 @pytest.mark.parametrize(
     ("variable", "value", "read", "expected"),
     [
-        ("MEDGUARD_K_ANONYMITY", "11", lambda s: s.k_anonymity, 11),
+        ("MEDGUARD_K_ANONYMITY", "11", lambda s: s.deidentify.k_anonymity, 11),
+        ("MEDGUARD_DEIDENTIFY__L_DIVERSITY", "3", lambda s: s.deidentify.l_diversity, 3),
+        ("MEDGUARD_DEIDENTIFY__REFERENCE_DATE", "2024-06-30", lambda s: str(s.deidentify.reference_date),
+         "2024-06-30"),
         ("MEDGUARD_LAKE_ENGINE", "spark", lambda s: s.lake_engine, "spark"),
         ("MEDGUARD_KEY_PROVIDER", "keyring", lambda s: s.key_provider, "keyring"),
         ("MEDGUARD_LOG_LEVEL", "DEBUG", lambda s: s.log_level, "DEBUG"),
@@ -170,9 +173,9 @@ def test_when_values_are_passed_in_code_then_they_beat_the_environment(
     monkeypatch.setenv("MEDGUARD_K_ANONYMITY", "11")
     monkeypatch.setenv("MEDGUARD_SPARK__APP_NAME", "from-env")
 
-    settings = load_settings(k_anonymity=20, spark={"master": "local[1]"})
+    settings = load_settings(deidentify={"k_anonymity": 20}, spark={"master": "local[1]"})
 
-    assert settings.k_anonymity == 20
+    assert settings.deidentify.k_anonymity == 20
     assert settings.spark.master == "local[1]"
     assert settings.spark.app_name == "from-env"
 
@@ -193,13 +196,14 @@ def test_when_env_changes_then_get_settings_reloads_only_after_cache_clear(
 
     assert get_settings() is first
     get_settings.cache_clear()
-    assert get_settings().k_anonymity == 9
+    assert get_settings().deidentify.k_anonymity == 9
 
 
 # YAML file ---------------------------------------------------------------------------------------------
 
 _YAML = """\
-k_anonymity: 7
+deidentify:
+  k_anonymity: 7
 lake_engine: delta-rs
 spark:
   master: local[4]
@@ -212,7 +216,7 @@ vault:
 def test_when_a_config_file_is_given_then_its_values_override_the_defaults(home: Path, tmp_path: Path) -> None:
     settings = load_settings(_yaml(tmp_path, _YAML))
 
-    assert settings.k_anonymity == 7
+    assert settings.deidentify.k_anonymity == 7
     assert settings.spark.master == "local[4]"
     assert settings.spark.app_name == "from-yaml"
     assert settings.spark.driver_memory == "2g"
@@ -224,7 +228,7 @@ def test_when_medguard_config_names_a_file_then_it_is_read(
 ) -> None:
     monkeypatch.setenv(CONFIG_ENV, str(_yaml(tmp_path, _YAML)))
 
-    assert load_settings().k_anonymity == 7
+    assert load_settings().deidentify.k_anonymity == 7
 
 
 def test_when_env_and_config_file_disagree_then_env_wins_field_by_field(
@@ -235,7 +239,7 @@ def test_when_env_and_config_file_disagree_then_env_wins_field_by_field(
 
     settings = load_settings(_yaml(tmp_path, _YAML))
 
-    assert settings.k_anonymity == 12
+    assert settings.deidentify.k_anonymity == 12
     assert settings.spark.master == "local[1]"
     assert settings.spark.app_name == "from-yaml"  # the rest of the YAML section still applies
     assert settings.vault.addr == "http://127.0.0.1:8200"
@@ -246,20 +250,20 @@ def test_when_code_env_and_config_file_all_set_a_value_then_code_wins(
 ) -> None:
     monkeypatch.setenv("MEDGUARD_K_ANONYMITY", "12")
 
-    assert load_settings(_yaml(tmp_path, _YAML), k_anonymity=30).k_anonymity == 30
+    assert load_settings(_yaml(tmp_path, _YAML), deidentify={"k_anonymity": 30}).deidentify.k_anonymity == 30
 
 
 def test_when_config_file_is_passed_then_it_beats_medguard_config_and_env_is_restored(
     home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from_env = _yaml(tmp_path, "k_anonymity: 8\n", "env.yaml")
+    from_env = _yaml(tmp_path, "deidentify: {k_anonymity: 8}\n", "env.yaml")
     monkeypatch.setenv(CONFIG_ENV, str(from_env))
 
-    assert load_settings(_yaml(tmp_path, _YAML)).k_anonymity == 7
+    assert load_settings(_yaml(tmp_path, _YAML)).deidentify.k_anonymity == 7
     assert os.environ[CONFIG_ENV] == str(from_env)
 
 
-@pytest.mark.parametrize("text", [_YAML, "k_anonymity: 1\n"], ids=["valid", "invalid"])
+@pytest.mark.parametrize("text", [_YAML, "deidentify: {k_anonymity: 1}\n"], ids=["valid", "invalid"])
 def test_when_config_file_is_passed_without_medguard_config_then_none_is_left_behind(
     home: Path, tmp_path: Path, text: str
 ) -> None:
@@ -270,7 +274,7 @@ def test_when_config_file_is_passed_without_medguard_config_then_none_is_left_be
 
 
 def test_when_config_file_is_empty_then_defaults_apply(home: Path, tmp_path: Path) -> None:
-    assert load_settings(_yaml(tmp_path, "")).k_anonymity == 5
+    assert load_settings(_yaml(tmp_path, "")).deidentify.k_anonymity == 5
 
 
 # errors name the setting -------------------------------------------------------------------------------
@@ -279,9 +283,10 @@ def test_when_config_file_is_empty_then_defaults_apply(home: Path, tmp_path: Pat
 @pytest.mark.parametrize(
     ("variable", "value", "named"),
     [
-        ("MEDGUARD_K_ANONYMITY", "1", "k_anonymity (MEDGUARD_K_ANONYMITY)"),
-        ("MEDGUARD_K_ANONYMITY", "five", "k_anonymity (MEDGUARD_K_ANONYMITY)"),
-        ("MEDGUARD_L_DIVERSITY", "0", "l_diversity (MEDGUARD_L_DIVERSITY)"),
+        ("MEDGUARD_K_ANONYMITY", "1", "deidentify.k_anonymity (MEDGUARD_DEIDENTIFY__K_ANONYMITY or MEDGUARD_K_ANONYMITY)"),
+        ("MEDGUARD_K_ANONYMITY", "five", "or MEDGUARD_K_ANONYMITY)"),
+        ("MEDGUARD_L_DIVERSITY", "0", "deidentify.l_diversity (MEDGUARD_DEIDENTIFY__L_DIVERSITY or MEDGUARD_L_DIVERSITY)"),
+        ("MEDGUARD_DEIDENTIFY__MAX_SUPPRESSION", "0.9", "deidentify.max_suppression (MEDGUARD_DEIDENTIFY__MAX_SUPPRESSION)"),
         ("MEDGUARD_LAKE_ENGINE", "duckdb", "lake_engine (MEDGUARD_LAKE_ENGINE)"),
         ("MEDGUARD_SPARK__MASTER", "head-node:7077", "spark.master (MEDGUARD_SPARK__MASTER)"),
         ("MEDGUARD_VAULT__ADDR", "vault.internal:8200", "vault.addr (MEDGUARD_VAULT__ADDR)"),
@@ -307,7 +312,9 @@ def test_when_a_variable_is_invalid_or_unknown_then_settings_error_names_it(
 @pytest.mark.parametrize(
     ("text", "named"),
     [
-        ("k_anonymity: 1\n", "k_anonymity (MEDGUARD_K_ANONYMITY)"),
+        ("deidentify:\n  k_anonymity: 1\n", "deidentify.k_anonymity (MEDGUARD_DEIDENTIFY__K_ANONYMITY"),
+        ("deidentify:\n  note_entities: {US_SSN: shred}\n", "deidentify.note_entities.US_SSN"),
+        ("k_anonymity: 7\n", "k_anonymity: moved into the deidentify section (deidentify.k_anonymity)"),
         ("spark:\n  master: nowhere\n", "spark.master (MEDGUARD_SPARK__MASTER)"),
         ("vault:\n  addr: vault:8200\n", "vault.addr (MEDGUARD_VAULT__ADDR)"),
         ("vault:\n  addr: http://v:8200\n  auth_method: approle\n", "MEDGUARD_VAULT__ROLE_ID"),
@@ -328,8 +335,8 @@ def test_when_a_config_file_value_is_invalid_or_unknown_then_settings_error_name
 @pytest.mark.parametrize(
     ("overrides", "named"),
     [
-        ({"k_anonymity": 1}, "k_anonymity"),
-        ({"k_anonymity": 1001}, "k_anonymity"),
+        ({"deidentify": {"k_anonymity": 1}}, "deidentify.k_anonymity"),
+        ({"deidentify": {"k_anonymity": 1001}}, "deidentify.k_anonymity"),
         ({"spark": {"master": "localhost"}}, "spark.master"),
         ({"vault": {"addr": "vault.example.org"}}, "vault.addr"),
         ({"key_provider": "hsm"}, "key_provider"),

@@ -56,7 +56,7 @@ def test_when_a_table_is_published_then_k_anonymity_holds_counted_independently(
     # k counts people: the distinct patient pseudonyms in each class (a patient's several rows are one person).
     people = frame.groupby(qis, dropna=False)["patient_pseudonym"].nunique() if qis else None
     smallest = people.min() if qis else frame["patient_pseudonym"].nunique()
-    assert smallest >= settings.k_anonymity
+    assert smallest >= settings.deidentify.k_anonymity
     assert report["k"] == smallest and report["version"] == published["lake"].version("deidentified", table)
 
 
@@ -66,7 +66,7 @@ def test_when_a_table_has_a_sensitive_attribute_then_l_diversity_holds(published
     frame = published["out"][table]
     qis = published_report(published["lake"], table)["quasi_identifiers"]
     fewest = frame.groupby(qis, dropna=False)[sensitive].nunique().min() if qis else frame[sensitive].nunique()
-    assert fewest >= settings.l_diversity
+    assert fewest >= settings.deidentify.l_diversity
 
 
 def test_when_tables_are_published_then_no_direct_identifier_of_raw_appears_anywhere(published):
@@ -130,7 +130,8 @@ def test_when_tables_are_published_then_one_audit_event_each(published):
 
 
 def test_when_a_table_is_too_small_for_k_then_nothing_is_published(published, settings):
-    strict = Deidentifier(published["plake"], settings.model_copy(update={"k_anonymity": 1000}),
+    strict_gate = settings.deidentify.model_copy(update={"k_anonymity": 1000})
+    strict = Deidentifier(published["plake"], settings.model_copy(update={"deidentify": strict_gate}),
                           detector=shared_detector())
     before = published["lake"].version("deidentified", "outcomes")
     with pytest.raises(RiskGateError):

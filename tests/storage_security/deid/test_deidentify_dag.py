@@ -28,7 +28,7 @@ def test_when_the_deidentify_dag_runs_then_raw_tables_are_published_and_emitted(
 
     assert set(lake.tables("deidentified")) == set(TABLES)
     for table in TABLES:
-        assert published_report(lake, table)["k"] >= dag_settings.k_anonymity
+        assert published_report(lake, table)["k"] >= dag_settings.deidentify.k_anonymity
         assert lake.history("deidentified", table)[0].get("medguard.dag_run") == result.run_id
     db = Path(dag_settings.airflow_home) / "airflow.db"
     with closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as connection:

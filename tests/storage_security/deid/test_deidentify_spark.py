@@ -30,7 +30,7 @@ def test_when_notes_are_scanned_on_spark_then_spans_equal_the_local_scan(spark, 
 def test_when_a_notes_table_is_large_then_publication_goes_through_spark(spark, settings, lake: Lake, keyring):
     plake = ProtectedLake(lake, keyring, principal="svc:deidentify")
     raw = load_raw(plake, generated(60, 11), ("notes",))["notes"]
-    config = {**load_masking_config(), "spark_min_rows": 10}
+    config = {**load_masking_config(settings.deidentify), "spark_min_rows": 10}
     report = Deidentifier(plake, settings, config=config, detector=shared_detector()).publish("notes")
     out = lake.read_pandas("deidentified", "notes")
     assert report["notes_detection"] == "spark" and report["rows_out"] == len(out) == len(raw)
