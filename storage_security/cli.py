@@ -205,7 +205,8 @@ def keys_rotate(
 
     settings = settings_from(ctx)
     plake = _lifecycle_lake(settings, _operator())
-    report = rotate_keys(plake.provider, plake.store, plake.audit, kek_names=(settings.vault.kek_name,
+    report = rotate_keys(plake.provider, plake.store, plake.audit, patient_keys=plake.patient_keys,
+                         kek_names=(settings.vault.kek_name,
                          DEFAULT_KEY_NAME), principal=plake.principal, optional=(DEFAULT_KEY_NAME,))
     done = ", ".join(f"{k} → v{v}" for k, v in report.rotated.items()) or "none (finished an earlier rotation)"
     emit(report.to_dict(), as_json,
@@ -238,13 +239,14 @@ def keys_shred(
     reason: Annotated[str, typer.Option("--reason", help="Why: the erasure request's reference (audited).")],
     as_json: JsonOption = False,
 ) -> None:
-    """Crypto-shred a patient: destroy their KEK so no version of any table decrypts their cells. Irreversible."""
+    """Crypto-shred a patient: delete their wrapped data key for good, so no version of any table decrypts their
+    cells. Irreversible and audited; running it again is harmless (and re-applies it after a backup restore)."""
     from storage_security.keys.lifecycle import shred_patient
 
     settings = settings_from(ctx)
     result = shred_patient(_lifecycle_lake(settings, _operator()), patient, reason=reason)
-    emit(result, as_json, f"shredded patient {result['patient_pseudonym']}: KEK {result['kek_destroyed']} "
-               f"destroyed, {result['deks_dropped']} DEK records dropped")
+    emit(result, as_json, f"shredded patient {result['patient_pseudonym']}: {result['deks_dropped']} wrapped data "
+               f"keys deleted from {result['key_store']} (vacuumed: no history left)")
 
 
 @keys_app.command("status")

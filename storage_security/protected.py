@@ -8,12 +8,16 @@ crypto-shredded patients come back null (the patient is gone), any other cell th
 read.
 
 Cells are bound to ``"<zone>.<table>"``, the column and the row key, so a cell copied into another zone, table,
-column or row does not decrypt. Key metadata lives beside the zones, never in one:
+column or row does not decrypt. Key metadata lives beside the zones, never in one, in the system zone
+(:data:`pipeline.lake.SYSTEM_ZONE`), read and written through :class:`~pipeline.lake.Lake`:
 
+- ``<lake root>/_keys/patient_keys``: each patient's wrapped DEK
+  (:class:`~storage_security.keys.patient_keys.PatientKeyStore`), deleted for good on shred;
 - ``<lake root>/_keys/manifests``: one row per sealed column ``(zone, table_name, column_name, value_type,
   row_key, patient_key, updated_at)``; ``value_type`` is the column's Arrow type as a serialised schema (base64).
 - ``<lake root>/_keys/shredded``: the pseudonyms of shredded patients ``(scope_key, shredded_at)`` — no key
-  material, just the fact, so readers know a dead cell from a tampered one.
+  material, just the fact, so readers know a dead cell from a tampered one, de-identification drops the
+  patient's rows, and a restored backup can shred again whoever was shredded after it was taken.
 """
 
 from __future__ import annotations
@@ -28,12 +32,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline._delta_rs import DeltaRsEngine
-from pipeline.lake import CommitInfo, Lake, MergeResult, Zone
+from pipeline.lake import SYSTEM_ZONE, CommitInfo, Lake, MergeResult, Zone
 from storage_security.audit.log import AuditAction, AuditEvent, AuditLog, Decision
 from storage_security.crypto.envelope import CellCipher, _with_nulls
 from storage_security.crypto.pseudonyms import Pseudonymizer
 from storage_security.keys.dek_store import DekStore, check_scope_key
+from storage_security.keys.patient_keys import PatientKeyStore
 
 if TYPE_CHECKING:
     from pipeline.settings import Settings
@@ -50,6 +54,8 @@ _MANIFEST_SCHEMA = pa.schema([
     pa.field("patient_key", pa.string()),
     pa.field("updated_at", pa.timestamp("us", tz="UTC"), nullable=False),
 ])
+_MANIFESTS = "manifests"
+_SHREDDED = "shredded"
 _SHREDDED_SCHEMA = pa.schema([
     pa.field("scope_key", pa.string(), nullable=False),
     pa.field("shredded_at", pa.timestamp("us", tz="UTC"), nullable=False),
@@ -109,7 +115,7 @@ class ProtectedLake:
 
     Args:
         lake: the lake.
-        provider: the key provider (the data KEK, per-patient KEKs and the audit KEK live there).
+        provider: the key provider (the data KEK and the audit KEK live there).
         principal: who acts, for commits and audit events (``svc:ingest``, ``user:alice``).
         kek_name: the data KEK.
         audit: the audit log to record into; one over ``lake`` and ``provider`` when omitted.
@@ -125,11 +131,9 @@ class ProtectedLake:
         self.principal = principal
         self.kek_name = kek_name
         self.store = DekStore(f"{lake.root}/_keys/deks")
-        self.cipher = cipher or CellCipher(provider, self.store, kek_name=kek_name)
+        self.patient_keys = PatientKeyStore(lake)
+        self.cipher = cipher or CellCipher(provider, self.store, kek_name=kek_name, patient_keys=self.patient_keys)
         self.audit = audit or AuditLog(lake, provider)
-        self._engine = DeltaRsEngine()
-        self._manifest_uri = f"{lake.root}/_keys/manifests"
-        self._shredded_uri = f"{lake.root}/_keys/shredded"
         self._pseudonymizers: dict[str, Pseudonymizer] = {}
 
     @classmethod
@@ -350,11 +354,12 @@ class ProtectedLake:
 
     def _manifest(self, zone: Zone, table: str) -> tuple[Protection | None, dict[str, pa.DataType]]:
         """A table's protection and the Arrow type of each sealed column, from one read of the manifest."""
-        if not self._engine.exists(self._manifest_uri):
+        if not self.lake.exists(SYSTEM_ZONE, _MANIFESTS):
             return None, {}
         self.lake.uri(zone, table)  # validates the name before it goes into SQL
         where = f"zone = '{zone.value}' AND table_name = '{table}'"
-        rows = sorted(self._engine.read(self._manifest_uri, where=where).to_pylist(), key=lambda r: r["column_name"])
+        rows = sorted(self.lake.read_arrow(SYSTEM_ZONE, _MANIFESTS, where=where).to_pylist(),
+                      key=lambda r: r["column_name"])
         if not rows:
             return None, {}
         types = {row["column_name"]: pa.ipc.read_schema(pa.py_buffer(base64.b64decode(row["value_type"]))).field(0).type
@@ -374,27 +379,24 @@ class ProtectedLake:
             rows.append({"zone": zone.value, "table_name": table, "column_name": column, "value_type": encoded,
                          "row_key": protection.row_key, "patient_key": protection.patient_key, "updated_at": now})
         data = pa.Table.from_pylist(rows, schema=_MANIFEST_SCHEMA)
-        info = CommitInfo(principal=self.principal, purpose="protection-manifest").metadata("manifest")
-        if self._engine.exists(self._manifest_uri):
-            self._engine.merge(self._manifest_uri, data, keys=["zone", "table_name", "column_name"], metadata=info)
-        else:
-            _local_dir(self._manifest_uri)
-            self._engine.write(self._manifest_uri, data, mode="append", metadata=info)
+        info = CommitInfo(principal=self.principal, purpose="protection-manifest")
+        self.lake.merge(SYSTEM_ZONE, _MANIFESTS, data, keys=["zone", "table_name", "column_name"], commit=info)
 
     def shredded(self) -> set[str]:
         """Pseudonyms of the patients crypto-shredded in this lake."""
-        if not self._engine.exists(self._shredded_uri):
+        if not self.lake.exists(SYSTEM_ZONE, _SHREDDED):
             return set()
-        return set(self._engine.read(self._shredded_uri, columns=["scope_key"]).column("scope_key").to_pylist())
+        return set(self.lake.read_arrow(SYSTEM_ZONE, _SHREDDED, columns=["scope_key"]).column("scope_key").to_pylist())
 
     def shred(self, patient_pseudonym: str, *, reason: str, commit: CommitInfo | None = None) -> int:
-        """Crypto-shred one patient: destroy their KEK, drop their DEK records, note the fact; audited.
+        """Crypto-shred one patient: note the fact, delete their wrapped DEK for good; audited.
 
         Every cell sealed under the patient's key, in every version of every table, stays undecryptable for
-        good; readers return those cells as null. Re-running an interrupted shred completes it.
+        good; readers return those cells as null. Re-running an interrupted shred completes it, and running it
+        again for a patient already shredded (e.g. after restoring a backup) deletes whatever key came back.
 
         Returns:
-            how many DEK records were dropped.
+            how many wrapped DEK records were deleted.
 
         Raises:
             ValueError: no reason given, or a malformed pseudonym.
@@ -407,13 +409,12 @@ class ProtectedLake:
         if patient_pseudonym not in self.shredded():
             data = pa.Table.from_pylist([{"scope_key": patient_pseudonym, "shredded_at": datetime.now(UTC)}],
                                         schema=_SHREDDED_SCHEMA)
-            _local_dir(self._shredded_uri)
-            self._engine.write(self._shredded_uri, data, mode="append", metadata=info.metadata("shred-note"))
+            self.lake.append(SYSTEM_ZONE, _SHREDDED, data, commit=info)
         dropped = self.cipher.shred(patient_pseudonym, commit=info)
         self.audit.record(AuditEvent(principal=self.principal, action=AuditAction.KEY_SHRED,
                                      row_keys=(patient_pseudonym,), decision=Decision.ALLOW,
                                      purpose=info.purpose, reason=reason,
-                                     details={"kek": f"patient-{patient_pseudonym}", "deks_dropped": dropped}))
+                                     details={"key_store": self.patient_keys.uri, "deks_dropped": dropped}))
         return dropped
 
 
@@ -427,9 +428,3 @@ def _as_table(data: Any) -> pa.Table:
         raise TypeError(f"protected writes take tabular data, not {type(data).__name__}")
     return arrow
 
-
-def _local_dir(uri: str) -> None:
-    if "://" not in uri:
-        import os
-
-        os.makedirs(uri, exist_ok=True)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import chain, repeat
@@ -23,6 +25,7 @@ from pipeline.errors import (
 )
 from storage_security.crypto import _aead
 from storage_security.keys.dek_store import DekRecord, DekStore, check_scope_key
+from storage_security.keys.patient_keys import PatientKey, PatientKeyStore, bind, unbind
 
 if TYPE_CHECKING:
     from pipeline.lake import CommitInfo
@@ -61,7 +64,7 @@ _STRING_LIKE = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string
 
 
 def patient_kek_name(scope_key: str) -> str:
-    """The provider KEK that wraps a patient's DEKs: destroying it shreds the patient."""
+    """The per-patient KEK of lakes written before the data-KEK hierarchy (``medguard keys migrate`` moves them)."""
     return f"patient-{check_scope_key(scope_key)}"
 
 
@@ -199,12 +202,17 @@ class CellCipher:
     themselves). Nulls stay null and are not encrypted. Row keys are bound by their text form
     (``cast(string)``), at most 1 KiB.
 
-    DEKs: one per (table, column, batch) by default; with ``scope_key`` one per patient for all of that
-    patient's cells in every table and column (recorded with empty table and column), wrapped by the patient's
-    own KEK :func:`patient_kek_name`, so :meth:`shred` (destroying that KEK) makes
-    the patient's cells undecryptable in every table version. A DEK is reused from the in-memory cache until
-    ``dek_ttl_seconds`` pass or it has encrypted ``max_invocations`` cells, then a fresh one is made.
-    Decryption caches unwrapped DEKs for the same TTL.
+    DEKs: one per (table, column, batch) by default, made by the provider under ``kek_name``, reused until
+    ``dek_ttl_seconds`` pass or it has encrypted ``max_invocations`` cells. With ``scope_key``, one random DEK per
+    patient for life serves all of that patient's cells in every table and column: made here, wrapped with the
+    other new patients' DEKs in one provider batch (:meth:`KeyProvider.wrap_many`) under ``kek_name`` and
+    recorded in the :class:`~storage_security.keys.patient_keys.PatientKeyStore`; a patient already stored is
+    unwrapped in batches, and a patient known to this process costs no provider request at all. :meth:`shred`
+    deletes the patient's wrapped DEK for good, which makes their cells undecryptable in every table version.
+    (Two processes meeting a new patient at once each record a DEK; both serve, both are shredded. A process
+    counts a patient DEK's uses itself and makes another past ``max_invocations``.) Unwrapped DEKs stay in
+    memory only, at most ``max_cached_keys`` of them (least recently used leave first); batch DEKs also leave
+    after ``dek_ttl_seconds``.
 
     Args:
         provider: the key provider holding the KEKs.
@@ -215,6 +223,8 @@ class CellCipher:
         max_invocations: cells one DEK may encrypt before a fresh one is made (at most 2^32).
         clock: monotonic seconds, injectable for tests.
         commit: who/why for the DEK store's commits.
+        patient_keys: where patients' wrapped DEKs live (needed for ``scope_key`` encryption).
+        max_cached_keys: unwrapped DEKs kept in memory.
 
     Raises:
         ValueError: a limit, name or batch id is invalid.
@@ -231,7 +241,11 @@ class CellCipher:
         max_invocations: int = DEFAULT_MAX_INVOCATIONS,
         clock: Callable[[], float] = time.monotonic,
         commit: CommitInfo | None = None,
+        patient_keys: PatientKeyStore | None = None,
+        max_cached_keys: int = _MAX_CACHED_KEYS,
     ) -> None:
+        if max_cached_keys < 1:
+            raise ValueError("max_cached_keys must be at least 1")
         if not 1 <= max_invocations <= 2**32:
             raise ValueError("max_invocations must be 1 to 2^32 (NIST SP 800-38D bound for random nonces)")
         if dek_ttl_seconds <= 0:
@@ -246,17 +260,23 @@ class CellCipher:
         self._clock = clock
         self._commit = commit
         self._lock = threading.RLock()
+        self._patient_keys = patient_keys
+        self._max_cached = int(max_cached_keys)
         self._active: dict[tuple[str, str, str, str], _Dek] = {}
-        self._known: dict[str, tuple[_Dek, float]] = {}
+        self._patients: OrderedDict[str, _Dek] = OrderedDict()
+        self._known: OrderedDict[str, tuple[_Dek, float]] = OrderedDict()
 
     @classmethod
     def from_settings(cls, settings: Settings, provider: KeyProvider | None = None, **options: Any) -> CellCipher:
-        """A cipher over the provider of ``settings`` (``key_provider``) and the lake's DEK store."""
+        """A cipher over the provider of ``settings`` (``key_provider``) and the lake's key stores."""
+        from pipeline.lake import Lake
+
         if provider is None:
             from storage_security.keys.providers import provider_from_settings
 
             provider = provider_from_settings(settings)
         options.setdefault("kek_name", settings.vault.kek_name)
+        options.setdefault("patient_keys", PatientKeyStore(Lake(settings)))
         return cls(provider, DekStore.from_settings(settings), **options)
 
     def __repr__(self) -> str:
@@ -338,10 +358,10 @@ class CellCipher:
 
     def _assign(self, table: str, column: str, groups: list[tuple[str, str]], row_group: np.ndarray | None,
                 count: int) -> tuple[list[_Dek], np.ndarray | None]:
-        """DEKs for the valid rows: reuse fresh cached ones, make and record new ones, count invocations.
+        """DEKs for the valid rows: reuse cached or stored ones, make and record new ones, count invocations.
 
-        New DEKs are recorded in the DEK store before any cell uses them; if the provider or the store
-        fails, nothing is cached or counted and the error propagates.
+        New DEKs are recorded (the patients' in one batch of provider requests) before any cell uses them; if
+        the provider or a store fails, nothing is cached or counted and the error propagates.
         """
         counts = [count] if row_group is None else np.bincount(row_group, minlength=len(groups)).tolist()
         with self._lock:
@@ -349,39 +369,113 @@ class CellCipher:
             plan: list[list[tuple[_Dek, int]]] = []
             missing: list[int] = []
             slots = [_slot(table, column, scope, key) for scope, key in groups]
-            for index in range(len(groups)):
+            for index, (scope, key) in enumerate(groups):
                 need, segments = counts[index], []
-                active = self._active.get(slots[index])
-                if active is not None and now - active.created < self._ttl and active.uses < self._max_invocations:
-                    take = min(need, self._max_invocations - active.uses)
-                    segments.append((active, take))
+                current = self._current(scope, key, slots[index], now)
+                if current is not None:
+                    take = min(need, self._max_invocations - current.uses)
+                    segments.append((current, take))
                     need -= take
                 plan.append(segments)
                 missing.append(need)
-            patient_keks = sorted({patient_kek_name(key) for (scope, key), need in zip(groups, missing, strict=True)
-                                   if need and scope == "patient"})
-            if patient_keks:
-                self._ensure_keks(patient_keks)
+            # Patients this process holds no DEK for: their lifelong DEK from the store, unwrapped in batches.
+            lookup = [key for (scope, key), need, segments in zip(groups, missing, plan, strict=True)
+                      if scope == "patient" and need and not segments]
+            stored = self._stored_patient_deks(lookup, now) if lookup else {}
             records: list[DekRecord] = []
+            fresh: list[tuple[_Dek, bytes]] = []
             for index, (scope, key) in enumerate(groups):
-                kek = self.kek_name if scope == "batch" else patient_kek_name(key)
+                found = stored.get(key) if scope == "patient" and missing[index] and not plan[index] else None
+                if found is not None:
+                    take = min(missing[index], self._max_invocations - found.uses)
+                    plan[index].append((found, take))
+                    missing[index] -= take
                 need = missing[index]
                 while need > 0:
-                    dek, record = self._new_dek(kek, *slots[index], now)
+                    if scope == "batch":
+                        dek, record = self._new_dek(self.kek_name, *slots[index], now)
+                        records.append(record)
+                    else:
+                        dek, material = _new_patient_dek(key, now)
+                        fresh.append((dek, material))
                     take = min(need, self._max_invocations)
                     plan[index].append((dek, take))
-                    records.append(record)
                     need -= take
+            if fresh:
+                self._record_patient_deks(fresh)
             self._store.put(records, commit=self._commit)
             for index, slot in enumerate(slots):
                 for dek, take in plan[index]:
                     dek.uses += take
                     self._remember(dek, dek.created)
-                self._active.pop(slot, None)
-                self._active[slot] = plan[index][-1][0]
-            while len(self._active) > _MAX_CACHED_KEYS:  # many patients: forget the least recently used
+                last = plan[index][-1][0]
+                if groups[index][0] == "patient":
+                    self._patients.pop(groups[index][1], None)
+                    self._patients[groups[index][1]] = last
+                else:
+                    self._active.pop(slot, None)
+                    self._active[slot] = last
+            while len(self._active) > self._max_cached:  # many batches: forget the least recently used
                 del self._active[next(iter(self._active))]
+            while len(self._patients) > self._max_cached:
+                self._patients.popitem(last=False)
         return _layout(plan, row_group, counts)
+
+    def _current(self, scope: str, key: str, slot: tuple[str, str, str, str], now: float) -> _Dek | None:
+        """The DEK this process is using for a scope, if it may encrypt more (patients' DEKs have no TTL)."""
+        if scope == "patient":
+            dek = self._patients.get(key)
+            if dek is not None:
+                self._patients.move_to_end(key)
+            return dek if dek is not None and dek.uses < self._max_invocations else None
+        dek = self._active.get(slot)
+        if dek is not None and now - dek.created < self._ttl and dek.uses < self._max_invocations:
+            return dek
+        return None
+
+    def _patient_store(self) -> PatientKeyStore:
+        if self._patient_keys is None:
+            raise ValueError("encrypting with a scope_key needs a cipher with a patient key store (patient_keys=)")
+        return self._patient_keys
+
+    def _stored_patient_deks(self, scope_keys: list[str], now: float) -> dict[str, _Dek]:
+        """The newest DEK of each patient that has one in the store, unwrapped in batches of requests."""
+        records = self._patient_store().find(scope_keys)
+        newest: dict[str, _Dek] = {}
+        order: dict[str, object] = {}
+        for record, dek in zip(records, self._unwrap_patients(records, now), strict=True):
+            if dek is None:
+                continue  # damaged or moved: this patient gets a fresh DEK; their old cells still fail
+            if record.scope_key not in order or record.created_at > order[record.scope_key]:  # type: ignore[operator]
+                order[record.scope_key] = record.created_at
+                newest[record.scope_key] = dek
+        return newest
+
+    def _unwrap_patients(self, records: list[PatientKey], now: float) -> list[_Dek | None]:
+        """Unwrap patient DEK records (one batch of requests per KEK); None where one does not unwrap."""
+        by_kek: dict[str, list[int]] = {}
+        for position, record in enumerate(records):
+            by_kek.setdefault(record.kek_name, []).append(position)
+        result: list[_Dek | None] = [None] * len(records)
+        for kek, positions in by_kek.items():
+            plaintexts = self._provider.unwrap_each(kek, [records[i].wrapped for i in positions])
+            for position, plaintext in zip(positions, plaintexts, strict=True):
+                record = records[position]
+                key = unbind(plaintext, record.key_id, record.scope_key)
+                if key is not None:
+                    result[position] = _Dek(key_id=bytes.fromhex(record.key_id), aead=_aead.AesGcm(key), table="",
+                                            column="", scope_key=record.scope_key, created=now, scope="patient")
+        return result
+
+    def _record_patient_deks(self, fresh: list[tuple[_Dek, bytes]]) -> None:
+        """Wrap new patient DEKs in one batch of provider requests and record them before any is used."""
+        store = self._patient_store()
+        wrapped = self._provider.wrap_many(self.kek_name, [material for _dek, material in fresh])
+        if len(wrapped) != len(fresh):
+            raise CryptoError(f"the key provider wrapped {len(wrapped)} of {len(fresh)} patient data keys")
+        store.put([PatientKey(key_id=dek.key_id.hex(), scope_key=dek.scope_key, kek_name=self.kek_name,
+                              wrapped=item) for (dek, _material), item in zip(fresh, wrapped, strict=True)],
+                  commit=self._commit)
 
     def _ensure_keks(self, names: list[str]) -> None:
         ensure_many = getattr(self._provider, "ensure_keys", None)
@@ -408,8 +502,8 @@ class CellCipher:
         key = dek.key_id.hex()
         self._known.pop(key, None)
         self._known[key] = (dek, at)
-        while len(self._known) > _MAX_CACHED_KEYS:
-            del self._known[next(iter(self._known))]
+        while len(self._known) > self._max_cached:
+            self._known.popitem(last=False)
 
     def _seal(self, deks: list[_Dek], dek_index: np.ndarray | None, plaintexts: pa.Array, row_keys: pa.Array,
               prefix: bytes) -> pa.Array:
@@ -531,10 +625,18 @@ class CellCipher:
             found: dict[str, _Dek | None] = {}
             for key in key_ids:
                 cached = self._known.get(key)
-                if cached is not None and now - cached[1] < self._ttl:
+                if cached is not None and (cached[0].scope == "patient" or now - cached[1] < self._ttl):
                     found[key] = cached[0]
+                    self._known.move_to_end(key)
             missing = [key for key in key_ids if key not in found]
-            if missing:
+            if missing and self._patient_keys is not None:
+                patients = list(self._patient_keys.get(missing).values())
+                for record, dek in zip(patients, self._unwrap_patients(patients, now), strict=True):
+                    if dek is not None:
+                        self._remember(dek, now)
+                        found[record.key_id] = dek
+                missing = [key for key in missing if key not in found]
+            if missing:  # batch and pseudonym DEKs, and patients' DEKs of a lake not yet migrated
                 records = self._store.get(missing)
                 by_kek: dict[str, list[DekRecord]] = {}
                 for record in records.values():
@@ -573,15 +675,22 @@ class CellCipher:
     # key lifecycle -------------------------------------------------------------------------------------
 
     def shred(self, scope_key: str, *, commit: CommitInfo | None = None) -> int:
-        """Crypto-shred a patient: destroy their KEK, then drop their DEK records; returns records dropped.
+        """Crypto-shred a patient: delete their wrapped DEKs for good; returns how many records went.
 
-        Every cell encrypted with ``scope_key`` becomes undecryptable in every version of every table. Safe
-        to re-run if interrupted (destroying a missing KEK and dropping no records are no errors).
+        Every cell encrypted with ``scope_key`` becomes undecryptable in every version of every table. In a
+        lake not yet migrated (``medguard keys migrate``) the patient's own KEK is destroyed as well. Safe to
+        re-run if interrupted (nothing left to delete is no error).
         """
-        kek = patient_kek_name(scope_key)
-        self._provider.destroy_key(kek)
+        check_scope_key(scope_key)
         self.evict(scope_key)
-        return self._store.drop_scope(scope_key, scope="patient", commit=commit)
+        dropped = self._patient_keys.shred(scope_key, commit=commit) if self._patient_keys is not None else 0
+        legacy = self._store.records(scope="patient", scope_key=scope_key)
+        if legacy:
+            for kek in sorted({record.kek_name for record in legacy}):
+                self._provider.destroy_key(kek)
+            dropped += self._store.drop_scope(scope_key, scope="patient", commit=commit)
+        self.evict(scope_key)
+        return dropped
 
     def evict(self, scope_key: str | None = None) -> None:
         """Forget cached DEKs (of one scope key, or all): the next use fetches or makes them again."""
@@ -592,6 +701,19 @@ class CellCipher:
             for key, dek in list(self._active.items()):
                 if scope_key is None or dek.scope_key == scope_key:
                     del self._active[key]
+            if scope_key is None:
+                self._patients.clear()
+            else:
+                self._patients.pop(scope_key, None)
+
+
+def _new_patient_dek(scope_key: str, now: float) -> tuple[_Dek, bytes]:
+    """A fresh random patient DEK and what gets wrapped for it (the DEK bound to its key id and patient)."""
+    plaintext = os.urandom(_aead.KEY_SIZE)
+    key_id = secrets.token_bytes(KEY_ID_SIZE)
+    dek = _Dek(key_id=key_id, aead=_aead.AesGcm(plaintext), table="", column="", scope_key=scope_key,
+               created=now, scope="patient")
+    return dek, bind(plaintext, key_id.hex(), scope_key)
 
 
 def _slot(table: str, column: str, scope: str, scope_key: str) -> tuple[str, str, str, str]:

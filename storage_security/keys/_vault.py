@@ -95,6 +95,8 @@ class VaultClient:
         retry: the retry policy for connection errors and 5xx answers.
         sleep: how to wait between attempts (tests pass a recorder).
         clock: a monotonic clock in seconds, for token expiry.
+        session: the ``requests.Session`` to send through (hvac makes one when omitted); tests pass one that
+            counts requests.
 
     Raises:
         SettingsError: the auth settings are incomplete or the address is not an http(s) URL.
@@ -116,6 +118,7 @@ class VaultClient:
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        session: requests.Session | None = None,
     ) -> None:
         if not addr or not addr.startswith(("http://", "https://")):
             raise SettingsError(f"vault.addr (MEDGUARD_VAULT__ADDR) must be an http:// or https:// URL, not {addr!r}")
@@ -141,7 +144,8 @@ class VaultClient:
         self._login_lock = threading.Lock()
         # An explicit (empty) token keeps hvac from reading VAULT_TOKEN or ~/.vault-token behind our back; the
         # token goes into each request's headers instead, so threads sharing this client never race on it.
-        self._hvac = hvac.Client(url=self.addr, token="", verify=verify, timeout=timeout, namespace=namespace)
+        self._hvac = hvac.Client(url=self.addr, token="", verify=verify, timeout=timeout, namespace=namespace,
+                                 session=session)
 
     @classmethod
     def from_settings(cls, vault: VaultSettings, **overrides: Any) -> VaultClient:

@@ -2,13 +2,20 @@
 
 A provider holds named KEKs (Vault Transit keys, or keys in a local keyring file), each with versions like
 Vault's: rotation adds a version, ``min_decryption_version`` retires older ones, destroying a key removes it
-and every version for good (crypto-shredding). Callers never see a KEK, only data keys (DEKs).
+and every version for good. Callers never see a KEK, only data keys (DEKs).
+
+Patients' DEKs are made locally and wrapped many at a time under the one data KEK (:meth:`KeyProvider.wrap_many`,
+:meth:`KeyProvider.unwrap_each`, :meth:`KeyProvider.rewrap`: Vault's ``batch_input``, at most
+:data:`MAX_BATCH_ITEMS` a request), so Vault traffic grows with new patients in batches, not per patient.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
+
+# Items per batch request: OpenBao's default JSON limits refuse a batch_input of 500 items.
+MAX_BATCH_ITEMS = 400
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,14 @@ class KeyProvider(Protocol):
 
     def unwrap_many(self, key_name: str, wrapped: list[str]) -> list[bytes]:
         """Unwrap several DEKs in as few round trips as the store allows (Vault: batch_input, < 500 a call)."""
+
+    def wrap_many(self, key_name: str, plaintexts: list[bytes]) -> list[str]:
+        """Wrap locally made key material under the KEK's latest version, in order (Vault: ``encrypt`` with
+        ``batch_input``, :data:`MAX_BATCH_ITEMS` a request)."""
+
+    def unwrap_each(self, key_name: str, wrapped: list[str]) -> list[bytes | None]:
+        """Unwrap what :meth:`wrap_many` wrapped, in batches; None for each item that does not unwrap, so one
+        damaged item does not hide the others."""
 
     def rewrap(self, key_name: str, wrapped: list[str]) -> list[str]:
         """Re-wrap DEKs under the KEK's latest version without exposing their plaintext."""

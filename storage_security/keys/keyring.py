@@ -61,9 +61,9 @@ _SALT_BYTES = 16
 # MiB for 200,000 patients, measured); unwrapping one again costs one AES-GCM decryption.
 _MAX_CACHED_KEKS = 16_384
 _KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-# "keyring:v<N>:" then base64 of nonce (12) + DEK (32) + tag (16) = 60 bytes = 80 base64 characters.
-_WRAPPED = re.compile(r"^keyring:v([1-9][0-9]{0,8}):([A-Za-z0-9+/]{80})$")
-_WRAPPED_DEK_BYTES = 12 + KEY_SIZE + 16
+# "keyring:v<N>:" then base64 of nonce (12) + key material + tag (16): 80 base64 characters for a bare DEK.
+_WRAPPED = re.compile(r"^keyring:v([1-9][0-9]{0,8}):([A-Za-z0-9+/]{40,344}={0,2})$")
+_MAX_WRAPPED_PLAINTEXT = 224
 _CHECK_MESSAGE = b"medguard.keyring.v1"
 _SETUP_HINT = (
     "set {env} to the master key printed by `medguard keys init`, or point keyring.master_key_file "
@@ -280,12 +280,40 @@ class LocalKeyring:
                 raise DecryptionError("decryption failed: the data key does not unwrap") from exc
             return [self._unwrap(key_name, entry, item) for item in wrapped]
 
+    def wrap_many(self, key_name: str, plaintexts: list[bytes]) -> list[str]:
+        """Wrap key material (at most 224 bytes each) under the KEK's latest version, in order."""
+        if isinstance(plaintexts, bytes | bytearray | str):
+            raise TypeError("expected a list of plaintexts, not a single value")
+        for item in plaintexts:
+            if not isinstance(item, bytes | bytearray):
+                raise TypeError(f"a plaintext to wrap is bytes, not {type(item).__name__}")
+            if not 1 <= len(item) <= _MAX_WRAPPED_PLAINTEXT:
+                raise ValueError(f"a plaintext to wrap is 1 to {_MAX_WRAPPED_PLAINTEXT} bytes, not {len(item)}")
+        with self._mutex:
+            version = int(self._entry(key_name)["latest"])
+            return [self._wrap(key_name, version, bytes(item)) for item in plaintexts]
+
+    def unwrap_each(self, key_name: str, wrapped: list[str]) -> list[bytes | None]:
+        """Unwrap what :meth:`wrap_many` wrapped; None for each item that does not unwrap."""
+        with self._mutex:
+            try:
+                entry = self._entry(key_name)
+            except _NoSuchKey:
+                return [None] * len(wrapped)
+            result: list[bytes | None] = []
+            for item in wrapped:
+                try:
+                    result.append(self._open(key_name, entry, item))
+                except DecryptionError:
+                    result.append(None)
+            return result
+
     def rewrap(self, key_name: str, wrapped: list[str]) -> list[str]:
-        """Re-wrap DEKs under the KEK's latest version (idempotent for DEKs already there)."""
+        """Re-wrap DEKs (or what :meth:`wrap_many` wrapped) under the KEK's latest version."""
         with self._mutex:
             entry = self._entry(key_name)
             latest = int(entry["latest"])
-            return [self._wrap(key_name, latest, self._unwrap(key_name, entry, item)) for item in wrapped]
+            return [self._wrap(key_name, latest, self._open(key_name, entry, item)) for item in wrapped]
 
     def rotate(self, key_name: str) -> int:
         """Add a KEK version; new DEKs are wrapped under it. Returns the new latest version."""
@@ -479,14 +507,23 @@ class LocalKeyring:
         return f"keyring:v{version}:{_b64(sealed)}"
 
     def _unwrap(self, key_name: str, entry: dict[str, Any], wrapped: str) -> bytes:
+        plaintext = self._open(key_name, entry, wrapped)
+        if len(plaintext) != KEY_SIZE:
+            raise DecryptionError("decryption failed: not a keyring-wrapped data key")
+        return plaintext
+
+    def _open(self, key_name: str, entry: dict[str, Any], wrapped: str) -> bytes:
         match = _WRAPPED.match(wrapped) if isinstance(wrapped, str) else None
         if match is None:
             raise DecryptionError("decryption failed: not a keyring-wrapped data key")
         version = int(match.group(1))
         if version < int(entry["min_decryption_version"]) or version > int(entry["latest"]):
             raise DecryptionError("decryption failed: the data key does not unwrap")
-        sealed = _unb64(match.group(2))
-        if len(sealed) != _WRAPPED_DEK_BYTES:
+        try:
+            sealed = _unb64(match.group(2))
+        except (binascii.Error, ValueError) as exc:
+            raise DecryptionError("decryption failed: not a keyring-wrapped data key") from exc
+        if len(sealed) < 12 + 16 + 1:
             raise DecryptionError("decryption failed: not a keyring-wrapped data key")
         try:
             return self._kek(key_name, entry, version).decrypt(sealed, _dek_aad(key_name))

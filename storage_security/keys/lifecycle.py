@@ -1,6 +1,7 @@
 """Key lifecycle recipes behind ``medguard keys rotate / reencrypt / shred``: each one re-runnable, each audited.
 
-- :func:`rotate_keys` adds a KEK version, rewraps every stored DEK (and the audit log's signing key) under it
+- :func:`rotate_keys` adds a KEK version, rewraps every stored DEK — the patients' in batches of
+  :data:`~storage_security.keys.base.MAX_BATCH_ITEMS` per request — and the audit log's signing key under it
   without touching any data, then retires the old versions (``min_decryption_version``) — only once nothing is
   left wrapped under them. A rotation interrupted anywhere is resumed, not restarted, by running it again: a
   KEK whose ``min_decryption_version`` is below its latest version has a rotation in progress.
@@ -19,8 +20,9 @@ from typing import Any
 from pipeline.lake import CommitInfo, Zone
 from storage_security.audit.log import AuditAction, AuditEvent, AuditLog, Decision
 from storage_security.crypto.envelope import CellCipher
-from storage_security.keys.base import KeyProvider
+from storage_security.keys.base import MAX_BATCH_ITEMS, KeyProvider
 from storage_security.keys.dek_store import DekStore, wrapped_version
+from storage_security.keys.patient_keys import PatientKey, PatientKeyStore
 from storage_security.protected import ProtectedLake
 
 __all__ = ["ReencryptReport", "RotationReport", "reencrypt_table", "rotate_keys", "shred_patient"]
@@ -36,6 +38,7 @@ class RotationReport:
     resumed: list[str] = field(default_factory=list)
     rewrapped: int = 0
     already_current: int = 0
+    patient_keys_rewrapped: int = 0
     audit_keys_rewrapped: int = 0
     min_decryption_version: dict[str, int] = field(default_factory=dict)
 
@@ -58,11 +61,12 @@ class ReencryptReport:
         return asdict(self)
 
 
-def rotate_keys(provider: KeyProvider, store: DekStore, audit: AuditLog, *, kek_names: Sequence[str],
-                principal: str, optional: Sequence[str] = ()) -> RotationReport:
+def rotate_keys(provider: KeyProvider, store: DekStore, audit: AuditLog, *, patient_keys: PatientKeyStore,
+                kek_names: Sequence[str], principal: str, optional: Sequence[str] = ()) -> RotationReport:
     """Rotate each KEK, rewrap every stored DEK and audit signing key, then retire the old KEK versions.
 
     Args:
+        patient_keys: the patients' wrapped DEKs (rewrapped in batches, and counted before retiring).
         kek_names: the KEKs to rotate (the data KEK and the audit KEK, typically).
         principal: who rotates, for the audit log.
         optional: KEKs of ``kek_names`` that may not exist yet (the audit KEK before the first signed head):
@@ -87,17 +91,22 @@ def rotate_keys(provider: KeyProvider, store: DekStore, audit: AuditLog, *, kek_
             details = {"kek": name, "version": rotated[name], "resumed": False}
         audit.record(AuditEvent(principal=principal, action=AuditAction.KEY_ROTATE, decision=Decision.ALLOW,
                                 purpose="key-rotation", details=details))
-    rewrap = store.rewrap_all(provider, commit=CommitInfo(principal=principal, purpose="key-rotation"))
+    commit = CommitInfo(principal=principal, purpose="key-rotation")
+    rewrap = store.rewrap_all(provider, commit=commit)
+    latest = {name: provider.versions(name).latest for name in kek_names}
+    patients_rewrapped, patients_current = _rewrap_patient_keys(provider, patient_keys, latest, commit)
     audit_keys = audit.rewrap_signing_keys()
     audit.record(AuditEvent(principal=principal, action=AuditAction.KEY_REWRAP, decision=Decision.ALLOW,
-                            purpose="key-rotation", row_count=rewrap.rewrapped,
+                            purpose="key-rotation", row_count=rewrap.rewrapped + patients_rewrapped,
                             details={"keks": list(kek_names), "deks_rewrapped": rewrap.rewrapped,
-                                     "already_current": rewrap.already_current,
+                                     "already_current": rewrap.already_current + patients_current,
+                                     "patient_keys_rewrapped": patients_rewrapped,
                                      "audit_keys_rewrapped": audit_keys}))
     # Retire old versions only when nothing stored is still wrapped under them.
-    latest = {name: provider.versions(name).latest for name in kek_names}
     stale = {r.kek_name for r in store.records()
              if r.kek_name in latest and wrapped_version(r.wrapped) != latest[r.kek_name]}
+    stale |= {r.kek_name for r in patient_keys.records()
+              if r.kek_name in latest and wrapped_version(r.wrapped) != latest[r.kek_name]}
     retired: dict[str, int] = {}
     for name in kek_names:
         if name not in stale:
@@ -106,14 +115,38 @@ def rotate_keys(provider: KeyProvider, store: DekStore, audit: AuditLog, *, kek_
     if retired:
         audit.record(AuditEvent(principal=principal, action=AuditAction.KEY_RETIRE, decision=Decision.ALLOW,
                                 purpose="key-rotation", details={"min_decryption_version": retired}))
-    return RotationReport(rotated=rotated, resumed=resumed, rewrapped=rewrap.rewrapped,
-                          already_current=rewrap.already_current, audit_keys_rewrapped=audit_keys,
+    return RotationReport(rotated=rotated, resumed=resumed, rewrapped=rewrap.rewrapped + patients_rewrapped,
+                          already_current=rewrap.already_current + patients_current,
+                          patient_keys_rewrapped=patients_rewrapped, audit_keys_rewrapped=audit_keys,
                           min_decryption_version=retired)
+
+
+def _rewrap_patient_keys(provider: KeyProvider, patient_keys: PatientKeyStore, latest: dict[str, int],
+                         commit: CommitInfo) -> tuple[int, int]:
+    """Rewrap the patients' DEKs not yet under their KEK's latest version, a batch request per chunk, each chunk
+    committed as it is done (so a re-run resumes); returns (rewrapped, already current)."""
+    rewrapped = current = 0
+    stale: dict[str, list[PatientKey]] = {}
+    for record in patient_keys.records():
+        if record.kek_name in latest and wrapped_version(record.wrapped) != latest[record.kek_name]:
+            stale.setdefault(record.kek_name, []).append(record)
+        else:
+            current += 1
+    for kek, records in sorted(stale.items()):
+        for start in range(0, len(records), MAX_BATCH_ITEMS):
+            chunk = records[start:start + MAX_BATCH_ITEMS]
+            fresh = provider.rewrap(kek, [r.wrapped for r in chunk])
+            rewrapped += patient_keys.replace(
+                [PatientKey(key_id=r.key_id, scope_key=r.scope_key, kek_name=r.kek_name, wrapped=w,
+                            created_at=r.created_at) for r, w in zip(chunk, fresh, strict=True)], commit=commit)
+    return rewrapped, current
 
 
 def reencrypt_table(plake: ProtectedLake, zone: Zone | str, table: str, *,
                     commit: CommitInfo | None = None) -> ReencryptReport:
-    """Move every cell of a protected table to fresh DEKs, then retire the table's old batch DEKs.
+    """Move every cell of a protected table to fresh batch DEKs, then retire the table's old batch DEKs.
+
+    Cells of a patient are sealed again under that patient's lifelong DEK (fresh nonces, same key).
 
     The table's earlier versions stay readable (their DEKs are retired, not deleted). Cells of shredded
     patients are written as nulls. Re-running after an interruption re-encrypts again and retires the rest.
@@ -129,7 +162,8 @@ def reencrypt_table(plake: ProtectedLake, zone: Zone | str, table: str, *,
     old = [r.key_id for r in plake.store.records(scope="batch") if r.table == bound and not r.retired]
     result = plake.read_result(zone, table, decrypt=True, purpose="key-reencryption")
     fresh = ProtectedLake(plake.lake, plake.provider, principal=plake.principal, kek_name=plake.kek_name,
-                          audit=plake.audit, cipher=CellCipher(plake.provider, plake.store, kek_name=plake.kek_name))
+                          audit=plake.audit, cipher=CellCipher(plake.provider, plake.store, kek_name=plake.kek_name,
+                                                               patient_keys=plake.patient_keys))
     info = commit or CommitInfo(principal=plake.principal, purpose="key-reencryption")
     version = fresh.overwrite(zone, table, result.table, protection, commit=info)
     retired = plake.store.retire(old, commit=info)
@@ -146,4 +180,4 @@ def shred_patient(plake: ProtectedLake, patient: str, *, reason: str) -> dict[st
     pseudonym = patient if _PSEUDONYM.match(patient) else plake.pseudonymizer("patient").pseudonym(patient)
     assert pseudonym is not None
     dropped = plake.shred(pseudonym, reason=reason)
-    return {"patient_pseudonym": pseudonym, "deks_dropped": dropped, "kek_destroyed": f"patient-{pseudonym}"}
+    return {"patient_pseudonym": pseudonym, "deks_dropped": dropped, "key_store": plake.patient_keys.uri}

@@ -1,10 +1,11 @@
-"""The Vault/OpenBao Transit key provider: KEKs are Transit keys, DEKs come from ``datakey`` and unwrap by ``decrypt``.
+"""The Vault/OpenBao Transit key provider: KEKs are Transit keys that wrap DEKs (``encrypt``, ``decrypt``).
 
-Each KEK is a Transit key of type ``aes256-gcm96`` that never leaves Vault. A data key is 32 random bytes made
-by ``transit/datakey/plaintext/<kek>``, which answers the plaintext (kept in memory only) and its ciphertext
-``vault:v<N>:<base64>`` (the wrapped DEK that may be stored; ``N`` is the KEK version). Unwrapping many keys,
-and rewrapping after rotation, use ``batch_input`` in chunks below OpenBao's default JSON limit (a request
-with 500 batch items already exceeds its 1000-string cap).
+Each KEK is a Transit key of type ``aes256-gcm96`` that never leaves Vault. Patients' DEKs are made locally
+(32 random bytes) and wrapped many per request by ``transit/encrypt/<kek>`` with ``batch_input``; a batch DEK
+comes from ``transit/datakey/plaintext/<kek>``. Either way Vault answers ``vault:v<N>:<base64>`` (the wrapped
+form that may be stored; ``N`` is the KEK version). Unwrapping, wrapping and rewrapping after rotation use
+``batch_input`` in chunks below OpenBao's default JSON limit (a request with 500 batch items already exceeds
+its 1000-string cap).
 """
 
 from __future__ import annotations
@@ -129,6 +130,39 @@ class VaultTransitKeys:
             raise DecryptionError(failed)
         return plaintext
 
+    def wrap_many(self, key_name: str, plaintexts: list[bytes]) -> list[str]:
+        """Wrap key material under the KEK's latest version: ``encrypt`` with ``batch_input``, in order.
+
+        Raises:
+            CryptoError: Vault answered an item without a ciphertext.
+        """
+        if isinstance(plaintexts, bytes | bytearray | str):
+            raise TypeError("expected a list of plaintexts, not a single value")
+        for item in plaintexts:
+            if not isinstance(item, bytes | bytearray):
+                raise TypeError(f"a plaintext to wrap is bytes, not {type(item).__name__}")
+        path = self._path("encrypt", key_name)
+        items = [{"plaintext": base64.b64encode(item).decode("ascii")} for item in plaintexts]
+        wrapped: list[str] = []
+        for start, results in self._batches(path, items, decrypting=False):
+            for offset, result in enumerate(results):
+                ciphertext = result.get("ciphertext")
+                if result.get("error") or not isinstance(ciphertext, str) or not _WRAPPED.fullmatch(ciphertext):
+                    raise CryptoError(f"Vault did not wrap item #{start + offset} of {len(items)} under KEK "
+                                      f"{key_name!r}")
+                wrapped.append(ciphertext)
+        return wrapped
+
+    def unwrap_each(self, key_name: str, wrapped: list[str]) -> list[bytes | None]:
+        """Unwrap what :meth:`wrap_many` wrapped (``decrypt`` with ``batch_input``); None for items that do not."""
+        _check_wrapped(wrapped)
+        path = self._path("decrypt", key_name)
+        items = [{"ciphertext": item} for item in wrapped]
+        plaintexts: list[bytes | None] = []
+        for _start, results in self._batches(path, items, decrypting=True):
+            plaintexts += [None if result.get("error") else _decode(result.get("plaintext")) for result in results]
+        return plaintexts
+
     def unwrap_many(self, key_name: str, wrapped: list[str]) -> list[bytes]:
         """Unwrap DEKs with ``batch_input``, ``batch_size`` per request, in order.
 
@@ -138,7 +172,7 @@ class VaultTransitKeys:
         _check_wrapped(wrapped)
         path = self._path("decrypt", key_name)
         plaintexts: list[bytes] = []
-        for start, results in self._batches(path, wrapped, decrypting=True):
+        for start, results in self._batches(path, [{"ciphertext": item} for item in wrapped], decrypting=True):
             for offset, result in enumerate(results):
                 plaintext = None if result.get("error") else _decode_dek(result.get("plaintext"))
                 if plaintext is None:
@@ -158,7 +192,8 @@ class VaultTransitKeys:
         _check_wrapped(wrapped)
         path = self._path("rewrap", key_name)
         rewrapped: list[str] = []
-        for start, results in self._batches(path, wrapped, decrypting=True, policy=_ROTATION):
+        items = [{"ciphertext": item} for item in wrapped]
+        for start, results in self._batches(path, items, decrypting=True, policy=_ROTATION):
             for offset, result in enumerate(results):
                 ciphertext = result.get("ciphertext")
                 if result.get("error") or not isinstance(ciphertext, str) or not _WRAPPED.fullmatch(ciphertext):
@@ -247,14 +282,14 @@ class VaultTransitKeys:
         return None if answer is None else _data(answer)
 
     def _batches(
-        self, path: str, wrapped: list[str], *, decrypting: bool, policy: str = _WRITER
+        self, path: str, items: list[dict[str, str]], *, decrypting: bool, policy: str = _WRITER
     ) -> list[tuple[int, list[dict[str, Any]]]]:
         batches = []
-        for start in range(0, len(wrapped), self._batch_size):
-            chunk = wrapped[start : start + self._batch_size]
+        for start in range(0, len(items), self._batch_size):
+            chunk = items[start : start + self._batch_size]
             answer = self._client.write(
                 path,
-                {"batch_input": [{"ciphertext": item} for item in chunk]},
+                {"batch_input": chunk},
                 policy=policy,
                 decrypting=decrypting,
                 batch=True,
@@ -279,14 +314,18 @@ def _data(answer: dict[str, Any] | None) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _decode_dek(value: object) -> bytes | None:
+def _decode(value: object) -> bytes | None:
     if not isinstance(value, str):
         return None
     try:
-        plaintext = base64.b64decode(value, validate=True)
+        return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         return None
-    return plaintext if len(plaintext) == DEK_BYTES else None
+
+
+def _decode_dek(value: object) -> bytes | None:
+    plaintext = _decode(value)
+    return plaintext if plaintext is not None and len(plaintext) == DEK_BYTES else None
 
 
 def _check_wrapped(wrapped: list[str]) -> None:

@@ -1,8 +1,12 @@
-# medguard-deidentify: the de-identification job. It unwraps the data keys of raw/curated cells (batch and
-# per-patient KEKs), may make fresh data keys under medguard-kek for what it writes, and signs audit heads.
-# It cannot create patient KEKs, rotate, reconfigure or delete any key.
+# medguard-deidentify: the de-identification job. It unwraps the data keys of raw/curated cells (the patients'
+# and the batch-scoped ones, all under the data KEK, in batches), may make fresh data keys under medguard-kek for
+# what it writes, and signs audit heads. It cannot rotate, reconfigure or delete any key.
 
 path "transit/decrypt/medguard-kek" {
+  capabilities = ["update"]
+}
+
+path "transit/encrypt/medguard-kek" {
   capabilities = ["update"]
 }
 
@@ -12,10 +16,6 @@ path "transit/datakey/plaintext/medguard-kek" {
 
 path "transit/keys/medguard-kek" {
   capabilities = ["read"]
-}
-
-path "transit/decrypt/patient-*" {
-  capabilities = ["update"]
 }
 
 path "transit/keys/medguard-audit" {

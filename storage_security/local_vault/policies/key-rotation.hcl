@@ -1,9 +1,12 @@
-# medguard-key-rotation: `medguard keys init / rotate / reencrypt / shred`.
-# Create the KEK, rotate it, rewrap stored data keys under the latest version (their plaintext never leaves
-# Vault) and set min_decryption_version, for the batch KEK, the per-patient KEKs and the audit key.
-# Shredding a patient deletes that patient's KEK (config deletion_allowed, then DELETE). Deleting medguard-kek
-# or medguard-audit is deliberately in no policy: it would make the whole lake (or the audit chain's
-# signatures) unverifiable, so it takes an operator token.
+# medguard-key-rotation: `medguard keys init / rotate / reencrypt / shred / migrate`.
+# Create the KEK, rotate it, rewrap stored data keys under the latest version in batches (their plaintext never
+# leaves Vault) and set min_decryption_version, for the data KEK and the audit key. Shredding deletes a
+# patient's wrapped data key from the lake's key store and needs no Vault permission of its own.
+# Lakes written before the data-KEK hierarchy had one `patient-<key>` KEK per patient: `keys migrate` unwraps
+# their data keys (decrypt), wraps them under the data KEK (encrypt, via pipeline-writer) and then deletes
+# those KEKs (config deletion_allowed, then DELETE); a shred of a patient not yet migrated deletes theirs.
+# Deleting medguard-kek or medguard-audit is deliberately in no policy: it would make the whole lake (or the
+# audit chain's signatures) unverifiable, so it takes an operator token.
 
 path "transit/keys/medguard-kek" {
   capabilities = ["create", "read", "update"]
@@ -21,17 +24,16 @@ path "transit/rewrap/medguard-kek" {
   capabilities = ["update"]
 }
 
-# Per-patient KEKs, including rotate, config and deletion (crypto-shredding) under the glob. Vault merges
-# the allowed_parameters of every policy a token holds: "*" lifts pipeline-writer's restriction on this path
-# for roles that hold both policies.
+# Legacy per-patient KEKs (lakes not yet migrated): read, unwrap, and delete (config deletion_allowed, then
+# DELETE) once `keys migrate` has moved their data keys, or when such a patient is shredded.
 path "transit/keys/patient-*" {
-  capabilities = ["create", "read", "update", "delete"]
+  capabilities = ["read", "update", "delete"]
   allowed_parameters = {
-    "*" = []
+    "deletion_allowed" = []
   }
 }
 
-path "transit/rewrap/patient-*" {
+path "transit/decrypt/patient-*" {
   capabilities = ["update"]
 }
 

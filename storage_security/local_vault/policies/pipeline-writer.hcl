@@ -1,13 +1,14 @@
 # medguard-pipeline-writer: ingestion and every job that encrypts into the lake.
-# It asks Transit for fresh data keys and unwraps stored ones, under three kinds of KEK:
-#   medguard-kek      wraps batch-scoped data keys (created by `medguard vault up` / `keys init`, not by this role)
-#   patient-<key>     one KEK per patient for crypto-shredding; created on a patient's first encryption
+# Two KEKs, both created by `medguard vault up` / `keys init` / transit.sh, never by this role:
+#   medguard-kek      the data KEK: wraps every patient's lifelong data key (made locally, wrapped by `encrypt`
+#                     with batch_input, unwrapped by `decrypt` with batch_input) and the batch-scoped data keys
+#                     (`datakey`) of rows that belong to no patient, and the pseudonym keys
 #   medguard-audit    wraps the key that signs the audit chain's head
-# Nothing else: no rotation of medguard-kek, no configuration (min_decryption_version, deletion_allowed, trim),
-# no deletion, no export (Transit keys are created non-exportable and only with type aes256-gcm96).
+# Nothing else: no per-patient keys (shredding deletes the wrapped data key from the lake's key store, not a Vault
+# key), no rotation, no configuration (min_decryption_version, deletion_allowed, trim), no deletion, no export.
 # `vault up` and approle.sh substitute the KEK name (medguard-kek) and the mount (transit/).
 
-path "transit/datakey/plaintext/medguard-kek" {
+path "transit/encrypt/medguard-kek" {
   capabilities = ["update"]
 }
 
@@ -15,27 +16,13 @@ path "transit/decrypt/medguard-kek" {
   capabilities = ["update"]
 }
 
+path "transit/datakey/plaintext/medguard-kek" {
+  capabilities = ["update"]
+}
+
 # Key metadata only (versions and dates, never key bytes): lets the provider check the KEK exists.
 path "transit/keys/medguard-kek" {
   capabilities = ["read"]
-}
-
-# Per-patient KEKs. The glob also matches keys/patient-<key>/<operation>; allowed_parameters limits every
-# write under it to creating an aes256-gcm96 key, which refuses config, trim and import (all take other
-# parameters). An empty-body rotate stays possible: it only adds a version.
-path "transit/keys/patient-*" {
-  capabilities = ["create", "read", "update"]
-  allowed_parameters = {
-    "type" = ["aes256-gcm96"]
-  }
-}
-
-path "transit/datakey/plaintext/patient-*" {
-  capabilities = ["update"]
-}
-
-path "transit/decrypt/patient-*" {
-  capabilities = ["update"]
 }
 
 # The audit log's signing key (exact path: no sub-operations).

@@ -18,10 +18,11 @@ from pipeline.errors import (
     StorageError,
 )
 from pipeline.lake import Lake
-from storage_security.crypto.envelope import FORMAT_VERSION, KEY_ID_SIZE, CellCipher, patient_kek_name
+from storage_security.crypto.envelope import FORMAT_VERSION, KEY_ID_SIZE, CellCipher
 from storage_security.keys.base import DataKey
 from storage_security.keys.dek_store import DekStore
 from storage_security.keys.keyring import LocalKeyring
+from storage_security.keys.patient_keys import PatientKeyStore
 
 KEK = "medguard-kek"
 T, C = "patients", "name"
@@ -45,8 +46,13 @@ def store(tmp_path: Path) -> DekStore:
 
 
 @pytest.fixture
-def cipher(keyring: LocalKeyring, store: DekStore) -> CellCipher:
-    return CellCipher(keyring, store)
+def patients(lake: Lake) -> PatientKeyStore:
+    return PatientKeyStore(lake)
+
+
+@pytest.fixture
+def cipher(keyring: LocalKeyring, store: DekStore, patients: PatientKeyStore) -> CellCipher:
+    return CellCipher(keyring, store, patient_keys=patients)
 
 
 @pytest.fixture(scope="module")
@@ -455,28 +461,30 @@ def test_when_kek_is_rotated_and_deks_rewrapped_then_data_stays_readable_and_old
 
 
 def test_when_a_patient_is_shredded_then_their_cells_die_in_every_table_version_and_others_survive(
-    keyring: LocalKeyring, lake: Lake
+    keyring: LocalKeyring, lake: Lake, patients: PatientKeyStore
 ) -> None:
     store = DekStore(f"{lake.root}/_keys/deks")
-    cipher = CellCipher(keyring, store)
-    patients = ["ps1_a", "ps1_b", "ps1_a", "ps1_b"]
+    cipher = CellCipher(keyring, store, patient_keys=patients)
+    scopes = ["ps1_a", "ps1_b", "ps1_a", "ps1_b"]
     rows = ["e1", "e2", "e3", "e4"]
     names = cipher.encrypt_column(["Ann", "Bob", "Ann", "Bob"], table="encounters", column="name", row_keys=rows,
-                                  scope_key=patients)
-    lake.append("raw", "encounters", pa.table({"encounter_id": rows, "patient": patients, "name": names}))
+                                  scope_key=scopes)
+    lake.append("raw", "encounters", pa.table({"encounter_id": rows, "patient": scopes, "name": names}))
     later = cipher.encrypt_column(["Ann B.", "Bob C."], table="encounters", column="name", row_keys=["e1", "e2"],
                                   scope_key=["ps1_a", "ps1_b"])
     lake.overwrite("raw", "encounters", pa.table({"encounter_id": ["e1", "e2"], "patient": ["ps1_a", "ps1_b"],
                                                   "name": later}))
-    assert keyring.key_exists(patient_kek_name("ps1_a"))
+    [wrapped] = [r.wrapped for r in patients.records() if r.scope_key == "ps1_a"]
 
     assert cipher.shred("ps1_a") == 1
     assert cipher.shred("ps1_a") == 0  # re-running an interrupted shred is fine
 
-    assert not keyring.key_exists("patient-ps1_a") and "ps1_a" not in keyring.path.read_text()
+    assert [r.scope_key for r in patients.records()] == ["ps1_b"]
+    files = [p for p in Path(lake.root, "_keys").rglob("*") if p.is_file()]
+    assert not any(wrapped.encode() in p.read_bytes() for p in files)
     for version in (0, 1):
         table = lake.read_arrow("raw", "encounters", version=version)
-        reader = CellCipher(keyring, store)  # any process, any time later
+        reader = CellCipher(keyring, store, patient_keys=patients)  # any process, any time later
         for row in table.to_pylist():
             args = {"table": "encounters", "column": "name", "row_key": row["encounter_id"]}
             if row["patient"] == "ps1_a":
@@ -487,11 +495,10 @@ def test_when_a_patient_is_shredded_then_their_cells_die_in_every_table_version_
 
 
 def test_when_a_whole_column_belongs_to_one_patient_then_a_string_scope_key_is_enough(
-    cipher: CellCipher, keyring: LocalKeyring, store: DekStore
+    cipher: CellCipher, keyring: LocalKeyring, patients: PatientKeyStore
 ) -> None:
     cells = cipher.encrypt_column(["x", None, "y"], table=T, column=C, row_keys=[1, 2, 3], scope_key="ps1_solo")
-    assert {(r.scope, r.scope_key, r.kek_name) for r in store.records()} == {
-        ("patient", "ps1_solo", "patient-ps1_solo")}
+    assert {(r.scope_key, r.kek_name) for r in patients.records()} == {("ps1_solo", KEK)}
     assert cipher.decrypt_column(cells, table=T, column=C, row_keys=[1, 2, 3]).to_pylist() == ["x", None, "y"]
     cipher.shred("ps1_solo")
     with pytest.raises(DecryptionError):
@@ -499,18 +506,19 @@ def test_when_a_whole_column_belongs_to_one_patient_then_a_string_scope_key_is_e
 
 
 def test_when_patient_scopes_hit_the_invocation_limit_then_each_patient_gets_fresh_deks(
-    keyring: LocalKeyring, store: DekStore
+    keyring: LocalKeyring, store: DekStore, patients: PatientKeyStore
 ) -> None:
-    cipher = CellCipher(keyring, store, max_invocations=2)
-    patients = ["p1", "p2", "p1", "p1", "p2", "p1", "p3"]
+    cipher = CellCipher(keyring, store, max_invocations=2, patient_keys=patients)
+    scopes = ["p1", "p2", "p1", "p1", "p2", "p1", "p3"]
     cells = cipher.encrypt_column([f"v{i}" for i in range(7)], table=T, column=C, row_keys=list(range(7)),
-                                  scope_key=patients)
+                                  scope_key=scopes)
     by_patient: dict[str, set[bytes]] = {}
-    for patient, cell in zip(patients, cells.to_pylist(), strict=True):
+    for patient, cell in zip(scopes, cells.to_pylist(), strict=True):
         by_patient.setdefault(patient, set()).add(_key_id(cell))
     assert {p: len(ids) for p, ids in by_patient.items()} == {"p1": 2, "p2": 1, "p3": 1}
-    assert len(store.records(scope="patient")) == 4
-    back = CellCipher(keyring, store).decrypt_column(cells, table=T, column=C, row_keys=list(range(7)))
+    assert len(patients.records()) == 4
+    back = CellCipher(keyring, store, patient_keys=patients).decrypt_column(cells, table=T, column=C,
+                                                                            row_keys=list(range(7)))
     assert back.to_pylist() == [f"v{i}" for i in range(7)]
 
 
@@ -540,14 +548,14 @@ def test_when_cells_are_encrypted_then_the_dek_store_holds_no_plaintext_key(
 
 
 def test_when_a_patient_has_cells_in_many_columns_then_one_dek_serves_them_and_moved_cells_still_fail(
-    keyring: LocalKeyring, store: DekStore
+    keyring: LocalKeyring, store: DekStore, patients: PatientKeyStore
 ) -> None:
-    cipher = CellCipher(keyring, store)
+    cipher = CellCipher(keyring, store, patient_keys=patients)
     name = cipher.encrypt_cell("Ann", table="raw.patients", column="name", row_key="r1", scope_key="ps1_a")
     ssn = cipher.encrypt_cell("123", table="raw.notes", column="ssn", row_key="r1", scope_key="ps1_a")
     assert name is not None and ssn is not None and _key_id(name) == _key_id(ssn)
-    assert len(store.records(scope="patient")) == 1
-    reader = CellCipher(keyring, store)
+    assert len(patients.records()) == 1
+    reader = CellCipher(keyring, store, patient_keys=patients)
     assert reader.decrypt_cell(ssn, table="raw.notes", column="ssn", row_key="r1") == "123"
     with pytest.raises(DecryptionError):
         reader.decrypt_cell(name, table="raw.notes", column="ssn", row_key="r1")

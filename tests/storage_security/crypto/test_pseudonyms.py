@@ -11,10 +11,12 @@ import pyarrow as pa
 import pytest
 
 from pipeline.errors import DecryptionError
+from pipeline.lake import Lake
 from storage_security.crypto.envelope import CellCipher
 from storage_security.crypto.pseudonyms import Pseudonymizer
 from storage_security.keys.dek_store import DekRecord, DekStore
 from storage_security.keys.keyring import LocalKeyring
+from storage_security.keys.patient_keys import PatientKeyStore
 
 KEK = "medguard-kek"
 PSEUDONYM = re.compile(r"^ps1_[0-9a-f]{8}_[0-9a-f]{32}$")
@@ -72,14 +74,16 @@ def test_when_two_processes_created_the_key_at_once_then_both_settle_on_the_olde
 
 
 def test_when_pseudonyms_become_patient_scope_keys_then_cells_can_be_shredded_by_them(
-    keyring: LocalKeyring, store: DekStore
+    keyring: LocalKeyring, store: DekStore, lake: Lake
 ) -> None:
     pseudonym = Pseudonymizer(keyring, store).pseudonym("MRN001")
-    cipher = CellCipher(keyring, store)
+    patients = PatientKeyStore(lake)
+    cipher = CellCipher(keyring, store, patient_keys=patients)
     cell = cipher.encrypt_cell("Ann", table="patients", column="name", row_key="1", scope_key=pseudonym)
     cipher.shred(pseudonym)
     with pytest.raises(DecryptionError):
-        CellCipher(keyring, store).decrypt_cell(cell, table="patients", column="name", row_key="1")
+        CellCipher(keyring, store, patient_keys=patients).decrypt_cell(cell, table="patients", column="name",
+                                                                       row_key="1")
     assert len(store.records(scope="pseudonym")) == 1  # the pseudonym key itself is untouched
 
 

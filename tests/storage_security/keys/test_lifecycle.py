@@ -42,10 +42,13 @@ def test_when_keys_are_rotated_then_every_version_still_reads_and_old_kek_versio
     old_wrapped = plake.store.records(scope="batch")[0].wrapped
     assert plake.audit.sign_head() is not None  # the audit signing key exists, wrapped under the old version
 
-    report = rotate_keys(keyring, plake.store, plake.audit, kek_names=KEKS, principal="test:ops")
+    report = rotate_keys(keyring, plake.store, plake.audit, patient_keys=plake.patient_keys, kek_names=KEKS,
+                         principal="test:ops")
 
     assert report.rotated == {"medguard-kek": 2, "medguard-audit": 2} and report.resumed == []
     assert report.rewrapped >= 2 and report.audit_keys_rewrapped == 1
+    assert report.patient_keys_rewrapped == 3  # r1, r3, r4 (r2 and r5 have no patient): one DEK per patient
+    assert {wrapped_version(r.wrapped) for r in plake.patient_keys.records()} == {2}
     assert report.min_decryption_version == {"medguard-kek": 2, "medguard-audit": 2}
     assert {wrapped_version(r.wrapped) for r in plake.store.records() if r.kek_name == "medguard-kek"} == {2}
     with pytest.raises(DecryptionError):  # the old version is retired: a stale copy of a DEK is useless
@@ -54,7 +57,8 @@ def test_when_keys_are_rotated_then_every_version_still_reads_and_old_kek_versio
     for version, table in before.items():
         assert reader.read("raw", "patients", decrypt=True, version=version).sort_by("row_id").equals(table)
     assert reader.audit.verify().ok
-    again = rotate_keys(keyring, plake.store, plake.audit, kek_names=KEKS, principal="test:ops")
+    again = rotate_keys(keyring, plake.store, plake.audit, patient_keys=plake.patient_keys, kek_names=KEKS,
+                        principal="test:ops")
     assert again.rotated == {"medguard-kek": 3, "medguard-audit": 3}
 
 
@@ -86,11 +90,13 @@ def test_when_a_rotation_is_interrupted_then_running_it_again_finishes_it_withou
     store = DekStore(plake.store.uri)
     broken = _FailsAfter(keyring, calls=0)
     with pytest.raises(KeyProviderUnavailableError):
-        rotate_keys(broken, store, plake.audit, kek_names=("medguard-kek",), principal="test:ops")  # type: ignore[arg-type]
+        rotate_keys(broken, store, plake.audit, patient_keys=plake.patient_keys,  # type: ignore[arg-type]
+                    kek_names=("medguard-kek",), principal="test:ops")
     assert keyring.versions("medguard-kek").latest == 2
     assert keyring.versions("medguard-kek").min_decryption_version == 1  # nothing retired halfway
 
-    report = rotate_keys(keyring, store, plake.audit, kek_names=("medguard-kek",), principal="test:ops")
+    report = rotate_keys(keyring, store, plake.audit, patient_keys=plake.patient_keys, kek_names=("medguard-kek",),
+                         principal="test:ops")
 
     assert report.resumed == ["medguard-kek"] and report.rotated == {}
     assert keyring.versions("medguard-kek").latest == 2
@@ -108,9 +114,11 @@ def test_when_a_table_is_reencrypted_then_cells_move_to_fresh_deks_and_the_old_v
     report = reencrypt_table(plake, "raw", "patients")
 
     assert (report.rows, report.version) == (3, 1) and report.retired_deks >= 1
-    assert _cell_key_ids(lake).isdisjoint(old_ids)
+    patient_ids = {bytes.fromhex(r.key_id) for r in plake.patient_keys.records()}
+    assert (_cell_key_ids(lake) - patient_ids).isdisjoint(old_ids)  # batch cells moved to fresh DEKs
+    assert _cell_key_ids(lake) & patient_ids == old_ids & patient_ids  # patients keep their lifelong DEK
     retired = {r.key_id for r in plake.store.records() if r.retired}
-    assert {key.hex() for key in old_ids} - {r.key_id for r in plake.store.records(scope="patient")} <= retired
+    assert {key.hex() for key in old_ids - patient_ids} <= retired
     reader = ProtectedLake(lake, keyring, principal="test:reader")
     assert reader.read("raw", "patients", decrypt=True).sort_by("row_id").equals(before)
     assert reader.read("raw", "patients", decrypt=True, version=0).sort_by("row_id").equals(before)
@@ -124,7 +132,8 @@ def test_when_a_patient_is_shredded_by_patient_id_then_only_their_cells_die(
 ) -> None:
     result = shred_patient(plake, "PAT1", reason="GDPR erasure #7")
     assert result["patient_pseudonym"] == plake.pseudonymizer("patient").pseudonym("PAT1")
-    assert not keyring.key_exists(result["kek_destroyed"])
+    assert result["deks_dropped"] == 1
+    assert result["patient_pseudonym"] not in {r.scope_key for r in plake.patient_keys.records()}
     rows = {r["row_id"]: r for r in ProtectedLake(lake, keyring, principal="t").read(
         "raw", "patients", decrypt=True).to_pylist()}
     assert rows["r1"]["ssn"] is None and rows["r2"]["ssn"] == "ssn r2" and rows["r3"]["ssn"] == "ssn r3"
@@ -145,7 +154,8 @@ def test_when_rotating_through_vault_then_everything_stays_readable(openbao, lak
     plake.append("raw", "patients", _rows(plake, ["r1", "r2", "r3"]), PROT)
     expected = plake.read("raw", "patients", decrypt=True).sort_by("row_id")
     try:
-        report = rotate_keys(provider, plake.store, audit, kek_names=names, principal="test:ops")
+        report = rotate_keys(provider, plake.store, audit, patient_keys=plake.patient_keys, kek_names=names,
+                             principal="test:ops")
         assert report.min_decryption_version == dict.fromkeys(names, 2)
         reader = ProtectedLake(lake, provider, principal="test:reader", kek_name=names[0],
                                audit=AuditLog(lake, provider, key_name=names[1]))

@@ -126,25 +126,39 @@ def test_when_the_pipeline_logs_in_by_approle_then_it_wraps_but_cannot_rotate(
     assert pipeline.unwrap(kek, rewrapped) == key.plaintext
 
 
-def test_when_a_patient_kek_is_made_by_the_pipeline_then_only_the_key_rotation_role_can_shred_it(
+def test_when_the_pipeline_wraps_patient_keys_then_it_batches_under_the_data_kek_and_makes_no_kek_of_its_own(
     local: tuple[Settings, dict[str, Any]],
 ) -> None:
+    from storage_security.keys._vault import VaultClient
+    from storage_security.keys.vault_transit import VaultTransitKeys
+
     settings, _ = local
+    kek = settings.vault.kek_name
     pipeline = provider_from_settings(settings)
     rotation = provider_from_settings(settings, role=openbao.KEY_ROTATION_ROLE)
-    patient = "patient-test-shred"
+    material = [os.urandom(48) for _ in range(3)]
 
-    pipeline.ensure_key(patient)
-    key = pipeline.generate_data_key(patient)
-    with pytest.raises(KeyAccessDeniedError, match=f"transit/keys/{patient}/config"):
-        pipeline.destroy_key(patient)
-    assert pipeline.unwrap(patient, key.wrapped) == key.plaintext
+    wrapped = pipeline.wrap_many(kek, material)
 
-    rotation.destroy_key(patient)  # the role holds pipeline-writer too: its allowed_parameters must not bind here
+    assert pipeline.unwrap_each(kek, wrapped) == material
+    with pytest.raises(KeyAccessDeniedError, match="transit/keys/patient-new"):
+        pipeline.ensure_key("patient-new")
+    # A per-patient KEK of a lake written before the data-KEK hierarchy: the rotation role migrates and deletes it.
+    root_token = json.loads(openbao.local_paths(settings).init.read_text())["root_token"]
+    operator = VaultTransitKeys(VaultClient(f"http://127.0.0.1:{settings.vault.local_port}", token=root_token),
+                                mount=settings.vault.transit_mount)
+    legacy = "patient-test-shred"
+    operator.ensure_key(legacy)
+    key = operator.generate_data_key(legacy)
+    with pytest.raises(KeyAccessDeniedError, match=f"transit/keys/{legacy}"):
+        pipeline.destroy_key(legacy)
+    assert rotation.unwrap(legacy, key.wrapped) == key.plaintext
 
-    assert not rotation.key_exists(patient)
+    rotation.destroy_key(legacy)
+
+    assert not rotation.key_exists(legacy)
     with pytest.raises(CryptoError, match="decryption failed"):
-        pipeline.unwrap(patient, key.wrapped)
+        rotation.unwrap(legacy, key.wrapped)
 
 
 def test_when_a_secret_file_is_readable_by_others_then_it_is_refused(

@@ -1,0 +1,231 @@
+"""The patient key store: each patient's data key, wrapped by the data KEK, in a table where deletion is final.
+
+One random 32-byte DEK per patient serves every cell of that patient in every table, for life. It is made
+locally, wrapped with many others in one provider request (Vault Transit ``encrypt`` with ``batch_input``) under
+the one rotatable data KEK, and stored here; crypto-shredding a patient deletes their rows and then vacuums the
+table with zero retention, so no file of the store holds the wrapped key afterwards.
+
+Lives at ``<lake root>/_keys/patient_keys`` (:data:`pipeline.lake.SYSTEM_ZONE`), read and written through
+:class:`~pipeline.lake.Lake` like any table, on either engine. Why a Delta table and not a store without history:
+it lives wherever the lake lives (a directory or an object store), both engines read it, and a lookup of a
+batch's patients is one predicate scan. Delta keeps history in two places, and both are closed here:
+
+- deleted rows stay in the Parquet files older versions reference: every shred vacuums with zero retention
+  (under an exclusive lock for a local lake, which every writer of the store takes too, so the vacuum never
+  removes the file of an append still in flight); time travel on this table ends at the last shred;
+- the ``_delta_log`` JSON and checkpoints carry column min/max statistics, which vacuum never removes: the wrapped
+  key is a ``binary`` column, for which neither delta-rs nor Delta Spark write min/max statistics (the key id
+  and the pseudonym, which are no secrets, do appear there).
+
+Columns: ``key_id`` (hex, the key id inside each cell), ``scope_key`` (the patient's pseudonym), ``kek_name``,
+``wrapped`` (``vault:v<N>:…`` or ``keyring:v<N>:…`` as UTF-8 bytes), ``created_at``.
+
+What is wrapped is ``DEK || binding`` where ``binding`` is the first 16 bytes of
+``SHA-256("medguard.patient-dek.v1\\0" || key id || pseudonym)``: the KEK authenticates it, so a wrapped key moved
+to another patient's row, or given another key id, is refused on unwrapping instead of serving (or surviving the
+shred of) the wrong patient.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+
+from pipeline.lake import SYSTEM_ZONE, CommitInfo
+from storage_security._locks import exclusive_lock
+from storage_security.keys.dek_store import check_scope_key
+
+if TYPE_CHECKING:
+    from pipeline.lake import Lake
+
+__all__ = ["BINDING_BYTES", "PatientKey", "PatientKeyStore", "bind", "unbind"]
+
+TABLE = "patient_keys"
+BINDING_BYTES = 16
+DEK_BYTES = 32
+LOCK_TIMEOUT_SECONDS = 120.0
+_DOMAIN = b"medguard.patient-dek.v1\x00"
+_KEY_ID = re.compile(r"^[0-9a-f]{2,64}$")
+_LOOKUP_CHUNK = 2000
+
+SCHEMA = pa.schema([
+    pa.field("key_id", pa.string(), nullable=False),
+    pa.field("scope_key", pa.string(), nullable=False),
+    pa.field("kek_name", pa.string(), nullable=False),
+    pa.field("wrapped", pa.binary(), nullable=False),
+    pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+])
+
+
+def _binding(key_id: str, scope_key: str) -> bytes:
+    return hashlib.sha256(_DOMAIN + bytes.fromhex(key_id) + scope_key.encode()).digest()[:BINDING_BYTES]
+
+
+def bind(dek: bytes, key_id: str, scope_key: str) -> bytes:
+    """What is wrapped for a patient's DEK: the DEK followed by the binding of its key id and patient."""
+    if len(dek) != DEK_BYTES:
+        raise ValueError(f"a patient DEK is {DEK_BYTES} bytes, not {len(dek)}")
+    return bytes(dek) + _binding(key_id, scope_key)
+
+
+def unbind(plaintext: bytes | None, key_id: str, scope_key: str) -> bytes | None:
+    """The DEK of an unwrapped ``bind`` result, or None when it is not bound to this key id and patient."""
+    if plaintext is None or len(plaintext) != DEK_BYTES + BINDING_BYTES:
+        return None
+    if plaintext[DEK_BYTES:] != _binding(key_id, scope_key):
+        return None
+    return plaintext[:DEK_BYTES]
+
+
+@dataclass(frozen=True)
+class PatientKey:
+    """One stored patient DEK: its id, the patient, the KEK that wraps it and the wrapped form."""
+
+    key_id: str
+    scope_key: str
+    kek_name: str
+    wrapped: str = field(repr=False)
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def __post_init__(self) -> None:
+        if not _KEY_ID.match(self.key_id):
+            raise ValueError(f"key id {self.key_id!r} must be lowercase hex")
+        check_scope_key(self.scope_key)
+
+
+def _sql_list(values: Iterable[str]) -> str:
+    return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
+
+
+class PatientKeyStore:
+    """Patients' wrapped DEKs in the lake's system zone, deleted for good on shred.
+
+    Args:
+        lake: the lake whose ``_keys`` zone holds the table.
+        table: the table's name in that zone.
+    """
+
+    def __init__(self, lake: Lake, *, table: str = TABLE) -> None:
+        self.lake = lake
+        self.table = table
+        self.uri = lake.uri(SYSTEM_ZONE, table)
+        local = getattr(lake.settings, "lake_is_local", "://" not in self.uri)
+        self._lock_path = Path(self.uri).with_name(f".{table}.lock") if local else None
+
+    def __repr__(self) -> str:
+        return f"PatientKeyStore(uri={self.uri!r})"
+
+    # writes --------------------------------------------------------------------------------------------
+
+    def put(self, records: Sequence[PatientKey], *, commit: CommitInfo | None = None) -> None:
+        """Append records in one commit.
+
+        Raises:
+            StorageError: the write failed (callers must not use the keys then).
+        """
+        if not records:
+            return
+        table = pa.Table.from_pylist(
+            [{"key_id": r.key_id, "scope_key": r.scope_key, "kek_name": r.kek_name,
+              "wrapped": r.wrapped.encode("ascii"), "created_at": r.created_at} for r in records], schema=SCHEMA)
+        with self._locked():
+            self.lake.append(SYSTEM_ZONE, self.table, table,
+                             commit=commit or CommitInfo(purpose="envelope-encryption"))
+
+    def shred(self, scope_key: str, *, commit: CommitInfo | None = None) -> int:
+        """Delete a patient's wrapped DEKs for good: delete their rows, then vacuum with zero retention.
+
+        Re-runnable: a patient with no rows left deletes nothing and the vacuum finds nothing to remove.
+
+        Returns:
+            how many rows were deleted.
+        """
+        check_scope_key(scope_key)
+        if not self.exists():
+            return 0
+        info = commit or CommitInfo(purpose="crypto-shredding")
+        with self._locked():
+            deleted = self.lake.delete(SYSTEM_ZONE, self.table, where=f"scope_key = '{scope_key}'", commit=info)
+            self.lake.vacuum(SYSTEM_ZONE, self.table, retention_hours=0, dry_run=False, commit=info)
+        return deleted
+
+    def replace(self, records: Sequence[PatientKey], *, commit: CommitInfo | None = None) -> int:
+        """Replace the wrapped form of existing records (by key id), e.g. after a KEK rotation; returns how many.
+
+        Records no longer in the store (a patient shredded meanwhile) are left out, never written back.
+        """
+        if not records:
+            return 0
+        with self._locked():
+            present = self.get(r.key_id for r in records)
+            rows = [{"key_id": r.key_id, "scope_key": r.scope_key, "kek_name": r.kek_name,
+                     "wrapped": r.wrapped.encode("ascii"), "created_at": r.created_at}
+                    for r in records if r.key_id in present and present[r.key_id].scope_key == r.scope_key]
+            if not rows:
+                return 0
+            result = self.lake.merge(SYSTEM_ZONE, self.table, pa.Table.from_pylist(rows, schema=SCHEMA),
+                                     keys=["key_id"], commit=commit or CommitInfo(purpose="key-rotation"))
+        return result.updated
+
+    # reads ---------------------------------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        """True once a patient DEK has been stored."""
+        return self.lake.exists(SYSTEM_ZONE, self.table)
+
+    def find(self, scope_keys: Iterable[str]) -> list[PatientKey]:
+        """The records of the given patients (a patient may have more than one DEK: see the cipher)."""
+        keys = sorted({check_scope_key(k) for k in scope_keys})
+        if not keys or not self.exists():
+            return []
+        found: list[PatientKey] = []
+        for start in range(0, len(keys), _LOOKUP_CHUNK):
+            found += self._read(f"scope_key IN ({_sql_list(keys[start:start + _LOOKUP_CHUNK])})")
+        return found
+
+    def get(self, key_ids: Iterable[str]) -> dict[str, PatientKey]:
+        """The records of the given key ids that exist (malformed ids are simply not found)."""
+        ids = sorted({k for k in key_ids if isinstance(k, str) and _KEY_ID.match(k)})
+        if not ids or not self.exists():
+            return {}
+        found: dict[str, PatientKey] = {}
+        for start in range(0, len(ids), _LOOKUP_CHUNK):
+            chunk = _sql_list(ids[start:start + _LOOKUP_CHUNK])
+            found.update((r.key_id, r) for r in self._read(f"key_id IN ({chunk})"))
+        return found
+
+    def records(self) -> list[PatientKey]:
+        """Every stored record."""
+        return self._read(None) if self.exists() else []
+
+    def chunks(self, size: int) -> Iterator[list[PatientKey]]:
+        """Every stored record, ``size`` at a time (one read of the table)."""
+        records = self.records()
+        for start in range(0, len(records), size):
+            yield records[start:start + size]
+
+    def summary(self) -> dict[str, int]:
+        """Counts for ``medguard keys status``: patient DEKs and patients."""
+        if not self.exists():
+            return {"deks": 0, "patients": 0}
+        keys = self.lake.read_arrow(SYSTEM_ZONE, self.table, columns=["scope_key"]).column("scope_key")
+        return {"deks": len(keys), "patients": len(keys.unique())}
+
+    def _read(self, where: str | None) -> list[PatientKey]:
+        table = self.lake.read_arrow(SYSTEM_ZONE, self.table, where=where)
+        return [PatientKey(key_id=row["key_id"], scope_key=row["scope_key"], kek_name=row["kek_name"],
+                           wrapped=row["wrapped"].decode("ascii"), created_at=row["created_at"])
+                for row in table.to_pylist()]
+
+    def _locked(self) -> AbstractContextManager[None]:
+        if self._lock_path is None:
+            return nullcontext()
+        return exclusive_lock(self._lock_path, timeout=LOCK_TIMEOUT_SECONDS)
