@@ -21,7 +21,7 @@ CLINICIAN = "demo-clinician"
 
 
 def _facility(lake: Lake) -> str | None:
-    for zone in (Zone.RAW, Zone.CURATED, Zone.DEIDENTIFIED):
+    for zone in (Zone.RAW, Zone.DEIDENTIFIED):
         for table in ("patients", "encounters"):
             if lake.exists(zone, table):
                 rows = lake.read_arrow(zone, table)

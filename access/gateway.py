@@ -280,9 +280,7 @@ class QueryGateway:
         return views
 
     def _schema(self, zone: Zone, table: str) -> pa.Schema:
-        from pipeline._delta_rs import DeltaRsEngine
-
-        return DeltaRsEngine().schema(self.lake.uri(zone, table))
+        return self.lake.schema(zone, table)
 
     def _protection(self, zone: Zone, table: str) -> Protection | None:
         key = f"{zone.value}.{table}"
@@ -406,7 +404,7 @@ class QueryGateway:
         if _PATIENT_LINK not in view.columns:
             raise _fail_closed(f"the row filter on {column} cannot be applied to {view.logical}: it has "
                                    f"neither {column} nor {_PATIENT_LINK}")
-        for zone in dict.fromkeys([view.zone, Zone.CURATED, Zone.RAW]):
+        for zone in dict.fromkeys([view.zone, Zone.RAW]):
             if self.lake.exists(zone, "patients"):
                 names = self._schema(zone, "patients").names
                 if column in names and _PATIENT_LINK in names:

@@ -2,7 +2,8 @@
 
 Reads go through ``deltalake.QueryBuilder`` rather than ``DeltaTable.to_pyarrow_table()``, which makes the
 process abort at exit in most runs. delta-rs panics after ``fork()``: process pools that touch tables must use
-the ``spawn`` start method.
+the ``spawn`` start method. Object stores (``s3://``, ``gs://``, ``abfs://``…) are reached with the storage options
+the engine is built with (endpoint, region, credentials), the same for every read, write and listing.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, QueryBuilder, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
+from deltalake.fs import DeltaStorageHandler
+from pyarrow import fs as pafs
 
 from pipeline._arrow import plain_table
 from pipeline.errors import StorageError
@@ -44,12 +47,35 @@ class DeltaRsEngine:
 
     name = "delta-rs"
 
+    def __init__(self, storage_options: dict[str, str] | None = None) -> None:
+        self._options = dict(storage_options or {}) or None
+
+    def __repr__(self) -> str:  # the options hold credentials
+        return f"DeltaRsEngine(storage_options={sorted(self._options or {})})"
+
     def exists(self, uri: str) -> bool:
-        return DeltaTable.is_deltatable(uri)
+        try:
+            return DeltaTable.is_deltatable(uri, self._options)
+        except (DeltaError, OSError) as exc:
+            raise StorageError(f"cannot reach {uri}: {exc}") from exc
+
+    def list_tables(self, root: str, folder: str) -> list[str]:
+        """Names of the Delta tables directly under ``<root>/<folder>``, sorted; any store delta-rs reaches.
+
+        The listing goes through delta-rs's own object store (``deltalake.fs.DeltaStorageHandler``), so it uses
+        the credentials and endpoint that reads and writes use.
+        """
+        try:
+            store = pafs.PyFileSystem(DeltaStorageHandler(root, self._options))
+            entries = store.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+            names = [e.base_name for e in entries if e.type == pafs.FileType.Directory]
+            return sorted(n for n in names if self.exists(f"{root}/{folder}/{n}"))
+        except (DeltaError, OSError) as exc:
+            raise StorageError(f"cannot list {root}/{folder}: {exc}") from exc
 
     def _table(self, uri: str, version: int | None = None) -> DeltaTable:
         try:
-            return DeltaTable(uri, version=version)
+            return DeltaTable(uri, version=version, storage_options=self._options)
         except TableNotFoundError as exc:
             raise StorageError(f"no Delta table at {uri}") from exc
         except DeltaError as exc:
@@ -83,6 +109,7 @@ class DeltaRsEngine:
                         mode="error",
                         predicate=predicate if mode == "overwrite" else None,
                         commit_properties=_props(metadata, retries=0, txn=txn),
+                        storage_options=self._options,
                     )
                     return 0
                 # Writing through the DeltaTable leaves it at the version this commit produced, which

@@ -23,8 +23,11 @@ class DeltaSparkEngine:
 
     name = "spark"
 
-    def __init__(self, spark: SparkSession) -> None:
+    def __init__(self, spark: SparkSession, storage_options: dict[str, str] | None = None) -> None:
         self._spark = spark
+        # Only for reading transaction ids through delta-rs; Spark reaches object stores through its own
+        # Hadoop configuration (spark.conf: spark.hadoop.fs.s3a.*).
+        self._storage_options = storage_options
 
     def _frame(self, data: pa.Table | pa.RecordBatchReader | DataFrame) -> DataFrame:
         if isinstance(data, pa.RecordBatchReader):
@@ -122,7 +125,7 @@ class DeltaSparkEngine:
         from pipeline._delta_rs import DeltaRsEngine
 
         try:
-            return DeltaRsEngine().transaction_version(uri, app_id)
+            return DeltaRsEngine(self._storage_options).transaction_version(uri, app_id)
         except (StorageError, OSError):
             return None
 

@@ -1,20 +1,24 @@
 """The Delta lake adapter: every read and write of a zone's table goes through :class:`Lake`.
 
-Tables live at ``<lake root>/<zone>/<table>``. delta-rs is the engine by default; with ``lake_engine=spark``
-reads and writes go through delta-spark (and start-up fails if Delta's jars are missing). Every commit carries
-who and why (:class:`CommitInfo`) in its metadata. Destructive operations are explicit and keyword-only.
+Tables live at ``<lake root>/<zone>/<table>``; the root is a local directory or an object-store URI
+(``s3://``, ``gs://``, ``abfs://``…, reached with ``settings.storage_options``). delta-rs is the engine by default;
+with ``lake_engine=spark`` reads and writes go through delta-spark (and start-up fails if Delta's jars are missing).
+Every commit carries who and why (:class:`CommitInfo`) in its metadata. Destructive operations are explicit and
+keyword-only. Each read and write of a zone is reported to the lake's access hook (:class:`LakeAccess`), the one
+place where an audit trail of table access is fed from.
 """
 
 from __future__ import annotations
 
+import copy
 import getpass
 import json
 import os
 import re
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import pandas as pd
 import pyarrow as pa
@@ -33,14 +37,15 @@ class Zone(StrEnum):
 
     RAW = "raw"
     QUARANTINE = "quarantine"
-    CURATED = "curated"
     DEIDENTIFIED = "deidentified"
     PREDICTIONS = "predictions"
     AUDIT = "audit"
 
 
 # Key metadata (wrapped data keys, table manifests, shred records) lives beside the zones, never in one: no zone
-# listing, policy or analyst query reaches it, but it is read and written through Lake like any table.
+# listing, policy or analyst query reaches it, but it is read and written through Lake like any table (every
+# method takes it as the zone, on either engine). Its accesses are not reported to the access hook: key operations
+# are audited by the key code itself.
 SYSTEM_ZONE = "_keys"
 
 _TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
@@ -72,6 +77,43 @@ class MergeResult:
     version: int
 
 
+@dataclass(frozen=True)
+class LakeAccess:
+    """One read or write of a zone's table, as :class:`Lake` reports it to its access hook.
+
+    Attributes:
+        action: ``read``, ``write`` (append, overwrite, merge) or ``delete`` (delete, vacuum).
+        operation: the Lake method: ``read``, ``append``, ``overwrite``, ``merge``, ``delete`` or ``vacuum``.
+        zone: the zone's name (never :data:`SYSTEM_ZONE` nor ``audit``).
+        table: the table's name.
+        rows: rows read, written or deleted; None where counting would cost a Spark job (a Spark DataFrame
+            written) or the engine does not say.
+        columns: the columns read or written (empty for deletes).
+        version: the table version written, or the version read (None: the latest).
+        commit: who and why, as given to a write; None for reads.
+        details: what else the operation reports (``inserted``/``updated`` of a merge, ``txn``, ``where``
+            presence, files vacuumed). Names and counts only, never a cell value.
+    """
+
+    action: Literal["read", "write", "delete"]
+    operation: str
+    zone: str
+    table: str
+    rows: int | None
+    columns: tuple[str, ...]
+    version: int | None = None
+    commit: CommitInfo | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+# Called after each successful read or write of a zone's table, in the calling thread. An exception it raises
+# reaches the caller: a read whose access cannot be recorded returns nothing (a write has already committed).
+AccessHook = Callable[[LakeAccess], None]
+
+# The audit zone holds the log an access hook writes to: its own reads and writes would report themselves forever.
+_UNREPORTED = frozenset({SYSTEM_ZONE, "audit"})
+
+
 class _Engine(Protocol):
     name: str
 
@@ -93,24 +135,38 @@ class _Engine(Protocol):
 class Lake:
     """The zones and tables of one lake root, read and written through one Delta engine.
 
+    Every method takes a :class:`Zone` (or its name) or :data:`SYSTEM_ZONE` as the zone.
+
     Args:
         settings: defaults to the process settings.
+        on_access: called with a :class:`LakeAccess` after each successful read and write of a zone's table
+            (not for :data:`SYSTEM_ZONE` or the ``audit`` zone; not for metadata: exists, tables, schema,
+            version, history). Feed an audit log from it.
 
     Raises:
         EngineUnavailableError: the Spark engine is selected and Delta's jars are not on Spark's classpath.
     """
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, *, on_access: AccessHook | None = None) -> None:
         self.settings = settings or get_settings()
         self.root = str(self.settings.lake_root).rstrip("/")
+        self._on_access = on_access
+        options = {k: v.get_secret_value() for k, v in self.settings.storage_options.items()}
+        self._files = DeltaRsEngine(options)  # listings, on either engine
         self._engine: _Engine
         if self.settings.lake_engine == "spark":
             from pipeline._delta_spark import DeltaSparkEngine
             from pipeline.spark import get_spark
 
-            self._engine = DeltaSparkEngine(get_spark(self.settings))
+            self._engine = DeltaSparkEngine(get_spark(self.settings), options)
         else:
-            self._engine = DeltaRsEngine()
+            self._engine = self._files
+
+    def with_access_hook(self, on_access: AccessHook | None) -> Lake:
+        """The same lake (root, engine, Spark session) reporting its accesses to ``on_access`` instead."""
+        other = copy.copy(self)
+        other._on_access = on_access
+        return other
 
     def __repr__(self) -> str:
         return f"Lake(root={self.root!r}, engine={self.engine!r})"
@@ -127,21 +183,31 @@ class Lake:
             ValueError: unknown zone (a :class:`Zone` or :data:`SYSTEM_ZONE`), or a table name that is not
                 lower_snake_case (no paths, no dots).
         """
-        where = SYSTEM_ZONE if zone == SYSTEM_ZONE else Zone(zone).value
         if not _TABLE_NAME.match(table):
             raise ValueError(f"table name {table!r} must be lower_snake_case: [a-z][a-z0-9_]*, at most 63 chars")
-        return f"{self.root}/{where}/{table}"
+        return f"{self.root}/{_zone_name(zone)}/{table}"
 
     def exists(self, zone: Zone | str, table: str) -> bool:
         """True when the table has been written at least once."""
         return self._engine.exists(self.uri(zone, table))
 
     def tables(self, zone: Zone | str) -> list[str]:
-        """Names of the tables in a zone of a local lake, sorted."""
-        base = Path(self.uri(zone, "x")).parent
-        if not self.settings.lake_is_local or not base.is_dir():
-            return []
-        return sorted(p.name for p in base.iterdir() if (p / "_delta_log").is_dir())
+        """Names of the Delta tables of a zone (or of :data:`SYSTEM_ZONE`), sorted; [] for an empty zone.
+
+        Works on any root: a local directory or an object store, listed with ``settings.storage_options``.
+
+        Raises:
+            StorageError: the store cannot be reached or listed.
+        """
+        return self._files.list_tables(self.root, _zone_name(zone))
+
+    def schema(self, zone: Zone | str, table: str) -> pa.Schema:
+        """The table's current Arrow schema, read from its Delta log (no data files are read).
+
+        Raises:
+            StorageError: there is no such table.
+        """
+        return self._engine.schema(self.uri(zone, table))
 
     # writes ------------------------------------------------------------------------------------------
 
@@ -204,16 +270,23 @@ class Lake:
         info = commit or CommitInfo()
         if not self._engine.exists(uri):
             version = self._engine.write(uri, arrow, mode="append", metadata=info.metadata("merge"))
-            return MergeResult(inserted=arrow.num_rows, updated=0, version=version)
-        counts = self._engine.merge(uri, arrow, keys=list(keys), metadata=info.metadata("merge"))
-        return MergeResult(inserted=counts["inserted"], updated=counts["updated"], version=counts["version"])
+            result = MergeResult(inserted=arrow.num_rows, updated=0, version=version)
+        else:
+            counts = self._engine.merge(uri, arrow, keys=list(keys), metadata=info.metadata("merge"))
+            result = MergeResult(inserted=counts["inserted"], updated=counts["updated"], version=counts["version"])
+        self._report("write", "merge", zone, table, rows=_rows(arrow), columns=_columns(arrow),
+                     version=result.version, commit=info,
+                     details={"keys": list(keys), "inserted": result.inserted, "updated": result.updated})
+        return result
 
     def delete(self, zone: Zone | str, table: str, *, where: str, commit: CommitInfo | None = None) -> int:
         """Delete the rows matching the SQL predicate ``where``; returns how many were deleted."""
         if not where.strip():
             raise ValueError("delete needs a predicate; use overwrite to empty a table")
         info = commit or CommitInfo()
-        return self._engine.delete(self.uri(zone, table), where=where, metadata=info.metadata("delete"))
+        deleted = self._engine.delete(self.uri(zone, table), where=where, metadata=info.metadata("delete"))
+        self._report("delete", "delete", zone, table, rows=deleted, columns=(), commit=info)
+        return deleted
 
     def vacuum(self, zone: Zone | str, table: str, *, retention_hours: int = 168, dry_run: bool = True,
                commit: CommitInfo | None = None) -> list[str]:
@@ -224,15 +297,22 @@ class Lake:
         if retention_hours < 0:
             raise ValueError("retention_hours must be >= 0")
         info = commit or CommitInfo()
-        return self._engine.vacuum(self.uri(zone, table), retention_hours=retention_hours, dry_run=dry_run,
-                                   metadata=info.metadata("vacuum"))
+        files = self._engine.vacuum(self.uri(zone, table), retention_hours=retention_hours, dry_run=dry_run,
+                                    metadata=info.metadata("vacuum"))
+        if not dry_run:
+            self._report("delete", "vacuum", zone, table, rows=None, columns=(), commit=info,
+                         details={"retention_hours": retention_hours, "files": len(files)})
+        return files
 
     # reads -------------------------------------------------------------------------------------------
 
     def read_arrow(self, zone: Zone | str, table: str, *, version: int | None = None,
                    columns: list[str] | None = None, where: str | None = None) -> pa.Table:
         """Read the table (or a past ``version`` of it) as an Arrow table."""
-        return self._engine.read(self.uri(zone, table), version=version, columns=columns, where=where)
+        result = self._engine.read(self.uri(zone, table), version=version, columns=columns, where=where)
+        self._report("read", "read", zone, table, rows=result.num_rows, columns=tuple(result.column_names),
+                     version=version, details={"filtered": where is not None})
+        return result
 
     def read_pandas(self, zone: Zone | str, table: str, *, version: int | None = None,
                     columns: list[str] | None = None, where: str | None = None) -> pd.DataFrame:
@@ -249,14 +329,18 @@ class Lake:
 
         uri = self.uri(zone, table)
         if self.engine == "spark":
-            return self._engine.read_frame(uri, version=version)  # type: ignore[attr-defined]
-        spark = get_spark(self.settings)
-        schema = self._engine.schema(uri)
-        files = self._engine.snapshot_files(uri, version)
-        spark_schema = spark.createDataFrame(schema.empty_table()).schema
-        if not files:
-            return spark.createDataFrame([], spark_schema)
-        return spark.read.schema(spark_schema).parquet(*files)
+            frame = self._engine.read_frame(uri, version=version)  # type: ignore[attr-defined]
+        else:
+            spark = get_spark(self.settings)
+            schema = self._engine.schema(uri)
+            files = self._engine.snapshot_files(uri, version)
+            spark_schema = spark.createDataFrame(schema.empty_table()).schema
+            frame = (spark.read.schema(spark_schema).parquet(*files) if files
+                     else spark.createDataFrame([], spark_schema))
+        # The rows are counted by whatever job consumes the frame; the access is of every column.
+        self._report("read", "read", zone, table, rows=None, columns=tuple(frame.columns), version=version,
+                     details={"as": "spark"})
+        return frame
 
     def version(self, zone: Zone | str, table: str) -> int:
         """The table's current version number."""
@@ -273,6 +357,15 @@ class Lake:
 
     # helpers -----------------------------------------------------------------------------------------
 
+    def _report(self, action: Literal["read", "write", "delete"], operation: str, zone: Zone | str, table: str, *,
+                rows: int | None, columns: tuple[str, ...], version: int | None = None,
+                commit: CommitInfo | None = None, details: Mapping[str, Any] | None = None) -> None:
+        name = _zone_name(zone)
+        if self._on_access is None or name in _UNREPORTED:
+            return
+        self._on_access(LakeAccess(action=action, operation=operation, zone=name, table=table, rows=rows,
+                                   columns=columns, version=version, commit=commit, details=dict(details or {})))
+
     def _materialise(self, data: Any) -> Any:
         if self.engine == "spark" and is_spark_dataframe(data):
             return data
@@ -285,6 +378,41 @@ class Lake:
         if self.settings.lake_is_local:
             os.makedirs(uri, exist_ok=True)
         payload = data if (self.engine == "spark" and is_spark_dataframe(data)) else to_arrow(data)
+        counted = [0]
+        if self._on_access is not None and isinstance(payload, pa.RecordBatchReader):
+            # A stream stays a stream: its rows are counted as the engine consumes them.
+            payload = pa.RecordBatchReader.from_batches(payload.schema, _counting(payload, counted))
         info = commit or CommitInfo()
-        return self._engine.write(uri, payload, mode=mode, metadata=info.metadata(mode), predicate=predicate,
-                                  evolve_schema=evolve_schema, txn=txn)
+        version = self._engine.write(uri, payload, mode=mode, metadata=info.metadata(mode), predicate=predicate,
+                                     evolve_schema=evolve_schema, txn=txn)
+        details: dict[str, Any] = {}
+        if txn is not None:
+            # An append whose txn was already committed writes nothing; the report still names the txn.
+            details["txn"] = [txn[0], txn[1]]
+        if predicate is not None:
+            details["filtered"] = True
+        rows = counted[0] if isinstance(payload, pa.RecordBatchReader) else _rows(payload)
+        self._report("write", mode, zone, table, rows=rows, columns=_columns(payload), version=version,
+                     commit=info, details=details)
+        return version
+
+
+def _zone_name(zone: Zone | str) -> str:
+    """The folder of a zone; ValueError for anything but a :class:`Zone` or :data:`SYSTEM_ZONE`."""
+    return SYSTEM_ZONE if zone == SYSTEM_ZONE else Zone(zone).value
+
+
+def _counting(reader: pa.RecordBatchReader, counted: list[int]) -> Iterator[pa.RecordBatch]:
+    for batch in reader:
+        counted[0] += batch.num_rows
+        yield batch
+
+
+def _rows(data: Any) -> int | None:
+    return data.num_rows if isinstance(data, pa.Table | pa.RecordBatch) else None
+
+
+def _columns(data: Any) -> tuple[str, ...]:
+    if isinstance(data, pa.Table | pa.RecordBatch | pa.RecordBatchReader):
+        return tuple(data.schema.names)
+    return tuple(getattr(data, "columns", ()))  # a Spark DataFrame

@@ -17,7 +17,7 @@ import pytest
 
 from pipeline._arrow import plain_table, to_arrow
 from pipeline.errors import StorageError
-from pipeline.lake import CommitInfo, Lake, MergeResult, Zone
+from pipeline.lake import SYSTEM_ZONE, CommitInfo, Lake, LakeAccess, MergeResult, Zone
 
 SCHEMA = pa.schema(
     [
@@ -254,35 +254,36 @@ def test_when_overwrite_data_falls_outside_where_then_storage_error_and_nothing_
 
 
 def test_when_merged_then_matching_keys_are_updated_and_the_rest_inserted(lake: Lake) -> None:
-    lake.append("curated", "patients", _patients(range(1, 5)))
+    lake.append("deidentified", "patients", _patients(range(1, 5)))
 
-    result = lake.merge("curated", "patients", _patients(range(3, 7), name="upd"), keys=["id"])
+    result = lake.merge("deidentified", "patients", _patients(range(3, 7), name="upd"), keys=["id"])
 
     assert result == MergeResult(inserted=2, updated=2, version=1)
-    assert result.version == lake.version("curated", "patients")
-    table = _sorted(lake.read_arrow("curated", "patients"))
+    assert result.version == lake.version("deidentified", "patients")
+    table = _sorted(lake.read_arrow("deidentified", "patients"))
     assert table["name"].to_pylist() == ["Zoë-1", "Zoë-2", "upd-3", None, "upd-5", "upd-6"]
     assert table.slice(2).equals(_patients(range(3, 7), name="upd"))  # updated rows take every new value
 
 
 def test_when_merging_into_a_missing_table_then_it_is_created_from_the_data(lake: Lake) -> None:
-    result = lake.merge("curated", "patients", _patients([1, 2, 3]), keys=("id",))
+    result = lake.merge("deidentified", "patients", _patients([1, 2, 3]), keys=("id",))
 
     assert result == MergeResult(inserted=3, updated=0, version=0)
-    assert _sorted(lake.read_arrow("curated", "patients")).equals(_patients([1, 2, 3]))
+    assert _sorted(lake.read_arrow("deidentified", "patients")).equals(_patients([1, 2, 3]))
 
 
 def test_when_merging_on_a_compound_key_then_both_columns_must_match(lake: Lake) -> None:
-    lake.append("curated", "visits", [{"patient": 1, "visit": 1, "note": "a"}, {"patient": 1, "visit": 2, "note": "b"}])
+    lake.append("deidentified", "visits",
+                [{"patient": 1, "visit": 1, "note": "a"}, {"patient": 1, "visit": 2, "note": "b"}])
 
     result = lake.merge(
-        "curated", "visits",
+        "deidentified", "visits",
         [{"patient": 1, "visit": 2, "note": "B"}, {"patient": 2, "visit": 2, "note": "c"}],
         keys=["patient", "visit"],
     )
 
     assert (result.inserted, result.updated) == (1, 1)
-    rows = lake.read_arrow("curated", "visits").sort_by([("patient", "ascending"), ("visit", "ascending")])
+    rows = lake.read_arrow("deidentified", "visits").sort_by([("patient", "ascending"), ("visit", "ascending")])
     assert rows.to_pylist() == [
         {"patient": 1, "visit": 1, "note": "a"},
         {"patient": 1, "visit": 2, "note": "B"},
@@ -295,22 +296,22 @@ def test_when_merge_data_repeats_a_key_then_storage_error_and_nothing_is_written
     lake: Lake, table_exists: bool
 ) -> None:
     if table_exists:
-        lake.append("curated", "patients", _patients([1]))
+        lake.append("deidentified", "patients", _patients([1]))
 
     with pytest.raises(StorageError, match="1 key\\(s\\) appear more than once"):
-        lake.merge("curated", "patients", _patients([1, 2, 2]), keys=["id"])
+        lake.merge("deidentified", "patients", _patients([1, 2, 2]), keys=["id"])
 
     if table_exists:
-        assert lake.version("curated", "patients") == 0
-        assert _ids(lake.read_arrow("curated", "patients")) == [1]
+        assert lake.version("deidentified", "patients") == 0
+        assert _ids(lake.read_arrow("deidentified", "patients")) == [1]
     else:
-        assert not lake.exists("curated", "patients")
+        assert not lake.exists("deidentified", "patients")
 
 
 @pytest.mark.parametrize(("keys", "message"), [([], "at least one key"), (["mrn"], r"\['mrn'\] are not columns")])
 def test_when_merge_keys_are_unusable_then_value_error(lake: Lake, keys: list[str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        lake.merge("curated", "patients", _patients([1]), keys=keys)
+        lake.merge("deidentified", "patients", _patients([1]), keys=keys)
 
 
 # delete ------------------------------------------------------------------------------------------------
@@ -391,11 +392,11 @@ def test_when_history_is_read_then_commits_come_newest_first_with_who_and_why(la
 
 
 def test_when_merge_commits_then_history_records_it_as_a_merge(lake: Lake) -> None:
-    lake.append("curated", "patients", _patients([1]))
-    lake.merge("curated", "patients", _patients([1, 2]), keys=["id"],
+    lake.append("deidentified", "patients", _patients([1]))
+    lake.merge("deidentified", "patients", _patients([1, 2]), keys=["id"],
                commit=CommitInfo(principal="svc:conform", purpose="operations"))
 
-    newest = lake.history("curated", "patients")[0]
+    newest = lake.history("deidentified", "patients")[0]
 
     assert newest["operation"] == "MERGE"
     assert (newest["medguard.operation"], newest["medguard.principal"]) == ("merge", "svc:conform")
@@ -497,12 +498,43 @@ def test_when_a_table_is_missing_then_storage_error_names_it(lake: Lake, read) -
 def test_when_tables_are_listed_then_only_delta_tables_of_that_zone_come_back_sorted(lake: Lake) -> None:
     lake.append("raw", "visits", _patients([1]))
     lake.append("raw", "admissions", _patients([1]))
-    lake.append("curated", "patients", _patients([1]))
+    lake.append("deidentified", "patients", _patients([1]))
     Path(lake.uri("raw", "not_a_table")).mkdir(parents=True)
 
     assert lake.tables(Zone.RAW) == ["admissions", "visits"]
-    assert lake.tables("curated") == ["patients"]
+    assert lake.tables("deidentified") == ["patients"]
     assert lake.tables(Zone.AUDIT) == []
+
+
+def test_when_a_schema_is_asked_then_it_comes_from_the_log_with_every_type(lake: Lake) -> None:
+    lake.append("raw", "patients", _patients([1, 2]))
+    lake.append("raw", "patients", pa.table({"id": [3], "extra": ["x"]}), evolve_schema=True)
+
+    assert lake.schema("raw", "patients").equals(SCHEMA.append(pa.field("extra", pa.string())))
+    with pytest.raises(StorageError, match="no Delta table"):
+        lake.schema("raw", "absent")
+
+
+def test_when_the_system_zone_is_used_then_every_method_works_and_zone_listings_never_show_it(lake: Lake) -> None:
+    seen: list[LakeAccess] = []
+    lake = lake.with_access_hook(seen.append)
+
+    assert lake.append(SYSTEM_ZONE, "deks", _patients([1, 2])) == 0
+    assert lake.merge(SYSTEM_ZONE, "deks", _patients([2, 3], name="upd"), keys=["id"]).version == 1
+    assert lake.delete(SYSTEM_ZONE, "deks", where="id = 1", commit=CommitInfo(purpose="shred")) == 1
+    assert lake.exists(SYSTEM_ZONE, "deks")
+    assert lake.version(SYSTEM_ZONE, "deks") == 2
+    assert lake.schema(SYSTEM_ZONE, "deks").equals(SCHEMA)
+    assert _ids(lake.read_arrow(SYSTEM_ZONE, "deks", columns=["id"])) == [2, 3]
+    assert _ids(lake.read_arrow(SYSTEM_ZONE, "deks", version=0)) == [1, 2]
+    assert [h["medguard.operation"] for h in lake.history(SYSTEM_ZONE, "deks")] == ["delete", "merge", "append"]
+    assert lake.vacuum(SYSTEM_ZONE, "deks", retention_hours=0, dry_run=False)  # files the merge replaced
+    assert _ids(lake.read_arrow(SYSTEM_ZONE, "deks")) == [2, 3]
+    assert lake.tables(SYSTEM_ZONE) == ["deks"]
+    assert lake.uri(SYSTEM_ZONE, "deks").endswith("/_keys/deks")
+
+    assert all(lake.tables(zone) == [] for zone in Zone)
+    assert seen == []  # key metadata is audited by the key code, not as table access
 
 
 def test_when_the_lake_is_built_with_default_settings_then_it_uses_delta_rs_under_the_run_home(
@@ -524,6 +556,74 @@ def test_when_commit_info_has_no_dag_run_then_its_metadata_omits_it() -> None:
         "medguard.ticket": "SEC-1",
         "medguard.operation": "append",
     }
+
+
+# access hook -------------------------------------------------------------------------------------------
+
+
+def test_when_a_hook_is_given_then_each_read_and_write_of_a_zone_is_reported_once(lake: Lake) -> None:
+    seen: list[LakeAccess] = []
+    lake = lake.with_access_hook(seen.append)
+    who = CommitInfo(principal="svc:test", purpose="research", batch_id="b1")
+
+    lake.append("raw", "patients", _patients([1, 2, 3]), commit=who, txn=("b1", 0))
+    lake.append("raw", "patients", pa.RecordBatchReader.from_batches(SCHEMA, _patients([4, 5]).to_batches()))
+    lake.merge("raw", "patients", _patients([5, 6]), keys=["id"], commit=who)
+    lake.overwrite("raw", "patients", _patients([1, 2]), where="id < 3")
+    lake.delete("raw", "patients", where="id = 6")
+    lake.read_arrow("raw", "patients", columns=["id", "name"], where="id > 1")
+    lake.read_pandas("raw", "patients", version=0)
+    lake.vacuum("raw", "patients")  # a dry run deletes nothing and is not reported
+    lake.exists("raw", "patients"), lake.schema("raw", "patients"), lake.history("raw", "patients")
+
+    assert [(a.action, a.operation, a.zone, a.table, a.rows) for a in seen] == [
+        ("write", "append", "raw", "patients", 3),
+        ("write", "append", "raw", "patients", 2),  # a stream, counted as it was written
+        ("write", "merge", "raw", "patients", 2),
+        ("write", "overwrite", "raw", "patients", 2),
+        ("delete", "delete", "raw", "patients", 1),
+        ("read", "read", "raw", "patients", 4),
+        ("read", "read", "raw", "patients", 3),
+    ]
+    append, _, merge, overwrite, delete, read, old = seen
+    assert append.commit == who and append.version == 0 and append.details == {"txn": ["b1", 0]}
+    assert append.columns == tuple(SCHEMA.names)
+    assert merge.details == {"keys": ["id"], "inserted": 1, "updated": 1} and merge.version == 2
+    assert overwrite.details == {"filtered": True}
+    assert delete.columns == () and delete.commit is not None and delete.commit.purpose == "unspecified"
+    assert read.columns == ("id", "name") and read.version is None and read.commit is None
+    assert old.version == 0 and old.columns == tuple(SCHEMA.names)
+
+
+def test_when_the_audit_zone_is_read_or_written_then_the_hook_is_not_called(lake: Lake) -> None:
+    # The hook writes the audit zone: reporting those writes would report themselves for ever.
+    seen: list[LakeAccess] = []
+    lake = lake.with_access_hook(seen.append)
+
+    lake.append(Zone.AUDIT, "events", _patients([1]))
+    lake.read_arrow(Zone.AUDIT, "events")
+
+    assert seen == []
+
+
+def test_when_the_hook_fails_on_a_read_then_the_caller_gets_its_error_and_no_rows(lake: Lake) -> None:
+    lake.append("raw", "patients", _patients([1]))
+
+    def refuse(access: LakeAccess) -> None:
+        raise RuntimeError(f"audit log unavailable for {access.zone}.{access.table}")
+
+    with pytest.raises(RuntimeError, match=r"unavailable for raw\.patients"):
+        lake.with_access_hook(refuse).read_arrow("raw", "patients")
+    assert lake.read_arrow("raw", "patients").num_rows == 1  # the hook belongs to the copy, not to this lake
+
+
+def test_when_a_lake_is_built_with_a_hook_then_it_reports_like_a_copy_with_one(tmp_path: Path, settings) -> None:
+    seen: list[LakeAccess] = []
+    lake = Lake(settings.model_copy(update={"lake_root": str(tmp_path / "lake")}), on_access=seen.append)
+
+    lake.append("predictions", "scores", _patients([1]))
+
+    assert [(a.zone, a.table, a.rows) for a in seen] == [("predictions", "scores", 1)]
 
 
 # _arrow conversions ------------------------------------------------------------------------------------
@@ -597,9 +697,9 @@ def test_when_a_spark_dataframe_is_appended_then_arrow_reads_it_back_equal(spark
 def test_when_a_spark_dataframe_creates_a_table_then_arrow_reads_it_back_equal(spark, lake: Lake) -> None:
     rows = [tuple(row.values()) for row in _patients(range(1, 7)).to_pylist()]
 
-    lake.append("curated", "patients", spark.createDataFrame(rows, SPARK_DDL))
+    lake.append("deidentified", "patients", spark.createDataFrame(rows, SPARK_DDL))
 
-    assert _sorted(lake.read_arrow("curated", "patients")).equals(_patients(range(1, 7)))
+    assert _sorted(lake.read_arrow("deidentified", "patients")).equals(_patients(range(1, 7)))
 
 
 # concurrent writers ------------------------------------------------------------------------------------

@@ -65,7 +65,7 @@ def record_events(lake_root: str, home: str, master: bytes, worker: int, count: 
     lake = Lake(load_settings(lake_root=lake_root, home=home))
     log = AuditLog(lake, FakeKeyProvider(master), sign_every=sign_every)
     return [
-        log.record(AuditEvent(principal=f"svc:worker-{worker}", action="read", zone="curated",
+        log.record(AuditEvent(principal=f"svc:worker-{worker}", action="read", zone="raw",
                               table_name="encounters", row_count=i, details={"worker": worker, "i": i}))
         for i in range(count)
     ]

@@ -62,7 +62,7 @@ def _event(i: int) -> AuditEvent:
     return AuditEvent(
         principal=f"user:analyst-{i % 3}",
         action=[AuditAction.READ, AuditAction.DECRYPT, AuditAction.POLICY_DECISION][i % 3],
-        zone=Zone.CURATED,
+        zone=Zone.DEIDENTIFIED,
         table_name="encounters",
         columns=("mrn", "birth_date"),
         row_count=10 + i,
