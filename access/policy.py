@@ -1,9 +1,10 @@
 """Access policies as data: load and validate the YAML, and decide who may do what, with which masks and filters.
 
 A policy file (``access/policies/default.yaml`` ships with the package; ``access.policy_file`` replaces it)
-classifies columns (direct_identifier, quasi_identifier, sensitive, non_sensitive) and lists rules granting
-actions (read, decrypt, write, grant) on zones and tables to roles, for purposes of use, within time limits,
-with column masks and row filters. The semantics, in full:
+lists rules granting actions (read, decrypt, write, grant) on zones and tables to roles, for purposes of use,
+within time limits, with masks per column class and row filters. Columns are classed (direct_identifier,
+quasi_identifier, sensitive, non_sensitive) by the column catalog (:mod:`pipeline.catalog`), never by a policy: a
+policy file that classes columns is refused at load, naming what the catalog says. The semantics, in full:
 
 - **Deny by default.** Nothing is allowed unless an ``allow`` rule matches role, zone, table, action, purpose
   (it must be among the rule's purposes *and*, when the principal lists purposes, among the principal's) and
@@ -11,7 +12,8 @@ with column masks and row filters. The semantics, in full:
 - **Deny rules win.** Any matching ``deny`` rule refuses the action.
 - **Most restrictive wins.** When several allow rules match, each column gets the most restrictive of their
   masks (plaintext < pseudonym < masked < null) and every rule's row filters apply. A column class a rule does
-  not name gets ``null``; a column no classification names is a ``direct_identifier``.
+  not name gets ``null``. A column's class is the catalog's for that zone and table, or the stricter of it and
+  the class the de-identification report gives; a column neither names is a ``direct_identifier``.
 - **Break glass.** Rules with ``break_glass: true`` match only when the caller gives a written reason (at
   least ``access.break_glass_min_reason_chars`` characters); then only break-glass rules count, and the
   decision is flagged so that it is audited as ``break_glass`` and raises an alert.
@@ -37,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic import ValidationError as PydanticValidationError
 
 from access.principals import Principal, Role
+from pipeline.catalog import Catalog, ColumnClass, catalog_file, load_catalog
 from pipeline.errors import SettingsError
 from pipeline.lake import Zone
 
@@ -56,15 +59,6 @@ class Action(StrEnum):
     GRANT = "grant"
 
 
-class ColumnClass(StrEnum):
-    """How sensitive a column is (the de-identification contract's classes)."""
-
-    DIRECT_IDENTIFIER = "direct_identifier"
-    QUASI_IDENTIFIER = "quasi_identifier"
-    SENSITIVE = "sensitive"
-    NON_SENSITIVE = "non_sensitive"
-
-
 class Mask(StrEnum):
     """What a principal sees of a column, least to most restrictive."""
 
@@ -79,9 +73,8 @@ class Mask(StrEnum):
 
 
 _MASK_ORDER = [Mask.PLAINTEXT, Mask.PSEUDONYM, Mask.MASKED, Mask.NULL]
-# Used when two classifications disagree: the stricter one is kept.
-_CLASS_ORDER = [ColumnClass.NON_SENSITIVE, ColumnClass.SENSITIVE, ColumnClass.QUASI_IDENTIFIER,
-                ColumnClass.DIRECT_IDENTIFIER]
+# Blocks of older policy files that classed columns; classes now live in the column catalog only.
+_CLASS_BLOCKS = ("column_classes", "tables")
 ROW_FILTERS = ("facility", "consent")
 # Purposes a new principal gets when none are given.
 DEFAULT_PURPOSES: dict[Role, tuple[str, ...]] = {
@@ -164,8 +157,6 @@ class Policy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     version: int = Field(ge=1)
-    column_classes: dict[ColumnClass, tuple[str, ...]] = Field(default_factory=dict)
-    tables: dict[str, dict[str, ColumnClass]] = Field(default_factory=dict)
     rules: tuple[Rule, ...]
 
     @model_validator(mode="after")
@@ -174,27 +165,14 @@ class Policy(BaseModel):
         duplicated = sorted({i for i in ids if ids.count(i) > 1})
         if duplicated:
             raise ValueError(f"rule ids must be unique; repeated: {duplicated}")
-        seen: dict[str, ColumnClass] = {}
-        for klass, names in self.column_classes.items():
-            for name in names:
-                if name in seen and seen[name] != klass:
-                    raise ValueError(f"column {name!r} is classified twice: {seen[name]} and {klass}")
-                seen[name] = klass
         return self
 
     def column_class(self, zone: Zone | str, table: str, column: str,
                      reported: Mapping[str, str] | None = None) -> ColumnClass:
-        """The class of a column: a per-table entry wins; else the stricter of the global class and the one the
-        de-identification report gives; else ``direct_identifier`` (unknown columns are treated as identifying).
+        """The class of a column: the stricter of the column catalog's class for ``zone.table.column`` and the one
+        the de-identification report gives; ``direct_identifier`` when neither knows it (unknown is identifying).
         """
-        logical = f"{Zone(zone).value}.{table}"
-        for pattern, classes in self.tables.items():
-            if fnmatch.fnmatchcase(logical, pattern):
-                if column in classes:
-                    return classes[column]
-                if "*" in classes:
-                    return classes["*"]
-        found = [klass for klass, names in self.column_classes.items() if column in names]
+        found = [klass for klass in [load_catalog().column_class(Zone(zone).value, table, column)] if klass]
         if reported and column in reported:
             try:
                 found.append(ColumnClass(reported[column]))
@@ -202,7 +180,48 @@ class Policy(BaseModel):
                 found.append(ColumnClass.DIRECT_IDENTIFIER)
         if not found:
             return ColumnClass.DIRECT_IDENTIFIER
-        return max(found, key=_CLASS_ORDER.index)
+        return max(found, key=lambda klass: klass.rank)
+
+
+def _classes_in_policy(data: Mapping[str, Any], catalog: Catalog) -> str | None:
+    """What a policy's own class blocks say against the catalog, or None when it has none."""
+    blocks = [key for key in _CLASS_BLOCKS if key in data]
+    if not blocks:
+        return None
+    said: list[tuple[str, str, str]] = []  # (zone.table pattern, column, class) as the policy says
+    classes = data.get("column_classes")
+    for klass, names in (classes.items() if isinstance(classes, Mapping) else []):
+        said += [("*.*", str(name), str(klass)) for name in (names if isinstance(names, list) else [names])]
+    tables = data.get("tables")
+    for pattern, columns in (tables.items() if isinstance(tables, Mapping) else []):
+        said += [(str(pattern), str(c), str(k)) for c, k in (columns.items() if isinstance(columns, Mapping) else [])]
+    known = _catalog_classes(catalog)
+    clashes = []
+    for pattern, column, klass in said:
+        where = [(logical, there) for (logical, name), there in known.items()
+                 if name == column and fnmatch.fnmatchcase(logical, pattern) and there != klass]
+        clashes += [f"{column} is {klass} here but {there} for {logical} in {_catalog_file_of(logical)}"
+                    for logical, there in where[:2]]
+    detail = "; ".join(clashes[:5]) if clashes else "it agrees with the catalog, but must not repeat it"
+    return (f"{' and '.join(blocks)} classes columns, but column classes are declared only in the column catalog "
+            f"(pipeline/catalog/): {detail}. Remove the block; a rule's `columns:` may still set one column's mask")
+
+
+def _catalog_file_of(logical: str) -> str:
+    # deidentified tables are not written down: they follow from the raw tables' masks.
+    zone = logical.split(".", 1)[0]
+    return catalog_file("raw" if zone == "deidentified" else zone)
+
+
+def _catalog_classes(catalog: Catalog) -> dict[tuple[str, str], str]:
+    out: dict[tuple[str, str], str] = {}
+    for table in catalog.raw.tables:
+        out |= {(f"raw.{table}", c): col.klass.value for c, col in catalog.raw_columns(table).items()}
+        out |= {(f"deidentified.{table}", c): col.klass.value for c, col in catalog.published(table).items()}
+    for zone, tables in catalog.zones.items():
+        for table, entry in tables.items():
+            out |= {(f"{zone}.{table}", c): col.klass.value for c, col in entry.columns.items()}
+    return out
 
 
 def load_policy(path: str | Path | None = None) -> Policy:
@@ -220,6 +239,9 @@ def load_policy(path: str | Path | None = None) -> Policy:
         raise SettingsError(f"policy file {where} is not readable YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise SettingsError(f"policy file {where} must hold a mapping, not {type(data).__name__}")
+    clash = _classes_in_policy(data, load_catalog())
+    if clash:
+        raise SettingsError(f"invalid policy file {where}: {clash}")
     try:
         return Policy.model_validate(data)
     except PydanticValidationError as exc:

@@ -15,6 +15,8 @@ from pipeline.lake import CommitInfo, Lake
 from pipeline.settings import load_settings
 from storage_security.keys.keyring import LocalKeyring, encode_master_key
 
+pytestmark = pytest.mark.e2e  # every test runs the medguard command
+
 MEDGUARD = str(Path(sys.executable).with_name("medguard"))
 
 

@@ -12,6 +12,8 @@ from pipeline.settings import load_settings
 from storage_security.keys.keyring import LocalKeyring, encode_master_key
 from storage_security.protected import ProtectedLake, Protection
 
+pytestmark = pytest.mark.e2e  # the demo's access step, whole
+
 
 @pytest.fixture
 def demo_settings(tmp_path, monkeypatch):

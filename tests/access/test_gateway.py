@@ -136,12 +136,13 @@ def test_when_break_glass_is_used_then_every_facility_is_visible_and_it_is_audit
     assert not [a for a in monitor.run() if a.detector == "break_glass"]  # the detector finds it stored already
 
 
-def test_when_an_engineer_reads_raw_then_sealed_columns_are_null_and_quasi_identifiers_masked(world):
-    got = _rows(world, "dan", "SELECT ssn, zip, sex, _record_hash FROM raw.patients")
+def test_when_an_engineer_reads_raw_then_identifiers_are_null_and_quasi_identifiers_masked(world):
+    got = _rows(world, "dan", "SELECT ssn, zip, sex, _record_hash, consent_research FROM raw.patients")
     assert len(got) == len(world.patients)
-    assert {r["ssn"] for r in got} == {None}
+    # _record_hash is an unkeyed hash of the record, PHI included: a direct identifier, like the sealed ssn.
+    assert {r["ssn"] for r in got} == {None} and {r["_record_hash"] for r in got} == {None}
     assert {r["zip"] for r in got} == {MASKED_VALUE} and {r["sex"] for r in got} == {MASKED_VALUE}
-    assert len({r["_record_hash"] for r in got}) == len(world.patients)
+    assert sorted(r["consent_research"] for r in got) == sorted(p["consent_research"] for p in world.patients)
 
 
 def test_when_comments_hide_text_then_they_are_dropped_and_the_query_runs(world):
@@ -194,9 +195,10 @@ def test_when_an_analyst_probes_a_masked_column_then_nothing_beyond_the_mask_is_
 
 
 def test_when_a_masked_column_orders_the_rows_then_the_order_reveals_nothing(world):
-    got = [r["_record_hash"] for r in _rows(world, "dan", "SELECT _record_hash FROM raw.patients "
-                                                          "ORDER BY zip DESC, _record_hash")]
-    assert got == sorted(got)
+    # Zip codes rise with the patient number and consent does not: ordered by the real zip, consent would interleave.
+    got = [r["consent_research"] for r in _rows(world, "dan", "SELECT consent_research FROM raw.patients "
+                                                               "ORDER BY zip DESC, consent_research")]
+    assert got == sorted(got) and len(set(got)) == 2
     values = _rows(world, "dan", "SELECT count(DISTINCT zip) AS d, min(zip) AS lo, max(length(zip)) AS n, "
                                  "count(*) FILTER (WHERE zip LIKE '1%') AS f FROM raw.patients")
     assert values == [{"d": 1, "lo": MASKED_VALUE, "n": len(MASKED_VALUE), "f": 0}]
@@ -285,14 +287,15 @@ def test_when_an_analyst_reads_predictions_then_patients_are_pseudonymised_again
     lake.append("raw", "patients", pa.Table.from_pylist(
         [{"patient_pseudonym": p, "consent_research": i != 0, "facility_id": "F1"} for i, p in enumerate(people)]),
         commit=commit)
-    lake.append("predictions", "scores", pa.Table.from_pylist(
-        [{"patient_pseudonym": p, "score": i / 10} for i, p in enumerate(people)]), commit=commit)
+    lake.append("predictions", "diagnoses", pa.Table.from_pylist(
+        [{"patient_pseudonym": p, "probability": i / 10} for i, p in enumerate(people)]), commit=commit)
     store = PrincipalStore(tmp_path / "principals.json")
     store.add(Principal("ann", Role.ANALYST, purposes=("research",)))
     gateway = QueryGateway(lake, keyring, PolicyEngine(load_policy(), audit=audit), audit=audit)
     got = gateway.query(store.local_session("ann", operator="tester"),
-                        "SELECT patient_pseudonym, score FROM predictions.scores ORDER BY score").table.to_pylist()
-    assert [r["score"] for r in got] == [0.1, 0.2, 0.3, 0.4, 0.5]  # patient 0 did not consent
+                        "SELECT patient_pseudonym, probability FROM predictions.diagnoses ORDER BY probability"
+                        ).table.to_pylist()
+    assert [r["probability"] for r in got] == [0.1, 0.2, 0.3, 0.4, 0.5]  # patient 0 did not consent
     shown = [r["patient_pseudonym"] for r in got]
     assert len(set(shown)) == 5 and not set(shown) & set(people)
     assert all(s.startswith("ps1_") for s in shown)

@@ -114,8 +114,8 @@ def test_when_two_rules_match_then_the_most_restrictive_mask_and_all_filters_win
     decision = engine.evaluate(analyst, "read", "deidentified.patients", ["zip3", "sex", "ssn"])
     assert decision.masks == {"zip3": Mask.MASKED, "sex": Mask.PLAINTEXT, "ssn": Mask.NULL}
     assert set(decision.row_filters) == {"consent", "facility"}
-    other = engine.evaluate(analyst, "read", "deidentified.conditions", ["zip3"])
-    assert other.masks == {"zip3": Mask.PLAINTEXT}
+    other = engine.evaluate(analyst, "read", "deidentified.conditions", ["clinical_status"])
+    assert other.masks == {"clinical_status": Mask.PLAINTEXT} and other.row_filters == ("consent",)
 
 
 def test_when_a_deny_rule_matches_then_it_beats_an_allow(tmp_path):
@@ -134,7 +134,7 @@ def test_when_a_rule_has_hours_then_it_applies_only_inside_them(tmp_path, hour, 
     engine = PolicyEngine(load_policy(_policy_with(tmp_path, [rule])),
                           clock=lambda: datetime(2026, 3, 2, hour, 30, tzinfo=UTC))
     auditor = Principal("otto", Role.AUDITOR)
-    decision = engine.evaluate(auditor, "read", "predictions.scores", ["score"])
+    decision = engine.evaluate(auditor, "read", "predictions.diagnoses", ["probability"])
     assert decision.allowed is allowed
     if not allowed:
         assert "outside the time" in decision.reason
@@ -188,7 +188,11 @@ def test_when_break_glass_is_granted_then_it_is_audited_as_break_glass_with_the_
                 {"id": "x", "roles": ["analyst"], "zones": ["raw"], "actions": ["read"]}]}, "unique"),
     ({"rules": [{"id": "x", "roles": ["analyst"], "zones": ["raw"], "actions": ["read"], "typo": 1}]},
      "rule 'x' typo"),
-    ({"column_classes": {"direct_identifier": ["ssn"], "sensitive": ["ssn"]}}, "classified twice"),
+    ({"column_classes": {"quasi_identifier": ["city"]}},
+     "city is quasi_identifier here but direct_identifier for raw.patients in pipeline/catalog/raw.yaml"),
+    ({"tables": {"deidentified.notes": {"text": "non_sensitive"}}},
+     "text is non_sensitive here but sensitive for deidentified.notes in pipeline/catalog/raw.yaml"),
+    ({"column_classes": {"direct_identifier": ["ssn"]}}, "agrees with the catalog, but must not repeat it"),
 ])
 def test_when_a_policy_file_is_invalid_then_loading_names_the_problem(tmp_path, change, message):
     data = {"version": 1, "rules": [{"id": "ok", "roles": ["analyst"], "zones": ["raw"], "actions": ["read"]}]}

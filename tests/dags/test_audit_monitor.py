@@ -13,6 +13,8 @@ from storage_security.audit.log import AuditEvent, AuditLog
 from storage_security.audit.monitoring import ActivityMonitor
 from storage_security.keys.keyring import LocalKeyring, encode_master_key
 
+pytestmark = pytest.mark.e2e  # the DAG runs under airflow dags test
+
 
 @pytest.mark.timeout(600)
 def test_when_the_audit_monitor_dag_runs_then_alerts_land_in_the_alerts_table(tmp_path, monkeypatch):

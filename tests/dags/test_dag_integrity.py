@@ -11,6 +11,8 @@ import pytest
 
 from pipeline.orchestration import DAGS_FOLDER
 
+pytestmark = pytest.mark.integration  # Airflow parses every DAG file, imports run in subprocesses
+
 DAG_FILES = sorted(DAGS_FOLDER.glob("*.py"))
 
 # Engines a DAG file must only import inside its tasks: parsing happens often and must stay fast.

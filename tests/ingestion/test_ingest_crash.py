@@ -15,6 +15,8 @@ from pipeline.lake import Lake
 from storage_security.keys.keyring import LocalKeyring
 from storage_security.protected import ProtectedLake
 
+pytestmark = pytest.mark.integration  # ingestion in a subprocess killed at random points
+
 WORKER = Path(__file__).with_name("_crash_worker.py")
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.e2e  # every test runs the medguard command
+
 MEDGUARD = str(Path(sys.executable).with_name("medguard"))
 
 

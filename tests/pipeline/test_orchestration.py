@@ -12,6 +12,8 @@ from pipeline.errors import OrchestrationError
 from pipeline.orchestration import DAGS_FOLDER, DagRunResult, airflow_env, run_dag
 from pipeline.settings import Settings
 
+pytestmark = pytest.mark.integration  # Airflow's database and airflow dags test
+
 # A DAG that depends on nothing but Airflow and medguard's settings, so the harness is tested on its own.
 _HARNESS_DAG = '''
 """A throwaway DAG for the harness tests."""

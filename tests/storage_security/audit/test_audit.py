@@ -509,6 +509,7 @@ _PROCESSES = 4
 _EVENTS_EACH = 25
 
 
+@pytest.mark.integration
 def test_when_processes_record_concurrently_then_the_chain_neither_forks_nor_loses_events(
     lake: Lake, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -584,6 +585,7 @@ def test_when_the_log_is_tampered_then_the_cli_exits_one_naming_the_first_bad_se
     assert err.count("\n") == 1
 
 
+@pytest.mark.e2e
 def test_when_medguard_audit_verify_runs_with_the_keyring_then_exit_status_and_stderr_tell_the_truth(
     tmp_path: Path, lake: Lake
 ) -> None:

@@ -142,6 +142,7 @@ def test_when_a_table_is_too_small_for_k_then_nothing_is_published(published, se
     assert published["lake"].version("deidentified", "outcomes") == before
 
 
+@pytest.mark.e2e
 def test_when_deidentify_runs_from_the_cli_on_vault_then_the_table_is_published(tmp_path, openbao, vault_provider,
                                                                                 kek_name):
     import os
@@ -172,6 +173,7 @@ def test_when_deidentify_runs_from_the_cli_on_vault_then_the_table_is_published(
     assert missing.returncode == 1 and len(missing.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.e2e
 def test_when_the_demo_step_runs_then_it_publishes_and_scores_against_vanilla(tmp_path, settings, keyring,
                                                                              monkeypatch):
     from storage_security.deid import deidentify as module

@@ -57,6 +57,7 @@ def test_when_generator_notes_are_scored_then_recall_is_at_least_095_for_every_l
     assert scores.overall["precision"] > 0.85
 
 
+@pytest.mark.e2e
 def test_when_evaluate_runs_from_the_cli_then_json_has_overall_and_per_label(tmp_path):
     notes = tmp_path / "notes.jsonl"
     lines = (generated(60, 11) / "notes.jsonl").read_text().splitlines()[:8]
@@ -69,6 +70,7 @@ def test_when_evaluate_runs_from_the_cli_then_json_has_overall_and_per_label(tmp
     assert result["per_label"]["PERSON"]["recall"] >= 0.95
 
 
+@pytest.mark.e2e
 def test_when_the_notes_file_is_missing_then_the_cli_fails_with_one_line(tmp_path):
     done = subprocess.run([MEDGUARD, "deidentify", "evaluate", "--notes", str(tmp_path / "none.jsonl")],
                           capture_output=True, text=True, timeout=120, check=False)

@@ -42,6 +42,7 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, 
         openbao.down(settings)
 
 
+@pytest.mark.integration
 def test_when_up_the_first_time_then_it_initialises_once_and_keeps_secrets_private(
     local: tuple[Settings, dict[str, Any]],
 ) -> None:
@@ -59,6 +60,7 @@ def test_when_up_the_first_time_then_it_initialises_once_and_keeps_secrets_priva
     assert json.loads(paths.pid.read_text())["pid"] == first["pid"]
 
 
+@pytest.mark.integration
 def test_when_up_again_then_it_is_already_running_and_nothing_is_reinitialised(
     local: tuple[Settings, dict[str, Any]],
 ) -> None:
@@ -75,6 +77,7 @@ def test_when_up_again_then_it_is_already_running_and_nothing_is_reinitialised(
     assert state["running"] is True and state["sealed"] is False and state["status"] == "unsealed"
 
 
+@pytest.mark.integration
 def test_when_restarted_then_it_unseals_and_a_dek_from_before_still_unwraps(
     local: tuple[Settings, dict[str, Any]],
 ) -> None:
@@ -106,6 +109,7 @@ def test_when_restarted_then_it_unseals_and_a_dek_from_before_still_unwraps(
     assert provider_from_settings(settings).unwrap(kek, key.wrapped) == key.plaintext
 
 
+@pytest.mark.integration
 def test_when_the_pipeline_logs_in_by_approle_then_it_wraps_but_cannot_rotate(
     local: tuple[Settings, dict[str, Any]],
 ) -> None:
@@ -126,6 +130,7 @@ def test_when_the_pipeline_logs_in_by_approle_then_it_wraps_but_cannot_rotate(
     assert pipeline.unwrap(kek, rewrapped) == key.plaintext
 
 
+@pytest.mark.integration
 def test_when_the_pipeline_wraps_patient_keys_then_it_batches_under_the_data_kek_and_makes_no_kek_of_its_own(
     local: tuple[Settings, dict[str, Any]],
 ) -> None:
@@ -161,6 +166,7 @@ def test_when_the_pipeline_wraps_patient_keys_then_it_batches_under_the_data_kek
         rotation.unwrap(legacy, key.wrapped)
 
 
+@pytest.mark.integration
 def test_when_a_secret_file_is_readable_by_others_then_it_is_refused(
     local: tuple[Settings, dict[str, Any]],
 ) -> None:
@@ -174,6 +180,7 @@ def test_when_a_secret_file_is_readable_by_others_then_it_is_refused(
         approle.chmod(0o600)
 
 
+@pytest.mark.e2e
 def test_when_status_asked_on_the_command_line_then_json_reports_the_running_server(
     local: tuple[Settings, dict[str, Any]],
 ) -> None:
@@ -214,6 +221,7 @@ def test_when_never_started_then_status_and_down_say_so_and_the_provider_points_
         provider_from_settings(settings)
 
 
+@pytest.mark.integration
 def test_when_a_dev_server_stops_then_its_process_is_gone(tmp_path: Path) -> None:
     import psutil
 
@@ -242,6 +250,7 @@ def _medguard(settings: Settings, *args: str) -> subprocess.CompletedProcess[str
     return subprocess.run([MEDGUARD, *args], capture_output=True, text=True, env=env, timeout=300, check=False)
 
 
+@pytest.mark.e2e
 def test_when_key_lifecycle_commands_run_on_the_local_openbao_then_data_stays_readable_and_shreds_stick(
     local: tuple[Settings, dict[str, Any]],
 ) -> None:
