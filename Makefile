@@ -15,11 +15,12 @@ export AIRFLOW_HOME ?= $(MEDGUARD_HOME)/airflow
 export GX_ANALYTICS_ENABLED := False
 export SPARK_LOCAL_IP ?= 127.0.0.1
 
-.PHONY: help install java demo test bench lint lock clean
+.PHONY: help install java demo test test-fast bench lint lock clean
 
 help:
 	@echo "make demo   install everything and run the end-to-end job on embedded defaults"
 	@echo "make test   install everything and run the test suite"
+	@echo "make test-fast  install everything and run the unit tests only (no Spark, Vault, Airflow or subprocess)"
 	@echo "make bench  run the benchmarks (prints one line per figure)"
 	@echo "make lint   ruff"
 	@echo "make lock   re-resolve requirements.in into requirements.lock"
@@ -51,6 +52,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest
+
+# The unit tier (tests/conftest.py assigns every test one of unit, integration, e2e).
+test-fast: install
+	$(PY) -m pytest -m unit
 
 bench: install
 	$(PY) bench/run.py

@@ -6,6 +6,13 @@ the run (also when tests fail, and on Linux also when the test process is killed
 Transit (if it is not mounted at ``transit/``), create and delete keys, write policies and create tokens.
 ``vault_provider`` is a :class:`VaultTransitKeys` on the KEK named by ``kek_name``, unique per test and
 destroyed afterwards. ``keyring`` is a fast local keyring for tests that only need some key provider.
+
+Every test is in exactly one tier, given here by :func:`pytest_collection_modifyitems` so that a new test gets one
+without saying so: ``e2e`` when it uses ``keyring_env`` (a command or DAG that builds its own settings),
+``integration`` when it uses a real engine, service or data fixture (Spark, Vault/OpenBao, the shared training
+run, a generated ``population``), otherwise ``unit``. A test that starts a subprocess, runs Airflow or a whole
+command by other means says its tier with an explicit ``pytest.mark.integration`` / ``pytest.mark.e2e`` (on the
+test or as the module's ``pytestmark``), which wins over the fixture rule. ``make test-fast`` runs ``-m unit``.
 """
 
 from __future__ import annotations
@@ -39,6 +46,43 @@ from storage_security.local_vault.openbao import dev_server, enable_transit  # n
 
 # py4j logs at INFO from finalizers after pytest has closed its capture streams ("Logging error" noise).
 logging.getLogger("py4j").setLevel(logging.WARNING)
+
+TIERS = ("unit", "integration", "e2e")
+# Fixtures that bring a real engine, service or a generated population into a test (the closure of a test's
+# fixtures is checked, so ``vault_provider`` counts through ``openbao``), and fixtures that mean a whole command or
+# DAG runs.
+INTEGRATION_FIXTURES = frozenset({"spark", "openbao", "t2d_run", "population"})
+E2E_FIXTURES = frozenset({"keyring_env"})
+# Explicit tiers for tests in files another change owns (they can take a marker in the file later).
+EXPLICIT_TIERS = {
+    "tests/storage_security/keys/test_keyring.py::test_when_processes_add_keys_at_once_then_none_is_lost":
+        "integration",  # worker subprocesses race on one keyring file
+}
+
+
+def tier_of(item: pytest.Item) -> str:
+    """The tier of a collected test: its explicit tier marker, else the one its fixtures imply."""
+    explicit = {mark.name for mark in item.iter_markers() if mark.name in TIERS}
+    if len(explicit) > 1:
+        raise pytest.UsageError(f"{item.nodeid} is marked {sorted(explicit)}: a test has exactly one tier")
+    if explicit:
+        return explicit.pop()
+    if item.nodeid.split("[")[0] in EXPLICIT_TIERS:
+        return EXPLICIT_TIERS[item.nodeid.split("[")[0]]
+    fixtures = set(getattr(item, "fixturenames", ()))
+    if fixtures & E2E_FIXTURES:
+        return "e2e"
+    if fixtures & INTEGRATION_FIXTURES:
+        return "integration"
+    return "unit"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        tier = tier_of(item)
+        if item.get_closest_marker(tier) is None:
+            item.add_marker(getattr(pytest.mark, tier))
 
 
 @pytest.fixture(scope="session", autouse=True)
