@@ -9,7 +9,7 @@ destroyed afterwards. ``keyring`` is a fast local keyring for tests that only ne
 
 Every test is in exactly one tier, given here by :func:`pytest_collection_modifyitems` so that a new test gets one
 without saying so: ``e2e`` when it uses ``keyring_env`` (a command or DAG that builds its own settings),
-``integration`` when it uses a real engine, service or data fixture (Spark, Vault/OpenBao, the shared training
+``integration`` when it uses a real engine, service or data fixture (Spark, Vault/OpenBao, S3, the shared training
 run, a generated ``population``), otherwise ``unit``. A test that starts a subprocess, runs Airflow or a whole
 command by other means says its tier with an explicit ``pytest.mark.integration`` / ``pytest.mark.e2e`` (on the
 test or as the module's ``pytestmark``), which wins over the fixture rule. ``make test-fast`` runs ``-m unit``.
@@ -51,7 +51,7 @@ TIERS = ("unit", "integration", "e2e")
 # Fixtures that bring a real engine, service or a generated population into a test (the closure of a test's
 # fixtures is checked, so ``vault_provider`` counts through ``openbao``), and fixtures that mean a whole command or
 # DAG runs.
-INTEGRATION_FIXTURES = frozenset({"spark", "openbao", "t2d_run", "population"})
+INTEGRATION_FIXTURES = frozenset({"spark", "openbao", "s3_endpoint", "t2d_run", "population"})
 E2E_FIXTURES = frozenset({"keyring_env"})
 # Explicit tiers for tests in files another change owns (they can take a marker in the file later).
 EXPLICIT_TIERS = {

@@ -708,6 +708,7 @@ _PROCESSES = 4
 _APPENDS_EACH = 8
 
 
+@pytest.mark.integration
 def test_when_processes_race_to_create_and_append_then_every_row_lands_once(
     lake: Lake, monkeypatch: pytest.MonkeyPatch
 ) -> None:
