@@ -1,7 +1,7 @@
 """The guard between the deidentified zone and a feature set: only classified, non-identifying columns pass.
 
-De-identification publishes, per table, a column classification (``direct_identifier``, ``quasi_identifier``,
-``sensitive``, ``non_sensitive``) through ``storage_security.deid.deidentify.published_report``. A feature may come
+De-identification publishes, per table, a column classification (a :class:`~pipeline.catalog.ColumnClass` per
+column) through ``storage_security.deid.deidentify.published_report``. A feature may come
 only from a column classified as something other than a direct identifier. A table without a published
 classification, or a column missing from it, is refused: when in doubt, nothing enters a model.
 """
@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 
+from pipeline.catalog import ColumnClass
 from pipeline.errors import ValidationError
 from pipeline.lake import Lake
 
-DIRECT_IDENTIFIER = "direct_identifier"
-ALLOWED_CLASSES = frozenset({"quasi_identifier", "sensitive", "non_sensitive"})
+DIRECT_IDENTIFIER = ColumnClass.DIRECT_IDENTIFIER
+ALLOWED_CLASSES = frozenset(ColumnClass) - {DIRECT_IDENTIFIER}
 
 Classifier = Callable[[str], Mapping[str, str]]
 

@@ -14,23 +14,31 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from pipeline.catalog import ColumnClass, load_catalog
 from pipeline.lake import CommitInfo, Lake, Zone
 from pipeline.synthetic import population
 
-_DIRECT = "direct_identifier"
-CLASSES: dict[str, dict[str, str]] = {
-    "patients": {"patient_pseudonym": "quasi_identifier", "sex": "quasi_identifier", "age_band": "quasi_identifier",
-                 "zip3": "quasi_identifier", "facility_id": "non_sensitive", "consent_research": "non_sensitive"},
-    "observations": {"patient_pseudonym": "quasi_identifier", "category": "non_sensitive",
-                     "loinc_code": "sensitive", "display": "sensitive", "value": "sensitive",
-                     "unit": "non_sensitive", "effective_time": "quasi_identifier"},
-    "conditions": {"patient_pseudonym": "quasi_identifier", "icd10_code": "sensitive", "description": "sensitive",
-                   "onset_date": "quasi_identifier", "clinical_status": "sensitive"},
-    "medications": {"patient_pseudonym": "quasi_identifier", "ndc_code": "sensitive", "rxnorm_code": "sensitive",
-                    "medication": "sensitive", "dosage": "sensitive", "start_date": "quasi_identifier",
-                    "status": "sensitive"},
-    "outcomes": {"patient_pseudonym": "quasi_identifier", "index_date": "quasi_identifier",
-                 "prevalent_t2d": "sensitive", "t2d_within_1y": "sensitive"},
+# The columns of each synthetic table. Their classes are the column catalog's, as de-identification publishes them.
+_COLUMNS = {
+    "patients": ("patient_pseudonym", "sex", "age_band", "zip3", "facility_id", "consent_research"),
+    "observations": ("patient_pseudonym", "category", "loinc_code", "display", "value", "unit", "effective_time"),
+    "conditions": ("patient_pseudonym", "icd10_code", "description", "onset_date", "clinical_status"),
+    "medications": ("patient_pseudonym", "ndc_code", "rxnorm_code", "medication", "dosage", "start_date", "status"),
+    "outcomes": ("patient_pseudonym", "index_date", "prevalent_t2d", "t2d_within_1y"),
+}
+
+
+def _published_class(table: str, column: str) -> ColumnClass:
+    # index_date is kept date-shifted here, where de-identification publishes its year: it keeps its raw class.
+    catalog = load_catalog()
+    found = catalog.published(table).get(column) or catalog.column(table, column)
+    if found is None:
+        raise KeyError(f"{table}.{column} is not in the column catalog")
+    return found.klass
+
+
+CLASSES: dict[str, dict[str, ColumnClass]] = {
+    table: {column: _published_class(table, column) for column in columns} for table, columns in _COLUMNS.items()
 }
 
 
@@ -39,7 +47,7 @@ class SyntheticDeidentified:
     """The tables, their column classes, and the generator's true risk per pseudonym (the ceiling)."""
 
     tables: dict[str, pd.DataFrame]
-    classes: dict[str, dict[str, str]]
+    classes: dict[str, dict[str, ColumnClass]]
     risk: pd.Series
 
 
