@@ -13,10 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from pipeline.catalog import ColumnClass, load_catalog
 from pipeline.lake import CommitInfo, Lake, Zone
 from pipeline.synthetic import population
+from storage_security.deid.operators import age_bands
 
 # The columns of each synthetic table. Their classes are the column catalog's, as de-identification publishes them.
 _COLUMNS = {
@@ -57,8 +59,7 @@ def _pseudonym(values: pd.Series) -> pd.Series:
 
 def _age_band(birth: pd.Series, index: np.datetime64) -> pd.Series:
     age = ((index - pd.to_datetime(birth).values.astype("datetime64[D]")).astype(int) / 365.25).astype(int)
-    lower = np.minimum(age // 5 * 5, 90)
-    return pd.Series([("90+" if lo >= 90 else f"{lo}-{lo + 4}") for lo in lower], index=birth.index)
+    return pd.Series(age_bands(pa.array(age)).to_numpy(zero_copy_only=False), index=birth.index)
 
 
 def _shift(values: pd.Series, days: pd.Series, with_time: bool) -> pd.Series:

@@ -11,24 +11,18 @@ operator its entity type is configured for (surrogates by default), using the pa
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date, datetime, timedelta
+from datetime import date
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+import pyarrow as pa
 
 from pipeline.catalog import Catalog, CatalogColumn, Mask, MaskOp, load_catalog, published_class
-from storage_security.deid.operators import (
-    OPERATORS,
-    MaskingKeys,
-    PartialMaskOperator,
-    age_band,
-    zip3,
-)
+from storage_security.deid.operators import COLUMN_OPERATORS, NOTE_OPERATORS, MaskingKeys
 
 if TYPE_CHECKING:
     from pipeline.settings import DeidentifySettings
 
-NOTE_OPS = {"surrogate": "medguard_surrogate", "redact": "medguard_redact", "partial_mask": "medguard_partial_mask"}
 
 __all__ = ["NoteMasker", "load_masking_config", "mask_table"]
 
@@ -81,31 +75,17 @@ def table_rules(config: dict[str, Any], table: str) -> dict[str, dict[str, Any]]
     return {**config.get("provenance", {}), **spec.get("columns", {})}
 
 
-def _shift(values: pd.Series, days: Sequence[int | None]) -> pd.Series:
-    """Shift dates by per-row days, keeping their form: ISO strings stay strings, dates dates, timestamps timestamps."""
-    out: list[Any] = []
-    for value, d in zip(values.tolist(), days, strict=True):
-        if value is None or d is None or (not isinstance(value, str) and pd.isna(value)):
-            out.append(None)
-        elif isinstance(value, str):
-            moved = pd.Timestamp(value) + pd.Timedelta(days=d)
-            if len(value) == 10:
-                out.append(moved.strftime("%Y-%m-%d"))
-            else:
-                out.append(moved.strftime("%Y-%m-%dT%H:%M:%S") + ("Z" if value.endswith("Z") else ""))
-        elif isinstance(value, date) and not isinstance(value, datetime):
-            out.append(value + timedelta(days=d))
-        else:
-            out.append(pd.Timestamp(value) + pd.Timedelta(days=d))
-    if pd.api.types.is_datetime64_any_dtype(values.dtype):
-        return pd.Series(out, index=values.index).astype(values.dtype)
-    return pd.Series(out, index=values.index, dtype=object)
+def _column(values: pd.Series) -> pa.Array:
+    """A pandas column as Arrow (a column of nothing but nulls as strings)."""
+    array = pa.Array.from_pandas(values)
+    return array.cast(pa.string()) if pa.types.is_null(array.type) else array
 
 
-def _to_date(value: Any) -> date | None:
-    if value is None or (isinstance(value, float) and pd.isna(value)):
-        return None
-    return pd.Timestamp(value).date()
+def _series(array: pa.Array, index: pd.Index) -> pd.Series:
+    """An operator's Arrow result as a pandas column on ``index`` (integers nullable: a year column is Int64)."""
+    series = array.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+    series.index = index
+    return series
 
 
 def mask_table(frame: pd.DataFrame, rules: dict[str, dict[str, Any]], keys: MaskingKeys, *,
@@ -114,15 +94,17 @@ def mask_table(frame: pd.DataFrame, rules: dict[str, dict[str, Any]], keys: Mask
                note_spans: Sequence[Sequence[Any]] | None = None) -> pd.DataFrame:
     """The de-identified form of ``frame``: each column with a rule is kept, dropped or masked by it.
 
-    Columns without a rule are left out (the caller classifies them first). Date shifts use each row's patient
-    offset (``patient_column``), so a patient's intervals survive. ``note_spans`` are PHI spans already detected
-    (on Spark) for the notes column, one list per row.
+    Columns without a rule are left out (the caller classifies them first). A masked column goes through its op's
+    operator (:data:`~storage_security.deid.operators.COLUMN_OPERATORS`), validated first, in one vectorised pass
+    over Arrow. Date shifts use each row's patient offset (``patient_column``), so a patient's intervals survive.
+    ``note_spans`` are PHI spans already detected (on Spark) for the notes column, one list per row.
 
     Raises:
-        ValueError: a date shift or notes rule on a table with no patient pseudonym column.
+        ValueError: a date shift or notes rule on a table with no patient pseudonym column, an op no operator runs,
+            or params its operator refuses (a pseudonym without a key name).
     """
     out: dict[str, pd.Series] = {}
-    shift_days: list[int | None] | None = None
+    shift_days: pa.Array | None = None
     for column in frame.columns:
         rule = rules.get(column)
         if rule is None or rule["op"] == "drop":
@@ -131,32 +113,26 @@ def mask_table(frame: pd.DataFrame, rules: dict[str, dict[str, Any]], keys: Mask
         op, name = rule["op"], rule.get("as", column)
         if op == "keep":
             out[name] = values
-        elif op == "redact":
-            out[name] = pd.Series([None] * len(values), index=values.index, dtype=object)
-        elif op == "partial_mask":
-            partial = PartialMaskOperator().operate
-            out[name] = values.map(lambda v, op=partial: None if v is None or pd.isna(v) else op(str(v), {}))
-        elif op == "pseudonym":
-            pseudonyms = keys.pseudonymize(rule["key"], values.astype(object).where(values.notna(), None).tolist())
-            out[name] = pd.Series(pseudonyms.to_pylist(), index=values.index, dtype=object)
-        elif op in ("date_shift", "notes"):
+            continue
+        spec = COLUMN_OPERATORS.get(op)
+        if spec is None and op != "notes":
+            raise ValueError(f"column {column!r}: no masking op is called {op!r}")
+        if op == "notes" or "days" in spec.context:
             if patient_column not in frame.columns:
                 raise ValueError(f"column {column!r}: '{op}' needs the patient pseudonym column {patient_column!r}")
             if shift_days is None:
-                shift_days = keys.shift_days_many(frame[patient_column].tolist())
-            if op == "date_shift":
-                out[name] = _shift(values, shift_days)
-            else:
-                if note_masker is None:
-                    raise ValueError(f"column {column!r} holds notes but no note masker was given")
-                out[name] = pd.Series(note_masker.mask(values.tolist(), shift_days, spans=note_spans),
-                                      index=values.index, dtype=object)
-        elif op == "year":
-            out[name] = values.map(lambda v: None if _to_date(v) is None else _to_date(v).year).astype("Int64")
-        elif op == "age_band":
-            out[name] = values.map(lambda v: age_band(_to_date(v), reference_date))
-        elif op == "zip3":
-            out[name] = values.map(lambda v: None if v is None or pd.isna(v) else zip3(str(v)))
+                shift_days = keys.shift_days_many(_column(frame[patient_column]))
+        if spec is None:
+            if note_masker is None:
+                raise ValueError(f"column {column!r} holds notes but no note masker was given")
+            out[name] = pd.Series(note_masker.mask(values.tolist(), shift_days.to_pylist(), spans=note_spans),
+                                  index=values.index, dtype=object)
+            continue
+        supplied = {"keys": keys, "key": rule.get("key"), "days": shift_days, "reference_date": reference_date}
+        params = {**spec.params, **{param: supplied[param] for param in spec.context}}
+        operator = spec.operator()
+        operator.validate(params)  # as presidio-anonymizer's engine does, before the operator runs
+        out[name] = _series(operator.operate_column(_column(values), params), values.index)
     return pd.DataFrame(out, index=frame.index).reset_index(drop=True)
 
 
@@ -166,28 +142,32 @@ class NoteMasker:
     Args:
         detector: a :class:`~storage_security.deid.detection.PhiDetector`.
         keys: the masking keys (surrogate names, date offsets).
-        entity_ops: entity type → ``surrogate`` | ``redact`` | ``partial_mask`` (``default`` for the rest).
+        entity_ops: entity type → a note op of :data:`~storage_security.deid.operators.NOTE_OPERATORS`
+            (``surrogate`` | ``redact`` | ``partial_mask``; ``default`` for the rest, surrogates when not given).
+
+    Raises:
+        ValueError: an entity type is given an op that is not a note op.
     """
 
     def __init__(self, detector: Any, keys: MaskingKeys, entity_ops: dict[str, str] | None = None) -> None:
         from presidio_anonymizer import AnonymizerEngine
 
+        unknown = {entity: op for entity, op in (entity_ops or {}).items() if op not in NOTE_OPERATORS}
+        if unknown:
+            raise ValueError(f"note ops must be one of {sorted(NOTE_OPERATORS)}; got {unknown}")
         self.detector = detector
         self.keys = keys
-        self.entity_ops = dict(entity_ops or {"default": "surrogate"})
+        self.entity_ops = {"default": "surrogate", **(entity_ops or {})}
         self.engine = AnonymizerEngine()
-        for operator in OPERATORS:
+        for operator in NOTE_OPERATORS.values():
             self.engine.add_anonymizer(operator)
 
     def _operators(self, days: int) -> dict[str, Any]:
         from presidio_anonymizer.entities import OperatorConfig
 
         params = {"keys": self.keys, "days": days}
-        configs = {}
-        for entity, op in self.entity_ops.items():
-            configs["DEFAULT" if entity == "default" else entity] = OperatorConfig(NOTE_OPS[op], dict(params))
-        configs.setdefault("DEFAULT", OperatorConfig("medguard_surrogate", dict(params)))
-        return configs
+        return {"DEFAULT" if entity == "default" else entity: OperatorConfig(NOTE_OPERATORS[op].NAME, dict(params))
+                for entity, op in self.entity_ops.items()}
 
     def mask(self, texts: Sequence[str | None], shift_days: Sequence[int | None], *,
              spans: Sequence[Sequence[Any]] | None = None) -> list[str | None]:

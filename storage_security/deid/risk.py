@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
 from pipeline.errors import ValidationError
+from storage_security.deid.operators import age_bands
 
 WITHHELD = "*"
 
@@ -80,18 +82,15 @@ def l_diversity(frame: pd.DataFrame, quasi_identifiers: Sequence[str], sensitive
 
 
 def _generalize(values: pd.Series, step: Any) -> pd.Series:
-    """One ladder step: an int widens an age band ("40-44" → width), "*" withholds the value."""
+    """One ladder step: an int widens an age band ("40-44" → width, by the operators' age bands), "*" withholds
+    the value; anything that is no band ("90+", a withheld "*") stays as it is."""
     if step == WITHHELD:
         return pd.Series([WITHHELD] * len(values), index=values.index, dtype=object)
-    width = int(step)
-
-    def widen(band: Any) -> Any:
-        if not isinstance(band, str) or "-" not in band:
-            return band
-        low = int(band.split("-")[0]) // width * width
-        return f"{low}-{min(low + width - 1, 89)}"
-
-    return values.map(widen)
+    lows = values.astype("string").str.extract(r"^(\d+)-\d+$", expand=False)
+    bands = lows.notna()
+    out = values.astype(object)
+    out[bands] = age_bands(pa.array(lows[bands].astype("int64")), int(step)).to_numpy(zero_copy_only=False)
+    return out
 
 
 def _apply_levels(frame: pd.DataFrame, qis: Sequence[str], levels: dict[str, int],
