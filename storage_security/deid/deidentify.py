@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from pipeline.catalog import ColumnClass
 from pipeline.lake import CommitInfo, Lake
 from storage_security.audit.log import AuditAction, AuditEvent, Decision
 from storage_security.deid.classification import classify
@@ -144,7 +145,7 @@ class Deidentifier:
             if found.source != "config":
                 # Flagged PHI is dropped; a column the scan cleared is published as it is.
                 used[column] = {"class": found.klass,
-                                "op": "drop" if found.klass == "direct_identifier" else "keep"}
+                                "op": "drop" if found.klass is ColumnClass.DIRECT_IDENTIFIER else "keep"}
         keys = MaskingKeys(self.plake.pseudonymizer,
                            forbidden_names=self._forbidden_names() if _has_notes(used) else ())
         masker = None
@@ -187,10 +188,10 @@ class Deidentifier:
 
 
 def published_class(rule: dict[str, Any]) -> str:
-    """The class of a column *as published*: a keyed pseudonym links rows within the release (quasi-identifier),
-    masked notes are sensitive text; otherwise the source column's class (``published_class`` in YAML wins)."""
-    return rule.get("published_class") or {"pseudonym": "quasi_identifier", "notes": "sensitive"}.get(
-        rule["op"], rule["class"])
+    """The class of a column *as published*: the column catalog's (the rule carries it, see
+    :func:`pipeline.catalog.published_class`); a column the catalog does not know keeps the class it was found to
+    have."""
+    return rule.get("published_class") or rule["class"]
 
 
 def _has_notes(rules: dict[str, dict[str, Any]]) -> bool:
