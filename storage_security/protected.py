@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 from pipeline.lake import SYSTEM_ZONE, CommitInfo, Lake, MergeResult, Zone
 from storage_security.audit.log import AuditAction, AuditEvent, AuditLog, Decision
 from storage_security.crypto.envelope import CellCipher, _with_nulls
-from storage_security.crypto.pseudonyms import Pseudonymizer
+from storage_security.crypto.pseudonyms import Pseudonymizer, PseudonymKeys
 from storage_security.keys.dek_store import DekStore, check_scope_key
 from storage_security.keys.patient_keys import PatientKeyStore
 
@@ -134,7 +134,7 @@ class ProtectedLake:
         self.patient_keys = PatientKeyStore(lake)
         self.cipher = cipher or CellCipher(provider, self.store, kek_name=kek_name, patient_keys=self.patient_keys)
         self.audit = audit or AuditLog(lake, provider)
-        self._pseudonymizers: dict[str, Pseudonymizer] = {}
+        self._pseudonym_keys = PseudonymKeys(provider, self.store, kek_name=kek_name)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, principal: str, role: str | None = None) -> ProtectedLake:
@@ -155,10 +155,11 @@ class ProtectedLake:
         raise TypeError("ProtectedLake holds data keys and cannot be pickled; build one per process")
 
     def pseudonymizer(self, name: str = "patient") -> Pseudonymizer:
-        """The keyed pseudonymizer ``name`` (``patient``: the join key of every zone)."""
-        if name not in self._pseudonymizers:
-            self._pseudonymizers[name] = Pseudonymizer(self.provider, self.store, name=name, kek_name=self.kek_name)
-        return self._pseudonymizers[name]
+        """The keyed pseudonymizer ``name`` (``patient``: the join key of every zone).
+
+        The lake's pseudonym keys are unwrapped together (one provider request) the first time one is needed.
+        """
+        return self._pseudonym_keys.get(name)
 
     # writes ------------------------------------------------------------------------------------------
 

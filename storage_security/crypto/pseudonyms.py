@@ -8,13 +8,17 @@ always gives the same pseudonym, so tables join on it; without the key nobody ca
 The key is a DEK of scope ``pseudonym`` in the :class:`~storage_security.keys.dek_store.DekStore`, wrapped by the
 provider's KEK like every other DEK. The first use of a key name creates it; if two processes race to
 create it, both settle on the oldest record, so every process computes the same pseudonyms.
+:class:`PseudonymKeys` unwraps every pseudonym key of a lake in one provider request the first time one is
+needed, and wraps a new one in one more, so a job using several keys does not pay a request per key.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import secrets
+import threading
 from typing import Any
 
 import numpy as np
@@ -23,7 +27,7 @@ import pyarrow as pa
 from storage_security.keys.base import KeyProvider
 from storage_security.keys.dek_store import DekRecord, DekStore, check_scope_key
 
-__all__ = ["PSEUDONYM_SCHEME", "Pseudonymizer"]
+__all__ = ["PSEUDONYM_SCHEME", "PseudonymKeys", "Pseudonymizer"]
 
 PSEUDONYM_SCHEME = "ps1"
 _DOMAIN = b"medguard.pseudonym.v1\x00"
@@ -55,14 +59,23 @@ class Pseudonymizer:
                                  table="", column="", scope="pseudonym", scope_key=self.name)])
             record = self._oldest(store)
             assert record is not None
-        key = provider.unwrap(record.kek_name, record.wrapped)
-        self.key_version = record.key_id[:8]
+        self._use(record.key_id, provider.unwrap(record.kek_name, record.wrapped))
+
+    @classmethod
+    def from_key(cls, name: str, key_id: str, key: bytes) -> Pseudonymizer:
+        """A pseudonymizer over an already unwrapped key (see :class:`PseudonymKeys`)."""
+        self = cls.__new__(cls)
+        self.name = check_scope_key(name)
+        self._use(key_id, key)
+        return self
+
+    def _use(self, key_id: str, key: bytes) -> None:
+        self.key_version = key_id[:8]
         self._prefix = f"{PSEUDONYM_SCHEME}_{self.key_version}_".encode()
         self._mac = hmac.new(key, _DOMAIN, hashlib.sha256)
 
     def _oldest(self, store: DekStore) -> DekRecord | None:
-        records = [r for r in store.records(scope="pseudonym", scope_key=self.name) if not r.retired]
-        return min(records, key=lambda r: (r.created_at, r.key_id), default=None)
+        return _oldest(store.records(scope="pseudonym", scope_key=self.name))
 
     def __repr__(self) -> str:
         return f"Pseudonymizer(name={self.name!r}, key_version={self.key_version!r}, key=<redacted>)"
@@ -101,3 +114,70 @@ class Pseudonymizer:
     def pseudonym(self, value: Any) -> str | None:
         """The pseudonym of one value (None for None)."""
         return self.pseudonymize([value])[0].as_py()
+
+
+def _oldest(records: list[DekRecord]) -> DekRecord | None:
+    return min((r for r in records if not r.retired), key=lambda r: (r.created_at, r.key_id), default=None)
+
+
+class PseudonymKeys:
+    """The pseudonym keys of one lake, unwrapped together on first use and kept in memory for the process.
+
+    Args:
+        provider: the key provider whose KEK wraps the keys.
+        store: the DEK store holding them.
+        kek_name: the KEK that wraps a key when it is first created.
+    """
+
+    def __init__(self, provider: KeyProvider, store: DekStore, *, kek_name: str = "medguard-kek") -> None:
+        self._provider = provider
+        self._store = store
+        self._kek_name = kek_name
+        self._lock = threading.Lock()
+        self._loaded: dict[str, Pseudonymizer] | None = None
+
+    def __repr__(self) -> str:
+        return f"PseudonymKeys(loaded={None if self._loaded is None else sorted(self._loaded)}, keys=<redacted>)"
+
+    def __reduce__(self) -> None:  # type: ignore[override]
+        raise TypeError("PseudonymKeys holds key material and cannot be pickled")
+
+    def get(self, name: str) -> Pseudonymizer:
+        """The pseudonymizer of ``name``, its key created (one provider request) the first time it is needed.
+
+        Raises:
+            KeyProviderUnavailableError, KeyAccessDeniedError: the provider cannot unwrap or wrap the keys.
+            DecryptionError: a stored key does not unwrap (its KEK version was retired or destroyed).
+        """
+        check_scope_key(name)
+        with self._lock:
+            if self._loaded is None:
+                self._loaded = self._load()
+            if name not in self._loaded:
+                self._loaded[name] = self._create(name)
+            return self._loaded[name]
+
+    def _load(self) -> dict[str, Pseudonymizer]:
+        by_name: dict[str, list[DekRecord]] = {}
+        for record in self._store.records(scope="pseudonym"):
+            by_name.setdefault(record.scope_key, []).append(record)
+        oldest = [record for record in (_oldest(group) for group in by_name.values()) if record is not None]
+        loaded: dict[str, Pseudonymizer] = {}
+        for kek in sorted({record.kek_name for record in oldest}):
+            group = [record for record in oldest if record.kek_name == kek]
+            keys = self._provider.unwrap_many(kek, [record.wrapped for record in group])  # one request per KEK
+            for record, key in zip(group, keys, strict=True):
+                loaded[record.scope_key] = Pseudonymizer.from_key(record.scope_key, record.key_id, key)
+        return loaded
+
+    def _create(self, name: str) -> Pseudonymizer:
+        key = os.urandom(32)
+        [wrapped] = self._provider.wrap_many(self._kek_name, [key])
+        record = DekRecord(key_id=secrets.token_bytes(16).hex(), kek_name=self._kek_name, wrapped=wrapped, table="",
+                           column="", scope="pseudonym", scope_key=name)
+        self._store.put([record])
+        winner = _oldest(self._store.records(scope="pseudonym", scope_key=name))
+        if winner is None or winner.key_id == record.key_id:
+            return Pseudonymizer.from_key(name, record.key_id, key)
+        # Another process created this key a moment earlier: everyone settles on the oldest record.
+        return Pseudonymizer.from_key(name, winner.key_id, self._provider.unwrap(winner.kek_name, winner.wrapped))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import pickle
 import re
 import threading
@@ -274,33 +275,32 @@ def test_when_token_holds_the_pipeline_policy_then_it_wraps_and_unwraps_only_its
         writer.ensure_key(other)
 
 
-def test_when_pipeline_writer_meets_a_new_patient_then_it_creates_the_kek_but_cannot_retire_or_shred_it(
+def test_when_pipeline_writer_meets_new_patients_then_it_wraps_their_keys_in_a_batch_and_makes_no_patient_kek(
     openbao: VaultEndpoint, vault_provider: VaultTransitKeys, kek_name: str
 ) -> None:
-    patient = f"patient-{uuid.uuid4().hex[:12]}"
     writer = _limited_provider(openbao, kek_name, "pipeline-writer")
     rotation = _limited_provider(openbao, kek_name, "key-rotation")
-    try:
-        writer.ensure_key(patient)
-        key = writer.generate_data_key(patient)
-        assert writer.unwrap(patient, key.wrapped) == key.plaintext
+    material = [os.urandom(48) for _ in range(450)]  # two batch requests: 400 items, then 50
 
-        for denied in (
-            lambda: writer.set_min_decryption_version(patient, 1),
-            lambda: writer.destroy_key(patient),
-            lambda: writer._client.write(f"transit/keys/{patient}/trim", {"min_available_version": 1}),
-            lambda: writer._client.write(f"transit/keys/{patient}-x", {"type": "aes256-gcm96", "exportable": True}),
-        ):
-            with pytest.raises(KeyAccessDeniedError):
-                denied()
-        assert writer.key_exists(patient)
+    wrapped = writer.wrap_many(kek_name, material)
 
-        rotation.destroy_key(patient)  # crypto-shredding is a key-lifecycle operation
-        assert not vault_provider.key_exists(patient)
-        with pytest.raises(DecryptionError):
-            writer.unwrap(patient, key.wrapped)
-    finally:
-        vault_provider.destroy_key(patient)
+    assert all(w.startswith("vault:v1:") for w in wrapped)
+    assert writer.unwrap_each(kek_name, [*wrapped[:2], "vault:v1:AAAA", wrapped[3]]) == [
+        material[0], material[1], None, material[3]]  # one damaged item does not hide the others
+    rotation.rotate(kek_name)
+    rewrapped = rotation.rewrap(kek_name, wrapped)
+    assert all(w.startswith("vault:v2:") for w in rewrapped)
+    assert writer.unwrap_each(kek_name, rewrapped) == material
+    patient = f"patient-{uuid.uuid4().hex[:12]}"
+    for denied in (
+        lambda: writer.ensure_key(patient),
+        lambda: writer.wrap_many(patient, material[:1]),
+        lambda: writer.set_min_decryption_version(kek_name, 2),
+        lambda: writer._client.write(f"transit/keys/{kek_name}/trim", {"min_available_version": 1}),
+    ):
+        with pytest.raises(KeyAccessDeniedError):
+            denied()
+    assert not vault_provider.key_exists(patient)
 
 
 def test_when_approle_used_then_it_logs_in_lazily_and_again_after_its_token_expires(
