@@ -116,6 +116,16 @@ def spark(settings: Settings) -> Iterator[object]:
     stop_spark()
 
 
+@pytest.fixture(scope="session")
+def population(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """60 patients in every format with 5 % defects (each one listed in defects.jsonl), for ingestion and its DAG."""
+    from pipeline.synthetic import generate
+
+    out = tmp_path_factory.mktemp("ingest-population") / "pop"
+    generate(out, patients=60, seed=11, defect_rate=0.05)
+    return out
+
+
 @pytest.fixture
 def lake(tmp_path: Path, settings: Settings):
     """A lake under a fresh root, so tests never see each other's tables."""

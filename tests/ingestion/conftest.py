@@ -1,4 +1,5 @@
-"""Fixtures of the ingestion tests: one small synthetic population per run, a fresh protected lake per test."""
+"""Fixtures of the ingestion tests: the population's defects, a fresh protected lake per test (``population`` is
+the run's, in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -10,16 +11,6 @@ import pytest
 from pipeline.lake import Lake
 from pipeline.settings import Settings
 from storage_security.protected import ProtectedLake
-
-
-@pytest.fixture(scope="session")
-def population(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """60 patients in every format with 5 % defects (each one listed in defects.jsonl)."""
-    from pipeline.synthetic import generate
-
-    out = tmp_path_factory.mktemp("ingest-population") / "pop"
-    generate(out, patients=60, seed=11, defect_rate=0.05)
-    return out
 
 
 @pytest.fixture(scope="session")
