@@ -231,6 +231,25 @@ def test_when_medguard_config_names_a_file_then_it_is_read(
     assert load_settings().deidentify.k_anonymity == 7
 
 
+def test_when_the_short_and_the_section_variable_are_both_set_then_the_section_variable_wins(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MEDGUARD_K_ANONYMITY", "11")
+    monkeypatch.setenv("MEDGUARD_DEIDENTIFY__K_ANONYMITY", "13")
+    monkeypatch.setenv("MEDGUARD_L_DIVERSITY", "3")
+
+    settings = load_settings()
+
+    assert (settings.deidentify.k_anonymity, settings.deidentify.l_diversity) == (13, 3)
+
+
+def test_when_note_entities_are_configured_then_they_replace_the_shipped_ones_entity_by_entity(home: Path) -> None:
+    entities = load_settings(deidentify={"note_entities": {"PERSON": "redact", "default": "redact"}}).deidentify
+
+    assert entities.note_entities["PERSON"] == "redact" and entities.note_entities["default"] == "redact"
+    assert entities.note_entities["US_SSN"] == "redact"  # shipped entries not named stay
+
+
 def test_when_env_and_config_file_disagree_then_env_wins_field_by_field(
     home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -283,10 +302,13 @@ def test_when_config_file_is_empty_then_defaults_apply(home: Path, tmp_path: Pat
 @pytest.mark.parametrize(
     ("variable", "value", "named"),
     [
-        ("MEDGUARD_K_ANONYMITY", "1", "deidentify.k_anonymity (MEDGUARD_DEIDENTIFY__K_ANONYMITY or MEDGUARD_K_ANONYMITY)"),
+        ("MEDGUARD_K_ANONYMITY", "1",
+         "deidentify.k_anonymity (MEDGUARD_DEIDENTIFY__K_ANONYMITY or MEDGUARD_K_ANONYMITY)"),
         ("MEDGUARD_K_ANONYMITY", "five", "or MEDGUARD_K_ANONYMITY)"),
-        ("MEDGUARD_L_DIVERSITY", "0", "deidentify.l_diversity (MEDGUARD_DEIDENTIFY__L_DIVERSITY or MEDGUARD_L_DIVERSITY)"),
-        ("MEDGUARD_DEIDENTIFY__MAX_SUPPRESSION", "0.9", "deidentify.max_suppression (MEDGUARD_DEIDENTIFY__MAX_SUPPRESSION)"),
+        ("MEDGUARD_L_DIVERSITY", "0",
+         "deidentify.l_diversity (MEDGUARD_DEIDENTIFY__L_DIVERSITY or MEDGUARD_L_DIVERSITY)"),
+        ("MEDGUARD_DEIDENTIFY__MAX_SUPPRESSION", "0.9",
+         "deidentify.max_suppression (MEDGUARD_DEIDENTIFY__MAX_SUPPRESSION)"),
         ("MEDGUARD_LAKE_ENGINE", "duckdb", "lake_engine (MEDGUARD_LAKE_ENGINE)"),
         ("MEDGUARD_SPARK__MASTER", "head-node:7077", "spark.master (MEDGUARD_SPARK__MASTER)"),
         ("MEDGUARD_VAULT__ADDR", "vault.internal:8200", "vault.addr (MEDGUARD_VAULT__ADDR)"),
