@@ -456,12 +456,12 @@ QUARANTINE_PROTECTION = _quarantine_protection()
 # ledger ---------------------------------------------------------------------------------------------------------
 
 
-def _ledger_rows(lake: Any, batch_id: str) -> list[dict[str, Any]]:
-    if not lake.exists(Zone.QUARANTINE, LEDGER_TABLE):
+def _ledger_rows(plake: Any, batch_id: str) -> list[dict[str, Any]]:
+    if not plake.exists(Zone.QUARANTINE, LEDGER_TABLE):
         return []
     if not all(c.isalnum() for c in batch_id):
         raise ValueError(f"malformed batch id {batch_id!r}")
-    return lake.read_arrow(Zone.QUARANTINE, LEDGER_TABLE, where=f"batch_id = '{batch_id}'").to_pylist()
+    return plake.read(Zone.QUARANTINE, LEDGER_TABLE, where=f"batch_id = '{batch_id}'", purpose="ingest").to_pylist()
 
 
 def _replay(rows: list[dict[str, Any]], stages: tuple[str, ...]) -> BatchReport | None:
@@ -478,22 +478,22 @@ def _replay(rows: list[dict[str, Any]], stages: tuple[str, ...]) -> BatchReport 
     return report
 
 
-def _record_ledger(lake: Any, report: BatchReport, commit: CommitInfo) -> None:
+def _record_ledger(plake: Any, report: BatchReport, commit: CommitInfo) -> None:
     now = datetime.now(UTC)
     counts = json.dumps({n: c.to_dict() for n, c in report.tables.items()}, sort_keys=True)
     rows = [{"batch_id": report.batch_id, "stage": stage, "source": report.source, "source_path": report.path,
              "contracts": json.dumps(report.contracts, sort_keys=True), "counts": counts,
              "validation": json.dumps(report.validation, sort_keys=True), "data_docs": report.data_docs,
              "finished_at": now} for stage in report.stages]
-    lake.merge(Zone.QUARANTINE, LEDGER_TABLE, pa.Table.from_pylist(rows, schema=_LEDGER_SCHEMA),
-               keys=["batch_id", "stage"], commit=commit)
+    plake.merge_unsealed(Zone.QUARANTINE, LEDGER_TABLE, pa.Table.from_pylist(rows, schema=_LEDGER_SCHEMA),
+                         keys=["batch_id", "stage"], commit=commit)
 
 
 def _audit(plake: Any, report: BatchReport, commit: CommitInfo) -> None:
     from storage_security.audit.log import AuditAction, AuditEvent, Decision
 
     accepted = sum(c.accepted - c.duplicates for n, c in report.tables.items() if n in CONFORMED_TABLES)
-    plake.audit.record(AuditEvent(
+    plake.record(AuditEvent(
         principal=plake.principal, action=AuditAction.WRITE, zone=Zone.RAW if "raw" in report.stages else None,
         columns=(), row_count=accepted, decision=Decision.ALLOW, purpose="ingest", dag_run=commit.dag_run,
         details={"batch_id": report.batch_id, "source": report.source, "stages": list(report.stages),
@@ -540,14 +540,14 @@ def ingest(settings: Settings, *, source: str, path: str | Path, table: str | No
         plake = ProtectedLake.from_settings(settings, principal=PRINCIPAL)
     commit = CommitInfo(principal=plake.principal, purpose="ingest", dag_run=dag_run, batch_id=batch_id)
     if stages:
-        replayed = _replay(_ledger_rows(plake.lake, batch_id), stages)
+        replayed = _replay(_ledger_rows(plake, batch_id), stages)
         if replayed is not None:
             _audit(plake, replayed, commit)
             return replayed
     docs_dir = settings.home / "reports" / "ingest" / "data_docs" if docs else None
     report = _Batch(settings, plake, source, source_path, contracts, batch_id, stages, dag_run, docs_dir).run()
     if stages:
-        _record_ledger(plake.lake, report, commit)
+        _record_ledger(plake, report, commit)
     _audit(plake, report, commit)
     return report
 

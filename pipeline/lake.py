@@ -369,8 +369,7 @@ class Lake:
     def _materialise(self, data: Any) -> Any:
         if self.engine == "spark" and is_spark_dataframe(data):
             return data
-        arrow = to_arrow(data)
-        return arrow.read_all() if isinstance(arrow, pa.RecordBatchReader) else arrow
+        return to_arrow_table(data)
 
     def _write(self, zone: Zone | str, table: str, data: Any, *, mode: str, commit: CommitInfo | None,
                evolve_schema: bool, predicate: str | None = None, txn: tuple[str, int] | None = None) -> int:
@@ -395,6 +394,18 @@ class Lake:
         self._report("write", mode, zone, table, rows=rows, columns=_columns(payload), version=version,
                      commit=info, details=details)
         return version
+
+
+def to_arrow_table(data: Any) -> pa.Table:
+    """``data`` in any form a Lake write takes (Arrow, pandas or Spark DataFrame, list of dicts) as one Arrow table.
+
+    A RecordBatchReader is read to the end; use it where a whole table is needed at once (sealing, checks).
+
+    Raises:
+        TypeError: the data is of none of those forms.
+    """
+    arrow = to_arrow(data)
+    return arrow.read_all() if isinstance(arrow, pa.RecordBatchReader) else arrow
 
 
 def _zone_name(zone: Zone | str) -> str:

@@ -26,13 +26,14 @@ import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.lake import SYSTEM_ZONE, CommitInfo, Lake, MergeResult, Zone
+from pipeline.lake import SYSTEM_ZONE, CommitInfo, Lake, MergeResult, Zone, to_arrow_table
 from storage_security.audit.log import AuditAction, AuditEvent, AuditLog, Decision
 from storage_security.crypto.envelope import CellCipher, _with_nulls
 from storage_security.crypto.pseudonyms import Pseudonymizer, PseudonymKeys
@@ -419,13 +420,64 @@ class ProtectedLake:
         return dropped
 
 
-def _as_table(data: Any) -> pa.Table:
-    from pipeline._arrow import to_arrow
+    # unsealed tables, metadata and the audit log ------------------------------------------------------
+    # For layers that also keep tables with no sealed column (the ingestion ledger, de-identified releases):
+    # their writes go through the lake's access hook (AuditLog.access_hook), which records one write event each
+    # as this principal; read them with read(), which records its read event. Sealed writes and decrypting reads
+    # record their own encrypt/decrypt events, which name the sealed columns.
 
-    arrow = to_arrow(data)
-    if isinstance(arrow, pa.RecordBatchReader):
-        arrow = arrow.read_all()
-    if not isinstance(arrow, pa.Table):
-        raise TypeError(f"protected writes take tabular data, not {type(data).__name__}")
-    return arrow
+    @cached_property
+    def _recorded(self) -> Lake:
+        return self.lake.with_access_hook(self.audit.access_hook(self.principal))
+
+    def tables(self, zone: Zone | str) -> list[str]:
+        """Names of the tables of a zone, sorted."""
+        return self.lake.tables(Zone(zone))
+
+    def exists(self, zone: Zone | str, table: str) -> bool:
+        """True when the table has been written at least once."""
+        return self.lake.exists(Zone(zone), table)
+
+    def schema(self, zone: Zone | str, table: str) -> pa.Schema:
+        """The table's schema as stored (sealed columns are binary)."""
+        return self.lake.schema(Zone(zone), table)
+
+    def version(self, zone: Zone | str, table: str) -> int:
+        """The table's current version."""
+        return self.lake.version(Zone(zone), table)
+
+    def merge_unsealed(self, zone: Zone | str, table: str, data: Any, *, keys: Sequence[str],
+                       commit: CommitInfo | None = None) -> MergeResult:
+        """Upsert rows into a table that has no sealed column; one audited write.
+
+        Raises:
+            ValueError: the table is protected (its rows must be sealed: use :meth:`merge`).
+        """
+        self._refuse_if_protected(zone, table)
+        info = commit or CommitInfo(principal=self.principal, purpose="unspecified")
+        return self._recorded.merge(Zone(zone), table, data, keys=list(keys), commit=info)
+
+    def overwrite_unsealed(self, zone: Zone | str, table: str, data: Any, *, commit: CommitInfo | None = None,
+                           evolve_schema: bool = False) -> int:
+        """Replace the rows of a table that has no sealed column (earlier versions stay readable); one audited write.
+
+        Raises:
+            ValueError: the table is protected (its rows must be sealed: use :meth:`overwrite`).
+        """
+        self._refuse_if_protected(zone, table)
+        info = commit or CommitInfo(principal=self.principal, purpose="unspecified")
+        return self._recorded.overwrite(Zone(zone), table, data, commit=info, evolve_schema=evolve_schema)
+
+    def record(self, event: AuditEvent) -> int:
+        """Append an event (e.g. a batch or release summary) to this lake's audit log; returns its seq."""
+        return self.audit.record(event)
+
+    def _refuse_if_protected(self, zone: Zone | str, table: str) -> None:
+        known = self.protection(zone, table)
+        if known is not None:
+            raise ValueError(f"{Zone(zone)}.{table} is protected ({known.encrypted} sealed): write it sealed")
+
+
+def _as_table(data: Any) -> pa.Table:
+    return to_arrow_table(data)
 

@@ -55,7 +55,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.errors import AuditIntegrityError, DecryptionError
-from pipeline.lake import CommitInfo, Lake, Zone
+from pipeline.lake import AccessHook, CommitInfo, Lake, LakeAccess, Zone
 from storage_security._locks import exclusive_lock
 from storage_security.audit import _codec as codec
 from storage_security.audit._head_cache import HeadCache
@@ -101,6 +101,8 @@ SIGNING_KEYS_SCHEMA = pa.schema([
     ("created_at", pa.timestamp("us", tz="UTC")),
 ])
 _WRITER = "svc:medguard-audit"
+# Commit extra fields longer than this stay out of access events (see AuditLog.access_hook).
+_DETAIL_CHARS = 200
 
 
 class AuditAction(StrEnum):
@@ -358,6 +360,37 @@ class AuditLog:
             if self._sign_every and (last + 1) // self._sign_every > first // self._sign_every:
                 self._sign(_Head(last, prev))
         return list(range(first, last + 1))
+
+    def access_hook(self, principal: str) -> AccessHook:
+        """A :class:`~pipeline.lake.Lake` access hook that records each reported read and write as one event.
+
+        Give it to ``Lake(settings, on_access=...)`` or ``lake.with_access_hook(...)``. The event's principal is
+        ``principal``; its action is ``read``, ``write`` or ``delete``; a write's purpose and DAG run come from its
+        commit. Details name the operation, the version, the commit's batch id and those of its ``extra`` fields
+        short enough to be facts rather than documents (at most :data:`_DETAIL_CHARS` characters; longer ones,
+        such as a whole report, stay in the commit's metadata). Lake reports names and counts only, no values.
+
+        Raises:
+            ValueError: an empty principal.
+        """
+        if not isinstance(principal, str) or not principal.strip():
+            raise ValueError("an access hook needs the principal its events are recorded as")
+
+        def record(access: LakeAccess) -> None:
+            commit = access.commit
+            details: dict[str, Any] = {"operation": access.operation,
+                                       "version": access.version if access.version is not None else "latest"}
+            if commit is not None:
+                if commit.batch_id:
+                    details["batch_id"] = commit.batch_id
+                details.update({k: v for k, v in commit.extra.items() if len(v) <= _DETAIL_CHARS})
+            details.update(access.details)
+            self.record(AuditEvent(principal=principal, action=AuditAction(access.action), zone=access.zone,
+                                   table_name=access.table, columns=access.columns, row_count=access.rows,
+                                   decision=Decision.ALLOW, purpose=commit.purpose if commit else "unspecified",
+                                   dag_run=commit.dag_run if commit else None, details=details))
+
+        return record
 
     def sign_head(self) -> SignedHead | None:
         """Sign the current head now (if it is not signed already); None while the log is empty.
