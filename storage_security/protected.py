@@ -419,7 +419,6 @@ class ProtectedLake:
                                      details={"key_store": self.patient_keys.uri, "deks_dropped": dropped}))
         return dropped
 
-
     # unsealed tables, metadata and the audit log ------------------------------------------------------
     # For layers that also keep tables with no sealed column (the ingestion ledger, de-identified releases):
     # their writes go through the lake's access hook (AuditLog.access_hook), which records one write event each
