@@ -17,6 +17,8 @@ from pipeline.synthetic import generate
 from pipeline.synthetic.defects import KEYS
 from pipeline.synthetic.reference import MEASURES
 
+pytestmark = pytest.mark.integration  # every test generates a population with defects
+
 _MEASURE = {m.loinc: m for m in MEASURES.values()}
 
 

@@ -14,6 +14,8 @@ from hl7apy.parser import parse_message
 
 from pipeline.synthetic import PHI_LABELS, generate
 
+pytestmark = pytest.mark.integration  # every test reads a generated population, checked by third-party parsers
+
 
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory: pytest.TempPathFactory) -> Path:

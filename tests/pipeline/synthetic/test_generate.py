@@ -27,6 +27,7 @@ def population(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.integration
 def test_when_same_seed_then_outputs_are_byte_identical(tmp_path: Path) -> None:
     # Two chunks, every format, with defects: the strongest determinism check we can afford in a unit test.
     patients = CHUNK_PATIENTS + 30

@@ -45,6 +45,7 @@ def published(tmp_path_factory, settings):
     return {"lake": lake, "plake": plake, "raw": raw, "reports": reports, "out": out, "deid": deid}
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("table", TABLES)
 def test_when_a_table_is_published_then_k_anonymity_holds_counted_independently(published, settings, table):
     report = published_report(published["lake"], table)
@@ -60,6 +61,7 @@ def test_when_a_table_is_published_then_k_anonymity_holds_counted_independently(
     assert report["k"] == smallest and report["version"] == published["lake"].version("deidentified", table)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("table", "sensitive"), [("conditions", "icd10_code"), ("outcomes", "t2d_within_1y"),
                                                   ("medications", "rxnorm_code")])
 def test_when_a_table_has_a_sensitive_attribute_then_l_diversity_holds(published, settings, table, sensitive):
@@ -69,6 +71,7 @@ def test_when_a_table_has_a_sensitive_attribute_then_l_diversity_holds(published
     assert fewest >= settings.deidentify.l_diversity
 
 
+@pytest.mark.integration
 def test_when_tables_are_published_then_no_direct_identifier_of_raw_appears_anywhere(published):
     patients = published["raw"]["patients"]
     values = {str(v) for c in DIRECT for v in patients[c].dropna()}
@@ -81,6 +84,7 @@ def test_when_tables_are_published_then_no_direct_identifier_of_raw_appears_anyw
         assert not {"patient_id", "mrn", "ssn", "phone", "email", "address", "first_name"} & set(frame.columns)
 
 
+@pytest.mark.integration
 def test_when_an_untagged_column_holds_phi_then_it_is_flagged_and_not_published(published):
     report = published_report(published["lake"], "patients")
     assert report["flagged_columns"] == ["next_of_kin"]
@@ -89,6 +93,7 @@ def test_when_an_untagged_column_holds_phi_then_it_is_flagged_and_not_published(
     assert "preferred_language" in published["out"]["patients"].columns
 
 
+@pytest.mark.integration
 def test_when_published_then_the_contract_columns_and_report_are_there(published):
     patients = published["out"]["patients"]
     assert {"patient_pseudonym", "age_band", "zip3"} <= set(patients.columns)
@@ -108,6 +113,7 @@ def test_when_published_then_the_contract_columns_and_report_are_there(published
     assert {"k", "suppressed", "version", "column_classes"} <= set(report)
 
 
+@pytest.mark.integration
 def test_when_notes_are_published_then_phi_is_replaced_by_surrogates(published):
     raw, out = published["raw"]["notes"], published["out"]["notes"]
     assert len(out) == len(raw) - published_report(published["lake"], "notes")["suppressed"]
@@ -122,6 +128,7 @@ def test_when_notes_are_published_then_phi_is_replaced_by_surrogates(published):
     assert "spans" not in out.columns
 
 
+@pytest.mark.integration
 def test_when_tables_are_published_then_one_audit_event_each(published):
     events = published["lake"].read_pandas("audit", "events")
     writes = events[(events["action"] == str(AuditAction.WRITE)) & (events["zone"] == "deidentified")]
@@ -129,6 +136,7 @@ def test_when_tables_are_published_then_one_audit_event_each(published):
     assert not writes["details"].str.contains("@").any()   # no e-mail (or any cell) in the audit zone
 
 
+@pytest.mark.integration
 def test_when_a_table_is_too_small_for_k_then_nothing_is_published(published, settings):
     strict_gate = settings.deidentify.model_copy(update={"k_anonymity": 1000})
     strict = Deidentifier(published["plake"], settings.model_copy(update={"deidentify": strict_gate}),
@@ -195,6 +203,7 @@ def test_when_the_demo_step_runs_then_it_publishes_and_scores_against_vanilla(tm
     assert evaluation["medguard"]["recall"] >= evaluation["vanilla_presidio"]["recall"]
 
 
+@pytest.mark.integration
 def test_when_a_second_batch_brings_the_same_records_then_each_is_published_once(published, settings):
     plake, lake = published["plake"], published["lake"]
     again = plake.read("raw", "outcomes", decrypt=True)  # the same records, as a re-sent extract would land them
