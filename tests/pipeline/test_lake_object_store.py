@@ -6,6 +6,7 @@ test process would never answer it.
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -64,8 +65,9 @@ def s3_endpoint() -> Iterator[str]:
 
 def _options(endpoint: str) -> dict[str, str]:
     # Plain HTTP to the local server; no locking provider, so renames are allowed without one (one writer here).
-    return {"AWS_ENDPOINT_URL": endpoint, "AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "test",
-            "AWS_SECRET_ACCESS_KEY": "test", "AWS_ALLOW_HTTP": "true", "AWS_S3_ALLOW_UNSAFE_RENAME": "true"}
+    return {"AWS_ENDPOINT_URL": endpoint, "AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "AKIAMEDGUARDTEST",
+            "AWS_SECRET_ACCESS_KEY": "s3cr3t-medguard-test", "AWS_ALLOW_HTTP": "true",
+            "AWS_S3_ALLOW_UNSAFE_RENAME": "true"}
 
 
 @pytest.fixture
@@ -119,7 +121,22 @@ def test_when_the_lake_is_on_s3_then_merges_deletes_and_the_system_zone_work(s3_
         ("merge", "deidentified"), ("merge", "deidentified"), ("delete", "deidentified"), ("read", "deidentified")]
 
 
-def test_when_the_store_cannot_be_reached_then_storage_error_names_the_root(s3_endpoint: str, settings: Settings) -> None:
+def test_when_storage_options_come_from_the_environment_then_the_lake_uses_them_and_never_prints_them(
+        s3_endpoint: str, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDGUARD_STORAGE_OPTIONS", json.dumps(_options(s3_endpoint)))
+    monkeypatch.setenv("MEDGUARD_LAKE_ROOT", f"s3://{BUCKET}/from-env/lake")
+    loaded = load_settings(home=settings.home)
+    lake = Lake(loaded)
+
+    lake.append(Zone.RAW, "notes", pa.table({"note_id": ["n1"]}))
+
+    assert lake.tables(Zone.RAW) == ["notes"]
+    printed = f"{loaded!r} {loaded.storage_options} {lake!r} {lake._engine!r}"
+    assert "s3cr3t-medguard-test" not in printed and "AKIAMEDGUARDTEST" not in printed
+
+
+def test_when_the_store_cannot_be_reached_then_storage_error_names_the_root(
+        s3_endpoint: str, settings: Settings) -> None:
     options = {**_options(s3_endpoint), "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}  # nothing listens there
     lake = Lake(load_settings(home=settings.home, lake_root=f"s3://{BUCKET}/nowhere",
                               storage_options={**options, "AWS_MAX_RETRIES": "0", "AWS_RETRY_TIMEOUT": "1s"}))
