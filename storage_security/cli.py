@@ -249,14 +249,35 @@ def keys_shred(
                f"keys deleted from {result['key_store']} (vacuumed: no history left)")
 
 
+@keys_app.command("migrate")
+def keys_migrate(
+    ctx: typer.Context,
+    delete_patient_keks: Annotated[bool, typer.Option(
+        "--delete-patient-keks", help="Then delete each migrated patient's own KEK from the key provider.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Move a lake written with one KEK per patient to one data KEK: every patient's data keys are wrapped again
+    under it into the patient key store (no cell changes). Resumable and audited: run it again after a failure."""
+    from storage_security.keys.lifecycle import migrate_patient_keys
+
+    settings = settings_from(ctx)
+    report = migrate_patient_keys(_lifecycle_lake(settings, _operator()), delete_patient_keks=delete_patient_keks)
+    emit(report.to_dict(), as_json,
+         f"{report.patients} patients: {report.deks_moved} data keys moved under {settings.vault.kek_name!r} "
+         f"({report.already_moved} already moved, {report.unreadable} unreadable), "
+         f"{report.patient_keks_deleted} patient KEKs deleted")
+
+
 @keys_app.command("status")
 def keys_status(
     ctx: typer.Context,
     as_json: JsonOption = False,
 ) -> None:
-    """Key provider health, the KEK's versions, and how many DEKs the lake's DEK store holds (per scope)."""
+    """Key provider health, the KEK's versions, and how many DEKs the lake's key stores hold (per scope)."""
     from pipeline.errors import KeyProviderUnavailableError
+    from pipeline.lake import Lake
     from storage_security.keys.dek_store import DekStore
+    from storage_security.keys.patient_keys import PatientKeyStore
     from storage_security.keys.providers import provider_from_settings
 
     settings = settings_from(ctx)
@@ -279,13 +300,15 @@ def keys_status(
     else:
         kek_text = "missing: run `medguard keys init`"
     deks = DekStore.from_settings(settings).summary(latest)
+    patient_keys = PatientKeyStore(Lake(settings)).summary()
     by_scope = ", ".join(f"{scope} {count}" for scope, count in deks["by_scope"].items())
     emit(
-        {"provider": provider.name, "health": health, "kek": kek_info, "deks": deks},
+        {"provider": provider.name, "health": health, "kek": kek_info, "deks": deks, "patient_keys": patient_keys},
         as_json,
         f"{provider.name}: healthy; KEK {kek!r} {kek_text}\n"
-        f"DEKs: {deks['deks']} ({by_scope}; {deks['patients']} patients, {deks['retired']} retired, "
-        f"{deks.get('stale', 0)} wrapped under an older KEK version)",
+        f"patient DEKs: {patient_keys['deks']} ({patient_keys['patients']} patients) under the data KEK\n"
+        f"other DEKs: {deks['deks']} ({by_scope}; {deks['patients']} patients not yet migrated, "
+        f"{deks['retired']} retired, {deks.get('stale', 0)} wrapped under an older KEK version)",
     )
 
 

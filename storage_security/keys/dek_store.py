@@ -164,6 +164,18 @@ class DekStore:
         info = commit or CommitInfo(purpose="crypto-shredding")
         return self._engine.delete(self.uri, where=where, metadata=info.metadata("dek-drop-scope"))
 
+    def drop_keys(self, key_ids: Iterable[str], *, commit: CommitInfo | None = None) -> int:
+        """Delete the records of the given key ids (e.g. once ``keys migrate`` has moved them); returns how many."""
+        ids = sorted({k for k in key_ids if isinstance(k, str) and _KEY_ID.match(k)})
+        if not ids or not self.exists():
+            return 0
+        info = commit or CommitInfo(purpose="key-migration")
+        dropped = 0
+        for start in range(0, len(ids), _LOOKUP_CHUNK):
+            where = f"key_id IN ({_sql_list(ids[start:start + _LOOKUP_CHUNK])})"
+            dropped += self._engine.delete(self.uri, where=where, metadata=info.metadata("dek-drop-keys"))
+        return dropped
+
     def retire(self, key_ids: Iterable[str], *, commit: CommitInfo | None = None) -> int:
         """Mark DEKs retired (no longer used for new cells; they still decrypt). Returns how many changed."""
         ids = [k for k in key_ids if _KEY_ID.match(k)]

@@ -8,26 +8,35 @@
 - :func:`reencrypt_table` moves a table's cells to fresh DEKs (a new version of the table; time travel keeps
   the old one readable) and marks the old DEKs retired.
 - :func:`shred_patient` crypto-shreds one patient (see :meth:`ProtectedLake.shred`).
+- :func:`migrate_patient_keys` moves a lake written with one KEK per patient (``patient-<pseudonym>``) to the
+  data-KEK hierarchy: each patient's DEKs keep their key ids (so no cell changes) and are wrapped again under the
+  data KEK into the patient key store; then, if asked, the per-patient KEKs are deleted.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pipeline.errors import DecryptionError
 from pipeline.lake import CommitInfo, Zone
 from storage_security.audit.log import AuditAction, AuditEvent, AuditLog, Decision
 from storage_security.crypto.envelope import CellCipher
 from storage_security.keys.base import MAX_BATCH_ITEMS, KeyProvider
 from storage_security.keys.dek_store import DekStore, wrapped_version
-from storage_security.keys.patient_keys import PatientKey, PatientKeyStore
+from storage_security.keys.patient_keys import PatientKey, PatientKeyStore, bind
 from storage_security.protected import ProtectedLake
 
-__all__ = ["ReencryptReport", "RotationReport", "reencrypt_table", "rotate_keys", "shred_patient"]
+__all__ = ["MigrationReport", "ReencryptReport", "RotationReport", "migrate_patient_keys", "reencrypt_table",
+           "rotate_keys", "shred_patient"]
 
 _PSEUDONYM = re.compile(r"^ps1_[0-9a-f]{8}_[0-9a-f]{32}$")
+_LEGACY_KEK = "patient-"
+# Requests in flight at once where Transit has no batch form (one legacy KEK per patient); below requests' pool.
+_WORKERS = 8
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,20 @@ class ReencryptReport:
     version: int
     retired_deks: int
     shredded_rows: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class MigrationReport:
+    """What :func:`migrate_patient_keys` did."""
+
+    patients: int = 0
+    deks_moved: int = 0
+    already_moved: int = 0
+    unreadable: int = 0
+    patient_keks_deleted: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -181,3 +204,76 @@ def shred_patient(plake: ProtectedLake, patient: str, *, reason: str) -> dict[st
     assert pseudonym is not None
     dropped = plake.shred(pseudonym, reason=reason)
     return {"patient_pseudonym": pseudonym, "deks_dropped": dropped, "key_store": plake.patient_keys.uri}
+
+
+def migrate_patient_keys(plake: ProtectedLake, *, delete_patient_keks: bool = False,
+                         chunk_patients: int = MAX_BATCH_ITEMS) -> MigrationReport:
+    """Move the DEKs of a lake written with one KEK per patient into the patient key store, under the data KEK.
+
+    Each chunk of patients costs one ``decrypt`` per patient (their KEKs are distinct: Transit has no batch across
+    keys, so a few run at once), one batched ``encrypt`` and one commit; it is committed before the next starts,
+    so an interrupted migration resumes where it stopped when run again. A DEK keeps its key id, so no cell is
+    rewritten; readers find it in the patient key store first. DEKs whose KEK is gone (patients shredded before)
+    are counted as unreadable and left alone.
+
+    Args:
+        delete_patient_keks: also delete each migrated patient's KEK (with all its versions) from the provider,
+            then their old records; patients moved by an earlier run are included, so run it once more with
+            this flag after a migration without it.
+        chunk_patients: patients per chunk (at most one ``batch_input`` request's worth).
+
+    Raises:
+        KeyProviderUnavailableError, KeyAccessDeniedError: the provider failed; what was committed stays.
+    """
+    if not 1 <= chunk_patients <= MAX_BATCH_ITEMS:
+        raise ValueError(f"chunk_patients must be 1 to {MAX_BATCH_ITEMS}")
+    legacy = [r for r in plake.store.records(scope="patient") if r.kek_name.startswith(_LEGACY_KEK)]
+    by_patient: dict[str, list[Any]] = {}
+    for record in legacy:
+        by_patient.setdefault(record.scope_key, []).append(record)
+    patients = sorted(by_patient)
+    info = CommitInfo(principal=plake.principal, purpose="key-migration")
+    moved = already = unreadable = deleted = 0
+    for start in range(0, len(patients), chunk_patients):
+        chunk = patients[start:start + chunk_patients]
+        records = [record for patient in chunk for record in by_patient[patient]]
+        present = plake.patient_keys.get(r.key_id for r in records)
+        todo = [r for r in records if r.key_id not in present]
+        already += len(records) - len(todo)
+        groups: dict[str, list[Any]] = {}
+        for record in todo:
+            groups.setdefault(record.kek_name, []).append(record)
+        with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
+            keys = list(pool.map(_unwrap_legacy, [plake.provider] * len(groups), groups.values()))
+        readable = [(record, key) for group, unwrapped in zip(groups.values(), keys, strict=True)
+                    for record, key in zip(group, unwrapped, strict=True) if key is not None and len(key) == 32]
+        unreadable += len(todo) - len(readable)
+        if readable:
+            wrapped = plake.provider.wrap_many(plake.kek_name, [bind(key, r.key_id, r.scope_key)
+                                                                for r, key in readable])
+            plake.patient_keys.put([PatientKey(key_id=r.key_id, scope_key=r.scope_key, kek_name=plake.kek_name,
+                                               wrapped=w, created_at=r.created_at)
+                                    for (r, _key), w in zip(readable, wrapped, strict=True)], commit=info)
+            moved += len(readable)
+        if delete_patient_keks:
+            # A patient's KEK goes only once all their DEKs are in the key store; then their old records follow.
+            done = {r.key_id for r, _key in readable} | set(present)
+            finished = sorted({r.kek_name for r in records} - {r.kek_name for r in records if r.key_id not in done})
+            with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
+                list(pool.map(plake.provider.destroy_key, finished))
+            plake.store.drop_keys([r.key_id for r in records if r.kek_name in set(finished)], commit=info)
+            deleted += len(finished)
+    report = MigrationReport(patients=len(patients), deks_moved=moved, already_moved=already,
+                             unreadable=unreadable, patient_keks_deleted=deleted)
+    plake.audit.record(AuditEvent(principal=plake.principal, action=AuditAction.KEY_REWRAP, decision=Decision.ALLOW,
+                                  purpose="key-migration", row_count=moved,
+                                  details={"kek": plake.kek_name, **report.to_dict()}))
+    return report
+
+
+def _unwrap_legacy(provider: KeyProvider, records: list[Any]) -> list[bytes | None]:
+    """One patient's DEKs under their own KEK; all None when that KEK is gone (the patient was shredded)."""
+    try:
+        return provider.unwrap_each(records[0].kek_name, [r.wrapped for r in records])
+    except DecryptionError:
+        return [None] * len(records)

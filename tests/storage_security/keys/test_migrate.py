@@ -1,0 +1,116 @@
+"""``keys migrate``: a lake written with one KEK per patient moves to the data KEK, resumably, with no cell rewritten.
+
+The old lake is written the way the per-patient hierarchy wrote it: each patient's DEK made by the provider under
+``patient-<pseudonym>`` and recorded in the DEK store, and cells sealed in the documented cell format (which the
+hierarchy change leaves as it is) under that DEK.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+
+import pyarrow as pa
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from pipeline.errors import KeyProviderUnavailableError
+from pipeline.lake import Lake
+from storage_security.keys.dek_store import DekRecord
+from storage_security.keys.keyring import LocalKeyring
+from storage_security.keys.lifecycle import migrate_patient_keys, shred_patient
+from storage_security.protected import ProtectedLake, Protection
+
+PROT = Protection(encrypted=("ssn",), row_key="row_id", patient_key="patient")
+WHERE = "raw.people"
+
+
+def _cell(dek: bytes, key_id: bytes, column: str, row_key: str, value: str) -> bytes:
+    """A cell in format version 1, as CellCipher's docstring specifies it."""
+    header = bytes((1, len(key_id))) + key_id
+    names = b"".join(len(n).to_bytes(2, "big") + n for n in (WHERE.encode(), column.encode()))
+    context = hashlib.sha256(b"medguard.cell\x00" + names + header).digest()[:16]
+    nonce = os.urandom(12)
+    return header + nonce + AESGCM(dek).encrypt(nonce, value.encode(), context + row_key.encode())
+
+
+def _legacy_lake(lake: Lake, keyring: LocalKeyring, patients: int) -> tuple[ProtectedLake, dict[str, str]]:
+    """A raw table with one new-style batch, then rows of ``patients`` patients written the old way."""
+    plake = ProtectedLake(lake, keyring, principal="test:ops")
+    pseudonyms = plake.pseudonymizer("patient").pseudonymize([f"PAT{i}" for i in range(patients)]).to_pylist()
+    plake.append("raw", "people", pa.table({"row_id": ["new-0"], "patient": [pseudonyms[0]], "ssn": ["new 0"]}),
+                 PROT)
+    records, rows = [], []
+    for index, pseudonym in enumerate(pseudonyms):
+        kek = f"patient-{pseudonym}"
+        keyring.ensure_key(kek)
+        data_key = keyring.generate_data_key(kek)
+        key_id = secrets.token_bytes(16)
+        records.append(DekRecord(key_id=key_id.hex(), kek_name=kek, wrapped=data_key.wrapped, table="", column="",
+                                 scope="patient", scope_key=pseudonym))
+        for n in range(2):
+            row_key = f"old-{index}-{n}"
+            rows.append({"row_id": row_key, "patient": pseudonym,
+                         "ssn": _cell(data_key.plaintext, key_id, "ssn", row_key, f"ssn {index}-{n}")})
+    plake.store.put(records)
+    lake.append("raw", "people", pa.Table.from_pylist(rows, schema=pa.schema([
+        ("row_id", pa.string()), ("patient", pa.string()), ("ssn", pa.binary())])))
+    expected = {f"old-{i}-{n}": f"ssn {i}-{n}" for i in range(patients) for n in range(2)} | {"new-0": "new 0"}
+    return plake, expected
+
+
+def _ssn(plake: ProtectedLake) -> dict[str, str | None]:
+    table = plake.read("raw", "people", decrypt=True)
+    return dict(zip(table.column("row_id").to_pylist(), table.column("ssn").to_pylist(), strict=True))
+
+
+class _FailsAfter:
+    """A keyring whose wrap_many breaks after ``calls`` calls (a crash halfway through a migration)."""
+
+    def __init__(self, inner: LocalKeyring, calls: int) -> None:
+        self._inner, self._left = inner, calls
+        self.name = inner.name
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+    def wrap_many(self, key_name: str, plaintexts: list[bytes]) -> list[str]:
+        if self._left == 0:
+            raise KeyProviderUnavailableError("key provider down: connection refused")
+        self._left -= 1
+        return self._inner.wrap_many(key_name, plaintexts)
+
+
+def test_when_an_old_lake_is_migrated_then_it_reads_the_same_under_the_data_kek_and_the_patient_keks_go(
+    lake: Lake, keyring: LocalKeyring
+) -> None:
+    plake, expected = _legacy_lake(lake, keyring, patients=5)
+    assert _ssn(ProtectedLake(lake, keyring, principal="test:reader")) == expected  # the old way still reads
+    cells_before = lake.read_arrow("raw", "people").column("ssn")
+
+    broken = ProtectedLake(lake, _FailsAfter(keyring, calls=1), principal="test:ops")  # type: ignore[arg-type]
+    with pytest.raises(KeyProviderUnavailableError):
+        migrate_patient_keys(broken, chunk_patients=2)  # the first chunk of 2 patients is committed, then a crash
+    assert len(plake.patient_keys.records()) == 1 + 2
+
+    report = migrate_patient_keys(plake, delete_patient_keks=True, chunk_patients=2)
+
+    assert report.to_dict() == {"patients": 5, "deks_moved": 3, "already_moved": 2, "unreadable": 0,
+                                "patient_keks_deleted": 5}
+    assert plake.store.records(scope="patient") == []
+    assert not [name for name in keyring.key_names() if name.startswith("patient-")]
+    assert {r.kek_name for r in plake.patient_keys.records()} == {"medguard-kek"}
+    assert len(plake.patient_keys.records()) == 6  # 5 migrated, 1 written new-style
+    assert lake.read_arrow("raw", "people").column("ssn").equals(cells_before)  # no cell rewritten
+    reader = ProtectedLake(lake, keyring, principal="test:reader")
+    assert _ssn(reader) == expected
+    again = migrate_patient_keys(plake, delete_patient_keks=True)
+    assert again.to_dict() == {"patients": 0, "deks_moved": 0, "already_moved": 0, "unreadable": 0,
+                               "patient_keks_deleted": 0}
+    assert "key_rewrap" in {str(r.event.action) for r in reader.audit.events() if r.event.purpose == "key-migration"}
+
+    victim = plake.pseudonymizer("patient").pseudonym("PAT3")
+    shred_patient(reader, victim, reason="erasure ER-3")
+    assert _ssn(ProtectedLake(lake, keyring, principal="test:reader")) == expected | {"old-3-0": None,
+                                                                                       "old-3-1": None}
