@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources
 from typing import Any, Literal
 
@@ -234,8 +234,13 @@ class Catalog:
 
     def published(self, table: str) -> dict[str, PublishedColumn]:
         """The columns of ``deidentified.<table>`` that masking writes, by published name."""
-        spec = self.raw.tables.get(table)
-        return {} if spec is None else _published(spec, self.raw.provenance, f"tables.{table}")
+        return dict(self._published.get(table, {}))
+
+    @cached_property
+    def _published(self) -> dict[str, dict[str, PublishedColumn]]:
+        # Derived once: access asks for a deidentified column's class on every query.
+        return {table: _published(spec, self.raw.provenance, f"tables.{table}")
+                for table, spec in self.raw.tables.items()}
 
     def column_class(self, zone: str, table: str, column: str) -> ColumnClass | None:
         """The class of ``zone.table.column``, or None when the catalog does not know the column.
@@ -247,7 +252,7 @@ class Catalog:
             known = self.column(table, column)
             found = known.klass if known else None
         elif zone == "deidentified":
-            published = self.published(table).get(column)
+            published = self._published.get(table, {}).get(column)
             found = published.klass if published else None
         else:
             entry = self.zones.get(zone, {}).get(table)
