@@ -182,20 +182,18 @@ def test_when_deidentify_runs_from_the_cli_on_vault_then_the_table_is_published(
 
 
 @pytest.mark.e2e
-def test_when_the_demo_step_runs_then_it_publishes_and_scores_against_vanilla(tmp_path, settings, keyring,
-                                                                             monkeypatch):
-    from storage_security.deid import deidentify as module
+def test_when_the_demo_step_runs_then_it_publishes_and_scores_against_vanilla(tmp_path, keyring_env):
+    from pipeline.settings import load_settings
     from storage_security.deid.deidentify import demo_step
 
-    home_settings = settings.model_copy(update={"home": tmp_path, "lake_root": str(tmp_path / "lake")})
+    # The step builds everything from its settings: the keyring of the environment is their key provider.
+    home_settings = load_settings(home=tmp_path, lake_root=str(tmp_path / "lake"))
+    assert home_settings.key_provider == "keyring" and home_settings.keyring.path == keyring_env.path
     lake = Lake(home_settings)
-    plake = ProtectedLake(lake, keyring, principal="svc:deidentify")
-    load_raw(plake, generated(60, 11), ("outcomes",))
+    load_raw(ProtectedLake(lake, keyring_env, principal="svc:ingest"), generated(60, 11), ("outcomes",))
     demo_notes = tmp_path / "sources" / "demo" / "notes.jsonl"
     demo_notes.parent.mkdir(parents=True)
     demo_notes.write_text("\n".join((generated(60, 11) / "notes.jsonl").read_text().splitlines()[:6]) + "\n")
-    monkeypatch.setattr(module.Deidentifier, "from_settings",
-                        classmethod(lambda cls, s, **kw: cls(plake, s, detector=shared_detector())))
     result = demo_step(home_settings, None)
     assert result["published"]["outcomes"]["rows_out"] == 60
     evaluation = result["evaluation"]
