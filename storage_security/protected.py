@@ -131,7 +131,7 @@ class ProtectedLake:
         self.provider = provider
         self.principal = principal
         self.kek_name = kek_name
-        self.store = DekStore(f"{lake.root}/_keys/deks")
+        self.store = DekStore(lake)
         self.patient_keys = PatientKeyStore(lake)
         self.cipher = cipher or CellCipher(provider, self.store, kek_name=kek_name, patient_keys=self.patient_keys)
         self.audit = audit or AuditLog(lake, provider)

@@ -1,9 +1,11 @@
-"""The DEK store: every data key medguard ever used, wrapped by its KEK, in one Delta table.
+"""The DEK store: the batch-scoped and pseudonym data keys, wrapped by their KEK, in one Delta table.
 
-Lives at ``<lake root>/_keys/deks``, beside the zones rather than in one: it is key metadata, not data, and
-no zone listing, policy or analyst query should ever see it. It is written through delta-rs (the engine of
-:mod:`pipeline._delta_rs`, reads through ``QueryBuilder``) whichever engine the lake uses, because it is small
-and written from the driver. Only wrapped keys are stored; a plaintext DEK never reaches it.
+Lives at ``<lake root>/_keys/deks``, beside the zones rather than in one (:data:`pipeline.lake.SYSTEM_ZONE`): it
+is key metadata, not data, and no zone listing, policy or analyst query should ever see it. It is read and
+written through :class:`~pipeline.lake.Lake` like any table. Only wrapped keys are stored; a plaintext DEK
+never reaches it. Patients' DEKs live in the patient key store
+(:mod:`storage_security.keys.patient_keys`); records of scope ``patient`` here are those of lakes written with
+one KEK per patient, until ``medguard keys migrate`` moves them.
 
 Columns: ``key_id`` (hex, the key id inside each cell), ``kek_name``, ``wrapped`` (``vault:v<N>:…`` or
 ``keyring:v<N>:…``), ``table``, ``column``, ``scope`` (``batch`` | ``patient`` | ``pseudonym``), ``scope_key``
@@ -12,22 +14,20 @@ Columns: ``key_id`` (hex, the key id inside each cell), ``kek_name``, ``wrapped`
 
 from __future__ import annotations
 
-import os
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-from deltalake import CommitProperties, DeltaTable
-from deltalake.exceptions import DeltaError
 
-from pipeline._delta_rs import DeltaRsEngine
 from pipeline.errors import StorageError
-from pipeline.lake import CommitInfo
+from pipeline.lake import SYSTEM_ZONE, CommitInfo, Lake
+from storage_security._locks import exclusive_lock
 
 if TYPE_CHECKING:
     from pipeline.settings import Settings
@@ -113,20 +113,29 @@ class RewrapReport:
 
 
 class DekStore:
-    """Wrapped DEKs in a Delta table.
+    """Wrapped DEKs in a Delta table of the lake's system zone.
 
     Args:
-        uri: the table's location (a directory or an object-store URI).
+        lake: the lake whose ``_keys`` zone holds the table; a path or URI stands for the root of a lake with
+            the process's other settings (handy for tools and benchmarks).
+        table: the table's name in that zone.
     """
 
-    def __init__(self, uri: str | Path) -> None:
-        self.uri = str(uri).rstrip("/")
-        self._engine = DeltaRsEngine()
+    def __init__(self, lake: Lake | str | Path, *, table: str = "deks") -> None:
+        if not isinstance(lake, Lake):
+            from pipeline.settings import get_settings
+
+            lake = Lake(get_settings().model_copy(update={"lake_root": str(lake).rstrip("/")}))
+        self.lake = lake
+        self.table = table
+        self.uri = lake.uri(SYSTEM_ZONE, table)
+        local = getattr(lake.settings, "lake_is_local", "://" not in self.uri)
+        self._lock_path = Path(self.uri).with_name(f".{table}.lock") if local else None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DekStore:
         """The DEK store of the lake of ``settings``: ``<lake root>/_keys/deks``."""
-        return cls(f"{str(settings.lake_root).rstrip('/')}/_keys/deks")
+        return cls(Lake(settings))
 
     def __repr__(self) -> str:
         return f"DekStore(uri={self.uri!r})"
@@ -142,16 +151,14 @@ class DekStore:
         if not records:
             return
         table = pa.Table.from_pylist([asdict(r) for r in records], schema=SCHEMA)
-        if "://" not in self.uri:
-            os.makedirs(self.uri, exist_ok=True)
-        info = commit or CommitInfo(purpose="envelope-encryption")
-        self._engine.write(self.uri, table, mode="append", metadata=info.metadata("dek-put"))
+        self.lake.append(SYSTEM_ZONE, self.table, table, commit=commit or CommitInfo(purpose="envelope-encryption"))
 
     def drop_scope(self, scope_key: str, *, scope: str | None = None, commit: CommitInfo | None = None) -> int:
         """Delete every record of ``scope_key`` (optionally only of one ``scope``); returns how many.
 
-        Crypto-shredding destroys the KEK first (see :meth:`CellCipher.shred`): the records dropped here are
-        then useless, and older versions of this table keep only keys wrapped under the destroyed KEK.
+        Used for the per-patient records of lakes not yet migrated, whose KEK a shred destroys first: the
+        records dropped here are then useless, and older versions of this table keep only keys wrapped under
+        the destroyed KEK.
         """
         check_scope_key(scope_key)
         if not self.exists():
@@ -161,8 +168,9 @@ class DekStore:
             if scope not in SCOPES:
                 raise ValueError(f"scope {scope!r} must be one of {SCOPES}")
             where += f" AND scope = '{scope}'"
-        info = commit or CommitInfo(purpose="crypto-shredding")
-        return self._engine.delete(self.uri, where=where, metadata=info.metadata("dek-drop-scope"))
+        with self._locked():
+            return self.lake.delete(SYSTEM_ZONE, self.table, where=where,
+                                    commit=commit or CommitInfo(purpose="crypto-shredding"))
 
     def drop_keys(self, key_ids: Iterable[str], *, commit: CommitInfo | None = None) -> int:
         """Delete the records of the given key ids (e.g. once ``keys migrate`` has moved them); returns how many."""
@@ -171,31 +179,22 @@ class DekStore:
             return 0
         info = commit or CommitInfo(purpose="key-migration")
         dropped = 0
-        for start in range(0, len(ids), _LOOKUP_CHUNK):
-            where = f"key_id IN ({_sql_list(ids[start:start + _LOOKUP_CHUNK])})"
-            dropped += self._engine.delete(self.uri, where=where, metadata=info.metadata("dek-drop-keys"))
+        with self._locked():
+            for start in range(0, len(ids), _LOOKUP_CHUNK):
+                where = f"key_id IN ({_sql_list(ids[start:start + _LOOKUP_CHUNK])})"
+                dropped += self.lake.delete(SYSTEM_ZONE, self.table, where=where, commit=info)
         return dropped
 
     def retire(self, key_ids: Iterable[str], *, commit: CommitInfo | None = None) -> int:
         """Mark DEKs retired (no longer used for new cells; they still decrypt). Returns how many changed."""
-        ids = [k for k in key_ids if _KEY_ID.match(k)]
+        ids = [k for k in key_ids if isinstance(k, str) and _KEY_ID.match(k)]
         if not ids or not self.exists():
             return 0
         info = commit or CommitInfo(purpose="key-retirement")
-        changed = 0
-        for start in range(0, len(ids), _LOOKUP_CHUNK):
-            chunk = ids[start:start + _LOOKUP_CHUNK]
-            try:
-                metrics = DeltaTable(self.uri).update(
-                    updates={"retired": "true"},
-                    predicate=f"key_id IN ({_sql_list(chunk)}) AND NOT retired",
-                    commit_properties=CommitProperties(custom_metadata=info.metadata("dek-retire"),
-                                                       max_commit_retries=100),
-                )
-            except DeltaError as exc:
-                raise StorageError(f"retiring DEKs in {self.uri} failed: {exc}") from exc
-            changed += int(metrics.get("num_updated_rows", 0))
-        return changed
+        with self._locked():
+            changed = [DekRecord(**{**asdict(r), "retired": True}) for r in self.get(ids).values() if not r.retired]
+            self._update(changed, info)
+        return len(changed)
 
     def rewrap_all(self, provider: KeyProvider, *, chunk_size: int = REWRAP_CHUNK,
                    commit: CommitInfo | None = None) -> RewrapReport:
@@ -233,30 +232,31 @@ class DekStore:
     def _replace_wrapped(self, records: list[DekRecord], fresh: list[str], info: CommitInfo) -> int:
         if len(fresh) != len(records):
             raise StorageError(f"the key provider rewrapped {len(fresh)} of {len(records)} DEKs; nothing stored")
-        source = pa.table({
-            "key_id": [r.key_id for r in records],
-            "old_wrapped": [r.wrapped for r in records],
-            "wrapped": fresh,
-        })
-        try:
-            metrics = (
-                DeltaTable(self.uri)
-                .merge(source, predicate="t.key_id = s.key_id AND t.wrapped = s.old_wrapped", source_alias="s",
-                       target_alias="t",
-                       commit_properties=CommitProperties(custom_metadata=info.metadata("dek-rewrap"),
-                                                          max_commit_retries=100))
-                .when_matched_update({"wrapped": "s.wrapped"})
-                .execute()
-            )
-        except DeltaError as exc:
-            raise StorageError(f"rewrapping DEKs in {self.uri} failed: {exc}") from exc
-        return int(metrics.get("num_target_rows_updated", 0))
+        with self._locked():
+            # Only rows still as they were read: one dropped or rewrapped meanwhile is left alone, never restored.
+            current = self.get(r.key_id for r in records)
+            changed = [DekRecord(**{**asdict(current[r.key_id]), "wrapped": w})
+                       for r, w in zip(records, fresh, strict=True)
+                       if r.key_id in current and current[r.key_id].wrapped == r.wrapped]
+            self._update(changed, info)
+        return len(changed)
+
+    def _update(self, records: list[DekRecord], info: CommitInfo) -> None:
+        """Replace existing records by key id, in one commit (callers hold the lock and pass only present ids)."""
+        if records:
+            table = pa.Table.from_pylist([asdict(r) for r in records], schema=SCHEMA)
+            self.lake.merge(SYSTEM_ZONE, self.table, table, keys=["key_id"], commit=info)
+
+    def _locked(self) -> AbstractContextManager[None]:
+        if self._lock_path is None:
+            return nullcontext()
+        return exclusive_lock(self._lock_path, timeout=120.0)
 
     # reads ---------------------------------------------------------------------------------------------
 
     def exists(self) -> bool:
         """True once a DEK has been stored."""
-        return self._engine.exists(self.uri)
+        return self.lake.exists(SYSTEM_ZONE, self.table)
 
     def get(self, key_ids: Iterable[str]) -> dict[str, DekRecord]:
         """The records of the given key ids that exist (malformed ids are simply not found)."""
@@ -303,5 +303,5 @@ class DekStore:
         return result
 
     def _read(self, where: str | None) -> list[DekRecord]:
-        table = self._engine.read(self.uri, where=where)
+        table = self.lake.read_arrow(SYSTEM_ZONE, self.table, where=where)
         return [DekRecord(**row) for row in table.to_pylist()]

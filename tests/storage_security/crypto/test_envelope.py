@@ -41,8 +41,8 @@ class Clock:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> DekStore:
-    return DekStore(tmp_path / "lake" / "_keys" / "deks")
+def store(lake: Lake) -> DekStore:
+    return DekStore(lake)
 
 
 @pytest.fixture
@@ -61,7 +61,7 @@ def sealed(tmp_path_factory: pytest.TempPathFactory) -> tuple[CellCipher, bytes]
     root = tmp_path_factory.mktemp("sealed")
     ring = LocalKeyring.init(root / "keyring.json", LocalKeyring.generate_master_key())
     ring.ensure_key(KEK)
-    cipher = CellCipher(ring, DekStore(root / "deks"))
+    cipher = CellCipher(ring, DekStore(root / "lake"))
     cell = cipher.encrypt_cell("Ada Lovelace", table=T, column=C, row_key="row-7")
     assert cell is not None
     return cipher, cell
@@ -298,7 +298,7 @@ def test_when_the_dek_record_is_missing_or_foreign_then_cells_fail(
     assert cell is not None
     other_ring = LocalKeyring.init(tmp_path / "other.json", LocalKeyring.generate_master_key())
     other_ring.ensure_key(KEK)
-    _fails(CellCipher(other_ring, DekStore(tmp_path / "other-deks")), cell)  # no such DEK there
+    _fails(CellCipher(other_ring, DekStore(tmp_path / "other-lake")), cell)  # no such DEK there
     _fails(CellCipher(keyring, store), cell[:2] + bytes(KEY_ID_SIZE) + cell[HEADER:])  # unknown key id
     store.drop_scope(cipher.batch_id)
     _fails(CellCipher(keyring, store), cell)  # the record is gone
@@ -437,7 +437,7 @@ def test_when_kek_is_rotated_and_deks_rewrapped_then_data_stays_readable_and_old
 ) -> None:
     cells = cipher.encrypt_column(["a", "b", "c"], table=T, column=C, row_keys=[1, 2, 3])
     other = cipher.encrypt_column(["x"], table=T, column="dob", row_keys=[1])
-    before_rewrap = DekStore(tmp_path / "copy-before-rewrap")
+    before_rewrap = DekStore(tmp_path / "copy-before-rewrap")  # another lake root
     before_rewrap.put(store.records())  # an old copy of the DEK store (a backup, or an older Delta version)
 
     assert keyring.rotate(KEK) == 2
@@ -463,7 +463,7 @@ def test_when_kek_is_rotated_and_deks_rewrapped_then_data_stays_readable_and_old
 def test_when_a_patient_is_shredded_then_their_cells_die_in_every_table_version_and_others_survive(
     keyring: LocalKeyring, lake: Lake, patients: PatientKeyStore
 ) -> None:
-    store = DekStore(f"{lake.root}/_keys/deks")
+    store = DekStore(lake)
     cipher = CellCipher(keyring, store, patient_keys=patients)
     scopes = ["ps1_a", "ps1_b", "ps1_a", "ps1_b"]
     rows = ["e1", "e2", "e3", "e4"]

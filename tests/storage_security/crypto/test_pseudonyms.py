@@ -23,8 +23,8 @@ PSEUDONYM = re.compile(r"^ps1_[0-9a-f]{8}_[0-9a-f]{32}$")
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> DekStore:
-    return DekStore(tmp_path / "deks")
+def store(lake: Lake) -> DekStore:
+    return DekStore(lake)
 
 
 def test_when_values_are_pseudonymized_then_output_is_deterministic_and_records_the_key_version(

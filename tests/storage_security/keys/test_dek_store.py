@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import KeyProviderUnavailableError
+from pipeline.lake import Lake
 from pipeline.settings import Settings
 from storage_security.keys.dek_store import DekRecord, DekStore, wrapped_version
 from storage_security.keys.keyring import LocalKeyring
@@ -16,8 +17,8 @@ KEK = "medguard-kek"
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> DekStore:
-    return DekStore(tmp_path / "lake" / "_keys" / "deks")
+def store(lake: Lake) -> DekStore:
+    return DekStore(lake)
 
 
 def _record(keyring: LocalKeyring, *, kek: str = KEK, scope: str = "batch", scope_key: str = "b1",

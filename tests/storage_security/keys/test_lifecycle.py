@@ -87,7 +87,7 @@ def test_when_a_rotation_is_interrupted_then_running_it_again_finishes_it_withou
     expected = plake.read("raw", "patients", decrypt=True).sort_by("row_id")
     from storage_security.keys.dek_store import DekStore
 
-    store = DekStore(plake.store.uri)
+    store = DekStore(lake)
     broken = _FailsAfter(keyring, calls=0)
     with pytest.raises(KeyProviderUnavailableError):
         rotate_keys(broken, store, plake.audit, patient_keys=plake.patient_keys,  # type: ignore[arg-type]

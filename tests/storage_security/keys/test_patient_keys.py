@@ -49,7 +49,7 @@ class Counting:
 
 
 def _cipher(provider, lake: Lake, **options) -> CellCipher:
-    return CellCipher(provider, DekStore(f"{lake.root}/_keys/deks"), patient_keys=PatientKeyStore(lake), **options)
+    return CellCipher(provider, DekStore(lake), patient_keys=PatientKeyStore(lake), **options)
 
 
 def _key_id(cell: bytes) -> str:
