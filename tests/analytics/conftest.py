@@ -1,24 +1,28 @@
-"""Fixtures of the analytics tests: deidentified-shaped synthetic tables, a column classification, one trained run.
+"""Fixtures of the analytics tests: deidentified-shaped synthetic tables, column classes, one trained run.
 
-De-identification publishes column classes through ``storage_security.deid.deidentify.published_report``; until it
-lands (and to control the classes in tests), ``classified`` puts a stand-in module with that function in
-``sys.modules``. ``t2d_run`` trains once per test run on 8,000 synthetic patients and is shared by the tests
+Analytics reads column classes through a classifier: the flows take one as ``classify=`` (by default
+``published_classifier``, which reads the report de-identification puts in a deidentified table's commit).
+``classified`` is a mutable set of classes whose ``classify`` method the tests pass in; ``publish_reported`` writes
+a deidentified table with a de-identification report in its commit, for the commands, which always read the
+published report. ``t2d_run`` trains once per test run on 8,000 synthetic patients and is shared by the tests
 that only read its results.
 """
 
 from __future__ import annotations
 
-import sys
-import types
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 from analytics.synthetic import CLASSES, SyntheticDeidentified, publish, synthetic_deidentified
-from pipeline.lake import Lake
+from pipeline.errors import ValidationError
+from pipeline.lake import CommitInfo, Lake, Zone
 from pipeline.settings import Settings
+from storage_security.deid.deidentify import REPORT_KEY
 
 T2D_PATIENTS = 8_000
 T2D_SEED = 11
@@ -31,55 +35,37 @@ FAST = {"n_estimators": 120, "attack_samples": 40,
 
 
 class Classes(dict):
-    """Column classes per table, as the stand-in ``published_report`` serves them."""
+    """Column classes per table (``{table: {column: class}}``); ``classify`` is a classifier serving them."""
 
-
-def install_deidentify(classes: dict[str, dict[str, str]]) -> types.ModuleType | None:
-    previous = sys.modules.get("storage_security.deid.deidentify")
-    module = types.ModuleType("storage_security.deid.deidentify")
-
-    def published_report(lake: Lake, table: str) -> dict[str, Any]:
-        if table not in classes:
-            raise LookupError(f"deidentified/{table} was never published")
-        return {"column_classes": dict(classes[table]), "k": 5, "suppressed": 0, "version": 0}
-
-    module.published_report = published_report  # type: ignore[attr-defined]
-    sys.modules["storage_security.deid.deidentify"] = module
-    return previous
-
-
-def restore_deidentify(previous: types.ModuleType | None) -> None:
-    if previous is None:
-        sys.modules.pop("storage_security.deid.deidentify", None)
-    else:
-        sys.modules["storage_security.deid.deidentify"] = previous
+    def classify(self, table: str) -> Mapping[str, str]:
+        if table not in self:
+            raise ValidationError(f"no column classification for deidentified/{table}; refusing to build features")
+        return dict(self[table])
 
 
 @pytest.fixture
-def classified() -> Iterator[Classes]:
-    classes = Classes({k: dict(v) for k, v in CLASSES.items()})
-    previous = install_deidentify(classes)
-    yield classes
-    restore_deidentify(previous)
+def classified() -> Classes:
+    """The synthetic tables' classes, a fresh copy per test (tests change them)."""
+    return Classes({k: dict(v) for k, v in CLASSES.items()})
+
+
+@pytest.fixture
+def publish_reported() -> Callable[[Lake, str, pd.DataFrame, Mapping[str, str]], int]:
+    """``publish(lake, table, frame, classes)``: write ``frame`` as ``deidentified/<table>`` with the report that
+    de-identification commits beside a table it publishes (what ``published_classifier`` reads)."""
+
+    def publish(lake: Lake, table: str, frame: pd.DataFrame, classes: Mapping[str, str]) -> int:
+        report = {"table": table, "column_classes": dict(classes), "k": 5, "suppressed": 0}
+        return lake.overwrite(Zone.DEIDENTIFIED, table, frame, commit=CommitInfo(
+            principal="svc:test", purpose="test fixture", extra={REPORT_KEY: json.dumps(report, sort_keys=True)}))
+
+    return publish
 
 
 def isolated(settings: Settings, root: Path) -> Settings:
     """Settings with their own home and lake, so registries and keys never mix between tests."""
     return settings.model_copy(update={"home": root / "home", "lake_root": str(root / "lake"),
                                        "airflow_home": root / "home" / "airflow"})
-
-
-@pytest.fixture
-def publish_classes() -> Iterator[Any]:
-    """Install a stand-in ``published_report`` serving the given classes; undone after the test."""
-    saved: list[types.ModuleType | None] = []
-
-    def install(classes: dict[str, dict[str, str]]) -> None:
-        saved.append(install_deidentify(classes))
-
-    yield install
-    for previous in reversed(saved):
-        restore_deidentify(previous)
 
 
 @pytest.fixture(scope="session")
@@ -100,9 +86,8 @@ def t2d_run(settings: Settings, spark: Any, t2d_data: SyntheticDeidentified,
     ring = LocalKeyring.init(root / "keyring.json", LocalKeyring.generate_master_key())
     ring.ensure_key("medguard-kek")
     ring.ensure_key("medguard-audit")
-    previous = install_deidentify({k: dict(v) for k, v in CLASSES.items()})
-    try:
-        result = train_pipeline(local, "outcomes", "t2d_within_1y", overrides=FAST, provider=ring)
-    finally:
-        restore_deidentify(previous)
-    return {"result": result, "settings": local, "provider": ring, "run_dir": Path(result["run_dir"])}
+    classes = Classes({k: dict(v) for k, v in CLASSES.items()})
+    result = train_pipeline(local, "outcomes", "t2d_within_1y", overrides=FAST, provider=ring,
+                            classify=classes.classify)
+    return {"result": result, "settings": local, "provider": ring, "run_dir": Path(result["run_dir"]),
+            "classes": classes}

@@ -11,6 +11,7 @@ from analytics.features import GROUP, LABEL, build_features
 from analytics.flow import open_tables
 from analytics.synthetic import publish, synthetic_deidentified
 from pipeline.errors import ValidationError
+from pipeline.lake import CommitInfo, Zone
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,7 @@ def tables(spark, lake, small):
 
 def test_when_features_are_built_then_windows_indicators_and_bands_appear_per_patient(tables, lake, classified,
                                                                                       small):
-    sdf, contract = build_features(tables, "outcomes", TrainConfig(), published_classifier(lake),
+    sdf, contract = build_features(tables, "outcomes", TrainConfig(), classified.classify,
                                    label="t2d_within_1y")
     frame = sdf.toPandas()
     labelled = small.tables["outcomes"]["t2d_within_1y"].notna().sum()
@@ -47,8 +48,8 @@ def test_when_features_are_built_then_windows_indicators_and_bands_appear_per_pa
 
 
 def test_when_scoring_with_a_contract_then_the_same_columns_come_back_without_a_label(tables, lake, classified):
-    _, contract = build_features(tables, "outcomes", TrainConfig(), published_classifier(lake), label="t2d_within_1y")
-    sdf, _ = build_features(tables, "outcomes", TrainConfig(), published_classifier(lake), contract=contract)
+    _, contract = build_features(tables, "outcomes", TrainConfig(), classified.classify, label="t2d_within_1y")
+    sdf, _ = build_features(tables, "outcomes", TrainConfig(), classified.classify, contract=contract)
     assert [c for c in sdf.columns if c in contract.features] == contract.features and LABEL not in sdf.columns
 
 
@@ -59,23 +60,35 @@ def test_when_a_source_column_is_a_direct_identifier_then_features_are_refused(t
     classified[table][column] = "direct_identifier"
     with pytest.raises(ValidationError, match="direct identifier"):
         build_features(tables, "outcomes", TrainConfig(features=(column,)) if table == "outcomes" else TrainConfig(),
-                       published_classifier(lake), label="t2d_within_1y")
+                       classified.classify, label="t2d_within_1y")
 
 
 def test_when_a_column_is_unclassified_then_features_are_refused(tables, lake, classified):
     del classified["patients"]["age_band"]
     with pytest.raises(ValidationError, match="no known column class"):
-        build_features(tables, "outcomes", TrainConfig(), published_classifier(lake), label="t2d_within_1y")
+        build_features(tables, "outcomes", TrainConfig(), classified.classify, label="t2d_within_1y")
 
 
-def test_when_no_classification_is_published_then_features_are_refused(tables, lake, monkeypatch):
-    import sys
+def test_when_a_table_was_last_written_without_a_de_identification_report_then_features_are_refused(
+        spark, lake, small):
+    publish(lake, small)
+    lake.overwrite(Zone.DEIDENTIFIED, "outcomes", small.tables["outcomes"],
+                   commit=CommitInfo(principal="svc:test", purpose="written outside de-identification"))
+    with pytest.raises(ValidationError, match=r"deidentified/outcomes.*refusing"):
+        build_features(open_tables(lake)[0], "outcomes", TrainConfig(), published_classifier(lake),
+                       label="t2d_within_1y")
 
-    monkeypatch.setitem(sys.modules, "storage_security.deid.deidentify", None)  # import fails: layer absent
-    with pytest.raises(ValidationError, match="refusing"):
-        build_features(tables, "outcomes", TrainConfig(), published_classifier(lake), label="t2d_within_1y")
+
+def test_when_de_identification_published_the_classes_then_the_published_classifier_serves_them(
+        spark, lake, small, classified, publish_reported):
+    for name, frame in small.tables.items():
+        publish_reported(lake, name, frame, classified[name])
+    assert dict(published_classifier(lake)("patients")) == classified["patients"]
+    _, contract = build_features(open_tables(lake)[0], "outcomes", TrainConfig(), published_classifier(lake),
+                                 label="t2d_within_1y")
+    assert "obs_4548_4_last" in contract.features
 
 
 def test_when_the_label_column_is_missing_then_the_error_names_it(tables, lake, classified):
     with pytest.raises(ValidationError, match="no_such_label"):
-        build_features(tables, "outcomes", TrainConfig(), published_classifier(lake), label="no_such_label")
+        build_features(tables, "outcomes", TrainConfig(), classified.classify, label="no_such_label")

@@ -10,14 +10,14 @@ import pytest
 from typer.testing import CliRunner
 
 from analytics.flow import PREDICTIONS_TABLE, diagnose
-from analytics.synthetic import CLASSES
 from pipeline.errors import ModelIntegrityError
 from pipeline.lake import Lake, Zone
 
 
 @pytest.fixture
-def breast_cancer_lake(settings, spark, tmp_path, keyring, publish_classes):
-    """sklearn's breast-cancer data (shipped in the package, no download) as a flat deidentified table."""
+def breast_cancer_lake(settings, spark, tmp_path, keyring_env, publish_reported):
+    """sklearn's breast-cancer data (shipped in the package, no download) as a flat deidentified table, published
+    with a de-identification report; the keyring of the environment is the key provider."""
     from sklearn.datasets import load_breast_cancer
 
     data = load_breast_cancer(as_frame=True)
@@ -25,14 +25,13 @@ def breast_cancer_lake(settings, spark, tmp_path, keyring, publish_classes):
     frame["diagnosis"] = frame.pop("target").map({0: "malignant", 1: "benign"})
     frame["case_ref"] = [f"C{i:04d}" for i in range(len(frame))]
     local = settings.model_copy(update={"home": tmp_path / "home", "lake_root": str(tmp_path / "lake")})
-    Lake(local).overwrite(Zone.DEIDENTIFIED, "breast_cancer", frame)
     classes = {c: "sensitive" for c in frame.columns}
     classes["case_ref"] = "direct_identifier"
-    publish_classes({"breast_cancer": classes})
+    publish_reported(Lake(local), "breast_cancer", frame, classes)
     config = tmp_path / "breast_cancer.yaml"
     config.write_text("positive_class: malignant\nn_estimators: 100\ncv:\n  folds: 2\n  budget_seconds: 1\n"
                       "attack_samples: 20\n")
-    return local, keyring, config
+    return local, config
 
 
 def _cli_env(monkeypatch, local):
@@ -45,12 +44,10 @@ def _cli_env(monkeypatch, local):
 
 def test_when_a_flat_public_dataset_is_trained_from_the_cli_then_auroc_is_in_line_with_published_results(
         breast_cancer_lake, monkeypatch):
-    import analytics.flow as flow
     from pipeline.cli import app
 
-    local, keyring, config = breast_cancer_lake
+    local, config = breast_cancer_lake
     _cli_env(monkeypatch, local)
-    monkeypatch.setattr(flow, "_provider", lambda settings: keyring)
     result = CliRunner().invoke(app, ["train", "--table", "breast_cancer", "--label", "diagnosis", "--config",
                                       str(config), "--json"])
     assert result.exit_code == 0, result.output
@@ -72,18 +69,17 @@ def test_when_a_flat_public_dataset_is_trained_from_the_cli_then_auroc_is_in_lin
 def test_when_the_cli_gets_an_unknown_table_then_it_fails_with_one_line(breast_cancer_lake, monkeypatch):
     from pipeline.cli import app
 
-    local, _, _ = breast_cancer_lake
+    local, _ = breast_cancer_lake
     _cli_env(monkeypatch, local)
     result = CliRunner().invoke(app, ["train", "--table", "no_such_table", "--label", "y", "--json"])
     assert result.exit_code == 1
     assert result.stderr.strip().count("\n") == 0 and "no_such_table" in result.stderr
 
 
-def test_when_diagnosing_then_predictions_are_written_with_version_flag_and_drift(t2d_run, publish_classes):
-    local, ring = t2d_run["settings"], t2d_run["provider"]
-    publish_classes(CLASSES)
-    result = diagnose(local, provider=ring, batch_id="day1")
-    again = diagnose(local, provider=ring, batch_id="day1")
+def test_when_diagnosing_then_predictions_are_written_with_version_flag_and_drift(t2d_run):
+    local, ring, classify = t2d_run["settings"], t2d_run["provider"], t2d_run["classes"].classify
+    result = diagnose(local, provider=ring, batch_id="day1", classify=classify)
+    again = diagnose(local, provider=ring, batch_id="day1", classify=classify)
     predictions = Lake(local).read_pandas(Zone.PREDICTIONS, PREDICTIONS_TABLE)
     assert result["rows"] == 8000 and len(predictions) == 8000 == again["rows"]  # re-running adds nothing twice
     assert set(predictions["model_version"]) == {t2d_run["result"]["model_version"]}
@@ -93,7 +89,7 @@ def test_when_diagnosing_then_predictions_are_written_with_version_flag_and_drif
         result["drift"]["status"]}
 
 
-def test_when_the_model_file_is_tampered_then_diagnose_refuses_to_score(t2d_run, tmp_path, publish_classes):
+def test_when_the_model_file_is_tampered_then_diagnose_refuses_to_score(t2d_run, tmp_path):
     import shutil
 
     local, ring = t2d_run["settings"], t2d_run["provider"]
@@ -103,7 +99,6 @@ def test_when_the_model_file_is_tampered_then_diagnose_refuses_to_score(t2d_run,
     data = bytearray(model.read_bytes())
     data[100] ^= 0x01
     model.write_bytes(bytes(data))
-    publish_classes(CLASSES)
     with pytest.raises(ModelIntegrityError):
-        diagnose(copy, provider=ring)
+        diagnose(copy, provider=ring, classify=t2d_run["classes"].classify)
     assert not pd.isna(t2d_run["result"]["metrics"]["auroc"])
