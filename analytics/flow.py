@@ -294,6 +294,14 @@ def _provider(settings: Settings) -> Any:
     return provider_from_settings(settings)
 
 
+def _audited_lake(settings: Settings, provider: Any) -> Lake:
+    """The lake, with each table read and write recorded in the audit log as ``svc:analytics``."""
+    from storage_security.audit.log import AuditLog
+
+    lake = Lake(settings)
+    return lake.with_access_hook(AuditLog(lake, provider).access_hook(PRINCIPAL))
+
+
 # batch diagnosis --------------------------------------------------------------------------------------
 
 def verify_model(settings: Settings, table: str | None = None, *, provider: Any = None) -> dict[str, Any]:
@@ -322,11 +330,12 @@ def _scoring_input(settings: Settings, table: str | None, provider: Any, classif
     from pipeline.spark import get_spark
 
     get_spark(settings)
-    registry = ModelRegistry(settings, provider or _provider(settings))
+    provider = provider or _provider(settings)
+    registry = ModelRegistry(settings, provider)
     manifest, booster, bundle = registry.load(_model_for(registry, table))
     contract = FeatureContract.from_dict(bundle["contract"])
     table = table or contract.table
-    lake = Lake(settings)
+    lake = _audited_lake(settings, provider)
     tables, versions = open_tables(lake)
     config = TrainConfig(subgroups=(), sources=_sources(bundle))
     sdf, _ = build_features(tables, table, config, classify or published_classifier(lake), contract=contract)
@@ -365,12 +374,13 @@ def diagnose(settings: Settings, table: str | None = None, *, provider: Any = No
     from pyspark.sql import functions as F
 
     started = time.perf_counter()
+    provider = provider or _provider(settings)
     manifest, booster, bundle, sdf, table, versions = _scoring_input(settings, table, provider, classify)
     drift = _drift(settings, bundle, sdf)
     batch_id = batch_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     scored = score_spark(sdf, booster, bundle, manifest["model_version"], drift["status"], batch_id)
     arrow = scored.withColumn("scored_at", F.current_timestamp()).toArrow()
-    lake = Lake(settings)
+    lake = _audited_lake(settings, provider)
     result = lake.merge(Zone.PREDICTIONS, PREDICTIONS_TABLE, arrow, keys=["row_key", "model_version"],
                         commit=CommitInfo(principal=PRINCIPAL, purpose="batch diagnosis", batch_id=batch_id,
                                           extra={"model_version": manifest["model_version"]}))

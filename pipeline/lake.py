@@ -91,8 +91,10 @@ class LakeAccess:
         columns: the columns read or written (empty for deletes).
         version: the table version written, or the version read (None: the latest).
         commit: who and why, as given to a write; None for reads.
-        details: what else the operation reports (``inserted``/``updated`` of a merge, ``txn``, ``where``
-            presence, files vacuumed). Names and counts only, never a cell value.
+        details: what else the operation reports: a merge's ``keys``, ``inserted`` and ``updated``; an append's
+            ``txn`` (reported even when that txn was already committed and nothing was written); ``filtered``
+            when a predicate chose the rows; a vacuum's ``retention_hours`` and ``files`` removed. Names and
+            counts only, never a cell value.
     """
 
     action: Literal["read", "write", "delete"]
