@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.errors import StorageError
 from pipeline.lake import SYSTEM_ZONE, CommitInfo, Lake
@@ -263,11 +264,12 @@ class DekStore:
         ids = sorted({k for k in key_ids if isinstance(k, str) and _KEY_ID.match(k)})
         if not ids or not self.exists():
             return {}
-        found: dict[str, DekRecord] = {}
-        for start in range(0, len(ids), _LOOKUP_CHUNK):
-            chunk = ids[start:start + _LOOKUP_CHUNK]
-            found.update((r.key_id, r) for r in self._read(f"key_id IN ({_sql_list(chunk)})"))
-        return found
+        if len(ids) <= _LOOKUP_CHUNK:
+            return {r.key_id: r for r in self._read(f"key_id IN ({_sql_list(ids)})")}
+        # Many ids (a cold de-identification of an unmigrated lake): one scan filtered in Arrow, not one per chunk.
+        table = self.lake.read_arrow(SYSTEM_ZONE, self.table)
+        table = table.filter(pc.is_in(table.column("key_id"), value_set=pa.array(ids, pa.string())))
+        return {row["key_id"]: DekRecord(**row) for row in table.to_pylist()}
 
     def records(self, *, scope: str | None = None, scope_key: str | None = None) -> list[DekRecord]:
         """Stored records, optionally of one scope and/or scope key."""

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.lake import SYSTEM_ZONE, CommitInfo
 from storage_security._locks import exclusive_lock
@@ -186,21 +187,14 @@ class PatientKeyStore:
         keys = sorted({check_scope_key(k) for k in scope_keys})
         if not keys or not self.exists():
             return []
-        found: list[PatientKey] = []
-        for start in range(0, len(keys), _LOOKUP_CHUNK):
-            found += self._read(f"scope_key IN ({_sql_list(keys[start:start + _LOOKUP_CHUNK])})")
-        return found
+        return self._lookup("scope_key", keys)
 
     def get(self, key_ids: Iterable[str]) -> dict[str, PatientKey]:
         """The records of the given key ids that exist (malformed ids are simply not found)."""
         ids = sorted({k for k in key_ids if isinstance(k, str) and _KEY_ID.match(k)})
         if not ids or not self.exists():
             return {}
-        found: dict[str, PatientKey] = {}
-        for start in range(0, len(ids), _LOOKUP_CHUNK):
-            chunk = _sql_list(ids[start:start + _LOOKUP_CHUNK])
-            found.update((r.key_id, r) for r in self._read(f"key_id IN ({chunk})"))
-        return found
+        return {r.key_id: r for r in self._lookup("key_id", ids)}
 
     def records(self) -> list[PatientKey]:
         """Every stored record."""
@@ -219,8 +213,22 @@ class PatientKeyStore:
         keys = self.lake.read_arrow(SYSTEM_ZONE, self.table, columns=["scope_key"]).column("scope_key")
         return {"deks": len(keys), "patients": len(keys.unique())}
 
+    def _lookup(self, column: str, values: list[str]) -> list[PatientKey]:
+        """Rows whose ``column`` is one of ``values``: a predicate for a few, else one scan filtered in Arrow.
+
+        Each read scans the table (the key id and pseudonym are random, so no file can be skipped): many values
+        are matched in one scan rather than one scan per few thousand.
+        """
+        if len(values) <= _LOOKUP_CHUNK:
+            return self._read(f"{column} IN ({_sql_list(values)})")
+        table = self.lake.read_arrow(SYSTEM_ZONE, self.table)
+        return self._records(table.filter(pc.is_in(table.column(column), value_set=pa.array(values, pa.string()))))
+
     def _read(self, where: str | None) -> list[PatientKey]:
-        table = self.lake.read_arrow(SYSTEM_ZONE, self.table, where=where)
+        return self._records(self.lake.read_arrow(SYSTEM_ZONE, self.table, where=where))
+
+    @staticmethod
+    def _records(table: pa.Table) -> list[PatientKey]:
         return [PatientKey(key_id=row["key_id"], scope_key=row["scope_key"], kek_name=row["kek_name"],
                            wrapped=row["wrapped"].decode("ascii"), created_at=row["created_at"])
                 for row in table.to_pylist()]

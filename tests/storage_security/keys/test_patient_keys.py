@@ -164,3 +164,21 @@ def test_when_a_patient_is_shredded_then_no_file_of_the_lake_holds_their_wrapped
                                      row_keys=cells.column("row_id"))
     event = next(r.event for r in reader.audit.events() if str(r.event.action) == "key_shred")
     assert event.reason == "erasure ER-1" and event.row_keys == (victim,)
+
+
+def test_when_thousands_of_keys_are_looked_up_then_one_scan_finds_exactly_them(
+    keyring: LocalKeyring, lake: Lake
+) -> None:
+    store = PatientKeyStore(lake)
+    wrapped = keyring.wrap_many(KEK, [bytes(48)])[0]
+    records = [PatientKey(key_id=f"{i:032x}", scope_key=f"ps1_p{i}", kek_name=KEK, wrapped=wrapped)
+               for i in range(5000)]
+    store.put(records[:2500])
+    store.put(records[2500:])
+    wanted = [r.key_id for r in records[::2]] + ["ff" * 16]
+
+    found = store.get(wanted)
+
+    assert sorted(found) == sorted(wanted[:-1]) and found[records[2].key_id].scope_key == "ps1_p2"
+    assert sorted(r.scope_key for r in store.find([f"ps1_p{i}" for i in range(1, 5000, 2)])) == sorted(
+        f"ps1_p{i}" for i in range(1, 5000, 2))
