@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from pipeline._arrow import is_spark_dataframe, to_arrow
 from pipeline._delta_rs import DeltaRsEngine
-from pipeline.errors import StorageError
+from pipeline.errors import SettingsError, StorageError
 from pipeline.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -147,11 +147,17 @@ class Lake:
 
     Raises:
         EngineUnavailableError: the Spark engine is selected and Delta's jars are not on Spark's classpath.
+        SettingsError: the root is ``memory://``: delta-rs gives each table handle its own empty memory store,
+            so nothing written there could be read again.
     """
 
     def __init__(self, settings: Settings | None = None, *, on_access: AccessHook | None = None) -> None:
         self.settings = settings or get_settings()
         self.root = str(self.settings.lake_root).rstrip("/")
+        if self.root.startswith("memory://"):
+            raise SettingsError(f"lake_root (MEDGUARD_LAKE_ROOT) {self.root!r}: delta-rs keeps a memory:// table "
+                                "per handle, so nothing written there could be read again; use a directory or "
+                                "an object store")
         self._on_access = on_access
         options = {k: v.get_secret_value() for k, v in self.settings.storage_options.items()}
         self._files = DeltaRsEngine(options)  # listings, on either engine

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline._arrow import plain_table, to_arrow
-from pipeline.errors import StorageError
+from pipeline.errors import SettingsError, StorageError
 from pipeline.lake import SYSTEM_ZONE, CommitInfo, Lake, LakeAccess, MergeResult, Zone
 
 SCHEMA = pa.schema(
@@ -547,6 +547,11 @@ def test_when_the_lake_is_built_with_default_settings_then_it_uses_delta_rs_unde
     assert "delta-rs" in repr(lake)
 
 
+def test_when_the_root_is_delta_rs_memory_store_then_settings_error_at_construction(settings) -> None:
+    with pytest.raises(SettingsError, match="nothing written there could be read again"):
+        Lake(settings.model_copy(update={"lake_root": "memory:///lake"}))
+
+
 def test_when_commit_info_has_no_dag_run_then_its_metadata_omits_it() -> None:
     info = CommitInfo(principal="svc:x", purpose="research", extra={"ticket": "SEC-1"})
 
@@ -669,6 +674,18 @@ def test_when_lake_writes_arrow_then_spark_reads_the_same_rows_and_types(
     result = _sorted(frame.toArrow())
     assert result.schema.equals(SCHEMA)
     assert result.equals(_patients(ids))
+
+
+def test_when_spark_reads_through_a_hooked_lake_then_the_read_is_reported_without_a_row_count(
+        spark, lake: Lake) -> None:
+    lake.append("raw", "patients", _patients(range(1, 4)))
+    seen: list[LakeAccess] = []
+
+    frame = lake.with_access_hook(seen.append).read_spark("raw", "patients", version=0)
+
+    assert frame.count() == 3
+    assert [(a.action, a.zone, a.table, a.rows, a.version) for a in seen] == [("read", "raw", "patients", None, 0)]
+    assert seen[0].columns == tuple(SCHEMA.names) and seen[0].details == {"as": "spark"}
 
 
 def test_when_spark_reads_an_empty_table_then_it_has_the_schema_and_no_rows(spark, lake: Lake) -> None:
