@@ -127,7 +127,7 @@ class ProtectedLake:
                  audit: AuditLog | None = None, cipher: CellCipher | None = None) -> None:
         if not principal or not isinstance(principal, str):
             raise ValueError("a ProtectedLake needs a principal (who reads and writes)")
-        self.lake = lake
+        self.lake = lake.with_access_hook(None)  # its accesses record their own events; a hook would repeat them
         self.provider = provider
         self.principal = principal
         self.kek_name = kek_name

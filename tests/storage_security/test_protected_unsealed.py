@@ -6,7 +6,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from pipeline.lake import CommitInfo, Lake
+from pipeline.lake import CommitInfo, Lake, LakeAccess
 from storage_security.audit.log import AuditAction, AuditEvent
 from storage_security.keys.keyring import LocalKeyring
 from storage_security.protected import ProtectedLake, Protection
@@ -77,3 +77,15 @@ def test_when_metadata_is_asked_then_it_comes_without_audit_events_and_never_lis
 
     seq = plake.record(AuditEvent(principal="svc:deidentify", action=AuditAction.WRITE, details={"run": 1}))
     assert seq == recorded and _events(plake)[-1].details == {"run": 1}
+
+
+def test_when_the_lake_given_has_an_access_hook_then_sealed_accesses_are_recorded_once_not_twice(
+        lake: Lake, keyring: LocalKeyring) -> None:
+    seen: list[LakeAccess] = []
+    plake = ProtectedLake(lake.with_access_hook(seen.append), keyring, principal="svc:ingest")
+
+    plake.append("raw", "patients", pa.table({"row_id": ["r1"], "patient": ["ps1_a"], "name": ["Ann"]}), PROT)
+    plake.read("raw", "patients", decrypt=True)
+
+    assert seen == []
+    assert [e.action for e in _events(plake)] == [AuditAction.ENCRYPT, AuditAction.DECRYPT]
