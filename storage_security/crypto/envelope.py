@@ -223,7 +223,7 @@ class CellCipher:
         max_invocations: cells one DEK may encrypt before a fresh one is made (at most 2^32).
         clock: monotonic seconds, injectable for tests.
         commit: who/why for the DEK store's commits.
-        patient_keys: where patients' wrapped DEKs live (needed for ``scope_key`` encryption).
+        patient_keys: where patients' wrapped DEKs live; by default the patient key store of the DEK store's lake.
         max_cached_keys: unwrapped DEKs kept in memory.
 
     Raises:
@@ -260,7 +260,7 @@ class CellCipher:
         self._clock = clock
         self._commit = commit
         self._lock = threading.RLock()
-        self._patient_keys = patient_keys
+        self._patient_keys = patient_keys if patient_keys is not None else PatientKeyStore(store.lake)
         self._max_cached = int(max_cached_keys)
         self._active: dict[tuple[str, str, str, str], _Dek] = {}
         self._patients: OrderedDict[str, _Dek] = OrderedDict()
@@ -433,14 +433,9 @@ class CellCipher:
             return dek
         return None
 
-    def _patient_store(self) -> PatientKeyStore:
-        if self._patient_keys is None:
-            raise ValueError("encrypting with a scope_key needs a cipher with a patient key store (patient_keys=)")
-        return self._patient_keys
-
     def _stored_patient_deks(self, scope_keys: list[str], now: float) -> dict[str, _Dek]:
         """The newest DEK of each patient that has one in the store, unwrapped in batches of requests."""
-        records = self._patient_store().find(scope_keys)
+        records = self._patient_keys.find(scope_keys)
         newest: dict[str, _Dek] = {}
         order: dict[str, object] = {}
         for record, dek in zip(records, self._unwrap_patients(records, now), strict=True):
@@ -469,7 +464,7 @@ class CellCipher:
 
     def _record_patient_deks(self, fresh: list[tuple[_Dek, bytes]]) -> None:
         """Wrap new patient DEKs in one batch of provider requests and record them before any is used."""
-        store = self._patient_store()
+        store = self._patient_keys
         wrapped = self._provider.wrap_many(self.kek_name, [material for _dek, material in fresh])
         if len(wrapped) != len(fresh):
             raise CryptoError(f"the key provider wrapped {len(wrapped)} of {len(fresh)} patient data keys")
@@ -629,7 +624,7 @@ class CellCipher:
                     found[key] = cached[0]
                     self._known.move_to_end(key)
             missing = [key for key in key_ids if key not in found]
-            if missing and self._patient_keys is not None:
+            if missing:
                 patients = list(self._patient_keys.get(missing).values())
                 for record, dek in zip(patients, self._unwrap_patients(patients, now), strict=True):
                     if dek is not None:
@@ -683,7 +678,7 @@ class CellCipher:
         """
         check_scope_key(scope_key)
         self.evict(scope_key)
-        dropped = self._patient_keys.shred(scope_key, commit=commit) if self._patient_keys is not None else 0
+        dropped = self._patient_keys.shred(scope_key, commit=commit)
         legacy = self._store.records(scope="patient", scope_key=scope_key)
         if legacy:
             for kek in sorted({record.kek_name for record in legacy}):
