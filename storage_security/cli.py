@@ -300,13 +300,14 @@ def keys_status(
     else:
         kek_text = "missing: run `medguard keys init`"
     deks = DekStore.from_settings(settings).summary(latest)
-    patient_keys = PatientKeyStore(Lake(settings)).summary()
+    patient_keys = PatientKeyStore(Lake(settings)).summary(latest)
     by_scope = ", ".join(f"{scope} {count}" for scope, count in deks["by_scope"].items())
     emit(
         {"provider": provider.name, "health": health, "kek": kek_info, "deks": deks, "patient_keys": patient_keys},
         as_json,
         f"{provider.name}: healthy; KEK {kek!r} {kek_text}\n"
-        f"patient DEKs: {patient_keys['deks']} ({patient_keys['patients']} patients) under the data KEK\n"
+        f"patient DEKs: {patient_keys['deks']} ({patient_keys['patients']} patients) under the data KEK, "
+        f"{patient_keys['stale']} wrapped under an older version\n"
         f"other DEKs: {deks['deks']} ({by_scope}; {deks['patients']} patients not yet migrated, "
         f"{deks['retired']} retired, {deks.get('stale', 0)} wrapped under an older KEK version)",
     )

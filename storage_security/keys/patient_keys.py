@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -206,12 +206,20 @@ class PatientKeyStore:
         for start in range(0, len(records), size):
             yield records[start:start + size]
 
-    def summary(self) -> dict[str, int]:
-        """Counts for ``medguard keys status``: patient DEKs and patients."""
+    def summary(self, latest: Mapping[str, int] | None = None) -> dict[str, int]:
+        """Counts for ``medguard keys status``: patient DEKs, patients, and with ``latest`` (the KEKs' latest
+        versions) how many are wrapped under an older version (``keys rotate`` rewraps them)."""
         if not self.exists():
-            return {"deks": 0, "patients": 0}
-        keys = self.lake.read_arrow(SYSTEM_ZONE, self.table, columns=["scope_key"]).column("scope_key")
-        return {"deks": len(keys), "patients": len(keys.unique())}
+            return {"deks": 0, "patients": 0, "stale": 0}
+        table = self.lake.read_arrow(SYSTEM_ZONE, self.table, columns=["scope_key", "kek_name", "wrapped"])
+        versions = pc.struct_field(pc.extract_regex(table.column("wrapped").cast(pa.string()),
+                                                    r"^[a-z][a-z0-9_-]*:v(?P<v>[0-9]{1,9}):"), "v")
+        stale = 0
+        for kek, version in (latest or {}).items():
+            mine = pc.equal(table.column("kek_name"), kek)
+            current = pc.equal(versions, str(version))
+            stale += pc.sum(pc.and_(mine, pc.invert(pc.fill_null(current, False)))).as_py() or 0
+        return {"deks": table.num_rows, "patients": len(table.column("scope_key").unique()), "stale": stale}
 
     def _lookup(self, column: str, values: list[str]) -> list[PatientKey]:
         """Rows whose ``column`` is one of ``values``: a predicate for a few, else one scan filtered in Arrow.

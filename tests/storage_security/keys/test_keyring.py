@@ -370,6 +370,7 @@ def test_when_keys_init_runs_on_a_fresh_home_then_keyring_is_made_and_master_key
     status = json.loads(out)
     assert code == 0
     assert status["health"]["ok"] and status["kek"]["latest"] == 1 and status["deks"]["deks"] == 0
+    assert status["patient_keys"] == {"deks": 0, "patients": 0, "stale": 0}
 
 
 def test_when_keys_init_has_a_master_key_file_setting_then_the_new_key_goes_there(tmp_path: Path) -> None:
