@@ -1,4 +1,7 @@
-"""The ``medguard_deidentify`` DAG runs under Airflow 3 (``airflow dags test``), publishes and emits its Assets."""
+"""The ``medguard_deidentify`` DAG runs under Airflow 3 (``airflow dags test``), publishes and emits its Assets.
+
+Its raw zone is what ingestion writes: a defect-free generated extract, ingested as the ingest DAG would.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +9,10 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
-from _deid_raw import generated, load_raw
-
+from ingestion.batch import ingest
 from pipeline.lake import Lake
 from pipeline.orchestration import run_dag
+from pipeline.synthetic import generate
 from storage_security.deid.deidentify import published_report
 from storage_security.protected import ProtectedLake
 
@@ -21,7 +24,11 @@ def test_when_the_deidentify_dag_runs_then_raw_tables_are_published_and_emitted(
     # The DAG's task runs in an `airflow dags test` subprocess, which inherits the keyring_env settings.
     dag_settings = settings.model_copy(update={"lake_root": str(tmp_path / "lake")})
     lake = Lake(dag_settings)
-    load_raw(ProtectedLake(lake, keyring_env, principal="svc:ingest"), generated(60, 11), TABLES)
+    extract = tmp_path / "extract"
+    generate(extract, patients=60, seed=11, formats=["parquet"], defect_rate=0.0)
+    plake = ProtectedLake(lake, keyring_env, principal="svc:ingest")
+    for table in TABLES:
+        ingest(dag_settings, source="tabular", path=extract / f"{table}.parquet", table=table, plake=plake, docs=False)
 
     result = run_dag("medguard_deidentify", settings=dag_settings, timeout=400)
     result.raise_for_state()
