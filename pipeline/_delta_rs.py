@@ -8,6 +8,7 @@ the engine is built with (endpoint, region, credentials), the same for every rea
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -65,6 +66,9 @@ class DeltaRsEngine:
         The listing goes through delta-rs's own object store (``deltalake.fs.DeltaStorageHandler``), so it uses
         the credentials and endpoint that reads and writes use.
         """
+        local = root.removeprefix("file://") if root.startswith("file://") or "://" not in root else None
+        if local is not None and not os.path.isdir(local):
+            return []  # a local lake nothing has been written to yet (an object store has no folders to miss)
         try:
             store = pafs.PyFileSystem(DeltaStorageHandler(root, self._options))
             entries = store.get_file_info(pafs.FileSelector(folder, allow_not_found=True))

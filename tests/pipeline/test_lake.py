@@ -506,6 +506,13 @@ def test_when_tables_are_listed_then_only_delta_tables_of_that_zone_come_back_so
     assert lake.tables(Zone.AUDIT) == []
 
 
+def test_when_nothing_was_ever_written_then_every_zone_lists_no_tables(lake: Lake) -> None:
+    assert not Path(lake.root).exists()
+
+    assert [lake.tables(zone) for zone in Zone] == [[] for _ in Zone]
+    assert lake.tables(SYSTEM_ZONE) == []
+
+
 def test_when_a_schema_is_asked_then_it_comes_from_the_log_with_every_type(lake: Lake) -> None:
     lake.append("raw", "patients", _patients([1, 2]))
     lake.append("raw", "patients", pa.table({"id": [3], "extra": ["x"]}), evolve_schema=True)
