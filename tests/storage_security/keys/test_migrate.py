@@ -35,9 +35,9 @@ def _cell(dek: bytes, key_id: bytes, column: str, row_key: str, value: str) -> b
     return header + nonce + AESGCM(dek).encrypt(nonce, value.encode(), context + row_key.encode())
 
 
-def _legacy_lake(lake: Lake, keyring: LocalKeyring, patients: int) -> tuple[ProtectedLake, dict[str, str]]:
+def _legacy_lake(plake: ProtectedLake, patients: int) -> tuple[ProtectedLake, dict[str, str]]:
     """A raw table with one new-style batch, then rows of ``patients`` patients written the old way."""
-    plake = ProtectedLake(lake, keyring, principal="test:ops")
+    lake, keyring = plake.lake, plake.provider
     pseudonyms = plake.pseudonymizer("patient").pseudonymize([f"PAT{i}" for i in range(patients)]).to_pylist()
     plake.append("raw", "people", pa.table({"row_id": ["new-0"], "patient": [pseudonyms[0]], "ssn": ["new 0"]}),
                  PROT)
@@ -85,7 +85,7 @@ class _FailsAfter:
 def test_when_an_old_lake_is_migrated_then_it_reads_the_same_under_the_data_kek_and_the_patient_keks_go(
     lake: Lake, keyring: LocalKeyring
 ) -> None:
-    plake, expected = _legacy_lake(lake, keyring, patients=5)
+    plake, expected = _legacy_lake(ProtectedLake(lake, keyring, principal="test:ops"), patients=5)
     assert _ssn(ProtectedLake(lake, keyring, principal="test:reader")) == expected  # the old way still reads
     cells_before = lake.read_arrow("raw", "people").column("ssn")
 
@@ -114,3 +114,34 @@ def test_when_an_old_lake_is_migrated_then_it_reads_the_same_under_the_data_kek_
     shred_patient(reader, victim, reason="erasure ER-3")
     assert _ssn(ProtectedLake(lake, keyring, principal="test:reader")) == expected | {"old-3-0": None,
                                                                                        "old-3-1": None}
+
+
+def test_when_migrating_through_vault_then_dead_patient_keks_are_reported_and_the_rest_move(
+    lake: Lake, vault_provider, kek_name: str
+) -> None:
+    from storage_security.audit.log import AuditLog
+
+    def plake_of(principal: str) -> ProtectedLake:
+        return ProtectedLake(lake, vault_provider, principal=principal, kek_name=kek_name,
+                             audit=AuditLog(lake, vault_provider, key_name=f"{kek_name}-audit"))
+
+    plake, expected = _legacy_lake(plake_of("test:ops"), patients=3)
+    legacy = sorted({r.kek_name for r in plake.store.records(scope="patient")})
+    try:
+        vault_provider.destroy_key(legacy[0])  # an old shred cut short: the KEK is gone, its record is not
+
+        report = migrate_patient_keys(plake, delete_patient_keks=True)
+
+        assert report.to_dict() == {"patients": 3, "deks_moved": 2, "already_moved": 0, "unreadable": 1,
+                                    "patient_keks_deleted": 2}
+        assert not any(vault_provider.key_exists(name) for name in legacy)
+        assert [r.kek_name for r in plake.store.records(scope="patient")] == [legacy[0]]
+        dead = legacy[0].removeprefix("patient-")
+        plake.shred(dead, reason="finish the old shred")
+        got = _ssn(plake_of("test:reader"))
+        rows = plake.lake.read_arrow("raw", "people").to_pylist()
+        assert got == {k: (None if any(r["row_id"] == k and r["patient"] == dead for r in rows) else v)
+                       for k, v in expected.items()}
+    finally:
+        for name in [*legacy, f"{kek_name}-audit"]:
+            vault_provider.destroy_key(name)
