@@ -145,6 +145,8 @@ def test_when_a_patient_is_shredded_then_no_file_of_the_lake_holds_their_wrapped
                "base64 of wrapped": base64.b64encode(record.wrapped.encode())[:-4]}
     keys_dir = Path(lake.root, SYSTEM_ZONE)
     assert needles["wrapped"] in _every_file(keys_dir)  # the search does find a live key
+    log = _every_file(keys_dir / "patient_keys" / "_delta_log")
+    assert b"minValues" in log and not [name for name, needle in needles.items() if needle in log]  # no stats
 
     assert plake.shred(victim, reason="erasure ER-1") == 1
     assert plake.shred(victim, reason="erasure ER-1, again") == 0  # re-runnable
