@@ -143,5 +143,13 @@ class DeltaSparkEngine:
         if dry_run:
             sql = f"VACUUM delta.`{uri}` RETAIN {int(retention_hours)} HOURS DRY RUN"
             return [row[0] for row in self._spark.sql(sql).collect()]
-        self._delta(uri).vacuum(retention_hours)
+        # Delta refuses a retention under its 168-hour default unless this check is off; Lake.vacuum is explicit and
+        # keyword-only, and a crypto-shred must vacuum with zero retention so no deleted key survives in old files.
+        check = "spark.databricks.delta.retentionDurationCheck.enabled"
+        previous = self._spark.conf.get(check, "true")
+        self._spark.conf.set(check, "false")
+        try:
+            self._delta(uri).vacuum(retention_hours)
+        finally:
+            self._spark.conf.set(check, previous)
         return []

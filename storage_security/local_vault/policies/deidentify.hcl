@@ -1,4 +1,4 @@
-# medguard-deidentify: the de-identification job. It unwraps the data keys of raw/curated cells (the patients'
+# medguard-deidentify: the de-identification job. It unwraps the data keys of raw cells (the patients'
 # and the batch-scoped ones, all under the data KEK, in batches), may make fresh data keys under medguard-kek for
 # what it writes, and signs audit heads. It cannot rotate, reconfigure or delete any key.
 
