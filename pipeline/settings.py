@@ -131,7 +131,8 @@ class DeidentifySettings(_Section):
     max_suppression: float = Field(default=0.05, ge=0.0, le=0.5)
     # Ages (age_band) are computed at this date: the cohort's index date.
     reference_date: date = date(2025, 1, 1)
-    # Note tables this long are scanned on Spark (one Presidio engine per executor).
+    # Note tables this long are scanned on Spark (one Presidio engine per executor); with compute=spark, other
+    # tables this long are masked on the executors.
     spark_min_rows: int = Field(default=50_000, ge=1)
     # Entries given here replace the shipped ones entity by entity (so an SSN stays redacted unless you say so).
     note_entities: dict[str, NoteOp] = Field(default_factory=lambda: dict(_NOTE_ENTITIES))
@@ -205,6 +206,9 @@ class Settings(BaseSettings):
     home: Path = Path(".medguard")
     lake_root: str | None = None
     lake_engine: Literal["delta-rs", "spark"] = "delta-rs"
+    # Where layers 1-2 do their per-chunk work: ``local`` in this process; ``spark`` on the executors of
+    # ``spark.master`` (mapInArrow), the driver still committing through ``lake_engine``.
+    compute: Literal["local", "spark"] = "local"
     # Options of the lake's object store, handed to delta-rs as they are (e.g. AWS_ENDPOINT_URL, AWS_REGION,
     # AWS_ACCESS_KEY_ID, AWS_ALLOW_HTTP, AWS_S3_ALLOW_UNSAFE_RENAME); MEDGUARD_STORAGE_OPTIONS takes them as a
     # JSON object. Secret values: never printed. Empty: delta-rs reads the usual AWS_/GOOGLE_/AZURE_ variables.

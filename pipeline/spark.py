@@ -3,7 +3,9 @@
 Workers must run the interpreter that runs the driver (xgboost.spark and pandas UDFs import the project's
 packages in the workers), so ``PYSPARK_PYTHON`` and ``PYSPARK_DRIVER_PYTHON`` are pinned to ``sys.executable``.
 When settings select the Spark lake engine, the session is built with Delta's extensions and checked for
-Delta's jars at once: a missing jar fails here, at start-up, never halfway through a job.
+Delta's jars at once: a missing jar fails here, at start-up, never halfway through a job. With ``compute=spark``
+layers 1-2 run their per-chunk work on executors (:mod:`ingestion.spark`, :mod:`storage_security.deid.spark`);
+:func:`executor_settings` is what those tasks carry to rebuild the settings there, secrets left out.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import EngineUnavailableError
 from pipeline.settings import Settings, get_settings
@@ -45,6 +47,10 @@ def _builder_conf(settings: Settings) -> dict[str, str]:
         "spark.sql.warehouse.dir": str(settings.home / "spark-warehouse"),
         "spark.driver.extraJavaOptions": f"-Dderby.system.home={settings.home / 'derby'}",
     }
+    if settings.compute == "spark":
+        # Layers 1-2 hand decrypted records to Spark: with I/O encryption the driver streams them to the JVM over
+        # an authenticated socket instead of a temporary file, and shuffle and spill files are encrypted.
+        conf["spark.io.encryption.enabled"] = "true"
     if settings.lake_engine == "spark":
         conf["spark.sql.extensions"] = DELTA_EXTENSION
         conf["spark.sql.catalog.spark_catalog"] = DELTA_CATALOG
@@ -91,6 +97,28 @@ def get_spark(settings: Settings | None = None) -> SparkSession:
             raise EngineUnavailableError(DELTA_JARS_HELP)
         _session = session
         return session
+
+
+def executor_settings(settings: Settings) -> dict[str, Any]:
+    """What executors need to rebuild ``settings``: every field but the secrets (tokens, storage credentials).
+
+    Executors take their secrets from their own environment (``MEDGUARD_VAULT__TOKEN``, an AppRole secret id,
+    object-store credentials), set where the cluster starts them; a task's closure never carries one.
+    """
+    return settings.model_dump(mode="json", exclude={"vault": {"token", "secret_id"}, "storage_options": True})
+
+
+_executor_settings: dict[str, Settings] = {}
+
+
+def settings_on_executor(fields: dict[str, Any]) -> Settings:
+    """The settings of :func:`executor_settings`, rebuilt once per executor Python worker."""
+    import json
+
+    key = json.dumps(fields, sort_keys=True)
+    if key not in _executor_settings:
+        _executor_settings[key] = Settings(**fields)
+    return _executor_settings[key]
 
 
 def stop_spark() -> None:

@@ -1,0 +1,64 @@
+"""The executor side of ``compute=spark``, without a cluster: the functions ``mapInArrow`` runs are the in-process
+ones, and what tasks carry holds no secret. (The cluster itself: ``test_spark_cluster.py``.)"""
+
+from __future__ import annotations
+
+import pickle
+
+import pyarrow as pa
+
+from ingestion.checking import check_table
+from ingestion.contract import builtin_contract
+from ingestion.sources._base import TableRows
+from ingestion.spark import check_batches
+from pipeline.settings import load_settings
+from pipeline.spark import _builder_conf, executor_settings, settings_on_executor
+
+GOOD_OBS = {"observation_id": "o1", "patient_id": "p1", "encounter_id": "e1", "category": "vital-signs",
+            "loinc_code": "8480-6", "display": "Systolic", "value": 120.0, "unit": "mm[Hg]",
+            "effective_time": "2024-03-01T10:00:00Z"}
+
+
+def _rows(*changes: dict) -> TableRows:
+    rows = TableRows()
+    for number, change in enumerate(changes, start=1):
+        rows.add({**GOOD_OBS, "observation_id": f"o{number}", **change}, f"line {number}")
+    return rows
+
+
+def _facts(checked) -> tuple:
+    return (checked.candidates, checked.hashes, checked.patients, checked.keys, checked.typed,
+            {i: sorted(rule for rule, _ in found) for i, found in checked.result.violations.items()},
+            sorted((o.rule, o.success, o.unexpected_count) for o in checked.result.outcomes))
+
+
+def test_when_chunks_go_through_the_executor_function_then_verdicts_equal_check_table() -> None:
+    contract = builtin_contract("observations")
+    first, second = _rows({}, {"value": 300.0}, {"value": "high"}), _rows({"effective_time": "2023-02-30T10:00:00Z"},
+                                                                          {"patient_id": "p2"})
+    batch = pa.RecordBatch.from_pylist([{"chunk": 0, "table": "observations", "rows": pickle.dumps(first)},
+                                        {"chunk": 1, "table": "observations", "rows": pickle.dumps(second)}])
+    out = pa.Table.from_batches(list(check_batches({"observations": contract})(iter([batch]))))
+    assert out.column("chunk").to_pylist() == [0, 1]
+    on_executor = [pickle.loads(payload) for payload in out.column("checked").to_pylist()]  # noqa: S301
+    in_process = [check_table(contract, first), check_table(contract, second)]
+    assert [_facts(c) for c in on_executor] == [_facts(c) for c in in_process]
+    assert on_executor[0].candidates == [0] and sorted(on_executor[0].result.violations) == [1, 2]
+
+
+def test_when_settings_go_to_executors_then_secrets_stay_behind_and_the_rest_is_rebuilt() -> None:
+    settings = load_settings(compute="spark", vault={"token": "hvs.secret-token", "auth_method": "token"},
+                             storage_options={"AWS_SECRET_ACCESS_KEY": "s3-secret"})
+    fields = executor_settings(settings)
+    assert "hvs.secret-token" not in repr(fields) and "s3-secret" not in repr(fields)
+    rebuilt = settings_on_executor(fields)
+    assert rebuilt.vault.token is None and rebuilt.storage_options == {}
+    assert (rebuilt.home, rebuilt.lake_root, rebuilt.key_provider, rebuilt.compute) == (
+        settings.home, settings.lake_root, settings.key_provider, "spark")
+    assert rebuilt.ingestion == settings.ingestion and rebuilt.deidentify == settings.deidentify
+    assert settings_on_executor(fields) is rebuilt  # once per executor worker
+
+
+def test_when_compute_is_spark_then_records_reach_the_jvm_encrypted() -> None:
+    assert _builder_conf(load_settings(compute="spark"))["spark.io.encryption.enabled"] == "true"
+    assert "spark.io.encryption.enabled" not in _builder_conf(load_settings(compute="local"))
