@@ -7,13 +7,15 @@ row per table of a chunk, and checked by ``mapInArrow`` with :func:`check_batche
 executor Python worker. The verdicts come back to the driver in source order, where the batch deduplicates,
 pseudonymises, seals and commits each chunk as it does in-process, so both paths write the same tables.
 
-Why sealing stays on the driver: a chunk's check (pandas conform and Great Expectations) measured 20-50 times the
-cost of sealing its PHI columns under the patients' DEKs (one AES-GCM pass per column, keys already unwrapped in
-this process), so the check is the work worth moving; sealing on executors would add a provider login and a DEK
-unwrap per executor, and new patients' DEKs must still be made and recorded once, by one writer, before any cell
-uses them. Records reach executors as they were read (a pickled :class:`~ingestion.sources._base.TableRows` in a
-binary column: source values of any Python type, which one Arrow type per column could not carry) and verdicts
-come back the same way; nothing is sealed or written on an executor, and no key leaves the driver.
+Why sealing stays on the driver: checking is the work worth moving. Measured in-process on 2,000 patients (keyring
+provider, 5,000-row chunks), checking the 66,473 observations took 7.4 s and sealing their PHI columns 0.6 s (under
+the patients' DEKs, one AES-GCM pass per column); the 2,000 patients 0.6 s and 0.3 s. Sealing on executors would add
+a provider login and a DEK unwrap per executor, and new patients' DEKs must still be made and recorded once, by one
+writer, before any cell uses them.
+
+Records reach executors as they were read (a pickled :class:`~ingestion.sources._base.TableRows` in a binary
+column: source values of any Python type, which one Arrow type per column could not carry) and verdicts come back
+the same way; nothing is sealed or written on an executor, and no key leaves the driver.
 
 Plaintext records pass through Spark: :func:`pipeline.spark.get_spark` turns on ``spark.io.encryption.enabled``
 for ``compute=spark``, so the driver streams them to the JVM over an authenticated socket (not a temporary file)
