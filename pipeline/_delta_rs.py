@@ -211,13 +211,15 @@ class DeltaRsEngine:
     def schema(self, uri: str) -> pa.Schema:
         return pa.schema(self._table(uri).schema().to_arrow())
 
-    def vacuum(self, uri: str, *, retention_hours: int, dry_run: bool, metadata: dict[str, str]) -> list[str]:
+    def vacuum(self, uri: str, *, retention_hours: int, dry_run: bool, metadata: dict[str, str],
+               full: bool = False) -> list[str]:
         try:
             return self._table(uri).vacuum(
                 retention_hours=retention_hours,
                 dry_run=dry_run,
                 enforce_retention_duration=False,
                 commit_properties=_props(metadata),
+                full=full,  # without it delta-rs keeps files the log never referenced (uncommitted writes)
             )
         except DeltaError as exc:
             raise StorageError(f"vacuum of {uri} failed: {exc}") from exc

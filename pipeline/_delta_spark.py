@@ -139,7 +139,9 @@ class DeltaSparkEngine:
     def schema(self, uri: str) -> pa.Schema:
         return self.read_frame(uri).limit(0).toArrow().schema
 
-    def vacuum(self, uri: str, *, retention_hours: int, dry_run: bool, metadata: dict[str, str]) -> list[str]:
+    def vacuum(self, uri: str, *, retention_hours: int, dry_run: bool, metadata: dict[str, str],
+               full: bool = False) -> list[str]:
+        # Spark's VACUUM lists every file of the table directory, so it is always full: ``full`` changes nothing.
         if dry_run:
             sql = f"VACUUM delta.`{uri}` RETAIN {int(retention_hours)} HOURS DRY RUN"
             return [row[0] for row in self._spark.sql(sql).collect()]

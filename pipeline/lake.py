@@ -131,7 +131,8 @@ class _Engine(Protocol):
     def history(self, uri: str, limit: int | None = ...) -> list[dict[str, Any]]: ...
     def snapshot_files(self, uri: str, version: int | None = ...) -> list[str]: ...
     def schema(self, uri: str) -> pa.Schema: ...
-    def vacuum(self, uri: str, *, retention_hours: int, dry_run: bool, metadata: dict[str, str]) -> list[str]: ...
+    def vacuum(self, uri: str, *, retention_hours: int, dry_run: bool, metadata: dict[str, str],
+               full: bool = ...) -> list[str]: ...
 
 
 class Lake:
@@ -297,19 +298,25 @@ class Lake:
         return deleted
 
     def vacuum(self, zone: Zone | str, table: str, *, retention_hours: int = 168, dry_run: bool = True,
-               commit: CommitInfo | None = None) -> list[str]:
+               full: bool = False, commit: CommitInfo | None = None) -> list[str]:
         """Remove files no longer referenced by versions newer than the retention; a dry run by default.
 
         Vacuuming makes versions older than the retention unreadable (time travel ends there).
+
+        Args:
+            full: also remove files the log never referenced (older than the retention), such as the data file
+                of a write whose commit failed or was interrupted. delta-rs removes only files the log marked
+                removed unless asked; Spark's VACUUM always lists every file. A full vacuum with zero retention
+                would remove the file of a write still in flight: callers hold a lock every writer takes.
         """
         if retention_hours < 0:
             raise ValueError("retention_hours must be >= 0")
         info = commit or CommitInfo()
         files = self._engine.vacuum(self.uri(zone, table), retention_hours=retention_hours, dry_run=dry_run,
-                                    metadata=info.metadata("vacuum"))
+                                    metadata=info.metadata("vacuum"), full=full)
         if not dry_run:
             self._report("delete", "vacuum", zone, table, rows=None, columns=(), commit=info,
-                         details={"retention_hours": retention_hours, "files": len(files)})
+                         details={"retention_hours": retention_hours, "files": len(files), "full": full})
         return files
 
     # reads -------------------------------------------------------------------------------------------

@@ -12,7 +12,9 @@ batch's patients is one predicate scan. Delta keeps history in two places, and b
 
 - deleted rows stay in the Parquet files older versions reference: every shred vacuums with zero retention
   (under an exclusive lock for a local lake, which every writer of the store takes too, so the vacuum never
-  removes the file of an append still in flight); time travel on this table ends at the last shred;
+  removes the file of an append still in flight); time travel on this table ends at the last shred. The vacuum
+  is a full one: it also removes files no commit ever referenced, which a write whose commit failed or was
+  interrupted (a crashed ``keys rotate``, a full disk) leaves behind holding live wrapped keys;
 - the ``_delta_log`` JSON and checkpoints carry column min/max statistics, which vacuum never removes: the wrapped
   key is a ``binary`` column, for which neither delta-rs nor Delta Spark write min/max statistics (the key id
   and the pseudonym, which are no secrets, do appear there).
@@ -160,7 +162,7 @@ class PatientKeyStore:
         info = commit or CommitInfo(purpose="crypto-shredding")
         with self._locked():
             deleted = self.lake.delete(SYSTEM_ZONE, self.table, where=f"scope_key = '{scope_key}'", commit=info)
-            self.lake.vacuum(SYSTEM_ZONE, self.table, retention_hours=0, dry_run=False, commit=info)
+            self.lake.vacuum(SYSTEM_ZONE, self.table, retention_hours=0, dry_run=False, full=True, commit=info)
         return deleted
 
     def replace(self, records: Sequence[PatientKey], *, commit: CommitInfo | None = None) -> int:

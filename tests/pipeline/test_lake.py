@@ -442,6 +442,29 @@ def test_when_vacuumed_with_zero_retention_then_old_files_go_and_the_current_ver
         lake.read_arrow("raw", "patients", version=0)
 
 
+def test_when_a_write_fails_to_commit_then_only_a_full_vacuum_removes_its_data_file(lake: Lake) -> None:
+    lake.append("raw", "patients", _patients([1]))
+    committed = _data_files(lake, "patients")
+    # Every next log entry is taken (by a directory): the write's data file lands, its commit fails — as after a
+    # crash, a full disk or an object-store error between the two.
+    slots = [Path(lake.uri("raw", "patients"), "_delta_log", f"{v:020d}.json") for v in range(1, 40)]
+    for slot in slots:
+        slot.mkdir()
+    with pytest.raises(StorageError):
+        lake.append("raw", "patients", _patients([2]))
+    for slot in slots:
+        slot.rmdir()
+    orphans = _data_files(lake, "patients") - committed
+    assert len(orphans) == 1
+
+    assert lake.vacuum("raw", "patients", retention_hours=0, dry_run=False) == []  # the log never named it
+    assert _data_files(lake, "patients") - committed == orphans
+    removed = lake.vacuum("raw", "patients", retention_hours=0, dry_run=False, full=True)
+
+    assert {Path(f).name for f in removed} == orphans and _data_files(lake, "patients") == committed
+    assert _ids(lake.read_arrow("raw", "patients")) == [1]
+
+
 def test_when_vacuum_retention_is_negative_then_value_error(lake: Lake) -> None:
     with pytest.raises(ValueError, match="retention_hours"):
         lake.vacuum("raw", "patients", retention_hours=-1)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pipeline.errors import DecryptionError
+from pipeline.errors import DecryptionError, StorageError
 from pipeline.lake import SYSTEM_ZONE, Lake
 from storage_security.crypto.envelope import CellCipher
 from storage_security.keys.dek_store import DekStore
@@ -166,6 +166,34 @@ def test_when_a_patient_is_shredded_then_no_file_of_the_lake_holds_their_wrapped
                                      row_keys=cells.column("row_id"))
     event = next(r.event for r in reader.audit.events() if str(r.event.action) == "key_shred")
     assert event.reason == "erasure ER-1" and event.row_keys == (victim,)
+
+
+def test_when_a_key_store_write_failed_to_commit_then_a_shred_still_removes_the_patients_orphaned_key(
+    keyring: LocalKeyring, lake: Lake
+) -> None:
+    plake = ProtectedLake(lake, keyring, principal="test:ops")
+    pseudonyms = plake.pseudonymizer("patient").pseudonymize(["PAT1", "PAT2"]).to_pylist()
+    plake.append("raw", "people", pa.table({"row_id": ["r0", "r1"], "patient": pseudonyms, "name": ["a", "b"],
+                                            "ssn": ["s0", "s1"]}), PROT)
+    store = plake.patient_keys
+    victim = next(r for r in store.records() if r.scope_key == pseudonyms[0])
+    rewrapped = PatientKey(key_id=victim.key_id, scope_key=victim.scope_key, kek_name=KEK,
+                           wrapped=keyring.rewrap(KEK, [victim.wrapped])[0], created_at=victim.created_at)
+    # A rotation's commit fails after its data file landed (every next log entry is taken by a directory).
+    slots = [Path(store.uri, "_delta_log", f"{v:020d}.json") for v in range(1, 40)]
+    for slot in slots:
+        slot.mkdir()
+    with pytest.raises(StorageError):
+        store.replace([rewrapped])
+    for slot in slots:
+        slot.rmdir()
+    assert rewrapped.wrapped.encode() in _every_file(Path(store.uri))  # the orphan holds a live key
+
+    assert plake.shred(pseudonyms[0], reason="erasure ER-6") == 1
+
+    everything = _every_file(Path(lake.root))
+    assert victim.wrapped.encode() not in everything and rewrapped.wrapped.encode() not in everything
+    assert [r.scope_key for r in store.records()] == [pseudonyms[1]]
 
 
 def test_when_thousands_of_keys_are_looked_up_then_one_scan_finds_exactly_them(
