@@ -1,12 +1,14 @@
 """One ingestion batch: read a source in chunks, validate, quarantine the rejects, load the rest into ``raw``.
 
 Flow per chunk: the source reader yields raw records per table and the records it could not read; each
-table's records are conformed to the contract's types and validated through Great Expectations
-(:mod:`ingestion.validate`); rows that pass are checked for duplicates within the batch, hashed, given their
-``patient_pseudonym`` and provenance, and appended to ``raw/<table>`` through the security core's
-:class:`~storage_security.protected.ProtectedLake`, which seals every PHI column of the contract before
-anything is written. Rejected rows go to ``quarantine/records`` with their position, rules and reason; their
-payload is sealed the same way.
+table's records are conformed to the contract's types in Arrow and validated by the contract's rules, vectorised
+with ``pyarrow.compute`` and summarised into Great Expectations results for the Data Docs
+(:mod:`ingestion.validate`); rows that pass are given a keyed record hash (HMAC under a key derived from the
+lake's provider-wrapped pseudonym key, see :func:`~ingestion.checking.record_hash_key`), checked for duplicates
+within the batch, given their ``patient_pseudonym`` (one keyed hash per distinct patient) and provenance,
+and appended to ``raw/<table>`` through the security core's :class:`~storage_security.protected.ProtectedLake`,
+which seals every PHI column of the contract before anything is written. Rejected rows go to
+``quarantine/records`` with their position, rules and reason; their payload is sealed the same way.
 
 Idempotence (the choice, documented): **a deterministic batch id, Delta transaction identifiers per chunk,
 and a batch ledger.** The batch id is a digest of the source kind, the contracts, the chunk size and the input
@@ -41,8 +43,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from ingestion.checking import CheckedTable, CheckPipeline, worker_count
+from ingestion.checking import CheckedTable, CheckPipeline, HashKey, record_hash_key, record_hashes, worker_count
 from ingestion.contract import CONFORMED_TABLES, Contract, builtin_contract, load_contract
 from ingestion.sources._base import SourceChunk, TableRows
 from ingestion.validate import ChunkValidator
@@ -301,13 +304,14 @@ class _Batch:
         self.validators = {t: ChunkValidator(c, docs_dir) for t, c in contracts.items()}
         self.dedup = _Dedup(settings.home / "tmp" / "ingest")
         self.pseudonyms = plake.pseudonymizer("patient")
+        self.hash_key = record_hash_key(plake)
         self.now = datetime.now(UTC)
         self.commit = CommitInfo(principal=plake.principal, purpose="ingest", dag_run=dag_run, batch_id=batch_id)
         self.app_id = f"medguard-ingest/{batch_id}"
 
     def run(self) -> BatchReport:
         try:
-            with _checks(self.settings, self.contracts) as checks:
+            with _checks(self.settings, self.contracts, self.hash_key) as checks:
                 for chunk, checked in checks.run(_chunks(self.source, self.path, self.contracts, self.settings)):
                     self._chunk(chunk, checked)
         finally:
@@ -357,12 +361,17 @@ class _Batch:
     def _table(self, chunk_index: int, table: str, contract: Contract, rows: TableRows,
                checked: CheckedTable) -> tuple[pa.Table | None, list[dict[str, Any]]]:
         counts = self.report.counts(table)
-        counts.rows_in += len(rows.rows)
+        counts.rows_in += len(rows)
         result = checked.result
         self.validators[table].record(result, run_name=f"{self.batch_id}-{table}-{chunk_index:05d}")
         self._merge_outcomes(table, result.outcomes)
         violations = result.violations
-        verdicts = self.dedup.verdicts(table, [checked.keys[i] for i in checked.candidates], checked.hashes)
+        hashes = checked.hashes
+        if hashes is None:  # checked where no hash key was installed (see check_table): hash here
+            hashes = record_hashes(table, checked.typed, self.hash_key)
+        candidate_keys = (checked.keys.take(pa.array(checked.candidates, pa.int64())).to_pylist()
+                          if checked.keys is not None else [None] * len(checked.candidates))
+        verdicts = self.dedup.verdicts(table, candidate_keys, hashes)
         keep: list[int] = []  # positions in checked.typed
         for position, (index, verdict) in enumerate(zip(checked.candidates, verdicts, strict=True)):
             if verdict == "duplicate":
@@ -379,27 +388,35 @@ class _Batch:
             rules = list(dict.fromkeys(rule for rule, _ in violations[index]))
             counts.quarantined += 1
             counts.by_rule.update(rules)
-            key_value = None if contract.key and contract.columns[contract.key].phi else checked.keys[index]
+            key_value = (None if checked.keys is None or contract.columns[contract.key].phi
+                         else checked.keys[index].as_py())
             naming = f" ({contract.key}={key_value})" if key_value else ""
-            reason = f"record at {rows.positions[index]}{naming}: " + "; ".join(
+            position = rows.position(index)
+            reason = f"record at {position}{naming}: " + "; ".join(
                 dict.fromkeys(message for _, message in violations[index]))
+            patient = checked.patients[index].as_py() if checked.patients is not None else None
             quarantined.append(self._quarantine_row(
-                table, rows.positions[index], rules, reason, json.dumps(rows.rows[index], default=str,
-                                                                          ensure_ascii=False),
-                checked.patients[index], key_value, False))
+                table, position, rules, reason, json.dumps(rows.record(index), default=str, ensure_ascii=False),
+                patient, key_value, False))
         if not keep:
             return None, quarantined
-        accepted = checked.typed.take(pa.array(keep, pa.int64()))
-        return self._raw_table(contract, accepted, [checked.hashes[i] for i in keep]), quarantined
+        if len(keep) == checked.typed.num_rows:
+            return self._raw_table(contract, checked.typed, pa.array(hashes, pa.string())), quarantined
+        taken = pa.array(keep, pa.int64())
+        return (self._raw_table(contract, checked.typed.take(taken), pa.array(hashes, pa.string()).take(taken)),
+                quarantined)
 
-    def _raw_table(self, contract: Contract, data: pa.Table, hashes: list[str]) -> pa.Table:
+    def _raw_table(self, contract: Contract, data: pa.Table, hashes: pa.Array) -> pa.Table:
+        count = data.num_rows
         if contract.patient_column:
-            pseudonyms = self.pseudonyms.pseudonymize(data.column(contract.patient_column))
+            # One keyed hash per distinct patient, not per row (a patient has dozens of observations).
+            patients = pc.cast(data.column(contract.patient_column), pa.string()).combine_chunks().dictionary_encode()
+            pseudonyms = self.pseudonyms.pseudonymize(patients.dictionary).take(patients.indices)
         else:
-            pseudonyms = pa.nulls(data.num_rows, pa.string())
-        extra = [pseudonyms, pa.array([self.source] * data.num_rows, pa.string()),
-                 pa.array([self.batch_id] * data.num_rows, pa.string()),
-                 pa.array([self.now] * data.num_rows, pa.timestamp("us", tz="UTC")), pa.array(hashes, pa.string())]
+            pseudonyms = pa.nulls(count, pa.string())
+        extra = [pseudonyms, pa.repeat(pa.scalar(self.source, pa.string()), count),
+                 pa.repeat(pa.scalar(self.batch_id, pa.string()), count),
+                 pa.repeat(pa.scalar(self.now, pa.timestamp("us", tz="UTC")), count), hashes]
         for fld, column in zip(_PROVENANCE, extra, strict=True):
             data = data.append_column(fld, column)
         return data
@@ -438,13 +455,13 @@ class _Batch:
             entry["unexpected_count"] += outcome.unexpected_count
 
 
-def _checks(settings: Settings, contracts: dict[str, Contract]) -> Any:
+def _checks(settings: Settings, contracts: dict[str, Contract], hash_key: HashKey) -> Any:
     """Where chunks are checked: in this process (or its spawn pool), or on Spark's executors (``compute=spark``)."""
     if settings.compute == "spark":
         from ingestion.spark import SparkCheckPipeline
 
         return SparkCheckPipeline(settings, contracts)
-    return CheckPipeline(contracts, worker_count(settings))
+    return CheckPipeline(contracts, worker_count(settings), hash_key)
 
 
 def _protection(contract: Contract) -> Any:

@@ -1,7 +1,7 @@
 """The side-effect-free half of loading a chunk: conform, validate and hash it, inline or in spawned workers.
 
-:func:`check_table` turns one table's raw records into row verdicts (type violations and the contract's rules
-through Great Expectations), the typed Arrow rows that passed, and their record hashes. It touches no table, key
+:func:`check_table` turns one table's raw records into row verdicts (type violations and the contract's rules,
+vectorised over Arrow), the typed Arrow rows that passed, and their keyed record hashes. It touches no table, key
 or file, so it can run in another process: :class:`CheckPipeline` hands chunks to a ``spawn`` process pool
 (delta-rs and spaCy do not survive ``fork``) and gives the results back in source order, while the loader seals
 and writes earlier chunks. At most ``workers + 1`` chunks are in flight, so memory stays bounded. With no
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import hmac
 import itertools
 import json
 import multiprocessing
@@ -26,7 +27,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import pandas as pd
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -35,7 +36,41 @@ from ingestion.sources._base import SourceChunk, TableRows
 from ingestion.validate import ChunkResult, ChunkValidator, conform
 from pipeline.settings import Settings
 
-__all__ = ["CheckPipeline", "CheckedTable", "check_chunk", "check_table", "record_hashes", "worker_count"]
+__all__ = ["CheckPipeline", "CheckedTable", "HashKey", "check_chunk", "check_table", "install_hash_key",
+           "record_hash_key", "record_hashes", "worker_count"]
+
+
+@dataclass(frozen=True)
+class HashKey:
+    """The secret of the keyed record hash, as bytes a pure function can take; its repr never shows them.
+
+    It is derived from a provider-held key (see :func:`record_hash_key`) and reaches a spawned worker through
+    the pool's initializer (a pipe, never a file); it is never written anywhere.
+    """
+
+    secret: bytes = field(repr=False)
+    version: str = ""
+
+    def __repr__(self) -> str:
+        return f"HashKey(version={self.version!r}, secret=<redacted>)"
+
+
+def record_hash_key(plake: Any) -> HashKey:
+    """The record-hash key of a lake, derived from its ``patient`` pseudonym key (wrapped by the provider).
+
+    :meth:`~storage_security.crypto.pseudonyms.Pseudonymizer.derive_key` gives it (label ``record-hash``): a
+    secret only a holder of the provider-wrapped key can compute, at no extra provider request.
+    """
+    pseudonymizer = plake.pseudonymizer("patient")
+    return HashKey(pseudonymizer.derive_key("record-hash"), version=pseudonymizer.key_version)
+
+
+_INSTALLED: list[HashKey] = []
+
+
+def install_hash_key(key: HashKey | None) -> None:
+    """Make ``key`` the record-hash key of this process (a spawned worker's initializer calls this)."""
+    _INSTALLED[:] = [key] if key is not None else []
 
 
 @dataclass
@@ -43,27 +78,29 @@ class CheckedTable:
     """One table of one chunk after checking.
 
     Attributes:
-        result: the Great Expectations outcomes, and ``violations``: every rule each row index broke.
+        result: the per-rule outcomes, and ``violations``: every rule each row index broke.
         candidates: the row indices that broke nothing, in order; ``typed`` holds them in the contract's types.
-        hashes: the record hash of each candidate.
-        patients: the source patient id of every row (for the quarantine's pseudonym).
-        keys: the key value of every row as text (None when missing or when there is no key).
+        hashes: the keyed record hash of each candidate (hex); None when the check had no hash key, in which
+            case the loader hashes ``typed`` itself.
+        patients: the source patient id of every row as text (Arrow; for the quarantine's pseudonym).
+        keys: the key value of every row as text (Arrow; null when missing), or None when there is no key.
     """
 
     result: ChunkResult
     candidates: list[int]
     typed: pa.Table
-    hashes: list[str]
-    patients: list[Any] = field(default_factory=list)
-    keys: list[str | None] = field(default_factory=list)
+    hashes: list[str] | None
+    patients: pa.Array | None = None
+    keys: pa.Array | None = None
 
 
-def record_hashes(table: str, data: pa.Table) -> list[str]:
-    """SHA-256 of the table name and each row's typed values (its content, without provenance).
+def record_hashes(table: str, data: pa.Table, key: HashKey) -> list[str]:
+    """HMAC-SHA256, under ``key``, of the table name and each row's typed values (its content, not provenance).
 
     Each value is written as its text with its length in front (``5:hello``), a null as ``\\0``, so no two
     different rows share an encoding; the text of a value is Arrow's cast to string of the contract's type,
-    the same whatever format the row arrived in.
+    the same whatever format the row arrived in. The encoding is built column-wise in Arrow; only the MAC
+    itself is one call per row.
     """
     if data.num_rows == 0:
         return []
@@ -73,43 +110,58 @@ def record_hashes(table: str, data: pa.Table) -> list[str]:
         framed = pc.binary_join_element_wise(pc.cast(pc.utf8_length(text), pa.string()), text, ":")
         parts.append(pc.fill_null(framed, "\0"))
     encoded = pc.binary_join_element_wise(*parts, "").cast(pa.binary()).to_pylist()
-    prefix = json.dumps(table).encode() + b"\0"
-    return [hashlib.sha256(prefix + row).hexdigest() for row in encoded]
+    base = hmac.new(key.secret, json.dumps(table).encode() + b"\0", hashlib.sha256)
+    out = []
+    for row in encoded:
+        mac = base.copy()
+        mac.update(row)
+        out.append(mac.hexdigest())
+    return out
 
 
 _VALIDATORS: dict[tuple[str, str], ChunkValidator] = {}
 
 
 def _validator(contract: Contract) -> ChunkValidator:
-    # One per contract and process: a worker keeps its Great Expectations context across chunks.
+    # One per contract and process: its checks are built once.
     key = (contract.table, contract.fingerprint)
     if key not in _VALIDATORS:
         _VALIDATORS[key] = ChunkValidator(contract)
     return _VALIDATORS[key]
 
 
-def _text(value: Any) -> str | None:
-    return None if value is None or value is pd.NA or (isinstance(value, float) and value != value) else str(value)
+def _as_text(data: pa.Table, column: str | None) -> pa.Array | None:
+    if column is None:
+        return None
+    values = data.column(column).combine_chunks()
+    return values if values.type == pa.string() else pc.cast(values, pa.string())
 
 
-def check_table(contract: Contract, rows: TableRows) -> CheckedTable:
-    """Conform, validate and hash one table's records of a chunk."""
-    frame, violations = conform(rows, contract)
-    result = _validator(contract).validate(frame)
+def check_table(contract: Contract, rows: TableRows, hash_key: HashKey | None = None) -> CheckedTable:
+    """Conform, validate and hash one table's records of a chunk; pure (Arrow in, Arrow out).
+
+    ``hash_key`` defaults to this process's installed key (:func:`install_hash_key`); with neither, no hashes
+    are computed here and the loader hashes the accepted rows itself.
+    """
+    data, violations = conform(rows, contract)
+    result = _validator(contract).validate(data)
     for index, found in result.violations.items():
         violations.setdefault(index, []).extend(found)
     result.violations = violations
-    candidates = [i for i in range(len(frame)) if i not in violations]
-    typed = pa.Table.from_pandas(frame.iloc[candidates], schema=contract.arrow_schema, preserve_index=False)
-    patients = frame[contract.patient_column].tolist() if contract.patient_column else [None] * len(frame)
-    keys = [_text(v) for v in frame[contract.key].tolist()] if contract.key else [None] * len(frame)
-    return CheckedTable(result, candidates, typed, record_hashes(contract.table, typed),
-                        [_text(p) for p in patients], keys)
+    keep = np.ones(data.num_rows, dtype=bool)
+    if violations:
+        keep[np.fromiter(violations, dtype=np.int64, count=len(violations))] = False
+    typed = data.filter(pa.array(keep)) if violations else data
+    key = hash_key if hash_key is not None else (_INSTALLED[0] if _INSTALLED else None)
+    hashes = record_hashes(contract.table, typed, key) if key is not None else None
+    return CheckedTable(result, np.flatnonzero(keep).tolist(), typed, hashes,
+                        _as_text(data, contract.patient_column), _as_text(data, contract.key))
 
 
-def check_chunk(chunk: SourceChunk, contracts: dict[str, Contract]) -> dict[str, CheckedTable]:
+def check_chunk(chunk: SourceChunk, contracts: dict[str, Contract],
+                hash_key: HashKey | None = None) -> dict[str, CheckedTable]:
     """Every table of a chunk checked against its contract (the tables without one are left to the loader)."""
-    return {table: check_table(contracts[table], rows) for table, rows in chunk.tables.items()
+    return {table: check_table(contracts[table], rows, hash_key) for table, rows in chunk.tables.items()
             if table in contracts}
 
 
@@ -121,7 +173,8 @@ def worker_count(settings: Settings) -> int:
     return chosen if chosen is not None else min(4, max(0, (os.cpu_count() or 1) // 2 - 1))
 
 
-def _prepare_worker() -> None:
+def _prepare_worker(hash_key: HashKey | None = None) -> None:
+    install_hash_key(hash_key)
     # Great Expectations imports pyspark.sql.connect, which takes a __main__ without __file__ or __spec__ for a
     # doctest run and calls sys.exit(0). A spawned worker of a parent started as `python -m ...` (pytest, an
     # Airflow task) has just such a __main__; naming it keeps the import an import.
@@ -147,9 +200,10 @@ class CheckPipeline:
         workers: processes to check in (0: inline).
     """
 
-    def __init__(self, contracts: dict[str, Contract], workers: int) -> None:
+    def __init__(self, contracts: dict[str, Contract], workers: int, hash_key: HashKey | None = None) -> None:
         self.contracts = contracts
         self.workers = max(0, workers)
+        self.hash_key = hash_key
         self._pending: deque[Future[dict[str, CheckedTable]]] = deque()
 
     def __enter__(self) -> CheckPipeline:
@@ -162,7 +216,7 @@ class CheckPipeline:
             future.cancel()
 
     def _submit(self, chunk: SourceChunk) -> Future[dict[str, CheckedTable]]:
-        future = _pool(self.workers).submit(check_chunk, chunk, self.contracts)
+        future = _pool(self.workers, self.hash_key).submit(check_chunk, chunk, self.contracts)
         self._pending.append(future)
         return future
 
@@ -172,7 +226,7 @@ class CheckPipeline:
         head = list(itertools.islice(chunks, 2))
         if len(head) < 2 or self.workers == 0:
             for chunk in itertools.chain(head, chunks):
-                yield chunk, check_chunk(chunk, self.contracts)
+                yield chunk, check_chunk(chunk, self.contracts, self.hash_key)
             return
         pending: deque[tuple[SourceChunk, Future[dict[str, CheckedTable]]]] = deque()
         for chunk in itertools.chain(head, chunks):
@@ -186,15 +240,19 @@ class CheckPipeline:
         self._pending.clear()
 
 
-_POOLS: dict[int, ProcessPoolExecutor] = {}
+_POOLS: dict[tuple[int, bytes | None], ProcessPoolExecutor] = {}
 
 
-def _pool(workers: int) -> ProcessPoolExecutor:
-    """One pool per worker count and process, started on first use and kept for later batches."""
-    pool = _POOLS.get(workers)
+def _pool(workers: int, hash_key: HashKey | None) -> ProcessPoolExecutor:
+    """One pool per worker count, hash key and process, started on first use and kept for later batches.
+
+    The workers receive the hash key once, through the initializer (a pipe); chunks travel without it.
+    """
+    ident = (workers, hashlib.sha256(hash_key.secret).digest() if hash_key is not None else None)
+    pool = _POOLS.get(ident)
     if pool is None or getattr(pool, "_broken", False):  # a worker that died breaks its pool for good
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_prepare_worker)
-        _POOLS[workers] = pool
+                                   initializer=_prepare_worker, initargs=(hash_key,))
+        _POOLS[ident] = pool
         atexit.register(pool.shutdown, wait=False, cancel_futures=True)
     return pool

@@ -44,14 +44,32 @@ class Rejected:
 
 @dataclass
 class TableRows:
-    """Raw records for one table (dicts of source values) with their source positions."""
+    """Raw records for one table with their source positions: dicts of source values, or one Arrow table.
+
+    A reader whose source is columnar already (Parquet) hands its record batch over as ``arrow`` and leaves
+    ``rows`` and ``positions`` empty: record ``i`` is then at ``row <first_row + i>``, and is turned into a
+    dict only when it is quarantined (:meth:`record`). Everything else fills ``rows`` through :meth:`add`.
+    """
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     positions: list[str] = field(default_factory=list)
+    arrow: Any = None  # a pyarrow.Table of source values, or None
+    first_row: int = 1
 
     def add(self, row: dict[str, Any], position: str) -> None:
         self.rows.append(row)
         self.positions.append(position)
+
+    def __len__(self) -> int:
+        return self.arrow.num_rows if self.arrow is not None else len(self.rows)
+
+    def position(self, index: int) -> str:
+        """Where record ``index`` is in the source (``line 12``, ``row 7``)."""
+        return f"row {self.first_row + index}" if self.arrow is not None else self.positions[index]
+
+    def record(self, index: int) -> dict[str, Any]:
+        """Record ``index`` as a dict of source values (for a quarantined row's payload)."""
+        return self.arrow.slice(index, 1).to_pylist()[0] if self.arrow is not None else self.rows[index]
 
 
 @dataclass
@@ -73,7 +91,7 @@ class SourceChunk:
 
     @property
     def size(self) -> int:
-        return sum(len(t.rows) for t in self.tables.values()) + len(self.rejected)
+        return sum(len(t) for t in self.tables.values()) + len(self.rejected)
 
 
 class Chunker:

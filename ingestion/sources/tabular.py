@@ -3,7 +3,8 @@
 CSV is read line by line through :func:`iter_lines` and Python's ``csv`` module (so quoted fields, commas and
 injection strings such as ``=cmd|'/c calc'!A1`` come through verbatim and are never evaluated); every line is
 strict UTF-8. A header that differs from the contract's columns rejects every row with ``schema:columns``.
-Parquet is streamed by record batch; JSON lines one object per line.
+Parquet is streamed by record batch and each batch stays in Arrow (:attr:`TableRows.arrow`); JSON lines
+one object per line.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from ingestion.sources._base import Chunker, Rejected, SourceChunk, decode_line, iter_lines, lossy
+from ingestion.sources._base import Chunker, Rejected, SourceChunk, TableRows, decode_line, iter_lines, lossy
 
 __all__ = ["read_tabular", "tabular_format"]
 
@@ -217,16 +218,16 @@ def _read_parquet(path: Path, table: str, columns: list[str], chunk_rows: int) -
     try:
         for index, batch in enumerate(parquet.iter_batches(batch_size=chunk_rows)):
             chunk = SourceChunk(index)
-            rows = batch.to_pylist()
-            for i, row in enumerate(rows, start=offset + 1):
-                position = f"row {i}"
-                if problem:
+            if problem:
+                for i, row in enumerate(batch.to_pylist(), start=offset + 1):
+                    position = f"row {i}"
                     chunk.rejected.append(Rejected(table, position, "schema:columns", f"{position}: the file's "
                                                    f"schema {problem.removeprefix('the header ')}",
                                                    json.dumps(row, default=str, ensure_ascii=False)))
-                else:
-                    chunk.rows(table).add(row, position)
-            offset += len(rows)
+            elif batch.num_rows:
+                # The batch stays in Arrow: conform and validate work on its columns, not on dicts.
+                chunk.tables[table] = TableRows(arrow=pa.Table.from_batches([batch]), first_row=offset + 1)
+            offset += batch.num_rows
             chunk.units[table] = chunk.size
             yield chunk
     except (OSError, pa.ArrowException) as exc:

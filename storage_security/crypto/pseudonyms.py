@@ -31,6 +31,7 @@ __all__ = ["PSEUDONYM_SCHEME", "PseudonymKeys", "Pseudonymizer"]
 
 PSEUDONYM_SCHEME = "ps1"
 _DOMAIN = b"medguard.pseudonym.v1\x00"
+_DERIVE_DOMAIN = b"medguard.derive.v1\x00"
 _DIGEST_BYTES = 16
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
@@ -73,6 +74,17 @@ class Pseudonymizer:
         self.key_version = key_id[:8]
         self._prefix = f"{PSEUDONYM_SCHEME}_{self.key_version}_".encode()
         self._mac = hmac.new(key, _DOMAIN, hashlib.sha256)
+        self._derive = hmac.new(key, _DERIVE_DOMAIN, hashlib.sha256)
+
+    def derive_key(self, label: str) -> bytes:
+        """A 32-byte secret for another keyed digest, ``HMAC-SHA256(key, "medguard.derive.v1\\0" || label)``.
+
+        Its domain differs from the pseudonyms' own, so no value's pseudonym reveals it; ingestion's keyed
+        record hash takes its key from here (label ``record-hash``) without another key in the DEK store.
+        """
+        mac = self._derive.copy()
+        mac.update(label.encode())
+        return mac.digest()
 
     def _oldest(self, store: DekStore) -> DekRecord | None:
         return _oldest(store.records(scope="pseudonym", scope_key=self.name))

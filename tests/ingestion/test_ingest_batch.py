@@ -29,6 +29,15 @@ def _hashes(plake, table: str) -> list[str]:
     return sorted(plake.lake.read_arrow("raw", table, columns=["_record_hash"]).column(0).to_pylist())
 
 
+def _content(plake, table: str) -> list[str]:
+    """A raw table's rows, decrypted, without what differs between two lakes (record hashes and pseudonyms are
+    keyed per lake) or between two runs (the load time)."""
+    data = plake.read("raw", table, decrypt=True)
+    data = data.drop_columns([c for c in ("_record_hash", "patient_pseudonym", "_ingested_at")
+                              if c in data.column_names])
+    return sorted(repr(sorted(row.items())) for row in data.to_pylist())
+
+
 @pytest.mark.parametrize(("source", "name", "table"), CASES, ids=[c[1] for c in CASES])
 def test_when_population_is_ingested_then_rows_in_equal_accepted_plus_quarantined(
         population: Path, ing_settings, plake, source: str, name: str, table: str | None) -> None:
@@ -177,15 +186,41 @@ def test_when_duplicates_span_chunks_then_copies_are_counted_and_key_conflicts_q
 def test_when_rows_differ_only_in_where_a_value_ends_or_is_null_then_their_record_hashes_differ() -> None:
     import pyarrow as pa
 
-    from ingestion.checking import record_hashes
+    from ingestion.checking import HashKey, record_hashes
 
+    key = HashKey(b"k" * 32)
     rows = pa.table({"a": ["ab", "a", None, "", "1:a", None],
                      "b": ["c", "bc", "", None, None, "1:a"],
                      "n": [1.5, 1.5, None, None, 2.0, 2.0]})
-    hashes = record_hashes("t", rows)
+    hashes = record_hashes("t", rows, key)
     assert len(set(hashes)) == rows.num_rows
-    assert record_hashes("t", rows.slice(0, 1)) == hashes[:1]          # a row's hash is its own, not its chunk's
-    assert record_hashes("u", rows.slice(0, 1)) != hashes[:1]          # and its table's
+    assert record_hashes("t", rows.slice(0, 1), key) == hashes[:1]          # a row's hash is its own, not its chunk's
+    assert record_hashes("u", rows.slice(0, 1), key) != hashes[:1]          # and its table's
+
+
+def test_when_the_record_hash_is_computed_then_it_is_keyed_and_an_unkeyed_sha256_of_the_row_does_not_find_it(
+        tmp_path: Path, keyring) -> None:
+    import hashlib
+    import pickle
+
+    import pyarrow as pa
+
+    from ingestion.checking import HashKey, record_hash_key, record_hashes
+    from pipeline.settings import load_settings
+
+    rows = pa.table({"patient_id": ["P1"], "label": ["1"]})
+    one, other = HashKey(b"a" * 32, "v1"), HashKey(b"b" * 32, "v1")
+    assert record_hashes("t", rows, one) != record_hashes("t", rows, other)
+    unkeyed = hashlib.sha256(b'"t"\0' + b"2:P11:1").hexdigest()    # what an attacker could enumerate before
+    assert unkeyed not in record_hashes("t", rows, one)
+    assert "a" * 8 not in repr(one) and "redacted" in repr(one)
+    assert pickle.loads(pickle.dumps(one)) == one  # noqa: S301 - it travels to a spawned worker's initializer
+
+    settings = load_settings(home=str(tmp_path / "home"), lake_root=str(tmp_path / "lake"))
+    plake = ProtectedLake(Lake(settings), keyring, principal="svc:ingest")
+    again = ProtectedLake(Lake(settings), keyring, principal="svc:ingest")
+    assert record_hash_key(plake).secret == record_hash_key(again).secret   # the lake's key, the same every run
+    assert len(record_hash_key(plake).secret) == 32
 
 
 def test_when_chunks_are_checked_in_worker_processes_then_the_batch_equals_an_inline_one(
@@ -198,7 +233,7 @@ def test_when_chunks_are_checked_in_worker_processes_then_the_batch_equals_an_in
                         plake=plake, docs=False)
         quarantine = sorted((q["position"], tuple(q["rules"]), q["reason"], q["payload"])
                             for q in plake.read("quarantine", "records", decrypt=True).to_pylist())
-        return report, _hashes(plake, "observations"), quarantine
+        return report, _content(plake, "observations"), quarantine
 
     inline, inline_hashes, inline_quarantine = run(0, "inline")
     pooled, pooled_hashes, pooled_quarantine = run(1, "pooled")

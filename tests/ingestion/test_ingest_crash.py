@@ -23,8 +23,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _state(plake: ProtectedLake) -> dict[str, list[str]]:
     lake = plake.lake
-    state = {f"raw.{t}": sorted(lake.read_arrow("raw", t, columns=["_record_hash"]).column(0).to_pylist())
-             for t in lake.tables("raw")}
+    # Record hashes and pseudonyms are keyed per lake: the rows are compared by content, decrypted.
+    state = {}
+    for t in lake.tables("raw"):
+        data = plake.read("raw", t, decrypt=True)
+        data = data.drop_columns(["_record_hash", "patient_pseudonym", "_ingested_at"])
+        state[f"raw.{t}"] = sorted(repr(sorted(row.items())) for row in data.to_pylist())
     if lake.exists("quarantine", "records"):
         state["quarantine"] = sorted(lake.read_arrow("quarantine", "records", columns=["quarantine_id"])
                                      .column(0).to_pylist())
