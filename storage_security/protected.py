@@ -38,7 +38,7 @@ from storage_security.audit.log import AuditAction, AuditEvent, AuditLog, Decisi
 from storage_security.crypto.envelope import CellCipher, _with_nulls
 from storage_security.crypto.pseudonyms import Pseudonymizer, PseudonymKeys
 from storage_security.keys.dek_store import DekStore, check_scope_key
-from storage_security.keys.patient_keys import PatientKeyStore
+from storage_security.keys.patient_keys import PatientKeyStore, PatientShreddedError
 
 if TYPE_CHECKING:
     from pipeline.settings import Settings
@@ -56,11 +56,6 @@ _MANIFEST_SCHEMA = pa.schema([
     pa.field("updated_at", pa.timestamp("us", tz="UTC"), nullable=False),
 ])
 _MANIFESTS = "manifests"
-_SHREDDED = "shredded"
-_SHREDDED_SCHEMA = pa.schema([
-    pa.field("scope_key", pa.string(), nullable=False),
-    pa.field("shredded_at", pa.timestamp("us", tz="UTC"), nullable=False),
-])
 
 
 @dataclass(frozen=True)
@@ -167,6 +162,11 @@ class ProtectedLake:
     def seal(self, zone: Zone | str, table: str, data: Any, protection: Protection) -> pa.Table:
         """``data`` with the protected columns replaced by cells (binary); nothing is written.
 
+        Rows of crypto-shredded patients keep their plaintext columns, but their sealed cells are null: no key
+        is made or used for them (as :func:`~storage_security.keys.lifecycle.reencrypt_table` writes them), so
+        data about a patient who asked to be erased that arrives later stays erased. That includes a patient
+        shredded while this seal runs (the key store refuses their new key: the seal starts again without them).
+
         Raises:
             KeyProviderUnavailableError, KeyAccessDeniedError, CryptoError: the provider failed.
             ValueError: the protection does not fit the data (missing columns, null row keys).
@@ -182,8 +182,27 @@ class ProtectedLake:
         if arrow.num_rows and pc.count_distinct(row_keys).as_py() != arrow.num_rows:
             raise ValueError(f"{where}: the row key column {protection.row_key!r} is not unique in the data")
         patients = arrow.column(protection.patient_key) if protection.patient_key else None
+        dead = self.shredded() if patients is not None else set()
+        while True:
+            try:
+                return self._seal_columns(arrow, where, protection, row_keys, patients, dead)
+            except PatientShreddedError as exc:  # shredded meanwhile: each retry has more dead patients, so ends
+                if exc.scope_keys <= dead:
+                    raise
+                dead |= exc.scope_keys
+
+    def _seal_columns(self, arrow: pa.Table, where: str, protection: Protection, row_keys: pa.ChunkedArray,
+                      patients: pa.ChunkedArray | None, dead: set[str]) -> pa.Table:
+        erased = None
+        if patients is not None and dead:
+            erased = pc.fill_null(pc.is_in(patients, pa.array(sorted(dead), pa.string())), False)
         for column in protection.encrypted:
-            cells = self._seal_column(arrow.column(column), where, column, row_keys, patients)
+            values = arrow.column(column)
+            if erased is not None:
+                if pa.types.is_dictionary(values.type):
+                    values = values.cast(values.type.value_type)
+                values = pc.if_else(erased, pa.scalar(None, values.type), values)
+            cells = self._seal_column(values, where, column, row_keys, patients)
             arrow = arrow.set_column(arrow.schema.get_field_index(column), pa.field(column, pa.binary()), cells)
         return arrow
 
@@ -386,9 +405,7 @@ class ProtectedLake:
 
     def shredded(self) -> set[str]:
         """Pseudonyms of the patients crypto-shredded in this lake."""
-        if not self.lake.exists(SYSTEM_ZONE, _SHREDDED):
-            return set()
-        return set(self.lake.read_arrow(SYSTEM_ZONE, _SHREDDED, columns=["scope_key"]).column("scope_key").to_pylist())
+        return self.patient_keys.shredded()
 
     def shred(self, patient_pseudonym: str, *, reason: str, commit: CommitInfo | None = None) -> int:
         """Crypto-shred one patient: note the fact, delete their wrapped DEK for good; audited.
@@ -407,11 +424,9 @@ class ProtectedLake:
         if not reason or not reason.strip():
             raise ValueError("shredding a patient needs a reason (e.g. the erasure request's reference)")
         info = commit or CommitInfo(principal=self.principal, purpose="crypto-shredding")
-        # Note the fact first: if the KEK is gone but the note is not, readers would fail on the dead cells.
-        if patient_pseudonym not in self.shredded():
-            data = pa.Table.from_pylist([{"scope_key": patient_pseudonym, "shredded_at": datetime.now(UTC)}],
-                                        schema=_SHREDDED_SCHEMA)
-            self.lake.append(SYSTEM_ZONE, _SHREDDED, data, commit=info)
+        # Note the fact first: if the key is gone but the note is not, readers would fail on the dead cells; and
+        # the key store refuses, from the note on, any key of the patient a writer still in flight brings back.
+        self.patient_keys.note_shredded(patient_pseudonym, commit=info)
         dropped = self.cipher.shred(patient_pseudonym, commit=info)
         self.audit.record(AuditEvent(principal=self.principal, action=AuditAction.KEY_SHRED,
                                      row_keys=(patient_pseudonym,), decision=Decision.ALLOW,

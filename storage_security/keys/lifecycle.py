@@ -27,7 +27,7 @@ from storage_security.audit.log import AuditAction, AuditEvent, AuditLog, Decisi
 from storage_security.crypto.envelope import CellCipher
 from storage_security.keys.base import MAX_BATCH_ITEMS, KeyProvider
 from storage_security.keys.dek_store import DekStore, wrapped_version
-from storage_security.keys.patient_keys import PatientKey, PatientKeyStore, bind
+from storage_security.keys.patient_keys import PatientKey, PatientKeyStore, PatientShreddedError, bind
 from storage_security.protected import ProtectedLake
 
 __all__ = ["MigrationReport", "ReencryptReport", "RotationReport", "migrate_patient_keys", "reencrypt_table",
@@ -227,7 +227,9 @@ def migrate_patient_keys(plake: ProtectedLake, *, delete_patient_keks: bool = Fa
     """
     if not 1 <= chunk_patients <= MAX_BATCH_ITEMS:
         raise ValueError(f"chunk_patients must be 1 to {MAX_BATCH_ITEMS}")
-    legacy = [r for r in plake.store.records(scope="patient") if r.kek_name.startswith(_LEGACY_KEK)]
+    shredded = plake.patient_keys.shredded()  # a shred cut short: left for the shred to finish, never moved
+    legacy = [r for r in plake.store.records(scope="patient")
+              if r.kek_name.startswith(_LEGACY_KEK) and r.scope_key not in shredded]
     by_patient: dict[str, list[Any]] = {}
     for record in legacy:
         by_patient.setdefault(record.scope_key, []).append(record)
@@ -251,9 +253,10 @@ def migrate_patient_keys(plake: ProtectedLake, *, delete_patient_keks: bool = Fa
         if readable:
             wrapped = plake.provider.wrap_many(plake.kek_name, [bind(key, r.key_id, r.scope_key)
                                                                 for r, key in readable])
-            plake.patient_keys.put([PatientKey(key_id=r.key_id, scope_key=r.scope_key, kek_name=plake.kek_name,
-                                               wrapped=w, created_at=r.created_at)
-                                    for (r, _key), w in zip(readable, wrapped, strict=True)], commit=info)
+            stored = _put_unless_shredded(plake, [
+                PatientKey(key_id=r.key_id, scope_key=r.scope_key, kek_name=plake.kek_name, wrapped=w,
+                           created_at=r.created_at) for (r, _key), w in zip(readable, wrapped, strict=True)], info)
+            readable = [(r, key) for r, key in readable if r.key_id in stored]
             moved += len(readable)
         if delete_patient_keks:
             # A patient's KEK goes only once all their DEKs are in the key store; then their old records follow.
@@ -269,6 +272,23 @@ def migrate_patient_keys(plake: ProtectedLake, *, delete_patient_keks: bool = Fa
                                   purpose="key-migration", row_count=moved,
                                   details={"kek": plake.kek_name, **report.to_dict()}))
     return report
+
+
+def _put_unless_shredded(plake: ProtectedLake, records: list[PatientKey], info: CommitInfo) -> set[str]:
+    """Store migrated keys whose legacy record is still there and whose patient is not shredded; their key ids.
+
+    A shred running meanwhile notes the patient before deleting anything, and the key store refuses a noted
+    patient's key under its lock; the legacy record is checked again too (a shred drops it last).
+    """
+    present = plake.store.get(r.key_id for r in records)
+    records = [r for r in records if r.key_id in present]
+    while records:
+        try:
+            plake.patient_keys.put(records, commit=info)
+            break
+        except PatientShreddedError as exc:
+            records = [r for r in records if r.scope_key not in exc.scope_keys]
+    return {r.key_id for r in records}
 
 
 def _unwrap_legacy(provider: KeyProvider, records: list[Any]) -> list[bytes | None]:

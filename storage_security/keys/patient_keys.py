@@ -24,6 +24,15 @@ pseudonyms are random, so Delta can skip no file); a process looks up only the p
 At 10 million patients that is a scan of about 1.8 GB per cold lookup, where a store partitioned by pseudonym
 prefix would read 1/256 of it.
 
+Shredded patients are noted in ``<lake root>/_keys/shredded`` (``scope_key``, ``shredded_at``: no key material)
+*before* their rows are deleted, and :meth:`PatientKeyStore.put` refuses, under the store's lock, any record of a
+noted patient (:class:`PatientShreddedError`). So a write that began before a shred (a writer wrapping a new
+patient's DEK, ``keys migrate``) and lands after it cannot bring the patient's key back, and no later write makes
+a new one: either the put commits first and the shred's delete removes it, or the shred's note is there first and
+the put is refused. On an object store there is no lock: a put that read the notes just before a shred's note
+and commits just after its delete still lands; closing that needs a conditional commit (put-if-absent on the
+note's version), which delta-rs does not offer for a read of another table.
+
 Columns: ``key_id`` (hex, the key id inside each cell), ``scope_key`` (the patient's pseudonym), ``kek_name``,
 ``wrapped`` (``vault:v<N>:…`` or ``keyring:v<N>:…`` as UTF-8 bytes), ``created_at``.
 
@@ -47,6 +56,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.errors import CryptoError
 from pipeline.lake import SYSTEM_ZONE, CommitInfo
 from storage_security._locks import exclusive_lock
 from storage_security.keys.dek_store import check_scope_key
@@ -54,9 +64,10 @@ from storage_security.keys.dek_store import check_scope_key
 if TYPE_CHECKING:
     from pipeline.lake import Lake
 
-__all__ = ["BINDING_BYTES", "PatientKey", "PatientKeyStore", "bind", "unbind"]
+__all__ = ["BINDING_BYTES", "PatientKey", "PatientKeyStore", "PatientShreddedError", "bind", "unbind"]
 
 TABLE = "patient_keys"
+SHREDDED_TABLE = "shredded"
 BINDING_BYTES = 16
 DEK_BYTES = 32
 LOCK_TIMEOUT_SECONDS = 120.0
@@ -71,6 +82,24 @@ SCHEMA = pa.schema([
     pa.field("wrapped", pa.binary(), nullable=False),
     pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
 ])
+
+SHREDDED_SCHEMA = pa.schema([
+    pa.field("scope_key", pa.string(), nullable=False),
+    pa.field("shredded_at", pa.timestamp("us", tz="UTC"), nullable=False),
+])
+
+
+class PatientShreddedError(CryptoError):
+    """Raised by :meth:`PatientKeyStore.put` (and so by sealing) for a patient who was crypto-shredded.
+
+    ``scope_keys`` names the shredded patients (pseudonyms, no PHI): seal their cells as nulls, or leave them out.
+    """
+
+    def __init__(self, scope_keys: Iterable[str]) -> None:
+        self.scope_keys = frozenset(scope_keys)
+        names = sorted(self.scope_keys)
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        super().__init__(f"{len(names)} patient(s) were crypto-shredded, no data key is stored for them: {shown}")
 
 
 def _binding(key_id: str, scope_key: str) -> bytes:
@@ -134,9 +163,10 @@ class PatientKeyStore:
     # writes --------------------------------------------------------------------------------------------
 
     def put(self, records: Sequence[PatientKey], *, commit: CommitInfo | None = None) -> None:
-        """Append records in one commit.
+        """Append records in one commit, unless one is of a shredded patient (then nothing is written).
 
         Raises:
+            PatientShreddedError: a record's patient was shredded (checked under the store's lock).
             StorageError: the write failed (callers must not use the keys then).
         """
         if not records:
@@ -145,8 +175,21 @@ class PatientKeyStore:
             [{"key_id": r.key_id, "scope_key": r.scope_key, "kek_name": r.kek_name,
               "wrapped": r.wrapped.encode("ascii"), "created_at": r.created_at} for r in records], schema=SCHEMA)
         with self._locked():
+            dead = self.shredded() & {r.scope_key for r in records}
+            if dead:
+                raise PatientShreddedError(dead)
             self.lake.append(SYSTEM_ZONE, self.table, table,
                              commit=commit or CommitInfo(purpose="envelope-encryption"))
+
+    def note_shredded(self, scope_key: str, *, commit: CommitInfo | None = None) -> bool:
+        """Note that a patient is shredded (before their keys are deleted); False when already noted."""
+        check_scope_key(scope_key)
+        if scope_key in self.shredded():
+            return False
+        data = pa.Table.from_pylist([{"scope_key": scope_key, "shredded_at": datetime.now(UTC)}],
+                                    schema=SHREDDED_SCHEMA)
+        self.lake.append(SYSTEM_ZONE, SHREDDED_TABLE, data, commit=commit or CommitInfo(purpose="crypto-shredding"))
+        return True
 
     def shred(self, scope_key: str, *, commit: CommitInfo | None = None) -> int:
         """Delete a patient's wrapped DEKs for good: delete their rows, then vacuum with zero retention.
@@ -184,6 +227,13 @@ class PatientKeyStore:
         return result.updated
 
     # reads ---------------------------------------------------------------------------------------------
+
+    def shredded(self) -> set[str]:
+        """Pseudonyms of the patients crypto-shredded in this lake."""
+        if not self.lake.exists(SYSTEM_ZONE, SHREDDED_TABLE):
+            return set()
+        table = self.lake.read_arrow(SYSTEM_ZONE, SHREDDED_TABLE, columns=["scope_key"])
+        return set(table.column("scope_key").to_pylist())
 
     def exists(self) -> bool:
         """True once a patient DEK has been stored."""

@@ -145,3 +145,55 @@ def test_when_migrating_through_vault_then_dead_patient_keks_are_reported_and_th
     finally:
         for name in [*legacy, f"{kek_name}-audit"]:
             vault_provider.destroy_key(name)
+
+
+class _ShredsDuringWrap:
+    """A keyring that shreds a patient through ``ops`` once, after wrapping the first chunk's keys (before they are
+    stored): a ``keys shred`` landing while ``keys migrate`` is halfway through a chunk."""
+
+    def __init__(self, inner: LocalKeyring, ops: ProtectedLake, victim: str) -> None:
+        self._inner, self._ops, self._victim = inner, ops, victim
+        self.name = inner.name
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+    def wrap_many(self, key_name: str, plaintexts: list[bytes]) -> list[str]:
+        wrapped = self._inner.wrap_many(key_name, plaintexts)
+        if self._victim:
+            victim, self._victim = self._victim, ""
+            self._ops.shred(victim, reason="erasure ER-3")
+        return wrapped
+
+
+def test_when_a_patient_is_shredded_during_a_migration_then_their_key_is_not_brought_back(
+    lake: Lake, keyring: LocalKeyring
+) -> None:
+    plake, expected = _legacy_lake(ProtectedLake(lake, keyring, principal="test:ops"), patients=3)
+    victim = plake.pseudonymizer("patient").pseudonym("PAT2")
+    ops = ProtectedLake(lake, keyring, principal="test:ops")
+    migrating = ProtectedLake(lake, _ShredsDuringWrap(keyring, ops, victim),  # type: ignore[arg-type]
+                              principal="test:migrate")
+
+    report = migrate_patient_keys(migrating, delete_patient_keks=True)
+
+    assert report.deks_moved == 2 and report.patient_keks_deleted == 2
+    assert victim not in {r.scope_key for r in plake.patient_keys.records()}
+    assert not keyring.key_exists(f"patient-{victim}")
+    got = _ssn(ProtectedLake(lake, keyring, principal="test:reader"))
+    assert got == expected | {"old-2-0": None, "old-2-1": None}
+    # A later migration leaves the shredded patient alone too.
+    assert migrate_patient_keys(plake).to_dict()["patients"] == 0
+
+
+def test_when_a_shred_was_cut_short_after_its_note_then_migration_skips_the_patient(
+    lake: Lake, keyring: LocalKeyring
+) -> None:
+    plake, _expected = _legacy_lake(ProtectedLake(lake, keyring, principal="test:ops"), patients=2)
+    victim = plake.pseudonymizer("patient").pseudonym("PAT1")
+    plake.patient_keys.note_shredded(victim)  # the shred stopped right after noting the patient
+
+    report = migrate_patient_keys(plake)
+
+    assert report.to_dict()["patients"] == 1 and report.deks_moved == 1
+    assert victim not in {r.scope_key for r in plake.patient_keys.records()}

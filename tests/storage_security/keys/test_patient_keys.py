@@ -13,7 +13,7 @@ from pipeline.lake import SYSTEM_ZONE, Lake
 from storage_security.crypto.envelope import CellCipher
 from storage_security.keys.dek_store import DekStore
 from storage_security.keys.keyring import LocalKeyring
-from storage_security.keys.patient_keys import PatientKey, PatientKeyStore
+from storage_security.keys.patient_keys import PatientKey, PatientKeyStore, PatientShreddedError
 from storage_security.protected import ProtectedLake, Protection
 
 KEK = "medguard-kek"
@@ -194,6 +194,70 @@ def test_when_a_key_store_write_failed_to_commit_then_a_shred_still_removes_the_
     everything = _every_file(Path(lake.root))
     assert victim.wrapped.encode() not in everything and rewrapped.wrapped.encode() not in everything
     assert [r.scope_key for r in store.records()] == [pseudonyms[1]]
+
+
+def _people(patients: list[str], tag: str) -> pa.Table:
+    return pa.table({"row_id": [f"{tag}-{i}" for i in range(len(patients))], "patient": patients,
+                     "name": [f"name {tag}-{i}" for i in range(len(patients))],
+                     "ssn": [f"ssn {tag}-{i}" for i in range(len(patients))]})
+
+
+class _Meanwhile:
+    """A keyring that runs ``meanwhile`` once, right after wrapping a batch of new keys (before they are stored)."""
+
+    def __init__(self, inner: LocalKeyring, meanwhile) -> None:
+        self.inner, self.name, self.meanwhile = inner, inner.name, meanwhile
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def wrap_many(self, key_name: str, plaintexts: list[bytes]) -> list[str]:
+        wrapped = self.inner.wrap_many(key_name, plaintexts)
+        meanwhile, self.meanwhile = self.meanwhile, None
+        if meanwhile is not None:
+            meanwhile()
+        return wrapped
+
+
+def test_when_a_patient_is_shredded_while_a_writer_wraps_a_new_key_for_them_then_the_key_never_lands(
+    keyring: LocalKeyring, lake: Lake
+) -> None:
+    ops = ProtectedLake(lake, keyring, principal="test:ops")
+    victim, other = ops.pseudonymizer("patient").pseudonymize(["PAT1", "PAT2"]).to_pylist()
+
+    def meanwhile() -> None:  # another writer stores the victim's key, then the victim is shredded
+        ProtectedLake(lake, keyring, principal="test:ingest-b").append("raw", "people", _people([victim], "b"), PROT)
+        assert ops.shred(victim, reason="erasure ER-2") == 1
+
+    writer = ProtectedLake(lake, _Meanwhile(keyring, meanwhile), principal="test:ingest-a")  # type: ignore[arg-type]
+    writer.append("raw", "people", _people([victim, other], "a"), PROT)
+
+    assert [r.scope_key for r in PatientKeyStore(lake).records()] == [other]
+    stored = {r["row_id"]: r for r in lake.read_arrow("raw", "people").to_pylist()}
+    assert stored["a-0"]["ssn"] is None and stored["a-0"]["name"] is None  # no cell sealed for the victim
+    reader = ProtectedLake(lake, keyring, principal="test:reader")
+    rows = {r["row_id"]: r for r in reader.read("raw", "people", decrypt=True).to_pylist()}
+    assert (rows["a-0"]["ssn"], rows["b-0"]["ssn"], rows["a-1"]["ssn"]) == (None, None, "ssn a-1")
+
+
+def test_when_a_process_holds_a_patients_key_after_a_shred_elsewhere_then_its_writes_seal_nothing_for_them(
+    keyring: LocalKeyring, lake: Lake
+) -> None:
+    server = ProtectedLake(lake, keyring, principal="test:server")  # a long-running process, keys in memory
+    victim, other = server.pseudonymizer("patient").pseudonymize(["PAT1", "PAT2"]).to_pylist()
+    server.append("raw", "people", _people([victim, other], "0"), PROT)
+    ProtectedLake(lake, keyring, principal="test:ops").shred(victim, reason="erasure ER-1")  # another process
+
+    server.append("raw", "people", _people([victim, other], "late"), PROT)
+
+    assert [r.scope_key for r in PatientKeyStore(lake).records()] == [other]
+    late = {r["row_id"]: r for r in lake.read_arrow("raw", "people", where="row_id LIKE 'late-%'").to_pylist()}
+    assert late["late-0"]["ssn"] is None and late["late-1"]["ssn"] is not None
+    fresh_key = PatientKey(key_id="ab" * 16, scope_key=victim, kek_name=KEK,
+                           wrapped=keyring.wrap_many(KEK, [bytes(48)])[0])
+    with pytest.raises(PatientShreddedError, match=victim):
+        PatientKeyStore(lake).put([fresh_key])
+    assert [r.scope_key for r in PatientKeyStore(lake).records()] == [other]
 
 
 def test_when_thousands_of_keys_are_looked_up_then_one_scan_finds_exactly_them(
