@@ -5,7 +5,8 @@ the raw zone twice in one lake: first in this process (``compute=local``), then 
 standalone ``MASTER`` (``compute=spark``), after removing the zones the first run wrote (the keys stay, so
 pseudonyms are the same). It prints one JSON line: per table, the row counts of both runs and whether the tables
 are equal (raw and quarantine decrypted, sorted by their row key, ``_ingested_at`` left out), and the Spark jobs
-each layer ran on the cluster. Key provider and home come from the environment (``MEDGUARD_*``).
+each layer ran on the cluster, and each run's wall time. Key provider and home come from the environment
+(``MEDGUARD_*``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +62,9 @@ def main(sources: Path, master: str) -> dict[str, Any]:
 
     base = {"ingestion": {"chunk_rows": 400}}
     local = load_settings(compute="local", **base)
+    started = time.perf_counter()
     first = _run(local, sources)
+    seconds = {"local": round(time.perf_counter() - started, 1)}
     expected = _snapshot(local)
     lake = Lake(local)
     for zone in ("raw", "quarantine", "deidentified"):
@@ -68,7 +72,9 @@ def main(sources: Path, master: str) -> dict[str, Any]:
     on_spark = load_settings(compute="spark", spark={"master": master, "ui_enabled": False,
                                                      "driver_memory": "1g"},
                              deidentify={"spark_min_rows": 1}, **base)
+    started = time.perf_counter()
     second = _run(on_spark, sources)
+    seconds["spark"] = round(time.perf_counter() - started, 1)
     found = _snapshot(on_spark)
     tables = {name: {"local_rows": expected[name].num_rows if name in expected else None,
                      "spark_rows": found[name].num_rows if name in found else None,
@@ -78,7 +84,8 @@ def main(sources: Path, master: str) -> dict[str, Any]:
     return {"tables": tables, "counts_equal": first["tables"] == second["tables"],
             "published_local": sorted(n for n, r in first["published"].items() if "refused" not in r),
             "published_spark": sorted(n for n, r in second["published"].items() if "refused" not in r),
-            "masking": masking, "jobs": {"ingest": _jobs(JOB_GROUP), "deidentify": _jobs(MASK_JOB_GROUP)}}
+            "masking": masking, "seconds": seconds,
+            "jobs": {"ingest": _jobs(JOB_GROUP), "deidentify": _jobs(MASK_JOB_GROUP)}}
 
 
 if __name__ == "__main__":
