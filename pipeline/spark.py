@@ -100,12 +100,14 @@ def get_spark(settings: Settings | None = None) -> SparkSession:
 
 
 def executor_settings(settings: Settings) -> dict[str, Any]:
-    """What executors need to rebuild ``settings``: every field but the secrets (tokens, storage credentials).
+    """What executors need to rebuild ``settings``: every field but the secrets (tokens, storage credentials) and
+    Spark's own conf (which can hold ``spark.authenticate.secret`` or object-store keys; executors have theirs).
 
     Executors take their secrets from their own environment (``MEDGUARD_VAULT__TOKEN``, an AppRole secret id,
     object-store credentials), set where the cluster starts them; a task's closure never carries one.
     """
-    return settings.model_dump(mode="json", exclude={"vault": {"token", "secret_id"}, "storage_options": True})
+    return settings.model_dump(mode="json", exclude={"vault": {"token", "secret_id"}, "storage_options": True,
+                                                     "spark": {"conf"}})
 
 
 _executor_settings: dict[str, Settings] = {}

@@ -48,11 +48,12 @@ def test_when_chunks_go_through_the_executor_function_then_verdicts_equal_check_
 
 def test_when_settings_go_to_executors_then_secrets_stay_behind_and_the_rest_is_rebuilt() -> None:
     settings = load_settings(compute="spark", vault={"token": "hvs.secret-token", "auth_method": "token"},
-                             storage_options={"AWS_SECRET_ACCESS_KEY": "s3-secret"})
+                             storage_options={"AWS_SECRET_ACCESS_KEY": "s3-secret"},
+                             spark={"conf": {"spark.authenticate.secret": "rpc-secret"}})
     fields = executor_settings(settings)
-    assert "hvs.secret-token" not in repr(fields) and "s3-secret" not in repr(fields)
+    assert "secret-token" not in repr(fields) and "s3-secret" not in repr(fields) and "rpc-secret" not in repr(fields)
     rebuilt = settings_on_executor(fields)
-    assert rebuilt.vault.token is None and rebuilt.storage_options == {}
+    assert rebuilt.vault.token is None and rebuilt.storage_options == {} and rebuilt.spark.conf == {}
     assert (rebuilt.home, rebuilt.lake_root, rebuilt.key_provider, rebuilt.compute) == (
         settings.home, settings.lake_root, settings.key_provider, "spark")
     assert rebuilt.ingestion == settings.ingestion and rebuilt.deidentify == settings.deidentify
