@@ -135,6 +135,11 @@ class Deidentifier:
             # raw keeps a record once per batch that brought it (CSV and FHIR, a re-sent extract): publish it once.
             raw = raw.drop_duplicates("_record_hash", ignore_index=True)
         protection = self.plake.protection("raw", table)
+        patient = protection.patient_key if protection else None
+        shredded = self.plake.shredded() if patient in raw.columns else set()
+        if shredded:
+            # Crypto-shredded patients' rows leave the derived zones (DESIGN.md), not only their sealed cells.
+            raw = raw[~raw[patient].isin(shredded)].reset_index(drop=True)
         rules = table_rules(self.config, table)
         spec = (self.config.get("tables") or {}).get(table, {})
         classification = classify(raw, rules, contract_phi=protection.encrypted if protection else (),

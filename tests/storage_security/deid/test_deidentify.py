@@ -212,3 +212,19 @@ def test_when_a_second_batch_brings_the_same_records_then_each_is_published_once
     out = lake.read_pandas("deidentified", "outcomes")
     assert len(out) == again.num_rows - published["reports"]["outcomes"]["suppressed"]
     assert out["row_id"].is_unique
+
+
+@pytest.mark.integration
+def test_when_a_patient_is_shredded_then_their_rows_leave_the_deidentified_zone(published, settings):
+    plake, lake = published["plake"], published["lake"]
+    before = lake.read_pandas("deidentified", "encounters")
+    victim = before["patient_pseudonym"].value_counts().index[0]  # a patient with rows in the release
+
+    raw = lake.read_pandas("raw", "encounters", columns=["patient_pseudonym"])["patient_pseudonym"]
+
+    plake.shred(victim, reason="erasure ER-7")
+    report = published["deid"].publish("encounters")
+
+    after = lake.read_pandas("deidentified", "encounters")
+    assert victim not in set(after["patient_pseudonym"])
+    assert len(after) + report["suppressed"] == int((raw != victim).sum())  # every other row is accounted for
