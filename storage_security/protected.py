@@ -268,9 +268,10 @@ class ProtectedLake:
                  commit: CommitInfo | None) -> tuple[pa.Table, CommitInfo]:
         zone = Zone(zone)
         arrow = _as_table(data)
-        known = self.protection(zone, table)
+        known, types = self._manifest(zone, table)
         if known is not None and not known.same_as(protection):
             raise ValueError(f"{zone}.{table} is protected as {known}; refusing to write it as {protection}")
+        _check_types(f"{zone}.{table}", arrow.schema, types)
         sealed = self.seal(zone, table, arrow, protection)
         if known is None:
             self._write_manifest(zone, table, arrow.schema, protection)
@@ -490,6 +491,22 @@ class ProtectedLake:
         known = self.protection(zone, table)
         if known is not None:
             raise ValueError(f"{Zone(zone)}.{table} is protected ({known.encrypted} sealed): write it sealed")
+
+
+def _check_types(where: str, schema: pa.Schema, types: dict[str, pa.DataType]) -> None:
+    """Refuse a sealed column whose type is not the one recorded for it: readers cast every cell to that type.
+
+    A column of nulls (no values, no type) fits any, and a column first recorded as nulls takes any. The message
+    names types only, never a value.
+    """
+    for column, recorded in types.items():
+        if column not in schema.names or pa.types.is_null(recorded):
+            continue  # Protection.check names it
+        given = schema.field(column).type
+        if pa.types.is_dictionary(given):
+            given = given.value_type
+        if not pa.types.is_null(given) and given != recorded:
+            raise ValueError(f"{where}.{column} is sealed as {recorded}; refusing a batch that brings it as {given}")
 
 
 def _as_table(data: Any) -> pa.Table:

@@ -90,6 +90,22 @@ def test_when_a_table_is_written_under_another_protection_then_it_is_refused(pla
         plake.append("raw", "patients", _patients(), weaker)
 
 
+def test_when_a_batch_brings_a_sealed_column_as_another_type_then_it_is_refused_and_no_value_is_quoted(
+    plake: ProtectedLake, lake: Lake
+) -> None:
+    plake.append("raw", "patients", _patients(), PROT)
+    version = lake.version("raw", "patients")
+    as_text = _patients().set_column(4, "birth_date", pa.array(["SSN 123-45-6789 John Smith"] * 4))
+
+    with pytest.raises(ValueError, match=r"raw\.patients\.birth_date is sealed as date32\[day\]") as caught:
+        plake.append("raw", "patients", as_text, PROT)
+
+    assert "123-45-6789" not in str(caught.value) and lake.version("raw", "patients") == version
+    no_values = _patients().set_column(4, "birth_date", pa.nulls(4))  # a batch with no birth dates at all
+    plake.append("raw", "patients", no_values.set_column(0, "row_id", pa.array(["r5", "r6", "r7", "r8"])), PROT)
+    assert plake.read("raw", "patients", decrypt=True).num_rows == 8
+
+
 @pytest.mark.parametrize(("protection", "message"), [
     (Protection(encrypted=("nope",), row_key="row_id"), "does not have"),
     (Protection(encrypted=("name",), row_key="patient"), "has nulls"),

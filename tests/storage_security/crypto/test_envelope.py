@@ -137,6 +137,16 @@ def test_when_a_cell_is_written_then_its_layout_is_the_documented_one(sealed: tu
     assert b"Ada" not in cell
 
 
+def test_when_plaintexts_do_not_cast_to_the_asked_type_then_the_error_quotes_no_value(cipher: CellCipher) -> None:
+    cells = cipher.encrypt_column(["SSN 123-45-6789 John Smith"], table=T, column="born", row_keys=["r1"])
+
+    with pytest.raises(ValueError, match=r"patients\.born do not cast to date32") as caught:
+        cipher.decrypt_column(cells, table=T, column="born", row_keys=["r1"], value_type=pa.date32())
+
+    chain = [caught.value, caught.value.__cause__, caught.value.__context__]
+    assert not [str(error) for error in chain if error is not None and "123-45-6789" in str(error)]
+
+
 def test_when_single_cell_helpers_are_used_then_they_round_trip(cipher: CellCipher) -> None:
     cell = cipher.encrypt_cell(42, table=T, column="age", row_key=7)
     assert cipher.decrypt_cell(cell, table=T, column="age", row_key="7", value_type=pa.int64()) == 42
