@@ -42,6 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -237,60 +238,83 @@ def _chunks(source: str, path: Path, contracts: dict[str, Contract], settings: S
 class _Dedup:
     """First accepted row wins per key; exact copies are duplicates, different rows with a taken key conflict.
 
-    The batch's seen keys and hashes live in a temporary SQLite file, not in memory, so a batch of any size
-    runs in bounded memory. Keys can be PHI (a patient id), so only keyed BLAKE2b digests of them are stored,
-    under a random per-batch key that never leaves memory; the file is deleted when the batch ends. A row with
-    a key is looked up and recorded by its key alone (the key is part of the content, so the same key with the
-    same hash is a copy); a row without one by its record hash.
+    Everything is vectorised over the chunk (numpy): each row is reduced to a 64-bit fingerprint of what
+    identifies it (a keyed BLAKE2b of its key under a random per-batch secret that never leaves memory, or, for
+    a table without a key, its record hash, itself keyed) and 64 bits of its record hash. Within a chunk the
+    first occurrence of a fingerprint wins (a stable sort); across chunks the batch's seen fingerprints are kept
+    in memory as sorted runs (merged like a binary counter, so a lookup is a few ``searchsorted`` calls),
+    16 bytes a row: 53 MB for the 3.3 million observations of 100,000 patients. Nothing is written to disk, and
+    neither keys nor content can be read back from the fingerprints. Two different keys share a fingerprint
+    with odds of about n²/2⁶⁵ (3·10⁻⁵ at 33 million rows in one batch); such a row would be quarantined as a
+    ``:unique`` conflict, never lost silently.
     """
 
-    _IN = 500  # parameters per IN (...) lookup
+    NEW, DUPLICATE, CONFLICT = 0, 1, 2
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self) -> None:
         import secrets
-        import sqlite3
-        import tempfile
 
-        folder.mkdir(parents=True, exist_ok=True)
-        self._dir = Path(tempfile.mkdtemp(prefix="dedup-", dir=folder))
         self._salt = secrets.token_bytes(32)
-        self._db = sqlite3.connect(self._dir / "seen.sqlite")
-        self._db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-65536;"
-                               "CREATE TABLE seen (k BLOB PRIMARY KEY, h BLOB) WITHOUT ROWID;")
+        self._runs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
 
     def close(self) -> None:
-        import shutil
+        self._runs.clear()
 
-        self._db.close()
-        shutil.rmtree(self._dir, ignore_errors=True)
-
-    def _lookup(self, values: list[bytes]) -> dict[bytes, bytes]:
-        found: dict[bytes, bytes] = {}
-        for start in range(0, len(values), self._IN):
-            part = values[start:start + self._IN]
-            sql = f"SELECT k, h FROM seen WHERE k IN ({','.join('?' * len(part))})"  # noqa: S608 - placeholders
-            found.update(self._db.execute(sql, part).fetchall())
-        return found
-
-    def verdicts(self, table: str, keys: list[str | None], record_hashes: list[str]) -> list[str]:
-        """``new``, ``duplicate`` or ``conflict`` for each row, in order, against everything seen before."""
-        prefix = f"{table}\0".encode()
-        hashes = [bytes.fromhex(h[:32]) for h in record_hashes]
-        # A keyed digest for a keyed row; the record hash itself (already stored in raw) for one without.
-        lookups = [b"h" + h if k is None else
-                   b"k" + hashlib.blake2b(prefix + k.encode(), key=self._salt, digest_size=16).digest()
-                   for k, h in zip(keys, hashes, strict=True)]
-        seen = self._lookup(lookups)
-        out, new = [], []
-        for lookup, record in zip(lookups, hashes, strict=True):
-            taken = seen.get(lookup)
-            if taken is None:
-                out.append("new")
-                seen[lookup] = record
-                new.append((lookup, record))
-            else:
-                out.append("duplicate" if taken == record else "conflict")
-        self._db.executemany("INSERT INTO seen VALUES (?, ?)", new)
+    def verdicts(self, table: str, keys: list[str | None] | None, record_hashes: list[str]) -> np.ndarray:
+        """``NEW``, ``DUPLICATE`` or ``CONFLICT`` for each row, in order, against everything seen before."""
+        count = len(record_hashes)
+        out = np.zeros(count, dtype=np.int8)
+        if not count:
+            return out
+        hexes = np.frombuffer(b"".join(h[:16].encode() for h in record_hashes), dtype=np.uint8).reshape(count, 16)
+        nibbles = np.where(hexes >= ord("a"), hexes - ord("a") + 10, hexes - ord("0")).astype(np.uint64)
+        content = np.zeros(count, dtype=np.uint64)
+        for position in range(16):
+            content = (content << np.uint64(4)) | nibbles[:, position]
+        if keys is None:
+            fingerprints = content.copy()
+        else:
+            prefix = f"{table}\0".encode()
+            salt = self._salt
+            # A row without a key value is identified by its content (its key column failed required anyway).
+            fingerprints = np.frombuffer(b"".join(
+                hashlib.blake2b(prefix + k.encode(), key=salt, digest_size=8).digest() if k is not None
+                else hashlib.blake2b(b"h" + h.encode(), key=salt, digest_size=8).digest()
+                for k, h in zip(keys, record_hashes, strict=True)), dtype=np.uint64).copy()
+        # Within the chunk: the first occurrence of each fingerprint stands for it.
+        order = np.argsort(fingerprints, kind="stable")
+        ordered = fingerprints[order]
+        first = np.ones(count, dtype=bool)
+        first[1:] = ordered[1:] != ordered[:-1]
+        leader = order[np.maximum.accumulate(np.where(first, np.arange(count), 0))]
+        repeat = ~first
+        out[order[repeat]] = np.where(content[order[repeat]] == content[leader[repeat]], self.DUPLICATE,
+                                      self.CONFLICT)
+        # Across chunks: look the leaders up in the runs seen so far.
+        leaders = order[first]
+        runs = self._runs.setdefault(table, [])
+        unseen = np.ones(len(leaders), dtype=bool)
+        past = np.zeros(count, dtype=np.uint64)  # per leader seen before: the content that was accepted first
+        for run_prints, run_content in runs:
+            at = np.minimum(np.searchsorted(run_prints, fingerprints[leaders]), len(run_prints) - 1)
+            hit = unseen & (run_prints[at] == fingerprints[leaders])
+            past[leaders[hit]] = run_content[at[hit]]
+            unseen &= ~hit
+        seen = np.zeros(count, dtype=bool)
+        seen[leaders[~unseen]] = True
+        # Every row whose fingerprint was accepted in an earlier chunk is judged against that first row.
+        judged = seen[order[first].repeat(np.diff(np.append(np.flatnonzero(first), count)))]
+        rows = order[judged]
+        first_rows = leader[judged]
+        out[rows] = np.where(content[rows] == past[first_rows], self.DUPLICATE, self.CONFLICT)
+        fresh = leaders[unseen]
+        if len(fresh):
+            runs.append((fingerprints[fresh], content[fresh]))  # leaders come in fingerprint order already
+            while len(runs) > 1 and len(runs[-1][0]) >= len(runs[-2][0]):
+                (a_prints, a_content), (b_prints, b_content) = runs.pop(), runs.pop()
+                prints = np.concatenate([b_prints, a_prints])
+                merged = np.argsort(prints, kind="stable")
+                runs.append((prints[merged], np.concatenate([b_content, a_content])[merged]))
         return out
 
 
@@ -302,7 +326,7 @@ class _Batch:
         self.report = BatchReport(batch_id, source, str(path), stages=stages,
                                   contracts={t: c.fingerprint for t, c in contracts.items()})
         self.validators = {t: ChunkValidator(c, docs_dir) for t, c in contracts.items()}
-        self.dedup = _Dedup(settings.home / "tmp" / "ingest")
+        self.dedup = _Dedup()
         self.pseudonyms = plake.pseudonymizer("patient")
         self.hash_key = record_hash_key(plake)
         self.now = datetime.now(UTC)
@@ -370,19 +394,14 @@ class _Batch:
         if hashes is None:  # checked where no hash key was installed (see check_table): hash here
             hashes = record_hashes(table, checked.typed, self.hash_key)
         candidate_keys = (checked.keys.take(pa.array(checked.candidates, pa.int64())).to_pylist()
-                          if checked.keys is not None else [None] * len(checked.candidates))
+                          if checked.keys is not None else None)
         verdicts = self.dedup.verdicts(table, candidate_keys, hashes)
-        keep: list[int] = []  # positions in checked.typed
-        for position, (index, verdict) in enumerate(zip(checked.candidates, verdicts, strict=True)):
-            if verdict == "duplicate":
-                counts.duplicates += 1
-                counts.accepted += 1
-            elif verdict == "conflict":
-                violations[index] = [(f"{contract.key}:unique", f"{contract.key} was already loaded in this batch "
-                                      "with different content")]
-            else:
-                keep.append(position)
-                counts.accepted += 1
+        counts.duplicates += int((verdicts == _Dedup.DUPLICATE).sum())
+        counts.accepted += int((verdicts != _Dedup.CONFLICT).sum())
+        for position in np.flatnonzero(verdicts == _Dedup.CONFLICT).tolist():
+            violations[checked.candidates[position]] = [
+                (f"{contract.key}:unique", f"{contract.key} was already loaded in this batch with different content")]
+        keep = np.flatnonzero(verdicts == _Dedup.NEW)  # positions in checked.typed
         quarantined = []
         for index in sorted(violations):
             rules = list(dict.fromkeys(rule for rule, _ in violations[index]))
@@ -398,7 +417,7 @@ class _Batch:
             quarantined.append(self._quarantine_row(
                 table, position, rules, reason, json.dumps(rows.record(index), default=str, ensure_ascii=False),
                 patient, key_value, False))
-        if not keep:
+        if not len(keep):
             return None, quarantined
         if len(keep) == checked.typed.num_rows:
             return self._raw_table(contract, checked.typed, pa.array(hashes, pa.string())), quarantined

@@ -45,6 +45,7 @@ _DATE = "%Y-%m-%d"
 _DATETIME = "%Y-%m-%dT%H:%M:%SZ"
 _DATE_RE = r"\d{4}-\d{2}-\d{2}"
 _DATETIME_RE = r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z"
+_CLOCKED_RE = r"\d{4}-\d{2}-\d{2}T([01]\d|2[0-3]):[0-5]\d:[0-5]\dZ"
 _LOINC = r"^\d{1,5}-\d$"
 _NDC = r"^(?:\d{4}-\d{4}-\d{2}|\d{5}-\d{3}-\d{2}|\d{5}-\d{4}-\d{1,2})$"
 _TRUE = {"true", "t", "1", "yes", "y"}
@@ -320,14 +321,18 @@ def _not_matching(name: str, pattern: str) -> Callable[[pa.Table], np.ndarray]:
 
 
 def _not_a_day(name: str, fmt: str, shape: str) -> Callable[[pa.Table], np.ndarray]:
+    # The shape with the clock's bounds (hours 00-23, minutes and seconds 00-59); the calendar is checked once
+    # per distinct day: Arrow's strptime rolls 2023-02-30 over to March 2nd, so a real day prints back as written.
+    bounded = "^" + (_CLOCKED_RE if shape == _DATETIME_RE else shape) + "$"
+
     def bad(data: pa.Table) -> np.ndarray:
         text = data.column(name)
-        shaped = pc.match_substring_regex(text, f"^{shape}$")
-        # Arrow's strptime rolls 2023-02-30 over to March 2nd: a real day prints back as it was written.
-        parsed = pc.strptime(pc.if_else(shaped, text, pa.scalar(None, pa.string())), format=fmt, unit="s",
-                             error_is_null=True)
-        real = pc.equal(pc.strftime(parsed, format=fmt), text)
-        return _flags(text.is_valid()) & ~_flags(pc.and_(shaped, real))
+        shaped = pc.match_substring_regex(text, bounded)
+        days = pc.utf8_slice_codeunits(pc.if_else(shaped, text, pa.scalar(None, pa.string())), 0, 10)
+        distinct = pc.unique(days.drop_null() if isinstance(days, pa.Array) else days.combine_chunks().drop_null())
+        parsed = pc.strptime(distinct, format=_DATE, unit="s", error_is_null=True)
+        real = distinct.filter(_flags(pc.equal(pc.strftime(parsed, format=_DATE), distinct)))
+        return _flags(text.is_valid()) & ~(_flags(shaped) & _flags(pc.is_in(days, value_set=real)))
     return bad
 
 
