@@ -21,7 +21,8 @@ from typing import Any
 
 SPANS_COLUMN = "phi_spans"
 
-__all__ = ["SPANS_COLUMN", "detect_notes", "detect_spans_spark", "spans_from_json"]
+__all__ = ["SPANS_COLUMN", "detect_notes", "detect_spans_spark", "mask_table_spark", "pseudonym_keys_on_executor",
+           "spans_from_json"]
 
 _executor_detector: Any = None
 
@@ -85,22 +86,24 @@ MASK_JOB_GROUP = "medguard-deid-mask"
 _executor_keys: dict[str, Any] = {}
 
 
-def _keys_on_executor(fields: dict[str, Any]) -> Any:
-    # One set of masking keys per executor Python worker, from its own provider: the pseudonym keys are unwrapped
-    # together, in one provider request, on the first batch.
+def pseudonym_keys_on_executor(fields: dict[str, Any]) -> Any:
+    """The lake's pseudonym keys (:class:`~storage_security.crypto.pseudonyms.PseudonymKeys`) on an executor.
+
+    Built once per executor Python worker from its own key provider and the settings of
+    :func:`pipeline.spark.executor_settings`; the keys are unwrapped together, in one provider request, when the
+    first is needed. No key travels with a task.
+    """
     from pipeline.lake import Lake
     from pipeline.spark import settings_on_executor
     from storage_security.crypto.pseudonyms import PseudonymKeys
-    from storage_security.deid.operators import MaskingKeys
     from storage_security.keys.dek_store import DekStore
     from storage_security.keys.providers import provider_from_settings
 
     key = json.dumps(fields, sort_keys=True)
     if key not in _executor_keys:
         settings = settings_on_executor(fields)
-        keys = PseudonymKeys(provider_from_settings(settings), DekStore(Lake(settings)),
-                             kek_name=settings.vault.kek_name)
-        _executor_keys[key] = MaskingKeys(keys.get)
+        _executor_keys[key] = PseudonymKeys(provider_from_settings(settings), DekStore(Lake(settings)),
+                                            kek_name=settings.vault.kek_name)
     return _executor_keys[key]
 
 
@@ -116,8 +119,9 @@ def mask_batches(fields: dict[str, Any], rules: dict[str, dict[str, Any]], refer
         import pyarrow as pa
 
         from storage_security.deid.masking import mask_table
+        from storage_security.deid.operators import MaskingKeys
 
-        keys = _keys_on_executor(fields)
+        keys = MaskingKeys(pseudonym_keys_on_executor(fields).get)
         for batch in batches:
             if not batch.num_rows:
                 continue

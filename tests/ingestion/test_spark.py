@@ -63,3 +63,17 @@ def test_when_settings_go_to_executors_then_secrets_stay_behind_and_the_rest_is_
 def test_when_compute_is_spark_then_records_reach_the_jvm_encrypted() -> None:
     assert _builder_conf(load_settings(compute="spark"))["spark.io.encryption.enabled"] == "true"
     assert "spark.io.encryption.enabled" not in _builder_conf(load_settings(compute="local"))
+
+
+def test_when_executors_get_the_settings_then_they_hash_records_under_the_lakes_key(keyring_env, tmp_path) -> None:
+    from ingestion.checking import record_hash_key, record_hashes
+    from storage_security.protected import ProtectedLake
+
+    settings = load_settings(home=tmp_path / "home", compute="spark")
+    key = record_hash_key(ProtectedLake.from_settings(settings, principal="svc:ingest"))  # what the driver uses
+    batch = pa.RecordBatch.from_pylist([{"chunk": 0, "table": "observations", "rows": pickle.dumps(_rows({}, {}))}])
+    contracts = {"observations": builtin_contract("observations")}
+    out = pa.Table.from_batches(list(check_batches(contracts, executor_settings(settings))(iter([batch]))))
+    checked = pickle.loads(out.column("checked")[0].as_py())  # noqa: S301
+    assert checked.hashes is not None and len(checked.hashes) == 2
+    assert checked.hashes == record_hashes("observations", checked.typed, key)
