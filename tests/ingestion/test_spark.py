@@ -6,6 +6,7 @@ from __future__ import annotations
 import pickle
 
 import pyarrow as pa
+import pytest
 
 from ingestion.checking import check_table
 from ingestion.contract import builtin_contract
@@ -77,3 +78,14 @@ def test_when_executors_get_the_settings_then_they_hash_records_under_the_lakes_
     checked = pickle.loads(out.column("checked")[0].as_py())  # noqa: S301
     assert checked.hashes is not None and len(checked.hashes) == 2
     assert checked.hashes == record_hashes("observations", checked.typed, key)
+
+
+def test_when_medguard_compute_is_set_then_settings_take_it_and_refuse_an_unknown_placement(monkeypatch) -> None:
+    from pipeline.errors import SettingsError
+
+    assert load_settings().compute == "local"
+    monkeypatch.setenv("MEDGUARD_COMPUTE", "spark")
+    assert load_settings().compute == "spark"
+    monkeypatch.setenv("MEDGUARD_COMPUTE", "dask")
+    with pytest.raises(SettingsError, match="compute"):
+        load_settings()
