@@ -1,25 +1,40 @@
 """Ingestion throughput end to end (read + validate + encrypt + load) against a plain load of the same rows.
 
-Both sides read the same generated Parquet extracts. The baseline appends each table to a Delta table as is:
-no validation, no encryption, no pseudonyms. The measured side is ``ingestion.ingest`` with the shipped
-contracts (Great Expectations on every chunk, quarantine, PHI sealed per patient with a local keyring,
-appends into raw that a resumed batch skips by Delta transaction id). Figures are rows/s and the ratio of the
-two, measured in the same run; each table's time goes to stderr as it finishes, so a long run shows progress.
+Both sides read the same generated Parquet extracts (generated in a child process, so this process's peak
+memory is ingestion's and de-identification's own). The baseline appends each table to a Delta table as is: no
+validation, no encryption, no pseudonyms. The measured side is ``ingestion.ingest`` with the shipped contracts
+(every rule checked in Arrow, quarantine, keyed record hashes, PHI sealed under each patient's DEK, appends into
+raw that a resumed batch skips by Delta transaction id), with the Vault provider: a local OpenBao dev server
+this benchmark starts itself, reached through a ``requests.Session`` that counts every request. The same lake is
+then de-identified twice (:func:`bench.deid_bench.lake_deid_figures`): a first run, and a second with nothing
+new. Every ratio is measured in one run; each table's time goes to stderr as it finishes.
 
-    python bench/ingest_bench.py --patients 2000
-    python bench/run.py --only ingest --ingest-patients 2000
+    python bench/ingest_bench.py                      # 100,000 patients
+    python bench/ingest_bench.py --patients 20000
+    python bench/run.py --only ingest --ingest-patients 100000
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import resource
+import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+Figure = tuple[str, float, str, str]
+TABLES = ("patients", "encounters", "observations", "conditions", "medications", "outcomes")
+PATIENTS = 100_000
+
 
 def progress(what: str, rows: int, begun: float) -> None:
     """Say on stderr how long one table took, so that a run of an hour shows where it is."""
@@ -27,82 +42,133 @@ def progress(what: str, rows: int, begun: float) -> None:
     print(f"  {what}: {rows:,} rows in {took:,.1f} s ({rows / took:,.0f} rows/s)", file=sys.stderr, flush=True)
 
 
-TABLES = ("patients", "encounters", "observations", "conditions", "medications", "outcomes")
+def load() -> str:
+    """The machine's load averages, to print beside figures measured on a shared machine."""
+    return "load " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def ingest_figures(patients: int, *, inline: bool = False) -> Iterator[tuple[str, float, str, str]]:
-    """Yield (name, value, unit, details) for the ingestion benchmark at ``patients`` patients.
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    ``inline`` also measures the same ingestion with no checking workers, for the pool's speed-up.
-    """
+
+def _generate(out: Path, patients: int) -> None:
+    code = ("from pipeline.synthetic import generate\n"
+            f"generate({str(out)!r}, patients={patients}, seed=3, formats=['parquet'], defect_rate=0.02)\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1],
+                   stdout=subprocess.DEVNULL)
+
+
+class CountingSession:
+    """Builds a ``requests.Session`` that counts what it sends, by method and Vault path."""
+
+    def __new__(cls) -> Any:
+        import requests
+
+        class _Counting(requests.Session):
+            def __init__(self) -> None:
+                super().__init__()
+                self.sent: Counter[str] = Counter()
+
+            def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+                self.sent[f"{method} {url.split('/v1/', 1)[-1]}"] += 1
+                return super().request(method, url, *args, **kwargs)
+
+            def take(self) -> Counter[str]:
+                sent, self.sent = self.sent, Counter()
+                return sent
+
+        return _Counting()
+
+
+def ingest_figures(patients: int = PATIENTS, *, deid: bool = True) -> Iterator[Figure]:
+    """Yield (name, value, unit, details) for ingestion (and de-identification) of ``patients`` patients."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from bench.deid_bench import lake_deid_figures
     from ingestion.batch import ingest
-    from ingestion.checking import worker_count
     from pipeline.lake import Lake
     from pipeline.settings import load_settings
-    from pipeline.synthetic import generate
-    from storage_security.keys.keyring import LocalKeyring
+    from storage_security.audit.log import AuditLog
+    from storage_security.keys._vault import VaultClient
+    from storage_security.keys.vault_transit import VaultTransitKeys
+    from storage_security.local_vault.openbao import dev_server
     from storage_security.protected import ProtectedLake
 
     with tempfile.TemporaryDirectory(prefix="medguard-ingest-bench-") as tmp:
         root = Path(tmp)
-        generate(root / "src", patients=patients, seed=3, formats=["parquet"], defect_rate=0.02)
-        rows = sum(pq.ParquetFile(root / "src" / f"{t}.parquet").metadata.num_rows for t in TABLES)
-        settings = load_settings(home=str(root / "home"), lake_root=str(root / "lake"))
-
-        plain = Lake(settings.model_copy(update={"lake_root": str(root / "plain")}))
         started = time.perf_counter()
-        for table in TABLES:
-            begun = time.perf_counter()
-            source = pq.ParquetFile(root / "src" / f"{table}.parquet")
-            plain.append("raw", table, pa.RecordBatchReader.from_batches(source.schema_arrow,
-                                                                         source.iter_batches(1 << 20)))
-            progress(f"plain/{table}", source.metadata.num_rows, begun)
-        baseline = time.perf_counter() - started
+        _generate(root / "src", patients)
+        print(f"  generated {patients:,} patients in {time.perf_counter() - started:,.0f} s", file=sys.stderr)
+        counts = {t: pq.ParquetFile(root / "src" / f"{t}.parquet").metadata.num_rows for t in TABLES}
+        settings = load_settings(home=str(root / "home"), lake_root=str(root / "lake"))
+        settings = settings.model_copy(update={"ingestion": settings.ingestion.model_copy(update={"workers": 0})})
 
-        ring = LocalKeyring.init(root / "keyring.json", LocalKeyring.generate_master_key())
-        ring.ensure_key("medguard-kek")
-        ring.ensure_key("medguard-audit")
+        with dev_server(root / "openbao.log") as server:
+            session = CountingSession()
+            provider = VaultTransitKeys(VaultClient(server.addr, token=server.token, session=session),
+                                        mount=server.transit_mount)
+            provider.ensure_key("medguard-kek")
+            provider.ensure_key("medguard-audit")
+            lake = Lake(settings)
 
-        def measure(workers: int | None, lake: str) -> tuple[float, int]:
-            ingestion = settings.ingestion.model_copy(update={"workers": workers})
-            chosen = settings.model_copy(update={"lake_root": str(root / lake), "ingestion": ingestion})
-            plake = ProtectedLake(Lake(chosen), ring, principal="svc:bench")
-            ingest(chosen, source="tabular", path=root / "src" / "outcomes.parquet", table="outcomes",
-                   plake=plake, stages=(), docs=False)  # warm-up: Great Expectations' first context and imports
-            started = time.perf_counter()
+            def plake(principal: str) -> ProtectedLake:
+                return ProtectedLake(lake, provider, principal=principal,
+                                     audit=AuditLog(lake, provider, key_name="medguard-audit"))
+
+            writer = plake("svc:ingest")
+            # Warm-up (imports, the lake's pseudonym key): a validate-only pass over a small table.
+            ingest(settings, source="tabular", path=root / "src" / "outcomes.parquet", table="outcomes",
+                   plake=writer, stages=(), docs=False)
+            session.take()
+
+            plain = Lake(settings.model_copy(update={"lake_root": str(root / "plain")}))
+            plain_s: dict[str, float] = {}
+            ingest_s: dict[str, float] = {}
             quarantined = 0
+            # Table by table, the plain append right before the ingestion of the same rows: both see the same load.
             for table in TABLES:
                 begun = time.perf_counter()
-                report = ingest(chosen, source="tabular", path=root / "src" / f"{table}.parquet", table=table,
-                                plake=plake, docs=False)
+                source = pq.ParquetFile(root / "src" / f"{table}.parquet")
+                plain.append("raw", table, pa.RecordBatchReader.from_batches(source.schema_arrow,
+                                                                             source.iter_batches(1 << 20)))
+                plain_s[table] = time.perf_counter() - begun
+                progress(f"plain/{table}", counts[table], begun)
+                begun = time.perf_counter()
+                report = ingest(settings, source="tabular", path=root / "src" / f"{table}.parquet", table=table,
+                                plake=writer, docs=False)
+                ingest_s[table] = time.perf_counter() - begun
                 quarantined += report.tables[table].quarantined
-                progress(f"{lake}/{table}", report.tables[table].rows_in, begun)
-            return time.perf_counter() - started, quarantined
-
-        measured, quarantined = measure(settings.ingestion.workers, "lake")
-        workers = worker_count(settings)
-        if inline:
-            alone, _ = measure(0, "lake-inline")
-    detail = (f"{patients:,} patients, {rows:,} rows, Parquet, chunk {settings.ingestion.chunk_rows:,}, "
-              f"{workers} checking worker(s)")
-    yield "ingest.rows_per_s", rows / measured, "rows/s", f"validate + quarantine + encrypt + load; {detail}"
-    if inline:
-        yield "ingest.rows_per_s_inline", rows / alone, "rows/s", "the same with no workers (all in one process)"
-        yield "ingest.worker_speedup", alone / measured, "x", "time inline / time with the workers"
-    yield "ingest.plain_load_rows_per_s", rows / baseline, "rows/s", "Delta append, no validation or encryption"
-    yield "ingest.slowdown_vs_plain_load", measured / baseline, "x", "time ingesting / time of a plain load"
-    yield "ingest.quarantined", quarantined, "rows", f"{quarantined / rows:.2%} of rows (2 % defect rate)"
+                progress(f"ingest/{table}", counts[table], begun)
+            requests = session.take()
+            ingest_rss = peak_rss_mib()
+            at = load()
+            rows = sum(counts.values())
+            detail = f"{patients:,} patients, Vault provider (OpenBao dev server), Parquet, {at}"
+            for table in ("patients", "observations"):
+                yield (f"ingest.{table}.rows_per_s", counts[table] / ingest_s[table], "rows/s",
+                       f"{counts[table]:,} rows; {detail}")
+                yield (f"ingest.{table}.slowdown_vs_plain_load", ingest_s[table] / plain_s[table], "x",
+                       f"plain Delta append of the same rows: {counts[table] / plain_s[table]:,.0f} rows/s")
+            yield ("ingest.rows_per_s", rows / sum(ingest_s.values()), "rows/s",
+                   f"all {len(TABLES)} tables, {rows:,} rows; {detail}")
+            yield ("ingest.slowdown_vs_plain_load", sum(ingest_s.values()) / sum(plain_s.values()), "x",
+                   f"plain Delta append: {rows / sum(plain_s.values()):,.0f} rows/s")
+            yield ("ingest.vault_requests_per_1000_patients", 1000 * sum(requests.values()) / patients, "requests",
+                   f"{sum(requests.values())} requests for the first ingestion: {json.dumps(dict(requests))}")
+            yield "ingest.quarantined", quarantined, "rows", f"{quarantined / rows:.2%} of rows (2 % defect rate)"
+            yield "ingest.peak_rss", ingest_rss, "MiB", f"this process after ingesting {patients:,} patients"
+            if deid:
+                yield from lake_deid_figures(lambda: plake("svc:deidentify"), settings, session, patients, rows)
+                yield "deid.peak_rss", peak_rss_mib(), "MiB", "this process after ingestion and both runs"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--patients", type=int, default=2_000)
-    parser.add_argument("--inline", action="store_true", help="also measure with no checking workers")
+    parser.add_argument("--patients", type=int, default=PATIENTS)
+    parser.add_argument("--no-deid", action="store_true", help="skip the de-identification of the lake")
     args = parser.parse_args()
-    for name, value, unit, details in ingest_figures(args.patients, inline=args.inline):
+    for name, value, unit, details in ingest_figures(args.patients, deid=not args.no_deid):
         print(f"{name}: {value:,.3g} {unit}  ({details})", flush=True)
 
 
