@@ -240,7 +240,8 @@ def keys_shred(
     as_json: JsonOption = False,
 ) -> None:
     """Crypto-shred a patient: delete their wrapped data key for good, so no version of any table decrypts their
-    cells. Irreversible and audited; running it again is harmless (and re-applies it after a backup restore)."""
+    cells. Irreversible and audited; running it again is harmless (and re-applies it after a backup restore).
+    Fails, noting nothing, when no data key of that patient is stored and they were never shredded (a typo)."""
     from storage_security.keys.lifecycle import shred_patient
 
     settings = settings_from(ctx)

@@ -414,16 +414,21 @@ class ProtectedLake:
         Every cell sealed under the patient's key, in every version of every table, stays undecryptable for
         good; readers return those cells as null. Re-running an interrupted shred completes it, and running it
         again for a patient already shredded (e.g. after restoring a backup) deletes whatever key came back.
+        A pseudonym with no stored key that was never shredded (a typo, another lake's patient, a patient whose
+        first write has not landed yet) is refused and noted nowhere.
 
         Returns:
             how many wrapped DEK records were deleted.
 
         Raises:
-            ValueError: no reason given, or a malformed pseudonym.
+            ValueError: no reason given, a malformed pseudonym, or no key of this patient to delete.
         """
         check_scope_key(patient_pseudonym)
         if not reason or not reason.strip():
             raise ValueError("shredding a patient needs a reason (e.g. the erasure request's reference)")
+        if patient_pseudonym not in self.shredded() and not self._has_keys(patient_pseudonym):
+            raise ValueError(f"no data key is stored for patient {patient_pseudonym} and none was shredded: nothing "
+                             "to shred (check the patient id)")
         info = commit or CommitInfo(principal=self.principal, purpose="crypto-shredding")
         # Note the fact first: if the key is gone but the note is not, readers would fail on the dead cells; and
         # the key store refuses, from the note on, any key of the patient a writer still in flight brings back.
@@ -434,6 +439,11 @@ class ProtectedLake:
                                      purpose=info.purpose, reason=reason,
                                      details={"key_store": self.patient_keys.uri, "deks_dropped": dropped}))
         return dropped
+
+    def _has_keys(self, patient_pseudonym: str) -> bool:
+        """True when the patient key store, or the DEK store of a lake not yet migrated, holds a key of theirs."""
+        return bool(self.patient_keys.find([patient_pseudonym])
+                    or self.store.records(scope="patient", scope_key=patient_pseudonym))
 
     # unsealed tables, metadata and the audit log ------------------------------------------------------
     # For layers that also keep tables with no sealed column (the ingestion ledger, de-identified releases):

@@ -199,7 +199,16 @@ def reencrypt_table(plake: ProtectedLake, zone: Zone | str, table: str, *,
 
 
 def shred_patient(plake: ProtectedLake, patient: str, *, reason: str) -> dict[str, Any]:
-    """Crypto-shred a patient given their patient id (pseudonymised here) or their pseudonym (``ps1_…``)."""
+    """Crypto-shred a patient given their patient id (pseudonymised here) or their pseudonym (``ps1_…``).
+
+    Surrounding blanks are ignored (`` PAT1`` is ``PAT1``).
+
+    Raises:
+        ValueError: no patient id, or no key of that patient to delete (and the patient was never shredded).
+    """
+    patient = patient.strip()
+    if not patient:
+        raise ValueError("no patient id given: name the patient id or its pseudonym (ps1_…)")
     pseudonym = patient if _PSEUDONYM.match(patient) else plake.pseudonymizer("patient").pseudonym(patient)
     assert pseudonym is not None
     dropped = plake.shred(pseudonym, reason=reason)

@@ -140,6 +140,29 @@ def test_when_a_patient_is_shredded_by_patient_id_then_only_their_cells_die(
     assert shred_patient(plake, result["patient_pseudonym"], reason="again")["deks_dropped"] == 0
 
 
+@pytest.mark.parametrize("typo", ["PAT9", "PAT 1", "pat1", "ps1_0000abcd_" + "0" * 32])
+def test_when_a_shred_names_no_stored_patient_then_it_fails_and_notes_nothing(
+    plake: ProtectedLake, lake: Lake, typo: str
+) -> None:
+    with pytest.raises(ValueError, match="nothing to shred"):
+        shred_patient(plake, typo, reason="GDPR erasure #8")
+
+    assert plake.shredded() == set()
+    assert len(plake.patient_keys.records()) == 2
+    with pytest.raises(ValueError, match="no patient id"):
+        shred_patient(plake, "  ", reason="GDPR erasure #8")
+
+
+def test_when_the_patient_id_has_surrounding_blanks_then_the_patient_is_shredded(plake: ProtectedLake) -> None:
+    pseudonym = plake.pseudonymizer("patient").pseudonym("PAT1")
+
+    result = shred_patient(plake, " PAT1\n", reason="GDPR erasure #9")
+
+    assert (result["patient_pseudonym"], result["deks_dropped"]) == (pseudonym, 1)
+    assert plake.shredded() == {pseudonym}
+    assert shred_patient(plake, pseudonym, reason="again")["deks_dropped"] == 0  # a re-run still succeeds
+
+
 def test_when_rotating_through_vault_then_everything_stays_readable(openbao, lake: Lake) -> None:
     from storage_security.keys.vault_transit import VaultTransitKeys
 
