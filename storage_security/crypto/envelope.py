@@ -211,8 +211,9 @@ class CellCipher:
     deletes the patient's wrapped DEK for good, which makes their cells undecryptable in every table version.
     (Two processes meeting a new patient at once each record a DEK; both serve, both are shredded. A process
     counts a patient DEK's uses itself and makes another past ``max_invocations``.) Unwrapped DEKs stay in
-    memory only, at most ``max_cached_keys`` of them (least recently used leave first); batch DEKs also leave
-    after ``dek_ttl_seconds``.
+    memory only, at most ``max_cached_keys`` of them (least recently used leave first), and decryption looks a
+    DEK up again (one batched request) once ``dek_ttl_seconds`` have passed since it was fetched: so a patient
+    shredded by another process stops decrypting in this one within that time.
 
     Args:
         provider: the key provider holding the KEKs.
@@ -620,7 +621,8 @@ class CellCipher:
             found: dict[str, _Dek | None] = {}
             for key in key_ids:
                 cached = self._known.get(key)
-                if cached is not None and (cached[0].scope == "patient" or now - cached[1] < self._ttl):
+                # Patients' DEKs too: a patient shredded by another process stops decrypting here within the TTL.
+                if cached is not None and now - cached[1] < self._ttl:
                     found[key] = cached[0]
                     self._known.move_to_end(key)
             missing = [key for key in key_ids if key not in found]

@@ -260,6 +260,32 @@ def test_when_a_process_holds_a_patients_key_after_a_shred_elsewhere_then_its_wr
     assert [r.scope_key for r in PatientKeyStore(lake).records()] == [other]
 
 
+def test_when_a_patient_is_shredded_by_another_process_then_a_running_one_stops_decrypting_them_within_the_ttl(
+    keyring: LocalKeyring, lake: Lake
+) -> None:
+    now = [0.0]
+    provider = Counting(keyring)
+    server = _cipher(provider, lake, dek_ttl_seconds=60, clock=lambda: now[0])  # e.g. the query gateway
+    victim, other = "ps1_victim", "ps1_other"
+    cells = _seal(_cipher(keyring, lake), "people", [victim, other])
+
+    def read() -> list[str | None]:
+        return server.decrypt_column(cells, table="people", column="v", row_keys=["people-0", "people-1"]).to_pylist()
+
+    assert read() == ["people of ps1_victim", "people of ps1_other"]
+    ProtectedLake(lake, keyring, principal="test:ops").shred(victim, reason="erasure ER-1")  # another process
+    provider.take()
+    now[0] = 59.0
+    assert read()[0] == "people of ps1_victim" and provider.take() == []  # within the TTL: no request, cached
+
+    now[0] = 61.0
+    with pytest.raises(DecryptionError, match=r"people\.v\[people-0\]"):
+        read()
+    assert server.decrypt_column(cells[1:], table="people", column="v", row_keys=["people-1"]).to_pylist() == [
+        "people of ps1_other"]
+    assert provider.take() == [("unwrap", 1)]  # the living patient is fetched again, once
+
+
 def test_when_thousands_of_keys_are_looked_up_then_one_scan_finds_exactly_them(
     keyring: LocalKeyring, lake: Lake
 ) -> None:
