@@ -428,7 +428,8 @@ class ProtectedLake:
             raise ValueError("shredding a patient needs a reason (e.g. the erasure request's reference)")
         if patient_pseudonym not in self.shredded() and not self._has_keys(patient_pseudonym):
             raise ValueError(f"no data key is stored for patient {patient_pseudonym} and none was shredded: nothing "
-                             "to shred (check the patient id)")
+                             "to shred (check the patient id; a patient whose first data is still being written has "
+                             "no key yet: run it again once that write has landed)")
         info = commit or CommitInfo(principal=self.principal, purpose="crypto-shredding")
         # Note the fact first: if the key is gone but the note is not, readers would fail on the dead cells; and
         # the key store refuses, from the note on, any key of the patient a writer still in flight brings back.
