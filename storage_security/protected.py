@@ -171,6 +171,10 @@ class ProtectedLake:
             KeyProviderUnavailableError, KeyAccessDeniedError, CryptoError: the provider failed.
             ValueError: the protection does not fit the data (missing columns, null row keys).
         """
+        return self._seal(zone, table, data, protection)[0]
+
+    def _seal(self, zone: Zone | str, table: str, data: Any, protection: Protection) -> tuple[pa.Table, int]:
+        """:meth:`seal`, and how many rows were of shredded patients (their sealed cells left null)."""
         zone = Zone(zone)
         self.lake.uri(zone, table)  # validates the name
         arrow = _as_table(data)
@@ -192,10 +196,11 @@ class ProtectedLake:
                 dead |= exc.scope_keys
 
     def _seal_columns(self, arrow: pa.Table, where: str, protection: Protection, row_keys: pa.ChunkedArray,
-                      patients: pa.ChunkedArray | None, dead: set[str]) -> pa.Table:
-        erased = None
+                      patients: pa.ChunkedArray | None, dead: set[str]) -> tuple[pa.Table, int]:
+        erased, count = None, 0
         if patients is not None and dead:
             erased = pc.fill_null(pc.is_in(patients, pa.array(sorted(dead), pa.string())), False)
+            count = pc.sum(erased).as_py() or 0
         for column in protection.encrypted:
             values = arrow.column(column)
             if erased is not None:
@@ -204,7 +209,7 @@ class ProtectedLake:
                 values = pc.if_else(erased, pa.scalar(None, values.type), values)
             cells = self._seal_column(values, where, column, row_keys, patients)
             arrow = arrow.set_column(arrow.schema.get_field_index(column), pa.field(column, pa.binary()), cells)
-        return arrow
+        return arrow, count
 
     def _seal_column(self, values: pa.ChunkedArray, where: str, column: str, row_keys: pa.ChunkedArray,
                      patients: pa.ChunkedArray | None) -> pa.Array:
@@ -236,9 +241,10 @@ class ProtectedLake:
         """
         if txn is not None and self.lake.committed(zone, table, txn):
             return self.lake.version(zone, table)
-        sealed, info = self._prepare(zone, table, data, protection, commit)
+        sealed, info, extra = self._prepare(zone, table, data, protection, commit)
         version = self.lake.append(zone, table, sealed, commit=info, txn=txn)
-        self._audit_write(zone, table, protection, sealed.num_rows, info, version=version, operation="append")
+        self._audit_write(zone, table, protection, sealed.num_rows, info, version=version, operation="append",
+                          extra=extra)
         return version
 
     def merge(self, zone: Zone | str, table: str, data: Any, protection: Protection, *, keys: Sequence[str],
@@ -250,33 +256,35 @@ class ProtectedLake:
         sealed_keys = [k for k in keys if k in protection.encrypted]
         if sealed_keys:
             raise ValueError(f"merge keys {sealed_keys} are encrypted: cells differ each time, merge on plaintext")
-        sealed, info = self._prepare(zone, table, data, protection, commit)
+        sealed, info, extra = self._prepare(zone, table, data, protection, commit)
         result = self.lake.merge(zone, table, sealed, keys=list(keys), commit=info)
         self._audit_write(zone, table, protection, sealed.num_rows, info, version=result.version,
-                          operation="merge", extra={"inserted": result.inserted, "updated": result.updated})
+                          operation="merge", extra={"inserted": result.inserted, "updated": result.updated, **extra})
         return result
 
     def overwrite(self, zone: Zone | str, table: str, data: Any, protection: Protection, *,
                   commit: CommitInfo | None = None) -> int:
         """Seal, then replace the table's rows; earlier versions stay readable (time travel)."""
-        sealed, info = self._prepare(zone, table, data, protection, commit)
+        sealed, info, extra = self._prepare(zone, table, data, protection, commit)
         version = self.lake.overwrite(zone, table, sealed, commit=info)
-        self._audit_write(zone, table, protection, sealed.num_rows, info, version=version, operation="overwrite")
+        self._audit_write(zone, table, protection, sealed.num_rows, info, version=version, operation="overwrite",
+                          extra=extra)
         return version
 
     def _prepare(self, zone: Zone | str, table: str, data: Any, protection: Protection,
-                 commit: CommitInfo | None) -> tuple[pa.Table, CommitInfo]:
+                 commit: CommitInfo | None) -> tuple[pa.Table, CommitInfo, dict[str, Any]]:
+        """The sealed data, the commit, and what the write's audit event adds (rows of shredded patients)."""
         zone = Zone(zone)
         arrow = _as_table(data)
         known, types = self._manifest(zone, table)
         if known is not None and not known.same_as(protection):
             raise ValueError(f"{zone}.{table} is protected as {known}; refusing to write it as {protection}")
         _check_types(f"{zone}.{table}", arrow.schema, types)
-        sealed = self.seal(zone, table, arrow, protection)
+        sealed, shredded_rows = self._seal(zone, table, arrow, protection)
         if known is None:
             self._write_manifest(zone, table, arrow.schema, protection)
         info = commit or CommitInfo(principal=self.principal, purpose="protected-write")
-        return sealed, info
+        return sealed, info, {"shredded_rows": shredded_rows} if shredded_rows else {}
 
     def _audit_write(self, zone: Zone, table: str, protection: Protection, rows: int, info: CommitInfo, *,
                      version: int, operation: str, extra: dict[str, Any] | None = None) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from pipeline.errors import DecryptionError, StorageError
 from pipeline.lake import SYSTEM_ZONE, Lake
+from storage_security.audit.log import AuditAction
 from storage_security.crypto.envelope import CellCipher
 from storage_security.keys.dek_store import DekStore
 from storage_security.keys.keyring import LocalKeyring
@@ -253,6 +254,8 @@ def test_when_a_process_holds_a_patients_key_after_a_shred_elsewhere_then_its_wr
     assert [r.scope_key for r in PatientKeyStore(lake).records()] == [other]
     late = {r["row_id"]: r for r in lake.read_arrow("raw", "people", where="row_id LIKE 'late-%'").to_pylist()}
     assert late["late-0"]["ssn"] is None and late["late-1"]["ssn"] is not None
+    written = [r.event for r in server.audit.events() if r.event.action == AuditAction.ENCRYPT][-1]
+    assert (written.row_count, written.details["shredded_rows"]) == (2, 1)  # the write says what it left out
     fresh_key = PatientKey(key_id="ab" * 16, scope_key=victim, kek_name=KEK,
                            wrapped=keyring.wrap_many(KEK, [bytes(48)])[0])
     with pytest.raises(PatientShreddedError, match=victim):
