@@ -29,7 +29,7 @@ from storage_security.protected import ProtectedLake
 _SORT = {"raw": "_record_hash", "quarantine": "quarantine_id"}
 
 
-def _snapshot(settings: Settings) -> dict[str, pa.Table]:
+def snapshot(settings: Settings) -> dict[str, pa.Table]:
     plake = ProtectedLake.from_settings(settings, principal="svc:test")
     tables: dict[str, pa.Table] = {}
     for zone in ("raw", "quarantine", "deidentified"):
@@ -65,7 +65,7 @@ def main(sources: Path, master: str) -> dict[str, Any]:
     started = time.perf_counter()
     first = _run(local, sources)
     seconds = {"local": round(time.perf_counter() - started, 1)}
-    expected = _snapshot(local)
+    expected = snapshot(local)
     lake = Lake(local)
     for zone in ("raw", "quarantine", "deidentified"):
         shutil.rmtree(Path(str(lake.root)) / zone)
@@ -75,7 +75,7 @@ def main(sources: Path, master: str) -> dict[str, Any]:
     started = time.perf_counter()
     second = _run(on_spark, sources)
     seconds["spark"] = round(time.perf_counter() - started, 1)
-    found = _snapshot(on_spark)
+    found = snapshot(on_spark)
     tables = {name: {"local_rows": expected[name].num_rows if name in expected else None,
                      "spark_rows": found[name].num_rows if name in found else None,
                      "equal": name in expected and name in found and expected[name].equals(found[name])}

@@ -89,3 +89,39 @@ def test_when_medguard_compute_is_set_then_settings_take_it_and_refuse_an_unknow
     monkeypatch.setenv("MEDGUARD_COMPUTE", "dask")
     with pytest.raises(SettingsError, match="compute"):
         load_settings()
+
+
+def test_when_fhir_hl7_and_csv_are_checked_on_spark_then_the_lake_matches_the_in_process_path(
+        spark, settings, population, tmp_path) -> None:
+    import shutil
+
+    from _spark_cluster_driver import snapshot
+
+    from ingestion.batch import ingest
+    from storage_security.keys.keyring import LocalKeyring, encode_master_key
+
+    # The executors (this session's Python workers) open the keyring through the settings' key file.
+    master = LocalKeyring.generate_master_key()
+    ring = LocalKeyring.init(tmp_path / "keyring.json", master)
+    ring.ensure_keys(["medguard-kek", "medguard-audit"])
+    key_file = tmp_path / "master.key"
+    key_file.write_text(encode_master_key(master))
+    key_file.chmod(0o600)
+    keyring = settings.keyring.model_copy(update={"path": ring.path, "master_key_file": key_file})
+    ingestion = settings.ingestion.model_copy(update={"chunk_rows": 1000})
+    base = settings.model_copy(update={"lake_root": str(tmp_path / "lake"), "key_provider": "keyring",
+                                       "keyring": keyring, "ingestion": ingestion})
+    inputs = [("fhir", population / "fhir"), ("hl7", population / "hl7"), ("tabular", population / "patients.csv")]
+    tables = {}
+    for compute in ("local", "spark"):
+        placed = base.model_copy(update={"compute": compute})
+        reports = [ingest(placed, source=source, path=path, docs=False).to_dict() for source, path in inputs]
+        tables[compute] = (snapshot(placed), [{k: r[k] for k in ("batch_id", "tables")} for r in reports])
+        for zone in ("raw", "quarantine"):
+            shutil.rmtree(tmp_path / "lake" / zone)
+    (local, local_reports), (on_spark, spark_reports) = tables["local"], tables["spark"]
+    assert spark_reports == local_reports
+    assert {"raw.patients", "raw.encounters", "raw.observations", "quarantine.records"} <= set(local)
+    assert set(on_spark) == set(local)
+    for name, expected in local.items():
+        assert expected.num_rows and on_spark[name].equals(expected), name
