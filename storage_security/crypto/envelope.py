@@ -305,6 +305,9 @@ class CellCipher:
             KeyProviderUnavailableError, KeyAccessDeniedError, CryptoError: the provider failed; nothing
                 is returned, so nothing can be written in plaintext or under an unrecorded key.
             StorageError: the new DEKs could not be recorded.
+            PatientShreddedError: a patient who needs a new DEK was crypto-shredded; none is recorded or used
+                (:meth:`ProtectedLake.seal <storage_security.protected.ProtectedLake.seal>` then seals their
+                values as nulls).
             TypeError, ValueError: caller mistakes (types, lengths, sizes, names).
         """
         prefix = _aad_prefix(table, column)
