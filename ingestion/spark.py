@@ -1,9 +1,10 @@
 """Checking on a Spark cluster: the per-chunk check of ingestion (conform, validate, hash) on executors.
 
 With ``compute=spark`` a batch hands its chunks to :class:`SparkCheckPipeline` instead of
-:class:`~ingestion.checking.CheckPipeline`. Chunks are taken a window at a time (two per core of the cluster), one
-row per table of a chunk, and checked by ``mapInArrow`` with :func:`check_batches`: the same
-:func:`~ingestion.checking.check_table` the embedded default runs in-process, keyed record hashes included (each
+:class:`~ingestion.checking.CheckPipeline`. Chunks go to the cluster a window at a time (two per core of the
+cluster; the next window is checked while the loader commits this one), one row per table of a chunk, and are
+checked by ``mapInArrow`` with :func:`check_batches`: the same :func:`~ingestion.checking.check_table` the
+embedded default runs in-process, keyed record hashes included (each
 executor derives the record-hash key from the lake's ``patient`` pseudonym key, unwrapped by its own key provider
 once per Python worker; no key travels with a task). The verdicts come back to the driver in source order, where the
 batch deduplicates, pseudonymises, seals and commits each chunk as it does in-process, so both paths write the same
@@ -31,6 +32,7 @@ from __future__ import annotations
 import itertools
 import pickle
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
@@ -82,8 +84,8 @@ class SparkCheckPipeline:
         settings: the settings whose Spark session (``spark.master``) runs the checks.
         contracts: the contract of every table the source can fill.
         spark: the session (this process's :func:`~pipeline.spark.get_spark` by default).
-        window: chunks sent to the cluster at once (two per core of the cluster by default); at most this many
-            chunks are held in memory.
+        window: chunks sent to the cluster at once (two per core of the cluster by default). While the loader seals
+            and commits one window the executors check the next, so at most two windows are held in memory.
     """
 
     def __init__(self, settings: Settings, contracts: dict[str, Contract], *, spark: Any = None,
@@ -96,20 +98,27 @@ class SparkCheckPipeline:
         self.settings = settings
         self.contracts = contracts
         self.window = window or max(2, 2 * spark.sparkContext.defaultParallelism)
+        self._jobs = ThreadPoolExecutor(1, thread_name_prefix="medguard-spark-check")
 
     def __enter__(self) -> SparkCheckPipeline:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        return None
+        # A window still being checked (the loader stopped early) finishes; nothing is started after it.
+        self._jobs.shutdown(wait=True, cancel_futures=True)
 
     def run(self, chunks: Iterator[SourceChunk]) -> Iterator[tuple[SourceChunk, dict[str, CheckedTable]]]:
         """``(chunk, checked tables)`` for every chunk, in source order."""
         chunks = iter(chunks)
-        while window := list(itertools.islice(chunks, self.window)):
-            checked = self._check(window)
+        window = list(itertools.islice(chunks, self.window))
+        pending = self._jobs.submit(self._check, window) if window else None
+        while window and pending is not None:
+            checked = pending.result()
+            following = list(itertools.islice(chunks, self.window))
+            pending = self._jobs.submit(self._check, following) if following else None
             for chunk in window:
                 yield chunk, checked.get(chunk.index, {})
+            window = following
 
     def _check(self, window: list[SourceChunk]) -> dict[int, dict[str, CheckedTable]]:
         from pyspark.sql.types import BinaryType, LongType, StringType, StructField, StructType
