@@ -141,9 +141,11 @@ def mask_batches(fields: dict[str, Any], rules: dict[str, dict[str, Any]], refer
 def mask_table_spark(settings: Any, frame: Any, rules: dict[str, dict[str, Any]], *, reference_date: Any) -> Any:
     """:func:`~storage_security.deid.masking.mask_table` of a large table (pandas) on Spark's executors.
 
-    Each executor masks its slices of the table with keys it builds
-    from its own provider (:func:`pipeline.spark.executor_settings`: no key or secret travels with a task). Notes
-    are not masked here (their surrogates use the release's forbidden names): give their rules to the note path.
+    Each executor masks its slices of the table with keys it builds from its own provider
+    (:func:`pseudonym_keys_on_executor`: no key or secret travels with a task). Masking is row by row (a pseudonym,
+    a patient's date offset, a generalisation), so slices give what the whole table gives; the risk gate, which
+    counts over the whole release, stays with the caller. Notes are not masked here (their surrogates avoid the
+    release's real names, which the driver holds): their rules go to the note path.
 
     Returns:
         The masked table (pandas), rows in the order of ``frame``: what ``mask_table`` returns in-process.
