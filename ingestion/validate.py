@@ -176,6 +176,8 @@ def _conform_arrow(source: pa.ChunkedArray | None, kind: str, count: int) -> tup
     if source is None or pa.types.is_null(source.type):
         return pa.nulls(count, target), []
     column = source.combine_chunks() if isinstance(source, pa.ChunkedArray) else source
+    if pa.types.is_dictionary(column.type):  # Parquet's dictionary-encoded text: its values
+        column = column.dictionary_decode()
     kind_of = column.type
     if kind in ("string", "date", "datetime") and (pa.types.is_string(kind_of) or pa.types.is_large_string(kind_of)):
         return column.cast(pa.string()), []

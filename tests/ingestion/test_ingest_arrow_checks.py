@@ -157,3 +157,11 @@ def test_when_keys_repeat_within_and_across_chunks_then_the_verdicts_equal_a_fir
     unkeyed = _Dedup().verdicts("u", None, hashes)
     assert set(np.unique(unkeyed).tolist()) <= {_Dedup.NEW, _Dedup.DUPLICATE}
     assert int((unkeyed == _Dedup.NEW).sum()) == len(set(hashes))
+
+
+def test_when_a_parquet_column_is_dictionary_encoded_then_it_is_checked_as_its_values() -> None:
+    data = pa.table({**{k: pa.array([GOOD[k]] * 2) for k in GOOD if k not in ("rid", "kind")},
+                     "rid": ["r1", "r2"], "kind": pa.array(["a", "z"]).dictionary_encode()})
+    checked = check_table(CONTRACT, TableRows(arrow=data), KEY)
+    assert {i: _rules(checked, i) for i in checked.result.violations} == {1: {"kind:enum"}}
+    assert checked.typed.column("kind").type == pa.string()
