@@ -201,36 +201,40 @@ class ProtectedLake:
         if patients is not None and dead:
             erased = pc.fill_null(pc.is_in(patients, pa.array(sorted(dead), pa.string())), False)
             count = pc.sum(erased).as_py() or 0
+        columns: dict[str, pa.ChunkedArray] = {}
         for column in protection.encrypted:
             values = arrow.column(column)
             if erased is not None:
                 if pa.types.is_dictionary(values.type):
                     values = values.cast(values.type.value_type)
                 values = pc.if_else(erased, pa.scalar(None, values.type), values)
-            cells = self._seal_column(values, where, column, row_keys, patients)
+            columns[column] = values
+        # All columns at once: each patient's DEK is found (or made) once per table chunk, not once per column.
+        for column, cells in self._seal_many(columns, where, row_keys, patients).items():
             arrow = arrow.set_column(arrow.schema.get_field_index(column), pa.field(column, pa.binary()), cells)
         return arrow, count
 
-    def _seal_column(self, values: pa.ChunkedArray, where: str, column: str, row_keys: pa.ChunkedArray,
-                     patients: pa.ChunkedArray | None) -> pa.Array:
-        values, row_keys = values.combine_chunks(), row_keys.combine_chunks()
+    def _seal_many(self, columns: dict[str, pa.ChunkedArray], where: str, row_keys: pa.ChunkedArray,
+                   patients: pa.ChunkedArray | None) -> dict[str, pa.Array]:
+        values = {column: chunked.combine_chunks() for column, chunked in columns.items()}
+        keys = row_keys.combine_chunks()
         if patients is None:
-            return self.cipher.encrypt_column(values, table=where, column=column, row_keys=row_keys)
+            return self.cipher.encrypt_columns(values, table=where, row_keys=keys)
         patients = patients.combine_chunks()
         if not patients.null_count:
-            return self.cipher.encrypt_column(values, table=where, column=column, row_keys=row_keys,
-                                              scope_key=patients)
+            return self.cipher.encrypt_columns(values, table=where, row_keys=keys, scope_key=patients)
         # Rows with no patient (e.g. a resource about no one) use the batch's DEKs.
-        has = patients.is_valid()
-        scoped = self.cipher.encrypt_column(values.filter(has), table=where, column=column,
-                                            row_keys=row_keys.filter(has), scope_key=patients.filter(has))
-        batch = self.cipher.encrypt_column(values.filter(pc.invert(has)), table=where, column=column,
-                                           row_keys=row_keys.filter(pc.invert(has)))
+        has, hasnt = patients.is_valid(), patients.is_null()
+        scoped = self.cipher.encrypt_columns({c: v.filter(has) for c, v in values.items()}, table=where,
+                                             row_keys=keys.filter(has), scope_key=patients.filter(has))
+        batch = self.cipher.encrypt_columns({c: v.filter(hasnt) for c, v in values.items()}, table=where,
+                                            row_keys=keys.filter(hasnt))
         valid = has.to_numpy(zero_copy_only=False)
-        order = np.empty(len(values), dtype=np.int64)
+        order = np.empty(len(keys), dtype=np.int64)
         order[np.flatnonzero(valid)] = np.arange(int(valid.sum()))
         order[np.flatnonzero(~valid)] = int(valid.sum()) + np.arange(int((~valid).sum()))
-        return pa.concat_arrays([scoped, batch]).take(pa.array(order))
+        positions = pa.array(order)
+        return {column: pa.concat_arrays([scoped[column], batch[column]]).take(positions) for column in values}
 
     def append(self, zone: Zone | str, table: str, data: Any, protection: Protection, *,
                commit: CommitInfo | None = None, txn: tuple[str, int] | None = None) -> int:

@@ -8,8 +8,9 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import chain, repeat
 from typing import TYPE_CHECKING, Any
 
@@ -81,7 +82,7 @@ class _Dek:
     uses: int = 0
     scope: str = "batch"
 
-    @property
+    @cached_property
     def header(self) -> bytes:
         return bytes((FORMAT_VERSION, len(self.key_id))) + self.key_id
 
@@ -310,28 +311,92 @@ class CellCipher:
                 values as nulls).
             TypeError, ValueError: caller mistakes (types, lengths, sizes, names).
         """
-        prefix = _aad_prefix(table, column)
-        array = _as_array(values, "values")
-        plaintexts = _plaintexts(array)
-        encoded_keys, _ = _row_keys(row_keys, len(array))
-        valid = _valid_mask(plaintexts)
-        groups, row_group = self._scopes(scope_key, len(array), valid)
-        if valid is not None:
-            plaintexts, encoded_keys = plaintexts.filter(valid), encoded_keys.filter(valid)
-        count = len(plaintexts)
-        if count == 0:
-            return pa.nulls(len(array), pa.binary())
-        lengths = pc.binary_length(plaintexts)
-        if pc.max(lengths).as_py() > MAX_PLAINTEXT_BYTES:
-            raise ValueError(f"a value of {table}.{column} is over {MAX_PLAINTEXT_BYTES} bytes")
-        if pc.sum(lengths).as_py() + count * _OVERHEAD > _OFFSETS_LIMIT:
-            raise ValueError(f"{table}.{column}: more than 2 GiB of cells; encrypt the column in smaller batches")
-        deks, dek_index = self._assign(table, column, groups, row_group, count)
-        # Chunks small enough that each step's temporaries stay in the CPU caches.
-        sealed = [self._seal(deks, None if dek_index is None else dek_index[start:start + _CHUNK],
-                             plaintexts.slice(start, _CHUNK), encoded_keys.slice(start, _CHUNK), prefix)
-                  for start in range(0, count, _CHUNK)]
-        return _with_nulls(pa.concat_arrays(sealed), valid)
+        return self._encrypt(table, {column: values}, row_keys, scope_key)[column]
+
+    def encrypt_columns(self, columns: Mapping[str, pa.Array | pa.ChunkedArray | list[Any]], *, table: str,
+                        row_keys: pa.Array | pa.ChunkedArray | list[Any],
+                        scope_key: str | pa.Array | list[Any] | None = None) -> dict[str, pa.Array]:
+        """Encrypt several columns of one table's rows: the cells of :meth:`encrypt_column` for each column.
+
+        The row keys, the patients and their DEKs are worked out once for all the columns (one DEK lookup and
+        one provider batch per call, not per column), so a table with many protected columns costs little more
+        than its cells. Patient DEKs serve every column; batch-scoped DEKs (``scope_key=None``) stay one per
+        (table, column). Every column is checked before any DEK is made.
+
+        Args:
+            columns: column name to values, all of the same length.
+            table, row_keys, scope_key: as for :meth:`encrypt_column`; a per-row ``scope_key`` must be set
+                wherever any of the columns has a value.
+
+        Returns:
+            Column name to its ``binary`` cells, nulls kept.
+
+        Raises:
+            As :meth:`encrypt_column`.
+        """
+        if scope_key is None:  # batch DEKs belong to one column each
+            return {name: self._encrypt(table, {name: values}, row_keys, None)[name]
+                    for name, values in columns.items()}
+        return self._encrypt(table, columns, row_keys, scope_key)
+
+    def _encrypt(self, table: str, columns: Mapping[str, Any], row_keys: Any, scope_key: Any) -> dict[str, pa.Array]:
+        """Check every column, assign DEKs to all their valid cells in one pass, then seal column by column."""
+        prepared: list[tuple[str, bytes, pa.Array, np.ndarray | None]] = []
+        size: int | None = None
+        for column, values in columns.items():
+            prefix = _aad_prefix(table, column)
+            array = _as_array(values, "values")
+            if size is not None and len(array) != size:
+                raise ValueError(f"column {column!r} has {len(array)} values, the others {size}")
+            size = len(array)
+            plaintexts = _plaintexts(array)
+            prepared.append((column, prefix, plaintexts, _valid_mask(plaintexts)))
+        if size is None:
+            return {}
+        encoded_keys, _ = _row_keys(row_keys, size)
+        masks = [valid for *_, valid in prepared]
+        any_valid = None if any(valid is None for valid in masks) else np.logical_or.reduce(masks)
+        groups, row_group = self._scopes(scope_key, size, any_valid)
+        if row_group is not None and any_valid is not None:  # back to one group per row (-1: no value anywhere)
+            full = np.full(size, -1, dtype=np.int64)
+            full[any_valid] = row_group
+            row_group = full
+        columns_in: list[tuple[str, bytes, pa.Array, pa.Array, np.ndarray | None, np.ndarray | None]] = []
+        for column, prefix, plaintexts, valid in prepared:
+            keys, groups_of = encoded_keys, row_group
+            if valid is not None:
+                plaintexts, keys = plaintexts.filter(valid), encoded_keys.filter(valid)
+                groups_of = None if row_group is None else row_group[valid]
+            if len(plaintexts):
+                lengths = pc.binary_length(plaintexts)
+                if pc.max(lengths).as_py() > MAX_PLAINTEXT_BYTES:
+                    raise ValueError(f"a value of {table}.{column} is over {MAX_PLAINTEXT_BYTES} bytes")
+                if pc.sum(lengths).as_py() + len(plaintexts) * _OVERHEAD > _OFFSETS_LIMIT:
+                    raise ValueError(f"{table}.{column}: more than 2 GiB of cells; encrypt the column in smaller "
+                                     "batches")
+            columns_in.append((column, prefix, plaintexts, keys, valid, groups_of))
+        counts = [len(item[2]) for item in columns_in]
+        total = sum(counts)
+        result: dict[str, pa.Array] = {}
+        if total == 0:
+            return {column: pa.nulls(size, pa.binary()) for column, *_ in columns_in}
+        all_groups = None if row_group is None else np.concatenate([item[5] for item in columns_in])
+        # Patient DEKs ignore the column (one slot per patient); batch callers pass one column.
+        deks, dek_index = self._assign(table, columns_in[0][0], groups, all_groups, total)
+        position = 0
+        for (column, prefix, plaintexts, keys, valid, _groups), count in zip(columns_in, counts, strict=True):
+            if count == 0:
+                result[column] = pa.nulls(size, pa.binary())
+                continue
+            index = None if dek_index is None else dek_index[position:position + count]
+            position += count
+            contexts = _contexts(prefix, deks, index)
+            # Chunks small enough that each step's temporaries stay in the CPU caches.
+            sealed = [_seal(deks, contexts, None if index is None else index[start:start + _CHUNK],
+                            plaintexts.slice(start, _CHUNK), keys.slice(start, _CHUNK))
+                      for start in range(0, count, _CHUNK)]
+            result[column] = _with_nulls(pa.concat_arrays(sealed), valid)
+        return result
 
     def encrypt_cell(self, value: Any, *, table: str, column: str, row_key: Any,
                      scope_key: str | None = None) -> bytes | None:
@@ -503,31 +568,6 @@ class CellCipher:
         self._known[key] = (dek, at)
         while len(self._known) > self._max_cached:
             self._known.popitem(last=False)
-
-    def _seal(self, deks: list[_Dek], dek_index: np.ndarray | None, plaintexts: pa.Array, row_keys: pa.Array,
-              prefix: bytes) -> pa.Array:
-        count = len(plaintexts)
-        nonces = _aead.random_nonces(count)
-        nonce_list, plain_list = _aead.nonce_list(nonces), plaintexts.to_pylist()
-        contexts = [_context(prefix, dek.header) for dek in deks]
-        if dek_index is None:
-            aad_list = _aads(contexts[0], row_keys)
-            sealed = deks[0].aead.seal_many(nonce_list, plain_list, aad_list)
-        else:
-            context_rows = np.frombuffer(b"".join(contexts), dtype=np.uint8).reshape(len(deks), _CONTEXT_SIZE)
-            aad_list = _aads(context_rows[dek_index], row_keys)
-            sealed = _aead.seal_rows([dek.aead for dek in deks], dek_index.tolist(), nonce_list, plain_list,
-                                     aad_list)
-        # Each cell is header || nonce || sealed: one join of the pieces makes the data buffer, and the offsets
-        # follow from the plaintext lengths, so no per-cell Arrow conversion is needed.
-        header_bytes = [dek.header for dek in deks]
-        per_row = repeat(header_bytes[0], count) if dek_index is None else map(header_bytes.__getitem__,
-                                                                                dek_index.tolist())
-        data = b"".join(chain.from_iterable(zip(per_row, nonce_list, sealed, strict=True)))
-        sizes = pc.binary_length(plaintexts).to_numpy(zero_copy_only=False).astype(np.int64) + _OVERHEAD
-        offsets = np.zeros(count + 1, dtype=np.int32)
-        np.cumsum(sizes, out=offsets[1:])
-        return pa.Array.from_buffers(pa.binary(), count, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
 
     # decryption ----------------------------------------------------------------------------------------
 
@@ -716,6 +756,44 @@ def _new_patient_dek(scope_key: str, now: float) -> tuple[_Dek, bytes]:
     return dek, bind(plaintext, key_id.hex(), scope_key)
 
 
+def _contexts(prefix: bytes, deks: list[_Dek], dek_index: np.ndarray | None) -> np.ndarray:
+    """The 16-byte context of each DEK a column's cells use, as rows of a ``(len(deks), 16)`` matrix."""
+    used = [0] if dek_index is None else np.unique(dek_index).tolist()
+    base = hashlib.sha256(prefix)
+    digests = []
+    for slot in used:
+        digest = base.copy()
+        digest.update(deks[slot].header)
+        digests.append(digest.digest()[:_CONTEXT_SIZE])
+    contexts = np.zeros((len(deks), _CONTEXT_SIZE), dtype=np.uint8)
+    contexts[used] = np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(len(used), _CONTEXT_SIZE)
+    return contexts
+
+
+def _seal(deks: list[_Dek], contexts: np.ndarray, dek_index: np.ndarray | None, plaintexts: pa.Array,
+          row_keys: pa.Array) -> pa.Array:
+    """The cells of a chunk of valid values: ``header || nonce || ciphertext || tag`` each."""
+    count = len(plaintexts)
+    nonces = _aead.random_nonces(count)
+    nonce_list, plain_list = _aead.nonce_list(nonces), plaintexts.to_pylist()
+    if dek_index is None:
+        aad_list = _aads(contexts[0].tobytes(), row_keys)
+        sealed = deks[0].aead.seal_many(nonce_list, plain_list, aad_list)
+    else:
+        aad_list = _aads(contexts[dek_index], row_keys)
+        sealed = _aead.seal_rows([dek.aead for dek in deks], dek_index.tolist(), nonce_list, plain_list, aad_list)
+    # Each cell is header || nonce || sealed: one join of the pieces makes the data buffer, and the offsets
+    # follow from the plaintext lengths, so no per-cell Arrow conversion is needed.
+    header_bytes = [dek.header for dek in deks]
+    per_row = repeat(header_bytes[0], count) if dek_index is None else map(header_bytes.__getitem__,
+                                                                            dek_index.tolist())
+    data = b"".join(chain.from_iterable(zip(per_row, nonce_list, sealed, strict=True)))
+    sizes = pc.binary_length(plaintexts).to_numpy(zero_copy_only=False).astype(np.int64) + _OVERHEAD
+    offsets = np.zeros(count + 1, dtype=np.int32)
+    np.cumsum(sizes, out=offsets[1:])
+    return pa.Array.from_buffers(pa.binary(), count, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+
 def _slot(table: str, column: str, scope: str, scope_key: str) -> tuple[str, str, str, str]:
     """The DEK cache slot of a scope: batch DEKs per (table, column), a patient's DEK shared by all their cells.
 
@@ -743,6 +821,9 @@ def _layout(plan: list[list[tuple[_Dek, int]]], row_group: np.ndarray | None,
                 deks.append(dek)
     if len(deks) == 1:
         return deks, None
+    if row_group is not None and all(len(segments) == 1 for segments in plan):  # one DEK per group: no sort
+        group_slot = np.array([slots[id(segments[0][0])] for segments in plan], dtype=np.int64)
+        return deks, group_slot[row_group]
     total = sum(counts)
     order = np.arange(total) if row_group is None else np.argsort(row_group, kind="stable")
     dek_index = np.empty(total, dtype=np.int64)

@@ -569,3 +569,83 @@ def test_when_a_patient_has_cells_in_many_columns_then_one_dek_serves_them_and_m
     assert reader.decrypt_cell(ssn, table="raw.notes", column="ssn", row_key="r1") == "123"
     with pytest.raises(DecryptionError):
         reader.decrypt_cell(name, table="raw.notes", column="ssn", row_key="r1")
+
+
+# several columns at once ------------------------------------------------------------------------------------
+
+
+class WrapCounting:
+    """Counts the provider batches that wrap new patient DEKs."""
+
+    def __init__(self, inner: LocalKeyring) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.batches: list[int] = []
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def wrap_many(self, key_name: str, plaintexts: list[bytes]) -> list[str]:
+        self.batches.append(len(plaintexts))
+        return self.inner.wrap_many(key_name, plaintexts)
+
+
+def test_when_columns_are_encrypted_together_then_each_decrypts_as_its_own_column_under_one_dek_per_patient(
+    keyring: LocalKeyring, store: DekStore, patients: PatientKeyStore
+) -> None:
+    provider = WrapCounting(keyring)
+    cipher = CellCipher(provider, store, patient_keys=patients)  # type: ignore[arg-type]
+    names = pa.array(["Ann", None, "Bo", "Cy"])
+    ssns = pa.array(["111", "222", None, None])
+    births = pa.array([dt.date(1990, 1, 2), None, dt.date(1980, 3, 4), None])
+    scopes = ["ps1_a", "ps1_b", "ps1_a", None]  # row 4 has a name but no patient
+    rows = ["r1", "r2", "r3", "r4"]
+    with pytest.raises(ValueError, match="scope_key"):
+        cipher.encrypt_columns({"name": names, "ssn": ssns}, table=T, row_keys=rows, scope_key=scopes)
+    assert patients.records() == [] and provider.batches == []  # checked before any key is made
+    scopes[3] = "ps1_c"
+    cells = cipher.encrypt_columns({"name": names, "ssn": ssns, "birth": births}, table=T, row_keys=rows,
+                                   scope_key=scopes)
+    assert provider.batches == [3]  # one batch for the three patients, whatever the number of columns
+    reader = CellCipher(keyring, store, patient_keys=patients)
+    assert reader.decrypt_column(cells["name"], table=T, column="name", row_keys=rows).to_pylist() == \
+        ["Ann", None, "Bo", "Cy"]
+    assert reader.decrypt_column(cells["ssn"], table=T, column="ssn", row_keys=rows).to_pylist() == \
+        ["111", "222", None, None]
+    assert reader.decrypt_column(cells["birth"], table=T, column="birth", row_keys=rows,
+                                 value_type=pa.date32()).to_pylist() == births.to_pylist()
+    name, ssn = cells["name"].to_pylist(), cells["ssn"].to_pylist()
+    assert _key_id(name[0]) == _key_id(ssn[0]) == _key_id(name[2]) != _key_id(ssn[1])
+    assert all(len(cell) == 46 + 3 for cell in (name[0], ssn[0], ssn[1]))  # the documented layout
+    with pytest.raises(DecryptionError):  # a cell moved to another column of the same row
+        reader.decrypt_cell(ssn[0], table=T, column="name", row_key="r1")
+    # One column through encrypt_column and through encrypt_columns reads back the same.
+    single = cipher.encrypt_column(names, table=T, column="name", row_keys=rows, scope_key=scopes)
+    assert reader.decrypt_column(single, table=T, column="name", row_keys=rows).to_pylist() == names.to_pylist()
+
+
+def test_when_columns_together_hit_the_invocation_limit_then_a_patient_gets_fresh_deks_across_them(
+    keyring: LocalKeyring, store: DekStore, patients: PatientKeyStore
+) -> None:
+    cipher = CellCipher(keyring, store, max_invocations=2, patient_keys=patients)
+    rows = ["r1", "r2", "r3"]
+    cells = cipher.encrypt_columns({"a": ["a1", "a2", "a3"], "b": ["b1", None, "b3"]}, table=T, row_keys=rows,
+                                   scope_key=["p1", "p1", "p2"])
+    ids = [_key_id(c) for column in ("a", "b") for c in cells[column].to_pylist() if c is not None]
+    per_dek = {key: ids.count(key) for key in set(ids)}
+    assert max(per_dek.values()) <= 2 and len(per_dek) == 3  # p1's three cells need two DEKs, p2 one
+    reader = CellCipher(keyring, store, patient_keys=patients)
+    assert reader.decrypt_column(cells["b"], table=T, column="b", row_keys=rows).to_pylist() == ["b1", None, "b3"]
+    assert reader.decrypt_column(cells["a"], table=T, column="a", row_keys=rows).to_pylist() == ["a1", "a2", "a3"]
+
+
+def test_when_columns_are_encrypted_together_without_patients_then_each_column_has_its_own_batch_dek(
+    cipher: CellCipher,
+) -> None:
+    cells = cipher.encrypt_columns({"a": ["x", "y"], "b": ["z", None]}, table=T, row_keys=[1, 2])
+    a, b = cells["a"].to_pylist(), cells["b"].to_pylist()
+    assert _key_id(a[0]) == _key_id(a[1]) != _key_id(b[0]) and b[1] is None
+    assert cipher.decrypt_column(cells["b"], table=T, column="b", row_keys=[1, 2]).to_pylist() == ["z", None]
+    assert cipher.encrypt_columns({}, table=T, row_keys=[]) == {}
+    with pytest.raises(ValueError, match="values"):
+        cipher.encrypt_columns({"a": ["x", "y"], "b": ["z"]}, table=T, row_keys=[1, 2], scope_key="ps1_a")
