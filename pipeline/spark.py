@@ -30,6 +30,10 @@ DELTA_JARS_HELP = (
     "$SPARK_HOME/jars on the cluster), or use the embedded engine with MEDGUARD_LAKE_ENGINE=delta-rs"
 )
 
+IO_ENCRYPTION = "spark.io.encryption.enabled"
+_CLUSTER_TRANSPORT = ("spark.authenticate", "spark.network.crypto.enabled")
+_LOOPBACK = {"127.0.0.1", "localhost", "[::1]"}
+
 _lock = threading.Lock()
 _session: SparkSession | None = None
 
@@ -47,15 +51,32 @@ def _builder_conf(settings: Settings) -> dict[str, str]:
         "spark.sql.warehouse.dir": str(settings.home / "spark-warehouse"),
         "spark.driver.extraJavaOptions": f"-Dderby.system.home={settings.home / 'derby'}",
     }
-    if settings.compute == "spark":
-        # Layers 1-2 hand decrypted records to Spark: with I/O encryption the driver streams them to the JVM over
-        # an authenticated socket instead of a temporary file, and shuffle and spill files are encrypted.
-        conf["spark.io.encryption.enabled"] = "true"
     if settings.lake_engine == "spark":
         conf["spark.sql.extensions"] = DELTA_EXTENSION
         conf["spark.sql.catalog.spark_catalog"] = DELTA_CATALOG
     conf.update(settings.spark.conf)
+    # Layers 1-2 hand decrypted records to Spark (compute=spark), and one session serves the whole process: with
+    # I/O encryption the driver streams records to the JVM over an authenticated socket instead of a temporary
+    # file, and shuffle and spill files are encrypted. Set last, so no spark.conf setting can turn it off.
+    conf[IO_ENCRYPTION] = "true"
     return conf
+
+
+def _check_cluster_transport(settings: Settings, conf: dict[str, str]) -> None:
+    """Refuse compute=spark on a cluster reached over the network unless Spark's RPC is authenticated and encrypted:
+    records and the I/O encryption key travel in task descriptions over RPC."""
+    master = conf.get("spark.master", "")
+    if settings.compute != "spark" or master.startswith("local"):
+        return
+    host = master.split("://", 1)[-1].split(",")[0].rsplit(":", 1)[0]
+    if host in _LOOPBACK:
+        return
+    missing = [key for key in _CLUSTER_TRANSPORT if conf.get(key, "").lower() != "true"]
+    if missing:
+        raise EngineUnavailableError(
+            f"compute=spark on the cluster {master} sends records over Spark RPC: set {' and '.join(missing)} to "
+            "true in MEDGUARD_SPARK__CONF (with spark.authenticate.secret from the cluster's environment; see "
+            "infra/spark/spark-defaults.conf)")
 
 
 def delta_jars_present(spark: SparkSession) -> bool:
@@ -81,22 +102,34 @@ def get_spark(settings: Settings | None = None) -> SparkSession:
             # request for the Spark engine, and leave the session running for its other users.
             if settings.lake_engine == "spark" and not delta_jars_present(_session):
                 raise EngineUnavailableError(DELTA_JARS_HELP)
+            _check_io_encryption(_session)
             return _session
         os.environ["PYSPARK_PYTHON"] = sys.executable
         os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
         settings.home.mkdir(parents=True, exist_ok=True)
         from pyspark.sql import SparkSession
 
+        conf = _builder_conf(settings)
+        _check_cluster_transport(settings, conf)
         builder = SparkSession.builder
-        for key, value in _builder_conf(settings).items():
+        for key, value in conf.items():
             builder = builder.config(key, value)
         session = builder.getOrCreate()
         session.sparkContext.setLogLevel("ERROR")
+        # getOrCreate ignores the builder's conf when a context already runs (started by other code in the process).
+        _check_io_encryption(session)
         if settings.lake_engine == "spark" and not delta_jars_present(session):
             session.stop()
             raise EngineUnavailableError(DELTA_JARS_HELP)
         _session = session
         return session
+
+
+def _check_io_encryption(session: SparkSession) -> None:
+    if session.sparkContext.getConf().get(IO_ENCRYPTION, "false").lower() != "true":
+        raise EngineUnavailableError(
+            f"the running Spark session was started without {IO_ENCRYPTION}=true, so records handed to it would "
+            "reach a temporary file in plaintext: start medguard in a process of its own")
 
 
 def executor_settings(settings: Settings) -> dict[str, Any]:

@@ -12,8 +12,9 @@ from ingestion.checking import check_table
 from ingestion.contract import builtin_contract
 from ingestion.sources._base import TableRows
 from ingestion.spark import check_batches
+from pipeline.errors import EngineUnavailableError
 from pipeline.settings import load_settings
-from pipeline.spark import _builder_conf, executor_settings, settings_on_executor
+from pipeline.spark import _builder_conf, _check_cluster_transport, executor_settings, settings_on_executor
 
 GOOD_OBS = {"observation_id": "o1", "patient_id": "p1", "encounter_id": "e1", "category": "vital-signs",
             "loinc_code": "8480-6", "display": "Systolic", "value": 120.0, "unit": "mm[Hg]",
@@ -61,9 +62,26 @@ def test_when_settings_go_to_executors_then_secrets_stay_behind_and_the_rest_is_
     assert settings_on_executor(fields) is rebuilt  # once per executor worker
 
 
-def test_when_compute_is_spark_then_records_reach_the_jvm_encrypted() -> None:
-    assert _builder_conf(load_settings(compute="spark"))["spark.io.encryption.enabled"] == "true"
-    assert "spark.io.encryption.enabled" not in _builder_conf(load_settings(compute="local"))
+@pytest.mark.parametrize("compute", ["local", "spark"])
+def test_when_a_session_is_configured_then_records_reach_the_jvm_encrypted_whatever_spark_conf_says(compute) -> None:
+    settings = load_settings(compute=compute, spark={"conf": {"spark.io.encryption.enabled": "false"}})
+    assert _builder_conf(settings)["spark.io.encryption.enabled"] == "true"
+
+
+@pytest.mark.parametrize(("master", "conf", "refused"), [
+    ("spark://10.0.0.5:7077", {}, True),
+    ("spark://10.0.0.5:7077", {"spark.authenticate": "true"}, True),
+    ("spark://10.0.0.5:7077", {"spark.authenticate": "true", "spark.network.crypto.enabled": "true"}, False),
+    ("spark://127.0.0.1:7077", {}, False),  # a master on loopback: the records never leave the machine
+    ("local[2]", {}, False),
+])
+def test_when_compute_is_spark_on_a_networked_master_then_unencrypted_rpc_is_refused(master, conf, refused) -> None:
+    settings = load_settings(compute="spark", spark={"master": master, "conf": conf})
+    if refused:
+        with pytest.raises(EngineUnavailableError, match=r"spark\.network\.crypto\.enabled"):
+            _check_cluster_transport(settings, _builder_conf(settings))
+    else:
+        _check_cluster_transport(settings, _builder_conf(settings))
 
 
 def test_when_executors_get_the_settings_then_they_hash_records_under_the_lakes_key(keyring_env, tmp_path) -> None:
