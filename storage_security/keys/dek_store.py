@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from pipeline.settings import Settings
     from storage_security.keys.base import KeyProvider
 
-__all__ = ["SCOPES", "DekRecord", "DekStore", "RewrapReport", "check_scope_key"]
+__all__ = ["SCOPES", "DekRecord", "DekStore", "RewrapReport", "check_scope_key", "sql_in_list", "store_lock"]
 
 SCOPES = ("batch", "patient", "pseudonym")
 _SCOPE_KEY = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
@@ -43,6 +43,7 @@ _WRAPPED_VERSION = re.compile(r"^[a-z][a-z0-9_-]*:v([0-9]{1,9}):")
 # Vault refuses a batch_input of more than ~499 items with its default JSON limits.
 REWRAP_CHUNK = 400
 _LOOKUP_CHUNK = 2000
+LOCK_TIMEOUT_SECONDS = 120.0
 
 SCHEMA = pa.schema([
     pa.field("key_id", pa.string(), nullable=False),
@@ -74,8 +75,20 @@ def wrapped_version(wrapped: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _sql_list(values: Iterable[str]) -> str:
+def sql_in_list(values: Iterable[str]) -> str:
+    """The body of a SQL ``IN (…)`` list of string literals, quotes doubled: how the key stores select ids."""
     return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
+
+
+def store_lock(lake: Lake, table: str, *, timeout: float = LOCK_TIMEOUT_SECONDS
+               ) -> Callable[[], AbstractContextManager[None]]:
+    """What a key store table's writers enter: an inter-process lock beside the table on a local lake, nothing
+    on an object store (which has no such lock; see README)."""
+    uri = lake.uri(SYSTEM_ZONE, table)
+    if not getattr(lake.settings, "lake_is_local", "://" not in uri):
+        return nullcontext
+    path = Path(uri).with_name(f".{table}.lock")
+    return lambda: exclusive_lock(path, timeout=timeout)
 
 
 @dataclass(frozen=True)
@@ -130,8 +143,7 @@ class DekStore:
         self.lake = lake
         self.table = table
         self.uri = lake.uri(SYSTEM_ZONE, table)
-        local = getattr(lake.settings, "lake_is_local", "://" not in self.uri)
-        self._lock_path = Path(self.uri).with_name(f".{table}.lock") if local else None
+        self._locked = store_lock(lake, table)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DekStore:
@@ -182,7 +194,7 @@ class DekStore:
         dropped = 0
         with self._locked():
             for start in range(0, len(ids), _LOOKUP_CHUNK):
-                where = f"key_id IN ({_sql_list(ids[start:start + _LOOKUP_CHUNK])})"
+                where = f"key_id IN ({sql_in_list(ids[start:start + _LOOKUP_CHUNK])})"
                 dropped += self.lake.delete(SYSTEM_ZONE, self.table, where=where, commit=info)
         return dropped
 
@@ -248,11 +260,6 @@ class DekStore:
             table = pa.Table.from_pylist([asdict(r) for r in records], schema=SCHEMA)
             self.lake.merge(SYSTEM_ZONE, self.table, table, keys=["key_id"], commit=info)
 
-    def _locked(self) -> AbstractContextManager[None]:
-        if self._lock_path is None:
-            return nullcontext()
-        return exclusive_lock(self._lock_path, timeout=120.0)
-
     # reads ---------------------------------------------------------------------------------------------
 
     def exists(self) -> bool:
@@ -265,7 +272,7 @@ class DekStore:
         if not ids or not self.exists():
             return {}
         if len(ids) <= _LOOKUP_CHUNK:
-            return {r.key_id: r for r in self._read(f"key_id IN ({_sql_list(ids)})")}
+            return {r.key_id: r for r in self._read(f"key_id IN ({sql_in_list(ids)})")}
         # Many ids (a cold de-identification of an unmigrated lake): one scan filtered in Arrow, not one per chunk.
         table = self.lake.read_arrow(SYSTEM_ZONE, self.table)
         table = table.filter(pc.is_in(table.column("key_id"), value_set=pa.array(ids, pa.string())))

@@ -47,10 +47,8 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -58,8 +56,7 @@ import pyarrow.compute as pc
 
 from pipeline.errors import CryptoError
 from pipeline.lake import SYSTEM_ZONE, CommitInfo
-from storage_security._locks import exclusive_lock
-from storage_security.keys.dek_store import check_scope_key
+from storage_security.keys.dek_store import check_scope_key, sql_in_list, store_lock
 
 if TYPE_CHECKING:
     from pipeline.lake import Lake
@@ -70,7 +67,6 @@ TABLE = "patient_keys"
 SHREDDED_TABLE = "shredded"
 BINDING_BYTES = 16
 DEK_BYTES = 32
-LOCK_TIMEOUT_SECONDS = 120.0
 _DOMAIN = b"medguard.patient-dek.v1\x00"
 _KEY_ID = re.compile(r"^[0-9a-f]{2,64}$")
 _LOOKUP_CHUNK = 2000
@@ -138,10 +134,6 @@ class PatientKey:
         check_scope_key(self.scope_key)
 
 
-def _sql_list(values: Iterable[str]) -> str:
-    return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
-
-
 class PatientKeyStore:
     """Patients' wrapped DEKs in the lake's system zone, deleted for good on shred.
 
@@ -154,8 +146,7 @@ class PatientKeyStore:
         self.lake = lake
         self.table = table
         self.uri = lake.uri(SYSTEM_ZONE, table)
-        local = getattr(lake.settings, "lake_is_local", "://" not in self.uri)
-        self._lock_path = Path(self.uri).with_name(f".{table}.lock") if local else None
+        self._locked = store_lock(lake, table)
 
     def __repr__(self) -> str:
         return f"PatientKeyStore(uri={self.uri!r})"
@@ -279,7 +270,7 @@ class PatientKeyStore:
         are matched in one scan rather than one scan per few thousand.
         """
         if len(values) <= _LOOKUP_CHUNK:
-            return self._read(f"{column} IN ({_sql_list(values)})")
+            return self._read(f"{column} IN ({sql_in_list(values)})")
         table = self.lake.read_arrow(SYSTEM_ZONE, self.table)
         return self._records(table.filter(pc.is_in(table.column(column), value_set=pa.array(values, pa.string()))))
 
@@ -292,7 +283,3 @@ class PatientKeyStore:
                            wrapped=row["wrapped"].decode("ascii"), created_at=row["created_at"])
                 for row in table.to_pylist()]
 
-    def _locked(self) -> AbstractContextManager[None]:
-        if self._lock_path is None:
-            return nullcontext()
-        return exclusive_lock(self._lock_path, timeout=LOCK_TIMEOUT_SECONDS)
