@@ -132,7 +132,7 @@ ADT = ("MSH|^~\\&|APP|FAC-EAST|MEDGUARD|MEDGUARD|20240101120000||ADT^A01^ADT_A01
      "hl7:segment_order"),
     ("pv1_before_pid", "\r".join([ADT.split("\r")[i] for i in (0, 1, 3, 2)]) + "\r", "hl7:segment_order"),
     ("garbled_segment", ADT.replace("PID|1||", "PID#1##"), "hl7:garbled"),
-    ("unsupported_type", ADT.replace("ADT^A01^ADT_A01", "ADT^A08^ADT_A01"), "hl7:type"),
+    ("unsupported_type", ADT.replace("ADT^A01^ADT_A01", "MFN^M01^MFN_M01"), "hl7:type"),
     ("no_msh", ADT[4:], "hl7:structure"),
 ], ids=lambda v: v if isinstance(v, str) and len(v) < 30 else "")
 def test_when_an_hl7_message_is_malformed_then_the_whole_message_is_quarantined(
