@@ -47,7 +47,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ingestion.checking import CheckedTable, CheckPipeline, HashKey, record_hash_key, record_hashes, worker_count
-from ingestion.contract import CONFORMED_TABLES, Contract, builtin_contract, load_contract
+from ingestion.contract import CONFORMED_TABLES, Contract, builtin_contract, load_contract, with_defaults
 from ingestion.sources._base import SourceChunk, TableRows
 from ingestion.validate import ChunkValidator
 from pipeline.errors import ValidationError
@@ -61,8 +61,9 @@ QUARANTINE_TABLE = "records"
 LEDGER_TABLE = "batches"
 STAGES = ("quarantine", "raw")
 PRINCIPAL = "svc:ingest"
-_FHIR_TABLES = ("patients", "encounters", "observations", "conditions", "medications", "resources")
-_HL7_TABLES = ("patients", "encounters", "observations")
+_FHIR_TABLES = ("patients", "encounters", "observations", "conditions", "medications", "procedures", "immunizations",
+                "allergies", "diagnostic_reports", "resources")
+_HL7_TABLES = ("patients", "encounters", "observations", "conditions", "medications", "immunizations", "allergies")
 _PROVENANCE = [pa.field("patient_pseudonym", pa.string()), pa.field("_source", pa.string()),
                pa.field("_batch_id", pa.string()), pa.field("_ingested_at", pa.timestamp("us", tz="UTC")),
                pa.field("_record_hash", pa.string())]
@@ -577,7 +578,8 @@ def ingest(settings: Settings, *, source: str, path: str | Path, table: str | No
         raise ValueError(f"unknown stages {sorted(unknown)}; choose from {STAGES}")
     source_path = Path(path).expanduser().resolve()
     files = source_files(source, source_path)
-    contracts = resolve_contracts(settings, source, source_path, table, contract)
+    contracts = {name: with_defaults(found, facility=settings.ingestion.default_facility)
+                 for name, found in resolve_contracts(settings, source, source_path, table, contract).items()}
     batch_id = batch_id_for(source, files, contracts, settings.ingestion.chunk_rows)
     if plake is None:
         from storage_security.protected import ProtectedLake

@@ -11,7 +11,7 @@ Shape::
     columns:
       <name>: {type: string|float|integer|boolean|date|datetime|json, required: bool,
                enum: [...], pattern: REGEX, min: x, max: y, min_length: n, max_length: n,
-               code_system: icd10cm|loinc|ndc, phi: bool}
+               code_system: icd10cm|loinc|ndc, normalize: phone|us_state|ssn, default: TEXT, phi: bool}
     ranges:                        # value limits that depend on a code (vitals and labs per LOINC)
       - {column: value, by: loinc_code, limits: {"8480-6": [60, 260], ...}}
     order:                         # one column's value may not be earlier than another's
@@ -42,12 +42,15 @@ from pydantic import ValidationError as PydanticValidationError
 from pipeline.catalog import catalog_file, load_catalog
 from pipeline.errors import ValidationError
 
-__all__ = ["CONFORMED_TABLES", "Column", "Contract", "builtin_contract", "load_contract"]
+__all__ = ["CONFORMED_TABLES", "Column", "Contract", "builtin_contract", "load_contract", "with_defaults"]
 
 ColumnType = Literal["string", "float", "integer", "boolean", "date", "datetime", "json"]
 CodeSystem = Literal["icd10cm", "loinc", "ndc"]
-CONFORMED_TABLES = ("patients", "encounters", "observations", "conditions", "medications", "outcomes", "notes",
-                    "resources")
+# How the conform step normalises a column's values before the rules run (ingestion.normalize); a value with no
+# unambiguous normal form is kept as written.
+Normalizer = Literal["phone", "us_state", "ssn"]
+CONFORMED_TABLES = ("patients", "encounters", "observations", "conditions", "medications", "procedures",
+                    "immunizations", "allergies", "diagnostic_reports", "outcomes", "notes", "resources")
 _TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _ARROW = {"string": pa.string(), "float": pa.float64(), "integer": pa.int64(), "boolean": pa.bool_(),
           "date": pa.string(), "datetime": pa.string(), "json": pa.string()}
@@ -73,6 +76,9 @@ class Column(_Model):
     min_length: int | None = Field(default=None, ge=0)
     max_length: int | None = Field(default=None, ge=1)
     code_system: CodeSystem | None = None
+    normalize: Normalizer | None = None
+    # The value a null takes at conform (before the rules run), e.g. ingestion.default_facility for facility_id.
+    default: str | None = None
 
     @field_validator("pattern")
     @classmethod
@@ -228,3 +234,17 @@ def builtin_contract(table: str) -> Contract:
         raise ValidationError(f"no shipped contract for table {table!r}; shipped: {', '.join(CONFORMED_TABLES)}")
     text = resources.files("ingestion").joinpath(f"contracts/{table}.yaml").read_text(encoding="utf-8")
     return _parse(text, f"ingestion/contracts/{table}.yaml")
+
+
+def with_defaults(contract: Contract, *, facility: str | None) -> Contract:
+    """``contract`` with the settings' defaults for missing values: a ``facility_id`` column with no default of its
+    own takes ``facility`` (``ingestion.default_facility``), so a null facility becomes it at conform.
+
+    The contract's fingerprint changes with the default, so the same input loaded with another default is another
+    batch.
+    """
+    column = contract.columns.get("facility_id")
+    if facility is None or column is None or column.default is not None or column.type != "string":
+        return contract
+    columns = {**contract.columns, "facility_id": column.model_copy(update={"default": facility})}
+    return contract.model_copy(update={"columns": columns})

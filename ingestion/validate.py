@@ -153,7 +153,8 @@ def conform(rows: TableRows, contract: Contract) -> tuple[pa.Table, dict[int, li
     Records that arrive in Arrow (:attr:`TableRows.arrow`, a Parquet batch) are cast column by column with
     ``pyarrow.compute`` when the source type converts without loss (text to text, integers and floats to
     float, integral floats to integer); any other column, and dict records, go value by value. Whether a date
-    names a real day is checked by the validator's ``<column>:format`` rule.
+    names a real day is checked by the validator's ``<column>:format`` rule. A column with a ``default`` gives
+    it to its nulls (a row whose value did not convert is rejected for its type all the same).
     """
     violations: dict[int, list[tuple[str, str]]] = {}
     arrays = []
@@ -166,6 +167,8 @@ def conform(rows: TableRows, contract: Contract) -> tuple[pa.Table, dict[int, li
             array, bad = _conform_values([row.get(name) for row in rows.rows], column.type)
         for index in bad:
             violations.setdefault(int(index), []).append((f"{name}:type", f"{name} is not a {column.type}"))
+        if column.default is not None and array.null_count:
+            array = pc.fill_null(array, pa.scalar(column.default, array.type))
         arrays.append(array)
     return pa.Table.from_arrays(arrays, schema=contract.arrow_schema), violations
 

@@ -107,6 +107,9 @@ class IngestionSettings(_Section):
     max_record_bytes: int = Field(default=4 * 2**20, ge=1024, le=15 * 2**20)
     # Rows read to draft a contract for an extract that has none.
     infer_sample_rows: int = Field(default=10_000, ge=10, le=1_000_000)
+    # The facility a record with no facility_id is given at conform (patients, encounters); unset: left null.
+    # Real exports rarely name a facility of ours; a hospital feeding its own exports sets its id here.
+    default_facility: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
 
 # Per entity type detected in notes: surrogate (a realistic stand-in), redact or partial_mask; "default" for the rest.
@@ -118,6 +121,8 @@ _NOTE_ENTITIES: dict[str, NoteOp] = {
 }
 # Short environment names of deidentify settings, documented before the section existed; they still work.
 SHORT_ENV = {"K_ANONYMITY": "k_anonymity", "L_DIVERSITY": "l_diversity"}
+# Short environment names of other sections' settings: MEDGUARD_<NAME> for section.field.
+SHORT_SECTION_ENV = {"DEFAULT_FACILITY": ("ingestion", "default_facility")}
 
 
 class DeidentifySettings(_Section):
@@ -273,7 +278,8 @@ class Settings(BaseSettings):
 
 class _ShortEnvSource(PydanticBaseSettingsSource):
     """``MEDGUARD_K_ANONYMITY`` / ``MEDGUARD_L_DIVERSITY``: the short names of ``deidentify.k_anonymity`` and
-    ``deidentify.l_diversity`` (``MEDGUARD_DEIDENTIFY__K_ANONYMITY`` wins when both are set)."""
+    ``deidentify.l_diversity`` (``MEDGUARD_DEIDENTIFY__K_ANONYMITY`` wins when both are set); likewise
+    ``MEDGUARD_DEFAULT_FACILITY`` for ``ingestion.default_facility``."""
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
         return None, field_name, False
@@ -281,7 +287,11 @@ class _ShortEnvSource(PydanticBaseSettingsSource):
     def __call__(self) -> dict[str, Any]:
         found = {name: os.environ[ENV_PREFIX + short] for short, name in SHORT_ENV.items()
                  if ENV_PREFIX + short in os.environ}
-        return {"deidentify": found} if found else {}
+        out: dict[str, dict[str, str]] = {"deidentify": found} if found else {}
+        for short, (section, name) in SHORT_SECTION_ENV.items():
+            if ENV_PREFIX + short in os.environ:
+                out.setdefault(section, {})[name] = os.environ[ENV_PREFIX + short]
+        return out
 
 
 def _setting_name(loc: tuple[Any, ...]) -> str:
@@ -290,12 +300,15 @@ def _setting_name(loc: tuple[Any, ...]) -> str:
     env = ENV_PREFIX + "__".join(part.upper() for part in parts)
     if len(parts) == 2 and parts[0] == "deidentify" and parts[1].upper() in SHORT_ENV:
         env += f" or {ENV_PREFIX}{parts[1].upper()}"
+    if len(parts) == 2 and (parts[0], parts[1]) in SHORT_SECTION_ENV.values():
+        env += f" or {ENV_PREFIX}{parts[1].upper()}"
     return f"{dotted} ({env})" if dotted else "settings"
 
 
 def _reject_unknown_env(environ: Mapping[str, str]) -> None:
     # A typo such as MEDGUARD_K_ANONIMITY would otherwise be ignored and the default silently used.
     known = {name.upper() for name in Settings.model_fields} | {"CONFIG", "KEYRING_MASTER_KEY"} | set(SHORT_ENV)
+    known |= set(SHORT_SECTION_ENV)
     for name in environ:
         if name.startswith(ENV_PREFIX):
             field = name[len(ENV_PREFIX) :].split("__", 1)[0]

@@ -43,6 +43,19 @@ def _discharge_before_admit(frame: pd.DataFrame, row: int, rng: np.random.Genera
     frame.at[row, "discharge_time"] = (admitted - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _zip_as_number(frame: pd.DataFrame, row: int, rng: np.random.Generator) -> None:
+    # A spreadsheet that read the ZIP as a number wrote it back with a decimal part.
+    frame.at[row, "zip"] = f"{frame.at[row, 'zip']}.0"
+
+
+def _malformed_code(field: str, value: str) -> Mutation:
+    # A malformed code is malformed wherever the row carries it: the per-system column and code alike.
+    def apply(frame: pd.DataFrame, row: int, rng: np.random.Generator) -> None:
+        frame.at[row, field] = value
+        frame.at[row, "code"] = value
+    return apply
+
+
 def _out_of_range(frame: pd.DataFrame, row: int, rng: np.random.Generator) -> None:
     frame.at[row, "value"] = -1.0 if rng.random() < 0.3 else round(_HIGH[frame.at[row, "loinc_code"]] * 3, 1)
 
@@ -50,10 +63,9 @@ def _out_of_range(frame: pd.DataFrame, row: int, rng: np.random.Generator) -> No
 # (kind, field, mutation) choices per table.
 _TABULAR: dict[str, list[tuple[str, str, Mutation]]] = {
     "patients": [
-        ("missing_value", "birth_date", _set("birth_date", None)),
-        ("missing_value", "last_name", _set("last_name", None)),
+        ("missing_value", "patient_id", _set("patient_id", None)),
         ("bad_date", "birth_date", _impossible_date("birth_date")),
-        ("malformed_code", "zip", _set("zip", "9O21")),
+        ("malformed_code", "zip", _zip_as_number),
         ("malformed_code", "ssn", _set("ssn", "123-45-678")),
     ],
     "encounters": [
@@ -63,19 +75,19 @@ _TABULAR: dict[str, list[tuple[str, str, Mutation]]] = {
         ("malformed_code", "encounter_type", _set("encounter_type", "XYZ")),
     ],
     "observations": [
-        ("missing_value", "value", _set("value", np.nan)),
+        ("missing_value", "code", _set("code", None)),
         ("out_of_range", "value", _out_of_range),
-        ("malformed_code", "loinc_code", _set("loinc_code", "2345-X")),
+        ("malformed_code", "loinc_code", _malformed_code("loinc_code", "2345-X")),
         ("bad_date", "effective_time", _impossible_date("effective_time")),
     ],
     "conditions": [
-        ("missing_value", "icd10_code", _set("icd10_code", None)),
-        ("malformed_code", "icd10_code", _set("icd10_code", "E11.9X")),
-        ("malformed_code", "icd10_code", _set("icd10_code", "XYZ.99")),
+        ("missing_value", "code", _set("code", None)),
+        ("malformed_code", "icd10_code", _malformed_code("icd10_code", "E11.9X")),
+        ("malformed_code", "icd10_code", _malformed_code("icd10_code", "XYZ.99")),
         ("bad_date", "onset_date", _impossible_date("onset_date")),
     ],
     "medications": [
-        ("missing_value", "ndc_code", _set("ndc_code", None)),
+        ("missing_value", "kind", _set("kind", None)),
         ("malformed_code", "ndc_code", _set("ndc_code", "1234-56")),
         ("bad_date", "start_date", _impossible_date("start_date")),
     ],
@@ -144,8 +156,10 @@ def inject_fhir(bundles: list[dict[str, Any]], first_line: int, rate: float,
             entry["field"] = None
         elif kind == "bad_date":
             patient["birthDate"] = patient["birthDate"][:4] + "-02-30"
-        elif kind == "missing_value":
-            del patient["birthDate"]
+        elif kind == "missing_value" and observation is not None:
+            # only the text is left: no coded code, which an observation needs
+            observation["code"] = {"text": observation["code"]["coding"][0].get("display", "observation")}
+            entry.update(table="observations", field="code")
         elif kind == "malformed_code" and condition is not None:
             condition["code"]["coding"][0]["code"] = "E11.9X"
             entry.update(table="conditions", field="code")
@@ -185,8 +199,8 @@ def inject_hl7(messages: list[str], first_index: int, rate: float,
         if kind == "garbled":
             segments[pid_at] = segments[pid_at].replace("|", "#").replace("^", "")
             entry["field"] = "PID"
-        elif kind in ("bad_date", "missing_value"):
-            pid[7] = pid[7][:4] + "0230" if kind == "bad_date" else ""
+        elif kind == "bad_date":
+            pid[7] = pid[7][:4] + "0230"
             segments[pid_at] = "|".join(pid)
             entry["field"] = "PID-7"
         elif kind == "duplicate":
@@ -196,6 +210,9 @@ def inject_hl7(messages: list[str], first_index: int, rate: float,
             obx = segments[obx_at].split("|")
             if kind == "malformed_code":
                 obx[3] = "2345-X" + obx[3][obx[3].index("^"):]
+                entry["field"] = "OBX-3"
+            elif kind == "missing_value":  # no observation identifier: the observation has no code
+                obx[3] = ""
                 entry["field"] = "OBX-3"
             else:
                 obx[5] = f"{_HIGH[obx[3].split('^')[0]] * 3:g}"

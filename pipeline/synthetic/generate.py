@@ -3,7 +3,8 @@
 Output layout under ``out_dir`` (what an EHR export would hand over; it is *not* the lake):
 
 * ``<table>.csv`` / ``<table>.parquet`` / ``<table>.jsonl`` for patients, encounters, observations,
-  conditions, medications and outcomes (the diagnostic label);
+  conditions, medications and outcomes (the diagnostic label); coded rows carry ``code`` and ``code_system``
+  (short names: ``loinc``, ``icd10cm``, ``rxnorm``) beside the per-system columns, medications their ``kind``;
 * ``notes.jsonl``: one clinical note per line, ``{"note_id", "patient_id", "encounter_id", "note_time",
   "text", "spans": [{"start", "end", "label"}]}``;
 * ``fhir/bundles-NNNNN.ndjson``: one FHIR R4 Bundle per line, one file per chunk;
@@ -42,19 +43,21 @@ _S = pa.string()
 SCHEMAS: dict[str, pa.Schema] = {
     "patients": pa.schema([(c, _S) for c in (
         "patient_id", "mrn", "first_name", "last_name", "sex", "birth_date", "ssn", "address", "city", "state",
-        "zip", "phone", "email", "insurance_member_id", "facility_id")] + [("consent_research", pa.bool_())]),
+        "zip", "phone", "email", "insurance_member_id", "facility_id")] + [("consent_research", pa.bool_())]
+        + [(c, _S) for c in ("race", "ethnicity", "birth_sex")]),
     "encounters": pa.schema([(c, _S) for c in (
         "encounter_id", "patient_id", "facility_id", "encounter_type", "admit_time", "discharge_time",
         "provider_npi")]),
     "observations": pa.schema([(c, _S) for c in (
-        "observation_id", "patient_id", "encounter_id", "category", "loinc_code", "display")]
-        + [("value", pa.float64()), ("unit", _S), ("effective_time", _S)]),
+        "observation_id", "patient_id", "encounter_id", "category", "code", "code_system", "loinc_code", "display")]
+        + [("value", pa.float64())] + [(c, _S) for c in (
+            "value_text", "unit", "reference_range", "interpretation", "effective_time")]),
     "conditions": pa.schema([(c, _S) for c in (
-        "condition_id", "patient_id", "encounter_id", "icd10_code", "description", "onset_date",
-        "clinical_status")]),
+        "condition_id", "patient_id", "encounter_id", "code", "code_system", "icd10_code", "description",
+        "onset_date", "clinical_status")]),
     "medications": pa.schema([(c, _S) for c in (
-        "medication_id", "patient_id", "encounter_id", "ndc_code", "rxnorm_code", "medication", "dosage",
-        "start_date", "status")]),
+        "medication_id", "patient_id", "encounter_id", "kind", "code", "code_system", "ndc_code", "rxnorm_code",
+        "medication", "dosage", "start_date", "status")]),
     "outcomes": pa.schema([("patient_id", _S), ("index_date", _S), ("prevalent_t2d", pa.bool_()),
                            ("t2d_within_1y", pa.bool_())]),
 }
@@ -97,7 +100,11 @@ class _TableSinks:
     def write(self, name: str, frame: pd.DataFrame) -> None:
         if not self.formats:
             return
-        table = pa.Table.from_pandas(frame, schema=SCHEMAS[name], preserve_index=False)
+        # Columns of the contract the population leaves empty (value_text, race…) are written as nulls, so every
+        # extract carries its contract's whole header.
+        absent = {c: None for c in SCHEMAS[name].names if c not in frame.columns}
+        table = pa.Table.from_pandas(frame.assign(**absent) if absent else frame, schema=SCHEMAS[name],
+                                     preserve_index=False)
         if "csv" in self.formats:
             if name not in self._csv:
                 self._csv[name] = pacsv.CSVWriter(self.root / f"{name}.csv", SCHEMAS[name])

@@ -103,10 +103,10 @@ def _iso_time(seconds: np.ndarray) -> np.ndarray:
     return (np.char.add(np.datetime_as_string(seconds.astype("datetime64[s]"), unit="s"), "Z")).astype(object)
 
 
-_CONDITION_COLUMNS = ["condition_id", "patient_id", "encounter_id", "icd10_code", "description", "onset_date",
-                      "clinical_status"]
-_MEDICATION_COLUMNS = ["medication_id", "patient_id", "encounter_id", "ndc_code", "rxnorm_code", "medication",
-                       "dosage", "start_date", "status"]
+_CONDITION_COLUMNS = ["condition_id", "patient_id", "encounter_id", "code", "code_system", "icd10_code",
+                      "description", "onset_date", "clinical_status"]
+_MEDICATION_COLUMNS = ["medication_id", "patient_id", "encounter_id", "kind", "code", "code_system", "ndc_code",
+                       "rxnorm_code", "medication", "dosage", "start_date", "status"]
 
 
 def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
@@ -236,7 +236,8 @@ def generate_chunk(seed: int, chunk_index: int, start: int, count: int) -> dict[
             frames.append(pd.DataFrame({
                 "observation_id": encounter_id[enc_rows] + "-" + measure.loinc,
                 "patient_id": patient_id[pats], "encounter_id": encounter_id[enc_rows],
-                "category": measure.kind, "loinc_code": measure.loinc, "display": measure.name,
+                "category": measure.kind, "code": measure.loinc, "code_system": "loinc", "loinc_code": measure.loinc,
+                "display": measure.name,
                 "value": value, "unit": measure.unit, "effective_time": _iso_time(admit[enc_rows]),
             }))
     observations = pd.concat(frames, ignore_index=True)
@@ -260,7 +261,8 @@ def generate_chunk(seed: int, chunk_index: int, start: int, count: int) -> dict[
         onset = INDEX_DATE - rng.integers(30, 5 * 365, len(rows)).astype("timedelta64[D]")
         cond_frames.append(pd.DataFrame({
             "condition_id": patient_id[rows] + "-" + cond.code, "patient_id": patient_id[rows],
-            "encounter_id": encounter_id[first_enc[rows]], "icd10_code": cond.code,
+            "encounter_id": encounter_id[first_enc[rows]], "code": cond.code, "code_system": "icd10cm",
+            "icd10_code": cond.code,
             "description": cond.description, "onset_date": _iso_date(onset), "clinical_status": "active",
         }))
         for med in (m_ for m_ in MEDICATIONS if m_.for_condition == key):
@@ -270,7 +272,8 @@ def generate_chunk(seed: int, chunk_index: int, start: int, count: int) -> dict[
             started = INDEX_DATE - rng.integers(1, 4 * 365, len(treated)).astype("timedelta64[D]")
             med_frames.append(pd.DataFrame({
                 "medication_id": patient_id[treated] + "-" + med.ndc, "patient_id": patient_id[treated],
-                "encounter_id": encounter_id[first_enc[treated]], "ndc_code": med.ndc, "rxnorm_code": med.rxnorm,
+                "encounter_id": encounter_id[first_enc[treated]], "kind": "request", "code": med.rxnorm,
+                "code_system": "rxnorm", "ndc_code": med.ndc, "rxnorm_code": med.rxnorm,
                 "medication": med.name, "dosage": med.dose, "start_date": _iso_date(started), "status": "active",
             }))
     conditions = _concat(cond_frames, _CONDITION_COLUMNS).sort_values("condition_id", ignore_index=True)

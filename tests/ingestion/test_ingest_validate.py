@@ -9,8 +9,8 @@ from ingestion.sources._base import TableRows
 from ingestion.validate import ChunkValidator, conform
 
 GOOD_OBS = {"observation_id": "o1", "patient_id": "p1", "encounter_id": "e1", "category": "vital-signs",
-            "loinc_code": "8480-6", "display": "Systolic", "value": 120.0, "unit": "mm[Hg]",
-            "effective_time": "2024-03-01T10:00:00Z"}
+            "code": "8480-6", "code_system": "loinc", "loinc_code": "8480-6", "display": "Systolic", "value": 120.0,
+            "unit": "mm[Hg]", "effective_time": "2024-03-01T10:00:00Z"}
 
 
 def _verdicts(table: str, rows: list[dict]) -> dict[int, set[str]]:
@@ -39,19 +39,23 @@ def test_when_a_chunk_mixes_good_and_bad_observations_then_each_bad_row_names_ex
         _obs(value=float("inf")),                                  # 5 infinite
         _obs(effective_time="2023-02-30T10:00:00Z"),               # 6 no such day
         _obs(effective_time="2024-3-1T10:00:00Z"),                 # 7 wrong shape
-        _obs(category="imaging", loinc_code="1234-5"),             # 8 enum; bad LOINC check digit
-        _obs(value=None),                                          # 9 required
+        _obs(category="imaging", loinc_code="1234-5"),             # 8 bad LOINC check digit
+        _obs(value=None, value_text="negative"),                   # 9 a coded or text result: no number
+        _obs(code=None, code_system=None),                         # 10 no code at all
+        _obs(code="271649006", code_system="snomed", loinc_code=None, value=999.0),  # 11 another system: no limits
+        _obs(category="unknown-category", encounter_id=None),      # 12 enum; an encounter is optional
     ]
     verdicts = _verdicts("observations", rows)
     assert verdicts == {
         1: {"value:range[8480-6]"},
         2: {"value:range[8867-4]"},
-        4: {"value:type", "value:required"},
-        5: {"value:type", "value:required"},
+        4: {"value:type"},
+        5: {"value:type"},
         6: {"effective_time:format"},
         7: {"effective_time:format"},
-        8: {"category:enum", "loinc_code:code_system"},
-        9: {"value:required"},
+        8: {"loinc_code:code_system"},
+        10: {"code:required", "code_system:required"},
+        12: {"category:enum"},
     }
 
 
@@ -75,6 +79,6 @@ def test_when_a_value_breaks_its_code_range_then_the_message_names_the_code_limi
 ])
 def test_when_a_birth_date_is_checked_then_only_real_calendar_days_pass(birth_date, broken: set[str]) -> None:
     row = {"patient_id": "p1", "mrn": "1234567", "first_name": "Ann", "last_name": "Lee", "sex": "F",
-           "birth_date": birth_date, "facility_id": "FAC-A"}
+           "birth_date": birth_date}
     verdicts = _verdicts("patients", [row])
     assert verdicts.get(0, set()) - {"birth_date:required"} == broken
