@@ -56,7 +56,7 @@ _TRIGGERS = {"ADT": {"A01", "A03", "A04", "A05", "A08", "A28", "A31"}, "ORU": {"
              "VXU": {"V04"}}
 _DEFAULT_TRIGGER = {"ORU": "R01", "ORM": "O01", "VXU": "V04"}
 # Segments turned into rows or used as context; a message with any other segment is also kept whole.
-_MAPPED = {"MSH", "EVN", "PID", "PV1", "ORC", "OBR", "OBX", "AL1", "DG1", "RXA", "RXO"}
+_MAPPED = {"MSH", "EVN", "PID", "PV1", "ORC", "OBR", "OBX", "AL1", "DG1", "RXA", "RXO", "IN1"}
 # Segments of a patient's group: they need a PID before them.
 _PATIENT_SEGMENTS = {"PD1", "NK1", "PV1", "PV2", "AL1", "DG1", "RXA", "IN1", "GT1", "PR1"}
 # LOINC codes of the FHIR vital-signs profile.
@@ -452,13 +452,15 @@ class _Mapper:
         self.obr_number = 0
         self.obx_number = 0
         self.counts: dict[str, int] = {}
+        self.patient_row: dict[str, Any] | None = None
+        self.insured = False  # the patient's first IN1 has been read
 
     def where(self, number: int, segment: _Segment) -> str:
         return f"{self.position} segment {number} ({segment.id})"
 
     def run(self) -> None:
         handlers = {"PID": self.pid, "PV1": self.pv1, "ORC": self.orc_, "OBR": self.obr_, "OBX": self.obx,
-                    "AL1": self.al1, "DG1": self.dg1, "RXA": self.rxa, "RXO": self.rxo}
+                    "AL1": self.al1, "DG1": self.dg1, "RXA": self.rxa, "RXO": self.rxo, "IN1": self.in1}
         for number, segment in enumerate(self.segments, start=1):
             handler = handlers.get(segment.id)
             if handler is not None:
@@ -487,6 +489,7 @@ class _Mapper:
         patient_id = chosen[0] if chosen else (pid.get(2, 1) or pid.get(4, 1))
         mr = next((e for e in ids if e[1] == "MR"), None)
         self.patient_id = patient_id
+        self.insured = False
         names = range(len(pid.reps(5)))
         name_rep = next((r for r in names if (pid.get(5, 7, r) or "").upper() == "L"), 0)
         race = _coded_text(pid, 10, _RACE)
@@ -494,18 +497,25 @@ class _Mapper:
         street = ", ".join(p for p in (pid.get(11, 1, 0, 1), pid.get(11, 2)) if p) or None
         phone, email = _phone_email(pid)
         sex = (pid.get(8) or "").upper()
-        member = pid.get(18, 1)
-        self.add("patients", {
+        self.patient_row = {
             "patient_id": patient_id, "mrn": mr[0] if mr else None,
             "first_name": pid.get(5, 2, name_rep), "last_name": pid.get(5, 1, name_rep, 1),
             "sex": _SEX.get(sex, sex or None), "birth_date": pid.get(7, 1),
             "ssn": pid.get(19), "address": street, "city": pid.get(11, 3), "state": pid.get(11, 4),
             "zip": pid.get(11, 5), "phone": phone, "email": email,
-            # PID-18 (patient account number) carries the insurance member id in our feeds; IN1 is kept whole.
-            "insurance_member_id": member,
+            # PID-18 is the patient account number; feeds without IN1 (ours among them) carry the member id there.
+            "insurance_member_id": pid.get(18, 1),
             "facility_id": (mr[2] if mr and mr[2] else None) or self.facility,
             "consent_research": None, "race": race, "ethnicity": ethnicity, "birth_sex": None,
-        }, where)
+        }
+        self.add("patients", self.patient_row, where)
+
+    def in1(self, in1: _Segment, where: str) -> None:
+        """The first insurance's policy number (IN1-36, else the insured's id IN1-49) is the member id."""
+        member = in1.get(36) or in1.get(49, 1)
+        if self.patient_row is not None and member and not self.insured:
+            self.patient_row["insurance_member_id"] = member
+        self.insured = True
 
     def pv1(self, pv1: _Segment, where: str) -> None:
         patient_class = (pv1.get(2) or "").upper()

@@ -271,3 +271,19 @@ def test_when_a_folder_is_read_then_hl7_files_load_and_a_symlink_is_refused(tmp_
     assert read["units"] == {"messages": 7, "files": 1}
     assert [r.rule for r in read["rejected"] if r.table == "files"] == ["file:symlink"]
     assert len(read["patients"]) == 7
+
+
+def test_when_an_adt_carries_in1_then_its_policy_number_is_the_member_id_not_the_account_number(
+        tmp_path: Path) -> None:
+    pid = ADT[2].replace("||||||123-45-6789", "|||||ACCT-9|123-45-6789")
+    in1 = "IN1|1|PPO^Gold plan|H123||Acme Health" + "|" * 31 + "W987654321"
+    read = _read(_file(tmp_path, "adt.hl7", _message([ADT[0], ADT[1], pid, ADT[3], in1])))
+    assert read["rejected"] == [] and read["patients"][0]["insurance_member_id"] == "W987654321"
+    without = _read(_file(tmp_path, "adt2.hl7", _message([ADT[0], ADT[1], pid, ADT[3]])))
+    assert without["patients"][0]["insurance_member_id"] == "ACCT-9"  # no IN1: PID-18, as our feeds write it
+
+
+def test_when_msh2_has_the_v27_truncation_character_then_the_message_still_splits(tmp_path: Path) -> None:
+    message = [ADT[0].replace("MSH|^~\\&|", "MSH|^~\\&#|").replace("|2.5.1", "|2.7"), *ADT[1:]]
+    read = _read(_file(tmp_path, "v27.hl7", _message(message)))
+    assert read["rejected"] == [] and read["patients"][0]["last_name"] == "Doe"
