@@ -63,7 +63,8 @@ STAGES = ("quarantine", "raw")
 PRINCIPAL = "svc:ingest"
 _FHIR_TABLES = ("patients", "encounters", "observations", "conditions", "medications", "procedures", "immunizations",
                 "allergies", "diagnostic_reports", "resources")
-_HL7_TABLES = ("patients", "encounters", "observations", "conditions", "medications", "immunizations", "allergies")
+_HL7_TABLES = ("patients", "encounters", "observations", "conditions", "medications", "procedures", "immunizations",
+               "allergies", "resources")
 _PROVENANCE = [pa.field("patient_pseudonym", pa.string()), pa.field("_source", pa.string()),
                pa.field("_batch_id", pa.string()), pa.field("_ingested_at", pa.timestamp("us", tz="UTC")),
                pa.field("_record_hash", pa.string())]
