@@ -178,7 +178,9 @@ def resolve_contracts(settings: Settings, source: str, path: Path, table: str | 
         return {name: builtin_contract(name)}
     from ingestion.infer import infer_contract, save_draft
 
-    draft = infer_contract(path, table=name, sample_rows=settings.ingestion.infer_sample_rows)
+    draft = infer_contract(path, table=name, sample_rows=settings.ingestion.infer_sample_rows,
+                           max_columns=settings.ingestion.max_columns,
+                           max_record_bytes=settings.ingestion.max_record_bytes)
     save_draft(settings, draft)
     return {name: draft}
 
@@ -188,8 +190,10 @@ def _given(contract: str | Path | Contract) -> Contract:
 
 
 def _table_from_path(path: Path) -> str:
-    stem = path.name.split(".")[0].lower().replace("-", "_").replace(" ", "_")
-    return stem if stem and stem[0].isalpha() else f"t_{stem}"
+    from ingestion.sources.tabular import safe_name
+
+    stem = path.name.split(".")[0]
+    return safe_name(stem if stem[:1].isalpha() else f"t_{stem}")
 
 
 def batch_id_for(source: str, files: list[Path], contracts: dict[str, Contract], chunk_rows: int) -> str:
@@ -231,7 +235,8 @@ def _chunks(source: str, path: Path, contracts: dict[str, Contract], settings: S
         from ingestion.sources.tabular import read_tabular
 
         (table, contract), = contracts.items()
-        yield from read_tabular(path, table, list(contract.columns), **options)
+        yield from read_tabular(path, table, list(contract.columns), contract=contract,
+                                max_columns=settings.ingestion.max_columns, **options)
 
 
 # the batch ----------------------------------------------------------------------------------------------------

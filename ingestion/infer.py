@@ -1,4 +1,4 @@
-"""Draft a data contract from an extract that has none: types, observed ranges, enumerations, PHI columns.
+"""Draft a data contract from an extract that has none: names, types, observed ranges, enumerations, keys, PHI.
 
 The draft is deliberately strict about what it saw (observed numeric range, small enumerations, required
 when no value was missing) so that anything new is quarantined for a person to look at, and generous about
@@ -6,19 +6,45 @@ PHI: a column is PHI when its *name* looks like an identifier (name, SSN, MRN, p
 birth date, member id…) or when most sampled *values* look like one (SSN, phone, email, ZIP patterns). The
 de-identification layer refines this classification; ingestion only needs to know what to seal. Drafts are
 saved under ``$MEDGUARD_HOME/contracts/<table>.draft.yaml`` for review.
+
+A research table is read the way :mod:`ingestion.sources.tabular` will load it: column names made safe
+(:func:`~ingestion.sources.tabular.safe_names`), ``?``/``NA``/empty cells missing, ``265,000`` a number,
+``t``/``f``, ``TRUE``/``FALSE``, ``yes``/``no`` flags booleans. Lines the reader would quarantine (not UTF-8,
+over the record size limit, not readable CSV) are left out of the sample.
+
+Keys (the choices, documented):
+
+- **The patient column** is the first present column whose safe name is, in this order of preference,
+  ``patient_id``, ``patient``, ``person_id``, ``subject_id``, ``subject``, ``participant_id``, ``participant``,
+  ``mrn``, ``medical_record_number``, ``id``, ``record_id`` (or any other ``<…>_patient_id``/``subject_id``…);
+  it is text (an identifier, not a quantity: no range), and PHI whatever its name, so it is sealed and
+  pseudonymised into ``patient_pseudonym``.
+- **The key** is the first identifier-like column (``id`` or ``…_id``) with a value on every sampled row, none
+  repeated. When there is none, the draft declares :data:`~ingestion.sources.tabular.ROW_COLUMN`, a generated
+  key the reader fills with each record's position, so identical rows are all kept.
+- **A table with no patient column** (a published research table such as the heart-failure records) has no
+  patient: its rows carry no ``patient_pseudonym``, any PHI column in it is sealed under the batch's keys, and no
+  ``keys shred`` of a patient reaches them. A reviewer who knows a column names the patient sets
+  ``patient_column`` in the draft and passes it with ``--contract``.
 """
 
 from __future__ import annotations
 
+import csv
+import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ingestion.contract import RESERVED, Column, Contract
+from ingestion.contract import Column, Contract
+from ingestion.sources._base import iter_lines
+from ingestion.sources._encoding import UTF8_BOM, foreign_encoding
+from ingestion.sources.tabular import MISSING, ROW_COLUMN, safe_name, safe_names, tabular_format, thousands_number
 from pipeline.catalog import load_catalog
 from pipeline.settings import Settings
 
-__all__ = ["classify_phi", "infer_contract", "save_draft"]
+__all__ = ["PATIENT_COLUMNS", "classify_phi", "infer_contract", "save_draft"]
 
 _PHI_NAME = re.compile(
     r"(^|_)(first|last|given|family|middle|full|patient|maiden)?_?name$|(^|_)(ssn|social|mrn|medical_record|"
@@ -33,8 +59,18 @@ _PHI_VALUES = {
 }
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
+_FLAGS = frozenset({"true", "false", "t", "f", "yes", "no", "y", "n"})
+_WORDS = frozenset({"true", "false", "yes", "no"})
 _ENUM_MAX = 12
 _ENUM_MIN_ROWS = 50
+# Safe column names that name the patient, most telling first.
+PATIENT_COLUMNS = ("patient_id", "patientid", "patient", "person_id", "personid", "subject_id", "subjectid",
+                   "subject", "participant_id", "participantid", "participant", "mrn", "medical_record_number",
+                   "id", "record_id")
+_PATIENT_LIKE = re.compile(r"(^|_)(patient|person|subject|participant)_?id$")
+_ID_LIKE = re.compile(r"(^|_)id$")
+_INT64 = 2**63
+_RENAMES_LISTED = 10
 
 
 def classify_phi(name: str, values: list[Any]) -> str | None:
@@ -50,6 +86,14 @@ def classify_phi(name: str, values: list[Any]) -> str | None:
     return None
 
 
+def _numbers(text: list[str]) -> list[float] | None:
+    """The values as numbers (thousands separators allowed), or None when one is not a number."""
+    try:
+        return [float(thousands_number(t) or t) for t in text]
+    except ValueError:
+        return None
+
+
 def _column_type(values: list[Any]) -> str:
     present = [v for v in values if v is not None]
     if not present:
@@ -59,102 +103,201 @@ def _column_type(values: list[Any]) -> str:
     if all(isinstance(v, int | float) and not isinstance(v, bool) for v in present):
         return "integer" if all(float(v).is_integer() for v in present) else "float"
     text = [str(v) for v in present]
-    lowered = {t.lower() for t in text}
-    if lowered <= {"true", "false"}:
-        return "boolean"
+    flags = {t.strip().lower() for t in text}
+    if flags <= _FLAGS and (flags & _WORDS or (flags & {"t", "y"} and flags & {"f", "n"})):
+        return "boolean"  # a column of only "F" is more likely a sex than a flag that is always false
     if all(_DATETIME.match(t) for t in text):
         return "datetime"
     if all(_DATE.match(t) for t in text):
         return "date"
-    try:
-        numbers = [float(t) for t in text]
-    except ValueError:
+    numbers = _numbers(text)
+    if numbers is None:
         return "string"
-    if any(t.startswith("0") and len(t) > 1 and "." not in t for t in text):
+    if any(t.startswith("0") and len(t) > 1 and t[1].isdigit() for t in text):
         return "string"  # leading zeros: an identifier (MRN, ZIP), not a number
-    return "integer" if all(n.is_integer() and "." not in t for n, t in zip(numbers, text, strict=True)) else "float"
+    if any(n != n or n in (float("inf"), float("-inf")) for n in numbers):
+        return "string"  # "nan"/"inf" spelled out among numbers: not something to range-check
+    integral = all(n.is_integer() and "." not in t and "e" not in t.lower() for n, t in zip(numbers, text, strict=True))
+    if integral and any(abs(n) >= _INT64 for n in numbers):
+        return "string"  # beyond int64: an identifier
+    return "integer" if integral else "float"
 
 
-def _sample(path: Path, table: str, sample_rows: int) -> tuple[list[str], list[dict[str, Any]]]:
-    from ingestion.sources.tabular import tabular_format
+# sampling ----------------------------------------------------------------------------------------------------
 
+
+def _text_lines(path: Path, max_bytes: int) -> Iterator[tuple[int, str | None]]:
+    """``(line number, text)`` of a text file, text None for a line the reader would quarantine."""
+    with path.open("rb") as handle:
+        problem = foreign_encoding(handle.read(4))
+        if problem:
+            raise ValueError(f"{path.name} {problem}")
+        handle.seek(0)
+        for number, raw, too_long in iter_lines(handle, max_bytes):
+            if number == 1 and raw.startswith(UTF8_BOM):
+                raw = raw[len(UTF8_BOM):]
+            if too_long:
+                yield number, None
+                continue
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError:
+                yield number, None
+
+
+def _too_wide(path: Path, count: int, max_columns: int | None) -> None:
+    if max_columns is not None and count > max_columns:
+        raise ValueError(f"{path.name} has {count:,} columns, over the limit of {max_columns:,} (setting "
+                         "ingestion.max_columns, MEDGUARD_INGESTION__MAX_COLUMNS); split the table or raise the limit")
+
+
+def _sample_csv(path: Path, sample_rows: int, max_bytes: int,
+                max_columns: int | None) -> tuple[list[str], list[str], list[dict[str, Any]]]:
+    csv.field_size_limit(max_bytes)
+    lines = _text_lines(path, max_bytes)
+    first = next(lines, None)
+    if first is None:
+        return [], [], []
+    _number, text = first
+    if text is None:
+        raise ValueError(f"{path.name}: the header line is not UTF-8 text or is longer than the record limit; "
+                         "convert the file to UTF-8 and ingest it again")
+    try:
+        header = next(csv.reader([text]), [])
+    except csv.Error as exc:
+        raise ValueError(f"{path.name}: the header line is not readable CSV ({exc})") from exc
+    _too_wide(path, len(header), max_columns)
+    names = safe_names(header)
+    rows: list[dict[str, Any]] = []
+    # Records are read as the reader reads them: one record may span lines (a quoted newline).
+    reader = csv.reader((t + "\n" for _, t in lines if t is not None), strict=True)
+    while len(rows) < sample_rows:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error:
+            continue
+        if len(fields) == len(names):
+            rows.append({n: (None if v in MISSING else v) for n, v in zip(names, fields, strict=True)})
+    return header, names, rows
+
+
+def _sample_jsonl(path: Path, sample_rows: int, max_bytes: int,
+                  max_columns: int | None) -> tuple[list[str], list[str], list[dict[str, Any]]]:
+    rows: list[dict[str, Any]] = []
+    original: dict[str, str] = {}
+    for _number, text in _text_lines(path, max_bytes):
+        if text is None or not text.strip():
+            continue
+        try:
+            record = json.loads(text)
+        except (json.JSONDecodeError, RecursionError):
+            continue
+        if not isinstance(record, dict):
+            continue
+        named = {safe_name(k): v for k, v in record.items()}
+        if len(named) != len(record):
+            continue  # two fields that name one column: the reader quarantines it
+        for key in record:
+            original.setdefault(safe_name(key), key)
+        _too_wide(path, len(original), max_columns)
+        rows.append(named)
+        if len(rows) >= sample_rows:
+            break
+    return list(original.values()), list(original), rows
+
+
+def _sample_parquet(path: Path, sample_rows: int,
+                    max_columns: int | None) -> tuple[list[str], list[str], list[dict[str, Any]]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+        header = parquet.schema_arrow.names
+    except (OSError, pa.ArrowException) as exc:
+        raise ValueError(f"{path.name} is not readable Parquet: {exc}") from exc
+    _too_wide(path, len(header), max_columns)
+    names = safe_names(header)
+    rows: list[dict[str, Any]] = []
+    for batch in parquet.iter_batches(batch_size=min(sample_rows, 65_536)):
+        rows += batch.rename_columns(names).to_pylist()
+        if len(rows) >= sample_rows:
+            break
+    return header, names, rows[:sample_rows]
+
+
+def _sample(path: Path, sample_rows: int, max_bytes: int,
+            max_columns: int | None) -> tuple[list[str], list[str], list[dict[str, Any]]]:
+    """The file's column names as written, as made safe, and up to ``sample_rows`` records by safe name."""
     fmt = tabular_format(path)
     if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        parquet = pq.ParquetFile(path)
-        rows = []
-        for batch in parquet.iter_batches(batch_size=min(sample_rows, 65_536)):
-            rows += batch.to_pylist()
-            if len(rows) >= sample_rows:
-                break
-        return parquet.schema_arrow.names, rows[:sample_rows]
+        return _sample_parquet(path, sample_rows, max_columns)
     if fmt == "csv":
-        import csv
-
-        with path.open(encoding="utf-8", errors="replace", newline="") as handle:
-            reader = csv.reader(handle)
-            header = next(reader, [])
-            if header and header[0].startswith("\ufeff"):
-                header[0] = header[0][1:]
-            rows = []
-            for fields in reader:
-                if len(fields) == len(header):
-                    rows.append({h: (v if v != "" else None) for h, v in zip(header, fields, strict=True)})
-                if len(rows) >= sample_rows:
-                    break
-        return header, rows
-    import json
-
-    rows, names = [], {}
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict):
-                rows.append(record)
-                names.update(dict.fromkeys(record))
-            if len(rows) >= sample_rows:
-                break
-    return list(names), rows
+        return _sample_csv(path, sample_rows, max_bytes, max_columns)
+    return _sample_jsonl(path, sample_rows, max_bytes, max_columns)
 
 
-def infer_contract(path: str | Path, *, table: str, sample_rows: int = 10_000) -> Contract:
+# the draft ----------------------------------------------------------------------------------------------------
+
+
+def _patient_column(names: list[str], present: dict[str, int]) -> str | None:
+    candidates = [n for n in names if present[n] and (n in PATIENT_COLUMNS or _PATIENT_LIKE.search(n))]
+    ranked = sorted(candidates, key=lambda n: PATIENT_COLUMNS.index(n) if n in PATIENT_COLUMNS else len(
+        PATIENT_COLUMNS))
+    return ranked[0] if ranked else None
+
+
+def infer_contract(path: str | Path, *, table: str, sample_rows: int = 10_000, max_columns: int | None = None,
+                   max_record_bytes: int = 4 * 2**20) -> Contract:
     """A draft contract for ``table`` from the first ``sample_rows`` records of an extract.
 
     Raises:
-        ValueError: the file has no header/columns, or a column name the lake cannot take.
+        ValueError: the file has no header/columns, more than ``max_columns`` of them, is not UTF-8 (a UTF-16
+            byte-order mark, a header line that does not decode) or not readable Parquet.
     """
     file = Path(path)
-    names, rows = _sample(file, table, sample_rows)
+    header, names, rows = _sample(file, sample_rows, max_record_bytes, max_columns)
     if not names:
         raise ValueError(f"{file.name}: no columns found to infer a contract from")
+    values = {name: [row.get(name) for row in rows] for name in names}
+    present = {name: sum(v is not None for v in column) for name, column in values.items()}
+    patient = _patient_column(names, present)
+    catalog = load_catalog()
     columns: dict[str, Column] = {}
     for name in names:
-        if name in RESERVED:
-            raise ValueError(f"{file.name}: column {name!r} is reserved for provenance; rename it")
-        values = [row.get(name) for row in rows]
+        column_values = values[name]
         # A column the column catalog knows has the catalog's type and PHI flag; only the others are guessed.
-        known = load_catalog().column(table, name)
-        kind = known.type if known else _column_type(values)
-        present = [v for v in values if v is not None]
-        options: dict[str, Any] = {"type": kind, "required": bool(rows) and len(present) == len(values),
-                                   "phi": known.phi if known else classify_phi(name, values) is not None}
-        if kind in ("integer", "float") and present:
-            numbers = [float(v) for v in present]
-            options.update(min=min(numbers), max=max(numbers))
-        if kind == "string" and not options["phi"] and len(rows) >= _ENUM_MIN_ROWS:
-            distinct = sorted({str(v) for v in present})
+        known = catalog.column(table, name)
+        identifier = name == patient or bool(_ID_LIKE.search(name))
+        kind = known.type if known else ("string" if identifier else _column_type(column_values))
+        phi = known.phi if known else (name == patient or classify_phi(name, column_values) is not None)
+        options: dict[str, Any] = {"type": kind, "required": bool(rows) and present[name] == len(rows), "phi": phi}
+        if kind in ("integer", "float") and present[name]:
+            numbers = _numbers([str(v) for v in column_values if v is not None]) or []
+            if numbers:
+                options.update(min=min(numbers), max=max(numbers))
+        if kind == "string" and not phi and not identifier and len(rows) >= _ENUM_MIN_ROWS:
+            distinct = sorted({str(v) for v in column_values if v is not None})
             if 0 < len(distinct) <= _ENUM_MAX:
                 options["enum"] = tuple(distinct)
         columns[name] = Column(**options)
-    key = next((n for n in names if n.endswith("_id") and columns[n].required
-                and len({row.get(n) for row in rows}) == len(rows)), None)
-    patient = next((n for n in names if n.lower() in ("patient_id", "person_id", "mrn")), None)
-    return Contract(table=table, description=f"Draft inferred from {file.name} ({len(rows)} rows); review it.",
-                    key=key, patient_column=patient, columns=columns)
+    key = next((n for n in names if _ID_LIKE.search(n) and columns[n].required
+                and len(set(values[n])) == len(rows)), None)
+    notes = [f"Draft inferred from {file.name} ({len(rows)} rows sampled); review it."]
+    if key is None and ROW_COLUMN not in columns:
+        key = ROW_COLUMN
+        columns[ROW_COLUMN] = Column(type="integer", required=True)
+        notes.append(f"No column is a unique id: {ROW_COLUMN} (the record's line, or row in Parquet) is the key.")
+    notes.append(f"Patient column: {patient} (sealed)." if patient else
+                 "No patient column: rows are linked to no patient (no pseudonym; no patient shred reaches them).")
+    renamed = [(before, after) for before, after in zip(header, names, strict=True) if before != after]
+    if renamed:
+        listed = ", ".join(f"{before[:40]!r} -> {after}" for before, after in renamed[:_RENAMES_LISTED])
+        more = f" and {len(renamed) - _RENAMES_LISTED:,} more" if len(renamed) > _RENAMES_LISTED else ""
+        notes.append(f"Columns renamed to safe names: {listed}{more}.")
+    return Contract(table=table, description=" ".join(notes), key=key, patient_column=patient, columns=columns)
 
 
 def save_draft(settings: Settings, contract: Contract) -> Path:

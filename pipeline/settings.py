@@ -107,6 +107,9 @@ class IngestionSettings(_Section):
     max_record_bytes: int = Field(default=4 * 2**20, ge=1024, le=15 * 2**20)
     # Rows read to draft a contract for an extract that has none.
     infer_sample_rows: int = Field(default=10_000, ge=10, le=1_000_000)
+    # A tabular extract with more columns than this is refused whole, before any row is read (see
+    # ingestion.sources.tabular): a 10,000-column CSV once ran 13 minutes. Raise it for a genuinely wide table.
+    max_columns: int = Field(default=2_000, ge=1, le=100_000)
     # The facility a record with no facility_id is given at conform (patients, encounters); unset: left null.
     # Real exports rarely name a facility of ours; a hospital feeding its own exports sets its id here.
     default_facility: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")

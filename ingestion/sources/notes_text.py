@@ -12,49 +12,90 @@ kept byte for byte::
 
 ``note_id`` defaults to the file name without ``.txt``. A file with no header block, a header line that is not
 ``field: value``, or a field the contract does not declare is one rejected record (``record:header`` or
-``schema:columns``); so is a file that is not UTF-8 or is larger than the record size limit (only its first
-bytes are kept). Files are read in name order, ``chunk_rows`` notes per chunk.
+``schema:columns``); so is a file that is not UTF-8 (a UTF-16 file is named as such, see
+:mod:`ingestion.sources._encoding`; a UTF-8 byte-order mark is dropped) or is larger than the record size limit
+(only its first bytes are kept). Files are read in name order, ``chunk_rows`` notes per chunk.
+
+A folder is listed by :func:`~ingestion.sources._files.input_files`: only regular ``.txt`` files directly inside
+it are read; a symbolic link or special file among them is refused as a ``files`` record and never opened (a link
+in a notes folder once made ingestion read and store the local OpenBao's root-token file), and a folder's files
+are opened with ``O_NOFOLLOW`` so that one swapped for a link after the listing is refused too. A single file
+given directly is read as given, links resolved: pointing at it was the user's choice.
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 from ingestion.sources._base import PAYLOAD_KEEP_BYTES, Chunker, Rejected, SourceChunk, decode_line, lossy
+from ingestion.sources._encoding import UTF8_BOM, foreign_encoding
+from ingestion.sources._files import FILES, input_files
 
 __all__ = ["note_files", "read_note_files"]
 
 _TABLE = "notes"
 _BODY_FIELDS = ("text", "spans")
+_SUFFIXES = (".txt",)
 
 
 def note_files(path: Path) -> list[Path]:
-    """The note files under ``path`` (a ``.txt`` file, or a directory of them), in name order."""
-    return sorted(path.glob("*.txt")) if path.is_dir() else [path]
+    """The note files under ``path`` (a ``.txt`` file, or a directory's regular ``.txt`` files), in name order."""
+    return input_files(path, _SUFFIXES).files
 
 
 def read_note_files(path: Path, columns: list[str], *, chunk_rows: int,
                     max_record_bytes: int) -> Iterator[SourceChunk]:
-    """Chunks of notes, one record per file."""
+    """Chunks of notes, one record per file (and one ``files`` record per refused folder entry)."""
+    inputs = input_files(path, _SUFFIXES)
     chunks = Chunker(chunk_rows, per_record=_TABLE)
-    for file in note_files(path):
-        _read_one(chunks.chunk, file, columns, max_record_bytes)
+    inputs.report_refused(chunks.chunk)
+    listed = path.is_dir()
+    for file in inputs.files:
+        _read_one(chunks.chunk, file, columns, max_record_bytes, listed)
         yield from chunks.full()
     yield from chunks.rest()
 
 
-def _read_one(chunk: SourceChunk, file: Path, columns: list[str], max_bytes: int) -> None:
+def _refuse(chunk: SourceChunk, file: Path, rule: str, reason: str) -> None:
+    chunk.rejected.append(Rejected(FILES, file.name, rule, f"{file.name} {reason}", ""))
+    chunk.units[FILES] = chunk.units.get(FILES, 0) + 1
+
+
+def _read_one(chunk: SourceChunk, file: Path, columns: list[str], max_bytes: int, listed: bool) -> None:
     position = f"file {file.name}"
-    size = file.stat().st_size
-    with file.open("rb") as handle:
+    # A folder's entry is opened without following a link, and without blocking on a FIFO: it was a regular file
+    # when listed and must still be one.
+    flags = os.O_RDONLY | os.O_NONBLOCK | (os.O_NOFOLLOW if listed else 0)
+    try:
+        descriptor = os.open(file, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            _refuse(chunk, file, "file:symlink", "became a symbolic link after the folder was listed; links are "
+                    "not followed")
+        else:
+            _refuse(chunk, file, "file:unreadable", f"could not be opened ({exc.strerror})")
+        return
+    with os.fdopen(descriptor, "rb") as handle:
+        status = os.fstat(handle.fileno())
+        if not stat.S_ISREG(status.st_mode):
+            _refuse(chunk, file, "file:special", "is not a regular file (a folder, FIFO or device); not read")
+            return
+        size = status.st_size
         raw = handle.read(PAYLOAD_KEEP_BYTES if size > max_bytes else size)
     if size > max_bytes:
         chunk.rejected.append(Rejected(_TABLE, position, "record:size",
                                        f"{position} is {size:,} bytes, over the {max_bytes:,}-byte record limit; "
                                        "first bytes kept", lossy(raw), payload_truncated=True))
         return
-    text, problem = decode_line(raw)
+    foreign = foreign_encoding(raw[:4])
+    if foreign:
+        chunk.rejected.append(Rejected(_TABLE, position, "record:encoding", f"{position} {foreign}", lossy(raw)))
+        return
+    text, problem = decode_line(raw[len(UTF8_BOM):] if raw.startswith(UTF8_BOM) else raw)
     if text is None:
         chunk.rejected.append(Rejected(_TABLE, position, "record:encoding", f"{position} {problem}", lossy(raw)))
         return

@@ -1,25 +1,67 @@
-"""Tabular extracts (CSV, Parquet, JSON lines) read in chunks of ``chunk_rows`` records with bounded memory.
+"""Tabular extracts (CSV, Parquet, JSON lines) read in chunks with bounded memory, their columns named safely.
 
 CSV is read line by line through :func:`iter_lines` and Python's ``csv`` module (so quoted fields, commas and
 injection strings such as ``=cmd|'/c calc'!A1`` come through verbatim and are never evaluated); every line is
-strict UTF-8. A header that differs from the contract's columns rejects every row with ``schema:columns``.
-Parquet is streamed by record batch and each batch stays in Arrow (:attr:`TableRows.arrow`); JSON lines
-one object per line.
+strict UTF-8 (a UTF-8 byte-order mark is dropped; a file that starts with a UTF-16 or UTF-32 one is refused whole
+as ``record:encoding``, see :mod:`ingestion.sources._encoding`). Parquet is streamed by record batch and each
+batch stays in Arrow (:attr:`TableRows.arrow`); JSON lines one object per line.
+
+What a research table needs, applied to every extract (and to the draft contracts :mod:`ingestion.infer` writes):
+
+- **Column names.** A header that matches the contract is taken as it is. Otherwise every name is made a safe
+  identifier (:func:`safe_names`: accents dropped, lowercase, runs of other characters one ``_``, a leading digit
+  prefixed ``c_``, the loader's ``patient_pseudonym`` renamed ``patient_pseudonym_in_source``, a repeat suffixed
+  ``_2``…), the names a drafted contract declares. A header that still differs from the contract's columns rejects
+  every row with ``schema:columns``.
+- **Missing values.** A CSV cell that is empty or exactly one of :data:`MISSING` (``?``, ``NA``, ``N/A``,
+  ``#N/A``, ``NULL``, ``NaN``… the markers R, pandas and the UCI repository write) is null.
+- **Numbers with thousands separators.** In a column the contract types as a number, a text value written
+  ``265,000`` or ``1,234,567.5`` (groups of exactly three digits after each comma) is read as ``265000``. A file
+  that writes decimal commas (``2,5``) is not a number column in that sense: its draft types the column as text.
+- **A generated row key.** When the contract declares :data:`ROW_COLUMN` and the file has no such column, each
+  record gets the number in its position (its line in a CSV or JSON-lines file, its row in Parquet), so that a
+  table with no key keeps every row, identical ones included.
+- **Width.** A file with more columns than ``max_columns`` (setting ``ingestion.max_columns``) is refused whole
+  as one ``schema:columns`` record, before any row is read; chunks of a wide file hold fewer rows, so that a chunk
+  holds at most :data:`CELLS_PER_CHUNK` values whatever the width (memory stays bounded, the work per row is
+  linear in its columns).
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from ingestion.contract import RESERVED
 from ingestion.sources._base import Chunker, Rejected, SourceChunk, TableRows, decode_line, iter_lines, lossy
+from ingestion.sources._encoding import UTF8_BOM, foreign_encoding
 
-__all__ = ["read_tabular", "tabular_format"]
+if TYPE_CHECKING:
+    from ingestion.contract import Contract
+
+__all__ = ["CELLS_PER_CHUNK", "MISSING", "ROW_COLUMN", "chunk_rows_for", "file_columns", "read_tabular",
+           "safe_name", "safe_names", "tabular_format", "thousands_number"]
 
 _FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl",
             ".json": "jsonl"}
+# CSV cells that mean "no value": the markers R (NA), pandas (NA, N/A, #N/A, NULL, NaN) and the UCI machine
+# learning repository (?) write. Matched exactly, case and all: "Na" (sodium) and "none" stay values.
+MISSING = frozenset({"", "?", "NA", "N/A", "n/a", "#N/A", "NULL", "null", "NaN", "nan"})
+ROW_COLUMN = "source_row"
+# Values per chunk: 50,000 rows of a 20-column extract = 1 million; a 2,000-column table gets 2,000 rows a chunk.
+CELLS_PER_CHUNK = 4_000_000
+_NAME_MAX = 63
+_UNSAFE = re.compile(r"[^a-z0-9]+")
+_THOUSANDS = re.compile(r"^[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+_NUMBER_TYPES = ("integer", "float")
+_LISTED = 10  # column names a reason lists before "and N more"
 
 
 def tabular_format(path: Path) -> str:
@@ -34,30 +76,156 @@ def tabular_format(path: Path) -> str:
     return fmt
 
 
-def read_tabular(path: Path, table: str, columns: list[str], *, chunk_rows: int,
-                 max_record_bytes: int) -> Iterator[SourceChunk]:
-    """Chunks of raw records of ``table`` from one extract file."""
+@lru_cache(maxsize=4096)
+def safe_name(name: str) -> str:
+    """``name`` as a safe column identifier: ``Serum Créatinine (mg/dL)`` -> ``serum_creatinine_mg_dl``."""
+    ascii_name = unicodedata.normalize("NFKD", str(name)).encode("ascii", "ignore").decode("ascii")
+    text = _UNSAFE.sub("_", ascii_name.lower()).strip("_")[:_NAME_MAX].rstrip("_") or "column"
+    if not text[0].isalpha():
+        text = f"c_{text}"[:_NAME_MAX]
+    return f"{text}_in_source" if text in RESERVED else text
+
+
+def safe_names(names: Iterable[str]) -> list[str]:
+    """Safe identifiers for a header, in order; a name that repeats an earlier one is suffixed ``_2``, ``_3``…"""
+    taken: set[str] = set()
+    out = []
+    for name in names:
+        base = candidate = safe_name(name)
+        number = 1
+        while candidate in taken:
+            number += 1
+            candidate = f"{base[:_NAME_MAX - len(str(number)) - 1]}_{number}"
+        taken.add(candidate)
+        out.append(candidate)
+    return out
+
+
+def thousands_number(value: str) -> str | None:
+    """``value`` without its thousands separators when it is a number written with them (``"265,000"``)."""
+    return value.replace(",", "") if "," in value and _THOUSANDS.match(value.strip()) else None
+
+
+def chunk_rows_for(chunk_rows: int, width: int) -> int:
+    """Rows per chunk for a table ``width`` columns wide: ``chunk_rows``, fewer when that many rows would hold more
+    than :data:`CELLS_PER_CHUNK` values."""
+    return max(1, min(chunk_rows, CELLS_PER_CHUNK // max(width, 1)))
+
+
+def file_columns(path: Path, max_bytes: int) -> int | None:
+    """How many columns a CSV header or Parquet schema has (None for JSON lines, or an unreadable header)."""
     fmt = tabular_format(path)
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            return len(pq.ParquetFile(path).schema_arrow.names)
+        except (OSError, pa.ArrowException):
+            return None
+    if fmt != "csv":
+        return None
+    with path.open("rb") as handle:
+        for _number, raw, too_long in iter_lines(handle, max_bytes):
+            text, _problem = decode_line(raw)
+            if too_long or text is None:
+                return None
+            try:
+                return len(next(csv.reader([text]), []))
+            except csv.Error:
+                return None
+    return 0
+
+
+def read_tabular(path: Path, table: str, columns: list[str], *, chunk_rows: int, max_record_bytes: int,
+                 contract: Contract | None = None, max_columns: int | None = None) -> Iterator[SourceChunk]:
+    """Chunks of raw records of ``table`` from one extract file.
+
+    Args:
+        columns: the contract's columns (what the records may carry).
+        contract: the contract itself, when known: its number columns take thousands separators, and its
+            :data:`ROW_COLUMN`, when the file has none, is filled with each record's position.
+        max_columns: a file with more columns than this is refused whole (None: no limit).
+    """
+    layout = _Layout(table, columns, contract, max_columns,
+                     chunk_rows_for(chunk_rows, len(columns)), path.name)
+    fmt = tabular_format(path)
+    if fmt == "parquet":
+        yield from _read_parquet(path, layout)
+        return
+    with path.open("rb") as handle:
+        problem = foreign_encoding(handle.read(4))
+    if problem:
+        yield layout.refuse("record:encoding", f"{path.name} {problem}")
+        return
     if fmt == "csv":
-        yield from _read_csv(path, table, columns, chunk_rows, max_record_bytes)
-    elif fmt == "jsonl":
-        yield from _read_jsonl(path, table, columns, chunk_rows, max_record_bytes)
+        yield from _read_csv(path, layout, max_record_bytes)
     else:
-        yield from _read_parquet(path, table, columns, chunk_rows)
+        yield from _read_jsonl(path, layout, max_record_bytes)
 
 
-def _header_problem(header: list[str], columns: list[str]) -> str | None:
-    missing = [c for c in columns if c not in header]
-    unknown = [c for c in header if c not in columns]
-    duplicated = sorted({c for c in header if header.count(c) > 1})
+class _Layout:
+    """What a reader needs to know about the table: its columns, which are numbers, the row key, the limits."""
+
+    def __init__(self, table: str, columns: list[str], contract: Contract | None, max_columns: int | None,
+                 chunk_rows: int, file_name: str) -> None:
+        self.table, self.columns, self.max_columns = table, columns, max_columns
+        self.column_set = set(columns)
+        self.numeric = frozenset(name for name, column in (contract.columns.items() if contract else ())
+                                 if column.type in _NUMBER_TYPES)
+        self.row_column = ROW_COLUMN if ROW_COLUMN in self.column_set else None
+        self.chunk_rows = chunk_rows
+        self.file_name = file_name
+
+    def names(self, header: list[str]) -> tuple[list[str], str | None]:
+        """The column names a header stands for (as written when they fit, else made safe), and what is wrong."""
+        if len(header) > (self.max_columns or len(header)):
+            return header, (f"{self.file_name} has {len(header):,} columns, over the limit of {self.max_columns:,} "
+                            "(setting ingestion.max_columns); split the table or raise the limit")
+        if self._problem(header) is None:
+            return header, None
+        names = safe_names(header)
+        problem = self._problem(names)
+        return names, None if problem is None else f"the header {problem}"
+
+    def generates_row(self, names: Iterable[str]) -> bool:
+        return self.row_column is not None and self.row_column not in names
+
+    def refuse(self, rule: str, reason: str) -> SourceChunk:
+        """The whole file as one rejected record (nothing of it is read)."""
+        chunk = SourceChunk(0)
+        chunk.rejected.append(Rejected(self.table, "file", rule, reason, ""))
+        chunk.units[self.table] = 1
+        return chunk
+
+    def _problem(self, header: list[str]) -> str | None:
+        wanted = [c for c in self.columns if c != self.row_column or c in header]
+        return header_problem(header, wanted, self.column_set)
+
+
+def header_problem(header: list[str], columns: list[str], known: set[str] | None = None) -> str | None:
+    """What is wrong with a header against the contract's columns (missing, undeclared, repeated), or None.
+
+    Linear in the number of columns (sets and one count), so a very wide header costs no more than reading it.
+    """
+    known = set(columns) if known is None else known
+    present = set(header)
+    missing = [c for c in columns if c not in present]
+    unknown = [c for c in header if c not in known]
+    duplicated = sorted(name for name, count in Counter(header).items() if count > 1)
     problems = []
     if missing:
-        problems.append(f"lacks columns {missing}")
+        problems.append(f"lacks columns {_listed(missing)}")
     if unknown:
-        problems.append(f"has columns the contract does not declare {[c[:40] for c in unknown]}")
+        problems.append(f"has columns the contract does not declare {_listed(unknown)}")
     if duplicated:
-        problems.append(f"repeats columns {duplicated}")
-    return "the header " + " and ".join(problems) if problems else None
+        problems.append(f"repeats columns {_listed(duplicated)}")
+    return " and ".join(problems) if problems else None
+
+
+def _listed(names: list[str]) -> str:
+    shown = [name[:40] for name in names[:_LISTED]]
+    return f"{shown}" + (f" and {len(names) - _LISTED:,} more" if len(names) > _LISTED else "")
 
 
 class _Lines:
@@ -85,6 +253,8 @@ class _Lines:
             if too_long:
                 self.bad.append((number, "record:size", raw, True))
                 continue
+            if number == 1 and raw.startswith(UTF8_BOM):
+                raw = raw[len(UTF8_BOM):]
             text, problem = decode_line(raw)
             if problem:
                 self.bad.append((number, "record:encoding", raw, False))
@@ -93,27 +263,32 @@ class _Lines:
         raise StopIteration
 
 
-def _read_csv(path: Path, table: str, columns: list[str], chunk_rows: int, max_bytes: int) -> Iterator[SourceChunk]:
+def _read_csv(path: Path, layout: _Layout, max_bytes: int) -> Iterator[SourceChunk]:
+    table = layout.table
     csv.field_size_limit(max_bytes)
     with path.open("rb") as handle:
         lines = _Lines(handle, max_bytes)
         reader = csv.reader(lines, strict=True)
-        chunks = Chunker(chunk_rows, per_record=table)
+        chunks = Chunker(layout.chunk_rows, per_record=table)
         header_error = None
         header: list[str] = []
+        names: list[str] = []
         try:
             header = next(reader)
-            if header and header[0].startswith("\ufeff"):
-                header[0] = header[0][1:]
-            header_error = _header_problem(header, columns)
+            names, header_error = layout.names(header)
         except StopIteration:
             header_error = None
         except csv.Error as exc:
             header_error = f"the header is not readable CSV ({exc})"
         unreadable = lines.take_bad(table)  # a header line that could not even be decoded
-        chunks.chunk.rejected.extend(unreadable)
         if unreadable:
             header_error = header_error or "the header line is unreadable"
+        if header_error and len(header) > (layout.max_columns or len(header)):
+            yield layout.refuse("schema:columns", header_error)
+            return
+        chunks.chunk.rejected.extend(unreadable)
+        numeric = [name in layout.numeric for name in names]
+        generated = layout.generates_row(names)
         while True:
             chunk = chunks.chunk
             start = lines.current + 1
@@ -133,16 +308,31 @@ def _read_csv(path: Path, table: str, columns: list[str], chunk_rows: int, max_b
                 if header_error:
                     chunk.rejected.append(Rejected(table, position, "schema:columns",
                                                    f"{position}: {header_error}", _csv_payload(header, fields)))
-                elif len(fields) != len(header):
+                elif len(fields) != len(names):
                     chunk.rejected.append(Rejected(
                         table, position, "schema:columns",
-                        f"{position} has {len(fields)} fields, the header has {len(header)}",
+                        f"{position} has {len(fields)} fields, the header has {len(names)}",
                         _csv_payload(header, fields)))
                 else:
-                    chunk.rows(table).add({h: (v if v != "" else None) for h, v in zip(header, fields, strict=True)},
-                                          position)
+                    row = _csv_row(names, numeric, fields)
+                    if generated:
+                        row[ROW_COLUMN] = start
+                    chunk.rows(table).add(row, position)
             yield from chunks.full()
         yield from chunks.rest()
+
+
+def _csv_row(names: list[str], numeric: list[bool], fields: list[str]) -> dict[str, str | None]:
+    # Python per value: no Arrow kernel reads CSV records of arbitrary quoting line by line with these limits.
+    row: dict[str, str | None] = {}
+    for name, is_number, value in zip(names, numeric, fields, strict=True):
+        if value in MISSING:
+            row[name] = None
+        elif is_number and "," in value:
+            row[name] = thousands_number(value) or value
+        else:
+            row[name] = value
+    return row
 
 
 def _extra_lines(fields: list[str]) -> int:
@@ -162,11 +352,13 @@ def _bad_line(table: str, number: int, rule: str, raw: bytes, too_long: bool, ma
     return Rejected(table, f"line {number}", rule, reason, lossy(raw), payload_truncated=too_long)
 
 
-def _read_jsonl(path: Path, table: str, columns: list[str], chunk_rows: int, max_bytes: int) -> Iterator[SourceChunk]:
-    chunks = Chunker(chunk_rows, per_record=table)
+def _read_jsonl(path: Path, layout: _Layout, max_bytes: int) -> Iterator[SourceChunk]:
+    table = layout.table
+    chunks = Chunker(layout.chunk_rows, per_record=table)
     with path.open("rb") as handle:
         for number, raw, too_long in iter_lines(handle, max_bytes):
-            position = f"line {number}"
+            if number == 1 and raw.startswith(UTF8_BOM):
+                raw = raw[len(UTF8_BOM):]
             if too_long:
                 chunks.chunk.rejected.append(_bad_line(table, number, "record:size", raw, True, max_bytes))
             elif raw.strip():
@@ -174,49 +366,71 @@ def _read_jsonl(path: Path, table: str, columns: list[str], chunk_rows: int, max
                 if problem:
                     chunks.chunk.rejected.append(_bad_line(table, number, "record:encoding", raw, False, max_bytes))
                 else:
-                    _json_record(chunks.chunk, table, columns, text, position)
+                    _json_record(chunks.chunk, layout, text, number)
             yield from chunks.full()
     yield from chunks.rest()
 
 
-def _json_record(chunk: SourceChunk, table: str, columns: list[str], text: str, position: str) -> None:
+def _json_record(chunk: SourceChunk, layout: _Layout, text: str, number: int) -> None:
+    table, position = layout.table, f"line {number}"
     try:
         record = json.loads(text)
     except json.JSONDecodeError as exc:
         chunk.rejected.append(Rejected(table, position, "record:parse",
                                        f"{position} is not valid JSON ({exc.msg} at column {exc.colno})", text))
         return
+    except RecursionError:
+        chunk.rejected.append(Rejected(table, position, "record:parse",
+                                       f"{position} nests JSON deeper than the parser allows", text))
+        return
     if not isinstance(record, dict):
         chunk.rejected.append(Rejected(table, position, "record:parse",
                                        f"{position} is a JSON {type(record).__name__}, not an object", text))
         return
-    unknown = [k for k in record if k not in columns]
-    if unknown:
+    if layout.max_columns is not None and len(record) > layout.max_columns:
         chunk.rejected.append(Rejected(table, position, "schema:columns",
-                                       f"{position} has fields the contract does not declare "
-                                       f"{[k[:40] for k in unknown]}", text))
+                                       f"{position} has {len(record):,} fields, over the limit of "
+                                       f"{layout.max_columns:,} (setting ingestion.max_columns)", text))
         return
+    if any(key not in layout.column_set for key in record):
+        names = [safe_name(key) if key not in layout.column_set else key for key in record]
+        unknown = [name for name in names if name not in layout.column_set]
+        repeated = sorted(name for name, count in Counter(names).items() if count > 1)
+        if unknown or repeated:
+            problem = " and ".join(
+                ([f"has fields the contract does not declare {_listed(unknown)}"] if unknown else [])
+                + ([f"has fields that name the same column {_listed(repeated)}"] if repeated else []))
+            chunk.rejected.append(Rejected(table, position, "schema:columns", f"{position} {problem}", text))
+            return
+        record = dict(zip(names, record.values(), strict=True))
+    for name in layout.numeric.intersection(record):
+        value = record[name]
+        if isinstance(value, str) and "," in value:
+            record[name] = thousands_number(value) or value
+    if layout.generates_row(record):
+        record[ROW_COLUMN] = number
     chunk.rows(table).add(record, position)
 
 
-def _read_parquet(path: Path, table: str, columns: list[str], chunk_rows: int) -> Iterator[SourceChunk]:
+def _read_parquet(path: Path, layout: _Layout) -> Iterator[SourceChunk]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    table = layout.table
     try:
         parquet = pq.ParquetFile(path)
         names = parquet.schema_arrow.names
     except (OSError, pa.ArrowException) as exc:
-        chunk = SourceChunk(0)
-        chunk.rejected.append(Rejected(table, "file", "record:parse", f"{path.name} is not readable Parquet: {exc}",
-                                       ""))
-        chunk.units[table] = 1
-        yield chunk
+        yield layout.refuse("record:parse", f"{path.name} is not readable Parquet: {exc}")
         return
-    problem = _header_problem(list(names), columns)
+    names, problem = layout.names(list(names))
+    if problem and len(names) > (layout.max_columns or len(names)):
+        yield layout.refuse("schema:columns", problem)
+        return
+    generated = layout.generates_row(names)
     offset = 0
     try:
-        for index, batch in enumerate(parquet.iter_batches(batch_size=chunk_rows)):
+        for index, batch in enumerate(parquet.iter_batches(batch_size=layout.chunk_rows)):
             chunk = SourceChunk(index)
             if problem:
                 for i, row in enumerate(batch.to_pylist(), start=offset + 1):
@@ -226,12 +440,16 @@ def _read_parquet(path: Path, table: str, columns: list[str], chunk_rows: int) -
                                                    json.dumps(row, default=str, ensure_ascii=False)))
             elif batch.num_rows:
                 # The batch stays in Arrow: conform and validate work on its columns, not on dicts.
-                chunk.tables[table] = TableRows(arrow=pa.Table.from_batches([batch]), first_row=offset + 1)
+                data = pa.Table.from_batches([batch]).rename_columns(names)
+                if generated:
+                    data = data.append_column(ROW_COLUMN, pa.array(range(offset + 1, offset + batch.num_rows + 1),
+                                                                   pa.int64()))
+                chunk.tables[table] = TableRows(arrow=data, first_row=offset + 1)
             offset += batch.num_rows
             chunk.units[table] = chunk.size
             yield chunk
     except (OSError, pa.ArrowException) as exc:
-        chunk = SourceChunk(offset // max(chunk_rows, 1) + 1)
+        chunk = SourceChunk(offset // max(layout.chunk_rows, 1) + 1)
         chunk.rejected.append(Rejected(table, f"after row {offset}", "record:parse",
                                        f"{path.name} is unreadable after row {offset}: {exc}", ""))
         chunk.units[table] = 1
