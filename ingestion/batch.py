@@ -56,7 +56,7 @@ from pipeline.settings import Settings
 
 __all__ = ["SOURCES", "BatchReport", "TableCounts", "ingest"]
 
-SOURCES = ("tabular", "fhir", "hl7", "notes")
+SOURCES = ("tabular", "fhir", "hl7", "ccda", "notes")
 QUARANTINE_TABLE = "records"
 LEDGER_TABLE = "batches"
 STAGES = ("quarantine", "raw")
@@ -65,6 +65,8 @@ _FHIR_TABLES = ("patients", "encounters", "observations", "conditions", "medicat
                 "allergies", "diagnostic_reports", "resources")
 _HL7_TABLES = ("patients", "encounters", "observations", "conditions", "medications", "procedures", "immunizations",
                "allergies", "resources")
+_CCDA_TABLES = ("patients", "encounters", "observations", "conditions", "medications", "procedures",
+                "immunizations", "allergies", "diagnostic_reports")
 _PROVENANCE = [pa.field("patient_pseudonym", pa.string()), pa.field("_source", pa.string()),
                pa.field("_batch_id", pa.string()), pa.field("_ingested_at", pa.timestamp("us", tz="UTC")),
                pa.field("_record_hash", pa.string())]
@@ -140,6 +142,10 @@ def source_files(source: str, path: Path) -> list[Path]:
         raise ValueError(f"{path} does not exist")
     if source == "fhir":
         files = fhir_files(path)
+    elif source == "ccda":
+        from ingestion.sources.ccda import ccda_files
+
+        files = ccda_files(path).files
     elif source == "hl7":
         files = hl7_files(path)
     elif _note_files(source, path):
@@ -166,6 +172,8 @@ def resolve_contracts(settings: Settings, source: str, path: Path, table: str | 
         return {name: builtin_contract(name) for name in _FHIR_TABLES}
     if source == "hl7":
         return {name: builtin_contract(name) for name in _HL7_TABLES}
+    if source == "ccda":
+        return {name: builtin_contract(name) for name in _CCDA_TABLES}
     if source == "notes":
         return {"notes": _given(contract) if contract is not None else builtin_contract("notes")}
     if contract is not None:
@@ -231,6 +239,10 @@ def _chunks(source: str, path: Path, contracts: dict[str, Contract], settings: S
         from ingestion.sources.hl7v2 import read_hl7
 
         yield from read_hl7(path, **options)
+    elif source == "ccda":
+        from ingestion.sources.ccda import read_ccda
+
+        yield from read_ccda(path, **options)
     else:
         from ingestion.sources.tabular import read_tabular
 
@@ -561,8 +573,9 @@ def ingest(settings: Settings, *, source: str, path: str | Path, table: str | No
 
     Args:
         settings: medguard settings (chunk size, record size limit, home for drafts and Data Docs).
-        source: ``tabular``, ``fhir``, ``hl7`` or ``notes``.
-        path: the extract file, or a directory of ``*.ndjson`` bundles / ``*.hl7`` messages / ``*.txt`` notes.
+        source: ``tabular``, ``fhir``, ``hl7``, ``ccda`` or ``notes``.
+        path: the extract file, or a directory of ``*.ndjson`` bundles / ``*.hl7`` messages / ``*.xml`` C-CDA
+            documents / ``*.txt`` notes.
         table: the table of a tabular extract (default: the file name's stem).
         contract: a contract file or object (tabular and notes); inferred when omitted for unknown tables.
         plake: the ProtectedLake to write through (built from settings as ``svc:ingest`` when omitted).

@@ -33,8 +33,8 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
 
 def ingest(
     ctx: typer.Context,
-    source: Annotated[str, typer.Option("--source", help="tabular, fhir, hl7 or notes.")],
-    path: Annotated[Path, typer.Option("--path", help="Extract file, or a directory of FHIR/HL7 files.")],
+    source: Annotated[str, typer.Option("--source", help="tabular, fhir, hl7, ccda or notes.")],
+    path: Annotated[Path, typer.Option("--path", help="Extract file, or a directory of FHIR/HL7/C-CDA files.")],
     table: Annotated[str | None, typer.Option("--table", help="Table of a tabular extract (default: file stem).")]
     = None,
     contract: Annotated[Path | None, typer.Option("--contract", help="Contract YAML; inferred when omitted.")]
