@@ -369,21 +369,36 @@ def _unit(chunk: SourceChunk, unit: _Unit, position: str, max_bytes: int, index:
                     f"valid {enc.codec} (byte 0x{raw[exc.start]:02x} at offset {exc.start}); wrong encoding or "
                     "MSH-18 character set?", payload)
             return
+    # The patient of a rejected message, when its PID can be read, so that shredding them reaches the quarantine.
+    pid = next((t for t in texts if t.startswith("PID" + enc.field)), None)
+    patient = _patient_ids(_Segment(pid, enc))[0] if pid is not None else None
     for number, text in enumerate(texts, start=1):
         if not _SEGMENT_ID.fullmatch(text[:3]) or (len(text) > 3 and text[3] != enc.field):
             _reject(chunk, position, "hl7:garbled", f"segment {number} (line {unit.lines[number - 1]}) is garbled "
-                    "(no valid segment id and field separator)", payload)
+                    "(no valid segment id and field separator)", payload, patient_id=patient)
             return
     segments = [_Segment(text, enc) for text in texts]
     try:
         problem = _check(segments)
         if problem is not None:
             rule, reason = problem
-            _reject(chunk, position, rule, reason, payload)
+            _reject(chunk, position, rule, reason, payload, patient_id=patient)
             return
         _Mapper(chunk, segments, position, unit, index).run()
     except Exception as exc:  # a reader never raises on bad input: a mapping bug quarantines the message whole
-        _reject(chunk, position, "hl7:map", f"could not be mapped ({type(exc).__name__})", payload)
+        _reject(chunk, position, "hl7:map", f"could not be mapped ({type(exc).__name__})", payload,
+                patient_id=patient)
+
+
+def _patient_ids(pid: _Segment) -> tuple[str | None, tuple[str | None, str, str | None] | None]:
+    """The patient id (the PID-3 repetition typed ``PI``, else PID-3's first, else PID-2/PID-4) and the
+    ``(id, type, assigning authority)`` of the repetition typed ``MR``."""
+    ids = [(pid.get(3, 1, rep), (pid.get(3, 5, rep) or "").upper(), pid.get(3, 4, rep, 1))
+           for rep in range(len(pid.reps(3)))]
+    ids = [entry for entry in ids if entry[0]]
+    chosen = next((e for e in ids if e[1] == "PI"), ids[0] if ids else None)
+    patient_id = chosen[0] if chosen else (pid.get(2, 1) or pid.get(4, 1))
+    return patient_id, next((e for e in ids if e[1] == "MR"), None)
 
 
 def _kind(segments: list[_Segment]) -> tuple[str, str]:
@@ -482,12 +497,7 @@ class _Mapper:
         self.finish_order()
         self.orc = self.obr = None
         self.encounter_id = None
-        ids = [(pid.get(3, 1, rep), (pid.get(3, 5, rep) or "").upper(), pid.get(3, 4, rep, 1))
-               for rep in range(len(pid.reps(3)))]
-        ids = [entry for entry in ids if entry[0]]
-        chosen = next((e for e in ids if e[1] == "PI"), ids[0] if ids else None)
-        patient_id = chosen[0] if chosen else (pid.get(2, 1) or pid.get(4, 1))
-        mr = next((e for e in ids if e[1] == "MR"), None)
+        patient_id, mr = _patient_ids(pid)
         self.patient_id = patient_id
         self.insured = False
         names = range(len(pid.reps(5)))

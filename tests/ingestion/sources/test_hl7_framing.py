@@ -287,3 +287,11 @@ def test_when_msh2_has_the_v27_truncation_character_then_the_message_still_split
     message = [ADT[0].replace("MSH|^~\\&|", "MSH|^~\\&#|").replace("|2.5.1", "|2.7"), *ADT[1:]]
     read = _read(_file(tmp_path, "v27.hl7", _message(message)))
     assert read["rejected"] == [] and read["patients"][0]["last_name"] == "Doe"
+
+
+def test_when_a_message_is_rejected_then_its_patient_is_named_so_a_shred_reaches_the_quarantine(
+        tmp_path: Path) -> None:
+    broken = [ADT[0], ADT[2], ADT[1], ADT[3]]  # EVN after PID
+    read = _read(_file(tmp_path, "m.hl7", _message(broken)))
+    (bad,) = read["rejected"]
+    assert bad.rule == "hl7:segment_order" and bad.patient_id == "PAT1" and "PAT1" not in bad.reason
