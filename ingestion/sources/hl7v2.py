@@ -181,7 +181,7 @@ def _units(handle: IO[bytes], max_bytes: int) -> Iterator[_Unit]:
             if raw is not None and raw[:3] in (b"BHS", b"FHS"):
                 batch_id = _envelope_id(raw)
             continue
-        if raw[:3] == b"MSH" and len(raw) > 4 and not raw[3:4].isalnum():
+        if _header(raw):
             if current is not None:
                 yield current
             current = _Unit(line, batch_id=batch_id)
@@ -206,6 +206,17 @@ def _units(handle: IO[bytes], max_bytes: int) -> Iterator[_Unit]:
         current.size += len(raw) + 1
     if current is not None:
         yield current
+
+
+def _header(raw: bytes) -> bool:
+    """Whether a segment starts a message: an MSH, or a header whose id is damaged but whose delimiters are
+    intact (``MSX|^~\\&|``), so that the damage stays in its own message instead of joining the one before."""
+    if raw[:3] == b"MSH":
+        return len(raw) > 4 and not raw[3:4].isalnum()
+    if len(raw) < 9 or raw[3] != raw[8]:
+        return False
+    chars = raw[3:8]
+    return len(set(chars)) == 5 and not any(chr(c).isalnum() or chr(c).isspace() for c in chars)
 
 
 def _envelope_id(raw: bytes) -> str | None:
@@ -354,6 +365,10 @@ def _unit(chunk: SourceChunk, unit: _Unit, position: str, max_bytes: int, index:
     if unit.orphan:
         _reject(chunk, position, "hl7:structure", f"has {len(unit.segments)} segment(s) outside any message "
                 "(no MSH segment before them)", payload)
+        return
+    if not unit.segments[0].startswith(b"MSH"):
+        _reject(chunk, position, "hl7:structure", "does not start with an MSH segment (its header is damaged)",
+                payload)
         return
     enc = _encoding(unit.segments[0])
     if enc is None:

@@ -295,3 +295,13 @@ def test_when_a_message_is_rejected_then_its_patient_is_named_so_a_shred_reaches
     read = _read(_file(tmp_path, "m.hl7", _message(broken)))
     (bad,) = read["rejected"]
     assert bad.rule == "hl7:segment_order" and bad.patient_id == "PAT1" and "PAT1" not in bad.reason
+
+
+def test_when_a_header_is_damaged_in_a_crlf_file_then_only_that_message_is_quarantined(tmp_path: Path) -> None:
+    damaged = [ADT[0].replace("MSH|", "MSX|"), *ADT[1:]]
+    data = _message(ADT, "\r\n") + _message(damaged, "\r\n") + _message(ORU, "\r\n")
+    read = _read(_file(tmp_path, "feed.hl7", data))
+    assert read["units"] == {"messages": 3}
+    (bad,) = read["rejected"]
+    assert bad.rule == "hl7:structure" and bad.position == f"message 2 (feed.hl7 line {len(ADT) + 1})"
+    assert [p["patient_id"] for p in read["patients"]] == ["PAT1", "PAT2"]
