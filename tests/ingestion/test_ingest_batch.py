@@ -141,13 +141,13 @@ def test_when_raw_is_read_back_decrypted_then_values_equal_the_source_and_phi_wa
         assert row["_source"] == "tabular" and len(row["_record_hash"]) == 64
 
 
-def test_when_fhir_is_ingested_then_immunizations_are_kept_whole_in_resources(
+def test_when_fhir_is_ingested_then_immunizations_land_in_their_own_table(
         population: Path, ing_settings, plake) -> None:
-    ingest(ing_settings, source="fhir", path=population / "fhir", plake=plake, docs=False)
-    resources = plake.read("raw", "resources", decrypt=True).to_pylist()
-    assert resources and {r["resource_type"] for r in resources} == {"Immunization"}
-    assert all(json.loads(r["resource_json"])["resourceType"] == "Immunization" for r in resources)
-    assert plake.lake.read_arrow("raw", "resources").schema.field("resource_json").type == "binary"
+    report = ingest(ing_settings, source="fhir", path=population / "fhir", plake=plake, docs=False)
+    immunizations = plake.read("raw", "immunizations", decrypt=True).to_pylist()
+    assert immunizations and report.tables["immunizations"].quarantined == 0
+    assert {r["code"] for r in immunizations} == {"141"}
+    assert not plake.lake.exists("raw", "resources")  # the generator writes no resource without a table
 
 
 def test_when_a_batch_finishes_then_gx_results_are_stored_with_it_and_an_audit_event_is_recorded(

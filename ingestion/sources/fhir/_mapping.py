@@ -1,0 +1,484 @@
+"""FHIR R4 resources (JSON dicts that passed the resource model) flattened into rows of the conformed tables.
+
+Values are taken AS FOUND in the JSON, strings unchanged (dates, times with their offsets, code-system URIs, phones),
+because the conform step normalises centrally; the parsed model is used to check the resource, not to read it
+(it rewrites times and decimals). A resource's patient is its ``subject`` (``patient`` for Immunization and
+AllergyIntolerance) resolved by :mod:`._refs`:
+
+- a Patient in the bundle, contained, or named by ``Patient/<id>`` / an absolute URL: that patient's id (our
+  generator's ``urn:medguard:source-patient-id`` identifier when present, else the resource id; a contained
+  Patient is keyed by its container, ``Observation/x/p1``, and gets a patients row of its own);
+- a Group, Device, Location…: not one patient's record; the resource is kept whole in ``resources``;
+- nothing to follow (no subject, a display alone, a ``urn:uuid`` matching no entry): :class:`Unmappable`,
+  quarantined with rule ``fhir:reference``.
+
+A required code (observations, conditions, immunizations, diagnostic_reports) that is text only, or a coding
+without its system, is ``fhir:code``: the record cannot be joined to any terminology.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ingestion.sources.fhir._refs import Item, Scope, own_id, resource_key
+
+__all__ = ["CONFORMED", "Context", "NotAboutAPatient", "Unmappable", "map_resource", "patient_key"]
+
+_SOURCE_PATIENT_ID = "urn:medguard:source-patient-id"
+_SSN = {"http://hl7.org/fhir/sid/us-ssn", "urn:oid:2.16.840.1.113883.4.1"}
+_NPI = {"http://hl7.org/fhir/sid/us-npi", "urn:oid:2.16.840.1.113883.4.6"}
+_ICD10CM = {"http://hl7.org/fhir/sid/icd-10-cm", "urn:oid:2.16.840.1.113883.6.90"}
+_LOINC = {"http://loinc.org", "urn:oid:2.16.840.1.113883.6.1"}
+_NDC = {"http://hl7.org/fhir/sid/ndc", "urn:oid:2.16.840.1.113883.6.69"}
+_RXNORM = {"http://www.nlm.nih.gov/research/umls/rxnorm", "urn:oid:2.16.840.1.113883.6.88"}
+_OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+_US_CORE = "http://hl7.org/fhir/us/core/StructureDefinition/"
+_MEMBER_TYPES = {"MB", "MC", "SN"}
+_MEMBER_SYSTEM_SUFFIX = ".3.9999.2"  # the generator's member-id namespace
+_GENDER = {"female": "F", "male": "M", "other": "O", "unknown": "U"}
+_MEDICATION_KIND = {"MedicationRequest": "request", "MedicationStatement": "statement",
+                    "MedicationDispense": "dispense", "MedicationAdministration": "administration"}
+CONFORMED = {"Patient": "patients", "Encounter": "encounters", "Observation": "observations",
+             "Condition": "conditions", "Procedure": "procedures", "Immunization": "immunizations",
+             "AllergyIntolerance": "allergies", "DiagnosticReport": "diagnostic_reports",
+             **dict.fromkeys(_MEDICATION_KIND, "medications")}
+
+
+class Unmappable(Exception):
+    """A resource of a mapped type that cannot become a row: ``rule`` and a reason naming no value."""
+
+    def __init__(self, rule: str, reason: str) -> None:
+        super().__init__(reason)
+        self.rule, self.reason = rule, reason
+
+
+class NotAboutAPatient(Exception):
+    """The resource's subject is not a patient (a Group, Device, Location): it is kept whole in ``resources``."""
+
+
+@dataclass
+class Context:
+    """What mapping needs beyond the resource: its bundle's scope and the patient ids met in earlier files.
+
+    ``patient_ids`` maps a Patient resource id to the patient id it was given when the two differ (our generator's
+    source-patient-id identifier), so a Bulk export's ``Patient/<id>`` in another file resolves alike.
+    """
+
+    scope: Scope
+    patient_ids: dict[str, str] = field(default_factory=dict)
+    reported_in: dict[int, Item] = field(default_factory=dict)  # id(result resource) -> its DiagnosticReport
+
+    def link_results(self, items: list[Item]) -> None:
+        """Remember which DiagnosticReport (``result``) or panel Observation (``hasMember``) lists each result, so a
+        result without a subject of its own is about the patient of the report that lists it."""
+        for item in items:
+            for reference in _list(item.resource.get("result")) + _list(item.resource.get("hasMember")):
+                target = self.scope.resolve(reference, item)
+                if target is not None and target.item is not None and target.item is not item:
+                    self.reported_in.setdefault(id(target.item.resource), item)
+
+
+Rows = list[tuple[str, dict[str, Any], str]]  # (table, row, position)
+
+
+def map_resource(item: Item, ctx: Context) -> Rows:
+    """The rows ``item`` maps to (a resource of a type in :data:`CONFORMED`).
+
+    Raises:
+        Unmappable: the resource cannot be tied to a patient, or lacks a required code.
+        NotAboutAPatient: its subject is not a patient; the caller keeps it whole.
+    """
+    kind = item.resource["resourceType"]
+    rows: Rows = []
+    if kind == "Patient":
+        row = _patient_row(item, ctx)
+        if own_id(item) and row["patient_id"] != own_id(item):
+            ctx.patient_ids[own_id(item)] = row["patient_id"]
+        return [("patients", row, item.position)]
+    field_name = "patient" if kind in ("Immunization", "AllergyIntolerance") else "subject"
+    patient_id = _patient_of(item, field_name, ctx, rows)
+    mapper = _MAPPERS[kind]
+    for row, position in mapper(item, ctx, patient_id):
+        rows.append((CONFORMED[kind], row, position))
+    return rows
+
+
+# identities and references ------------------------------------------------------------------------------------
+
+
+def patient_key(item: Item) -> str:
+    """A Patient's id in the lake: the source system's own id when the generator declared it, else the FHIR id."""
+    for ident in _list(item.resource.get("identifier")):
+        if ident.get("system") == _SOURCE_PATIENT_ID and _str(ident.get("value")):
+            return ident["value"]
+    if item.container is not None:
+        return resource_key(item)
+    return own_id(item) or resource_key(item)
+
+
+def _record_id(item: Item, system: str) -> str:
+    """A record's id: the generator's own identifier when present, else the FHIR id, else a content digest."""
+    for ident in _list(item.resource.get("identifier")):
+        if ident.get("system") == system and _str(ident.get("value")):
+            return ident["value"]
+    return own_id(item) or resource_key(item)
+
+
+def _patient_of(item: Item, field_name: str, ctx: Context, rows: Rows) -> str:
+    kind = item.resource["resourceType"]
+    reference = item.resource.get(field_name)
+    report = ctx.reported_in.get(id(item.resource))
+    if reference is None and report is not None:
+        ctx.reported_in.pop(id(item.resource))  # followed once: a report listing itself cannot loop
+        return _patient_of(report, "subject", ctx, rows)
+    if not isinstance(reference, dict):
+        raise Unmappable("fhir:reference", f"{kind} has no {field_name}: nothing ties it to a patient")
+    target = ctx.scope.resolve(reference, item)
+    if target is None or (target.kind is None and target.ident is None):
+        raise Unmappable("fhir:reference", f"{kind}.{field_name} has nothing to follow (no reference, or a "
+                                           "display text alone): it cannot be tied to a patient")
+    if target.kind is None:
+        raise Unmappable("fhir:reference", f"{kind}.{field_name} is a urn reference that matches no entry of its "
+                                           "bundle and names no type: its patient is unknown")
+    if target.kind != "Patient":
+        raise NotAboutAPatient(target.kind)
+    if target.item is not None:
+        if target.item.container is not None:
+            rows.append(("patients", _patient_row(target.item, ctx), target.item.position))
+        return patient_key(target.item)
+    if not target.ident:
+        raise Unmappable("fhir:reference", f"{kind}.{field_name} names a patient only by an identifier that no "
+                                           "Patient in its bundle carries: its patient is unknown")
+    return ctx.patient_ids.get(target.ident, target.ident)
+
+
+def _encounter_of(item: Item, ctx: Context, *fields: str) -> str | None:
+    for name in fields:
+        target = ctx.scope.resolve(item.resource.get(name), item)
+        if target is None or target.kind not in ("Encounter", None):
+            continue
+        if target.item is not None:
+            return _record_id(target.item, "urn:medguard:encounter-id")
+        if target.ident:
+            return target.ident
+    return None
+
+
+def _target_id(item: Item, ctx: Context, reference: Any) -> str | None:
+    """An organization's or practitioner's id: its identifier's value when the reference carries one, else the
+    id of what the reference points at."""
+    if not isinstance(reference, dict):
+        return None
+    identifier = reference.get("identifier")
+    if isinstance(identifier, dict) and _str(identifier.get("value")):
+        return identifier["value"]
+    target = ctx.scope.resolve(reference, item)
+    return target.ident if target is not None else None
+
+
+# small readers of FHIR datatypes (dicts already checked by the model) ------------------------------------------
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value != "" else None
+
+
+def _list(value: Any) -> list[dict[str, Any]]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _coded(concept: Any) -> tuple[str | None, str | None, str | None]:
+    """(code, system, display) of a CodeableConcept's first coding with a code; display falls back to its text."""
+    concept = _dict(concept)
+    for coding in _list(concept.get("coding")):
+        if _str(coding.get("code")):
+            return coding["code"], _str(coding.get("system")), _str(coding.get("display")) or _str(concept.get("text"))
+    return None, None, _str(concept.get("text"))
+
+
+def _code_in(concept: Any, systems: set[str]) -> str | None:
+    for coding in _list(_dict(concept).get("coding")):
+        if coding.get("system") in systems and _str(coding.get("code")):
+            return coding["code"]
+    return None
+
+
+def _first_code(concepts: Any) -> str | None:
+    """The code of the first coding of the first CodeableConcept of a list (a category, an interpretation)."""
+    for concept in _list(concepts) if isinstance(concepts, list) else [_dict(concepts)]:
+        code, _, _ = _coded(concept)
+        if code:
+            return code
+    return None
+
+
+def _required_code(item: Item, element: str) -> tuple[str, str, str | None]:
+    code, system, display = _coded(item.resource.get(element))
+    kind = item.resource["resourceType"]
+    if code is None:
+        raise Unmappable("fhir:code", f"{kind}.{element} has no coding with a code (text only, or absent): the "
+                                      "record cannot be joined to a terminology")
+    if system is None:
+        raise Unmappable("fhir:code", f"{kind}.{element} has a code without its system: the code cannot be read")
+    return code, system, display
+
+
+def _when(resource: dict[str, Any], prefix: str) -> str | None:
+    """``<prefix>DateTime``, ``<prefix>Instant`` or the start of ``<prefix>Period``, as written."""
+    return (_str(resource.get(f"{prefix}DateTime")) or _str(resource.get(f"{prefix}Instant"))
+            or _str(_dict(resource.get(f"{prefix}Period")).get("start")))
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _quantity_text(quantity: Any) -> str | None:
+    quantity = _dict(quantity)
+    value = quantity.get("value")
+    if value is None:
+        return None
+    comparator = _str(quantity.get("comparator")) or ""
+    unit = _str(quantity.get("unit")) or _str(quantity.get("code"))
+    return f"{comparator}{value}" + (f" {unit}" if unit else "")
+
+
+# mappers ------------------------------------------------------------------------------------------------------
+
+
+def _patient_row(item: Item, ctx: Context) -> dict[str, Any]:
+    res = item.resource
+    names = _list(res.get("name"))
+    name = next((n for n in names if n.get("use") == "official"), names[0] if names else {})
+    given = name.get("given") if isinstance(name.get("given"), list) else []
+    addresses = _list(res.get("address"))
+    address = next((a for a in addresses if a.get("use") == "home"), addresses[0] if addresses else {})
+    lines = [x for x in address.get("line") or [] if isinstance(x, str)]
+    telecom = _list(res.get("telecom"))
+    identifiers = _list(res.get("identifier"))
+    mrn = next((i.get("value") for i in identifiers if "MR" in _type_codes(i)), None)
+    ssn = next((i.get("value") for i in identifiers if i.get("system") in _SSN or "SS" in _type_codes(i)), None)
+    member = next((i.get("value") for i in identifiers if _type_codes(i) & _MEMBER_TYPES
+                   or str(i.get("system", "")).endswith(_MEMBER_SYSTEM_SUFFIX)), None)
+    extensions = {e.get("url"): e for e in _list(res.get("extension"))}
+    return {
+        "patient_id": patient_key(item), "mrn": _str(mrn),
+        "first_name": given[0] if given and isinstance(given[0], str) else None,
+        "last_name": _str(name.get("family")),
+        "sex": _GENDER.get(res.get("gender")) if res.get("gender") else None,
+        "birth_date": _str(res.get("birthDate")), "ssn": _str(ssn),
+        "address": ", ".join(lines) or None, "city": _str(address.get("city")),
+        "state": _str(address.get("state")), "zip": _str(address.get("postalCode")),
+        "phone": next((_str(t.get("value")) for t in telecom if t.get("system") == "phone" and _str(t.get("value"))),
+                      None),
+        "email": next((_str(t.get("value")) for t in telecom if t.get("system") == "email" and _str(t.get("value"))),
+                      None),
+        "insurance_member_id": _str(member),
+        "facility_id": _target_id(item, ctx, res.get("managingOrganization")),
+        "consent_research": None,
+        "race": _omb(extensions.get(_US_CORE + "us-core-race")),
+        "ethnicity": _omb(extensions.get(_US_CORE + "us-core-ethnicity")),
+        "birth_sex": _str(_dict(extensions.get(_US_CORE + "us-core-birthsex")).get("valueCode")),
+    }
+
+
+def _type_codes(identifier: dict[str, Any]) -> set[str]:
+    return {c.get("code") for c in _list(_dict(identifier.get("type")).get("coding"))}
+
+
+def _omb(extension: dict[str, Any] | None) -> str | None:
+    """US Core race/ethnicity: the OMB categories' display text (``; ``-joined), else the ``text`` sub-extension."""
+    if not extension:
+        return None
+    parts = _list(extension.get("extension"))
+    categories = [_str(c.get("display")) or _str(c.get("code")) for p in parts if p.get("url") == "ombCategory"
+                  for c in [_dict(p.get("valueCoding"))]]
+    categories = [c for c in categories if c]
+    if categories:
+        return "; ".join(categories)
+    return next((_str(p.get("valueString")) for p in parts if p.get("url") == "text"), None)
+
+
+def _encounter(item: Item, ctx: Context, patient_id: str):
+    res = item.resource
+    period = _dict(res.get("period"))
+    npi = None
+    for participant in _list(res.get("participant")):
+        individual = participant.get("individual")
+        identifier = _dict(_dict(individual).get("identifier"))
+        if _str(identifier.get("value")) and identifier.get("system") in _NPI:
+            npi = identifier["value"]
+        else:
+            target = ctx.scope.resolve(individual, item)
+            practitioner = target.item.resource if target is not None and target.item is not None else {}
+            npi = next((i.get("value") for i in _list(practitioner.get("identifier")) if i.get("system") in _NPI),
+                       None)
+        if npi:
+            break
+    yield {
+        "encounter_id": _record_id(item, "urn:medguard:encounter-id"), "patient_id": patient_id,
+        "facility_id": _target_id(item, ctx, res.get("serviceProvider")),
+        "encounter_type": _str(_dict(res.get("class")).get("code")),
+        "admit_time": _str(period.get("start")), "discharge_time": _str(period.get("end")),
+        "provider_npi": _str(npi),
+    }, item.position
+
+
+def _observation(item: Item, ctx: Context, patient_id: str):
+    res = item.resource
+    code, system, display = _required_code(item, "code")
+    categories = _list(res.get("category"))
+    category = next((c.get("code") for concept in categories for c in _list(concept.get("coding"))
+                     if c.get("system") == _OBS_CATEGORY and _str(c.get("code"))), None) or _first_code(categories)
+    base = {"patient_id": patient_id, "encounter_id": _encounter_of(item, ctx, "encounter"), "category": category,
+            "effective_time": _when(res, "effective") or _str(res.get("issued"))}
+    own = _observed(res)
+    parent_id = _record_id(item, "urn:medguard:observation-id")
+    components = _list(res.get("component"))
+    has_value = own["value"] is not None or own["value_text"] is not None
+    if has_value or not components:
+        yield {"observation_id": parent_id, **base, "code": code, "code_system": system,
+               "loinc_code": _code_in(res.get("code"), _LOINC), "display": display, **own}, item.position
+    for number, component in enumerate(components, start=1):
+        c_code, c_system, c_display = _coded(component.get("code"))
+        yield {"observation_id": f"{parent_id}:{number}", **base, "code": c_code, "code_system": c_system,
+               "loinc_code": _code_in(component.get("code"), _LOINC), "display": c_display,
+               **_observed(component)}, f"{item.position} component {number}"
+
+
+def _observed(element: dict[str, Any]) -> dict[str, Any]:
+    """value, value_text, unit, reference_range and interpretation of an Observation or one of its components."""
+    value = value_text = unit = None
+    quantity = element.get("valueQuantity")
+    if isinstance(quantity, dict):
+        value = _number(quantity.get("value"))
+        unit = _str(quantity.get("code")) or _str(quantity.get("unit"))
+        if _str(quantity.get("comparator")):
+            value_text = _quantity_text(quantity)  # "<5" is not the number 5
+            value = None
+    elif "valueInteger" in element:
+        value = _number(element["valueInteger"])
+    elif "valueCodeableConcept" in element:
+        code, _, display = _coded(element["valueCodeableConcept"])
+        value_text = display or code
+    elif "valueRatio" in element:
+        ratio = _dict(element["valueRatio"])
+        numerator, denominator = _quantity_text(ratio.get("numerator")), _quantity_text(ratio.get("denominator"))
+        value_text = f"{numerator or ''}/{denominator or ''}" if numerator or denominator else None
+    elif "valueRange" in element:
+        low, high = (_quantity_text(_dict(element["valueRange"]).get(k)) for k in ("low", "high"))
+        value_text = f"{low or ''}-{high or ''}" if low or high else None
+    elif "valueBoolean" in element:
+        value_text = "true" if element["valueBoolean"] else "false"
+    else:
+        value_text = next((str(element[k]) for k in ("valueString", "valueDateTime", "valueTime") if k in element),
+                          None)
+        if value_text is None and isinstance(element.get("valuePeriod"), dict):
+            period = element["valuePeriod"]
+            value_text = f"{period.get('start', '')}/{period.get('end', '')}"
+    ranges = _list(element.get("referenceRange"))
+    return {"value": value, "value_text": value_text, "unit": unit,
+            "reference_range": _range_text(ranges[0]) if ranges else None,
+            "interpretation": _first_code(element.get("interpretation"))}
+
+
+def _range_text(reference_range: dict[str, Any]) -> str | None:
+    if _str(reference_range.get("text")):
+        return reference_range["text"]
+    low, high = (_dict(reference_range.get(k)).get("value") for k in ("low", "high"))
+    if low is not None and high is not None:
+        return f"{low}-{high}"
+    if low is not None:
+        return f">={low}"
+    return f"<={high}" if high is not None else None
+
+
+def _condition(item: Item, ctx: Context, patient_id: str):
+    res = item.resource
+    code, system, display = _required_code(item, "code")
+    yield {"condition_id": _record_id(item, "urn:medguard:condition-id"), "patient_id": patient_id,
+           "encounter_id": _encounter_of(item, ctx, "encounter", "context"), "code": code, "code_system": system,
+           "icd10_code": _code_in(res.get("code"), _ICD10CM), "description": display,
+           "onset_date": _when(res, "onset"), "clinical_status": _first_code(res.get("clinicalStatus"))}, item.position
+
+
+def _medication(item: Item, ctx: Context, patient_id: str):
+    res = item.resource
+    kind = res["resourceType"]
+    concept = res.get("medicationCodeableConcept")
+    if concept is None:
+        reference = res.get("medicationReference")
+        target = ctx.scope.resolve(reference, item)
+        medication = target.item.resource if target is not None and target.item is not None else {}
+        concept = medication.get("code") or {"text": _dict(reference).get("display")}
+    code, system, display = _coded(concept)
+    if kind == "MedicationAdministration":
+        dosages = [_dict(res.get("dosage"))]
+    else:
+        dosages = _list(res.get("dosage") if kind == "MedicationStatement" else res.get("dosageInstruction"))
+    start = {"MedicationRequest": _str(res.get("authoredOn")),
+             "MedicationDispense": _str(res.get("whenHandedOver")) or _str(res.get("whenPrepared"))}.get(kind)
+    yield {"medication_id": _record_id(item, "urn:medguard:medication-id"), "patient_id": patient_id,
+           "encounter_id": _encounter_of(item, ctx, "encounter", "context"), "kind": _MEDICATION_KIND[kind],
+           "code": code, "code_system": system, "ndc_code": _code_in(concept, _NDC),
+           "rxnorm_code": _code_in(concept, _RXNORM), "medication": _str(_dict(concept).get("text")) or display,
+           "dosage": next((_str(d.get("text")) for d in dosages if _str(d.get("text"))), None),
+           "start_date": start or _when(res, "effective"), "status": _str(res.get("status"))}, item.position
+
+
+def _procedure(item: Item, ctx: Context, patient_id: str):
+    res = item.resource
+    code, system, display = _coded(res.get("code"))
+    yield {"procedure_id": own_id(item) or resource_key(item), "patient_id": patient_id,
+           "encounter_id": _encounter_of(item, ctx, "encounter", "context"), "code": code, "code_system": system,
+           "description": display, "status": _str(res.get("status")),
+           "performed_time": _when(res, "performed")}, item.position
+
+
+def _immunization(item: Item, ctx: Context, patient_id: str):
+    res = item.resource
+    code, system, display = _required_code(item, "vaccineCode")
+    yield {"immunization_id": own_id(item) or resource_key(item), "patient_id": patient_id,
+           "encounter_id": _encounter_of(item, ctx, "encounter"), "code": code, "code_system": system,
+           "description": display, "status": _str(res.get("status")),
+           "occurrence_time": _when(res, "occurrence")}, item.position
+
+
+def _allergy(item: Item, ctx: Context, patient_id: str):
+    res = item.resource
+    code, system, display = _coded(res.get("code"))
+    categories = res.get("category") if isinstance(res.get("category"), list) else []
+    reactions = []
+    for reaction in _list(res.get("reaction")):
+        text = _str(reaction.get("description")) or "; ".join(
+            t for t in (_coded(m)[2] or _coded(m)[0] for m in _list(reaction.get("manifestation"))) if t)
+        if text:
+            reactions.append(text)
+    yield {"allergy_id": own_id(item) or resource_key(item), "patient_id": patient_id, "code": code,
+           "code_system": system, "description": display,
+           "category": next((c for c in categories if isinstance(c, str)), None),
+           "criticality": _str(res.get("criticality")), "clinical_status": _first_code(res.get("clinicalStatus")),
+           "onset_date": _when(res, "onset"), "reaction": "; ".join(reactions) or None}, item.position
+
+
+def _diagnostic_report(item: Item, ctx: Context, patient_id: str):
+    res = item.resource
+    code, system, display = _required_code(item, "code")
+    yield {"report_id": own_id(item) or resource_key(item), "patient_id": patient_id,
+           "encounter_id": _encounter_of(item, ctx, "encounter", "context"), "code": code, "code_system": system,
+           "description": display, "category": _first_code(res.get("category")), "status": _str(res.get("status")),
+           "effective_time": _when(res, "effective") or _str(res.get("issued")),
+           "conclusion": _str(res.get("conclusion"))}, item.position
+
+
+_MAPPERS: dict[str, Callable[..., Any]] = {
+    "Encounter": _encounter, "Observation": _observation, "Condition": _condition, "Procedure": _procedure,
+    "Immunization": _immunization, "AllergyIntolerance": _allergy, "DiagnosticReport": _diagnostic_report,
+    **dict.fromkeys(_MEDICATION_KIND, _medication),
+}

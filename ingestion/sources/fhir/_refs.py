@@ -1,0 +1,175 @@
+"""FHIR references resolved to the resource (or at least the type and id) they point at, whatever their form.
+
+A :class:`Scope` indexes one Bundle's entries by ``fullUrl`` and by ``type/id``; a nested Bundle's scope falls
+back to its parent's. :meth:`Scope.resolve` follows, in this order:
+
+- ``#p1``: a resource contained in the referring resource;
+- ``urn:uuid:…`` / ``urn:oid:…`` and absolute URLs (``http://x/fhir/Patient/123``, ``…/_history/2`` dropped):
+  the entry with that ``fullUrl``;
+- relative (``Patient/123``): as FHIR's bundle rules say, the entry at the referrer's server base plus the
+  reference when the referrer's ``fullUrl`` is a server URL, else the entry whose resource has that type and id;
+- a relative or absolute URL that is not in the bundle: the type and id read from the URL itself. FHIR Bulk Data
+  exports reference ``Patient/<id>`` across files, so the id is the patient id without state shared between files;
+- a logical reference (``identifier`` only): a Patient in scope carrying that identifier;
+- otherwise (a ``urn:uuid`` matching no entry and with no ``type``, a ``display`` alone): unresolved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Item", "Scope", "Target", "own_id", "resource_key"]
+
+_TAIL = re.compile(r"(?:^|/)([A-Z][A-Za-z]{1,63})/([A-Za-z0-9\-.]{1,64})$")
+_HISTORY = re.compile(r"/_history/[^/]*$")
+
+
+@dataclass
+class Item:
+    """A resource with where it sits: its bundle entry's ``fullUrl``, its position, its container if contained."""
+
+    resource: dict[str, Any]
+    position: str
+    full_url: str | None = None
+    container: Item | None = None
+
+
+@dataclass
+class Target:
+    """What a reference points at: the type and id (either may be unknown) and the resource when it is at hand."""
+
+    kind: str | None
+    ident: str | None
+    item: Item | None = None
+
+
+def own_id(item: Item) -> str | None:
+    """The resource's id; for an entry without one, the id its ``fullUrl`` gives (``urn:uuid:`` prefix dropped)."""
+    ident = item.resource.get("id")
+    if isinstance(ident, str) and ident:
+        return ident
+    url = item.full_url or ""
+    if url.startswith(("urn:uuid:", "urn:oid:")):
+        return url.split(":", 2)[2] or None
+    match = _TAIL.search(_HISTORY.sub("", url))
+    return match.group(2) if match else None
+
+
+def resource_key(item: Item) -> str:
+    """``Type/id``; a contained resource is qualified by its container; no id at all: a digest of the content."""
+    kind = item.resource.get("resourceType")
+    ident = own_id(item)
+    if item.container is not None:
+        return f"{resource_key(item.container)}/{ident or '?'}"
+    if ident:
+        return f"{kind}/{ident}"
+    text = json.dumps(item.resource, sort_keys=True, ensure_ascii=False).encode()
+    return f"{kind}/sha256:{hashlib.sha256(text).hexdigest()[:32]}"
+
+
+@dataclass
+class Scope:
+    """The entries of one Bundle (or a single resource's empty scope), to resolve references against."""
+
+    parent: Scope | None = None
+    by_url: dict[str, Item] = field(default_factory=dict)
+    by_type_id: dict[tuple[str, str], Item] = field(default_factory=dict)
+    patients: list[Item] = field(default_factory=list)
+
+    def add(self, item: Item) -> None:
+        kind = item.resource.get("resourceType")
+        if item.full_url:
+            self.by_url.setdefault(_HISTORY.sub("", item.full_url), item)
+        ident = own_id(item)
+        if isinstance(kind, str) and ident:
+            self.by_type_id.setdefault((kind, ident), item)
+        if kind == "Patient":
+            self.patients.append(item)
+
+    def resolve(self, reference: Any, referrer: Item) -> Target | None:
+        """The target of ``reference`` (a Reference dict) made by ``referrer``; None when there is no reference."""
+        if not isinstance(reference, dict):
+            return None
+        kind = reference.get("type") if isinstance(reference.get("type"), str) else None
+        ref = reference.get("reference")
+        if isinstance(ref, str) and ref:
+            return self._by_reference(ref.strip(), kind, referrer)
+        identifier = reference.get("identifier")
+        if isinstance(identifier, dict):
+            item = self._by_identifier(identifier)
+            if item is not None:
+                return Target("Patient", own_id(item), item)
+        return Target(kind, None)
+
+    def _by_reference(self, ref: str, kind: str | None, referrer: Item) -> Target:
+        if ref.startswith("#"):
+            return _contained(ref[1:], referrer)
+        url = _HISTORY.sub("", ref)
+        match = _TAIL.search(url)
+        if ":" not in url and match:  # relative: against the referrer's server base when its fullUrl has one
+            base = _base(referrer)
+            item = self._find_url(base + url) if base else self._find_type_id(match.group(1), match.group(2))
+        else:
+            item = self._find_url(url)
+        if item is not None:
+            return Target(item.resource.get("resourceType"), own_id(item), item)
+        if match:  # not in the bundle: a resource on a server (a Bulk export's Patient/<id>)
+            return Target(match.group(1), match.group(2))
+        if url.startswith(("urn:uuid:", "urn:oid:")):
+            return Target(kind, url.split(":", 2)[2] or None)
+        return Target(kind, None)
+
+    def _find_url(self, url: str) -> Item | None:
+        scope: Scope | None = self
+        while scope is not None:
+            if url in scope.by_url:
+                return scope.by_url[url]
+            scope = scope.parent
+        return None
+
+    def _find_type_id(self, kind: str, ident: str) -> Item | None:
+        scope: Scope | None = self
+        while scope is not None:
+            if (kind, ident) in scope.by_type_id:
+                return scope.by_type_id[(kind, ident)]
+            scope = scope.parent
+        return None
+
+    def _by_identifier(self, identifier: dict[str, Any]) -> Item | None:
+        wanted = (identifier.get("system"), identifier.get("value"))
+        if not wanted[1]:
+            return None
+        scope: Scope | None = self
+        while scope is not None:
+            for item in scope.patients:
+                for ident in item.resource.get("identifier") or []:
+                    if isinstance(ident, dict) and (ident.get("system"), ident.get("value")) == wanted:
+                        return item
+            scope = scope.parent
+        return None
+
+
+def _base(referrer: Item) -> str | None:
+    """The server base of the referrer's ``fullUrl`` (``http://x/fhir/`` of ``http://x/fhir/Patient/1``), if any."""
+    while referrer.container is not None:
+        referrer = referrer.container
+    url = _HISTORY.sub("", referrer.full_url or "")
+    match = _TAIL.search(url)
+    if not url.startswith(("http://", "https://")) or match is None:
+        return None
+    return url[: match.start(1)]
+
+
+def _contained(local: str, referrer: Item) -> Target:
+    host = referrer
+    while host.container is not None:  # a contained resource's "#x" points into the same container
+        host = host.container
+    for resource in host.resource.get("contained") or []:
+        if isinstance(resource, dict) and resource.get("id") == local:
+            item = Item(resource, f"{host.position} contained #{local}", container=host)
+            return Target(resource.get("resourceType"), local, item)
+    return Target(None, None)
