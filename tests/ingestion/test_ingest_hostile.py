@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import pytest
 
 from ingestion.batch import ingest
+from ingestion.sources.tabular import CELLS_PER_CHUNK, chunk_rows_for
 
 HEADER = '"patient_id","index_date","prevalent_t2d","t2d_within_1y"\n'
 GOOD = '"PAT1","2025-01-01",false,true\n'
@@ -77,6 +80,179 @@ def test_when_csv_cells_hold_injection_strings_then_they_are_stored_verbatim(tmp
     assert report.tables["notes"].accepted == 5
     texts = {r["note_id"]: r["text"] for r in plake.read("raw", "notes", decrypt=True).to_pylist()}
     assert texts["N0"] == INJECTION and texts["N4"] == "'; DROP TABLE raw; --"
+
+
+WIDE = 10_000
+
+
+def _wide_csv(path: Path, columns: int, rows: int) -> Path:
+    with path.open("w") as handle:
+        handle.write(",".join(f"c{i}" for i in range(columns)) + "\n")
+        for row in range(rows):
+            handle.write(",".join(str((row * 31 + i) % 97) for i in range(columns)) + "\n")
+    return path
+
+
+def test_when_a_csv_has_10000_columns_then_it_is_refused_at_once_naming_the_limit(tmp_path: Path, ing_settings,
+                                                                                   plake) -> None:
+    path = _wide_csv(tmp_path / "wide.csv", WIDE, 200)
+    started = time.monotonic()
+    with pytest.raises(ValueError, match=r"10,000 columns, over the limit of 2,000 .*ingestion\.max_columns"):
+        ingest(ing_settings, source="tabular", path=path, plake=plake, docs=False)
+    # Against a contract (the file claims to be an outcomes extract): one quarantined record, no row read.
+    report = ingest(ing_settings, source="tabular", path=path, table="outcomes", plake=plake, docs=False)
+    elapsed = time.monotonic() - started
+
+    _check(report)
+    assert (report.tables["outcomes"].rows_in, report.tables["outcomes"].quarantined) == (1, 1)
+    (row,) = _rejects(plake)
+    assert row["rules"] == ["schema:columns"] and row["position"] == "file"
+    assert "10,000 columns" in row["reason"] and len(row["reason"]) < 300
+    assert not plake.exists("raw", "outcomes")
+    assert elapsed < 20, f"refusing a 10,000-column file took {elapsed:.1f} s"
+
+
+def test_when_a_jsonl_record_has_10000_fields_then_only_that_line_is_quarantined_with_a_short_reason(
+        tmp_path: Path, ing_settings, plake) -> None:
+    wide = json.dumps({f"f{i}": i for i in range(WIDE)})
+    good = json.dumps({"patient_id": "PAT1", "index_date": "2025-01-01", "prevalent_t2d": False})
+    path = _write(tmp_path / "outcomes.jsonl", good + "\n" + wide + "\n")
+    report = ingest(ing_settings, source="tabular", path=path, table="outcomes", plake=plake, docs=False)
+    _check(report)
+    assert (report.tables["outcomes"].accepted, report.tables["outcomes"].quarantined) == (1, 1)
+    (row,) = _rejects(plake)
+    assert row["rules"] == ["schema:columns"] and row["position"] == "line 2" and len(row["reason"]) < 300
+
+
+def test_when_a_csv_is_wide_but_under_the_limit_then_it_loads_with_chunks_bounded_by_values(
+        tmp_path: Path, ing_settings, plake) -> None:
+    assert chunk_rows_for(50_000, 20) == 50_000
+    assert chunk_rows_for(50_000, 2_000) * 2_000 <= CELLS_PER_CHUNK
+    path = _wide_csv(tmp_path / "wide.csv", 1_500, 300)
+    started = time.monotonic()
+    report = ingest(ing_settings, source="tabular", path=path, plake=plake, docs=False)
+    elapsed = time.monotonic() - started
+    _check(report)
+    assert report.tables["wide"].accepted == 300
+    assert plake.read("raw", "wide", decrypt=True).num_columns >= 1_500
+    assert elapsed < 120, f"1,500 columns x 300 rows took {elapsed:.1f} s"
+
+
+UTF16_CSV = (HEADER + GOOD).encode("utf-16")
+UTF16_JSONL = (json.dumps({"patient_id": "PAT1", "index_date": "2025-01-01"}) + "\n").encode("utf-16")
+
+
+@pytest.mark.parametrize(("filename", "content"), [("outcomes.csv", UTF16_CSV), ("outcomes.jsonl", UTF16_JSONL),
+                                                   ("outcomes.csv", (HEADER + GOOD).encode("utf-32"))],
+                         ids=["utf16_csv", "utf16_jsonl", "utf32_csv"])
+def test_when_an_extract_is_utf16_then_the_whole_file_is_refused_naming_the_encoding(
+        tmp_path: Path, ing_settings, plake, filename: str, content: bytes) -> None:
+    path = _write(tmp_path / filename, content)
+    with pytest.raises(ValueError, match=r"byte-order mark: the file is UTF-(16|32), not UTF-8"):
+        ingest(ing_settings, source="tabular", path=path, table="new_table", plake=plake, docs=False)
+    report = ingest(ing_settings, source="tabular", path=path, table="outcomes", plake=plake, docs=False)
+    _check(report)
+    assert (report.tables["outcomes"].rows_in, report.tables["outcomes"].quarantined) == (1, 1)
+    (row,) = _rejects(plake)
+    assert row["rules"] == ["record:encoding"] and row["position"] == "file" and "iconv" in row["reason"]
+
+
+def test_when_an_extract_has_a_utf8_bom_or_a_latin1_line_then_the_good_lines_load(tmp_path: Path, ing_settings,
+                                                                                  plake) -> None:
+    csv_path = _write(tmp_path / "outcomes.csv", b"\xef\xbb\xbf" + (HEADER + GOOD).encode())
+    jsonl_path = _write(tmp_path / "outcomes.jsonl", b"\xef\xbb\xbf" + json.dumps(
+        {"patient_id": "PAT1", "index_date": "2025-01-01", "prevalent_t2d": False}).encode() + b"\n" + json.dumps(
+        {"patient_id": "JOS\u00c9", "index_date": "2025-01-01"}, ensure_ascii=False).encode("latin-1") + b"\n")
+    first = ingest(ing_settings, source="tabular", path=csv_path, table="outcomes", plake=plake, docs=False)
+    second = ingest(ing_settings, source="tabular", path=jsonl_path, table="outcomes", plake=plake, docs=False)
+    assert first.tables["outcomes"].accepted == 1
+    assert (second.tables["outcomes"].accepted, second.tables["outcomes"].quarantined) == (1, 1)
+    (row,) = _rejects(plake)
+    assert row["rules"] == ["record:encoding"] and row["position"] == "line 2" and "JOS" not in row["reason"]
+
+
+NOTE = "patient_id: PAT1\nencounter_id: ENC1\n\nSeen today.\n"
+SECRET = "patient_id: PAT9\n\nhvs.ROOT-TOKEN-THAT-MUST-NEVER-BE-READ\n"
+
+
+def _everything_stored(plake) -> str:
+    stored = [plake.read("quarantine", "records", decrypt=True).to_pylist()]
+    if plake.exists("raw", "notes"):
+        stored.append(plake.read("raw", "notes", decrypt=True).to_pylist())
+    return json.dumps(stored, default=str)
+
+
+def test_when_a_notes_folder_holds_a_symlink_to_a_secret_then_it_is_refused_and_never_read(
+        tmp_path: Path, ing_settings, plake) -> None:
+    secret = _write(tmp_path / "openbao-root-token.txt", SECRET)
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    _write(notes / "N-1.txt", NOTE)
+    (notes / "N-2.txt").symlink_to(secret)
+    (notes / "N-3.txt").symlink_to(tmp_path)  # a link to a folder
+    os.mkfifo(notes / "N-4.txt")  # would block a reader that opened it
+
+    report = ingest(ing_settings, source="notes", path=notes, plake=plake, docs=False)
+
+    _check(report)
+    assert (report.tables["notes"].rows_in, report.tables["notes"].accepted) == (1, 1)
+    assert (report.tables["files"].rows_in, report.tables["files"].quarantined) == (3, 3)
+    rules = {row["position"]: row["rules"] for row in _rejects(plake)}
+    assert rules == {"N-2.txt": ["file:symlink"], "N-3.txt": ["file:symlink"], "N-4.txt": ["file:special"]}
+    assert "ROOT-TOKEN" not in _everything_stored(plake) and "PAT9" not in _everything_stored(plake)
+
+
+def test_when_a_folder_holds_only_links_then_the_run_says_so_and_reads_nothing(tmp_path: Path, ing_settings,
+                                                                              plake) -> None:
+    secret = _write(tmp_path / "token.txt", SECRET)
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "N-1.txt").symlink_to(secret)
+    with pytest.raises(ValueError, match="holds no notes files"):
+        ingest(ing_settings, source="notes", path=notes, plake=plake, docs=False)
+
+
+def test_when_a_symlinked_file_is_given_directly_then_it_is_read_as_the_users_choice(tmp_path: Path, ing_settings,
+                                                                                      plake) -> None:
+    real = tmp_path / "elsewhere"
+    real.mkdir()
+    note = _write(real / "N-1.txt", NOTE)
+    extract = _write(real / "outcomes.csv", HEADER + GOOD)
+    (tmp_path / "note-link.txt").symlink_to(note)
+    (tmp_path / "extract-link.csv").symlink_to(extract)
+
+    notes = ingest(ing_settings, source="notes", path=tmp_path / "note-link.txt", plake=plake, docs=False)
+    outcomes = ingest(ing_settings, source="tabular", path=tmp_path / "extract-link.csv", table="outcomes",
+                      plake=plake, docs=False)
+
+    assert notes.tables["notes"].accepted == 1 and outcomes.tables["outcomes"].accepted == 1
+
+
+def test_when_a_note_file_is_in_the_wrong_encoding_then_it_is_quarantined_naming_it(tmp_path: Path, ing_settings,
+                                                                                     plake) -> None:
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    _write(notes / "utf16.txt", NOTE.encode("utf-16"))
+    _write(notes / "latin1.txt", "patient_id: PAT2\n\nJos\u00e9 seen.\n".encode("latin-1"))
+    _write(notes / "bom.txt", b"\xef\xbb\xbf" + NOTE.encode())
+
+    report = ingest(ing_settings, source="notes", path=notes, plake=plake, docs=False)
+
+    _check(report)
+    assert (report.tables["notes"].accepted, report.tables["notes"].quarantined) == (1, 2)
+    rejects = {row["position"]: row for row in _rejects(plake)}
+    assert rejects["file utf16.txt"]["rules"] == ["record:encoding"] and "UTF-16" in rejects["file utf16.txt"]["reason"]
+    assert rejects["file latin1.txt"]["rules"] == ["record:encoding"]
+    assert plake.read("raw", "notes", decrypt=True).column("patient_id").to_pylist() == ["PAT1"]
+
+
+def test_when_a_research_csv_has_a_10mb_line_then_the_draft_skips_it_and_the_line_is_quarantined(
+        tmp_path: Path, ing_settings, plake) -> None:
+    path = _write(tmp_path / "cohort.csv", "subject,score\nS1,1\nS2," + "9" * (10 * 2**20) + "\nS3,3\n")
+    report = ingest(ing_settings, source="tabular", path=path, plake=plake, docs=False)
+    _check(report)
+    assert (report.tables["cohort"].accepted, report.tables["cohort"].quarantined) == (2, 1)
+    assert _rejects(plake)[0]["rules"] == ["record:size"]
 
 
 def _bundle(*resources: dict) -> str:
