@@ -22,8 +22,10 @@ a contract for a table the catalog knows takes ``phi`` from it. ``phi:`` in a co
 does not know (a new extract's table or extra field); a contract that says ``phi:`` for a catalogued column and
 disagrees with the catalog, or declares another type than the catalog, fails at load naming both places.
 
-Dates are ISO-8601 strings as the extracts carry them (``date``: ``YYYY-MM-DD``, ``datetime``:
-``YYYY-MM-DDTHH:MM:SSZ``); they are checked for format *and* calendar validity, and kept as strings.
+Dates are kept as ISO-8601 strings (``date``: ``YYYY-MM-DD``, ``datetime``: ``YYYY-MM-DDTHH:MM:SSZ`` in UTC): the
+conform step brings ISO partial dates, offsets and HL7 / CDA ``TS`` values to that form (:mod:`ingestion.normalize`),
+and the rules check format *and* calendar validity. ``normalize:`` does the same for a phone (E.164), a US state
+(USPS code) or an SSN (``ddd-dd-dddd``) column; a value with no unambiguous normal form is kept as written.
 """
 
 from __future__ import annotations

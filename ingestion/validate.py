@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ingestion.contract import Column, Contract
+from ingestion.normalize import normalize_column
 from ingestion.sources._base import TableRows
 
 __all__ = ["ChunkResult", "ChunkValidator", "ExpectationOutcome", "conform", "loinc_check_digit_ok"]
@@ -153,8 +154,10 @@ def conform(rows: TableRows, contract: Contract) -> tuple[pa.Table, dict[int, li
     Records that arrive in Arrow (:attr:`TableRows.arrow`, a Parquet batch) are cast column by column with
     ``pyarrow.compute`` when the source type converts without loss (text to text, integers and floats to
     float, integral floats to integer); any other column, and dict records, go value by value. Whether a date
-    names a real day is checked by the validator's ``<column>:format`` rule. A column with a ``default`` gives
-    it to its nulls (a row whose value did not convert is rejected for its type all the same).
+    names a real day is checked by the validator's ``<column>:format`` rule. Dates and date-times, and columns
+    with a ``normalize`` rule (phone, US state, SSN), are brought to their canonical form
+    (:mod:`ingestion.normalize`; a value with none is kept as written for the rules to judge). A column with a
+    ``default`` gives it to its nulls (a row whose value did not convert is rejected for its type all the same).
     """
     violations: dict[int, list[tuple[str, str]]] = {}
     arrays = []
@@ -167,6 +170,9 @@ def conform(rows: TableRows, contract: Contract) -> tuple[pa.Table, dict[int, li
             array, bad = _conform_values([row.get(name) for row in rows.rows], column.type)
         for index in bad:
             violations.setdefault(int(index), []).append((f"{name}:type", f"{name} is not a {column.type}"))
+        form = column.normalize or (column.type if column.type in ("date", "datetime") else None)
+        if form is not None:
+            array = normalize_column(array, form)
         if column.default is not None and array.null_count:
             array = pc.fill_null(array, pa.scalar(column.default, array.type))
         arrays.append(array)

@@ -310,3 +310,30 @@ def test_when_the_gateway_is_given_a_hooked_lake_then_each_read_is_recorded_once
 
     reads = [r.event for r in world.audit.events()[before:] if r.event.action == AuditAction.READ]
     assert seen == [] and [(e.table_name, e.details["via"]) for e in reads] == [("patients", "gateway")]
+
+
+def test_when_a_patients_consent_is_null_then_research_reads_treat_it_as_no_consent(lake, keyring, tmp_path):
+    import pyarrow as pa
+
+    # Real exports carry no consent (FHIR Patient, HL7 PID): the column is optional, and a null must never pass.
+    audit = AuditLog(lake, keyring)
+    commit = CommitInfo(principal="test")
+    people = [f"ps1_test_{i:04x}" for i in range(6)]
+    consent = [True, None, False, True, None, True]
+    patients = pa.Table.from_pylist([{"patient_pseudonym": p, "consent_research": c, "sex": "F"}
+                                     for p, c in zip(people, consent, strict=True)],
+                                    schema=pa.schema([("patient_pseudonym", pa.string()),
+                                                      ("consent_research", pa.bool_()), ("sex", pa.string())]))
+    lake.append("raw", "patients", patients, commit=commit)
+    lake.append("deidentified", "patients", patients, commit=commit)
+    lake.append("predictions", "diagnoses", pa.Table.from_pylist(
+        [{"patient_pseudonym": p, "probability": i / 10} for i, p in enumerate(people)]), commit=commit)
+    store = PrincipalStore(tmp_path / "principals.json")
+    store.add(Principal("ann", Role.ANALYST, purposes=("research",)))
+    gateway = QueryGateway(lake, keyring, PolicyEngine(load_policy(), audit=audit), audit=audit)
+    session = store.local_session("ann", operator="tester")
+    direct = gateway.query(session, "SELECT count(*) AS n FROM deidentified.patients").table.to_pylist()
+    assert direct == [{"n": 3}]
+    linked = gateway.query(session, "SELECT probability FROM predictions.diagnoses ORDER BY probability"
+                           ).table.to_pylist()
+    assert [r["probability"] for r in linked] == [0.0, 0.3, 0.5]
