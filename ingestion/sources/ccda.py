@@ -19,7 +19,7 @@ section        entries                                        table
 ============== ============================================== ==============================================
 problems       Problem Observation (22.4.4) in a concern act  conditions
 medications    Medication Activity (22.4.16)                  medications (moodCode EVN: statement, else request)
-results        Result Organizer (22.4.1) / Observation (22.4.2) diagnostic_reports (organizer), observations
+results        Result Organizer / Observation (22.4.1, .2)    diagnostic_reports (a coded organizer), observations
 vital signs    Vital Signs Organizer / Observation (22.4.27)  observations (category vital-signs)
 social history Smoking status and other observations          observations (category social-history); the
                                                               Birth Sex Observation (22.4.200) goes to patients
@@ -27,6 +27,7 @@ allergies      Allergy Observation (22.4.7) in a concern act  allergies
 immunizations  Immunization Activity (22.4.52)                immunizations
 encounters     Encounter Activity (22.4.49)                   encounters (and the header's encompassingEncounter)
 procedures     Procedure / Observation / Act (22.4.12-14)     procedures
+payers         the first Policy Activity's covered party id   patients.insurance_member_id
 ============== ============================================== ==============================================
 
 Values are emitted as found, for the conform step to normalise: HL7 TS timestamps (``20130710214400-0500``),
@@ -38,10 +39,14 @@ contract as missing, with its row's position).
 
 Identifiers: a record's id is its first ``id``'s ``@extension``, or ``@root`` when it has no extension (a UUID or
 an OID instance); an entry with no usable id is keyed by a digest of its XML, so the same entry sent twice is one
-record. The patient id is the first ``recordTarget/patientRole/id`` with an ``@extension`` that is not an SSN
-(the SSN, root ``2.16.840.1.113883.4.1``, goes to ``ssn``); when there is none, a root-only id; when there is
-none either (seen in a vendor sample whose only id is an SSN root with no value), ``ccda-document:`` and the
-document's own id, so the document's records stay together under one patient until identity review links them.
+record; an id a vendor reuses for different entries of one table in a document becomes ``<id>:<n>`` for its n-th
+entry (see :func:`_unique_keys`). An entry that links an encounter (``entryRelationship/encounter/id``) carries
+its ``encounter_id``. The patient id is the first ``recordTarget/patientRole/id`` with an ``@extension`` that is
+not an SSN (the SSN, root ``2.16.840.1.113883.4.1``, goes to ``ssn``); when there is none, a root-only id; when
+there is none either (seen in a vendor sample whose only id is an SSN root with no value), ``ccda-document:`` and
+the document's own id, so the document's records stay together under one patient until identity review links
+them. Only the first ``recordTarget`` is read (a CCD has exactly one). Problems nested in an Encounter Activity
+(Encounter Diagnosis) are not read: the problem list carries them.
 
 Negation (``negationInd="true"``) is kept, never read as its opposite: an immunization not given is
 ``not-done``, a medication not taken ``not-taken``, a procedure not done ``not-done``; "no known allergy" and
@@ -94,11 +99,11 @@ _SECTIONS = {
     f"{_T}.2.3": "results", f"{_T}.2.3.1": "results", f"{_T}.2.4": "vitals", f"{_T}.2.4.1": "vitals",
     f"{_T}.2.6": "allergies", f"{_T}.2.6.1": "allergies", f"{_T}.2.2": "immunizations",
     f"{_T}.2.2.1": "immunizations", f"{_T}.2.22": "encounters", f"{_T}.2.22.1": "encounters",
-    f"{_T}.2.7": "procedures", f"{_T}.2.7.1": "procedures", f"{_T}.2.17": "social",
+    f"{_T}.2.7": "procedures", f"{_T}.2.7.1": "procedures", f"{_T}.2.17": "social", f"{_T}.2.18": "payers",
 }
 _SECTION_CODES = {"11450-4": "problems", "10160-0": "medications", "30954-2": "results", "8716-3": "vitals",
                   "48765-2": "allergies", "11369-6": "immunizations", "46240-8": "encounters",
-                  "47519-4": "procedures", "29762-2": "social"}
+                  "47519-4": "procedures", "29762-2": "social", "48768-6": "payers"}
 _PROBLEM_OBS = f"{_T}.4.4"
 _PROBLEM_STATUS = f"{_T}.4.6"
 _ALLERGY_OBS = f"{_T}.4.7"
@@ -402,6 +407,7 @@ class _Document:
         self.chunk, self.label, self.root, self.role = chunk, label, root, role
         self.patient_id = self._patient_id()
         self.birth_sex: str | None = None
+        self.member_id: str | None = None
         self.encounter_ids: set[str] = set()
 
     def map(self) -> None:
@@ -468,7 +474,7 @@ class _Document:
             "birth_date": _attr(_find(patient, "h:birthTime"), "value"), "ssn": ssn,
             "address": _text(_find(address, "h:streetAddressLine")), "city": _text(_find(address, "h:city")),
             "state": _text(_find(address, "h:state")), "zip": _text(_find(address, "h:postalCode")),
-            "phone": phone or None, "email": email or None, "insurance_member_id": None,
+            "phone": phone or None, "email": email or None, "insurance_member_id": self.member_id,
             "facility_id": _first_id(organization), "consent_research": None,
             "race": _attr(_find(patient, "h:raceCode"), "displayName"),
             "ethnicity": _attr(_find(patient, "h:ethnicGroupCode"), "displayName"),
@@ -596,6 +602,13 @@ class _Document:
                         "(negationInd); the observations table has no column for that", act)
             return []
         return [("observations", self._observation(act, narrative, "social-history", None, act), position)]
+
+    def _payers(self, act: Any, narrative: _Narrative, position: str) -> list[tuple[str, dict, str]]:
+        # The first coverage's member id (Policy Activity, participant COV) is the patient's insurance member id.
+        if self.member_id is None:
+            covered = [p for p in act.iterfind(".//h:participant", _NS) if p.get("typeCode") == "COV"]
+            self.member_id = next(filter(None, (_first_id(_find(p, "h:participantRole")) for p in covered)), None)
+        return []
 
     def _allergies(self, act: Any, narrative: _Narrative, position: str) -> list[tuple[str, dict, str]]:
         observations = _members(act, _ALLERGY_OBS, "h:entryRelationship/h:observation")
@@ -817,11 +830,11 @@ def _encounter_type(coded: _Coded) -> str | None:
 
 _ENTRIES = {"problems": _Document._problems, "medications": _Document._medications,
             "results": _Document._results, "vitals": _Document._vitals, "social": _Document._social,
-            "allergies": _Document._allergies, "immunizations": _Document._immunizations,
+            "payers": _Document._payers, "allergies": _Document._allergies, "immunizations": _Document._immunizations,
             "encounters": _Document._encounters, "procedures": _Document._procedures}
 _KEYS = {"conditions": "condition_id", "medications": "medication_id", "observations": "observation_id",
          "diagnostic_reports": "report_id", "allergies": "allergy_id", "immunizations": "immunization_id",
          "encounters": "encounter_id", "procedures": "procedure_id"}
 _TABLES = {"problems": "conditions", "medications": "medications", "results": "observations",
-           "vitals": "observations", "social": "observations", "allergies": "allergies",
+           "vitals": "observations", "social": "observations", "payers": "patients", "allergies": "allergies",
            "immunizations": "immunizations", "encounters": "encounters", "procedures": "procedures"}

@@ -164,6 +164,7 @@ def test_when_a_result_is_a_titer_then_value_and_range_are_text() -> None:
     assert (report["code"], report["category"], report["status"]) == ("5048-4", "LAB", "completed")
 
 
-def test_when_the_patient_has_an_email_then_it_lands_without_the_mailto_scheme() -> None:
+def test_when_the_patient_has_email_and_coverage_then_they_land_without_the_mailto_scheme() -> None:
     rows, _, _ = read(FIXTURES / "athena_ccd_real_world.xml")
-    assert rows["patients"][0]["email"] == "mthompson49@example.com"
+    patient = rows["patients"][0]
+    assert (patient["email"], patient["insurance_member_id"]) == ("mthompson49@example.com", "H68478074")
