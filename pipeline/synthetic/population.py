@@ -119,6 +119,16 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
+def patient_id_template(seed: int) -> str:
+    """The format of a patient id of population ``seed``: ``PAT<seed>-<index, 8 digits>`` (``PAT11-00000042``).
+
+    Ids are namespaced by seed so that two populations loaded into one lake never share a patient id (two
+    generated people under one id would be an identity conflict); the same seed gives the same ids. Encounter ids
+    (``ENC<seed>-…``) and the ids built from these (conditions, medications, observations, notes) follow.
+    """
+    return f"PAT{seed}-" + "{:08d}"
+
+
 def generate_chunk(seed: int, chunk_index: int, start: int, count: int) -> dict[str, pd.DataFrame]:
     """The clean (defect-free) tables for patients ``start .. start+count-1``.
 
@@ -149,7 +159,7 @@ def generate_chunk(seed: int, chunk_index: int, start: int, count: int) -> dict[
     mrn = _fmt((idx * _MRN_MULT + seed * 104_729) % _MRN_SPACE, "{:08d}")
     member = rng.choice(INSURERS, n) + _fmt((idx * _MEMBER_MULT + seed * 15_485_863) % _MEMBER_SPACE, "{:09d}")
     facility = rng.choice(list(FACILITIES), n, p=[0.35, 0.3, 0.2, 0.15])
-    patient_id = _fmt(idx, "PAT{:08d}")
+    patient_id = _fmt(idx, patient_id_template(seed))
 
     # Physiology (patient-level latent values).
     height = np.where(female, rng.normal(162, 6.5, n), rng.normal(176, 7, n))
@@ -211,7 +221,7 @@ def generate_chunk(seed: int, chunk_index: int, start: int, count: int) -> dict[
     enc_fac = facility[pat_of_enc]
     prov_pick = rng.integers(0, 8, m)
     npi = np.array([staff_by_fac[f][k].npi for f, k in zip(enc_fac, prov_pick, strict=True)], dtype=object)
-    encounter_id = np.array([f"ENC{i:08d}{k:02d}" for i, k in zip(idx[pat_of_enc], ordinal, strict=True)],
+    encounter_id = np.array([f"ENC{seed}-{i:08d}{k:02d}" for i, k in zip(idx[pat_of_enc], ordinal, strict=True)],
                             dtype=object)
     encounters = pd.DataFrame({
         "encounter_id": encounter_id, "patient_id": patient_id[pat_of_enc], "facility_id": enc_fac,
