@@ -48,6 +48,8 @@ import pyarrow.compute as pc
 
 from ingestion.checking import CheckedTable, CheckPipeline, HashKey, record_hash_key, record_hashes, worker_count
 from ingestion.contract import CONFORMED_TABLES, Contract, builtin_contract, load_contract, with_defaults
+from ingestion.identity import IDENTITY_COLUMN, IdentityCheck, conflict_reason, held_record_reason
+from ingestion.identity import RULE as IDENTITY_RULE
 from ingestion.sources._base import SourceChunk, TableRows
 from ingestion.validate import ChunkValidator
 from pipeline.errors import ValidationError
@@ -337,6 +339,15 @@ class _Dedup:
         return out
 
 
+_HELD = 3  # a verdict of its own: the row was held by the identity check and never offered to the dedup
+
+
+def _identity_check(plake: Any, contracts: dict[str, Contract]) -> IdentityCheck | None:
+    """The identity check of a batch that loads patients (the known fingerprints read once), else None."""
+    patients = contracts.get("patients")
+    return IdentityCheck.from_lake(plake) if patients is not None and patients.patient_column else None
+
+
 class _Batch:
     def __init__(self, settings: Settings, plake: Any, source: str, path: Path, contracts: dict[str, Contract],
                  batch_id: str, stages: tuple[str, ...], dag_run: str | None, docs_dir: Path | None) -> None:
@@ -348,6 +359,8 @@ class _Batch:
         self.dedup = _Dedup()
         self.pseudonyms = plake.pseudonymizer("patient")
         self.hash_key = record_hash_key(plake)
+        self.identity = _identity_check(plake, contracts)
+        self._identity_evolves: bool | None = None
         self.now = datetime.now(UTC)
         self.commit = CommitInfo(principal=plake.principal, purpose="ingest", dag_run=dag_run, batch_id=batch_id)
         self.app_id = f"medguard-ingest/{batch_id}"
@@ -384,7 +397,8 @@ class _Batch:
                                                     rejected.reason, rejected.payload, rejected.patient_id,
                                                     None, rejected.payload_truncated))
         loads: list[tuple[str, pa.Table]] = []
-        for table, rows in chunk.tables.items():
+        # Patients first: a record of a patient whose identity conflicts in this chunk is held with it.
+        for table, rows in sorted(chunk.tables.items(), key=lambda item: item[0] != "patients"):
             contract = self.contracts.get(table)
             if contract is None:
                 raise ValidationError(f"the {self.source} reader produced rows for {table!r}, which has no contract")
@@ -399,7 +413,7 @@ class _Batch:
         if "raw" in self.stages:
             for table, data in loads:
                 self.plake.append(Zone.RAW, table, data, _protection(self.contracts[table]), commit=self.commit,
-                                  txn=txn)
+                                  txn=txn, evolve_schema=self._adds_identity(table))
 
     def _table(self, chunk_index: int, table: str, contract: Contract, rows: TableRows,
                checked: CheckedTable) -> tuple[pa.Table | None, list[dict[str, Any]]]:
@@ -412,11 +426,18 @@ class _Batch:
         hashes = checked.hashes
         if hashes is None:  # checked where no hash key was installed (see check_table): hash here
             hashes = record_hashes(table, checked.typed, self.hash_key)
-        candidate_keys = (checked.keys.take(pa.array(checked.candidates, pa.int64())).to_pylist()
-                          if checked.keys is not None else None)
-        verdicts = self.dedup.verdicts(table, candidate_keys, hashes)
+        identities, held = self._identity_step(contract, checked)
+        for position, message in held.items():
+            violations[checked.candidates[position]] = [(IDENTITY_RULE, message)]
+        # Rows held for their identity are not offered to the dedup: they must not take the key of a later row.
+        offered = np.setdiff1d(np.arange(len(hashes)), np.fromiter(held, dtype=np.int64, count=len(held)))
+        candidate_keys = (checked.keys.take(pa.array(np.asarray(checked.candidates, dtype=np.int64)[offered]))
+                          .to_pylist() if checked.keys is not None else None)
+        verdicts = np.full(len(hashes), _HELD, dtype=np.int8)
+        verdicts[offered] = self.dedup.verdicts(table, candidate_keys,
+                                                hashes if not held else [hashes[i] for i in offered.tolist()])
         counts.duplicates += int((verdicts == _Dedup.DUPLICATE).sum())
-        counts.accepted += int((verdicts != _Dedup.CONFLICT).sum())
+        counts.accepted += int(((verdicts == _Dedup.NEW) | (verdicts == _Dedup.DUPLICATE)).sum())
         for position in np.flatnonzero(verdicts == _Dedup.CONFLICT).tolist():
             violations[checked.candidates[position]] = [
                 (f"{contract.key}:unique", f"{contract.key} was already loaded in this batch with different content")]
@@ -439,12 +460,44 @@ class _Batch:
         if not len(keep):
             return None, quarantined
         if len(keep) == checked.typed.num_rows:
-            return self._raw_table(contract, checked.typed, pa.array(hashes, pa.string())), quarantined
+            return self._raw_table(contract, checked.typed, pa.array(hashes, pa.string()), identities), quarantined
         taken = pa.array(keep, pa.int64())
-        return (self._raw_table(contract, checked.typed.take(taken), pa.array(hashes, pa.string()).take(taken)),
+        return (self._raw_table(contract, checked.typed.take(taken), pa.array(hashes, pa.string()).take(taken),
+                                identities.take(taken) if identities is not None else None),
                 quarantined)
 
-    def _raw_table(self, contract: Contract, data: pa.Table, hashes: pa.Array) -> pa.Table:
+    # one patient, one identity (ingestion.identity) ------------------------------------------------------------
+
+    def _identity_step(self, contract: Contract, checked: CheckedTable) -> tuple[pa.Array | None, dict[int, str]]:
+        """The ``_identity`` of a patients chunk's candidates, and the candidates held for an identity conflict.
+
+        For a patients table: each candidate's fingerprint compared with its pseudonym's known identity. For a
+        table of patients' records: the candidates of a patient whose patients row conflicted in this batch.
+        """
+        if self.identity is None or contract.patient_column is None or not checked.typed.num_rows:
+            return None, {}
+        if contract.table == "patients":
+            column = contract.patient_column
+            patients = pc.cast(checked.typed.column(column), pa.string()).combine_chunks().dictionary_encode()
+            pseudonyms = self.pseudonyms.pseudonymize(patients.dictionary).take(patients.indices)
+            identities, conflicts = self.identity.screen_patients(checked.typed, column, pseudonyms)
+            return identities, {row: conflict_reason(fields) for row, fields in conflicts.items()}
+        if checked.patients is None:
+            return None, {}
+        candidates = checked.patients.take(pa.array(checked.candidates, pa.int64()))
+        return None, {row: held_record_reason() for row in self.identity.screen_records(candidates)}
+
+    def _adds_identity(self, table: str) -> bool:
+        """Whether this append brings ``_identity`` to a patients table written before the column existed."""
+        if table != "patients" or self.identity is None:
+            return False
+        if self._identity_evolves is None:
+            self._identity_evolves = (self.plake.exists(Zone.RAW, table)
+                                      and IDENTITY_COLUMN not in self.plake.schema(Zone.RAW, table).names)
+        return self._identity_evolves
+
+    def _raw_table(self, contract: Contract, data: pa.Table, hashes: pa.Array,
+                   identities: pa.Array | None = None) -> pa.Table:
         count = data.num_rows
         if contract.patient_column:
             # One keyed hash per distinct patient, not per row (a patient has dozens of observations).
@@ -457,6 +510,8 @@ class _Batch:
                  pa.repeat(pa.scalar(self.now, pa.timestamp("us", tz="UTC")), count), hashes]
         for fld, column in zip(_PROVENANCE, extra, strict=True):
             data = data.append_column(fld, column)
+        if identities is not None:
+            data = data.append_column(pa.field(IDENTITY_COLUMN, pa.string()), identities)
         return data
 
     def _quarantine_row(self, table: str, position: str, rules: list[str], reason: str, payload: str,

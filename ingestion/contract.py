@@ -57,7 +57,7 @@ _TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _ARROW = {"string": pa.string(), "float": pa.float64(), "integer": pa.int64(), "boolean": pa.bool_(),
           "date": pa.string(), "datetime": pa.string(), "json": pa.string()}
 # Provenance and join columns the loader adds; a source column may not take these names.
-RESERVED = ("patient_pseudonym", "_source", "_batch_id", "_ingested_at", "_record_hash")
+RESERVED = ("patient_pseudonym", "_source", "_batch_id", "_ingested_at", "_record_hash", "_identity")
 
 
 class _Model(BaseModel):

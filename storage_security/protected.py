@@ -237,16 +237,18 @@ class ProtectedLake:
         return {column: pa.concat_arrays([scoped[column], batch[column]]).take(positions) for column in values}
 
     def append(self, zone: Zone | str, table: str, data: Any, protection: Protection, *,
-               commit: CommitInfo | None = None, txn: tuple[str, int] | None = None) -> int:
+               commit: CommitInfo | None = None, txn: tuple[str, int] | None = None,
+               evolve_schema: bool = False) -> int:
         """Seal, then append; returns the new table version. Nothing is written if sealing fails.
 
         ``txn`` makes the append idempotent as in :meth:`Lake.append`; a version ``txn``'s app id already
-        committed is neither sealed nor written again.
+        committed is neither sealed nor written again. ``evolve_schema`` lets the rows bring a new plaintext
+        column (earlier rows read it as null), as :meth:`Lake.append`.
         """
         if txn is not None and self.lake.committed(zone, table, txn):
             return self.lake.version(zone, table)
         sealed, info, extra = self._prepare(zone, table, data, protection, commit)
-        version = self.lake.append(zone, table, sealed, commit=info, txn=txn)
+        version = self.lake.append(zone, table, sealed, commit=info, txn=txn, evolve_schema=evolve_schema)
         self._audit_write(zone, table, protection, sealed.num_rows, info, version=version, operation="append",
                           extra=extra)
         return version
