@@ -17,11 +17,12 @@ Mapping (values AS FOUND: HL7 TS strings, coding-system names such as ``LN``/``I
 the conform step normalises them):
   * PID -> patients; PV1 -> encounters (PV1-2 I->IMP, O/R/B->AMB, E->EMER, P->PRENC);
   * OBX -> observations (NM, SN, ST/TX/FT, CE/CWE, TS/DT values; OBX-6 unit, OBX-7 range, OBX-8 flag, OBR
-    context: order number, time, category); AL1 -> allergies; DG1 -> conditions;
+    context: order number, time, category); an ORU's OBR -> diagnostic_reports (the panel its OBX belong to:
+    observation ids start with its report id); AL1 -> allergies; DG1 -> conditions;
   * ORM O01: RXO -> medications (kind ``order``); an order without RXO (a lab or imaging order) -> procedures
     with the order's status (``preparation`` for a new order), since it names a service to be done;
   * VXU V04: RXA -> immunizations (CVX as found in RXA-5).
-A message carrying any segment the reader does not map (Z-segments, NK1, NTE, IN1, PD1…) is also kept whole,
+A message carrying any segment the reader does not map (Z-segments, NK1, NTE, PD1, PV2…) is also kept whole,
 sealed, in ``resources`` (``resource_type`` = the message code, e.g. ``ADT``), so nothing the sender wrote is lost.
 
 Failures. A message that cannot be read (no MSH, garbled segment, bad encoding characters, unsupported type or
@@ -79,6 +80,9 @@ _MED_STATUS = {"NW": "active", "OK": "active", "SC": "active", "IP": "active", "
 _PROC_STATUS = {"NW": "preparation", "OK": "preparation", "SC": "preparation", "IP": "in-progress",
                 "CA": "not-done", "CR": "not-done", "OC": "not-done", "DC": "stopped", "OD": "stopped",
                 "HD": "on-hold", "OH": "on-hold", "CM": "completed"}
+# OBR-25 result status -> FHIR DiagnosticReport status.
+_REPORT_STATUS = {"O": "registered", "I": "registered", "S": "registered", "A": "partial", "R": "partial",
+                  "P": "preliminary", "C": "corrected", "F": "final", "X": "cancelled"}
 _VALUE_TYPES = {"NM", "SN", "ST", "TX", "FT", "CE", "CWE", "CNE", "CF", "TS", "DT", "DTM", "TM", "ID", "IS",
                 "CX", "XCN", "XPN", "XAD", "XTN", "ED", "RP", "NA", "MA", "CP", "MO", "SI", "TN", "AD", "PN",
                 "CK", "CN", "DR", "EI"}
@@ -484,6 +488,8 @@ class _Mapper:
         self.counts: dict[str, int] = {}
         self.patient_row: dict[str, Any] | None = None
         self.insured = False  # the patient's first IN1 has been read
+        self.order_has_rxo = False
+        self.obr_where = position
 
     def where(self, number: int, segment: _Segment) -> str:
         return f"{self.position} segment {number} ({segment.id})"
@@ -573,6 +579,15 @@ class _Mapper:
         self.obr_number += 1
         self.obx_number = 0
         self.order_has_rxo = False
+        if self.code == "ORU":  # a result's OBR is its report: the panel or study its OBX belong to
+            code = obr.get(4, 1, 0, None)
+            status = (obr.get(25) or "").upper()
+            self.add("diagnostic_reports", {
+                "report_id": self.order_id(), "patient_id": self.patient_id, "encounter_id": self.encounter_id,
+                "code": code, "code_system": obr.get(4, 3) or ("L" if code else None), "description": obr.get(4, 2),
+                "category": obr.get(24), "status": _REPORT_STATUS.get(status, status or None),
+                "effective_time": obr.get(7, 1), "conclusion": None,
+            }, where)
 
     def order_id(self) -> str:
         """The order's filler number, else its placer number, else the message control id (with its OBR)."""
@@ -587,7 +602,7 @@ class _Mapper:
     def finish_order(self) -> None:
         """An ORM order with no RXO is a service to be done: one procedures row, kept when its OBR closes."""
         obr = self.obr
-        if obr is None or self.code != "ORM" or getattr(self, "order_has_rxo", False):
+        if obr is None or self.code != "ORM" or self.order_has_rxo:
             return
         code, system = obr.get(4, 1, 0, None), obr.get(4, 3)
         control = ((self.orc.get(5) or self.orc.get(1)) if self.orc is not None else None) or ""

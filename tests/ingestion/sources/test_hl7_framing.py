@@ -113,6 +113,9 @@ def test_when_results_have_nm_sn_cwe_and_text_values_then_value_and_value_text_f
     assert rows["882-1"]["value_text"] == "A Rh positive"
     assert rows["2160-0"]["effective_time"] == "20240102073000"  # no OBX-14: the OBR's observation time
     assert {r["observation_id"] for r in rows.values()} == {f"F9:1:{n}" for n in range(1, 8)}
+    (report,) = read["diagnostic_reports"]
+    assert (report["report_id"], report["code"], report["code_system"], report["effective_time"]) == (
+        "F9:1", "24323-8", "LN", "20240102073000")
 
 
 def test_when_an_adt_carries_allergies_and_diagnoses_then_they_land_in_their_tables(tmp_path: Path) -> None:

@@ -75,6 +75,10 @@ def test_when_the_lipid_panel_with_cr_only_segments_is_read_then_values_units_ra
     assert rows["JHDL"]["reference_range"] == ">40" and rows["JHDL"]["interpretation"] is None  # "" is null
     assert {r["patient_id"] for r in rows.values()} == {"94000000000"}
     assert len({r["observation_id"] for r in rows.values()}) == 5
+    (panel,) = tables["diagnostic_reports"]  # the OBR: the panel the five results belong to
+    assert (panel["report_id"], panel["code"], panel["code_system"], panel["description"]) == (
+        "185L29839X64489JLPF:1", "JLPF", "L", "Lipid Panel - C")
+    assert all(r["observation_id"].startswith(panel["report_id"] + ":") for r in rows.values())
 
 
 def test_when_the_v22_culture_report_is_read_then_coded_and_text_results_land_and_notes_are_kept() -> None:
@@ -84,6 +88,9 @@ def test_when_the_v22_culture_report_is_read_then_coded_and_text_results_land_an
     assert [(r["code"], r["value_text"]) for r in rows] == [("008342", "FINALREPORT"), ("997231", "M415"),
                                                             ("997232", "MR105")]
     assert all(r["effective_time"] == "19980729160500" for r in rows)  # OBX-14 written with a leading space
+    reports = tables["diagnostic_reports"]
+    assert [(r["code"], r["status"], r["effective_time"]) for r in reports] == [
+        ("008342", "final", "19980727175800"), ("997602", "final", "19980727175800")]
     assert len({r["observation_id"] for r in rows}) == 3  # two orders share a filler number: still distinct
     (kept,) = tables["resources"]
     assert json.loads(kept["resource_json"])["unmapped"] == ["NTE"]
