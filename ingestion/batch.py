@@ -66,7 +66,7 @@ PRINCIPAL = "svc:ingest"
 _FHIR_TABLES = ("patients", "encounters", "observations", "conditions", "medications", "procedures", "immunizations",
                 "allergies", "diagnostic_reports", "resources")
 _HL7_TABLES = ("patients", "encounters", "observations", "conditions", "medications", "procedures", "immunizations",
-               "allergies", "resources")
+               "allergies", "diagnostic_reports", "resources")
 _CCDA_TABLES = ("patients", "encounters", "observations", "conditions", "medications", "procedures",
                 "immunizations", "allergies", "diagnostic_reports")
 _PROVENANCE = [pa.field("patient_pseudonym", pa.string()), pa.field("_source", pa.string()),
