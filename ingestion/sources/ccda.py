@@ -58,6 +58,7 @@ quarantined with rule ``ccda:negated``.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -247,7 +248,10 @@ def _document(chunk: SourceChunk, file: Path, max_bytes: int) -> None:
         _refuse(chunk, label, "ccda:patient", "has no recordTarget/patientRole; its records cannot be tied to a "
                                               "patient", data)
         return
-    _Document(chunk, label, root, role).map()
+    try:
+        _Document(chunk, label, root, role).map()
+    except Exception as exc:  # a reader never raises on bad input: a header no mapping foresaw
+        _refuse(chunk, label, "ccda:document", f"could not be mapped ({type(exc).__name__})", data)
 
 
 def _refuse(chunk: SourceChunk, label: str, rule: str, reason: str, data: bytes, *, truncated: bool = False) -> None:
@@ -345,9 +349,10 @@ def _number(text: str | None) -> float | None:
     if text is None:
         return None
     try:
-        return float(text)
+        number = float(text)
     except ValueError:
         return None
+    return number if math.isfinite(number) else None  # "NaN" and "1e400" are text, not measurements
 
 
 class _Narrative:
@@ -425,7 +430,7 @@ class _Document:
                 position = f"{self.label} {kind} (section {number}) entry {entry_number}"
                 try:
                     rows.extend(_ENTRIES[kind](self, act, narrative, position))
-                except (ValueError, TypeError, AttributeError, KeyError) as exc:
+                except Exception as exc:  # a reader never raises on bad input
                     # A structure no mapping foresaw: the entry is quarantined, the rest of the document loads.
                     self.reject(_TABLES[kind], position, "ccda:entry",
                                 f"could not be mapped ({type(exc).__name__})", act)

@@ -4,6 +4,7 @@ memory, and never a traceback, an expanded entity or a file read from outside th
 from __future__ import annotations
 
 import os
+import random
 import resource
 import time
 from pathlib import Path
@@ -200,3 +201,38 @@ def test_when_values_are_nullflavored_then_they_are_missing_not_errors(tmp_path:
     # A code with nullFlavor is missing: the row goes on to the contract, which quarantines it as code:required.
     assert (oximetry["code"], oximetry["display"], oximetry["value"], oximetry["unit"]) == (
         None, "Pulse oximetry", 97.0, "%")
+
+
+def test_when_a_measurement_is_not_a_finite_number_then_it_is_kept_as_text(tmp_path: Path) -> None:
+    (tmp_path / "nan.xml").write_bytes(document().replace(b'value="97"', b'value="1e400"'))
+    rows, _, _ = read(tmp_path)
+    oximetry = rows["observations"][1]
+    assert (oximetry["value"], oximetry["value_text"], oximetry["unit"]) == (None, "1e400", "%")
+
+
+def test_when_vendor_documents_are_mangled_at_random_then_the_reader_never_raises(tmp_path: Path) -> None:
+    from lxml import etree
+
+    chance = random.Random(16)
+    samples = sorted((Path(__file__).parents[2] / "fixtures" / "ccda").glob("*.xml"))
+    for number in range(60):
+        root = etree.fromstring(chance.choice(samples).read_bytes(), etree.XMLParser(remove_comments=True))
+        elements = list(root.iter(tag=etree.Element))
+        for _ in range(chance.randint(1, 40)):  # drop attributes and elements, null them, garble values
+            element = chance.choice(elements)
+            attributes = list(element.attrib)
+            move = chance.random()
+            if move < 0.3 and attributes:
+                del element.attrib[chance.choice(attributes)]
+            elif move < 0.5 and element.getparent() is not None:
+                element.getparent().remove(element)
+            elif move < 0.7:
+                element.set("nullFlavor", "UNK")
+            elif attributes:
+                element.set(chance.choice(attributes), chance.choice(["", " ", "x^y", "99213", "NaN", "#x", "-"]))
+        (tmp_path / f"m{number}.xml").write_bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8"))
+    rows, rejected, units = read(tmp_path)
+    assert units[DOCUMENTS] == 60
+    assert {r.rule for r in rejected} <= {"ccda:negated", "ccda:patient", "ccda:document", "record:parse"}
+    assert "ccda:entry" not in {r.rule for r in rejected}  # no entry broke the mapping
+    assert len(rows["patients"]) == 60 - sum(r.table == DOCUMENTS for r in rejected)
