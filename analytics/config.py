@@ -11,15 +11,27 @@ Example (``t2d.yaml``)::
     target_sensitivity: 0.85
     monotone: {obs_4548_4_last: 1, obs_2085_9_last: -1}   # clinically justified directions
     attack_bounds: {obs_4548_4_last: 0.3}                  # plausible per-feature perturbation (absolute)
+
+Coded events find their code in the column a source prefers (``icd10_code`` for diagnoses, ``rxnorm_code`` for
+prescriptions, ``loinc_code`` for observations) and, when a row has none, in its ``code``/``code_system`` pair: a
+row coded in the wanted system gives its code as it is, a row in another system gives what a crosswalk maps it to
+(``analytics/crosswalk/snomed_to_icd10cm.yaml`` for SNOMED CT diagnoses). Override per source::
+
+    sources:
+      events:
+        - {table: conditions, code: icd10_code, time: onset_date, prefix: dx,
+           fallback: {target: icd10cm, crosswalks: [snomed_to_icd10cm.yaml, /etc/medguard/local_dx.yaml]}}
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from pipeline.errors import SettingsError
@@ -30,11 +42,85 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class CrosswalkEntry(_Strict):
+    """One mapped code: its target, the source system's display of it, and where the mapping comes from."""
+
+    to: str = Field(min_length=1)
+    name: str
+    source: str = Field(min_length=1)
+
+
+class Crosswalk(_Strict):
+    """A code-system crosswalk file (``analytics/crosswalk/*.yaml``): source codes to target codes, one per line."""
+
+    source_system: str = Field(min_length=1)
+    target_system: str = Field(min_length=1)
+    entries: dict[str, CrosswalkEntry]
+
+    @field_validator("entries", mode="before")
+    @classmethod
+    def _codes_as_text(cls, value: Any) -> Any:
+        # YAML reads an unquoted SNOMED code as an integer; a code is text.
+        return {str(k): v for k, v in value.items()} if isinstance(value, dict) else value
+
+    def pairs(self) -> dict[str, str]:
+        """``{"<source system>|<code>": target}``, the form feature building looks codes up in."""
+        return {f"{self.source_system}|{code}": entry.to for code, entry in self.entries.items()}
+
+
+@lru_cache(maxsize=32)
+def load_crosswalk(name: str) -> Crosswalk:
+    """A crosswalk by file name (shipped under ``analytics/crosswalk/``) or by path.
+
+    Raises:
+        SettingsError: the file is missing, not YAML, or not a crosswalk (the problem named).
+    """
+    shipped = resources.files("analytics").joinpath("crosswalk", name)
+    path = Path(name) if "/" in name or Path(name).is_absolute() else None
+    try:
+        text = path.read_text("utf-8") if path is not None else shipped.read_text("utf-8")
+        return Crosswalk(**(yaml.safe_load(text) or {}))
+    except (OSError, yaml.YAMLError, TypeError) as exc:
+        raise SettingsError(f"crosswalk {name} is not readable YAML: {exc}") from exc
+    except PydanticValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise SettingsError(f"invalid crosswalk {name}: {problems}") from exc
+
+
+class CodeFallback(_Strict):
+    """Where an event row with no code in the preferred column finds one: its ``code`` and ``code_system``.
+
+    A row whose system is ``target`` gives its code as it is; a row in another system gives what one of the
+    ``crosswalks`` maps its code to (the first that knows it), or nothing. Crosswalks are checked at load.
+    """
+
+    code: str = "code"
+    system: str = "code_system"
+    target: str
+    crosswalks: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _crosswalks_load(self) -> CodeFallback:
+        for name in self.crosswalks:
+            walk = load_crosswalk(name)
+            if walk.target_system != self.target:
+                raise ValueError(f"crosswalk {name} maps to {walk.target_system}, not {self.target}")
+        return self
+
+    def pairs(self) -> dict[str, str]:
+        """Every crosswalk's ``{"<system>|<code>": target}``; an earlier crosswalk wins a code two of them map."""
+        out: dict[str, str] = {}
+        for name in reversed(self.crosswalks):
+            out.update(load_crosswalk(name).pairs())
+        return out
+
+
 class EventSource(_Strict):
     """A long table of coded events per patient (labs, diagnoses, prescriptions) turned into wide features.
 
     With ``value`` set, each code gives ``<prefix>_<code>_last``, ``_mean`` and ``_trend`` (per year) over the
     look-back window before the index date; without it, each code gives a 0/1 indicator ``<prefix>_<code>``.
+    ``fallback`` says where a row with no ``code`` value finds its code (see :class:`CodeFallback`).
     """
 
     table: str
@@ -42,6 +128,7 @@ class EventSource(_Strict):
     time: str | None = None
     value: str | None = None
     prefix: str
+    fallback: CodeFallback | None = None
 
 
 class PatientSource(_Strict):
@@ -61,9 +148,12 @@ class Sources(_Strict):
     join: Literal["auto", "always", "never"] = "auto"
     patients: PatientSource | None = PatientSource()
     events: tuple[EventSource, ...] = (
-        EventSource(table="observations", code="loinc_code", value="value", time="effective_time", prefix="obs"),
-        EventSource(table="conditions", code="icd10_code", time="onset_date", prefix="dx"),
-        EventSource(table="medications", code="rxnorm_code", time="start_date", prefix="rx"),
+        EventSource(table="observations", code="loinc_code", value="value", time="effective_time", prefix="obs",
+                    fallback=CodeFallback(target="loinc")),
+        EventSource(table="conditions", code="icd10_code", time="onset_date", prefix="dx",
+                    fallback=CodeFallback(target="icd10cm", crosswalks=("snomed_to_icd10cm.yaml",))),
+        EventSource(table="medications", code="rxnorm_code", time="start_date", prefix="rx",
+                    fallback=CodeFallback(target="rxnorm")),
     )
     min_code_patients: int = Field(default=5, ge=1)
     max_codes_per_source: int = Field(default=60, ge=1)

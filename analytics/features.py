@@ -6,6 +6,9 @@ From a training (or scoring) table keyed by ``patient_pseudonym`` and the other 
   ``<prefix>_<code>_last``, ``_mean`` and ``_trend`` (least-squares slope per year); missing stays missing
   (xgboost handles it natively);
 - coded events without a value (diagnoses, prescriptions) known at the index date become 0/1 indicators;
+- an event's code is its preferred column (``icd10_code``…) or, when that is empty, its ``code`` in the wanted
+  system or mapped by the source's crosswalk (SNOMED CT diagnoses to ICD-10-CM), so a diagnosis makes the same
+  feature whichever system it came coded in; the mapping used is stored in the contract for scoring;
 - the patient table's categorical columns become one-hot features, banded ones (``age_band`` "40-44", "90+")
   the band's lower bound;
 - a flat table (any tabular dataset) contributes its own numeric and low-cardinality columns.
@@ -62,6 +65,9 @@ class FeatureContract:
     provenance: dict[str, tuple[str, str]] = field(default_factory=dict)
     subgroups: list[str] = field(default_factory=list)
     source_tables: list[str] = field(default_factory=list)
+    # Per event prefix: the fallback a row without a preferred code takes, as used at training
+    # ({"code", "system", "target", "map": {"<system>|<code>": code}}), so scoring maps codes the same way.
+    code_maps: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -240,6 +246,27 @@ def build_features(tables: dict[str, DataFrame], table: str, config: TrainConfig
     return out.select(*keep), contract
 
 
+def _event_code(etab: DataFrame, preferred: str, code_map: dict[str, Any] | None) -> Any:
+    """An event row's code: the preferred column, else its own code in the target system, else the crosswalk's.
+
+    The crosswalk is a literal Spark map keyed ``<system>|<code>`` (a few hundred entries at most), looked up per
+    row on the executors; no join, no Python.
+    """
+    from pyspark.sql import functions as F
+
+    candidates = []
+    if preferred in etab.columns:
+        candidates.append(F.nullif(F.trim(F.col(preferred).cast("string")), F.lit("")))
+    if code_map is not None:
+        system = F.lower(F.trim(F.col(code_map["system"]).cast("string")))
+        own = F.trim(F.col(code_map["code"]).cast("string"))
+        candidates.append(F.when(system == F.lit(code_map["target"]), own))
+        if code_map["map"]:
+            lookup = F.create_map(*[F.lit(part) for pair in sorted(code_map["map"].items()) for part in pair])
+            candidates.append(F.try_element_at(lookup, F.concat_ws("|", system, own)))  # null when unmapped
+    return F.coalesce(*candidates) if len(candidates) > 1 else candidates[0]
+
+
 def _join_patient_sources(out: DataFrame, tables: dict[str, DataFrame], config: TrainConfig, classify: Classifier,
                           contract: FeatureContract, training: bool) -> DataFrame:
     from pyspark.sql import functions as F
@@ -283,20 +310,30 @@ def _join_patient_sources(out: DataFrame, tables: dict[str, DataFrame], config: 
         if event.table not in contract.source_tables:
             continue
         etab = tables[event.table]
-        needed = [c for c in (key, event.code, event.value, event.time) if c]
+        if training:
+            fallback = event.fallback
+            if fallback is not None and {fallback.code, fallback.system} <= set(etab.columns):
+                contract.code_maps[event.prefix] = {"code": fallback.code, "system": fallback.system,
+                                                    "target": fallback.target, "map": fallback.pairs()}
+        code_map = contract.code_maps.get(event.prefix)
+        code_columns = [event.code] if event.code in etab.columns or code_map is None else []
+        code_columns += [code_map["code"], code_map["system"]] if code_map is not None else []
+        needed = [c for c in (key, *code_columns, event.value, event.time) if c]
         absent = [c for c in needed if c not in etab.columns]
         if absent:
             raise ValidationError(f"deidentified/{event.table} lacks {absent} named in the training config")
+        code = _event_code(etab, event.code, code_map)
         if training:
             check_columns(classify, event.table, [c for c in needed if c != key])
-            counts = (etab.groupBy(event.code).agg(F.countDistinct(key).alias("n"))
-                      .where(F.col("n") >= src.min_code_patients).orderBy(F.desc("n"), event.code)
+            counts = (etab.select(F.col(key), code.alias("_code")).where(F.col("_code").isNotNull())
+                      .groupBy("_code").agg(F.countDistinct(key).alias("n"))
+                      .where(F.col("n") >= src.min_code_patients).orderBy(F.desc("n"), "_code")
                       .limit(src.max_codes_per_source).collect())
             contract.event_codes[event.prefix] = sorted(str(r[0]) for r in counts)
         codes = contract.event_codes.get(event.prefix, [])
         if not codes:
             continue
-        ev = etab.select(F.col(key), F.col(event.code).cast("string").alias("_code"),
+        ev = etab.select(F.col(key), code.alias("_code"),
                          *([F.col(event.value).try_cast("double").alias("_value")] if event.value else []),
                          *([_timestamp(F.col(event.time)).alias("_t")] if event.time else []))
         ev = ev.where(F.col("_code").isin(codes)).join(anchors, on=key, how="inner")
