@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,13 +104,15 @@ def read_hl7(path: Path, *, chunk_rows: int, max_record_bytes: int) -> Iterator[
     chunks = Chunker(chunk_rows)
     found.report_refused(chunks.chunk)
     index = 0
+    recent = _Recent()
     for file in found.files:
         with file.open("rb") as handle:
             for unit in _units(handle, max_record_bytes):
                 index += 1
                 chunk = chunks.chunk
                 chunk.units[MESSAGES] = chunk.units.get(MESSAGES, 0) + 1
-                _unit(chunk, unit, f"message {index} ({file.name} line {unit.line})", max_record_bytes, index)
+                _unit(chunk, unit, f"message {index} ({file.name} line {unit.line})", max_record_bytes, index,
+                      recent)
                 yield from chunks.full()
     yield from chunks.rest()
 
@@ -355,12 +358,41 @@ def _encoding(msh: bytes) -> _Encoding | None:
 # messages -----------------------------------------------------------------------------------------------------
 
 
+class _Recent:
+    """The patients and visits of the last messages read, to complete a sparse repeat of them.
+
+    Results and orders repeat the patient's PID and PV1 with fewer fields than the ADT that announced them; as
+    sent, such a row differs from the first and the batch would quarantine it as a key conflict. A row whose
+    key was seen in the last :data:`SIZE` patients (or visits) has its empty fields filled from the earlier
+    row, so an exact repeat is counted as a duplicate; a row that changes a value stays as sent (a conflict the
+    batch reports). The memory is bounded by ``SIZE`` rows per table, and the result does not depend on chunks.
+    """
+
+    SIZE = 4096
+
+    def __init__(self) -> None:
+        self.rows: dict[str, OrderedDict[str, dict[str, Any]]] = {"patients": OrderedDict(),
+                                                                    "encounters": OrderedDict()}
+
+    def complete(self, table: str, key: str, row: dict[str, Any]) -> None:
+        """Fill ``row``'s empty fields from the last row with the same ``key`` (when it adds, never changes)."""
+        seen = self.rows[table]
+        earlier = seen.pop(key, None)
+        if earlier is not None and all(earlier.get(k) in (None, v) for k, v in row.items() if v is not None):
+            for name, value in earlier.items():
+                if row.get(name) is None:
+                    row[name] = value
+        seen[key] = dict(row)
+        if len(seen) > self.SIZE:
+            seen.popitem(last=False)
+
+
 def _reject(chunk: SourceChunk, position: str, rule: str, reason: str, payload: str, *, table: str = MESSAGES,
             **extra: Any) -> None:
     chunk.rejected.append(Rejected(table, position, rule, f"{position} {reason}", payload, **extra))
 
 
-def _unit(chunk: SourceChunk, unit: _Unit, position: str, max_bytes: int, index: int) -> None:
+def _unit(chunk: SourceChunk, unit: _Unit, position: str, max_bytes: int, index: int, recent: _Recent) -> None:
     payload = "\r".join(lossy(s) for s in unit.segments)
     if unit.too_long:
         _reject(chunk, position, "record:size", f"is longer than the {max_bytes:,}-byte record limit", payload,
@@ -403,7 +435,7 @@ def _unit(chunk: SourceChunk, unit: _Unit, position: str, max_bytes: int, index:
             rule, reason = problem
             _reject(chunk, position, rule, reason, payload, patient_id=patient)
             return
-        _Mapper(chunk, segments, position, unit, index).run()
+        _Mapper(chunk, segments, position, unit, index, recent).run()
     except Exception as exc:  # a reader never raises on bad input: a mapping bug quarantines the message whole
         _reject(chunk, position, "hl7:map", f"could not be mapped ({type(exc).__name__})", payload,
                 patient_id=patient)
@@ -469,8 +501,10 @@ class _Mapper:
     """Turns one parsed message into rows: patient and visit context carried from segment to segment."""
 
     def __init__(self, chunk: SourceChunk, segments: list[_Segment], position: str, unit: _Unit,
-                 index: int) -> None:
+                 index: int, recent: _Recent) -> None:
         self.chunk = chunk
+        self.recent = recent
+        self.repeated: list[tuple[str, str, dict[str, Any]]] = []  # patients and visits to complete
         self.segments = segments
         self.position = position
         self.unit = unit
@@ -502,6 +536,8 @@ class _Mapper:
             if handler is not None:
                 handler(segment, self.where(number, segment))
         self.finish_order()
+        for table, key, row in self.repeated:  # once the message is read (an IN1 adds to its PID's row)
+            self.recent.complete(table, key, row)
         if any(s.id not in _MAPPED for s in self.segments):
             self.keep_whole()
 
@@ -540,6 +576,8 @@ class _Mapper:
             "consent_research": None, "race": race, "ethnicity": ethnicity, "birth_sex": None,
         }
         self.add("patients", self.patient_row, where)
+        if patient_id:
+            self.repeated.append(("patients", patient_id, self.patient_row))
 
     def in1(self, in1: _Segment, where: str) -> None:
         """The first insurance's policy number (IN1-36, else the insured's id IN1-49) is the member id."""
@@ -558,13 +596,16 @@ class _Mapper:
             if "NPI" in ((pv1.get(7, 9, rep, 1) or "").upper(), (pv1.get(7, 13, rep) or "").upper()):
                 npi = pv1.get(7, 1, rep)
                 break
-        self.add("encounters", {
+        row = {
             "encounter_id": encounter_id, "patient_id": self.patient_id,
             "facility_id": pv1.get(3, 4, 0, 1) or self.facility,
             "encounter_type": _PATIENT_CLASS.get(patient_class, None if patient_class in ("", "N", "U")
                                                  else patient_class),
             "admit_time": pv1.get(44, 1), "discharge_time": pv1.get(45, 1), "provider_npi": npi,
-        }, where)
+        }
+        self.add("encounters", row, where)
+        if encounter_id:
+            self.repeated.append(("encounters", f"{self.patient_id}\0{encounter_id}", row))
 
     # orders and results
 

@@ -308,3 +308,16 @@ def test_when_a_header_is_damaged_in_a_crlf_file_then_only_that_message_is_quara
     (bad,) = read["rejected"]
     assert bad.rule == "hl7:structure" and bad.position == f"message 2 (feed.hl7 line {len(ADT) + 1})"
     assert [p["patient_id"] for p in read["patients"]] == ["PAT1", "PAT2"]
+
+
+def test_when_a_result_repeats_a_patient_with_fewer_fields_then_the_row_is_completed_not_changed(
+        tmp_path: Path) -> None:
+    sparse_pid = "PID|1||PAT1^^^MEDGUARD^PI||Doe^Jane||19700102|F"
+    moved_pid = sparse_pid + "|||9 Other Rd^^Elsewhere^WA^98101"
+    oru = [ORU[0], sparse_pid, "PV1|1|E|||||||||||||||||V100", *ORU[2:4]]
+    data = b"".join(_message(m, "\r\n") for m in (ADT, oru, [ORU[0].replace("|R1|", "|R3|"), moved_pid, *ORU[2:4]]))
+    read = _read(_file(tmp_path, "feed.hl7", data))
+    first, repeat, moved = read["patients"]
+    assert repeat == first  # the sparse PID of the result, completed from the ADT: a duplicate, not a conflict
+    assert read["encounters"][1] == read["encounters"][0]
+    assert (moved["address"], moved["city"], moved["phone"]) == ("9 Other Rd", "Elsewhere", None)  # as sent
