@@ -18,6 +18,7 @@ without its system, is ``fhir:code``: the record cannot be joined to any termino
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,12 @@ _US_CORE = "http://hl7.org/fhir/us/core/StructureDefinition/"
 _MEMBER_TYPES = {"MB", "MC", "SN"}
 _MEMBER_SYSTEM_SUFFIX = ".3.9999.2"  # the generator's member-id namespace
 _GENDER = {"female": "F", "male": "M", "other": "O", "unknown": "U"}
+# Encounter.class as Synthea before v2.5 writes it (a word, no system): the ActEncounterCode later Synthea versions
+# write for the same encounter type. Any other code is passed as found.
+_CLASS_WORDS = {"wellness": "AMB", "ambulatory": "AMB", "outpatient": "AMB", "urgentcare": "AMB", "emergency": "EMER",
+                "inpatient": "IMP", "snf": "IMP", "home": "HH", "hospice": "HH", "telemedicine": "VR",
+                "virtual": "VR"}
+_NPI_FORMAT = re.compile(r"^\d{10}$")
 _MEDICATION_KIND = {"MedicationRequest": "request", "MedicationStatement": "statement",
                     "MedicationDispense": "dispense", "MedicationAdministration": "administration"}
 CONFORMED = {"Patient": "patients", "Encounter": "encounters", "Observation": "observations",
@@ -311,22 +318,26 @@ def _encounter(item: Item, ctx: Context, patient_id: str):
     npi = None
     for participant in _list(res.get("participant")):
         individual = participant.get("individual")
-        identifier = _dict(_dict(individual).get("identifier"))
-        if _str(identifier.get("value")) and identifier.get("system") in _NPI:
-            npi = identifier["value"]
-        else:
-            target = ctx.scope.resolve(individual, item)
-            practitioner = target.item.resource if target is not None and target.item is not None else {}
-            npi = next((i.get("value") for i in _list(practitioner.get("identifier")) if i.get("system") in _NPI),
-                       None)
+        identifiers = [_dict(_dict(individual).get("identifier"))]
+        target = ctx.scope.resolve(individual, item)
+        if target is not None and target.item is not None:
+            identifiers += _list(target.item.resource.get("identifier"))
+        # An NPI is ten digits; a counter under the NPI system (Synthea writes "110") names no one: the
+        # Practitioner itself stays whole in resources.
+        npi = next((i["value"] for i in identifiers if i.get("system") in _NPI
+                    and _NPI_FORMAT.match(str(i.get("value", "")))), None)
         if npi:
             break
+    encounter_class = _dict(res.get("class"))
+    code = _str(encounter_class.get("code"))
+    if code and not encounter_class.get("system"):
+        code = _CLASS_WORDS.get(code.lower(), code)
     yield {
         "encounter_id": _record_id(item, "urn:medguard:encounter-id"), "patient_id": patient_id,
         "facility_id": _target_id(item, ctx, res.get("serviceProvider")),
-        "encounter_type": _str(_dict(res.get("class")).get("code")),
+        "encounter_type": code,
         "admit_time": _str(period.get("start")), "discharge_time": _str(period.get("end")),
-        "provider_npi": _str(npi),
+        "provider_npi": npi,
     }, item.position
 
 
