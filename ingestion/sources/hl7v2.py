@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ingestion.sources._base import PAYLOAD_KEEP_BYTES, Chunker, Rejected, SourceChunk, lossy
+from ingestion.sources._encoding import UTF8_BOM, foreign_encoding
 from ingestion.sources._files import InputFiles, input_files
 
 __all__ = ["MESSAGES", "SUFFIXES", "hl7_files", "read_hl7"]
@@ -107,6 +108,14 @@ def read_hl7(path: Path, *, chunk_rows: int, max_record_bytes: int) -> Iterator[
     recent = _Recent()
     for file in found.files:
         with file.open("rb") as handle:
+            head = handle.read(4)
+            foreign = foreign_encoding(head)
+            if foreign is not None:  # a UTF-16/32 file: refused once, naming the encoding, not line by line
+                index += 1
+                chunks.chunk.units[MESSAGES] = chunks.chunk.units.get(MESSAGES, 0) + 1
+                _reject(chunks.chunk, f"message {index} ({file.name} line 1)", "record:encoding", foreign, "")
+                continue
+            handle.seek(len(UTF8_BOM) if head.startswith(UTF8_BOM) else 0)
             for unit in _units(handle, max_record_bytes):
                 index += 1
                 chunk = chunks.chunk

@@ -321,3 +321,15 @@ def test_when_a_result_repeats_a_patient_with_fewer_fields_then_the_row_is_compl
     assert repeat == first  # the sparse PID of the result, completed from the ADT: a duplicate, not a conflict
     assert read["encounters"][1] == read["encounters"][0]
     assert (moved["address"], moved["city"], moved["phone"]) == ("9 Other Rd", "Elsewhere", None)  # as sent
+
+
+def test_when_a_file_is_utf16_then_it_is_refused_once_naming_the_encoding_and_a_utf8_bom_is_ignored(
+        tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.hl7").write_bytes(b"\xef\xbb\xbf" + _message(ADT))
+    (folder / "b.hl7").write_bytes(_message(ORU).decode().encode("utf-16"))
+    read = _read(folder)
+    assert read["units"] == {"messages": 2} and read["patients"][0]["patient_id"] == "PAT1"
+    (bad,) = read["rejected"]
+    assert bad.rule == "record:encoding" and "UTF-16" in bad.reason and bad.position == "message 2 (b.hl7 line 1)"
