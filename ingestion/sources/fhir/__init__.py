@@ -170,6 +170,11 @@ class _Reader:
         except NotAboutAPatient:
             chunk.rows(RESOURCES).add(_kept(item, ctx, bundle_id), where)
             return
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            # A shape the model let through that the mapping did not foresee: one record, never the run.
+            chunk.rejected.append(Rejected(table, where, "fhir:mapping", f"{where}: {kind} could not be mapped "
+                                           f"({type(exc).__name__})", _dump(resource)))
+            return
         for name, row, position in rows:
             chunk.rows(name).add(row, position)
 

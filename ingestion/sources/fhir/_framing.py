@@ -93,6 +93,10 @@ def parse(raw: bytes, position: str, table: str, keep_bytes: int) -> Document:
         return Document(position, rejected=Rejected(
             table, position, "record:parse", f"{position} is not complete JSON ({exc.msg} at {where}); "
             "truncated?", lossy(payload), payload_truncated=truncated))
+    except ValueError as exc:  # an integer of more than 4,300 digits: Python refuses to convert it
+        return Document(position, rejected=Rejected(
+            table, position, "record:parse", f"{position} holds a number too long to read "
+            f"({type(exc).__name__})", lossy(payload), payload_truncated=truncated))
     except RecursionError:  # cannot happen below MAX_DEPTH; kept so a reader never raises
         return Document(position, rejected=Rejected(
             table, position, "record:depth", f"{position} nests JSON too deeply to parse", lossy(payload),

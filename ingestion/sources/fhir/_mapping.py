@@ -243,7 +243,12 @@ def _when(resource: dict[str, Any], prefix: str) -> str | None:
 
 
 def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond a double's range: kept as text by the caller
+        return None
 
 
 def _quantity_text(quantity: Any) -> str | None:
@@ -369,12 +374,15 @@ def _observed(element: dict[str, Any]) -> dict[str, Any]:
     quantity = element.get("valueQuantity")
     if isinstance(quantity, dict):
         value = _number(quantity.get("value"))
+        if value is None and quantity.get("value") is not None:
+            value_text = str(quantity["value"])
         unit = _str(quantity.get("code")) or _str(quantity.get("unit"))
         if _str(quantity.get("comparator")):
             value_text = _quantity_text(quantity)  # "<5" is not the number 5
             value = None
     elif "valueInteger" in element:
         value = _number(element["valueInteger"])
+        value_text = None if value is not None else str(element["valueInteger"])
     elif "valueCodeableConcept" in element:
         code, _, display = _coded(element["valueCodeableConcept"])
         value_text = display or code

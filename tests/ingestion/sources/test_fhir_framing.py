@@ -188,3 +188,14 @@ def test_when_json_is_not_a_fhir_resource_then_it_is_rejected_with_the_reason(tm
     assert {p: r.rule for p, r in rejected.items()} == {
         "x.ndjson line 1": "record:parse", "x.ndjson line 2": "record:parse", "x.ndjson line 3": "fhir:resource_type"}
     assert units == {"bundles": 2}
+
+
+def test_when_numbers_are_too_long_then_the_line_is_rejected_or_the_value_kept_as_text(tmp_path: Path) -> None:
+    huge = json.dumps(OBSERVATION)[:-1] + ', "valueInteger": ' + "9" * 5000 + "}"  # past Python's 4,300 digits
+    big = json.dumps({k: v for k, v in OBSERVATION.items() if k != "valueQuantity"})[:-1] + \
+        ', "valueQuantity": {"value": ' + "9" * 400 + "}}"  # past a double's range
+    (tmp_path / "Observation.ndjson").write_text(huge + "\n" + big + "\n")
+    rows, rejected, _ = _read(tmp_path)
+    assert rejected["Observation.ndjson line 1"].rule == "record:parse"
+    row = rows["observations"]["Observation.ndjson line 2"]
+    assert row["value"] is None and row["value_text"] == "9" * 400
