@@ -68,7 +68,7 @@ _FHIR_TABLES = ("patients", "encounters", "observations", "conditions", "medicat
 _HL7_TABLES = ("patients", "encounters", "observations", "conditions", "medications", "procedures", "immunizations",
                "allergies", "diagnostic_reports", "resources")
 _CCDA_TABLES = ("patients", "encounters", "observations", "conditions", "medications", "procedures",
-                "immunizations", "allergies", "diagnostic_reports")
+                "immunizations", "allergies", "diagnostic_reports", "resources")
 _PROVENANCE = [pa.field("patient_pseudonym", pa.string()), pa.field("_source", pa.string()),
                pa.field("_batch_id", pa.string()), pa.field("_ingested_at", pa.timestamp("us", tz="UTC")),
                pa.field("_record_hash", pa.string())]

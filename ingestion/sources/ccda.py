@@ -28,6 +28,7 @@ immunizations  Immunization Activity (22.4.52)                immunizations
 encounters     Encounter Activity (22.4.49)                   encounters (and the header's encompassingEncounter)
 procedures     Procedure / Observation / Act (22.4.12-14)     procedures
 payers         the first Policy Activity's covered party id   patients.insurance_member_id
+any other      care team, plan of care, goals, narrative only the whole document, once, sealed in resources
 ============== ============================================== ==============================================
 
 Values are emitted as found, for the conform step to normalise: HL7 TS timestamps (``20130710214400-0500``),
@@ -58,6 +59,7 @@ quarantined with rule ``ccda:negated``.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 from collections.abc import Iterator
@@ -417,9 +419,12 @@ class _Document:
 
     def map(self) -> None:
         rows = []
+        unmapped = []
         for number, section in enumerate(self.root.iter(f"{{{_V3}}}section"), start=1):
             kind = self._kind(section)
             if kind is None:
+                unmapped.append({"section": number, "code": _attr(_find(section, "h:code"), "code"),
+                                 "title": _text(_find(section, "h:title"))})
                 continue
             narrative = _Narrative(section)
             for entry_number, entry in enumerate(_findall(section, "h:entry"), start=1):
@@ -436,8 +441,20 @@ class _Document:
                                 f"could not be mapped ({type(exc).__name__})", act)
         rows.extend(self._header_encounter())
         self.chunk.rows("patients").add(self._patient(), f"{self.label} recordTarget")
+        if unmapped:
+            rows.append(("resources", self._whole(unmapped), f"{self.label} document"))
         for table, row, position in _unique_keys(rows):
             self.chunk.rows(table).add(row, position)
+
+    def _whole(self, unmapped: list[dict[str, Any]]) -> dict[str, Any]:
+        """The whole document, sealed in ``resources``, when it has sections no table maps (care team, plan of
+        care, goals…), so nothing the sender wrote is lost. Keyed by a digest of its content."""
+        text = etree.tostring(self.root, encoding="unicode")
+        return {"resource_key": "ccda:sha256:" + hashlib.sha256(text.encode()).hexdigest()[:32],
+                "resource_type": "ClinicalDocument", "resource_id": _first_id(self.root), "bundle_id": None,
+                "patient_id": self.patient_id,
+                "resource_json": json.dumps({"format": "ccda", "file": self.label, "unmapped_sections": unmapped,
+                                             "document": text}, ensure_ascii=False)}
 
     def _kind(self, section: Any) -> str | None:
         for root in _templates(section):
@@ -837,9 +854,9 @@ _ENTRIES = {"problems": _Document._problems, "medications": _Document._medicatio
             "results": _Document._results, "vitals": _Document._vitals, "social": _Document._social,
             "payers": _Document._payers, "allergies": _Document._allergies, "immunizations": _Document._immunizations,
             "encounters": _Document._encounters, "procedures": _Document._procedures}
-_KEYS = {"conditions": "condition_id", "medications": "medication_id", "observations": "observation_id",
-         "diagnostic_reports": "report_id", "allergies": "allergy_id", "immunizations": "immunization_id",
-         "encounters": "encounter_id", "procedures": "procedure_id"}
+_KEYS = {"resources": "resource_key", "conditions": "condition_id", "medications": "medication_id",
+         "observations": "observation_id", "diagnostic_reports": "report_id", "allergies": "allergy_id",
+         "immunizations": "immunization_id", "encounters": "encounter_id", "procedures": "procedure_id"}
 _TABLES = {"problems": "conditions", "medications": "medications", "results": "observations",
            "vitals": "observations", "social": "observations", "payers": "patients", "allergies": "allergies",
            "immunizations": "immunizations", "encounters": "encounters", "procedures": "procedures"}

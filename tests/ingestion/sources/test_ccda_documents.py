@@ -3,6 +3,7 @@ SOURCE.md there): what each document yields per table, and values a data enginee
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -35,27 +36,31 @@ def one(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any]:
 # Every table each document fills, counted by hand against its sections' entries.
 EXPECTED = [
     ("agastha_ccd.xml", {"patients": 1, "encounters": 1, "conditions": 5, "medications": 3, "observations": 18,
-                         "diagnostic_reports": 1, "allergies": 2, "immunizations": 3, "procedures": 2}, {}),
+                         "diagnostic_reports": 1, "allergies": 2, "immunizations": 3, "procedures": 2,
+                         "resources": 1}, {}),
     ("athena_ccd.xml", {"patients": 1, "encounters": 2, "conditions": 2, "medications": 12, "observations": 12,
-                        "allergies": 2, "procedures": 3},
+                        "allergies": 2, "procedures": 3, "resources": 1},
      {("observations", "ccda:negated"): 3}),  # three pending imaging results, each coded "not done", no code
     ("athena_ccd_pq_translation.xml", {"patients": 1, "encounters": 1, "observations": 10, "diagnostic_reports": 2},
      {}),
     ("athena_ccd_real_world.xml", {"patients": 1, "encounters": 2, "conditions": 25, "medications": 30,
-                                   "observations": 16, "allergies": 1, "immunizations": 6, "procedures": 14}, {}),
-    ("careteam_example.xml", {"patients": 1}, {}),  # a care-team section only: nothing else to map
+                                   "observations": 16, "allergies": 1, "immunizations": 6, "procedures": 14,
+                                   "resources": 1}, {}),
+    ("careteam_example.xml", {"patients": 1, "resources": 1}, {}),  # a care-team section only: kept whole
     ("cerner_toc.xml", {"patients": 1, "encounters": 1, "conditions": 5, "medications": 4, "observations": 16,
-                        "diagnostic_reports": 2, "allergies": 2, "immunizations": 1, "procedures": 2}, {}),
+                        "diagnostic_reports": 2, "allergies": 2, "immunizations": 1, "procedures": 2,
+                        "resources": 1}, {}),
     ("lab_reference_ranges.xml", {"patients": 1, "observations": 1, "diagnostic_reports": 1}, {}),
     ("nist_ambulatory.xml", {"patients": 1, "encounters": 2, "conditions": 2, "medications": 1, "observations": 12,
-                             "diagnostic_reports": 1, "allergies": 3, "immunizations": 2, "procedures": 1}, {}),
+                             "diagnostic_reports": 1, "allergies": 3, "immunizations": 2, "procedures": 1,
+                             "resources": 1}, {}),
     ("partners_epic.xml", {"patients": 1, "encounters": 1, "conditions": 3, "medications": 2, "observations": 22,
                            "diagnostic_reports": 11, "allergies": 3}, {}),
     ("practice_fusion_alice_newman.xml", {"patients": 1, "encounters": 2, "conditions": 5, "medications": 3,
                                           "observations": 18, "diagnostic_reports": 7, "allergies": 2,
-                                          "immunizations": 3, "procedures": 2}, {}),
+                                          "immunizations": 3, "procedures": 2, "resources": 1}, {}),
     ("practice_fusion_jeremy_bates.xml", {"patients": 1, "encounters": 3, "conditions": 1, "medications": 1,
-                                          "observations": 6, "allergies": 1, "immunizations": 1}, {}),
+                                          "observations": 6, "allergies": 1, "immunizations": 1, "resources": 1}, {}),
 ]
 
 
@@ -78,7 +83,8 @@ def test_when_a_vendor_document_is_read_then_each_table_gets_its_entries(name: s
         assert {r["patient_id"] for r in table_rows} == {patient_id}, table
         key = {"patients": "patient_id", "encounters": "encounter_id", "conditions": "condition_id",
                "medications": "medication_id", "observations": "observation_id", "diagnostic_reports": "report_id",
-               "allergies": "allergy_id", "immunizations": "immunization_id", "procedures": "procedure_id"}[table]
+               "allergies": "allergy_id", "immunizations": "immunization_id", "procedures": "procedure_id",
+               "resources": "resource_key"}[table]
         keys = [r[key] for r in table_rows]
         assert all(keys) and len(set(keys)) == len(keys), table  # every record has a key of its own
 
@@ -168,3 +174,13 @@ def test_when_the_patient_has_email_and_coverage_then_they_land_without_the_mail
     rows, _, _ = read(FIXTURES / "athena_ccd_real_world.xml")
     patient = rows["patients"][0]
     assert (patient["email"], patient["insurance_member_id"]) == ("mthompson49@example.com", "H68478074")
+
+
+def test_when_a_document_has_sections_no_table_maps_then_it_is_kept_whole_once() -> None:
+    rows, _, _ = read(FIXTURES / "careteam_example.xml")
+    (kept,) = rows["resources"]
+    assert (kept["resource_type"], kept["patient_id"]) == ("ClinicalDocument", "patient-12345")
+    whole = json.loads(kept["resource_json"])
+    assert [s["code"] for s in whole["unmapped_sections"]] == ["85847-2"]  # the care team section
+    assert whole["document"].startswith("<ClinicalDocument") and "Care Team" in whole["document"]
+    assert "resources" not in read(FIXTURES / "partners_epic.xml")[0]  # every section mapped: nothing extra
