@@ -22,8 +22,9 @@ the conform step normalises them):
   * ORM O01: RXO -> medications (kind ``order``); an order without RXO (a lab or imaging order) -> procedures
     with the order's status (``preparation`` for a new order), since it names a service to be done;
   * VXU V04: RXA -> immunizations (CVX as found in RXA-5).
-A message carrying any segment the reader does not map (Z-segments, NK1, NTE, PD1, PV2…) is also kept whole,
-sealed, in ``resources`` (``resource_type`` = the message code, e.g. ``ADT``), so nothing the sender wrote is lost.
+A message carrying any segment the reader does not map (Z-segments, NK1, NTE, PD1, PV2…), or an OBX whose value
+is an encapsulated document (ED) or a reference (RP), is also kept whole, sealed, in ``resources``
+(``resource_type`` = the message code, e.g. ``ADT``), so nothing the sender wrote is lost.
 
 Failures. A message that cannot be read (no MSH, garbled segment, bad encoding characters, unsupported type or
 version, segments out of order) is one rejected ``messages`` record positioned ``message N (file line L)`` whose
@@ -533,6 +534,7 @@ class _Mapper:
         self.insured = False  # the patient's first IN1 has been read
         self.order_has_rxo = False
         self.obr_where = position
+        self.encapsulated = False  # an OBX carries a document (ED) or a reference (RP) no column holds
 
     def where(self, number: int, segment: _Segment) -> str:
         return f"{self.position} segment {number} ({segment.id})"
@@ -547,7 +549,7 @@ class _Mapper:
         self.finish_order()
         for table, key, row in self.repeated:  # once the message is read (an IN1 adds to its PID's row)
             self.recent.complete(table, key, row)
-        if any(s.id not in _MAPPED for s in self.segments):
+        if self.encapsulated or any(s.id not in _MAPPED for s in self.segments):
             self.keep_whole()
 
     def add(self, table: str, row: dict[str, Any], where: str) -> None:
@@ -675,6 +677,7 @@ class _Mapper:
         loinc = code if (system or "").upper() == "LN" else (obx.get(3, 4) if (obx.get(3, 6) or "").upper() == "LN"
                                                                else None)
         value, text = _value(obx, value_type)
+        self.encapsulated |= value_type in ("ED", "RP")
         base = self.order_id() if self.obr is not None or self.orc is not None else f"{self.message_key}:0"
         self.add("observations", {
             "observation_id": obx.get(21, 1) or f"{base}:{self.obx_number}",
@@ -749,14 +752,15 @@ class _Mapper:
         }, where)
 
     def keep_whole(self) -> None:
-        """The whole message, sealed in ``resources``, when it carries segments no table maps."""
+        """The whole message, sealed in ``resources``, when it carries segments or values no table maps."""
         self.add("resources", {
             "resource_key": f"hl7:{self.msh.get(3, 1) or ''}:{self.facility or ''}:{self.message_key}",
             "resource_type": self.code, "resource_id": self.control_id, "bundle_id": self.unit.batch_id,
             "patient_id": self.patient_id,
             "resource_json": json.dumps({
                 "format": "hl7v2", "type": f"{self.code}^{self.trigger}", "version": self.msh.get(12),
-                "unmapped": sorted({s.id for s in self.segments if s.id not in _MAPPED}),
+                "unmapped": sorted({s.id for s in self.segments if s.id not in _MAPPED}
+                                   | ({"OBX-5 (ED/RP)"} if self.encapsulated else set())),
                 "segments": [s.text for s in self.segments]}, ensure_ascii=False),
         }, self.position)
 

@@ -333,3 +333,12 @@ def test_when_a_file_is_utf16_then_it_is_refused_once_naming_the_encoding_and_a_
     assert read["units"] == {"messages": 2} and read["patients"][0]["patient_id"] == "PAT1"
     (bad,) = read["rejected"]
     assert bad.rule == "record:encoding" and "UTF-16" in bad.reason and bad.position == "message 2 (b.hl7 line 1)"
+
+
+def test_when_a_result_is_an_encapsulated_pdf_then_the_message_is_kept_whole(tmp_path: Path) -> None:
+    pdf = "OBX|1|ED|11502-2^Laboratory report^LN||^application^pdf^Base64^JVBERi0xLjQK||||||F"
+    read = _read(_file(tmp_path, "pdf.hl7", _message([*ORU[:3], pdf])))
+    (row,) = read["observations"]
+    assert row["value"] is None and row["value_text"] is None
+    (kept,) = read["resources"]
+    assert "JVBERi0xLjQK" in kept["resource_json"] and "OBX-5 (ED/RP)" in kept["resource_json"]
