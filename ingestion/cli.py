@@ -68,7 +68,9 @@ def infer(
     if not path.is_file():
         raise ValueError(f"{path} is not a file")
     draft = infer_contract(path, table=table or _table_from_path(path),
-                           sample_rows=settings.ingestion.infer_sample_rows)
+                           sample_rows=settings.ingestion.infer_sample_rows,
+                           max_columns=settings.ingestion.max_columns,
+                           max_record_bytes=settings.ingestion.max_record_bytes)
     saved = save_draft(settings, draft)
     emit({"table": draft.table, "contract": str(saved), "phi_columns": list(draft.phi_columns),
           "columns": {n: c.type for n, c in draft.columns.items()}}, as_json,

@@ -55,8 +55,9 @@ _FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "j
 # learning repository (?) write. Matched exactly, case and all: "Na" (sodium) and "none" stay values.
 MISSING = frozenset({"", "?", "NA", "N/A", "n/a", "#N/A", "NULL", "null", "NaN", "nan"})
 ROW_COLUMN = "source_row"
-# Values per chunk: 50,000 rows of a 20-column extract = 1 million; a 2,000-column table gets 2,000 rows a chunk.
-CELLS_PER_CHUNK = 4_000_000
+# Values per chunk: 50,000 rows of a 20-column extract; a 2,000-column table gets 500 rows a chunk. About 300 bytes
+# a value while a chunk is checked and sealed, two chunks in flight: some 600 MB at most, whatever the width.
+CELLS_PER_CHUNK = 1_000_000
 _NAME_MAX = 63
 _UNSAFE = re.compile(r"[^a-z0-9]+")
 _THOUSANDS = re.compile(r"^[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")

@@ -8,6 +8,7 @@ table (an ``id`` column, text categories, ``TRUE``/``FALSE`` flags, empty cells)
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pyarrow as pa
@@ -167,3 +168,23 @@ def test_when_a_column_is_typed_then_flags_thousands_and_identifiers_are_told_ap
     path = tmp_path / "t.csv"
     path.write_text("v\n" + "\n".join("" if v is None else f'"{v}"' for v in values) + "\n")
     assert infer_contract(path, table="t").columns["v"].type == kind
+
+
+def test_when_a_research_csv_is_ingested_from_the_command_line_then_it_loads_and_a_too_wide_one_fails_in_one_line(
+        tmp_path: Path, monkeypatch, keyring_env) -> None:
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    monkeypatch.setenv("MEDGUARD_LAKE_ROOT", str(tmp_path / "lake"))
+    runner = CliRunner()
+    result = runner.invoke(app, ["ingest", "--source", "tabular", "--path", str(HEART_FAILURE), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["tables"] == {
+        "heart_failure_clinical_records_dataset": {"in": 299, "accepted": 299, "quarantined": 0}}
+    wide = tmp_path / "wide.csv"
+    wide.write_text(",".join(f"c{i}" for i in range(3_000)) + "\n" + ",".join("1" * 3_000) + "\n")
+    for command in (["ingest", "--source", "tabular", "--path", str(wide)], ["contract", "infer", str(wide)]):
+        refused = runner.invoke(app, command)
+        assert refused.exit_code != 0
+        assert "3,000 columns, over the limit of 2,000" in refused.output and "Traceback" not in refused.output
