@@ -269,15 +269,25 @@ class _Segment:
         parts = text.split(enc.field)
         # MSH-1 is the field separator itself, so MSH's field n sits at index n - 1.
         self.fields = [parts[0], enc.field, *parts[1:]] if self.id == "MSH" else parts
+        self._reps: dict[int, list[str]] = {}
 
     def raw(self, number: int) -> str:
         return self.fields[number] if number < len(self.fields) else ""
 
     def reps(self, number: int) -> list[str]:
-        value = self.raw(number)
-        if self.id == "MSH" and number <= 2:
-            return [value]
-        return value.split(self.enc.repetition) if value and self.enc.repetition else ([value] if value else [])
+        # Split once per field: callers walk repetitions by index, and a field of many thousands of
+        # repetitions must not be split again for each one.
+        cached = self._reps.get(number)
+        if cached is None:
+            value = self.raw(number)
+            if self.id == "MSH" and number <= 2:
+                cached = [value]
+            elif value and self.enc.repetition:
+                cached = value.split(self.enc.repetition)
+            else:
+                cached = [value] if value else []
+            self._reps[number] = cached
+        return cached
 
     def get(self, number: int, comp: int = 1, rep: int = 0, sub: int | None = None) -> str | None:
         """Field ``number``'s repetition ``rep``, component ``comp`` (1-based), unescaped; None when empty.
@@ -487,11 +497,13 @@ def _check(segments: list[_Segment]) -> tuple[str, str] | None:
         return "hl7:type", f"has message type {name}; only {supported} are mapped"
     seen_pid = False
     pv1_in_group = False
+    header_done = False  # a segment other than EVN, SFT or UAC has come: EVN may no longer follow
     for number, segment in enumerate(segments[1:], start=2):
         name = segment.id
-        if name == "EVN" and any(s.id not in ("SFT", "UAC") for s in segments[1:number - 1]):
+        if name == "EVN" and header_done:
             return "hl7:segment_order", f"has EVN at segment {number}, after the patient's segments (wrong " \
                                         "segment order)"
+        header_done |= name not in ("EVN", "SFT", "UAC")
         if name == "PID":
             if seen_pid and code in ("ADT", "VXU"):
                 return "hl7:structure", f"has a second PID at segment {number}; a {code} message is about one patient"

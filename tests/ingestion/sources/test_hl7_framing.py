@@ -342,3 +342,23 @@ def test_when_a_result_is_an_encapsulated_pdf_then_the_message_is_kept_whole(tmp
     assert row["value"] is None and row["value_text"] is None
     (kept,) = read["resources"]
     assert "JVBERi0xLjQK" in kept["resource_json"] and "OBX-5 (ED/RP)" in kept["resource_json"]
+
+
+def test_when_a_field_has_a_hundred_thousand_repetitions_then_it_is_read_in_bounded_time(tmp_path: Path) -> None:
+    import time
+
+    many = ADT[2].replace("00001234^^^EAST^MR~", "00001234^^^EAST^MR~" + "X^^^^XX~" * 100_000)
+    started = time.perf_counter()
+    read = _read(_file(tmp_path, "wide.hl7", _message([ADT[0], ADT[1], many, ADT[3]])), max_bytes=4 << 20)
+    assert time.perf_counter() - started < 10
+    assert read["patients"][0]["patient_id"] == "PAT1"
+
+
+def test_when_a_message_has_a_hundred_thousand_segments_then_it_is_read_in_bounded_time(tmp_path: Path) -> None:
+    import time
+
+    notes = [f"NTE|{n}|L|note" for n in range(100_000)]
+    started = time.perf_counter()
+    read = _read(_file(tmp_path, "long.hl7", _message([*ORU[:4], *notes, ORU[4]])), max_bytes=4 << 20)
+    assert time.perf_counter() - started < 20
+    assert read["rejected"] == [] and len(read["observations"]) == 2 and len(read["resources"]) == 1
