@@ -413,23 +413,25 @@ def _reject(chunk: SourceChunk, position: str, rule: str, reason: str, payload: 
 
 
 def _unit(chunk: SourceChunk, unit: _Unit, position: str, max_bytes: int, index: int, recent: _Recent) -> None:
-    payload = "\r".join(lossy(s) for s in unit.segments)
+    def payload() -> str:  # built only for a rejected message: the raw segments, undecodable bytes escaped
+        return "\r".join(lossy(s) for s in unit.segments)
+
     if unit.too_long:
-        _reject(chunk, position, "record:size", f"is longer than the {max_bytes:,}-byte record limit", payload,
+        _reject(chunk, position, "record:size", f"is longer than the {max_bytes:,}-byte record limit", payload(),
                 payload_truncated=True)
         return
     if unit.orphan:
         _reject(chunk, position, "hl7:structure", f"has {len(unit.segments)} segment(s) outside any message "
-                "(no MSH segment before them)", payload)
+                "(no MSH segment before them)", payload())
         return
     if not unit.segments[0].startswith(b"MSH"):
         _reject(chunk, position, "hl7:structure", "does not start with an MSH segment (its header is damaged)",
-                payload)
+                payload())
         return
     enc = _encoding(unit.segments[0])
     if enc is None:
         _reject(chunk, position, "hl7:encoding_characters", "has an unusable field separator or encoding "
-                "characters in MSH-1/MSH-2", payload)
+                "characters in MSH-1/MSH-2", payload())
         return
     texts = []
     for number, raw in enumerate(unit.segments, start=1):
@@ -438,27 +440,42 @@ def _unit(chunk: SourceChunk, unit: _Unit, position: str, max_bytes: int, index:
         except UnicodeDecodeError as exc:
             _reject(chunk, position, "record:encoding", f"segment {number} (line {unit.lines[number - 1]}) is not "
                     f"valid {enc.codec} (byte 0x{raw[exc.start]:02x} at offset {exc.start}); wrong encoding or "
-                    "MSH-18 character set?", payload)
+                    "MSH-18 character set?", payload())
             return
-    # The patient of a rejected message, when its PID can be read, so that shredding them reaches the quarantine.
-    pid = next((t for t in texts if t.startswith("PID" + enc.field)), None)
-    patient = _patient_ids(_Segment(pid, enc))[0] if pid is not None else None
+
+    def patient() -> str | None:  # a rejected message's patient, when its PID reads: a shred reaches it too
+        pid = next((t for t in texts if t.startswith("PID" + enc.field)), None)
+        return _patient_ids(_Segment(pid, enc))[0] if pid is not None else None
+
     for number, text in enumerate(texts, start=1):
         if not _SEGMENT_ID.fullmatch(text[:3]) or (len(text) > 3 and text[3] != enc.field):
             _reject(chunk, position, "hl7:garbled", f"segment {number} (line {unit.lines[number - 1]}) is garbled "
-                    "(no valid segment id and field separator)", payload, patient_id=patient)
+                    "(no valid segment id and field separator)", payload(), patient_id=patient())
             return
     segments = [_Segment(text, enc) for text in texts]
+    marks = {table: len(rows.rows) for table, rows in chunk.tables.items()}, len(chunk.rejected)
     try:
         problem = _check(segments)
         if problem is not None:
             rule, reason = problem
-            _reject(chunk, position, rule, reason, payload, patient_id=patient)
+            _reject(chunk, position, rule, reason, payload(), patient_id=patient())
             return
         _Mapper(chunk, segments, position, unit, index, recent).run()
     except Exception as exc:  # a reader never raises on bad input: a mapping bug quarantines the message whole
-        _reject(chunk, position, "hl7:map", f"could not be mapped ({type(exc).__name__})", payload,
-                patient_id=patient)
+        _undo(chunk, *marks)
+        _reject(chunk, position, "hl7:map", f"could not be mapped ({type(exc).__name__})", payload(),
+                patient_id=patient())
+
+
+def _undo(chunk: SourceChunk, sizes: dict[str, int], rejected: int) -> None:
+    """Drop what a message's mapping added to ``chunk`` before it failed: a message loads whole or not at all."""
+    for table in list(chunk.tables):
+        kept = sizes.get(table, 0)
+        rows = chunk.tables[table]
+        del rows.rows[kept:], rows.positions[kept:]
+        if not rows.rows:
+            del chunk.tables[table]
+    del chunk.rejected[rejected:]
 
 
 def _patient_ids(pid: _Segment) -> tuple[str | None, tuple[str | None, str, str | None] | None]:

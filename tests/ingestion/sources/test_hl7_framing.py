@@ -362,3 +362,18 @@ def test_when_a_message_has_a_hundred_thousand_segments_then_it_is_read_in_bound
     read = _read(_file(tmp_path, "long.hl7", _message([*ORU[:4], *notes, ORU[4]])), max_bytes=4 << 20)
     assert time.perf_counter() - started < 20
     assert read["rejected"] == [] and len(read["observations"]) == 2 and len(read["resources"]) == 1
+
+
+def test_when_mapping_fails_midway_then_the_message_leaves_no_rows_and_is_quarantined_whole(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ingestion.sources import hl7v2
+
+    def broken(self: Any, segment: Any, where: str) -> None:
+        raise RuntimeError("a mapping bug")
+
+    monkeypatch.setattr(hl7v2._Mapper, "al1", broken)  # after PID and PV1 have added their rows
+    read = _read(_file(tmp_path, "m.hl7", _message(ORU, "\n") + _message(ADT, "\n")))
+    (bad,) = read["rejected"]
+    assert bad.rule == "hl7:map" and bad.patient_id == "PAT1" and "RuntimeError" in bad.reason
+    assert [p["patient_id"] for p in read["patients"]] == ["PAT2"] and "encounters" not in read
+    assert len(read["observations"]) == 7
