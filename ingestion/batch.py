@@ -155,7 +155,9 @@ def source_files(source: str, path: Path) -> list[Path]:
     else:
         if path.is_dir():
             raise ValueError(f"{path} is a directory; --source {source} takes one extract file")
-        files = [path]
+        from ingestion.sources._files import input_files
+
+        files = input_files(path, ()).files  # a FIFO or device is refused: reading one may block or never end
     if not files:
         raise ValueError(f"{path} holds no {source} files")
     return files

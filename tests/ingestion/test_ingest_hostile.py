@@ -255,6 +255,25 @@ def test_when_a_research_csv_has_a_10mb_line_then_the_draft_skips_it_and_the_lin
     assert _rejects(plake)[0]["rules"] == ["record:size"]
 
 
+def test_when_an_extract_path_is_a_fifo_then_it_is_refused_without_blocking(tmp_path: Path, ing_settings,
+                                                                           plake) -> None:
+    os.mkfifo(tmp_path / "outcomes.csv")
+    with pytest.raises(ValueError, match="not a regular file"):
+        ingest(ing_settings, source="tabular", path=tmp_path / "outcomes.csv", plake=plake, docs=False)
+
+
+def test_when_a_jsonl_line_nests_20000_levels_then_only_that_line_is_quarantined(tmp_path: Path, ing_settings,
+                                                                                 plake) -> None:
+    good = json.dumps({"patient_id": "PAT1", "index_date": "2025-01-01", "prevalent_t2d": False})
+    deep = '{"patient_id": ' + "[" * 20_000 + "]" * 20_000 + "}"
+    path = _write(tmp_path / "outcomes.jsonl", deep + "\n" + good + "\n")
+    report = ingest(ing_settings, source="tabular", path=path, table="outcomes", plake=plake, docs=False)
+    _check(report)
+    assert (report.tables["outcomes"].accepted, report.tables["outcomes"].quarantined) == (1, 1)
+    (row,) = _rejects(plake)
+    assert row["rules"] == ["record:parse"] and row["position"] == "line 1"
+
+
 def _bundle(*resources: dict) -> str:
     return json.dumps({"resourceType": "Bundle", "id": "b1", "type": "collection",
                        "entry": [{"fullUrl": f"urn:uuid:{r.get('id', 'x')}", "resource": r} for r in resources]})
