@@ -23,11 +23,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _state(plake: ProtectedLake) -> dict[str, list[str]]:
     lake = plake.lake
-    # Record hashes and pseudonyms are keyed per lake: the rows are compared by content, decrypted.
+    # Record hashes, pseudonyms and identity fingerprints are keyed per lake: rows are compared by content, decrypted.
     state = {}
     for t in lake.tables("raw"):
         data = plake.read("raw", t, decrypt=True)
-        data = data.drop_columns(["_record_hash", "patient_pseudonym", "_ingested_at"])
+        data = data.drop_columns([c for c in ("_record_hash", "patient_pseudonym", "_ingested_at", "_identity")
+                                  if c in data.column_names])
         state[f"raw.{t}"] = sorted(repr(sorted(row.items())) for row in data.to_pylist())
     if lake.exists("quarantine", "records"):
         state["quarantine"] = sorted(lake.read_arrow("quarantine", "records", columns=["quarantine_id"])

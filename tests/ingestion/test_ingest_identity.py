@@ -171,3 +171,16 @@ def test_when_two_generated_populations_share_a_lake_then_no_patient_id_is_share
         assert report.tables["patients"].accepted == 20 and not report.tables["patients"].by_rule
     ids = plake.read("raw", "patients", decrypt=["patient_id"], columns=["patient_id"]).column(0).to_pylist()
     assert len(set(ids)) == 40 and {i.split("-")[0] for i in ids} == {"PAT3", "PAT4"}
+
+
+def test_when_raw_patients_predates_the_identity_column_then_the_next_load_adds_it_and_checks_from_then_on(
+        tmp_path, ing_settings, plake):
+    # A patients contract with no patient column writes no _identity, as every load before this check did.
+    unkeyed = builtin_contract("patients").model_copy(update={"patient_column": None})
+    ingest(ing_settings, source="tabular", path=_patients(tmp_path / "old.csv", [_ann()]), table="patients",
+           contract=unkeyed, plake=plake, docs=False)
+    assert IDENTITY_COLUMN not in plake.lake.schema("raw", "patients").names
+    _ingest_csv(ing_settings, plake, _patients(tmp_path / "a.csv", [_bob()]))
+    assert plake.read("raw", "patients", columns=[IDENTITY_COLUMN]).column(0).null_count == 1  # the old row
+    late = _ingest_csv(ing_settings, plake, _patients(tmp_path / "b.csv", [_bob(first_name="Robert")]))
+    assert late.tables["patients"].by_rule == {"identity:conflict": 1}
