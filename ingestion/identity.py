@@ -140,13 +140,15 @@ class IdentityCheck:
         rows = plake.read("raw", "patients", columns=["patient_pseudonym", IDENTITY_COLUMN], purpose="ingest")
         # One row per distinct (pseudonym, identity): a patient re-sent in every batch is read as one.
         pairs = rows.group_by(["patient_pseudonym", IDENTITY_COLUMN]).aggregate([])
+        pairs = pairs.filter(pc.and_(pc.is_valid(pairs.column("patient_pseudonym")),
+                                     pc.is_valid(pairs.column(IDENTITY_COLUMN))))
         pseudonyms = pairs.column("patient_pseudonym").to_pylist()
         prints = pairs.column(IDENTITY_COLUMN).to_pylist()
-        known: dict[str, str] = {}
-        check = cls(known, key)
+        if len(set(pseudonyms)) == len(pseudonyms):  # the common case: one identity per patient, nothing to merge
+            return cls(dict(zip(pseudonyms, prints, strict=True)), key)
+        check = cls({}, key)
         for pseudonym, fingerprint in zip(pseudonyms, prints, strict=True):
-            if pseudonym is not None and fingerprint is not None:
-                check._merge(pseudonym, fingerprint)
+            check._merge(pseudonym, fingerprint)
         return check
 
     def _merge(self, pseudonym: str, fingerprint: str) -> tuple[str, ...]:
