@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -144,3 +145,38 @@ def test_when_every_official_example_of_a_mapped_type_is_read_then_the_share_rea
     assert {k: (sum(c.values()), c["read"], c["rejected"]) for k, c in outcome.items()} == SHARES
     # the one Observation neither read nor rejected is about a herd (a Group), kept whole in resources
     assert outcome["Observation"]["kept"] == 1
+
+
+@pytest.mark.parametrize(("name", "tables"), [
+    ("Bundle-father.json", {"patients": 1, "encounters": 1, "observations": 1, "medications": 2, "allergies": 1,
+                            "resources": 2}),  # a document: Composition and Practitioner kept whole
+    ("Bundle-10bb101f-a121-4264-a920-67be9cb82c74.json", {"patients": 2, "resources": 1}),  # a message
+    ("Bundle-bundle-response-simplesummary.json", {"patients": 1, "conditions": 3}),  # searchsets in a response
+    ("Bundle-bundle-example.json", {"medications": 1, "resources": 1}),  # a searchset
+    ("Bundle-hla-1.json", {"diagnostic_reports": 1, "observations": 9, "resources": 12}),  # a transaction
+], ids=["document", "message", "batch-response", "searchset", "transaction"])
+def test_when_a_bundle_of_any_type_is_read_then_its_entries_map_to_their_tables(name: str, tables: dict) -> None:
+    rows, rejected = _rows(EXAMPLES / name)
+    assert {t: len(r) for t, r in rows.items()} == tables
+    assert all(r.rule == "fhir:code" for r in rejected)  # the response's fourth Condition is text only
+    patients = {r["patient_id"] for t in ("encounters", "observations", "medications", "allergies", "conditions")
+                for r in rows.get(t, [])}
+    assert None not in patients
+
+
+def test_when_a_medication_administration_is_read_then_it_is_a_medication_of_kind_administration(
+        tmp_path: Path) -> None:
+    administration = {
+        "resourceType": "MedicationAdministration", "id": "ma1", "status": "completed",
+        "medicationCodeableConcept": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+                                                  "code": "1719", "display": "insulin"}]},
+        "subject": {"reference": "Patient/p1"}, "context": {"reference": "Encounter/e1"},
+        "effectivePeriod": {"start": "2024-01-02T08:00:00-05:00"}, "dosage": {"text": "4 units SC"}}
+    (tmp_path / "MedicationAdministration.ndjson").write_text(json.dumps(administration) + "\n")
+    rows, rejected = _rows(tmp_path)
+    assert not rejected
+    (row,) = rows["medications"]
+    assert row == {"medication_id": "ma1", "patient_id": "p1", "encounter_id": "e1", "kind": "administration",
+                   "code": "1719", "code_system": "http://www.nlm.nih.gov/research/umls/rxnorm", "ndc_code": None,
+                   "rxnorm_code": "1719", "medication": "insulin", "dosage": "4 units SC",
+                   "start_date": "2024-01-02T08:00:00-05:00", "status": "completed"}
