@@ -14,7 +14,8 @@ over the record size limit, not readable CSV) are left out of the sample.
 
 Keys (the choices, documented):
 
-- **The patient column** is the first present column whose safe name is, in this order of preference,
+- **The patient column** is the column whose safe name is, in this order of preference (a column with values
+  before an empty one),
   ``patient_id``, ``patient``, ``person_id``, ``subject_id``, ``subject``, ``participant_id``, ``participant``,
   ``mrn``, ``medical_record_number``, ``id``, ``record_id`` (or any other ``<…>_patient_id``/``subject_id``…);
   it is text (an identifier, not a quantity: no range), and PHI whatever its name, so it is sealed and
@@ -314,9 +315,10 @@ def _unique(values: list[Any] | pa.Array) -> bool:
 
 
 def _patient_column(names: list[str], present: dict[str, int]) -> str | None:
-    candidates = [n for n in names if present[n] and (n in PATIENT_COLUMNS or _PATIENT_LIKE.search(n))]
-    ranked = sorted(candidates, key=lambda n: PATIENT_COLUMNS.index(n) if n in PATIENT_COLUMNS else len(
-        PATIENT_COLUMNS))
+    # A column with values first (an empty "id" beside a filled "subject"), then by how telling its name is.
+    candidates = [n for n in names if n in PATIENT_COLUMNS or _PATIENT_LIKE.search(n)]
+    ranked = sorted(candidates, key=lambda n: (not present[n], PATIENT_COLUMNS.index(n) if n in PATIENT_COLUMNS
+                                               else len(PATIENT_COLUMNS)))
     return ranked[0] if ranked else None
 
 

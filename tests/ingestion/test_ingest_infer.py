@@ -188,3 +188,14 @@ def test_when_a_research_csv_is_ingested_from_the_command_line_then_it_loads_and
         refused = runner.invoke(app, command)
         assert refused.exit_code != 0
         assert "3,000 columns, over the limit of 2,000" in refused.output and "Traceback" not in refused.output
+
+
+def test_when_the_draft_picks_the_patient_column_then_a_filled_column_wins_over_an_empty_one(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("id,subject,person_id,email\n,S1,P1,a@example.com\n,S2,P2,b@example.com\n")
+    contract = infer_contract(path, table="t")
+    assert contract.patient_column == "person_id", "person_id is the more telling name among filled columns"
+    assert set(contract.phi_columns) == {"person_id", "email"}
+    empty = tmp_path / "e.csv"
+    empty.write_text("Subject,score\n")
+    assert infer_contract(empty, table="e").patient_column == "subject"
