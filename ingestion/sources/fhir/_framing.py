@@ -5,7 +5,8 @@ resource, pretty-printed or not), read whole up to :data:`MAX_DOCUMENT_BYTES`; `
 ``.gz``) hold one document per line (FHIR Bulk Data ``$export`` output, one resource a line, or one Bundle a
 line), streamed with the record-size limit on every line, decompressed size included. A ``.json`` file that holds
 several lines of JSON is read as lines. A file given directly with another suffix is read whole when it fits and
-as lines otherwise.
+as lines otherwise. A ``.gz`` file stops being read once it has inflated to :data:`MAX_INFLATION` times its size
+(at least :data:`MAX_DOCUMENT_BYTES`): a decompression bomb costs bounded time as well as bounded memory.
 
 Every document is decoded as strict UTF-8 (a leading byte-order mark is dropped) and its nesting depth is measured
 on the bytes before it is parsed (:func:`json_depth`), so a document nested deeper than :data:`MAX_DEPTH` levels is
@@ -27,7 +28,7 @@ import numpy as np
 
 from ingestion.sources._base import PAYLOAD_KEEP_BYTES, Rejected, iter_lines, lossy
 
-__all__ = ["MAX_DEPTH", "MAX_DOCUMENT_BYTES", "SUFFIXES", "Document", "documents", "json_depth"]
+__all__ = ["MAX_DEPTH", "MAX_DOCUMENT_BYTES", "MAX_INFLATION", "SUFFIXES", "Document", "documents", "json_depth"]
 
 SUFFIXES = (".json", ".ndjson", ".jsonl", ".json.gz", ".ndjson.gz", ".jsonl.gz")
 _LINE_SUFFIXES = (".ndjson", ".jsonl", ".ndjson.gz", ".jsonl.gz")
@@ -41,6 +42,8 @@ MAX_DOCUMENT_BYTES = 64 * 2**20
 _BOM = b"\xef\xbb\xbf"
 _NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
 _GZIP_ERRORS = (OSError, EOFError, zlib.error)
+# Gzip'd FHIR ndjson inflates 10-30x; a file inflating past 200x its size is treated as a decompression bomb.
+MAX_INFLATION = 200
 
 
 @dataclass
@@ -127,7 +130,38 @@ def _plain_open(file: Path) -> IO[bytes]:
 
 
 def _gzip_open(file: Path) -> IO[bytes]:
-    return gzip.open(file, "rb")  # a stream: readline/read with a size decompress only what they return
+    # A stream: readline/read with a size decompress only what they return. The budget stops a decompression
+    # bomb (gzip inflates up to ~1,000x) after MAX_INFLATION times the file, time spent on it included.
+    return _Inflated(gzip.open(file, "rb"), max(MAX_DOCUMENT_BYTES, MAX_INFLATION * file.stat().st_size))
+
+
+class _InflationError(Exception):
+    """More was decompressed from a .gz file than its budget allows."""
+
+
+class _Inflated:
+    """A decompressing handle that counts what it returns and raises :class:`_InflationError` past ``budget``."""
+
+    def __init__(self, handle: IO[bytes], budget: int) -> None:
+        self._handle, self._budget, self._returned = handle, budget, 0
+
+    def _count(self, data: bytes) -> bytes:
+        self._returned += len(data)
+        if self._returned > self._budget:
+            raise _InflationError
+        return data
+
+    def readline(self, size: int = -1) -> bytes:
+        return self._count(self._handle.readline(size))
+
+    def read(self, size: int = -1) -> bytes:
+        return self._count(self._handle.read(size))
+
+    def __enter__(self) -> _Inflated:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.close()
 
 
 def _lines(file: Path, opener, table: str, max_record_bytes: int) -> Iterator[Document]:
@@ -149,6 +183,11 @@ def _lines(file: Path, opener, table: str, max_record_bytes: int) -> Iterator[Do
         yield Document(position, rejected=Rejected(
             table, position, "record:parse", f"{file.name} cannot be read after line {number:,}: the compressed "
             f"stream is corrupt or truncated ({type(exc).__name__})", ""))
+    except _InflationError:
+        position = f"{file.name} line {number + 1}"
+        yield Document(position, rejected=Rejected(
+            table, position, "record:size", f"{file.name} inflates to more than {MAX_INFLATION}x its size (a "
+            f"decompression bomb?); not read past line {number:,}", ""))
 
 
 def _whole(file: Path, opener, table: str, max_record_bytes: int) -> Iterator[Document]:
@@ -159,6 +198,11 @@ def _whole(file: Path, opener, table: str, max_record_bytes: int) -> Iterator[Do
     except _GZIP_ERRORS as exc:
         yield Document(position, rejected=Rejected(
             table, position, "record:parse", f"{position} is not a readable gzip file ({type(exc).__name__})", ""))
+        return
+    except _InflationError:
+        yield Document(position, rejected=Rejected(
+            table, position, "record:size", f"{position} inflates to more than {MAX_INFLATION}x its size (a "
+            "decompression bomb?); not read", ""))
         return
     if len(raw) > MAX_DOCUMENT_BYTES:
         yield Document(position, rejected=Rejected(

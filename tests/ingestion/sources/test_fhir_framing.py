@@ -199,3 +199,17 @@ def test_when_numbers_are_too_long_then_the_line_is_rejected_or_the_value_kept_a
     assert rejected["Observation.ndjson line 1"].rule == "record:parse"
     row = rows["observations"]["Observation.ndjson line 2"]
     assert row["value"] is None and row["value_text"] == "9" * 400
+
+
+def test_when_a_gzip_file_is_a_decompression_bomb_then_reading_stops_at_its_inflation_budget(tmp_path: Path) -> None:
+    from ingestion.sources.fhir._framing import MAX_DOCUMENT_BYTES
+
+    with gzip.open(tmp_path / "Observation.ndjson.gz", "wb", compresslevel=9) as handle:
+        for _ in range(MAX_DOCUMENT_BYTES // 2**20 + 40):  # 104 MiB of one line, about 100 KiB on disk
+            handle.write(b"0" * 2**20)
+    started = time.perf_counter()
+    _, rejected, _ = _read(tmp_path)
+    assert time.perf_counter() - started < 20
+    (bomb,) = rejected.values()
+    assert (bomb.position, bomb.rule) == ("Observation.ndjson.gz line 1", "record:size")
+    assert "decompression bomb" in bomb.reason
