@@ -46,7 +46,7 @@ from ingestion.sources._encoding import UTF8_BOM, foreign_encoding
 if TYPE_CHECKING:
     from ingestion.contract import Contract
 
-__all__ = ["CELLS_PER_CHUNK", "MISSING", "ROW_COLUMN", "chunk_rows_for", "file_columns", "read_tabular",
+__all__ = ["CELLS_PER_CHUNK", "MISSING", "ROW_COLUMN", "chunk_rows_for", "read_tabular",
            "safe_name", "safe_names", "tabular_format", "thousands_number"]
 
 _FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl",
@@ -90,13 +90,15 @@ def safe_name(name: str) -> str:
 def safe_names(names: Iterable[str]) -> list[str]:
     """Safe identifiers for a header, in order; a name that repeats an earlier one is suffixed ``_2``, ``_3``…"""
     taken: set[str] = set()
+    last: dict[str, int] = {}  # the last suffix given per name, so a header of one name repeated stays linear
     out = []
     for name in names:
         base = candidate = safe_name(name)
-        number = 1
+        number = last.get(base, 1)
         while candidate in taken:
             number += 1
             candidate = f"{base[:_NAME_MAX - len(str(number)) - 1]}_{number}"
+        last[base] = number
         taken.add(candidate)
         out.append(candidate)
     return out
@@ -111,31 +113,6 @@ def chunk_rows_for(chunk_rows: int, width: int) -> int:
     """Rows per chunk for a table ``width`` columns wide: ``chunk_rows``, fewer when that many rows would hold more
     than :data:`CELLS_PER_CHUNK` values."""
     return max(1, min(chunk_rows, CELLS_PER_CHUNK // max(width, 1)))
-
-
-def file_columns(path: Path, max_bytes: int) -> int | None:
-    """How many columns a CSV header or Parquet schema has (None for JSON lines, or an unreadable header)."""
-    fmt = tabular_format(path)
-    if fmt == "parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        try:
-            return len(pq.ParquetFile(path).schema_arrow.names)
-        except (OSError, pa.ArrowException):
-            return None
-    if fmt != "csv":
-        return None
-    with path.open("rb") as handle:
-        for _number, raw, too_long in iter_lines(handle, max_bytes):
-            text, _problem = decode_line(raw)
-            if too_long or text is None:
-                return None
-            try:
-                return len(next(csv.reader([text]), []))
-            except csv.Error:
-                return None
-    return 0
 
 
 def read_tabular(path: Path, table: str, columns: list[str], *, chunk_rows: int, max_record_bytes: int,
@@ -201,10 +178,10 @@ class _Layout:
 
     def _problem(self, header: list[str]) -> str | None:
         wanted = [c for c in self.columns if c != self.row_column or c in header]
-        return header_problem(header, wanted, self.column_set)
+        return _header_problem(header, wanted, self.column_set)
 
 
-def header_problem(header: list[str], columns: list[str], known: set[str] | None = None) -> str | None:
+def _header_problem(header: list[str], columns: list[str], known: set[str] | None = None) -> str | None:
     """What is wrong with a header against the contract's columns (missing, undeclared, repeated), or None.
 
     Linear in the number of columns (sets and one count), so a very wide header costs no more than reading it.

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ingestion.batch import ingest
-from ingestion.sources.tabular import CELLS_PER_CHUNK, chunk_rows_for
+from ingestion.sources.tabular import CELLS_PER_CHUNK, chunk_rows_for, safe_names
 
 HEADER = '"patient_id","index_date","prevalent_t2d","t2d_within_1y"\n'
 GOOD = '"PAT1","2025-01-01",false,true\n'
@@ -110,6 +110,25 @@ def test_when_a_csv_has_10000_columns_then_it_is_refused_at_once_naming_the_limi
     assert "10,000 columns" in row["reason"] and len(row["reason"]) < 300
     assert not plake.exists("raw", "outcomes")
     assert elapsed < 20, f"refusing a 10,000-column file took {elapsed:.1f} s"
+
+
+def test_when_a_parquet_file_has_10000_columns_then_it_is_refused_the_same_way(tmp_path: Path, ing_settings,
+                                                                               plake) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "wide.parquet"
+    pq.write_table(pa.table({f"c{i}": [i] for i in range(WIDE)}), path)
+    with pytest.raises(ValueError, match="10,000 columns, over the limit"):
+        ingest(ing_settings, source="tabular", path=path, plake=plake, docs=False)
+    report = ingest(ing_settings, source="tabular", path=path, table="outcomes", plake=plake, docs=False)
+    assert (report.tables["outcomes"].rows_in, report.tables["outcomes"].quarantined) == (1, 1)
+    assert _rejects(plake)[0]["position"] == "file"
+
+
+def test_when_a_header_repeats_one_name_2000_times_then_the_names_are_numbered(tmp_path: Path) -> None:
+    assert safe_names(["x"] * 2_000)[-3:] == ["x_1998", "x_1999", "x_2000"]
+    assert safe_names(["a", "a_2", "a", "A"]) == ["a", "a_2", "a_3", "a_4"]
 
 
 def test_when_a_jsonl_record_has_10000_fields_then_only_that_line_is_quarantined_with_a_short_reason(
