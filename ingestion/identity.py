@@ -28,9 +28,9 @@ Records of a conflicting patient in the same batch (encounters, observations…)
 rule: the source sent them with the conflicting identity, so loading them under the existing pseudonym would
 attach one person's clinical data to another, the silent merge this check exists to stop. They are held when
 they come in the same chunk as the conflicting patients row or after it (the loader checks a chunk's patients
-first); a source that sends a patient's records in an earlier chunk than the patient (a Bulk Data export whose
-``Observation`` files sort before ``Patient``), or in another batch (a tabular extract per table), loads them
-under the existing pseudonym, and the quarantined patients row is where review starts.
+first, and the FHIR reader reads a Bulk Data export's ``Patient`` files before the others). Records sent in
+another batch (a tabular extract per table) or, in a source that sends them before the patient, in an earlier
+chunk, load under the existing pseudonym; the quarantined patients row is where review starts.
 """
 
 from __future__ import annotations
