@@ -23,6 +23,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ingestion.sources.fhir._datatypes import (
+    as_dict,
+    as_dicts,
+    as_str,
+    code_in,
+    coded,
+    first_code,
+    number,
+    quantity_text,
+    range_text,
+    when,
+)
 from ingestion.sources.fhir._refs import Item, Scope, own_id, resource_key
 
 __all__ = ["CONFORMED", "Context", "NotAboutAPatient", "Unmappable", "map_resource", "patient_key"]
@@ -81,7 +93,7 @@ class Context:
         """Remember which DiagnosticReport (``result``) or panel Observation (``hasMember``) lists each result, so a
         result without a subject of its own is about the patient of the report that lists it."""
         for item in items:
-            for reference in _list(item.resource.get("result")) + _list(item.resource.get("hasMember")):
+            for reference in as_dicts(item.resource.get("result")) + as_dicts(item.resource.get("hasMember")):
                 target = self.scope.resolve(reference, item)
                 if target is not None and target.item is not None and target.item is not item:
                     self.reported_in.setdefault(id(target.item.resource), item)
@@ -117,8 +129,8 @@ def map_resource(item: Item, ctx: Context) -> Rows:
 
 def patient_key(item: Item) -> str:
     """A Patient's id in the lake: the source system's own id when the generator declared it, else the FHIR id."""
-    for ident in _list(item.resource.get("identifier")):
-        if ident.get("system") == _SOURCE_PATIENT_ID and _str(ident.get("value")):
+    for ident in as_dicts(item.resource.get("identifier")):
+        if ident.get("system") == _SOURCE_PATIENT_ID and as_str(ident.get("value")):
             return ident["value"]
     if item.container is not None:
         return resource_key(item)
@@ -127,8 +139,8 @@ def patient_key(item: Item) -> str:
 
 def _record_id(item: Item, system: str) -> str:
     """A record's id: the generator's own identifier when present, else the FHIR id, else a content digest."""
-    for ident in _list(item.resource.get("identifier")):
-        if ident.get("system") == system and _str(ident.get("value")):
+    for ident in as_dicts(item.resource.get("identifier")):
+        if ident.get("system") == system and as_str(ident.get("value")):
             return ident["value"]
     return own_id(item) or resource_key(item)
 
@@ -179,54 +191,14 @@ def _target_id(item: Item, ctx: Context, reference: Any) -> str | None:
     if not isinstance(reference, dict):
         return None
     identifier = reference.get("identifier")
-    if isinstance(identifier, dict) and _str(identifier.get("value")):
+    if isinstance(identifier, dict) and as_str(identifier.get("value")):
         return identifier["value"]
     target = ctx.scope.resolve(reference, item)
     return target.ident if target is not None else None
 
 
-# small readers of FHIR datatypes (dicts already checked by the model) ------------------------------------------
-
-
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) and value != "" else None
-
-
-def _list(value: Any) -> list[dict[str, Any]]:
-    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _coded(concept: Any) -> tuple[str | None, str | None, str | None]:
-    """(code, system, display) of a CodeableConcept's first coding with a code; display falls back to its text."""
-    concept = _dict(concept)
-    for coding in _list(concept.get("coding")):
-        if _str(coding.get("code")):
-            return coding["code"], _str(coding.get("system")), _str(coding.get("display")) or _str(concept.get("text"))
-    return None, None, _str(concept.get("text"))
-
-
-def _code_in(concept: Any, systems: set[str]) -> str | None:
-    for coding in _list(_dict(concept).get("coding")):
-        if coding.get("system") in systems and _str(coding.get("code")):
-            return coding["code"]
-    return None
-
-
-def _first_code(concepts: Any) -> str | None:
-    """The code of the first coding of the first CodeableConcept of a list (a category, an interpretation)."""
-    for concept in _list(concepts) if isinstance(concepts, list) else [_dict(concepts)]:
-        code, _, _ = _coded(concept)
-        if code:
-            return code
-    return None
-
-
 def _required_code(item: Item, element: str) -> tuple[str, str, str | None]:
-    code, system, display = _coded(item.resource.get(element))
+    code, system, display = coded(item.resource.get(element))
     kind = item.resource["resourceType"]
     if code is None:
         raise Unmappable("fhir:code", f"{kind}.{element} has no coding with a code (text only, or absent): the "
@@ -236,112 +208,88 @@ def _required_code(item: Item, element: str) -> tuple[str, str, str | None]:
     return code, system, display
 
 
-def _when(resource: dict[str, Any], prefix: str) -> str | None:
-    """``<prefix>DateTime``, ``<prefix>Instant`` or the start of ``<prefix>Period``, as written."""
-    return (_str(resource.get(f"{prefix}DateTime")) or _str(resource.get(f"{prefix}Instant"))
-            or _str(_dict(resource.get(f"{prefix}Period")).get("start")))
-
-
-def _number(value: Any) -> float | None:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return None
-    try:
-        return float(value)
-    except OverflowError:  # an integer beyond a double's range: kept as text by the caller
-        return None
-
-
-def _quantity_text(quantity: Any) -> str | None:
-    quantity = _dict(quantity)
-    value = quantity.get("value")
-    if value is None:
-        return None
-    comparator = _str(quantity.get("comparator")) or ""
-    unit = _str(quantity.get("unit")) or _str(quantity.get("code"))
-    return f"{comparator}{value}" + (f" {unit}" if unit else "")
-
-
 # mappers ------------------------------------------------------------------------------------------------------
 
 
 def _patient_row(item: Item, ctx: Context) -> dict[str, Any]:
     res = item.resource
-    names = _list(res.get("name"))
+    names = as_dicts(res.get("name"))
     name = next((n for n in names if n.get("use") == "official"), names[0] if names else {})
     given = name.get("given") if isinstance(name.get("given"), list) else []
-    addresses = _list(res.get("address"))
+    addresses = as_dicts(res.get("address"))
     address = next((a for a in addresses if a.get("use") == "home"), addresses[0] if addresses else {})
     lines = [x for x in address.get("line") or [] if isinstance(x, str)]
-    telecom = _list(res.get("telecom"))
-    identifiers = _list(res.get("identifier"))
+    telecom = as_dicts(res.get("telecom"))
+    identifiers = as_dicts(res.get("identifier"))
     mrn = next((i.get("value") for i in identifiers if "MR" in _type_codes(i)), None)
     ssn = next((i.get("value") for i in identifiers if i.get("system") in _SSN or "SS" in _type_codes(i)), None)
     member = next((i.get("value") for i in identifiers if _type_codes(i) & _MEMBER_TYPES
                    or str(i.get("system", "")).endswith(_MEMBER_SYSTEM_SUFFIX)), None)
-    extensions = {e.get("url"): e for e in _list(res.get("extension"))}
+    extensions = {e.get("url"): e for e in as_dicts(res.get("extension"))}
     return {
-        "patient_id": patient_key(item), "mrn": _str(mrn),
+        "patient_id": patient_key(item), "mrn": as_str(mrn),
         "first_name": given[0] if given and isinstance(given[0], str) else None,
-        "last_name": _str(name.get("family")),
+        "last_name": as_str(name.get("family")),
         "sex": _GENDER.get(res.get("gender")) if res.get("gender") else None,
-        "birth_date": _str(res.get("birthDate")), "ssn": _str(ssn),
-        "address": ", ".join(lines) or None, "city": _str(address.get("city")),
-        "state": _str(address.get("state")), "zip": _str(address.get("postalCode")),
-        "phone": next((_str(t.get("value")) for t in telecom if t.get("system") == "phone" and _str(t.get("value"))),
-                      None),
-        "email": next((_str(t.get("value")) for t in telecom if t.get("system") == "email" and _str(t.get("value"))),
-                      None),
-        "insurance_member_id": _str(member),
+        "birth_date": as_str(res.get("birthDate")), "ssn": as_str(ssn),
+        "address": ", ".join(lines) or None, "city": as_str(address.get("city")),
+        "state": as_str(address.get("state")), "zip": as_str(address.get("postalCode")),
+        "phone": _telecom(telecom, "phone"), "email": _telecom(telecom, "email"),
+        "insurance_member_id": as_str(member),
         "facility_id": _target_id(item, ctx, res.get("managingOrganization")),
         "consent_research": None,
         "race": _omb(extensions.get(_US_CORE + "us-core-race")),
         "ethnicity": _omb(extensions.get(_US_CORE + "us-core-ethnicity")),
-        "birth_sex": _str(_dict(extensions.get(_US_CORE + "us-core-birthsex")).get("valueCode")),
+        "birth_sex": as_str(as_dict(extensions.get(_US_CORE + "us-core-birthsex")).get("valueCode")),
     }
 
 
+def _telecom(telecom: list[dict[str, Any]], system: str) -> str | None:
+    return next((t["value"] for t in telecom if t.get("system") == system and as_str(t.get("value"))), None)
+
+
 def _type_codes(identifier: dict[str, Any]) -> set[str]:
-    return {c.get("code") for c in _list(_dict(identifier.get("type")).get("coding"))}
+    return {c.get("code") for c in as_dicts(as_dict(identifier.get("type")).get("coding"))}
 
 
 def _omb(extension: dict[str, Any] | None) -> str | None:
     """US Core race/ethnicity: the OMB categories' display text (``; ``-joined), else the ``text`` sub-extension."""
     if not extension:
         return None
-    parts = _list(extension.get("extension"))
-    categories = [_str(c.get("display")) or _str(c.get("code")) for p in parts if p.get("url") == "ombCategory"
-                  for c in [_dict(p.get("valueCoding"))]]
+    parts = as_dicts(extension.get("extension"))
+    categories = [as_str(c.get("display")) or as_str(c.get("code")) for p in parts if p.get("url") == "ombCategory"
+                  for c in [as_dict(p.get("valueCoding"))]]
     categories = [c for c in categories if c]
     if categories:
         return "; ".join(categories)
-    return next((_str(p.get("valueString")) for p in parts if p.get("url") == "text"), None)
+    return next((as_str(p.get("valueString")) for p in parts if p.get("url") == "text"), None)
 
 
 def _encounter(item: Item, ctx: Context, patient_id: str):
     res = item.resource
-    period = _dict(res.get("period"))
+    period = as_dict(res.get("period"))
     npi = None
-    for participant in _list(res.get("participant")):
+    for participant in as_dicts(res.get("participant")):
         individual = participant.get("individual")
-        identifiers = [_dict(_dict(individual).get("identifier"))]
+        identifiers = [as_dict(as_dict(individual).get("identifier"))]
         target = ctx.scope.resolve(individual, item)
         if target is not None and target.item is not None:
-            identifiers += _list(target.item.resource.get("identifier"))
+            identifiers += as_dicts(target.item.resource.get("identifier"))
         # An NPI is ten digits; a counter under the NPI system (Synthea writes "110") names no one: the
         # Practitioner itself stays whole in resources.
         npi = next((i["value"] for i in identifiers if i.get("system") in _NPI
                     and _NPI_FORMAT.match(str(i.get("value", "")))), None)
         if npi:
             break
-    encounter_class = _dict(res.get("class"))
-    code = _str(encounter_class.get("code"))
+    encounter_class = as_dict(res.get("class"))
+    code = as_str(encounter_class.get("code"))
     if code and not encounter_class.get("system"):
         code = _CLASS_WORDS.get(code.lower(), code)
     yield {
         "encounter_id": _record_id(item, "urn:medguard:encounter-id"), "patient_id": patient_id,
         "facility_id": _target_id(item, ctx, res.get("serviceProvider")),
         "encounter_type": code,
-        "admit_time": _str(period.get("start")), "discharge_time": _str(period.get("end")),
+        "admit_time": as_str(period.get("start")), "discharge_time": as_str(period.get("end")),
         "provider_npi": npi,
     }, item.position
 
@@ -349,23 +297,23 @@ def _encounter(item: Item, ctx: Context, patient_id: str):
 def _observation(item: Item, ctx: Context, patient_id: str):
     res = item.resource
     code, system, display = _required_code(item, "code")
-    categories = _list(res.get("category"))
-    category = next((c.get("code") for concept in categories for c in _list(concept.get("coding"))
-                     if c.get("system") == _OBS_CATEGORY and _str(c.get("code"))), None) or _first_code(categories)
+    categories = as_dicts(res.get("category"))
+    category = next((c.get("code") for concept in categories for c in as_dicts(concept.get("coding"))
+                     if c.get("system") == _OBS_CATEGORY and as_str(c.get("code"))), None) or first_code(categories)
     base = {"patient_id": patient_id, "encounter_id": _encounter_of(item, ctx, "encounter"), "category": category,
-            "effective_time": _when(res, "effective") or _str(res.get("issued"))}
+            "effective_time": when(res, "effective") or as_str(res.get("issued"))}
     own = _observed(res)
     parent_id = _record_id(item, "urn:medguard:observation-id")
-    components = _list(res.get("component"))
+    components = as_dicts(res.get("component"))
     has_value = own["value"] is not None or own["value_text"] is not None
     if has_value or not components:
         yield {"observation_id": parent_id, **base, "code": code, "code_system": system,
-               "loinc_code": _code_in(res.get("code"), _LOINC), "display": display, **own}, item.position
-    for number, component in enumerate(components, start=1):
-        c_code, c_system, c_display = _coded(component.get("code"))
-        yield {"observation_id": f"{parent_id}:{number}", **base, "code": c_code, "code_system": c_system,
-               "loinc_code": _code_in(component.get("code"), _LOINC), "display": c_display,
-               **_observed(component)}, f"{item.position} component {number}"
+               "loinc_code": code_in(res.get("code"), _LOINC), "display": display, **own}, item.position
+    for index, component in enumerate(components, start=1):
+        c_code, c_system, c_display = coded(component.get("code"))
+        yield {"observation_id": f"{parent_id}:{index}", **base, "code": c_code, "code_system": c_system,
+               "loinc_code": code_in(component.get("code"), _LOINC), "display": c_display,
+               **_observed(component)}, f"{item.position} component {index}"
 
 
 def _observed(element: dict[str, Any]) -> dict[str, Any]:
@@ -373,25 +321,25 @@ def _observed(element: dict[str, Any]) -> dict[str, Any]:
     value = value_text = unit = None
     quantity = element.get("valueQuantity")
     if isinstance(quantity, dict):
-        value = _number(quantity.get("value"))
+        value = number(quantity.get("value"))
         if value is None and quantity.get("value") is not None:
             value_text = str(quantity["value"])
-        unit = _str(quantity.get("code")) or _str(quantity.get("unit"))
-        if _str(quantity.get("comparator")):
-            value_text = _quantity_text(quantity)  # "<5" is not the number 5
+        unit = as_str(quantity.get("code")) or as_str(quantity.get("unit"))
+        if as_str(quantity.get("comparator")):
+            value_text = quantity_text(quantity)  # "<5" is not the number 5
             value = None
     elif "valueInteger" in element:
-        value = _number(element["valueInteger"])
+        value = number(element["valueInteger"])
         value_text = None if value is not None else str(element["valueInteger"])
     elif "valueCodeableConcept" in element:
-        code, _, display = _coded(element["valueCodeableConcept"])
+        code, _, display = coded(element["valueCodeableConcept"])
         value_text = display or code
     elif "valueRatio" in element:
-        ratio = _dict(element["valueRatio"])
-        numerator, denominator = _quantity_text(ratio.get("numerator")), _quantity_text(ratio.get("denominator"))
+        ratio = as_dict(element["valueRatio"])
+        numerator, denominator = quantity_text(ratio.get("numerator")), quantity_text(ratio.get("denominator"))
         value_text = f"{numerator or ''}/{denominator or ''}" if numerator or denominator else None
     elif "valueRange" in element:
-        low, high = (_quantity_text(_dict(element["valueRange"]).get(k)) for k in ("low", "high"))
+        low, high = (quantity_text(as_dict(element["valueRange"]).get(k)) for k in ("low", "high"))
         value_text = f"{low or ''}-{high or ''}" if low or high else None
     elif "valueBoolean" in element:
         value_text = "true" if element["valueBoolean"] else "false"
@@ -401,21 +349,10 @@ def _observed(element: dict[str, Any]) -> dict[str, Any]:
         if value_text is None and isinstance(element.get("valuePeriod"), dict):
             period = element["valuePeriod"]
             value_text = f"{period.get('start', '')}/{period.get('end', '')}"
-    ranges = _list(element.get("referenceRange"))
+    ranges = as_dicts(element.get("referenceRange"))
     return {"value": value, "value_text": value_text, "unit": unit,
-            "reference_range": _range_text(ranges[0]) if ranges else None,
-            "interpretation": _first_code(element.get("interpretation"))}
-
-
-def _range_text(reference_range: dict[str, Any]) -> str | None:
-    if _str(reference_range.get("text")):
-        return reference_range["text"]
-    low, high = (_dict(reference_range.get(k)).get("value") for k in ("low", "high"))
-    if low is not None and high is not None:
-        return f"{low}-{high}"
-    if low is not None:
-        return f">={low}"
-    return f"<={high}" if high is not None else None
+            "reference_range": range_text(ranges[0]) if ranges else None,
+            "interpretation": first_code(element.get("interpretation"))}
 
 
 def _condition(item: Item, ctx: Context, patient_id: str):
@@ -423,8 +360,8 @@ def _condition(item: Item, ctx: Context, patient_id: str):
     code, system, display = _required_code(item, "code")
     yield {"condition_id": _record_id(item, "urn:medguard:condition-id"), "patient_id": patient_id,
            "encounter_id": _encounter_of(item, ctx, "encounter", "context"), "code": code, "code_system": system,
-           "icd10_code": _code_in(res.get("code"), _ICD10CM), "description": display,
-           "onset_date": _when(res, "onset"), "clinical_status": _first_code(res.get("clinicalStatus"))}, item.position
+           "icd10_code": code_in(res.get("code"), _ICD10CM), "description": display,
+           "onset_date": when(res, "onset"), "clinical_status": first_code(res.get("clinicalStatus"))}, item.position
 
 
 def _medication(item: Item, ctx: Context, patient_id: str):
@@ -435,29 +372,29 @@ def _medication(item: Item, ctx: Context, patient_id: str):
         reference = res.get("medicationReference")
         target = ctx.scope.resolve(reference, item)
         medication = target.item.resource if target is not None and target.item is not None else {}
-        concept = medication.get("code") or {"text": _dict(reference).get("display")}
-    code, system, display = _coded(concept)
+        concept = medication.get("code") or {"text": as_dict(reference).get("display")}
+    code, system, display = coded(concept)
     if kind == "MedicationAdministration":
-        dosages = [_dict(res.get("dosage"))]
+        dosages = [as_dict(res.get("dosage"))]
     else:
-        dosages = _list(res.get("dosage") if kind == "MedicationStatement" else res.get("dosageInstruction"))
-    start = {"MedicationRequest": _str(res.get("authoredOn")),
-             "MedicationDispense": _str(res.get("whenHandedOver")) or _str(res.get("whenPrepared"))}.get(kind)
+        dosages = as_dicts(res.get("dosage") if kind == "MedicationStatement" else res.get("dosageInstruction"))
+    start = {"MedicationRequest": as_str(res.get("authoredOn")),
+             "MedicationDispense": as_str(res.get("whenHandedOver")) or as_str(res.get("whenPrepared"))}.get(kind)
     yield {"medication_id": _record_id(item, "urn:medguard:medication-id"), "patient_id": patient_id,
            "encounter_id": _encounter_of(item, ctx, "encounter", "context"), "kind": _MEDICATION_KIND[kind],
-           "code": code, "code_system": system, "ndc_code": _code_in(concept, _NDC),
-           "rxnorm_code": _code_in(concept, _RXNORM), "medication": _str(_dict(concept).get("text")) or display,
-           "dosage": next((_str(d.get("text")) for d in dosages if _str(d.get("text"))), None),
-           "start_date": start or _when(res, "effective"), "status": _str(res.get("status"))}, item.position
+           "code": code, "code_system": system, "ndc_code": code_in(concept, _NDC),
+           "rxnorm_code": code_in(concept, _RXNORM), "medication": as_str(as_dict(concept).get("text")) or display,
+           "dosage": next((as_str(d.get("text")) for d in dosages if as_str(d.get("text"))), None),
+           "start_date": start or when(res, "effective"), "status": as_str(res.get("status"))}, item.position
 
 
 def _procedure(item: Item, ctx: Context, patient_id: str):
     res = item.resource
-    code, system, display = _coded(res.get("code"))
+    code, system, display = coded(res.get("code"))
     yield {"procedure_id": own_id(item) or resource_key(item), "patient_id": patient_id,
            "encounter_id": _encounter_of(item, ctx, "encounter", "context"), "code": code, "code_system": system,
-           "description": display, "status": _str(res.get("status")),
-           "performed_time": _when(res, "performed")}, item.position
+           "description": display, "status": as_str(res.get("status")),
+           "performed_time": when(res, "performed")}, item.position
 
 
 def _immunization(item: Item, ctx: Context, patient_id: str):
@@ -465,25 +402,25 @@ def _immunization(item: Item, ctx: Context, patient_id: str):
     code, system, display = _required_code(item, "vaccineCode")
     yield {"immunization_id": own_id(item) or resource_key(item), "patient_id": patient_id,
            "encounter_id": _encounter_of(item, ctx, "encounter"), "code": code, "code_system": system,
-           "description": display, "status": _str(res.get("status")),
-           "occurrence_time": _when(res, "occurrence")}, item.position
+           "description": display, "status": as_str(res.get("status")),
+           "occurrence_time": when(res, "occurrence")}, item.position
 
 
 def _allergy(item: Item, ctx: Context, patient_id: str):
     res = item.resource
-    code, system, display = _coded(res.get("code"))
+    code, system, display = coded(res.get("code"))
     categories = res.get("category") if isinstance(res.get("category"), list) else []
     reactions = []
-    for reaction in _list(res.get("reaction")):
-        text = _str(reaction.get("description")) or "; ".join(
-            t for t in (_coded(m)[2] or _coded(m)[0] for m in _list(reaction.get("manifestation"))) if t)
+    for reaction in as_dicts(res.get("reaction")):
+        text = as_str(reaction.get("description")) or "; ".join(
+            t for t in (coded(m)[2] or coded(m)[0] for m in as_dicts(reaction.get("manifestation"))) if t)
         if text:
             reactions.append(text)
     yield {"allergy_id": own_id(item) or resource_key(item), "patient_id": patient_id, "code": code,
            "code_system": system, "description": display,
            "category": next((c for c in categories if isinstance(c, str)), None),
-           "criticality": _str(res.get("criticality")), "clinical_status": _first_code(res.get("clinicalStatus")),
-           "onset_date": _when(res, "onset"), "reaction": "; ".join(reactions) or None}, item.position
+           "criticality": as_str(res.get("criticality")), "clinical_status": first_code(res.get("clinicalStatus")),
+           "onset_date": when(res, "onset"), "reaction": "; ".join(reactions) or None}, item.position
 
 
 def _diagnostic_report(item: Item, ctx: Context, patient_id: str):
@@ -491,9 +428,9 @@ def _diagnostic_report(item: Item, ctx: Context, patient_id: str):
     code, system, display = _required_code(item, "code")
     yield {"report_id": own_id(item) or resource_key(item), "patient_id": patient_id,
            "encounter_id": _encounter_of(item, ctx, "encounter", "context"), "code": code, "code_system": system,
-           "description": display, "category": _first_code(res.get("category")), "status": _str(res.get("status")),
-           "effective_time": _when(res, "effective") or _str(res.get("issued")),
-           "conclusion": _str(res.get("conclusion"))}, item.position
+           "description": display, "category": first_code(res.get("category")), "status": as_str(res.get("status")),
+           "effective_time": when(res, "effective") or as_str(res.get("issued")),
+           "conclusion": as_str(res.get("conclusion"))}, item.position
 
 
 _MAPPERS: dict[str, Callable[..., Any]] = {
