@@ -11,9 +11,12 @@ Shape::
     columns:
       <name>: {type: string|float|integer|boolean|date|datetime|json, required: bool,
                enum: [...], pattern: REGEX, min: x, max: y, min_length: n, max_length: n,
-               code_system: icd10cm|loinc|ndc, normalize: phone|us_state|ssn, default: TEXT, phi: bool}
-    ranges:                        # value limits that depend on a code (vitals and labs per LOINC)
-      - {column: value, by: loinc_code, limits: {"8480-6": [60, 260], ...}}
+               code_system: icd10cm|icd9cm|snomed|loinc|rxnorm|ndc|cvx|cpt|hcpcs|ucum,
+               normalize: phone|us_state|ssn, default: TEXT, phi: bool}
+    codes:                         # code columns whose system is named per row (mapped to short names at conform)
+      - {code: code, system: code_system}
+    ranges:                        # value limits that depend on a code (vitals and labs per LOINC), in a unit
+      - {column: value, by: loinc_code, unit: unit, limits: {"8480-6": [60, 260, "mm[Hg]"], ...}}
     order:                         # one column's value may not be earlier than another's
       - {before: admit_time, after: discharge_time}
 
@@ -47,7 +50,8 @@ from pipeline.errors import ValidationError
 __all__ = ["CONFORMED_TABLES", "Column", "Contract", "builtin_contract", "load_contract", "with_defaults"]
 
 ColumnType = Literal["string", "float", "integer", "boolean", "date", "datetime", "json"]
-CodeSystem = Literal["icd10cm", "loinc", "ndc"]
+# The short names of ingestion.codes.SYSTEMS: a column whose every code is of one system.
+CodeSystem = Literal["icd10cm", "icd9cm", "snomed", "loinc", "rxnorm", "ndc", "cvx", "cpt", "hcpcs", "ucum"]
 # How the conform step normalises a column's values before the rules run (ingestion.normalize); a value with no
 # unambiguous normal form is kept as written.
 Normalizer = Literal["phone", "us_state", "ssn"]
@@ -98,18 +102,41 @@ class Column(_Model):
 
 
 class CodedRange(_Model):
-    """Inclusive limits of ``column`` for each code found in ``by`` (e.g. a vital's range per LOINC code)."""
+    """Inclusive limits of ``column`` for each code found in ``by`` (e.g. a vital's range per LOINC code).
+
+    A code's limits may name the UCUM unit they are in (``[60, 260, "mm[Hg]"]``); with ``unit`` (the column of each
+    row's unit) a value written in another unit of the same quantity (``[in_i]`` for ``cm``) is converted before
+    the comparison, and one in a unit that does not convert is not range-checked (its plausibility is unknown, not
+    wrong). A row with no unit is taken to be in the limits' unit.
+    """
 
     column: str
     by: str
-    limits: dict[str, tuple[float, float]]
+    limits: dict[str, tuple[float, float] | tuple[float, float, str]]
+    unit: str | None = None
 
     @model_validator(mode="after")
     def _ordered(self) -> CodedRange:
-        for code, (low, high) in self.limits.items():
-            if low > high:
-                raise ValueError(f"range for {code}: low {low} is above high {high}")
+        for code, limit in self.limits.items():
+            if limit[0] > limit[1]:
+                raise ValueError(f"range for {code}: low {limit[0]} is above high {limit[1]}")
         return self
+
+    def bounds(self, code: str) -> tuple[float, float]:
+        """The low and high limit of ``code``."""
+        return self.limits[code][0], self.limits[code][1]
+
+    def unit_of(self, code: str) -> str | None:
+        """The UCUM unit ``code``'s limits are in, when they name one."""
+        limit = self.limits[code]
+        return limit[2] if len(limit) == 3 else None
+
+
+class CodedColumn(_Model):
+    """A code column whose system is named per row in another column (``code`` and ``code_system``)."""
+
+    code: str
+    system: str
 
 
 class Order(_Model):
@@ -129,6 +156,7 @@ class Contract(_Model):
     columns: dict[str, Column]
     ranges: tuple[CodedRange, ...] = ()
     order: tuple[Order, ...] = ()
+    codes: tuple[CodedColumn, ...] = ()
 
     @field_validator("table")
     @classmethod
@@ -147,14 +175,20 @@ class Contract(_Model):
             raise ValueError(f"columns {reserved} are reserved for the loader's provenance columns "
                              "(and names starting with '__' for the validator's own)")
         wanted = [self.key, self.patient_column]
-        wanted += [n for r in self.ranges for n in (r.column, r.by)]
+        wanted += [n for r in self.ranges for n in (r.column, r.by, r.unit)]
         wanted += [n for o in self.order for n in (o.before, o.after)]
+        wanted += [n for c in self.codes for n in (c.code, c.system)]
         missing = sorted({n for n in wanted if n is not None and n not in names})
         if missing:
             raise ValueError(f"the contract refers to columns it does not declare: {missing}")
         for rng in self.ranges:
             if self.columns[rng.column].type not in ("float", "integer"):
                 raise ValueError(f"range column {rng.column!r} must be float or integer")
+        for pair in self.codes:
+            if self.columns[pair.code].type != "string" or self.columns[pair.system].type != "string":
+                raise ValueError(f"codes: {pair.code!r} and {pair.system!r} must both be string columns")
+            if self.columns[pair.code].code_system is not None:
+                raise ValueError(f"codes: {pair.code!r} has a fixed code_system; a per-row system is one or the other")
         return self
 
     @model_validator(mode="after")

@@ -13,9 +13,10 @@ The verdict of a row is the list of rules it broke.
 What is stored with a batch is only counts and pass/fail per expectation, never the offending values (they may
 be PHI), in the batch report and in the Data Docs alike.
 
-Code systems: ICD-10-CM codes must exist in ``simple_icd_10_cm``'s code list, LOINC codes must have the
-``NNNNN-C`` form with a valid mod-10 check digit, NDC codes the 10-digit hyphenated forms (4-4-2, 5-3-2, 5-4-1)
-or the 11-digit 5-4-2 form.
+Code systems (:mod:`ingestion.codes`, the one place they are defined): a column of one fixed system
+(``code_system:``, e.g. ``icd10_code``) is checked against that system; a ``codes:`` pair (``code`` with its
+row's ``code_system``) is checked against each row's own system, grouped by system, so a record is never rejected
+for using another valid system; a system with no offline rules only needs a plausible code.
 """
 
 from __future__ import annotations
@@ -36,11 +37,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ingestion import codes
 from ingestion.contract import Column, Contract
 from ingestion.normalize import normalize_column
 from ingestion.sources._base import TableRows
 
-__all__ = ["ChunkResult", "ChunkValidator", "ExpectationOutcome", "conform", "loinc_check_digit_ok"]
+__all__ = ["ChunkResult", "ChunkValidator", "ExpectationOutcome", "conform"]
 
 _DATE = "%Y-%m-%d"
 _DATETIME = "%Y-%m-%dT%H:%M:%SZ"
@@ -48,30 +50,8 @@ _DATE_RE = r"\d{4}-\d{2}-\d{2}"
 _DATETIME_RE = r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z"
 _CLOCKED_RE = r"\d{4}-\d{2}-\d{2}T([01]\d|2[0-3]):[0-5]\d:[0-5]\dZ"
 _LOINC = r"^\d{1,5}-\d$"
-_NDC = r"^(?:\d{4}-\d{4}-\d{2}|\d{5}-\d{3}-\d{2}|\d{5}-\d{4}-\d{1,2})$"
 _TRUE = {"true", "t", "1", "yes", "y"}
 _FALSE = {"false", "f", "0", "no", "n"}
-
-
-def loinc_check_digit_ok(code: str) -> bool:
-    """True when a LOINC code ``NNNNN-C`` carries the right mod-10 check digit."""
-    if not isinstance(code, str) or not re.fullmatch(_LOINC, code):
-        return False
-    body, check = code.split("-")
-    digits = body[::-1]
-    doubled = str(int(digits[0::2][::-1] or "0") * 2)
-    total = sum(int(d) for d in doubled + digits[1::2])
-    return (10 - total % 10) % 10 == int(check)
-
-
-@cache
-def _icd_valid(code: str) -> bool:
-    import simple_icd_10_cm as icd
-
-    try:
-        return bool(icd.is_valid_item(code))
-    except Exception:  # the package raises on some malformed inputs
-        return False
 
 
 # conformance ---------------------------------------------------------------------------------------------
@@ -156,12 +136,15 @@ def conform(rows: TableRows, contract: Contract) -> tuple[pa.Table, dict[int, li
     float, integral floats to integer); any other column, and dict records, go value by value. Whether a date
     names a real day is checked by the validator's ``<column>:format`` rule. Dates and date-times, and columns
     with a ``normalize`` rule (phone, US state, SSN), are brought to their canonical form
-    (:mod:`ingestion.normalize`; a value with none is kept as written for the rules to judge). A column with a
+    (:mod:`ingestion.normalize`; a value with none is kept as written for the rules to judge); the system column
+    of each ``codes`` pair takes its short name when the system is known (:func:`ingestion.codes.map_systems`). A
+    column with a
     ``default`` gives it to its nulls (a row whose value did not convert is rejected for its type all the same).
     """
     violations: dict[int, list[tuple[str, str]]] = {}
     arrays = []
     count = len(rows)
+    systems = {pair.system for pair in contract.codes}
     for name, column in contract.columns.items():
         if rows.arrow is not None:
             source = rows.arrow.column(name) if name in rows.arrow.column_names else None
@@ -173,6 +156,8 @@ def conform(rows: TableRows, contract: Contract) -> tuple[pa.Table, dict[int, li
         form = column.normalize or (column.type if column.type in ("date", "datetime") else None)
         if form is not None:
             array = normalize_column(array, form)
+        if name in systems:  # a per-row code system, as found: its short name when it is a known one
+            array = codes.map_systems(array)
         if column.default is not None and array.null_count:
             array = pc.fill_null(array, pa.scalar(column.default, array.type))
         arrays.append(array)
@@ -291,7 +276,7 @@ def _describe(kind: str, column: Column | None, name: str, **facts: Any) -> str:
     if kind == "code_range":
         return f"{name} is outside [{facts['low']:g}, {facts['high']:g}] for {facts['by']} {facts['code']}"
     if kind == "code_system":
-        return f"{name} is not a valid {facts['system']} code"
+        return f"{name} is not a valid {facts['system']}"
     if kind == "order":
         return f"{name} is earlier than {facts['before']}"
     return f"{name} breaks {kind}"
@@ -348,13 +333,18 @@ def _not_a_day(name: str, fmt: str, shape: str) -> Callable[[pa.Table], np.ndarr
 
 
 def _not_in_code_system(name: str, system: str) -> Callable[[pa.Table], np.ndarray]:
-    check = _icd_valid if system == "icd10cm" else loinc_check_digit_ok
+    return lambda data: codes.invalid_codes(data.column(name), system)
 
+
+def _not_in_row_system(pair: Any, fixed: dict[str, str]) -> Callable[[pa.Table], np.ndarray]:
+    # A code that sits in the column of its system's fixed column (loinc_code beside code) is judged there, by its
+    # own rule, and not twice.
     def bad(data: pa.Table) -> np.ndarray:
-        column = data.column(name)
-        distinct = pc.unique(column.drop_null())
-        valid = distinct.filter(pa.array([check(v) for v in distinct.to_pylist()], pa.bool_()))
-        return _flags(column.is_valid()) & ~_flags(pc.is_in(column, valid))
+        code, system = data.column(pair.code), data.column(pair.system)
+        skip = np.zeros(data.num_rows, dtype=bool)
+        for short, column in fixed.items():
+            skip |= _flags(pc.and_(pc.equal(system, short), pc.equal(code, data.column(column))))
+        return codes.invalid_codes(code, system, skip=skip)
     return bad
 
 
@@ -373,14 +363,34 @@ def _out_of_bounds(name: str, low: float | None, high: float | None) -> Callable
 
 
 def _outside_code_limits(rng: Any, bound: str) -> Callable[[pa.Table], np.ndarray]:
-    codes = pa.array(list(rng.limits), pa.string())
-    limits = pa.array([lim[0 if bound == "min" else 1] for lim in rng.limits.values()], pa.float64())
+    ranged = list(rng.limits)
+    known = pa.array(ranged, pa.string())
+    limits = pa.array([rng.bounds(code)[0 if bound == "min" else 1] for code in ranged], pa.float64())
+    expected = [rng.unit_of(code) for code in ranged]
 
     def bad(data: pa.Table) -> np.ndarray:
-        limit = pc.take(limits, pc.index_in(pc.cast(data.column(rng.by), pa.string()), value_set=codes))
+        at = pc.index_in(pc.cast(data.column(rng.by), pa.string()), value_set=known)
+        limit = pc.take(limits, at)
         value = pc.cast(data.column(rng.column), pa.float64())
+        if rng.unit is not None and any(expected):
+            value = pc.multiply(value, _unit_factors(at, data.column(rng.unit), expected))
         return _flags(pc.less(value, limit) if bound == "min" else pc.greater(value, limit))
     return bad
+
+
+def _unit_factors(at: pa.Array, units: pa.Array | pa.ChunkedArray, expected: list[str | None]) -> pa.Array:
+    """Per row, what turns its value into its code's limits' unit: 1 with no unit or the same one, the conversion
+    factor of a convertible unit, null (not checked) otherwise. One factor per (code, distinct unit), in a table
+    indexed by both: no Python per row."""
+    units = units.combine_chunks() if isinstance(units, pa.ChunkedArray) else units
+    written = pc.unique(units.drop_null())
+    table = np.array([[1.0] + [codes.unit_factor(unit, want) if want else 1.0 for unit in written.to_pylist()]
+                      for want in expected], dtype=float).reshape(len(expected), len(written) + 1)
+    code_at = pc.fill_null(at, 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    unit_at = pc.fill_null(pc.add(pc.index_in(units, value_set=written), 1), 0).to_numpy(
+        zero_copy_only=False).astype(np.int64)  # 0: no unit
+    factors = table[code_at, unit_at]
+    return pa.array(factors, pa.float64(), mask=np.isnan(factors))
 
 
 class ChunkValidator:
@@ -444,12 +454,12 @@ class ChunkValidator:
             take = pa.array(rows, pa.int64())
             shown = (data.column(check.column).take(take).to_pylist()
                      if check.column and check.column not in phi and not check.rule.endswith(":required") else None)
-            codes = data.column(check.ranged.by).take(take).to_pylist() if check.ranged is not None else None
+            by_code = data.column(check.ranged.by).take(take).to_pylist() if check.ranged is not None else None
             for position, row in enumerate(rows.tolist()):
                 row_rule, text = check.rule, message
-                if codes is not None:  # name the code and its limits, as the contract states them
-                    code = codes[position]
-                    low, high = check.ranged.limits[code]
+                if by_code is not None:  # name the code and its limits, as the contract states them
+                    code = by_code[position]
+                    low, high = check.ranged.bounds(code)
                     row_rule = f"{check.ranged.column}:range[{code}]"
                     text = _describe("code_range", None, check.ranged.column, low=low, high=high,
                                      by=check.ranged.by, code=code)
@@ -544,16 +554,24 @@ def _checks(contract: Contract) -> list[_Check]:
         if col.code_system == "loinc":
             add(gxe.ExpectColumnValuesToMatchRegex(column=name, regex=_LOINC), f"{name}:format", name,
                 f"{name} is not in LOINC's NNNNN-C form", _not_matching(name, _LOINC))
-        if col.code_system == "ndc":
-            add(gxe.ExpectColumnValuesToMatchRegex(column=name, regex=_NDC), f"{name}:code_system", name,
-                _describe("code_system", col, name, system="NDC (10/11-digit hyphenated)"), _not_matching(name, _NDC))
-        elif col.code_system in ("icd10cm", "loinc"):
-            system = "ICD-10-CM" if col.code_system == "icd10cm" else "LOINC (check digit)"
-            # GX states it as "in the set of valid codes"; the set is the code system's (checked per distinct code).
-            add(gxe.ExpectColumnValuesToBeInSet(column=name, value_set=[f"<valid {system} codes>"],
+        if col.code_system is not None:
+            system = codes.describe(col.code_system)
+            # GX states it as "in the set of valid codes"; the set is the code system's (ingestion.codes: shapes
+            # vectorised, check digits once per distinct code).
+            add(gxe.ExpectColumnValuesToBeInSet(column=name, value_set=[f"<valid {system}s>"],
                                                 meta={"code_system": col.code_system}),
                 f"{name}:code_system", name, _describe("code_system", col, name, system=system),
                 _not_in_code_system(name, col.code_system))
+    fixed = {col.code_system: name for name, col in contract.columns.items() if col.code_system is not None}
+    for pair in contract.codes:
+        # GX states it as "each (code, system) pair in the set of valid codes of their system".
+        add(gxe.ExpectColumnPairValuesToBeInSet(column_A=pair.code, column_B=pair.system,
+                                                value_pairs_set=[("<a valid code>", "<of the row's system>")],
+                                                ignore_row_if="either_value_is_missing",
+                                                meta={"code_system_column": pair.system}),
+            f"{pair.code}:code_system", pair.code,
+            f"{pair.code} is not a valid code of its {pair.system} (see ingestion.codes)",
+            _not_in_row_system(pair, fixed))
     for rng in contract.ranges:
         low, high = _limit_columns(rng)
         for bound, a, b in (("min", rng.column, low), ("max", high, rng.column)):

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from ingestion.codes import loinc_check_digit_ok
 from ingestion.contract import CONFORMED_TABLES, builtin_contract, load_contract
 from ingestion.infer import classify_phi, infer_contract
-from ingestion.validate import loinc_check_digit_ok
 from pipeline.errors import ValidationError
 
 

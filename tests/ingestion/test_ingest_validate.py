@@ -33,7 +33,7 @@ def test_when_a_chunk_mixes_good_and_bad_observations_then_each_bad_row_names_ex
     rows = [
         _obs(),                                                    # 0 good
         _obs(value=300.0),                                         # 1 systolic above 260
-        _obs(loinc_code="8867-4", value=10),                       # 2 heart rate below 25 (an int is a float)
+        _obs(loinc_code="8867-4", value=10, unit="/min"),          # 2 heart rate below 25 (an int is a float)
         _obs(loinc_code="2160-0", value="0.9"),                    # 3 creatinine as text: fine
         _obs(value="high"),                                        # 4 not a number
         _obs(value=float("inf")),                                  # 5 infinite
@@ -44,6 +44,10 @@ def test_when_a_chunk_mixes_good_and_bad_observations_then_each_bad_row_names_ex
         _obs(code=None, code_system=None),                         # 10 no code at all
         _obs(code="271649006", code_system="snomed", loinc_code=None, value=999.0),  # 11 another system: no limits
         _obs(category="unknown-category", encounter_id=None),      # 12 enum; an encounter is optional
+        _obs(loinc_code="8302-2", value=66.9, unit="[in_i]"),      # 13 a height in inches: 170 cm, plausible
+        _obs(loinc_code="8302-2", value=120.0, unit="[in_i]"),     # 14 ten feet tall
+        _obs(loinc_code="2345-7", value=5.4, unit="mmol/L"),       # 15 glucose in another quantity: not compared
+        _obs(loinc_code="29463-7", value=3.2, unit="kg"),          # 16 a newborn's weight
     ]
     verdicts = _verdicts("observations", rows)
     assert verdicts == {
@@ -56,6 +60,7 @@ def test_when_a_chunk_mixes_good_and_bad_observations_then_each_bad_row_names_ex
         8: {"loinc_code:code_system"},
         10: {"code:required", "code_system:required"},
         12: {"category:enum"},
+        14: {"value:range[8302-2]"},
     }
 
 
@@ -67,7 +72,7 @@ def test_when_a_value_breaks_its_code_range_then_the_message_names_the_code_limi
     result = ChunkValidator(contract).validate(frame)
     (rule, message), = result.violations[0]
     assert rule == "value:range[8480-6]"
-    assert message == "value is outside [60, 260] for loinc_code 8480-6 (value '300.0')"
+    assert message == "value is outside [40, 260] for loinc_code 8480-6 (value '300.0')"
 
 
 @pytest.mark.parametrize(("birth_date", "broken"), [
