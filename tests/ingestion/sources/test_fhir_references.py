@@ -132,3 +132,17 @@ def test_when_a_transaction_deletes_then_the_entry_is_quarantined_and_read_reque
     assert all("DELETE" in r.reason for r in rejected.values())
     rows, rejected = _read(EXAMPLES / "Bundle-bundle-request-medsallergies.json")  # a batch of GETs only
     assert not rows and not rejected
+
+
+def test_when_a_bulk_patient_carries_a_source_id_then_other_files_naming_it_by_fhir_id_get_that_id(
+        tmp_path: Path) -> None:
+    # Patient.ndjson sorts after Observation.ndjson, yet is read first: its patients are known to the other files.
+    patient = {"resourceType": "Patient", "id": "0f6c4a7e-uuid",
+               "identifier": [{"system": "urn:medguard:source-patient-id", "value": "PAT000001"}]}
+    (tmp_path / "Observation.ndjson").write_text(json.dumps(_observation({"reference": "Patient/0f6c4a7e-uuid"},
+                                                                         id="o1")) + "\n")
+    (tmp_path / "Patient.ndjson").write_text(json.dumps(patient) + "\n")
+    rows, rejected = _read(tmp_path)
+    assert not rejected
+    assert [r["patient_id"] for r in rows["patients"].values()] == ["PAT000001"]
+    assert [r["patient_id"] for r in rows["observations"].values()] == ["PAT000001"]
