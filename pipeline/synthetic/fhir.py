@@ -3,7 +3,7 @@
 ``fhir.resources`` models R4B, the technical-correction release of R4; the resources used here (Patient,
 Encounter, Observation, Condition, MedicationRequest, Immunization) have the same structure in R4 and R4B.
 Every bundle is validated by the library's model before it is written, so the output is valid by construction.
-Immunizations have no conformed table in the lake: ingestion keeps them whole, which is why some are emitted.
+Some patients get an Immunization (CVX-coded), which ingestion maps into the immunizations table.
 """
 
 from __future__ import annotations
