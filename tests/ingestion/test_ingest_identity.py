@@ -184,3 +184,37 @@ def test_when_raw_patients_predates_the_identity_column_then_the_next_load_adds_
     assert plake.read("raw", "patients", columns=[IDENTITY_COLUMN]).column(0).null_count == 1  # the old row
     late = _ingest_csv(ing_settings, plake, _patients(tmp_path / "b.csv", [_bob(first_name="Robert")]))
     assert late.tables["patients"].by_rule == {"identity:conflict": 1}
+
+
+def _bulk(path: Path, **patient_change) -> Path:
+    """The Synthea bundle as a FHIR Bulk Data export: one ``<Type>.ndjson`` per resource type, references
+    written ``Patient/<id>``, its Patient changed as asked."""
+    bundle = json.loads(SYNTHEA.read_text("utf-8"))
+    urls = {e["fullUrl"]: f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in bundle["entry"]}
+    files: dict[str, list[str]] = {}
+    for entry in bundle["entry"]:
+        resource = entry["resource"]
+        if resource["resourceType"] not in ("Patient", "Encounter", "Condition"):
+            continue
+        if resource["resourceType"] == "Patient":
+            resource.update(patient_change)
+        text = json.dumps(resource)
+        for url, ref in urls.items():
+            text = text.replace(f'"{url}"', f'"{ref}"')
+        files.setdefault(resource["resourceType"], []).append(text)
+    path.mkdir(parents=True)
+    for kind, lines in files.items():
+        (path / f"{kind}.ndjson").write_text("\n".join(lines) + "\n", "utf-8")
+    return path
+
+
+def test_when_a_bulk_export_in_small_chunks_brings_a_conflicting_patient_then_its_later_records_are_held(
+        tmp_path, ing_settings, plake):
+    small = ing_settings.model_copy(update={"ingestion": ing_settings.ingestion.model_copy(update={"chunk_rows": 4})})
+    first = ingest(small, source="fhir", path=_bulk(tmp_path / "first"), plake=plake, docs=False)
+    assert first.tables["patients"].accepted == 1 and first.tables["encounters"].accepted > 4  # several chunks
+    other = ingest(small, source="fhir", path=_bulk(tmp_path / "other", gender="male"), plake=plake, docs=False)
+    assert other.tables["patients"].by_rule == {"identity:conflict": 1}
+    for table in ("encounters", "conditions"):
+        counts = other.tables[table]
+        assert counts.accepted == 0 and counts.by_rule.get("identity:conflict") == first.tables[table].accepted
