@@ -43,6 +43,7 @@ BUNDLES = "bundles"
 RESOURCES = "resources"
 _BULK_NAME = re.compile(r"^([A-Z][A-Za-z]{1,63})(?:[._-]\d+)*\.(?:ndjson|jsonl)(?:\.gz)?$")
 _NO_RECORD_METHODS = {"GET", "HEAD"}
+_WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
 
 def fhir_files(path: Path) -> list[Path]:
@@ -125,8 +126,9 @@ class _Reader:
                 if method in _NO_RECORD_METHODS or (not method and "response" in entry):
                     continue  # a read request or a response status: no record to load
                 if method:
+                    verb = method if method in _WRITE_METHODS else "run an unknown request on"
                     chunk.rejected.append(Rejected(RESOURCES, where, "fhir:request", f"{where} asks the server to "
-                                                   f"{method[:10]} a resource and carries none; a lake load applies no "
+                                                   f"{verb} a resource and carries none; a lake load applies no "
                                                    "deletions or updates without data: review it", _dump(entry)))
                     continue
             if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
