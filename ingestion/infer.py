@@ -44,7 +44,7 @@ import pyarrow.compute as pc
 from ingestion.contract import Column, Contract
 from ingestion.sources._base import iter_lines
 from ingestion.sources._encoding import UTF8_BOM, foreign_encoding
-from ingestion.sources.tabular import MISSING, ROW_COLUMN, safe_name, safe_names, tabular_format
+from ingestion.sources.tabular import MISSING, ROW_COLUMN, csv_delimiter, safe_name, safe_names, tabular_format
 from pipeline.catalog import load_catalog
 from pipeline.settings import Settings
 
@@ -204,8 +204,9 @@ def _sample_csv(path: Path, sample_rows: int, max_bytes: int, max_columns: int |
     if text is None:
         raise ValueError(f"{path.name}: the header line is not UTF-8 text or is longer than the record limit; "
                          "convert the file to UTF-8 and ingest it again")
+    delimiter = csv_delimiter(text)
     try:
-        header = next(csv.reader([text]), [])
+        header = next(csv.reader([text], delimiter=delimiter), [])
     except csv.Error as exc:
         raise ValueError(f"{path.name}: the header line is not readable CSV ({exc})") from exc
     _too_wide(path, len(header), max_columns)
@@ -213,7 +214,7 @@ def _sample_csv(path: Path, sample_rows: int, max_bytes: int, max_columns: int |
     wanted = sample_rows_for(sample_rows, len(names))
     records: list[list[str]] = []
     # Records are read as the reader reads them: one record may span lines (a quoted newline).
-    reader = csv.reader((t + "\n" for _, t in lines if t is not None), strict=True)
+    reader = csv.reader((t + "\n" for _, t in lines if t is not None), delimiter=delimiter, strict=True)
     while len(records) < wanted:
         try:
             fields = next(reader)

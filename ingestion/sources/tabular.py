@@ -1,10 +1,11 @@
 """Tabular extracts (CSV, Parquet, JSON lines) read in chunks with bounded memory, their columns named safely.
 
-CSV is read line by line through :func:`iter_lines` and Python's ``csv`` module (so quoted fields, commas and
-injection strings such as ``=cmd|'/c calc'!A1`` come through verbatim and are never evaluated); every line is
-strict UTF-8 (a UTF-8 byte-order mark is dropped; a file that starts with a UTF-16 or UTF-32 one is refused whole
-as ``record:encoding``, see :mod:`ingestion.sources._encoding`). Parquet is streamed by record batch and each
-batch stays in Arrow (:attr:`TableRows.arrow`); JSON lines one object per line.
+CSV (``.csv``, ``.tsv``; comma, tab, semicolon or bar delimited, see :func:`csv_delimiter`) is read line by line
+through :func:`iter_lines` and Python's ``csv`` module (so quoted fields, commas and injection strings such as
+``=cmd|'/c calc'!A1`` come through verbatim and are never evaluated); every line is strict UTF-8 (a UTF-8
+byte-order mark is dropped; a file that starts with a UTF-16 or UTF-32 one is refused whole as
+``record:encoding``, see :mod:`ingestion.sources._encoding`). Parquet is streamed by record batch and each batch
+stays in Arrow (:attr:`TableRows.arrow`); JSON lines one object per line.
 
 What a research table needs, applied to every extract (and to the draft contracts :mod:`ingestion.infer` writes):
 
@@ -46,11 +47,11 @@ from ingestion.sources._encoding import UTF8_BOM, foreign_encoding
 if TYPE_CHECKING:
     from ingestion.contract import Contract
 
-__all__ = ["CELLS_PER_CHUNK", "MISSING", "ROW_COLUMN", "chunk_rows_for", "read_tabular",
+__all__ = ["CELLS_PER_CHUNK", "MISSING", "ROW_COLUMN", "chunk_rows_for", "csv_delimiter", "read_tabular",
            "safe_name", "safe_names", "tabular_format", "thousands_number"]
 
-_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl",
-            ".json": "jsonl"}
+_FORMATS = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl",
+            ".ndjson": "jsonl", ".json": "jsonl"}
 # CSV cells that mean "no value": the markers R (NA), pandas (NA, N/A, #N/A, NULL, NaN) and the UCI machine
 # learning repository (?) write. Matched exactly, case and all: "Na" (sodium) and "none" stay values.
 MISSING = frozenset({"", "?", "NA", "N/A", "n/a", "#N/A", "NULL", "null", "NaN", "nan"})
@@ -63,6 +64,7 @@ _UNSAFE = re.compile(r"[^a-z0-9]+")
 _THOUSANDS = re.compile(r"^[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _NUMBER_TYPES = ("integer", "float")
 _LISTED = 10  # column names a reason lists before "and N more"
+_DELIMITERS = (",", "\t", ";", "|")
 
 
 def tabular_format(path: Path) -> str:
@@ -73,7 +75,8 @@ def tabular_format(path: Path) -> str:
     """
     fmt = _FORMATS.get(path.suffix.lower())
     if fmt is None:
-        raise ValueError(f"{path.name}: unknown extract format {path.suffix!r}; expected .csv, .parquet or .jsonl")
+        raise ValueError(f"{path.name}: unknown extract format {path.suffix!r}; expected .csv, .tsv, .parquet or "
+                         ".jsonl")
     return fmt
 
 
@@ -107,6 +110,12 @@ def safe_names(names: Iterable[str]) -> list[str]:
 def thousands_number(value: str) -> str | None:
     """``value`` without its thousands separators when it is a number written with them (``"265,000"``)."""
     return value.replace(",", "") if "," in value and _THOUSANDS.match(value.strip()) else None
+
+
+def csv_delimiter(header_line: str) -> str:
+    """The delimiter of a CSV file from its header line: the most frequent of comma, tab, semicolon and bar there
+    (a comma when none is, or on a tie)."""
+    return max(_DELIMITERS, key=header_line.count) if any(d in header_line for d in _DELIMITERS) else ","
 
 
 def chunk_rows_for(chunk_rows: int, width: int) -> int:
@@ -214,6 +223,13 @@ class _Lines:
         self._max_bytes = max_bytes
         self.current = 0
         self.bad: list[tuple[int, str, bytes, bool]] = []
+        self._pending: str | None = None
+
+    def peek(self) -> str:
+        """The first readable line (kept: the next call of ``next`` returns it), or "" when there is none."""
+        if self._pending is None:
+            self._pending = next(self, "")
+        return self._pending
 
     def take_bad(self, table: str) -> list[Rejected]:
         """The lines skipped since the last call, as rejected records."""
@@ -226,6 +242,11 @@ class _Lines:
         return self
 
     def __next__(self) -> str:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            if pending:
+                return pending
+            raise StopIteration
         for number, raw, too_long in self._lines:
             self.current = number
             if too_long:
@@ -246,7 +267,7 @@ def _read_csv(path: Path, layout: _Layout, max_bytes: int) -> Iterator[SourceChu
     csv.field_size_limit(max_bytes)
     with path.open("rb") as handle:
         lines = _Lines(handle, max_bytes)
-        reader = csv.reader(lines, strict=True)
+        reader = csv.reader(lines, delimiter=csv_delimiter(lines.peek()), strict=True)
         chunks = Chunker(layout.chunk_rows, per_record=table)
         header_error = None
         header: list[str] = []

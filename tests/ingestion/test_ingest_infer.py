@@ -199,3 +199,21 @@ def test_when_the_draft_picks_the_patient_column_then_a_filled_column_wins_over_
     empty = tmp_path / "e.csv"
     empty.write_text("Subject,score\n")
     assert infer_contract(empty, table="e").patient_column == "subject"
+
+
+@pytest.mark.parametrize(("filename", "delimiter"), [("cohort.tsv", "\t"), ("cohort.csv", ";"), ("cohort.csv", "|")])
+def test_when_a_research_table_is_tab_semicolon_or_bar_delimited_then_it_loads_the_same(
+        tmp_path: Path, ing_settings, plake, filename: str, delimiter: str) -> None:
+    rows = [["Subject ID", "Visit Date", "Score", "Note"]]
+    rows += [[f"S{i}", f"2024-02-{1 + i:02d}", str(i * 2), "a, b" if i % 2 else "?"] for i in range(8)]
+    path = tmp_path / filename
+    with path.open("w", newline="") as handle:
+        csv.writer(handle, delimiter=delimiter).writerows(rows)
+
+    report = ingest(ing_settings, source="tabular", path=path, plake=plake, docs=False)
+
+    assert (report.tables["cohort"].accepted, report.tables["cohort"].quarantined) == (8, 0)
+    raw = plake.read("raw", "cohort", decrypt=True)
+    assert sorted(raw.column("subject_id").to_pylist()) == [f"S{i}" for i in range(8)]
+    assert raw.schema.field("score").type == pa.int64() and raw.schema.field("visit_date").type == pa.string()
+    assert raw.column("note").to_pylist().count("a, b") == 4 and raw.column("note").null_count == 4
