@@ -33,8 +33,9 @@ any other      care team, plan of care, goals, narrative only the whole document
 
 Values are emitted as found, for the conform step to normalise: HL7 TS timestamps (``20130710214400-0500``),
 ``codeSystem`` OIDs (mapped to short names by the contracts), phones and states as written. A coded element's
-code is its first coding, the element itself or a ``translation``, whose system is a known one (ICD-10-CM,
-SNOMED CT, LOINC, RxNorm, NDC, CVX, CPT, HCPCS…); when none is, the element's own code is kept. ``nullFlavor``
+code is its first coding, the element itself or a ``translation``, whose system is one :mod:`ingestion.codes`
+knows by name (ICD-10-CM, SNOMED CT, LOINC, RxNorm, NDC, CVX, CPT, HCPCS…); when none is, the element's own code
+is kept. ``nullFlavor``
 marks a missing value, never an error: the column is left empty (and a required one is quarantined by the
 contract as missing, with its row's position).
 
@@ -68,6 +69,7 @@ from typing import Any
 
 from lxml import etree
 
+from ingestion.codes import SYSTEMS, short_name
 from ingestion.sources._base import PAYLOAD_KEEP_BYTES, Chunker, Rejected, SourceChunk, lossy
 from ingestion.sources._files import InputFiles, input_files
 
@@ -77,7 +79,6 @@ DOCUMENTS = "documents"
 SUFFIXES = (".xml",)
 _V3 = "urn:hl7-org:v3"
 _XSI_TYPE = "{http://www.w3.org/2001/XMLSchema-instance}type"
-_SDTC = "urn:hl7-org:sdtc"
 _NS = {"h": _V3}
 
 _SSN_ROOT = "2.16.840.1.113883.4.1"
@@ -86,14 +87,6 @@ _NAMESPACE_ROOTS = {_SSN_ROOT, _NPI_ROOT}
 _SNOMED = "2.16.840.1.113883.6.96"
 _LOINC = "2.16.840.1.113883.6.1"
 _ACT_CODE = "2.16.840.1.113883.5.4"
-# Code systems the contracts know by name: a translation in one of these is preferred to a local code.
-_KNOWN_SYSTEMS = {
-    "2.16.840.1.113883.6.90": "icd10cm", "2.16.840.1.113883.6.103": "icd9cm", "2.16.840.1.113883.6.104": "icd9cm",
-    _SNOMED: "snomed", _LOINC: "loinc", "2.16.840.1.113883.6.88": "rxnorm", "2.16.840.1.113883.6.69": "ndc",
-    "2.16.840.1.113883.12.292": "cvx", "2.16.840.1.113883.6.59": "cvx", "2.16.840.1.113883.6.12": "cpt",
-    "2.16.840.1.113883.6.285": "hcpcs",
-    "2.16.840.1.113883.6.14": "hcpcs", "2.16.840.1.113883.6.8": "ucum",
-}
 
 _T = "2.16.840.1.113883.10.20.22"
 # Section kind by templateId root (R2.1 "entries required" and "entries optional" OIDs) and by LOINC code.
@@ -383,6 +376,10 @@ class _Narrative:
         return direct or None
 
 
+def _system(oid: str | None) -> str | None:
+    return short_name(oid) if oid else None
+
+
 class _Coded:
     """A coded element (CD/CE/CV) reduced to the code chosen for the row, its system and display."""
 
@@ -394,7 +391,8 @@ class _Coded:
                 if code:
                     codings.append((code, coding.get("codeSystem"), _attr(coding, "displayName")))
         self.codings = codings
-        chosen = next((c for c in codings if c[1] in _KNOWN_SYSTEMS), codings[0] if codings else None)
+        # A coding in a system the contracts know by name (ingestion.codes) is preferred to a local one.
+        chosen = next((c for c in codings if _system(c[1]) in SYSTEMS), codings[0] if codings else None)
         self.code, self.system, display = chosen if chosen else (None, None, None)
         original = narrative.resolve(_find(element, "h:originalText")) if narrative and element is not None else None
         # A nullFlavor code may still carry the sender's displayName: the code is missing, the words are not.
@@ -403,7 +401,7 @@ class _Coded:
 
     def of(self, system: str) -> str | None:
         """The code of the first coding in ``system`` (a short name such as ``rxnorm``), if any."""
-        return next((c for c, s, _ in self.codings if _KNOWN_SYSTEMS.get(s) == system), None)
+        return next((c for c, s, _ in self.codings if _system(s) == system), None)
 
 
 # one document ----------------------------------------------------------------------------------------------------

@@ -79,8 +79,9 @@ def test_when_cerner_is_ingested_then_conformed_values_and_sealed_phi_read_back(
     assert plake.lake.read_arrow("raw", "patients").schema.field("last_name").type == "binary"  # sealed at rest
     angina = [r for r in plake.read("raw", "conditions", decrypt=True).to_pylist() if r["code"] == "194828000"]
     assert sorted(str(r["onset_date"]) for r in angina) == ["2013-07-10", "2013-07-11", "2013-07-17"]  # 3 entries
+    assert {r["code_system"] for r in angina} == {"snomed"}  # the OID 2.16.840.1.113883.6.96, named at conform
     systolic = next(r for r in plake.read("raw", "observations", decrypt=True).to_pylist() if r["code"] == "8480-6")
-    assert (systolic["loinc_code"], systolic["value"], systolic["unit"]) == ("8480-6", 150.0, "mm[Hg]")
+    assert (systolic["code_system"], systolic["value"], systolic["unit"]) == ("loinc", 150.0, "mm[Hg]")
     assert str(systolic["effective_time"]) == "2013-07-11T03:00:00Z"  # the TS 20130710220000.000-0500, in UTC
     rejects = {r["position"]: r for r in plake.read("quarantine", "records", decrypt=True).to_pylist()}
     bmi = rejects["cerner_toc.xml vitals (section 2) entry 1 observation 1"]
