@@ -685,11 +685,18 @@ def extract_paths(source: str, sources_dir: str | Path, *,
     root = Path(sources_dir)
     if source == "tabular":
         return [(root / f"{t}.{tabular_format}", t) for t in CONFORMED_TABLES
-                if t not in ("notes", "resources") and (root / f"{t}.{tabular_format}").is_file()]
+                if t not in ("notes", "resources") and _not_a_link(root / f"{t}.{tabular_format}").is_file()]
     candidate = {"fhir": root / "fhir", "hl7": root / "hl7", "notes": root / "notes.jsonl"}.get(source)
     if candidate is None:
         raise ValueError(f"unknown source {source!r}; choose from {', '.join(SOURCES)}")
-    return [(candidate, None)] if candidate.exists() else []
+    return [(candidate, None)] if _not_a_link(candidate).exists() else []
+
+
+def _not_a_link(path: Path) -> Path:
+    # An input inside an extract folder is the folder's own file: a link there could point anywhere (a secret).
+    if path.is_symlink():
+        raise ValueError(f"{path} is a symbolic link; links in an extract folder are not followed")
+    return path
 
 
 def ingest_extract(settings: Settings, *, source: str, sources_dir: str | Path, stages: Iterable[str] = STAGES,

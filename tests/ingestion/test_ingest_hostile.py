@@ -293,6 +293,21 @@ def test_when_a_jsonl_line_nests_20000_levels_then_only_that_line_is_quarantined
     assert row["rules"] == ["record:parse"] and row["position"] == "line 1"
 
 
+def test_when_an_extract_folder_holds_a_symlinked_input_then_the_run_refuses_it(tmp_path: Path, ing_settings,
+                                                                               plake) -> None:
+    from ingestion.batch import ingest_extract
+
+    secret = _write(tmp_path / "root-token", "patient_id,x\nhvs.ROOT-TOKEN,1\n")
+    extract = tmp_path / "sources"
+    extract.mkdir()
+    (extract / "patients.csv").symlink_to(secret)
+    (extract / "notes.jsonl").symlink_to(secret)
+    for source in ("tabular", "notes"):
+        with pytest.raises(ValueError, match="is a symbolic link; links in an extract folder are not followed"):
+            ingest_extract(ing_settings, source=source, sources_dir=extract, tabular_format="csv", plake=plake)
+    assert not plake.exists("quarantine", "records") and not plake.exists("raw", "patients")
+
+
 def _bundle(*resources: dict) -> str:
     return json.dumps({"resourceType": "Bundle", "id": "b1", "type": "collection",
                        "entry": [{"fullUrl": f"urn:uuid:{r.get('id', 'x')}", "resource": r} for r in resources]})
