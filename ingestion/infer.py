@@ -15,11 +15,11 @@ over the record size limit, not readable CSV) are left out of the sample.
 Keys (the choices, documented):
 
 - **The patient column** is the column whose safe name is, in this order of preference (a column with values
-  before an empty one),
-  ``patient_id``, ``patient``, ``person_id``, ``subject_id``, ``subject``, ``participant_id``, ``participant``,
-  ``mrn``, ``medical_record_number``, ``id``, ``record_id`` (or any other ``<…>_patient_id``/``subject_id``…);
-  it is text (an identifier, not a quantity: no range), and PHI whatever its name, so it is sealed and
-  pseudonymised into ``patient_pseudonym``.
+  before an empty one), ``patient_id``, ``patient``, ``person_id``, ``subject_id``, ``subject``,
+  ``participant_id``, ``participant``, ``mrn``, ``medical_record_number``, ``id``, ``record_id`` (or any other
+  ``<…>_patient_id``/``subject_id``…). It is text (an identifier, not a quantity: no range; an integer, still with
+  no range, where a JSON or Parquet file stores it as a number), and PHI whatever its name, so it is sealed and
+  pseudonymised into ``patient_pseudonym``. Every other ``id``/``…_id`` column is typed the same way.
 - **The key** is the first identifier-like column (``id`` or ``…_id``) with a value on every sampled row, none
   repeated. When there is none, the draft declares :data:`~ingestion.sources.tabular.ROW_COLUMN`, a generated
   key the reader fills with each record's position, so identical rows are all kept.
@@ -150,6 +150,16 @@ def _kind(values: list[Any] | pa.Array) -> tuple[str, list[float] | None]:
         return _text_kind(present) if len(present) else ("string", None)
     present = [v for v in values if v is not None]
     return _value_kind(present) if present else ("string", None)
+
+
+def _identifier_kind(values: list[Any] | pa.Array) -> str:
+    """An identifier's type, with no range (ids grow): text as written (CSV), an integer when the file stores it as
+    one (a JSON or Parquet number; a pandas float column of whole numbers)."""
+    if isinstance(values, pa.Array):
+        return "string"
+    present = [v for v in values if v is not None]
+    whole = all(isinstance(v, int | float) and not isinstance(v, bool) and float(v).is_integer() for v in present)
+    return "integer" if present and whole else "string"
 
 
 # sampling ----------------------------------------------------------------------------------------------------
@@ -346,7 +356,7 @@ def infer_contract(path: str | Path, *, table: str, sample_rows: int = 10_000, m
         # A column the column catalog knows has the catalog's type and PHI flag; only the others are guessed.
         known = catalog.column(table, name)
         identifier = name == patient or bool(_ID_LIKE.search(name))
-        kind, numbers = ("string", None) if identifier else _kind(values)
+        kind, numbers = (_identifier_kind(values), None) if identifier else _kind(values)
         if known:
             kind = known.type
         phi = known.phi if known else (name == patient or classify_phi(name, values) is not None)

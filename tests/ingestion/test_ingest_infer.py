@@ -217,3 +217,22 @@ def test_when_a_research_table_is_tab_semicolon_or_bar_delimited_then_it_loads_t
     assert sorted(raw.column("subject_id").to_pylist()) == [f"S{i}" for i in range(8)]
     assert raw.schema.field("score").type == pa.int64() and raw.schema.field("visit_date").type == pa.string()
     assert raw.column("note").to_pylist().count("a, b") == 4 and raw.column("note").null_count == 4
+
+
+def test_when_ids_are_stored_as_numbers_in_parquet_or_json_then_they_load_as_sealed_integers(
+        tmp_path: Path, ing_settings, plake) -> None:
+    parquet = tmp_path / "scores.parquet"
+    pq.write_table(pa.table({"id": [101, 102, 103], "subject_id": [7.0, 8.0, None], "score": [1.5, 2.5, 3.5]}),
+                   parquet)
+    jsonl = tmp_path / "events.jsonl"
+    jsonl.write_text("".join(json.dumps({"patient_id": 40 + i, "event_id": i, "kind": "x"}) + "\n" for i in range(3)))
+
+    scores = ingest(ing_settings, source="tabular", path=parquet, plake=plake, docs=False)
+    events = ingest(ing_settings, source="tabular", path=jsonl, plake=plake, docs=False)
+
+    assert (scores.tables["scores"].accepted, events.tables["events"].accepted) == (3, 3)
+    draft = load_contract(ing_settings.home / "contracts" / "scores.draft.yaml")
+    assert draft.patient_column == "subject_id" and draft.columns["subject_id"].min is None
+    assert plake.read("raw", "scores", decrypt=True).column("subject_id").to_pylist() == [7, 8, None]
+    raw = plake.read("raw", "events", decrypt=True)
+    assert raw.column("patient_id").to_pylist() == [40, 41, 42] and raw.column("patient_pseudonym").null_count == 0
