@@ -73,9 +73,10 @@ from ingestion.codes import SYSTEMS, short_name
 from ingestion.sources._base import PAYLOAD_KEEP_BYTES, Chunker, Rejected, SourceChunk, lossy
 from ingestion.sources._files import InputFiles, input_files
 
-__all__ = ["DOCUMENTS", "SUFFIXES", "ccda_files", "parse_document", "read_ccda"]
+__all__ = ["CHUNK_BYTES", "DOCUMENTS", "SUFFIXES", "ccda_files", "parse_document", "read_ccda"]
 
 DOCUMENTS = "documents"
+CHUNK_BYTES = 32 * 2**20  # documents' bytes per chunk, at most (one over-limit document may pass it once)
 SUFFIXES = (".xml",)
 _V3 = "urn:hl7-org:v3"
 _XSI_TYPE = "{http://www.w3.org/2001/XMLSchema-instance}type"
@@ -153,20 +154,28 @@ def ccda_files(path: Path) -> InputFiles:
     return input_files(path, SUFFIXES)
 
 
-def read_ccda(path: Path, *, chunk_rows: int, max_record_bytes: int) -> Iterator[SourceChunk]:
+def read_ccda(path: Path, *, chunk_rows: int, max_record_bytes: int,
+              chunk_bytes: int = CHUNK_BYTES) -> Iterator[SourceChunk]:
     """Chunks of mapped records from the documents under ``path``, one ``documents`` unit per file.
 
     ``max_record_bytes`` bounds a document: a larger file is quarantined (``record:size``) with its first bytes,
-    and never parsed.
+    and never parsed. A chunk also closes once the documents in it add up to ``chunk_bytes``, since each
+    may be kept whole (in ``resources`` or as a quarantined payload): rows alone would let a chunk of a
+    thousand 4 MiB documents hold gigabytes.
     """
     found = ccda_files(path)
     chunks = Chunker(chunk_rows)
     found.report_refused(chunks.chunk)
+    held = 0
     for file in found.files:
         chunk = chunks.chunk
         chunk.units[DOCUMENTS] = chunk.units.get(DOCUMENTS, 0) + 1
-        _document(chunk, file, max_record_bytes)
-        yield from chunks.full()
+        held += _document(chunk, file, max_record_bytes)
+        if held >= chunk_bytes:
+            held = 0
+            yield from chunks.rest()  # closes the chunk now and starts the next
+        else:
+            yield from chunks.full()
     yield from chunks.rest()
 
 
@@ -214,7 +223,8 @@ class _NoExternal(etree.Resolver):
         return self.resolve_string("", context)
 
 
-def _document(chunk: SourceChunk, file: Path, max_bytes: int) -> None:
+def _document(chunk: SourceChunk, file: Path, max_bytes: int) -> int:
+    """Map one document into ``chunk``; returns how many of its bytes the chunk may now hold."""
     label = file.name
     try:
         size = file.stat().st_size
@@ -223,12 +233,17 @@ def _document(chunk: SourceChunk, file: Path, max_bytes: int) -> None:
                 head = handle.read(PAYLOAD_KEEP_BYTES)
             _refuse(chunk, label, "record:size", f"is longer than the {max_bytes:,}-byte record limit", head,
                     truncated=True)
-            return
+            return len(head)
         data = file.read_bytes()
     except OSError as exc:
         chunk.rejected.append(Rejected(DOCUMENTS, label, "file:read",
                                        f"{label} could not be read ({type(exc).__name__})", ""))
-        return
+        return 0
+    _map_document(chunk, label, data)
+    return len(data)
+
+
+def _map_document(chunk: SourceChunk, label: str, data: bytes) -> None:
     try:
         root = parse_document(data)
     except ParseRefused as refused:

@@ -236,3 +236,14 @@ def test_when_vendor_documents_are_mangled_at_random_then_the_reader_never_raise
     assert {r.rule for r in rejected} <= {"ccda:negated", "ccda:patient", "ccda:document", "record:parse"}
     assert "ccda:entry" not in {r.rule for r in rejected}  # no entry broke the mapping
     assert len(rows["patients"]) == 60 - sum(r.table == DOCUMENTS for r in rejected)
+
+
+def test_when_documents_add_up_to_the_chunk_byte_budget_then_the_chunk_closes_early(tmp_path: Path) -> None:
+    for number in range(5):
+        (tmp_path / f"d{number}.xml").write_bytes(document(given=f"P{number}"))
+    size = len(document(given="P0"))
+    chunks = list(read_ccda(tmp_path, chunk_rows=50_000, max_record_bytes=2**20, chunk_bytes=2 * size))
+    # Rows alone would make one chunk; two documents' bytes fill each one instead.
+    assert [c.units[DOCUMENTS] for c in chunks] == [2, 2, 1]
+    assert [c.index for c in chunks] == [0, 1, 2]
+    assert sum(len(c.tables["patients"]) for c in chunks) == 5
