@@ -60,6 +60,7 @@ ROW_COLUMN = "source_row"
 # a value while a chunk is checked and sealed, two chunks in flight: some 600 MB at most, whatever the width.
 CELLS_PER_CHUNK = 1_000_000
 _NAME_MAX = 63
+_CACHED_NAME = 256
 _UNSAFE = re.compile(r"[^a-z0-9]+")
 _THOUSANDS = re.compile(r"^[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _NUMBER_TYPES = ("integer", "float")
@@ -80,9 +81,18 @@ def tabular_format(path: Path) -> str:
     return fmt
 
 
-@lru_cache(maxsize=4096)
 def safe_name(name: str) -> str:
     """``name`` as a safe column identifier: ``Serum Créatinine (mg/dL)`` -> ``serum_creatinine_mg_dl``."""
+    # Only short names are cached: a hostile file's megabyte-long field names must not pile up in memory.
+    return _cached_safe_name(name) if len(name) <= _CACHED_NAME else _safe_name(name)
+
+
+@lru_cache(maxsize=4096)
+def _cached_safe_name(name: str) -> str:
+    return _safe_name(name)
+
+
+def _safe_name(name: str) -> str:
     ascii_name = unicodedata.normalize("NFKD", str(name)).encode("ascii", "ignore").decode("ascii")
     text = _UNSAFE.sub("_", ascii_name.lower()).strip("_")[:_NAME_MAX].rstrip("_") or "column"
     if not text[0].isalpha():
