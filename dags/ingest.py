@@ -16,8 +16,10 @@ from airflow.sdk import Asset, Param, dag, task
 
 SOURCES = {
     "tabular": ("patients", "encounters", "observations", "conditions", "medications", "outcomes"),
-    "fhir": ("patients", "encounters", "observations", "conditions", "medications", "resources"),
-    "hl7": ("patients", "encounters", "observations"),
+    "fhir": ("patients", "encounters", "observations", "conditions", "medications", "procedures", "immunizations",
+             "allergies", "diagnostic_reports", "resources"),
+    "hl7": ("patients", "encounters", "observations", "conditions", "medications", "procedures", "immunizations",
+            "allergies", "diagnostic_reports", "resources"),
     "notes": ("notes",),
 }
 
