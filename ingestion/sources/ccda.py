@@ -466,8 +466,9 @@ class _Document:
         return {"resource_key": "ccda:sha256:" + hashlib.sha256(text.encode()).hexdigest()[:32],
                 "resource_type": "ClinicalDocument", "resource_id": _first_id(self.root), "bundle_id": None,
                 "patient_id": self.patient_id,
-                "resource_json": json.dumps({"format": "ccda", "file": self.label, "unmapped_sections": unmapped,
-                                             "document": text}, ensure_ascii=False)}
+                # No file name here: the same document sent again under another name is the same record.
+                "resource_json": json.dumps({"format": "ccda", "unmapped_sections": unmapped, "document": text},
+                                            ensure_ascii=False)}
 
     def _kind(self, section: Any) -> str | None:
         for root in _templates(section):

@@ -129,3 +129,18 @@ def test_when_medguard_ingest_is_given_a_ccda_folder_then_json_reports_documents
     assert out["tables"]["documents"] == {"in": 11, "accepted": 11, "quarantined": 0}
     assert out["tables"]["patients"]["in"] == 11
     assert all(c["in"] == c["accepted"] + c["quarantined"] for c in out["tables"].values())
+
+
+def test_when_the_same_document_arrives_twice_under_two_names_then_each_record_is_stored_once(
+        tmp_path: Path, ing_settings, plake) -> None:
+    folder = tmp_path / "ccda"
+    folder.mkdir()
+    shutil.copy(FIXTURES / "cerner_toc.xml", folder / "a.xml")
+    shutil.copy(FIXTURES / "cerner_toc.xml", folder / "b.xml")
+
+    report = ingest(ing_settings, source="ccda", path=folder, plake=plake, docs=False)
+
+    assert {t: (c.rows_in, c.duplicates, c.quarantined) for t, c in report.tables.items()
+            if t in ("patients", "conditions", "resources")} == {
+        "patients": (2, 1, 0), "conditions": (10, 5, 0), "resources": (2, 1, 0)}
+    assert plake.read("raw", "resources").num_rows == 1
