@@ -98,10 +98,13 @@ def test_when_a_document_is_hostile_or_broken_then_parsing_refuses_it_with_a_rul
     assert "José" not in refused.value.reason and "root:" not in refused.value.reason
 
 
-def test_when_a_document_carries_a_plain_doctype_then_it_is_read() -> None:
+def test_when_a_document_carries_a_plain_doctype_or_mentions_entities_in_text_then_it_is_read() -> None:
     root = parse_document(b'<?xml version="1.0"?><!DOCTYPE ClinicalDocument><ClinicalDocument '
                           b'xmlns="urn:hl7-org:v3"/>')
     assert root.tag == "{urn:hl7-org:v3}ClinicalDocument"
+    root = parse_document(b'<ClinicalDocument xmlns="urn:hl7-org:v3"><!-- no <!ENTITY here --><title>'
+                          b'<![CDATA[<!ENTITY x "y">]]></title></ClinicalDocument>')
+    assert root.findtext("{urn:hl7-org:v3}title") == '<!ENTITY x "y">'
 
 
 def test_when_a_billion_laughs_bomb_is_ingested_then_it_is_one_quarantined_document_in_bounded_time(
