@@ -487,8 +487,8 @@ class _Document:
             if ident.get("root") != _SSN_ROOT and _attr(ident, "extension"):
                 return _attr(ident, "extension")
         for ident in ids:
-            if ident.get("root") != _SSN_ROOT and not _attr(ident, "extension") and _attr(ident, "root"):
-                return _attr(ident, "root")
+            if not _attr(ident, "extension") and _ii(ident):  # a root naming the patient (not SSN's or NPI's)
+                return _ii(ident)
         return "ccda-document:" + (_first_id(self.root) or _digest_id(self.root))
 
     def _patient(self) -> dict[str, Any]:
