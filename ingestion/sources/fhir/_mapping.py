@@ -145,13 +145,12 @@ def _record_id(item: Item, system: str) -> str:
     return own_id(item) or resource_key(item)
 
 
-def _patient_of(item: Item, field_name: str, ctx: Context, rows: Rows) -> str:
+def _patient_of(item: Item, field_name: str, ctx: Context, rows: Rows, seen: frozenset[int] = frozenset()) -> str:
     kind = item.resource["resourceType"]
     reference = item.resource.get(field_name)
     report = ctx.reported_in.get(id(item.resource))
-    if reference is None and report is not None:
-        ctx.reported_in.pop(id(item.resource))  # followed once: a report listing itself cannot loop
-        return _patient_of(report, "subject", ctx, rows)
+    if reference is None and report is not None and id(report.resource) not in seen:  # a cycle of panels ends
+        return _patient_of(report, "subject", ctx, rows, seen | {id(item.resource)})
     if not isinstance(reference, dict):
         raise Unmappable("fhir:reference", f"{kind} has no {field_name}: nothing ties it to a patient")
     target = ctx.scope.resolve(reference, item)

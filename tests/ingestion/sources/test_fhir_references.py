@@ -146,3 +146,19 @@ def test_when_a_bulk_patient_carries_a_source_id_then_other_files_naming_it_by_f
     assert not rejected
     assert [r["patient_id"] for r in rows["patients"].values()] == ["PAT000001"]
     assert [r["patient_id"] for r in rows["observations"].values()] == ["PAT000001"]
+
+
+def test_when_results_nest_through_panels_then_each_takes_the_reports_patient_and_a_cycle_ends(
+        tmp_path: Path) -> None:
+    def result(ident: str, *members: str) -> dict:
+        observation = {k: v for k, v in _observation({}, id=ident).items() if k != "subject"}
+        return dict(observation, hasMember=[{"reference": f"Observation/{m}"} for m in members])
+
+    report = {"resourceType": "DiagnosticReport", "id": "r1", "status": "final", "code": CODE,
+              "subject": {"reference": "Patient/p1"}, "result": [{"reference": "Observation/a"}]}
+    path = _bundle(tmp_path, {"resource": result("b")}, {"resource": result("a", "b")}, {"resource": report},
+                   {"resource": result("x", "y")}, {"resource": result("y", "x")})
+    rows, rejected = _read(path)
+    assert {r["observation_id"]: r["patient_id"] for r in rows["observations"].values()} == {"a": "p1", "b": "p1"}
+    assert {r.position: r.rule for r in rejected.values()} == {"b.json entry 4": "fhir:reference",
+                                                              "b.json entry 5": "fhir:reference"}
