@@ -20,7 +20,8 @@ the table a Bulk file's name announces: ``Observation.ndjson line 7`` is an obse
 resource type (``fhir:resource_type``); a resource failing the model (``fhir:model``, with the field paths); a
 mapped resource with no patient to tie it to (``fhir:reference``) or without a usable code (``fhir:code``); a
 Bundle entry asking the server to delete something (``fhir:request``: a lake takes no deletions from a feed).
-Entries that carry no record (a batch's read requests, a response's status) are not records and are not counted.
+Entries that carry no record (a batch's read requests, a response's status) and a Bulk export's manifest saved beside
+its files are not records and are not counted.
 """
 
 from __future__ import annotations
@@ -91,6 +92,8 @@ class _Reader:
 
     def document(self, chunk: SourceChunk, document: Document, table: str) -> None:
         value, position = document.value, document.position
+        if isinstance(value, dict) and "resourceType" not in value and {"transactionTime", "output"} <= set(value):
+            return  # a Bulk Data export's manifest, saved beside its files: it lists them and holds no record
         if document.rejected is None and not (isinstance(value, dict) and isinstance(value.get("resourceType"), str)):
             document.rejected = Rejected(table, position, "record:parse", f"{position} is JSON but not a FHIR "
                                          "resource (no resourceType)", _dump(value))

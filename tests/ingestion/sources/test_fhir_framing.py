@@ -213,3 +213,13 @@ def test_when_a_gzip_file_is_a_decompression_bomb_then_reading_stops_at_its_infl
     (bomb,) = rejected.values()
     assert (bomb.position, bomb.rule) == ("Observation.ndjson.gz line 1", "record:size")
     assert "decompression bomb" in bomb.reason
+
+
+def test_when_a_bulk_export_keeps_its_manifest_beside_the_files_then_the_manifest_is_not_a_record(
+        tmp_path: Path) -> None:
+    manifest = {"transactionTime": "2024-05-01T00:00:00Z", "request": "https://x/fhir/$export", "requiresAccessToken":
+                True, "output": [{"type": "Patient", "url": "https://x/files/Patient.ndjson"}], "error": []}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "Patient.ndjson").write_text(_lines(PATIENT))
+    rows, rejected, units = _read(tmp_path)
+    assert not rejected and not units and list(rows) == ["patients"]
