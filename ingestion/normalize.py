@@ -158,9 +158,9 @@ def normalize_column(values: pa.Array, form: str) -> pa.Array:
     if len(values) == values.null_count:
         return values
     if len(values) >= 4096 and 4 * len(pc.unique(values.slice(0, 2048))) <= 2048:
-        distinct = pc.unique(values)
-        normal = _normalized(distinct, form)
-        return values if normal is distinct else pc.take(normal, pc.index_in(values, value_set=distinct))
+        encoded = pc.dictionary_encode(values)  # one hash pass: the distinct values and where each row's is
+        normal = _normalized(encoded.dictionary, form)
+        return values if normal is encoded.dictionary else pc.take(normal, encoded.indices)
     return _normalized(values, form)
 
 

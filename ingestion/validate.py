@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from functools import cache
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +151,7 @@ def conform(rows: TableRows, contract: Contract) -> tuple[pa.Table, dict[int, li
             source = rows.arrow.column(name) if name in rows.arrow.column_names else None
             array, bad = _conform_arrow(source, column.type, count)
         else:
-            array, bad = _conform_values([row.get(name) for row in rows.rows], column.type)
+            array, bad = _conform_values(list(map(dict.get, rows.rows, repeat(name))), column.type)
         for index in bad:
             violations.setdefault(int(index), []).append((f"{name}:type", f"{name} is not a {column.type}"))
         form = column.normalize or (column.type if column.type in ("date", "datetime") else None)
@@ -320,9 +321,12 @@ def _once_per_value(column: pa.Array | pa.ChunkedArray,
     if len(column) >= 4096:
         sample = column.slice(0, 2048)
         if 4 * len(pc.unique(sample)) <= len(sample):
-            distinct = pc.unique(column)
-            at = pc.fill_null(pc.index_in(column, value_set=distinct), 0).to_numpy(zero_copy_only=False)
-            return judge(distinct)[at]
+            encoded = pc.dictionary_encode(column)  # one hash pass: the distinct values and where each row's is
+            if not len(encoded.dictionary):
+                return np.zeros(len(column), dtype=bool)
+            at = encoded.indices
+            # A null row breaks no rule here (required speaks for it).
+            return judge(encoded.dictionary)[pc.fill_null(at, 0).to_numpy(zero_copy_only=False)] & _flags(at.is_valid())
     return judge(column)
 
 
@@ -409,12 +413,12 @@ def _unit_factors(at: pa.Array, units: pa.Array | pa.ChunkedArray, expected: lis
     factor of a convertible unit, null (not checked) otherwise. One factor per (code, distinct unit), in a table
     indexed by both: no Python per row."""
     units = units.combine_chunks() if isinstance(units, pa.ChunkedArray) else units
-    written = pc.unique(units.drop_null())
+    encoded = pc.dictionary_encode(units)
+    written = encoded.dictionary
     table = np.array([[1.0] + [codes.unit_factor(unit, want) if want else 1.0 for unit in written.to_pylist()]
                       for want in expected], dtype=float).reshape(len(expected), len(written) + 1)
     code_at = pc.fill_null(at, 0).to_numpy(zero_copy_only=False).astype(np.int64)
-    unit_at = pc.fill_null(pc.add(pc.index_in(units, value_set=written), 1), 0).to_numpy(
-        zero_copy_only=False).astype(np.int64)  # 0: no unit
+    unit_at = pc.fill_null(pc.add(encoded.indices, 1), 0).to_numpy(zero_copy_only=False).astype(np.int64)  # 0: none
     factors = table[code_at, unit_at]
     return pa.array(factors, pa.float64(), mask=np.isnan(factors))
 
