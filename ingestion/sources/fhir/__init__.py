@@ -73,15 +73,24 @@ class _Reader:
     """Turns documents into rows and rejections; remembers the patient ids met (see :class:`._mapping.Context`)."""
 
     def __init__(self, model_class: Any) -> None:
-        self.model_class = model_class
+        self._model_class = model_class
+        self._classes: dict[str, Any] = {}
         self.patient_ids: dict[str, str] = {}
 
+    def model(self, kind: str) -> Any:
+        """The model class of a resource type, None when ``fhir.resources`` does not know it.
+
+        Known types are looked up once; unknown names are not remembered, so a file of made-up types grows nothing.
+        """
+        if kind not in self._classes:
+            try:
+                self._classes[kind] = self._model_class(kind)
+            except (KeyError, ValueError):
+                return None
+        return self._classes[kind]
+
     def known(self, kind: str) -> bool:
-        try:
-            self.model_class(kind)
-        except (KeyError, ValueError):
-            return False
-        return True
+        return self.model(kind) is not None
 
     def file_table(self, name: str) -> str:
         """The table a file's unreadable documents count against: a Bulk file's resource type's, else bundles."""
@@ -159,7 +168,7 @@ class _Reader:
             self.bundle(chunk, resource, where, ctx.scope, top=False)
             return
         try:
-            self.model_class(kind).model_validate(resource)
+            self.model(kind).model_validate(resource)
         except Exception as exc:  # pydantic's ValidationError and the library's own checks
             chunk.rejected.append(Rejected(table, where, "fhir:model", f"{where}: {kind} {_model_errors(exc)}",
                                            _dump(resource)))
