@@ -19,7 +19,7 @@ without its system, is ``fhir:code``: the record cannot be joined to any termino
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,6 +100,7 @@ class Context:
 
 
 Rows = list[tuple[str, dict[str, Any], str]]  # (table, row, position)
+Mapped = Iterator[tuple[dict[str, Any], str]]  # a mapper's (row, position) pairs
 
 
 def map_resource(item: Item, ctx: Context) -> Rows:
@@ -264,7 +265,7 @@ def _omb(extension: dict[str, Any] | None) -> str | None:
     return next((as_str(p.get("valueString")) for p in parts if p.get("url") == "text"), None)
 
 
-def _encounter(item: Item, ctx: Context, patient_id: str):
+def _encounter(item: Item, ctx: Context, patient_id: str) -> Mapped:
     res = item.resource
     period = as_dict(res.get("period"))
     npi = None
@@ -293,7 +294,7 @@ def _encounter(item: Item, ctx: Context, patient_id: str):
     }, item.position
 
 
-def _observation(item: Item, ctx: Context, patient_id: str):
+def _observation(item: Item, ctx: Context, patient_id: str) -> Mapped:
     res = item.resource
     code, system, display = _required_code(item, "code")
     categories = as_dicts(res.get("category"))
@@ -354,7 +355,7 @@ def _observed(element: dict[str, Any]) -> dict[str, Any]:
             "interpretation": first_code(element.get("interpretation"))}
 
 
-def _condition(item: Item, ctx: Context, patient_id: str):
+def _condition(item: Item, ctx: Context, patient_id: str) -> Mapped:
     res = item.resource
     code, system, display = _required_code(item, "code")
     yield {"condition_id": _record_id(item, "urn:medguard:condition-id"), "patient_id": patient_id,
@@ -363,7 +364,7 @@ def _condition(item: Item, ctx: Context, patient_id: str):
            "onset_date": when(res, "onset"), "clinical_status": first_code(res.get("clinicalStatus"))}, item.position
 
 
-def _medication(item: Item, ctx: Context, patient_id: str):
+def _medication(item: Item, ctx: Context, patient_id: str) -> Mapped:
     res = item.resource
     kind = res["resourceType"]
     concept = res.get("medicationCodeableConcept")
@@ -387,7 +388,7 @@ def _medication(item: Item, ctx: Context, patient_id: str):
            "start_date": start or when(res, "effective"), "status": as_str(res.get("status"))}, item.position
 
 
-def _procedure(item: Item, ctx: Context, patient_id: str):
+def _procedure(item: Item, ctx: Context, patient_id: str) -> Mapped:
     res = item.resource
     code, system, display = coded(res.get("code"))
     yield {"procedure_id": own_id(item) or resource_key(item), "patient_id": patient_id,
@@ -396,7 +397,7 @@ def _procedure(item: Item, ctx: Context, patient_id: str):
            "performed_time": when(res, "performed")}, item.position
 
 
-def _immunization(item: Item, ctx: Context, patient_id: str):
+def _immunization(item: Item, ctx: Context, patient_id: str) -> Mapped:
     res = item.resource
     code, system, display = _required_code(item, "vaccineCode")
     yield {"immunization_id": own_id(item) or resource_key(item), "patient_id": patient_id,
@@ -405,7 +406,7 @@ def _immunization(item: Item, ctx: Context, patient_id: str):
            "occurrence_time": when(res, "occurrence")}, item.position
 
 
-def _allergy(item: Item, ctx: Context, patient_id: str):
+def _allergy(item: Item, ctx: Context, patient_id: str) -> Mapped:
     res = item.resource
     code, system, display = coded(res.get("code"))
     categories = res.get("category") if isinstance(res.get("category"), list) else []
@@ -422,7 +423,7 @@ def _allergy(item: Item, ctx: Context, patient_id: str):
            "onset_date": when(res, "onset"), "reaction": "; ".join(reactions) or None}, item.position
 
 
-def _diagnostic_report(item: Item, ctx: Context, patient_id: str):
+def _diagnostic_report(item: Item, ctx: Context, patient_id: str) -> Mapped:
     res = item.resource
     code, system, display = _required_code(item, "code")
     yield {"report_id": own_id(item) or resource_key(item), "patient_id": patient_id,
@@ -432,7 +433,7 @@ def _diagnostic_report(item: Item, ctx: Context, patient_id: str):
            "conclusion": as_str(res.get("conclusion"))}, item.position
 
 
-_MAPPERS: dict[str, Callable[..., Any]] = {
+_MAPPERS: dict[str, Callable[[Item, Context, str], Mapped]] = {
     "Encounter": _encounter, "Observation": _observation, "Condition": _condition, "Procedure": _procedure,
     "Immunization": _immunization, "AllergyIntolerance": _allergy, "DiagnosticReport": _diagnostic_report,
     **dict.fromkeys(_MEDICATION_KIND, _medication),
