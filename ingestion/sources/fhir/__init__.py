@@ -2,10 +2,11 @@
 
 Inputs (a file, or a folder of them listed by :func:`~ingestion.sources._files.input_files`: links and special
 files refused): a Bundle per ``.json`` file (any type: collection, transaction, batch, searchset, document,
-message, responses; pretty-printed or not), a single resource per ``.json`` file, FHIR Bulk Data ``$export``
-output (``Patient.ndjson``, ``Observation.000.ndjson``…, one resource a line, optionally ``.gz``), one Bundle a
-line of ``.ndjson``/``.jsonl``, or a folder mixing them (see :mod:`._framing` for bounds on size and depth). In a
-folder, ``Patient*`` files are read first, so a Bulk export's patients are known before the resources naming them.
+message, responses; pretty-printed or not), a single resource (or a JSON array of them) per ``.json`` file,
+FHIR Bulk Data ``$export`` output (``Patient.ndjson``, ``Observation.000.ndjson``…, one resource a line, optionally
+``.gz``), one Bundle a line of ``.ndjson``/``.jsonl``, or a folder mixing them (see :mod:`._framing` for bounds on
+size and depth). In a folder, ``Patient*`` files are read first, so a Bulk export's patients are known before the
+resources naming them.
 
 Each resource is checked with ``fhir.resources``' R4B models (R4's technical-correction release; every official
 R4 example of the types mapped here passes them) and then read from its JSON as found (:mod:`._mapping`).
@@ -99,10 +100,15 @@ class _Reader:
             return BUNDLES
         return CONFORMED.get(match.group(1), RESOURCES)
 
-    def document(self, chunk: SourceChunk, document: Document, table: str) -> None:
+    def document(self, chunk: SourceChunk, document: Document, table: str, *, top: bool = True) -> None:
         value, position = document.value, document.position
         if isinstance(value, dict) and "resourceType" not in value and {"transactionTime", "output"} <= set(value):
             return  # a Bulk Data export's manifest, saved beside its files: it lists them and holds no record
+        if top and isinstance(value, list) and value and document.rejected is None:
+            # A JSON array of resources (what some tools export instead of a Bundle): each element on its own.
+            for number, element in enumerate(value, start=1):
+                self.document(chunk, Document(f"{position} item {number}", element), table, top=False)
+            return
         if document.rejected is None and not (isinstance(value, dict) and isinstance(value.get("resourceType"), str)):
             document.rejected = Rejected(table, position, "record:parse", f"{position} is JSON but not a FHIR "
                                          "resource (no resourceType)", _dump(value))

@@ -182,7 +182,7 @@ def test_when_a_json_document_is_larger_than_the_document_bound_then_it_is_rejec
 
 
 def test_when_json_is_not_a_fhir_resource_then_it_is_rejected_with_the_reason(tmp_path: Path) -> None:
-    (tmp_path / "x.ndjson").write_text('[1, 2]\n{"id": "no-type"}\n' + json.dumps(
+    (tmp_path / "x.ndjson").write_text('"just text"\n{"id": "no-type"}\n' + json.dumps(
         {"resourceType": "FooBar", "id": "f"}) + "\n")
     _, rejected, units = _read(tmp_path)
     assert {p: r.rule for p, r in rejected.items()} == {
@@ -223,3 +223,12 @@ def test_when_a_bulk_export_keeps_its_manifest_beside_the_files_then_the_manifes
     (tmp_path / "Patient.ndjson").write_text(_lines(PATIENT))
     rows, rejected, units = _read(tmp_path)
     assert not rejected and not units and list(rows) == ["patients"]
+
+
+def test_when_a_file_holds_a_json_array_of_resources_then_each_element_is_read(tmp_path: Path) -> None:
+    (tmp_path / "export.json").write_text(json.dumps([PATIENT, OBSERVATION, [PATIENT], 7], indent=2))
+    rows, rejected, units = _read(tmp_path)
+    assert list(rows["patients"]) == ["export.json item 1"] and list(rows["observations"]) == ["export.json item 2"]
+    assert {p: r.rule for p, r in rejected.items()} == {"export.json item 3": "record:parse",
+                                                        "export.json item 4": "record:parse"}
+    assert units == {"bundles": 2}
