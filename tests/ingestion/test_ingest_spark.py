@@ -17,8 +17,8 @@ from pipeline.settings import load_settings
 from pipeline.spark import _builder_conf, _check_cluster_transport, executor_settings, settings_on_executor
 
 GOOD_OBS = {"observation_id": "o1", "patient_id": "p1", "encounter_id": "e1", "category": "vital-signs",
-            "loinc_code": "8480-6", "display": "Systolic", "value": 120.0, "unit": "mm[Hg]",
-            "effective_time": "2024-03-01T10:00:00Z"}
+            "code": "8480-6", "code_system": "http://loinc.org", "loinc_code": "8480-6", "display": "Systolic",
+            "value": 120.0, "unit": "mm[Hg]", "effective_time": "2024-03-01T10:00:00Z"}
 
 
 def _rows(*changes: dict) -> TableRows:
