@@ -194,6 +194,8 @@ def _target_id(item: Item, ctx: Context, reference: Any) -> str | None:
     if isinstance(identifier, dict) and as_str(identifier.get("value")):
         return identifier["value"]
     target = ctx.scope.resolve(reference, item)
+    if target is not None and target.item is None and target.identifier is not None:
+        return target.identifier[1]
     return target.ident if target is not None else None
 
 
@@ -275,6 +277,8 @@ def _encounter(item: Item, ctx: Context, patient_id: str) -> Mapped:
         target = ctx.scope.resolve(individual, item)
         if target is not None and target.item is not None:
             identifiers += as_dicts(target.item.resource.get("identifier"))
+        elif target is not None and target.identifier is not None:
+            identifiers.append({"system": target.identifier[0], "value": target.identifier[1]})
         # An NPI is ten digits; a counter under the NPI system (Synthea writes "110") names no one: the
         # Practitioner itself stays whole in resources.
         npi = next((i["value"] for i in identifiers if i.get("system") in _NPI

@@ -10,7 +10,9 @@ back to its parent's. :meth:`Scope.resolve` follows, in this order:
   reference when the referrer's ``fullUrl`` is a server URL, else the entry whose resource has that type and id;
 - a relative or absolute URL that is not in the bundle: the type and id read from the URL itself. FHIR Bulk Data
   exports reference ``Patient/<id>`` across files, so the id is the patient id without state shared between files;
-- a logical reference (``identifier`` only): a Patient in scope carrying that identifier;
+- a logical reference (``identifier`` only; a Patient unless ``type`` says otherwise) or a conditional one
+  (``Practitioner?identifier=http://hl7.org/fhir/sid/us-npi|9999999999``, as Synthea 3 writes): the resource in scope
+  carrying that identifier; failing that, the identifier itself (an NPI, an organization's id);
 - otherwise (a ``urn:uuid`` matching no entry and with no ``type``, a ``display`` alone): unresolved.
 """
 
@@ -21,11 +23,13 @@ import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 __all__ = ["Item", "Scope", "Target", "own_id", "resource_key"]
 
 _TAIL = re.compile(r"(?:^|/)([A-Z][A-Za-z]{1,63})/([A-Za-z0-9\-.]{1,64})$")
 _HISTORY = re.compile(r"/_history/[^/]*$")
+_CONDITIONAL = re.compile(r"^([A-Z][A-Za-z]{1,63})\?identifier=(.+)$")
 
 
 @dataclass
@@ -45,6 +49,7 @@ class Target:
     kind: str | None
     ident: str | None
     item: Item | None = None
+    identifier: tuple[str | None, str] | None = None  # (system, value) a logical or conditional reference named
 
 
 def own_id(item: Item) -> str | None:
@@ -78,7 +83,7 @@ class Scope:
     parent: Scope | None = None
     by_url: dict[str, Item] = field(default_factory=dict)
     by_type_id: dict[tuple[str, str], Item] = field(default_factory=dict)
-    patients: list[Item] = field(default_factory=list)
+    by_identifier: dict[tuple[str, str | None, str], Item] = field(default_factory=dict)
 
     def add(self, item: Item) -> None:
         kind = item.resource.get("resourceType")
@@ -87,8 +92,11 @@ class Scope:
         ident = own_id(item)
         if isinstance(kind, str) and ident:
             self.by_type_id.setdefault((kind, ident), item)
-        if kind == "Patient":
-            self.patients.append(item)
+        identifiers = item.resource.get("identifier")
+        for identifier in identifiers if isinstance(identifiers, list) else []:
+            if isinstance(identifier, dict) and isinstance(identifier.get("value"), str) and isinstance(kind, str):
+                system = identifier.get("system") if isinstance(identifier.get("system"), str) else None
+                self.by_identifier.setdefault((kind, system, identifier["value"]), item)
 
     def resolve(self, reference: Any, referrer: Item) -> Target | None:
         """The target of ``reference`` (a Reference dict) made by ``referrer``; None when there is no reference."""
@@ -99,15 +107,19 @@ class Scope:
         if isinstance(ref, str) and ref:
             return self._by_reference(ref.strip(), kind, referrer)
         identifier = reference.get("identifier")
-        if isinstance(identifier, dict):
-            item = self._by_identifier(identifier)
-            if item is not None:
-                return Target("Patient", own_id(item), item)
+        if isinstance(identifier, dict) and isinstance(identifier.get("value"), str) and identifier["value"]:
+            system = identifier.get("system") if isinstance(identifier.get("system"), str) else None
+            return self._logical(kind or "Patient", system, identifier["value"])
         return Target(kind, None)
 
     def _by_reference(self, ref: str, kind: str | None, referrer: Item) -> Target:
         if ref.startswith("#"):
             return _contained(ref[1:], referrer)
+        conditional = _CONDITIONAL.match(ref)
+        if conditional:  # Type?identifier=system|value, as transaction bundles (Synthea 3) name shared resources
+            token = unquote(conditional.group(2))
+            system, _, value = token.rpartition("|") if "|" in token else (None, "", token)
+            return self._logical(conditional.group(1), system or None, value)
         url = _HISTORY.sub("", ref)
         match = _TAIL.search(url)
         if ":" not in url and match:  # relative: against the referrer's server base when its fullUrl has one
@@ -139,18 +151,17 @@ class Scope:
             scope = scope.parent
         return None
 
-    def _by_identifier(self, identifier: dict[str, Any]) -> Item | None:
-        wanted = (identifier.get("system"), identifier.get("value"))
-        if not wanted[1]:
-            return None
+    def _logical(self, kind: str, system: str | None, value: str) -> Target:
+        """The resource of ``kind`` in scope carrying identifier ``system|value`` (any system when none is named)."""
         scope: Scope | None = self
         while scope is not None:
-            for item in scope.patients:
-                for ident in item.resource.get("identifier") or []:
-                    if isinstance(ident, dict) and (ident.get("system"), ident.get("value")) == wanted:
-                        return item
+            item = scope.by_identifier.get((kind, system, value))
+            if item is None and system is None:
+                item = next((i for (k, _, v), i in scope.by_identifier.items() if k == kind and v == value), None)
+            if item is not None:
+                return Target(kind, own_id(item), item, (system, value))
             scope = scope.parent
-        return None
+        return Target(kind, None, identifier=(system, value))
 
 
 def _base(referrer: Item) -> str | None:

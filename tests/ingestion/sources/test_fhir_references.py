@@ -162,3 +162,25 @@ def test_when_results_nest_through_panels_then_each_takes_the_reports_patient_an
     assert {r["observation_id"]: r["patient_id"] for r in rows["observations"].values()} == {"a": "p1", "b": "p1"}
     assert {r.position: r.rule for r in rejected.values()} == {"b.json entry 4": "fhir:reference",
                                                               "b.json entry 5": "fhir:reference"}
+
+
+def test_when_references_are_conditional_then_they_resolve_by_identifier_in_the_bundle_or_name_it(
+        tmp_path: Path) -> None:
+    # Synthea 3 names shared practitioners and organizations by identifier in its transaction bundles.
+    patient = {"resourceType": "Patient", "id": "p9",
+               "identifier": [{"system": "https://github.com/synthetichealth/synthea", "value": "S-9"}]}
+    encounter = {"resourceType": "Encounter", "id": "e1", "status": "finished",
+                 "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+                 "subject": {"reference": "Patient?identifier=https://github.com/synthetichealth/synthea|S-9"},
+                 "participant": [{"individual": {
+                     "reference": "Practitioner?identifier=http://hl7.org/fhir/sid/us-npi|9999994392"}}],
+                 "serviceProvider": {"reference": "Organization?identifier=https://github.com/synthetichealth/"
+                                                  "synthea|ef58ea08-d883-3957-8300-150554edc8fb"}}
+    lost = _observation({"reference": "Patient?identifier=https://github.com/synthetichealth/synthea|S-404"}, id="o1")
+    rows, rejected = _read(_bundle(tmp_path, {"fullUrl": UUID, "resource": patient}, {"resource": encounter},
+                                   {"resource": lost}))
+    (row,) = rows["encounters"].values()
+    assert (row["patient_id"], row["provider_npi"], row["facility_id"]) == (
+        "p9", "9999994392", "ef58ea08-d883-3957-8300-150554edc8fb")
+    assert {p: r.rule for p, r in rejected.items()} == {"b.json entry 3": "fhir:reference"}
+    assert "S-404" not in rejected["b.json entry 3"].reason
