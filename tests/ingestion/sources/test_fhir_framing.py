@@ -232,3 +232,20 @@ def test_when_a_file_holds_a_json_array_of_resources_then_each_element_is_read(t
     assert {p: r.rule for p, r in rejected.items()} == {"export.json item 3": "record:parse",
                                                         "export.json item 4": "record:parse"}
     assert units == {"bundles": 2}
+
+
+def test_when_a_bundle_is_malformed_then_the_bundle_or_its_bad_entries_are_rejected_with_positions(
+        tmp_path: Path) -> None:
+    broken = {"resourceType": "Bundle", "type": "collection", "entry": {"resource": PATIENT}}
+    mixed = {"resourceType": "Bundle", "type": "collection",
+             "entry": [7, {"resource": {"id": "no-type"}}, {"fullUrl": "urn:uuid:x"}, {"resource": PATIENT},
+                       {"resource": {"resourceType": "Bundle", "entry": "nested, not a list"}}]}
+    (tmp_path / "b.ndjson").write_text(_lines(broken, mixed))
+    rows, rejected, units = _read(tmp_path)
+    assert {p: (r.table, r.rule) for p, r in rejected.items()} == {
+        "b.ndjson line 1": ("bundles", "record:parse"),
+        "b.ndjson line 2 entry 1": ("resources", "fhir:resource_type"),
+        "b.ndjson line 2 entry 2": ("resources", "fhir:resource_type"),
+        "b.ndjson line 2 entry 3": ("resources", "fhir:resource_type"),
+        "b.ndjson line 2 entry 5": ("resources", "record:parse")}
+    assert list(rows["patients"]) == ["b.ndjson line 2 entry 4"] and units == {"bundles": 2}
