@@ -177,7 +177,7 @@ class _Reader:
             self.model(kind).model_validate(resource)
         except Exception as exc:  # pydantic's ValidationError and the library's own checks
             chunk.rejected.append(Rejected(table, where, "fhir:model", f"{where}: {kind} {_model_errors(exc)}",
-                                           _dump(resource)))
+                                           _dump(resource), patient_id=_patient_hint(item, ctx)))
             return
         if table == RESOURCES:
             chunk.rows(RESOURCES).add(_kept(item, ctx, bundle_id), where)
@@ -185,7 +185,8 @@ class _Reader:
         try:
             rows = map_resource(item, ctx)
         except Unmappable as exc:
-            chunk.rejected.append(Rejected(table, where, exc.rule, f"{where}: {exc.reason}", _dump(resource)))
+            chunk.rejected.append(Rejected(table, where, exc.rule, f"{where}: {exc.reason}", _dump(resource),
+                                           patient_id=_patient_hint(item, ctx)))
             return
         except NotAboutAPatient:
             chunk.rows(RESOURCES).add(_kept(item, ctx, bundle_id), where)
@@ -193,7 +194,8 @@ class _Reader:
         except (TypeError, ValueError, KeyError, AttributeError) as exc:
             # A shape the model let through that the mapping did not foresee: one record, never the run.
             chunk.rejected.append(Rejected(table, where, "fhir:mapping", f"{where}: {kind} could not be mapped "
-                                           f"({type(exc).__name__})", _dump(resource)))
+                                           f"({type(exc).__name__})", _dump(resource),
+                                           patient_id=_patient_hint(item, ctx)))
             return
         for name, row, position in rows:
             chunk.rows(name).add(row, position)
@@ -216,15 +218,25 @@ def _model_errors(exc: Exception) -> str:
     return f"fails the FHIR model ({type(exc).__name__})"
 
 
+def _patient_hint(item: Item, ctx: Context) -> str | None:
+    """The patient a resource is about when it can be followed, else None; never raises (the resource may have
+    failed the model). A quarantined record carrying it is sealed under that patient's key, so shredding the patient
+    reaches it too."""
+    try:
+        if item.resource.get("resourceType") == "Patient":
+            return patient_key(item)
+        for name in ("patient", "subject", "beneficiary"):
+            target = ctx.scope.resolve(item.resource.get(name), item)
+            if target is not None and target.kind == "Patient" and (target.item is not None or target.ident):
+                return (patient_key(target.item) if target.item is not None
+                        else ctx.patient_ids.get(target.ident, target.ident))
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return None
+    return None
+
+
 def _kept(item: Item, ctx: Context, bundle_id: str | None) -> dict[str, Any]:
     """A resource kept whole: its key, type, id, bundle, patient (when one can be followed) and JSON as found."""
-    patient_id = None
-    for name in ("patient", "subject", "beneficiary"):
-        target = ctx.scope.resolve(item.resource.get(name), item)
-        if target is not None and target.kind == "Patient" and (target.item is not None or target.ident):
-            patient_id = (patient_key(target.item) if target.item is not None
-                          else ctx.patient_ids.get(target.ident, target.ident))
-            break
     return {"resource_key": resource_key(item), "resource_type": item.resource["resourceType"],
-            "resource_id": own_id(item), "bundle_id": bundle_id, "patient_id": patient_id,
+            "resource_id": own_id(item), "bundle_id": bundle_id, "patient_id": _patient_hint(item, ctx),
             "resource_json": json.dumps(item.resource, ensure_ascii=False, separators=(",", ":"))}

@@ -66,6 +66,8 @@ def test_when_a_synthea_bundle_is_ingested_then_one_patient_and_all_its_records_
         (table, "fhir:model") for (file, table) in SYNTHEA_DEFECTS if file == name)
     for row in rejected:
         assert SYNTHEA_DEFECTS[(name, row["table_name"])] in row["reason"]
+        # sealed under the patient's key, so shredding the patient reaches the quarantined record too
+        assert row["patient_pseudonym"] == plake.pseudonymizer("patient").pseudonym(patient["patient_id"])
     # every encounter a child row names was loaded
     encounters = {r["encounter_id"] for r in plake.read("raw", "encounters").to_pylist()}
     for table in ("conditions", "medications", "procedures", "immunizations"):
