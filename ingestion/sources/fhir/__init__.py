@@ -9,7 +9,10 @@ size and depth). In a folder, ``Patient*`` files are read first, so a Bulk expor
 resources naming them.
 
 Each resource is checked with ``fhir.resources``' R4B models (R4's technical-correction release; every official
-R4 example of the types mapped here passes them) and then read from its JSON as found (:mod:`._mapping`).
+R4 example of the types mapped here passes them) and then read from its JSON as found (:mod:`._mapping`). The
+library has no R4 models; the eighteen R4 types R4B replaced (MedicinalProduct*, Substance* definitions, the
+evidence syntheses) would be "unknown" to it, so they are kept whole in ``resources`` unchecked instead of being
+quarantined: they describe products, not patients.
 Patient, Encounter, Observation (one row per component), Condition, MedicationRequest / Statement / Dispense /
 Administration, Procedure, Immunization, AllergyIntolerance and DiagnosticReport map onto their tables; any other
 resource type the library knows (Claim, CarePlan, Composition…), and a mapped resource about a Group or Device
@@ -45,6 +48,14 @@ BUNDLES = "bundles"
 RESOURCES = "resources"
 _BULK_NAME = re.compile(r"^([A-Z][A-Za-z]{1,63})(?:[._-]\d+)*\.(?:ndjson|jsonl)(?:\.gz)?$")
 _NO_RECORD_METHODS = {"GET", "HEAD"}
+# R4 resource types that R4B (the models fhir.resources offers for R4) replaced: medicinal-product and substance
+# definitions and the evidence syntheses. They are valid R4, about products rather than patients.
+_R4_ONLY = frozenset({
+    "EffectEvidenceSynthesis", "MedicinalProduct", "MedicinalProductAuthorization", "MedicinalProductContraindication",
+    "MedicinalProductIndication", "MedicinalProductIngredient", "MedicinalProductInteraction",
+    "MedicinalProductManufactured", "MedicinalProductPackaged", "MedicinalProductPharmaceutical",
+    "MedicinalProductUndesirableEffect", "RiskEvidenceSynthesis", "SubstanceNucleicAcid", "SubstancePolymer",
+    "SubstanceProtein", "SubstanceReferenceInformation", "SubstanceSourceMaterial", "SubstanceSpecification"})
 _WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
 
@@ -166,6 +177,9 @@ class _Reader:
         resource, where = item.resource, item.position
         kind = resource["resourceType"]
         table = CONFORMED.get(kind, RESOURCES)
+        if kind in _R4_ONLY:  # valid R4 that R4B's models lack: kept whole, unchecked (no patient data in them)
+            chunk.rows(RESOURCES).add(_kept(item, ctx, bundle_id), where)
+            return
         if not self.known(kind):
             chunk.rejected.append(Rejected(RESOURCES, where, "fhir:resource_type",
                                            f"{where}: unknown FHIR resource type {kind[:64]!r}", _dump(resource)))

@@ -184,3 +184,10 @@ def test_when_references_are_conditional_then_they_resolve_by_identifier_in_the_
         "p9", "9999994392", "ef58ea08-d883-3957-8300-150554edc8fb")
     assert {p: r.rule for p, r in rejected.items()} == {"b.json entry 3": "fhir:reference"}
     assert "S-404" not in rejected["b.json entry 3"].reason
+
+
+def test_when_an_r4_type_that_r4b_replaced_arrives_then_it_is_kept_whole_not_called_unknown(tmp_path: Path) -> None:
+    product = {"resourceType": "MedicinalProduct", "id": "mp1", "name": [{"productName": "Equilidem 2.5 mg"}]}
+    rows, rejected = _read(_bundle(tmp_path, {"resource": product}, {"resource": {"resourceType": "NoSuchThing"}}))
+    assert [r["resource_type"] for r in rows["resources"].values()] == ["MedicinalProduct"]
+    assert [r.rule for r in rejected.values()] == ["fhir:resource_type"]
