@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from pipeline.cli_support import JsonOption, MedguardGroup, emit, settings_from
-from pipeline.settings import get_settings, load_settings
+from pipeline.settings import get_settings, load_settings, private_home
 
 app = typer.Typer(
     name="medguard",
@@ -38,7 +38,11 @@ def _root(
     config: Annotated[Path | None, typer.Option("--config", help="YAML settings file.", exists=False)] = None,
 ) -> None:
     """Load settings once, before any command runs, so invalid settings fail at start-up."""
-    ctx.obj = load_settings(config) if config else get_settings()
+    if config:
+        ctx.obj = load_settings(config)
+        private_home(ctx.obj)
+    else:
+        ctx.obj = get_settings()
 
 
 @contextmanager

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import re
+import stat
+import tempfile
 from collections.abc import Mapping
 from datetime import date
 from functools import cache
@@ -366,7 +368,51 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
                 os.environ[CONFIG_ENV] = previous
 
 
+# Everything medguard writes is its owner's alone: raw Parquet, the audit log, the model signing key, scratch files.
+PRIVATE_UMASK = 0o077
+PRIVATE_DIR_MODE = 0o700
+TEMP_DIR = "tmp"
+
+
+def private_home(settings: Settings) -> Path:
+    """Make this process write files only their owner reads, under ``MEDGUARD_HOME``; returns its temp folder.
+
+    Sets the process umask to 077 (so every file and folder medguard, delta-rs, Spark's JVM and its Python workers
+    create is 0600/0700), creates the home, the local lake root, ``models/`` and ``tmp/`` as 0700 and tightens them
+    if an older run left them open, and points Python's ``tempfile`` (and ``TMPDIR`` for child processes) at
+    ``<home>/tmp``, so no temporary file lands in a shared ``/tmp``. Called once per process by the CLI and by
+    :func:`get_settings` (the DAG tasks); idempotent.
+
+    Raises:
+        SettingsError: the home or one of those folders is a symbolic link (files would be written through it)
+            or is not a folder.
+    """
+    os.umask(PRIVATE_UMASK)
+    home = settings.home
+    folders = [home, home / "models", home / TEMP_DIR]
+    if settings.lake_is_local:
+        folders.append(Path(str(settings.lake_root).removeprefix("file://")))
+    for folder in folders:
+        if folder.is_symlink():
+            raise SettingsError(f"{folder} is a symbolic link: medguard writes only into a folder of its own")
+        try:
+            folder.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+            if stat.S_IMODE(folder.stat().st_mode) != PRIVATE_DIR_MODE:
+                folder.chmod(PRIVATE_DIR_MODE)
+        except (FileExistsError, NotADirectoryError) as exc:
+            raise SettingsError(f"{folder} is not a folder") from exc
+        except OSError as exc:
+            raise SettingsError(f"cannot make {folder} private to its owner ({type(exc).__name__})") from exc
+    temp = home / TEMP_DIR
+    os.environ["TMPDIR"] = str(temp)
+    tempfile.tempdir = str(temp)
+    return temp
+
+
 @cache
 def get_settings() -> Settings:
-    """The process-wide settings, loaded once (call ``get_settings.cache_clear()`` after changing env)."""
-    return load_settings()
+    """The process-wide settings, loaded once (call ``get_settings.cache_clear()`` after changing env), with the
+    process made private to its owner (:func:`private_home`)."""
+    settings = load_settings()
+    private_home(settings)
+    return settings

@@ -16,7 +16,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import EngineUnavailableError
-from pipeline.settings import Settings, get_settings
+from pipeline.settings import TEMP_DIR, Settings, get_settings, private_home
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -49,7 +49,11 @@ def _builder_conf(settings: Settings) -> dict[str, str]:
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.shuffle.partitions": "8",
         "spark.sql.warehouse.dir": str(settings.home / "spark-warehouse"),
-        "spark.driver.extraJavaOptions": f"-Dderby.system.home={settings.home / 'derby'}",
+        # Shuffle/spill blocks and the JVM's temporary files stay under MEDGUARD_HOME (0700, umask 077: see
+        # pipeline.settings.private_home), not in a shared /tmp.
+        "spark.local.dir": str(settings.home / TEMP_DIR / "spark"),
+        "spark.driver.extraJavaOptions": (f"-Dderby.system.home={settings.home / 'derby'} "
+                                          f"-Djava.io.tmpdir={settings.home / TEMP_DIR}"),
     }
     if settings.lake_engine == "spark":
         conf["spark.sql.extensions"] = DELTA_EXTENSION
@@ -106,7 +110,7 @@ def get_spark(settings: Settings | None = None) -> SparkSession:
             return _session
         os.environ["PYSPARK_PYTHON"] = sys.executable
         os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
-        settings.home.mkdir(parents=True, exist_ok=True)
+        private_home(settings)
         from pyspark.sql import SparkSession
 
         conf = _builder_conf(settings)
