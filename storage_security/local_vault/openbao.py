@@ -34,6 +34,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -271,8 +272,26 @@ class LocalServerPaths:
 
 
 def local_paths(settings: Settings) -> LocalServerPaths:
-    """The local server's files for ``settings.home``."""
-    return LocalServerPaths(Path(settings.home) / "openbao")
+    """The local server's files for ``settings.home``.
+
+    Raises:
+        CryptoError: ``<home>/openbao`` is a symbolic link or a folder of another user: the start-up check removes
+            a stale ``server.json`` and ``up`` rewrites ``approle.json`` and the folder's mode, which must never
+            happen to files the link points at.
+    """
+    root = Path(settings.home) / "openbao"
+    try:
+        info = root.lstat()
+    except FileNotFoundError:
+        return LocalServerPaths(root)
+    if stat.S_ISLNK(info.st_mode):
+        raise CryptoError(f"{root} is a symbolic link: the local OpenBao keeps its state only in a folder of its own "
+                          "(remove the link)")
+    if not stat.S_ISDIR(info.st_mode):
+        raise CryptoError(f"{root} is not a folder")
+    if info.st_uid != os.getuid():
+        raise CryptoError(f"{root} belongs to uid {info.st_uid}, not to this user")
+    return LocalServerPaths(root)
 
 
 @dataclass(frozen=True)
@@ -304,7 +323,8 @@ def up(settings: Settings, *, port: int | None = None, timeout: float = 60.0) ->
         CryptoError: ``init.json``/``approle.json`` is not private to this user, or does not match the data.
     """
     paths = local_paths(settings)
-    paths.root.mkdir(parents=True, exist_ok=True)
+    paths.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    paths = local_paths(settings)  # checked again: a link could have been put there meanwhile
     paths.root.chmod(0o700)
     with _exclusive(paths):
         return _up(settings, paths, port, timeout)
