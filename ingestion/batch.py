@@ -27,8 +27,9 @@ same ``_record_hash``; de-identification publishes one row per ``_record_hash``.
 Duplicates inside a batch: a row identical to an earlier accepted row (same ``_record_hash``: an exact copy,
 or the same patient repeated across HL7 messages or FHIR bundles) is accepted once and counted in
 ``duplicates``; a row whose key was already taken by a *different* accepted row is quarantined under
-``<key>:unique``. The invariant ``in = accepted + quarantined`` is checked per table before the batch is
-recorded; a breach raises and records nothing.
+``<key>:unique``. A patient's record (encounters, observations…) is keyed within its patient: two senders'
+ids collide across patients, never within one patient's record. The invariant ``in = accepted + quarantined``
+is checked per table before the batch is recorded; a breach raises and records nothing.
 """
 
 from __future__ import annotations
@@ -341,6 +342,30 @@ class _Dedup:
         return out
 
 
+def _per_patient_key(contract: Contract) -> bool:
+    """Whether the table's key is unique per patient rather than across patients (a record of a patient)."""
+    return (contract.patient_column is not None and contract.key is not None
+            and contract.key != contract.patient_column)
+
+
+def _dedup_keys(contract: Contract, checked: CheckedTable, rows: np.ndarray) -> list[str | None] | None:
+    """What identifies each offered row to the dedup: its key, within its patient for a patient's record.
+
+    Source ids of child records are unique only within the system that issued them; two vendors' documents
+    reuse entry ids for different patients (seen in the C-CDA samples). Keyed by patient and id, they are two
+    records, while a second copy of one patient's record is still a duplicate.
+    """
+    if checked.keys is None:
+        return None
+    taken = pa.array(rows, pa.int64())
+    keys = checked.keys.take(taken)
+    if not _per_patient_key(contract) or checked.patients is None:
+        return keys.to_pylist()
+    patients = checked.patients.take(taken)
+    joined = pc.binary_join_element_wise(pc.fill_null(patients, ""), keys, "\x1f")
+    return pc.if_else(pc.is_null(keys), pa.scalar(None, pa.string()), joined).to_pylist()
+
+
 _HELD = 3  # a verdict of its own: the row was held by the identity check and never offered to the dedup
 
 
@@ -433,8 +458,7 @@ class _Batch:
             violations[checked.candidates[position]] = [(IDENTITY_RULE, message)]
         # Rows held for their identity are not offered to the dedup: they must not take the key of a later row.
         offered = np.setdiff1d(np.arange(len(hashes)), np.fromiter(held, dtype=np.int64, count=len(held)))
-        candidate_keys = (checked.keys.take(pa.array(np.asarray(checked.candidates, dtype=np.int64)[offered]))
-                          .to_pylist() if checked.keys is not None else None)
+        candidate_keys = _dedup_keys(contract, checked, np.asarray(checked.candidates, dtype=np.int64)[offered])
         verdicts = np.full(len(hashes), _HELD, dtype=np.int8)
         verdicts[offered] = self.dedup.verdicts(table, candidate_keys,
                                                 hashes if not held else [hashes[i] for i in offered.tolist()])
@@ -442,7 +466,8 @@ class _Batch:
         counts.accepted += int(((verdicts == _Dedup.NEW) | (verdicts == _Dedup.DUPLICATE)).sum())
         for position in np.flatnonzero(verdicts == _Dedup.CONFLICT).tolist():
             violations[checked.candidates[position]] = [
-                (f"{contract.key}:unique", f"{contract.key} was already loaded in this batch with different content")]
+                (f"{contract.key}:unique", f"{contract.key} was already loaded in this batch"
+                 f"{' for the same patient' if _per_patient_key(contract) else ''} with different content")]
         keep = np.flatnonzero(verdicts == _Dedup.NEW)  # positions in checked.typed
         quarantined = []
         for index in sorted(violations):

@@ -144,3 +144,13 @@ def test_when_the_same_document_arrives_twice_under_two_names_then_each_record_i
             if t in ("patients", "conditions", "resources")} == {
         "patients": (2, 1, 0), "conditions": (10, 5, 0), "resources": (2, 1, 0)}
     assert plake.read("raw", "resources").num_rows == 1
+
+
+def test_when_two_vendors_reuse_an_entry_id_for_different_patients_then_both_records_load(
+        ing_settings, plake) -> None:
+    # NIST, Athena and the lab-ranges sample reuse entry ids across their (different) patients.
+    report = ingest(ing_settings, source="ccda", path=FIXTURES, plake=plake, docs=False)
+
+    unique = {t: {r: n for r, n in c.by_rule.items() if r.endswith(":unique")} for t, c in report.tables.items()}
+    assert not any(unique.values()), unique
+    assert report.tables["observations"].accepted > 0
