@@ -197,6 +197,8 @@ def _conform_arrow(source: pa.ChunkedArray | None, kind: str, count: int) -> tup
 
 
 def _conform_values(values: list[Any], kind: str) -> tuple[pa.Array, list[int]]:
+    if values.count(None) == len(values):  # a column the source never fills (value_text of numeric results…)
+        return pa.nulls(len(values), _ARROW_TYPES[kind]), []
     converted, bad = _convert_column(values, kind)
     if kind == "integer":  # beyond int64 is not an integer this pipeline can store
         for index, value in enumerate(converted):
