@@ -704,14 +704,15 @@ def extract_paths(source: str, sources_dir: str | Path, *,
                   tabular_format: str = "parquet") -> list[tuple[Path, str | None]]:
     """The inputs of one source kind in a generator-shaped extract folder: ``(path, table)`` pairs.
 
-    Tabular: every ``<table>.<format>`` of the conformed tables found; FHIR: ``fhir/``; HL7: ``hl7/``; notes:
-    ``notes.jsonl``. Missing inputs are simply absent from the list.
+    Tabular: every ``<table>.<format>`` of the conformed tables found; FHIR: ``fhir/``; HL7: ``hl7/``; C-CDA:
+    ``ccda/``; notes: ``notes.jsonl``. Missing inputs are simply absent from the list.
     """
     root = Path(sources_dir)
     if source == "tabular":
         return [(root / f"{t}.{tabular_format}", t) for t in CONFORMED_TABLES
                 if t not in ("notes", "resources") and _not_a_link(root / f"{t}.{tabular_format}").is_file()]
-    candidate = {"fhir": root / "fhir", "hl7": root / "hl7", "notes": root / "notes.jsonl"}.get(source)
+    candidate = {"fhir": root / "fhir", "hl7": root / "hl7", "ccda": root / "ccda",
+                 "notes": root / "notes.jsonl"}.get(source)
     if candidate is None:
         raise ValueError(f"unknown source {source!r}; choose from {', '.join(SOURCES)}")
     return [(candidate, None)] if _not_a_link(candidate).exists() else []

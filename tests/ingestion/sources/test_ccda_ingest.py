@@ -154,3 +154,13 @@ def test_when_two_vendors_reuse_an_entry_id_for_different_patients_then_both_rec
     unique = {t: {r: n for r, n in c.by_rule.items() if r.endswith(":unique")} for t, c in report.tables.items()}
     assert not any(unique.values()), unique
     assert report.tables["observations"].accepted > 0
+
+
+def test_when_an_extract_folder_holds_ccda_then_ingest_extract_loads_it(tmp_path: Path, ing_settings, plake) -> None:
+    from ingestion.batch import ingest_extract
+
+    shutil.copytree(FIXTURES, tmp_path / "ccda", ignore=shutil.ignore_patterns("*.md"))
+
+    loaded = ingest_extract(ing_settings, source="ccda", sources_dir=tmp_path, plake=plake)
+
+    assert loaded["tables"]["documents"]["accepted"] == 11
