@@ -1,4 +1,4 @@
-"""The tamper-evident audit log: hash-chained events in the ``audit`` zone, with periodically signed heads.
+"""The tamper-evident audit log: hash-chained events in the ``audit`` zone, a signed head per commit, anchored.
 
 Every read, write, decrypt, encryption, policy decision and key operation is one :class:`AuditEvent`.
 :class:`AuditLog` appends events to ``audit/events`` and signs the chain head into ``audit/heads``;
@@ -15,8 +15,12 @@ Tables (all in the ``audit`` zone):
   ``hash``; 64 zeros for seq 0), ``hash`` (SHA-256 over a canonical JSON of seq, prev_hash and every event
   field; see :mod:`storage_security.audit._codec`), then the event's fields.
 - ``heads``: signed chain heads ``(seq, hash, signature, key_ref, signed_at)``; ``signature`` is
-  HMAC-SHA256 over (seq, hash, key_ref, signed_at). A head is signed automatically whenever a write crosses a
-  multiple of ``sign_every`` events, and on demand with :meth:`AuditLog.sign_head`.
+  HMAC-SHA256 over (seq, hash, key_ref, signed_at). Every writer's commit ends with one signed head over its
+  last event (one signature per commit, not per event), a batch holding a security-relevant event (break-glass,
+  a deny, a key operation, a shred) is always signed, and :meth:`AuditLog.sign_head` signs on demand.
+- ``alerts``: the activity monitor's alerts (:mod:`storage_security.audit.monitoring`); each stored alert is
+  also an ``alert`` event carrying the alert's id and a digest of its row, so an alert deleted or altered in
+  ``alerts`` (or one added outside the monitor) is named by :meth:`AuditLog.verify` like any other event.
 - ``signing_keys``: the HMAC key, **wrapped only**: ``(key_ref, kek_name, wrapped, created_at)``. It is a data
   key generated once from the key provider under its own KEK, ``medguard-audit`` (apart from the data KEK, so
   data-key rotation and retirement never touch it); it is unwrapped in memory to sign and verify. Keeping it in
@@ -32,12 +36,21 @@ that every task sends events to, or commit through Delta with a conflict check o
 serves a single machine. The verifier reads heads first and events second, so it never mistakes a writer
 caught in between for truncation.
 
+**The anchor.** After each signed head the writer copies it outside the lake (:mod:`storage_security.audit._anchor`:
+a 0600 file under ``$MEDGUARD_HOME/audit-anchors`` by default). It moves forward only: a writer that finds the
+lake no longer holding the anchored head (the tail was cut or rewritten behind its back) keeps the old anchor
+and raises :class:`~pipeline.errors.AuditIntegrityError` after recording its events.
+
 What verification can and cannot see: a changed, deleted, inserted or reordered event breaks the chain at that
 seq; an attacker who also recomputes every later hash is caught by the next signed head (reported as the
 first seq after the last head that still matches); a tail cut off after a signed head (``Lake.overwrite`` or a
-Delta restore to an older version) is reported as truncation. An attacker who can write the lake *and* delete
-the ``heads`` rows can hide a truncation back to the last remaining head; ship heads off the lake (e.g. to a
-WORM bucket or a SIEM) where that matters. Forging a head needs the key provider.
+Delta restore to an older version) is reported as truncation. Events after the last signed head are refused
+(every commit is signed, so an unsigned tail is events deleted with their heads, ``audit/heads`` emptied, or
+events appended outside the log). An attacker who deletes the newest events *and* their heads, or empties
+``heads`` and rewrites the whole chain, is caught by the anchor: ahead of the log, or no longer matching it.
+Forging a head needs the key provider. Not seen: well-chained events appended while no writer runs are signed
+over by the next writer (they can add to the record, not remove from it); whoever can rewrite both the lake
+and the anchor (the account running medguard, with its key provider) can still cut the tail.
 """
 
 from __future__ import annotations
@@ -58,14 +71,17 @@ from pipeline.errors import AuditIntegrityError, DecryptionError
 from pipeline.lake import AccessHook, CommitInfo, Lake, LakeAccess, Zone
 from storage_security._locks import exclusive_lock
 from storage_security.audit import _codec as codec
+from storage_security.audit._anchor import AnchoredHead, FileAnchor, HeadAnchor
 from storage_security.audit._head_cache import HeadCache
 from storage_security.keys.base import KeyProvider
 
 EVENTS_TABLE = "events"
 HEADS_TABLE = "heads"
 SIGNING_KEYS_TABLE = "signing_keys"
+ALERTS_TABLE = "alerts"
 DEFAULT_KEY_NAME = "medguard-audit"
-DEFAULT_SIGN_EVERY = 100
+# 1: every commit ends with a signed head (verify refuses an unsigned tail, so anything else is for tests).
+DEFAULT_SIGN_EVERY = 1
 # Row keys are pseudonyms; past this many an event should carry a count (and the batch id in details).
 MAX_ROW_KEYS = 1000
 
@@ -121,6 +137,13 @@ class AuditAction(StrEnum):
     KEY_REWRAP = "key_rewrap"
     KEY_RETIRE = "key_retire"
     KEY_SHRED = "key_shred"
+    ALERT = "alert"
+
+
+# A batch holding one of these is signed whatever ``sign_every`` says (a deny is security-relevant too).
+SECURITY_ACTIONS = frozenset({AuditAction.BREAK_GLASS, AuditAction.KEY_CREATE, AuditAction.KEY_ROTATE,
+                              AuditAction.KEY_REWRAP, AuditAction.KEY_RETIRE, AuditAction.KEY_SHRED,
+                              AuditAction.ALERT})
 
 
 class Decision(StrEnum):
@@ -250,6 +273,7 @@ class VerifyReport:
     last_signed_seq: int | None
     first_bad_seq: int | None = None
     reason: str | None = None
+    anchored_seq: int | None = None
 
     def summary(self) -> str:
         """One line for people and logs."""
@@ -279,10 +303,14 @@ class AuditLog:
         lake: the lake whose ``audit`` zone holds the log.
         provider: the key provider holding the KEK that wraps the head-signing key.
         clock: returns the current time, timezone-aware (tests inject a fixed clock).
-        sign_every: sign the head whenever a write crosses a multiple of this many events; 0 signs only
-            on demand.
+        sign_every: 1 (the default) signs the head at the end of every commit; n > 1 only when a write
+            crosses a multiple of n events or holds a security-relevant event; 0 only on demand. Verification
+            refuses an unsigned tail, so values other than 1 are for tests and bulk loads that end with
+            :meth:`sign_head`.
         key_name: the KEK under which the signing key is wrapped.
         lock_timeout: seconds a writer waits for the inter-process lock before failing.
+        anchor: where the latest signed head is kept outside the lake; default a :class:`FileAnchor` at
+            ``$MEDGUARD_HOME/audit-anchors/<lake id>.json``.
 
     Raises:
         ValueError: ``sign_every`` negative, ``lock_timeout`` not positive, or an empty ``key_name``.
@@ -290,7 +318,7 @@ class AuditLog:
 
     def __init__(self, lake: Lake, provider: KeyProvider, *, clock: Callable[[], datetime] = _utcnow,
                  sign_every: int = DEFAULT_SIGN_EVERY, key_name: str = DEFAULT_KEY_NAME,
-                 lock_timeout: float = 60.0) -> None:
+                 lock_timeout: float = 60.0, anchor: HeadAnchor | None = None) -> None:
         if sign_every < 0:
             raise ValueError(f"sign_every must be >= 0 (0: sign only on demand), not {sign_every}")
         if lock_timeout <= 0:
@@ -309,6 +337,7 @@ class AuditLog:
         self._head_cache = HeadCache(self._lock_path.with_suffix(".head.json"), local_table)
         self._signing_key: tuple[str, bytes] | None = None
         self._last_seq_seen: int | None = None
+        self.anchor: HeadAnchor = anchor or FileAnchor(Path(lake.settings.home) / "audit-anchors" / f"{lake_id}.json")
 
     def __repr__(self) -> str:
         return f"AuditLog(lake={self._lake.root!r}, key_name={self._key_name!r}, sign_every={self._sign_every})"
@@ -357,8 +386,9 @@ class AuditLog:
                                         commit=commit)
             self._head_cache.put(version, last, prev)
             self._last_seq_seen = last
-            if self._sign_every and (last + 1) // self._sign_every > first // self._sign_every:
-                self._sign(_Head(last, prev))
+            due = bool(self._sign_every) and (last + 1) // self._sign_every > first // self._sign_every
+            if due or any(_security_relevant(event) for event in batch):
+                self._sign(_Head(last, prev), after=head)
         return list(range(first, last + 1))
 
     def access_hook(self, principal: str) -> AccessHook:
@@ -393,11 +423,12 @@ class AuditLog:
         return record
 
     def sign_head(self) -> SignedHead | None:
-        """Sign the current head now (if it is not signed already); None while the log is empty.
+        """Sign the current head now (if it is not signed already) and anchor it; None while the log is empty.
 
         Raises:
-            StorageError: the lock or a lake read/write failed.
+            StorageError: the lock or a lake read/write failed, or the anchor could not be written.
             CryptoError: the key provider could not create or unwrap the signing key.
+            AuditIntegrityError: the lake no longer holds the anchored head (the anchor is kept).
         """
         with exclusive_lock(self._lock_path, timeout=self._lock_timeout):
             head = self._read_head()
@@ -405,8 +436,9 @@ class AuditLog:
                 return None
             for signed in reversed(self._heads()):
                 if signed.seq == head.seq and signed.hash == head.hash:
+                    self._advance_anchor(signed, after=None)
                     return signed
-            return self._sign(head)
+            return self._sign(head, after=None)
 
     def rewrap_signing_keys(self) -> int:
         """Re-wrap the stored signing key(s) under their KEK's latest version; returns how many were re-wrapped.
@@ -450,21 +482,31 @@ class AuditLog:
                 signing key (the log's integrity is then unknown, not bad).
             StorageError: a table cannot be read.
         """
-        # Heads first: a head is appended after its events, so events read afterwards always cover it.
-        heads = self._heads()
+        # One consistent snapshot: under the writer lock (held only for these reads of the Delta logs and the
+        # anchor) no writer is between its events, its head and its anchor. The tables are read at those versions.
+        with exclusive_lock(self._lock_path, timeout=self._lock_timeout):
+            versions = {table: self._lake.version(Zone.AUDIT, table) if self._lake.exists(Zone.AUDIT, table)
+                        else None for table in (EVENTS_TABLE, HEADS_TABLE, ALERTS_TABLE)}
+            anchored = self.anchor.read()
+        heads = self._heads(versions[HEADS_TABLE])
         keys = self._key_records()
-        rows = self._event_rows()
+        rows = self._event_rows(versions[EVENTS_TABLE])
         last_seq = rows[-1]["seq"] if rows else None
-        last_signed = max((head.seq for head in heads), default=None)
+        last_signed = max((head.seq for head in heads if head.seq is not None), default=None)
         chain_failure, verified = _check_chain(rows)
         head_failure = self._check_heads(heads, keys, verified, last_seq)
-        failures = [f for f in (chain_failure, head_failure) if f is not None]
+        anchor_failure = self._check_anchor(anchored, keys, verified, last_seq, heads)
+        failures = [f for f in (chain_failure, head_failure, anchor_failure) if f is not None]
         if not failures:
-            return VerifyReport(ok=True, events=len(rows), heads=len(heads), last_seq=last_seq,
-                                last_signed_seq=last_signed)
+            # Only an intact chain is judged for what it lacks: its tail's signature and its alerts.
+            failures = [f for f in (_check_tail(rows, last_seq, last_signed),
+                                    self._check_alerts(rows, versions[ALERTS_TABLE])) if f is not None]
+        common = {"events": len(rows), "heads": len(heads), "last_seq": last_seq, "last_signed_seq": last_signed,
+                  "anchored_seq": anchored.seq if anchored else None}
+        if not failures:
+            return VerifyReport(ok=True, **common)
         bad_seq, reason = min(failures, key=lambda failure: failure[0])
-        return VerifyReport(ok=False, events=len(rows), heads=len(heads), last_seq=last_seq,
-                            last_signed_seq=last_signed, first_bad_seq=bad_seq, reason=reason)
+        return VerifyReport(ok=False, first_bad_seq=bad_seq, reason=reason, **common)
 
     # helpers -----------------------------------------------------------------------------------------
 
@@ -476,6 +518,8 @@ class AuditLog:
     def _read(self, table: str, **kwargs: Any) -> pa.Table | None:
         if not self._lake.exists(Zone.AUDIT, table):
             return None
+        if kwargs.get("version", 0) is None:
+            del kwargs["version"]
         return self._lake.read_arrow(Zone.AUDIT, table, **kwargs)
 
     def _read_head(self) -> _Head | None:
@@ -494,16 +538,16 @@ class AuditLog:
         top = max(found.to_pylist(), key=lambda row: row["seq"])
         return _Head(top["seq"], top["hash"])
 
-    def _event_rows(self) -> list[dict[str, Any]]:
-        table = self._read(EVENTS_TABLE)
+    def _event_rows(self, version: int | None = None) -> list[dict[str, Any]]:
+        table = self._read(EVENTS_TABLE, version=version)
         if table is None:
             return []
         rows = table.to_pylist()
         rows.sort(key=lambda row: (row.get("seq") is None, row.get("seq") or 0))
         return rows
 
-    def _heads(self) -> list[SignedHead]:
-        table = self._read(HEADS_TABLE)
+    def _heads(self, version: int | None = None) -> list[SignedHead]:
+        table = self._read(HEADS_TABLE, version=version)
         if table is None:
             return []
         heads = [SignedHead(**{name: row.get(name) for name in HEADS_SCHEMA.names}) for row in table.to_pylist()]
@@ -514,14 +558,87 @@ class AuditLog:
         table = self._read(SIGNING_KEYS_TABLE)
         return {} if table is None else {row["key_ref"]: row for row in table.to_pylist()}
 
-    def _sign(self, head: _Head) -> SignedHead:
+    def _sign(self, head: _Head, *, after: _Head | None) -> SignedHead:
+        """Sign ``head``, store it in ``heads`` and anchor it; ``after``: the head this writer appended after."""
         key_ref, key = self._current_signing_key()
         signed_at = self._now()
         signed = SignedHead(head.seq, head.hash, codec.sign_head(key, head.seq, head.hash, key_ref, signed_at),
                             key_ref, signed_at)
         self._lake.append(Zone.AUDIT, HEADS_TABLE, pa.Table.from_pylist([asdict(signed)], schema=HEADS_SCHEMA),
                           commit=CommitInfo(principal=_WRITER, purpose="audit", extra={"audit.head": str(head.seq)}))
+        self._advance_anchor(signed, after=after)
         return signed
+
+    def _advance_anchor(self, signed: SignedHead, *, after: _Head | None) -> None:
+        """Move the anchor to ``signed`` unless the lake no longer holds the head anchored now (then keep it)."""
+        current = self.anchor.read()
+        if current is not None and (current.seq, current.hash) != (signed.seq, signed.hash):
+            # The usual case costs nothing: this writer appended right after the anchored head.
+            continues = after is not None and (after.seq, after.hash) == (current.seq, current.hash)
+            if not continues and (current.seq > signed.seq or self._hash_at(current.seq) != current.hash):
+                raise AuditIntegrityError(
+                    f"the audit log no longer holds the head anchored at seq {current.seq} ({self.anchor.where}): "
+                    "events were cut or rewritten outside the log; the anchor is kept, run `medguard audit verify`")
+        self.anchor.write(AnchoredHead(signed.seq, signed.hash, signed.signature, signed.key_ref, signed.signed_at))
+
+    def _hash_at(self, seq: int) -> str | None:
+        found = self._read(EVENTS_TABLE, columns=["seq", "hash"], where=f"seq = {int(seq)}")
+        rows = [] if found is None else found.to_pylist()
+        return rows[0]["hash"] if len(rows) == 1 else None
+
+    def _check_anchor(self, anchored: AnchoredHead | None, keys: dict[str, dict[str, Any]], verified: dict[int, str],
+                      last_seq: int | None, heads: list[SignedHead]) -> tuple[int, str] | None:
+        where = f"the head anchored outside the lake ({self.anchor.where})"
+        if anchored is None:
+            signed = [head.seq for head in heads if head.seq is not None]
+            if not signed:
+                return None  # an empty or never-signed log: _check_tail judges it
+            return max(signed) + 1, (f"the log has signed heads up to seq {max(signed)} but no head is anchored "
+                                     f"outside the lake ({self.anchor.where}): the anchor was deleted, or the log "
+                                     "predates anchors (the next audited write or AuditLog.sign_head anchors it)")
+        key = self._verification_key(anchored.key_ref, keys)
+        if isinstance(key, str):
+            return anchored.seq, f"{where} at seq {anchored.seq}: {key}"
+        if not codec.head_signature_ok(key, anchored.seq, anchored.hash, anchored.key_ref, anchored.signed_at,
+                                       anchored.signature):
+            return anchored.seq, f"{where} at seq {anchored.seq} has a bad signature (forged anchor)"
+        if last_seq is None or anchored.seq > last_seq:
+            first = 0 if last_seq is None else last_seq + 1
+            return first, (f"events {first}..{anchored.seq} are gone: {where} is at seq {anchored.seq} but the log "
+                           f"ends at {'nothing' if last_seq is None else f'seq {last_seq}'} (events and their heads "
+                           "cut off)")
+        stored = verified.get(anchored.seq)
+        if stored is None:
+            return None  # the chain itself is broken before the anchored seq and reported by _check_chain
+        if stored != anchored.hash:
+            # The rewrite began after the last signed head that still matches the chain (if any does).
+            matching = max((head.seq for head in heads if head.seq is not None and head.seq < anchored.seq
+                            and verified.get(head.seq) == head.hash), default=-1)
+            return matching + 1, (f"events {matching + 1}..{anchored.seq} were rewritten: seq {anchored.seq} no "
+                                  f"longer matches {where}")
+        return None
+
+    def _check_alerts(self, rows: list[dict[str, Any]], version: int | None) -> tuple[int, str] | None:
+        """Every stored alert has its ``alert`` event with the same digest, and every such event its alert."""
+        chained: dict[str, tuple[int, str]] = {}
+        for row in rows:
+            if row.get("action") == AuditAction.ALERT.value and row.get("table_name") == ALERTS_TABLE:
+                details = json.loads(row.get("details") or "{}")
+                chained[str(details.get("alert_id"))] = (row["seq"], str(details.get("digest")))
+        table = None if version is None else self._read(ALERTS_TABLE, version=version)
+        stored = {} if table is None else {row.get("alert_id"): alert_digest(row) for row in table.to_pylist()}
+        failures = []
+        for alert_id, (seq, digest) in chained.items():
+            if alert_id not in stored:
+                failures.append((seq, f"alert {alert_id} (event seq {seq}) was deleted from audit/alerts"))
+            elif stored[alert_id] != digest:
+                failures.append((seq, f"alert {alert_id} (event seq {seq}) was altered in audit/alerts"))
+        unchained = sorted(str(alert_id) for alert_id in stored if alert_id not in chained)
+        if unchained:
+            after = 0 if not rows else rows[-1]["seq"] + 1
+            failures.append((after, f"{len(unchained)} alert(s) in audit/alerts have no audit event (added outside "
+                                    f"the monitor), e.g. {unchained[0]}"))
+        return min(failures, default=None)
 
     def _current_signing_key(self) -> tuple[str, bytes]:
         # Called with the writer lock held, so two writers never both create a key.
@@ -582,6 +699,28 @@ class AuditLog:
         if codec.key_ref(record["kek_name"], key) != key_ref:
             return f"the record of signing key {key_ref} was altered"
         return key
+
+
+def alert_digest(row: Mapping[str, Any]) -> str:
+    """The SHA-256 of one stored alert row (every column), as its ``alert`` event carries it."""
+    fields = {name: codec._plain(value) for name, value in row.items()}
+    return hashlib.sha256(b"medguard-audit-alert-v1\x00" + codec.canonical_json(fields)).hexdigest()
+
+
+def _security_relevant(event: AuditEvent) -> bool:
+    return event.action in SECURITY_ACTIONS or event.decision == Decision.DENY
+
+
+def _check_tail(rows: list[dict[str, Any]], last_seq: int | None, last_signed: int | None) -> tuple[int, str] | None:
+    """Every commit ends with a signed head, so events after the last one are a gap in the signatures."""
+    if last_seq is None or (last_signed is not None and last_signed >= last_seq):
+        return None
+    if last_signed is None:
+        return 0, (f"no signed head covers events 0..{last_seq}: audit/heads was emptied, or the events were "
+                   "written outside the log")
+    return last_signed + 1, (f"events {last_signed + 1}..{last_seq} follow the last signed head (seq {last_signed}) "
+                             "unsigned: their heads were deleted, they were appended outside the log, or a writer "
+                             "stopped before signing (AuditLog.sign_head signs them once they are checked)")
 
 
 def _event_row(seq: int, prev_hash: str, event: AuditEvent) -> dict[str, Any]:

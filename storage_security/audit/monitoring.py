@@ -35,7 +35,15 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from pipeline.lake import CommitInfo, Lake, Zone
-from storage_security.audit.log import AuditAction, AuditEvent, AuditLog, AuditRecord, Decision
+from storage_security.audit.log import (
+    ALERTS_TABLE,
+    AuditAction,
+    AuditEvent,
+    AuditLog,
+    AuditRecord,
+    Decision,
+    alert_digest,
+)
 from storage_security.local_vault.openbao import AUDITOR_ROLE
 
 if TYPE_CHECKING:
@@ -44,7 +52,6 @@ if TYPE_CHECKING:
 __all__ = ["ALERTS_TABLE", "ActivityMonitor", "Alert", "Thresholds", "break_glass_alert", "run_detectors",
            "verify_chain"]
 
-ALERTS_TABLE = "alerts"
 SEVERITIES = ("low", "medium", "high", "critical")
 ALERTS_SCHEMA = pa.schema([
     ("alert_id", pa.string()),
@@ -299,12 +306,19 @@ class ActivityMonitor:
         """Store the alerts not stored before (by id) and log each at its severity; returns the new ones.
 
         Callers that must alert at once (a break-glass grant) store their alert directly; the detector finds
-        the same alert (same id) on its next run and does not store it twice.
+        the same alert (same id) on its next run and does not store it twice. Each stored alert joins the audit
+        chain as an ``alert`` event with its id and the digest of its row (signed at once), so deleting or
+        altering it in ``audit/alerts`` fails ``medguard audit verify``.
+
+        Raises:
+            ValueError: there are new alerts and the monitor has no audit log to chain them into.
         """
         known = {row["alert_id"] for row in self.alerts()}
         fresh = [a for a in alerts if a.alert_id not in known]
         fresh = list({a.alert_id: a for a in fresh}.values())
         if fresh:
+            if self.audit is None:
+                raise ValueError("storing alerts needs the audit log they are chained into")
             now = self._clock()
             rows = [{"alert_id": a.alert_id, "detected_at": now, "event_time": a.event_time,
                      "detector": a.detector, "severity": a.severity, "principal": a.principal, "summary": a.summary,
@@ -312,6 +326,14 @@ class ActivityMonitor:
                     for a in fresh]
             self.lake.append(Zone.AUDIT, ALERTS_TABLE, pa.Table.from_pylist(rows, schema=ALERTS_SCHEMA),
                              commit=CommitInfo(principal="svc:medguard-monitor", purpose="activity monitoring"))
+            # Re-read as stored, so the digest is of the row verify will read (timestamps at Parquet precision).
+            stored = {row["alert_id"]: row for row in self.lake.read_arrow(
+                Zone.AUDIT, ALERTS_TABLE, where=_in_list("alert_id", [a.alert_id for a in fresh])).to_pylist()}
+            self.audit.record_many(AuditEvent(
+                principal="svc:medguard-monitor", action=AuditAction.ALERT, zone=Zone.AUDIT, table_name=ALERTS_TABLE,
+                row_count=1, purpose="activity monitoring",
+                details={"alert_id": a.alert_id, "detector": a.detector, "severity": a.severity,
+                         "digest": alert_digest(stored[a.alert_id])}) for a in fresh)
             for alert in fresh:
                 _LOG.log(_LEVELS[alert.severity], "alert %s [%s] %s", alert.detector, alert.severity, alert.summary)
         return fresh
@@ -327,6 +349,11 @@ class ActivityMonitor:
         for row in rows:
             row["details"] = json.loads(row["details"] or "{}")
         return sorted(rows, key=lambda r: (r["event_time"], r["alert_id"]))
+
+
+def _in_list(column: str, values: Sequence[str]) -> str:
+    quoted = ", ".join("'" + value.replace("'", "''") + "'" for value in values)
+    return f"{column} IN ({quoted})"
 
 
 def verify_chain(settings: Settings) -> dict[str, Any]:

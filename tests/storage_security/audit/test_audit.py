@@ -93,8 +93,11 @@ def template(tmp_path_factory: pytest.TempPathFactory, settings: Settings) -> Pa
 
 @pytest.fixture
 def chained(template: Path, lake: Lake) -> Lake:
-    """A private copy of the template log."""
+    """A private copy of the template log, with its anchor outside the lake."""
     shutil.copytree(template, lake.root)
+    original = _new_log(Lake(lake.settings.model_copy(update={"lake_root": str(template)}))).anchor
+    copy = _new_log(lake).anchor
+    shutil.copyfile(original.path, copy.path)  # type: ignore[attr-defined]
     return lake
 
 
@@ -347,14 +350,15 @@ def test_when_the_log_is_empty_then_verify_passes_and_sign_head_returns_none(lak
     assert log.events() == []
 
 
-def test_when_events_are_recorded_one_by_one_then_seqs_are_gap_free_and_heads_come_every_n(lake: Lake) -> None:
+def test_when_events_are_recorded_one_by_one_then_seqs_are_gap_free_and_every_commit_is_signed(lake: Lake) -> None:
     clock = TickingClock()
-    log = AuditLog(lake, FakeKeyProvider(MASTER), clock=clock, sign_every=4)
+    log = AuditLog(lake, FakeKeyProvider(MASTER), clock=clock)
 
     seqs = [log.record(_event(i)) for i in range(9)]
 
     assert seqs == list(range(9))
-    assert [h.seq for h in log.heads()] == [3, 7]
+    assert [h.seq for h in log.heads()] == list(range(9))
+    assert log.anchor.read().seq == 8
     times = [r.event.time for r in log.events()]
     assert times == sorted(set(times)) and times[0] > START and times[-1] <= clock.now  # stamped by the clock
     assert log.verify().ok
@@ -371,7 +375,7 @@ def test_when_a_second_log_object_writes_then_it_continues_the_same_chain(chaine
 
 
 def test_when_someone_commits_behind_the_writers_back_then_its_cached_head_is_not_trusted(chained: Lake) -> None:
-    log = _new_log(chained, sign_every=0)
+    log = _new_log(chained, sign_every=1)
     assert log.record(_event(12)) == 12  # the writer now caches head 12
     last = _rows(chained)[-1]
     outsider = _rehash({**last, "seq": 13, "prev_hash": last["hash"], "principal": "svc:other-tool"})
@@ -390,14 +394,17 @@ def test_when_the_head_is_already_signed_then_sign_head_adds_nothing(chained: La
     assert len(log.heads()) == 3
 
 
-def test_when_events_follow_the_last_signed_head_then_the_report_shows_the_unsigned_tail(chained: Lake) -> None:
-    log = _new_log(chained, sign_every=0)
+def test_when_events_follow_the_last_signed_head_then_verify_refuses_the_unsigned_tail(chained: Lake) -> None:
+    log = _new_log(chained, sign_every=0)  # a writer that stopped before signing, or one outside the log
     log.record(_event(30))
+    log.record(_event(31))
 
     report = log.verify()
 
-    assert (report.ok, report.last_seq, report.last_signed_seq) == (True, 12, 11)
-    assert report.summary() == "audit log intact: 13 events, signed to seq 11 (1 unsigned)"
+    assert (report.ok, report.last_seq, report.last_signed_seq, report.first_bad_seq) == (False, 13, 11, 12)
+    assert "events 12..13 follow the last signed head (seq 11) unsigned" in report.reason
+    log.sign_head()  # once checked, signing them closes the gap
+    assert log.verify().ok
 
 
 def test_when_the_signing_key_is_stored_then_only_its_wrapped_form_reaches_disk(lake: Lake) -> None:

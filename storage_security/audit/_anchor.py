@@ -1,0 +1,90 @@
+"""Where the latest signed head of the audit chain is kept outside the lake, so a cut tail cannot go unseen.
+
+Heads in ``audit/heads`` live beside the events they sign: whoever can rewrite the lake can delete the newest
+events *and* their heads, leaving a shorter log that verifies. The anchor is a copy of the latest signed head
+kept where the lake's writers cannot reach: ``medguard audit verify`` fails when the anchor is ahead of the log
+or no longer matches it.
+
+:class:`FileAnchor` (the default, any key provider): ``$MEDGUARD_HOME/audit-anchors/<lake id>.json``, mode 0600
+in a 0700 folder. It protects against anyone who can write the lake but not the home folder of the account that
+runs medguard: a data engineer's or analyst's grant on the lake's storage, object-store credentials, a Delta
+restore, a backup restored over the lake. It does not protect against that account itself (or root), who can
+rewrite both; use a Vault anchor, a WORM bucket or a SIEM for that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+from pipeline.errors import StorageError
+
+
+@dataclass(frozen=True)
+class AnchoredHead:
+    """The signed head as the anchor keeps it."""
+
+    seq: int
+    hash: str
+    signature: str
+    key_ref: str
+    signed_at: datetime
+
+
+class HeadAnchor(Protocol):
+    """A place outside the lake holding the latest signed head of one audit log."""
+
+    where: str
+
+    def read(self) -> AnchoredHead | None:
+        """The anchored head; None when nothing was ever anchored. Raises StorageError when unreadable."""
+        ...
+
+    def write(self, head: AnchoredHead) -> None:
+        """Replace the anchored head (callers hold the audit writer lock). Raises StorageError."""
+        ...
+
+
+class FileAnchor:
+    """The anchor as a 0600 JSON file outside the lake (see the module docstring for what it protects)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.where = str(self.path)
+
+    def __repr__(self) -> str:
+        return f"FileAnchor({self.where!r})"
+
+    def read(self) -> AnchoredHead | None:
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError(f"cannot read the audit anchor {self.path}: {exc}") from exc
+        try:
+            data = json.loads(text)
+            return AnchoredHead(seq=int(data["seq"]), hash=str(data["hash"]), signature=str(data["signature"]),
+                                key_ref=str(data["key_ref"]), signed_at=datetime.fromisoformat(data["signed_at"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StorageError(f"the audit anchor {self.path} is not a signed head (altered?)") from exc
+
+    def write(self, head: AnchoredHead) -> None:
+        data = {"seq": head.seq, "hash": head.hash, "signature": head.signature, "key_ref": head.key_ref,
+                "signed_at": head.signed_at.isoformat(timespec="microseconds")}
+        partial = self.path.with_suffix(".tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(json.dumps(data, sort_keys=True))
+            os.replace(partial, self.path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                partial.unlink()
+            raise StorageError(f"cannot write the audit anchor {self.path}: {exc}") from exc
