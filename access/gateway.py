@@ -186,6 +186,12 @@ class QueryGateway:
         principal = session.principal
         purpose = purpose or (principal.purposes[0] if principal.purposes else "unspecified")
         base = {"sql_sha256": hashlib.sha256(str(sql).encode()).hexdigest(), **session.audit_details()}
+        if break_glass_reason is not None:
+            # The justification is a clinician's own words and reaches the plaintext audit zone: the PHI detector
+            # takes out any name, MRN or SSN before the decision is made and recorded.
+            from storage_security.audit.redact import redact_free_text
+
+            break_glass_reason = redact_free_text(break_glass_reason)
         if session.expires_at <= datetime.now(UTC):
             self._refuse(session, purpose, base, "session expired")
         try:

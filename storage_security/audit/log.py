@@ -73,6 +73,7 @@ from storage_security._locks import exclusive_lock
 from storage_security.audit import _codec as codec
 from storage_security.audit._anchor import AnchoredHead, FileAnchor, HeadAnchor
 from storage_security.audit._head_cache import HeadCache
+from storage_security.audit.redact import scrub_identifiers
 from storage_security.keys.base import KeyProvider
 
 EVENTS_TABLE = "events"
@@ -737,7 +738,7 @@ def _event_row(seq: int, prev_hash: str, event: AuditEvent) -> dict[str, Any]:
         "row_keys": list(event.row_keys),
         "decision": event.decision and str(event.decision),
         "purpose": event.purpose,
-        "reason": event.reason,
+        "reason": scrub_identifiers(event.reason),  # a backstop: callers redact free text (audit.redact)
         "dag_run": event.dag_run,
         "details": codec.canonical_json(dict(event.details)).decode(),
     }
