@@ -508,6 +508,14 @@ class ProtectedLake:
         info = commit or CommitInfo(principal=self.principal, purpose="unspecified")
         return self._recorded.overwrite(Zone(zone), table, data, commit=info, evolve_schema=evolve_schema)
 
+    def delete_rows(self, zone: Zone | str, table: str, *, where: str, commit: CommitInfo | None = None) -> int:
+        """Delete the rows matching the SQL predicate ``where`` (sealed or not); one audited write; how many went.
+
+        Earlier versions keep the rows until the table is vacuumed (an erasure vacuums: see ``keys shred``).
+        """
+        info = commit or CommitInfo(principal=self.principal, purpose="unspecified")
+        return self._recorded.delete(Zone(zone), table, where=where, commit=info)
+
     def record(self, event: AuditEvent) -> int:
         """Append an event (e.g. a batch or release summary) to this lake's audit log; returns its seq."""
         return self.audit.record(event)

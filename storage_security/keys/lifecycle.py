@@ -7,7 +7,9 @@
   KEK whose ``min_decryption_version`` is below its latest version has a rotation in progress.
 - :func:`reencrypt_table` moves a table's cells to fresh DEKs (a new version of the table; time travel keeps
   the old one readable) and marks the old DEKs retired.
-- :func:`shred_patient` crypto-shreds one patient (see :meth:`ProtectedLake.shred`).
+- :func:`shred_patient` erases one patient (:func:`erase_patient`): crypto-shreds their key (see
+  :meth:`ProtectedLake.shred`), drops and re-keys the batch-keyed quarantine payloads that name them, removes
+  their rows from ``deidentified``, ``predictions`` and the training snapshots, and reports what it touched.
 - :func:`migrate_patient_keys` moves a lake written with one KEK per patient (``patient-<pseudonym>``) to the
   data-KEK hierarchy: each patient's DEKs keep their key ids (so no cell changes) and are wrapped again under the
   data KEK into the patient key store; then, if asked, the per-patient KEKs are deleted.
@@ -15,23 +17,28 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from pipeline.errors import DecryptionError
-from pipeline.lake import CommitInfo, Zone
+from pipeline.lake import SYSTEM_ZONE, CommitInfo, Zone
 from storage_security.audit.log import AuditAction, AuditEvent, AuditLog, Decision
 from storage_security.crypto.envelope import CellCipher
 from storage_security.keys.base import MAX_BATCH_ITEMS, KeyProvider
-from storage_security.keys.dek_store import DekStore, wrapped_version
+from storage_security.keys.dek_store import DekStore, check_scope_key, wrapped_version
 from storage_security.keys.patient_keys import PatientKey, PatientKeyStore, PatientShreddedError, bind
 from storage_security.protected import ProtectedLake
 
-__all__ = ["MigrationReport", "ReencryptReport", "RotationReport", "migrate_patient_keys", "reencrypt_table",
-           "rotate_keys", "shred_patient"]
+__all__ = ["MigrationReport", "ReencryptReport", "RotationReport", "ShredReport", "erase_patient",
+           "migrate_patient_keys", "reencrypt_table", "rotate_keys", "shred_patient"]
 
 _PSEUDONYM = re.compile(r"^ps1_[0-9a-f]{8}_[0-9a-f]{32}$")
 _LEGACY_KEK = "patient-"
@@ -198,10 +205,13 @@ def reencrypt_table(plake: ProtectedLake, zone: Zone | str, table: str, *,
                            retired_deks=retired, shredded_rows=result.shredded_rows)
 
 
-def shred_patient(plake: ProtectedLake, patient: str, *, reason: str) -> dict[str, Any]:
-    """Crypto-shred a patient given their patient id (pseudonymised here) or their pseudonym (``ps1_…``).
+def shred_patient(plake: ProtectedLake, patient: str, *, reason: str, vacuum: bool = True) -> dict[str, Any]:
+    """Erase a patient given their patient id (pseudonymised here) or their pseudonym (``ps1_…``); see
+    :func:`erase_patient`. Surrounding blanks are ignored (`` PAT1`` is ``PAT1``).
 
-    Surrounding blanks are ignored (`` PAT1`` is ``PAT1``).
+    Returns:
+        :meth:`ShredReport.to_dict`: ``patient_pseudonym``, ``deks_dropped``, ``key_store`` and what else the
+        erasure touched (``quarantine``, ``tables``, ``snapshots``, ``vacuumed``).
 
     Raises:
         ValueError: no patient id, or no key of that patient to delete (and the patient was never shredded).
@@ -209,10 +219,220 @@ def shred_patient(plake: ProtectedLake, patient: str, *, reason: str) -> dict[st
     patient = patient.strip()
     if not patient:
         raise ValueError("no patient id given: name the patient id or its pseudonym (ps1_…)")
-    pseudonym = patient if _PSEUDONYM.match(patient) else plake.pseudonymizer("patient").pseudonym(patient)
+    if _PSEUDONYM.match(patient):
+        pseudonym, source_id = patient, None
+    else:
+        pseudonym, source_id = plake.pseudonymizer("patient").pseudonym(patient), patient
     assert pseudonym is not None
+    return erase_patient(plake, pseudonym, source_id=source_id, reason=reason, vacuum=vacuum).to_dict()
+
+
+@dataclass(frozen=True)
+class ShredReport:
+    """What :func:`erase_patient` touched: counts and table names only, never a value.
+
+    ``quarantine``: ``scanned`` batch-keyed payloads decrypted and searched, ``matched`` (payload dropped),
+    ``rekeyed`` (other payloads sealed again under fresh keys), ``deks_destroyed`` (batch keys deleted for good);
+    ``tables``: rows removed per ``zone.table``; ``snapshots``: rows removed per training-run file;
+    ``vacuumed``: tables vacuumed with zero retention (their history before the erasure is gone).
+    """
+
+    patient_pseudonym: str
+    deks_dropped: int
+    key_store: str
+    quarantine: dict[str, int] = field(default_factory=dict)
+    tables: dict[str, int] = field(default_factory=dict)
+    snapshots: dict[str, int] = field(default_factory=dict)
+    vacuumed: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def erase_patient(plake: ProtectedLake, pseudonym: str, *, reason: str, source_id: str | None = None,
+                  vacuum: bool = True) -> ShredReport:
+    """Erase one patient from every zone and version: crypto-shred, quarantine scan, published rows, snapshots.
+
+    1. The patient's identifiers (source id, MRN, SSN, phone, e-mail, address, member id, and first with last
+       name) are read from ``raw.patients`` while their key still exists (on a re-run only ``source_id`` is left).
+    2. Their data key is deleted for good (:meth:`ProtectedLake.shred`): every cell sealed per patient, in every
+       table and version, quarantine included, stops decrypting.
+    3. Quarantined payloads sealed under batch keys (a record that failed before its patient id could be read)
+       are decrypted and searched for those identifiers (:func:`_scan_quarantine`). A payload that names the
+       patient is dropped (set to null; the record's position, rules and reason stay), and every other payload
+       under the same batch key is sealed again under a fresh one, in the same commit; then those batch keys are
+       deleted from the DEK store and the store vacuumed, so no older version of the quarantine decrypts them.
+    4. Their rows are deleted from every ``deidentified`` and ``predictions`` table holding ``patient_pseudonym``
+       (a new version each), and from the training snapshots (``<home>/analytics/runs/*/*.parquet``).
+    5. With ``vacuum`` (the default), each table changed in 4 is vacuumed with zero retention: the versions from
+       before the erasure, which still hold the rows in plain (de-identified) form, become unreadable — time
+       travel on those tables ends at the erasure, and a model's recorded training version with it.
+
+    Re-runnable: each step finds nothing left to do once done.
+
+    Raises:
+        ValueError: no reason, or no key of this patient and never shredded (see :meth:`ProtectedLake.shred`).
+    """
+    check_scope_key(pseudonym)
+    if not reason or not reason.strip():
+        raise ValueError("shredding a patient needs a reason (e.g. the erasure request's reference)")
+    info = CommitInfo(principal=plake.principal, purpose="erasure")
+    identifiers = _identifiers(plake, pseudonym, source_id)
     dropped = plake.shred(pseudonym, reason=reason)
-    return {"patient_pseudonym": pseudonym, "deks_dropped": dropped, "key_store": plake.patient_keys.uri}
+    quarantine = _scan_quarantine(plake, identifiers, info)
+    tables: dict[str, int] = {}
+    vacuumed: list[str] = ["_keys.deks"] if quarantine.get("deks_destroyed") else []
+    for zone in (Zone.DEIDENTIFIED, Zone.PREDICTIONS):
+        for table in plake.tables(zone):
+            if "patient_pseudonym" not in plake.schema(zone, table).names:
+                continue
+            removed = plake.delete_rows(zone, table, where=f"patient_pseudonym = '{pseudonym}'", commit=info)
+            if removed:
+                tables[f"{zone.value}.{table}"] = removed
+                if vacuum:
+                    plake.lake.vacuum(zone, table, retention_hours=0, dry_run=False, commit=info)
+                    vacuumed.append(f"{zone.value}.{table}")
+    snapshots = _erase_snapshots(Path(plake.lake.settings.home) / "analytics" / "runs", pseudonym)
+    report = ShredReport(patient_pseudonym=pseudonym, deks_dropped=dropped, key_store=plake.patient_keys.uri,
+                         quarantine=quarantine, tables=tables, snapshots=snapshots, vacuumed=vacuumed)
+    plake.audit.record(AuditEvent(principal=plake.principal, action=AuditAction.KEY_SHRED,
+                                  row_keys=(pseudonym,), decision=Decision.ALLOW, purpose=info.purpose,
+                                  row_count=sum(tables.values()) + sum(snapshots.values()) + quarantine["matched"],
+                                  details={"quarantine": quarantine, "tables": tables,
+                                           "snapshot_files": len(snapshots), "vacuumed": vacuumed}))
+    return report
+
+
+# Identifier columns of raw.patients whose value alone names the patient in a quarantined payload.
+_STRONG = ("patient_id", "mrn", "ssn", "phone", "email", "address", "insurance_member_id")
+_NAME = ("first_name", "last_name")
+_MIN_CHARS = 4
+
+
+@dataclass(frozen=True)
+class _Identifiers:
+    """What marks a payload as the patient's: any strong identifier, or both first and last name."""
+
+    strong: frozenset[str]
+    names: tuple[str, ...] = ()
+
+    def named_in(self, text: str) -> bool:
+        folded = text.casefold()
+        if any(_standalone(folded, value) for value in self.strong):
+            return True
+        return bool(self.names) and all(_standalone(folded, name) for name in self.names)
+
+
+def _standalone(text: str, needle: str) -> bool:
+    """True when ``needle`` occurs in ``text`` not as part of a longer run of letters or digits."""
+    start = text.find(needle)
+    while start >= 0:
+        end = start + len(needle)
+        if not (start and text[start - 1].isalnum()) and not (end < len(text) and text[end].isalnum()):
+            return True
+        start = text.find(needle, start + 1)
+    return False
+
+
+def _identifiers(plake: ProtectedLake, pseudonym: str, source_id: str | None) -> _Identifiers:
+    strong = {source_id.casefold()} if source_id and len(source_id) >= _MIN_CHARS else set()
+    names: tuple[str, ...] = ()
+    if plake.exists(Zone.RAW, "patients") and pseudonym not in plake.shredded():
+        protection = plake.protection(Zone.RAW, "patients")
+        sealed = set(protection.encrypted) if protection else set()
+        schema = plake.schema(Zone.RAW, "patients").names
+        wanted = [c for c in (*_STRONG, *_NAME) if c in schema]
+        key = protection.patient_key if protection else None
+        rows = [] if key is None or not wanted else plake.read(
+            Zone.RAW, "patients", columns=wanted, decrypt=[c for c in wanted if c in sealed],
+            where=f"{key} = '{pseudonym}'", purpose="erasure").to_pylist()
+        for row in rows:
+            strong |= {str(row[c]).casefold() for c in _STRONG
+                       if row.get(c) is not None and len(str(row[c]).strip()) >= _MIN_CHARS}
+            first, last = (str(row.get(c) or "").strip().casefold() for c in _NAME)
+            if len(first) >= 2 and len(last) >= 2:
+                names = (first, last)
+    return _Identifiers(frozenset(strong), names)
+
+
+def _scan_quarantine(plake: ProtectedLake, identifiers: _Identifiers, info: CommitInfo) -> dict[str, int]:
+    """Drop the batch-keyed quarantine payloads naming the patient, re-key their batch-mates, destroy the old keys.
+
+    Cost: one decrypting read of every batch-keyed payload of the quarantine's current version (a DEK unwrap per
+    batch, AES-GCM per cell) and a substring search per payload; then one merge of the rows sharing a batch key
+    with a match. Payloads sealed per patient are not scanned: theirs is the patient's key or another's.
+    """
+    from ingestion.batch import QUARANTINE_PROTECTION, QUARANTINE_TABLE
+
+    counts = {"scanned": 0, "matched": 0, "rekeyed": 0, "deks_destroyed": 0}
+    if not plake.exists(Zone.QUARANTINE, QUARANTINE_TABLE) or not (identifiers.strong or identifiers.names):
+        return counts
+    batch_keyed = "patient_pseudonym IS NULL AND payload IS NOT NULL"
+    cells = plake.read(Zone.QUARANTINE, QUARANTINE_TABLE, columns=["quarantine_id", "payload"], where=batch_keyed,
+                       purpose="erasure")
+    if not cells.num_rows:
+        return counts
+    opened = plake.read(Zone.QUARANTINE, QUARANTINE_TABLE, columns=["quarantine_id", "payload"], decrypt=["payload"],
+                        where=batch_keyed, purpose="erasure")
+    counts["scanned"] = opened.num_rows
+    plain = dict(zip(opened.column("quarantine_id").to_pylist(), opened.column("payload").to_pylist(), strict=True))
+    matched = {qid for qid, text in plain.items() if text is not None and identifiers.named_in(text)}
+    if not matched:
+        return counts
+    key_of = {qid: _cell_key_id(cell) for qid, cell in
+              zip(cells.column("quarantine_id").to_pylist(), cells.column("payload").to_pylist(), strict=True)}
+    dead_keys = {key_of[qid] for qid in matched}
+    affected = sorted(qid for qid, key in key_of.items() if key in dead_keys)
+    rows = plake.read(Zone.QUARANTINE, QUARANTINE_TABLE, decrypt=["payload"], where=batch_keyed,
+                      purpose="erasure")
+    rows = rows.filter(pc.is_in(rows.column("quarantine_id"), value_set=pa.array(affected, pa.string())))
+    payloads = [None if qid in matched else text
+                for qid, text in zip(rows.column("quarantine_id").to_pylist(), rows.column("payload").to_pylist(),
+                                     strict=True)]
+    rows = rows.set_column(rows.schema.get_field_index("payload"), "payload", pa.array(payloads, pa.string()))
+    # A fresh cipher: its batch DEKs are new, so nothing re-sealed here stays under a key about to be destroyed.
+    fresh = ProtectedLake(plake.lake, plake.provider, principal=plake.principal, kek_name=plake.kek_name,
+                          audit=plake.audit, cipher=CellCipher(plake.provider, plake.store, kek_name=plake.kek_name,
+                                                               patient_keys=plake.patient_keys))
+    fresh.merge(Zone.QUARANTINE, QUARANTINE_TABLE, rows, QUARANTINE_PROTECTION, keys=["quarantine_id"], commit=info)
+    counts["matched"], counts["rekeyed"] = len(matched), len(affected) - len(matched)
+    counts["deks_destroyed"] = plake.store.drop_keys(sorted(dead_keys), commit=info)
+    plake.cipher.evict()
+    if counts["deks_destroyed"]:
+        # The DEK store's older versions still hold the wrapped keys: only a vacuum makes them go.
+        plake.lake.vacuum(SYSTEM_ZONE, plake.store.table, retention_hours=0, dry_run=False, commit=info)
+    return counts
+
+
+def _cell_key_id(cell: bytes) -> str:
+    """The key id in a sealed cell's header (format version, key-id length, key id: see CellCipher)."""
+    return cell[2:2 + cell[1]].hex()
+
+
+def _erase_snapshots(runs: Path, pseudonym: str) -> dict[str, int]:
+    """Rewrite each training run's Parquet file without the patient's rows (written beside, then renamed)."""
+    import pyarrow.parquet as pq
+
+    removed: dict[str, int] = {}
+    if not runs.is_dir():
+        return removed
+    for path in sorted(runs.glob("*/*.parquet")):
+        if path.is_symlink() or not path.is_file():
+            continue
+        table = pq.read_table(path)
+        columns = [c for c in ("patient_pseudonym", "_group") if c in table.column_names]
+        if not columns:
+            continue
+        theirs = pc.fill_null(pc.or_(*[pc.equal(table.column(c).cast(pa.string()), pseudonym) for c in columns])
+                              if len(columns) > 1 else pc.equal(table.column(columns[0]).cast(pa.string()), pseudonym),
+                              False)
+        count = pc.sum(theirs).as_py() or 0
+        if count:
+            temporary = path.with_name(f".{path.name}.erasing")
+            pq.write_table(table.filter(pc.invert(theirs)), temporary)
+            os.replace(temporary, path)
+            removed[f"{path.parent.name}/{path.name}"] = count
+    return removed
 
 
 def migrate_patient_keys(plake: ProtectedLake, *, delete_patient_keks: bool = False,
