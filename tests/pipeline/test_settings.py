@@ -411,3 +411,17 @@ def test_when_the_config_file_does_not_exist_then_settings_error_names_it(
     assert f"config file {path} (from {'--config' if via == 'argument' else CONFIG_ENV}) does not exist" in str(
         caught.value
     )
+
+
+def test_when_a_default_facility_is_set_by_its_short_name_then_ingestion_takes_it(
+        home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().ingestion.default_facility is None  # unset: a record with no facility keeps none
+    monkeypatch.setenv("MEDGUARD_DEFAULT_FACILITY", "HOSP-1")
+    monkeypatch.setenv("MEDGUARD_INGESTION__CHUNK_ROWS", "1000")
+    settings = load_settings()
+    assert (settings.ingestion.default_facility, settings.ingestion.chunk_rows) == ("HOSP-1", 1000)
+    monkeypatch.setenv("MEDGUARD_INGESTION__DEFAULT_FACILITY", "CLINIC-2")  # the long name wins, as for k
+    assert load_settings().ingestion.default_facility == "CLINIC-2"
+    monkeypatch.setenv("MEDGUARD_INGESTION__DEFAULT_FACILITY", "no spaces please")
+    with pytest.raises(SettingsError, match=r"MEDGUARD_INGESTION__DEFAULT_FACILITY or MEDGUARD_DEFAULT_FACILITY"):
+        load_settings()
