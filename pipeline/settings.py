@@ -372,6 +372,9 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
 PRIVATE_UMASK = 0o077
 PRIVATE_DIR_MODE = 0o700
 TEMP_DIR = "tmp"
+# The system temp folder as this process found it, before private_home moved tempfile under the home: the demo's
+# final check scans it too.
+SYSTEM_TEMP_DIR = Path(tempfile.gettempdir())
 
 
 def private_home(settings: Settings) -> Path:

@@ -2,17 +2,21 @@
 
 ``20_security`` starts the local OpenBao (the embedded default's Vault) and makes sure the data and audit KEKs
 exist, so every later step runs the production key path. ``90_verify`` runs after every layer: it verifies the
-audit chain and greps every file under the lake root for the plaintext of identifiers from the demo sources —
-the "no plaintext PHI on disk" promise, checked on what the demo actually wrote.
+audit chain and greps every file under ``MEDGUARD_HOME`` (but the source extracts) and this user's new files in
+the system temp folder for the plaintext of identifiers from the demo sources — the "no plaintext PHI on disk"
+promise, checked on what the demo actually wrote, wherever it wrote it.
 """
 
 from __future__ import annotations
 
 import csv
+import os
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from pyarrow import ArrowException
 
 if TYPE_CHECKING:
     from pipeline.demo import DemoReport
@@ -21,6 +25,7 @@ if TYPE_CHECKING:
 # Identifier columns of the demo's patients extract whose values must never appear in the lake.
 _IDENTIFIERS = ("mrn", "ssn", "phone", "email", "address", "insurance_member_id")
 _SAMPLE = 200
+_PIECE_BYTES = 32 * 2**20
 
 
 def security_step(settings: Settings, report: DemoReport) -> dict[str, Any]:
@@ -42,10 +47,18 @@ def security_step(settings: Settings, report: DemoReport) -> dict[str, Any]:
 
 
 def verify_step(settings: Settings, report: DemoReport) -> dict[str, Any]:
-    """Verify the audit chain and look for plaintext identifiers of the demo sources anywhere in the lake."""
+    """Verify the audit chain, then look for plaintext identifiers of the demo patients in every file medguard
+    could have written: all of ``MEDGUARD_HOME`` (the lake, models, reports, logs, OpenBao, Airflow, scratch) but
+    the source extracts themselves, and the system temp folder's files of this user written since the demo began.
+
+    Raises:
+        AuditIntegrityError: the audit chain does not verify.
+        PlaintextLeakError: an identifier was found; the message names the files and the identifier kinds only.
+    """
     from pipeline.demo import DEMO_SOURCES
     from pipeline.errors import AuditIntegrityError, PlaintextLeakError
     from pipeline.lake import Lake
+    from pipeline.settings import SYSTEM_TEMP_DIR
     from storage_security.audit.log import AuditLog
     from storage_security.keys.providers import provider_from_settings
     from storage_security.local_vault.openbao import AUDITOR_ROLE
@@ -55,35 +68,104 @@ def verify_step(settings: Settings, report: DemoReport) -> dict[str, Any]:
     verified = audit.verify()
     if not verified.ok:
         raise AuditIntegrityError(verified.summary())
-    needles = _identifiers(settings.home / DEMO_SOURCES / "patients.csv")
-    found = _grep(Path(lake.root), needles)
+    sources = settings.home / DEMO_SOURCES
+    needles = demo_identifiers(sources / "patients.csv")
+    began = sources.stat().st_mtime - 60 if sources.exists() else None
+    places: list[tuple[Path, float | None]] = [(settings.home, None)]
+    if not Path(lake.root).resolve().is_relative_to(settings.home.resolve()):
+        places.append((Path(lake.root), None))
+    if not SYSTEM_TEMP_DIR.resolve().is_relative_to(settings.home.resolve()):
+        places.append((SYSTEM_TEMP_DIR, began))
+    found: dict[str, set[str]] = {}
+    scanned = 0
+    for root, since in places:
+        hits, count = scan_for_identifiers(root, needles, exclude=(settings.home / "sources",), since=since)
+        scanned += count
+        for path, kinds in hits.items():
+            found.setdefault(path, set()).update(kinds)
     if found:
-        raise PlaintextLeakError(f"plaintext identifiers found in the lake: {sorted(found)[:5]}")
-    return {"audit": verified.summary(), "identifiers_checked": len(needles), "plaintext_found": 0}
+        named = "; ".join(f"{path} ({', '.join(sorted(kinds))})" for path, kinds in sorted(found.items())[:5])
+        raise PlaintextLeakError(f"plaintext identifiers of the demo patients found in {len(found)} file(s): {named}")
+    return {"audit": verified.summary(), "identifiers_checked": len(needles), "files_scanned": scanned,
+            "places": [str(root) for root, _ in places], "plaintext_found": 0}
 
 
-def _identifiers(patients_csv: Path) -> set[bytes]:
+def demo_identifiers(patients_csv: Path, *, sample: int = _SAMPLE) -> dict[bytes, str]:
+    """The identifiers of the first ``sample`` patients of a patients extract, each with its kind (its column, or
+    ``full_name``); values shorter than 6 bytes are left out (they turn up by chance)."""
     if not patients_csv.exists():
-        return set()
-    needles: set[bytes] = set()
+        return {}
+    needles: dict[bytes, str] = {}
     with patients_csv.open(newline="", encoding="utf-8") as handle:
         for index, row in enumerate(csv.DictReader(handle)):
-            if index >= _SAMPLE:
+            if index >= sample:
                 break
-            needles.update(row[c].encode() for c in _IDENTIFIERS if len(row.get(c) or "") >= 6)
+            values = {c: row.get(c) or "" for c in _IDENTIFIERS}
+            values["full_name"] = f"{row.get('first_name') or ''} {row.get('last_name') or ''}".strip()
+            needles.update((v.encode(), kind) for kind, v in values.items() if len(v) >= 6)
     return needles
 
 
-def _grep(root: Path, needles: set[bytes]) -> set[bytes]:
+def scan_for_identifiers(root: Path, needles: dict[bytes, str], *, exclude: tuple[Path, ...] = (),
+                         since: float | None = None) -> tuple[dict[str, set[str]], int]:
+    """Every regular file under ``root`` (links not followed; Parquet decoded too) holding one of ``needles``.
+
+    Args:
+        exclude: folders left out (the source extracts, which are plaintext by nature).
+        since: for a shared folder such as /tmp: only files of this user modified at or after this time, inside
+            top-level folders modified since then too, and no folder named ``sources`` (another home's extracts).
+
+    Returns:
+        ``{path: identifier kinds found}`` (never a value) and how many files were read.
+    """
+    found: dict[str, set[str]] = {}
+    if not needles or not root.is_dir():
+        return found, 0
+    finder = _Finder(set(needles))
+    overlap = max(len(n) for n in needles) + 1
+    skipped = {str(p) for p in exclude}
+    scanned = 0
+    for folder, dirs, files in os.walk(root, followlinks=False, onerror=lambda _exc: None):
+        dirs[:] = [d for d in dirs if os.path.join(folder, d) not in skipped]
+        if since is not None:
+            # A shared folder: only what appeared there since `since` (a top-level entry made by this run), and
+            # not the source extracts of other medguard homes kept there (plaintext by nature).
+            dirs[:] = [d for d in dirs if d != "sources" and (folder != str(root) or _newer(Path(folder, d), since))]
+        for name in files:
+            path = Path(folder, name)
+            try:
+                info = path.lstat()
+                if not stat.S_ISREG(info.st_mode) or (since is not None and (info.st_uid != os.getuid()
+                                                                            or info.st_mtime < since)):
+                    continue
+                hits = _find_in_file(finder, path, overlap)
+                if path.suffix == ".parquet":  # compressed pages hide text from a byte grep: decode them too
+                    hits |= finder.find(_parquet_text(path))
+            except (OSError, ValueError, ArrowException):  # gone meanwhile, unreadable, or not really Parquet
+                continue
+            scanned += 1
+            if hits:
+                found[str(path)] = {needles[hit] for hit in hits}
+    return found, scanned
+
+
+def _newer(path: Path, since: float) -> bool:
+    try:
+        return path.lstat().st_mtime >= since
+    except OSError:
+        return False
+
+
+def _find_in_file(finder: _Finder, path: Path, overlap: int) -> set[bytes]:
+    """The needles in a file read in pieces (the finder holds 8 bytes per byte searched), each piece starting with
+    the end of the one before so no match is cut in two."""
     found: set[bytes] = set()
-    if not needles or not root.exists():
-        return found
-    finder = _Finder(needles)
-    for path in root.rglob("*"):
-        if path.is_file():
-            found |= finder.find(path.read_bytes())
-            if path.suffix == ".parquet":  # compressed pages hide text from a byte grep: decode them too
-                found |= finder.find(_parquet_text(path))
+    with path.open("rb") as handle:
+        tail = b""
+        while piece := handle.read(_PIECE_BYTES):
+            blob = tail + piece
+            found |= finder.find(blob)
+            tail = blob[-overlap:]
     return found
 
 
