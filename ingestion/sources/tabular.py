@@ -38,7 +38,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ingestion.contract import RESERVED
 from ingestion.sources._base import Chunker, Rejected, SourceChunk, TableRows, decode_line, iter_lines, lossy
@@ -171,6 +171,7 @@ class _Layout:
         self.numeric = frozenset(name for name, column in (contract.columns.items() if contract else ())
                                  if column.type in _NUMBER_TYPES)
         self.row_column = ROW_COLUMN if ROW_COLUMN in self.column_set else None
+        self.patient_column = contract.patient_column if contract else None
         self.chunk_rows = chunk_rows
         self.file_name = file_name
 
@@ -184,6 +185,13 @@ class _Layout:
         names = safe_names(header)
         problem = self._problem(names)
         return names, None if problem is None else f"the header {problem}"
+
+    def patient_of(self, record: dict[str, Any]) -> str | None:
+        """The patient id of a parsed JSON record that fails on its fields, so its payload is sealed under that
+        patient's key (a shred then reaches it); None when the record names none. Only for records parsed by
+        name: a CSV line cut short or undecodable could yield another field, i.e. the wrong patient."""
+        value = record.get(self.patient_column) if self.patient_column else None
+        return str(value) if isinstance(value, str | int) and not isinstance(value, bool) and str(value) else None
 
     def generates_row(self, names: Iterable[str]) -> bool:
         return self.row_column is not None and self.row_column not in names
@@ -399,7 +407,8 @@ def _json_record(chunk: SourceChunk, layout: _Layout, text: str, number: int) ->
     if layout.max_columns is not None and len(record) > layout.max_columns:
         chunk.rejected.append(Rejected(table, position, "schema:columns",
                                        f"{position} has {len(record):,} fields, over the limit of "
-                                       f"{layout.max_columns:,} (setting ingestion.max_columns)", text))
+                                       f"{layout.max_columns:,} (setting ingestion.max_columns)", text,
+                                       patient_id=layout.patient_of(record)))
         return
     if any(key not in layout.column_set for key in record):
         names = [safe_name(key) if key not in layout.column_set else key for key in record]
@@ -409,7 +418,8 @@ def _json_record(chunk: SourceChunk, layout: _Layout, text: str, number: int) ->
             problem = " and ".join(
                 ([f"has fields the contract does not declare {_listed(unknown)}"] if unknown else [])
                 + ([f"has fields that name the same column {_listed(repeated)}"] if repeated else []))
-            chunk.rejected.append(Rejected(table, position, "schema:columns", f"{position} {problem}", text))
+            chunk.rejected.append(Rejected(table, position, "schema:columns", f"{position} {problem}", text,
+                                           patient_id=layout.patient_of(record)))
             return
         record = dict(zip(names, record.values(), strict=True))
     for name in layout.numeric.intersection(record):

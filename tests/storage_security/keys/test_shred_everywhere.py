@@ -124,3 +124,18 @@ def test_when_a_shred_runs_again_then_it_finds_nothing_left_and_still_succeeds(l
     shred_patient(loaded, "PAT1-00000000", reason="erasure request 42")
     again = shred_patient(loaded, "PAT1-00000000", reason="erasure request 42")
     assert again["quarantine"]["matched"] == 0 and again["tables"] == {} and again["snapshots"] == {}
+
+
+def test_when_a_json_record_fails_on_its_fields_then_its_payload_is_sealed_under_its_patients_key(
+        loaded: ProtectedLake, erasure_settings: Settings, tmp_path: Path) -> None:
+    extract = tmp_path / "patients.jsonl"
+    extract.write_text('{"patient_id": "PAT1-00000000", "ssn": "001-01-7920", "nickname": "Hanna M."}\n')
+    ingest(erasure_settings, source="tabular", path=extract, table="patients", plake=loaded, docs=False)
+    hannah = loaded.pseudonymizer("patient").pseudonym("PAT1-00000000")
+    rows = loaded.read("quarantine", "records", columns=["position", "source_path", "patient_pseudonym"]).to_pylist()
+    assert [r["patient_pseudonym"] for r in rows if r["source_path"].endswith(".jsonl")] == [hannah]
+
+    report = shred_patient(loaded, "PAT1-00000000", reason="erasure request 42")
+
+    assert report["quarantine"]["scanned"] == 4  # the JSON record needed no scan: its key died with the shred
+    assert "Hanna M." not in "\n".join(_every_readable_text(loaded))
