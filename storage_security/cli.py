@@ -239,15 +239,22 @@ def keys_shred(
     reason: Annotated[str, typer.Option("--reason", help="Why: the erasure request's reference (audited).")],
     as_json: JsonOption = False,
 ) -> None:
-    """Crypto-shred a patient: delete their wrapped data key for good, so no version of any table decrypts their
-    cells. Irreversible and audited; running it again is harmless (and re-applies it after a backup restore).
+    """Erase a patient: delete their wrapped data key for good, so no version of any table decrypts their cells;
+    drop the batch-keyed quarantine payloads that name them (re-keying the rest), and remove their rows from the
+    deidentified and predictions zones (vacuumed) and the training snapshots. Irreversible and audited; running it
+    again is harmless (and re-applies it after a backup restore).
     Fails, noting nothing, when no data key of that patient is stored and they were never shredded (a typo)."""
     from storage_security.keys.lifecycle import shred_patient
 
     settings = settings_from(ctx)
     result = shred_patient(_lifecycle_lake(settings, _operator()), patient, reason=reason)
+    quarantine = result["quarantine"]
     emit(result, as_json, f"shredded patient {result['patient_pseudonym']}: {result['deks_dropped']} wrapped data "
-               f"keys deleted from {result['key_store']} (vacuumed: no history left)")
+               f"keys deleted from {result['key_store']} (vacuumed: no history left); quarantine: "
+               f"{quarantine['scanned']} batch-keyed payloads scanned, {quarantine['matched']} dropped, "
+               f"{quarantine['rekeyed']} re-keyed; rows removed: "
+               f"{sum(result['tables'].values()) + sum(result['snapshots'].values())} "
+               f"({', '.join(sorted([*result['tables'], *result['snapshots']])) or 'none'})")
 
 
 @keys_app.command("migrate")
