@@ -5,6 +5,13 @@ Training: :func:`step_features` → :func:`step_screen` → :func:`step_train` �
 (``$MEDGUARD_HOME/analytics/runs/<run id>``: examples as Parquet, JSON state), so Airflow tasks stay small and
 a failed step can be re-run. :func:`train_pipeline` runs them in order. :func:`diagnose` is the batch diagnosis:
 verify the model, measure drift, score on Spark, write the ``predictions`` zone.
+
+Every table read and write goes through the lake's audited path (its access hook records a ``svc:analytics``
+event): the deidentified reads of training and scoring, the quarantine of the poisoning screen, the predictions.
+The run folder's ``examples.parquet`` is a copy of de-identified rows outside the lake: its writing and its
+removal are audit events too, and :func:`step_register` deletes it once the model is registered (the registry
+keeps the training data's SHA-256, not the rows), so no copy outlives the run or escapes a patient's erasure.
+A run that fails in :func:`train_pipeline` deletes it as well; an Airflow run that fails keeps it for a retry.
 """
 
 from __future__ import annotations
@@ -74,13 +81,14 @@ def _digest(frame: pd.DataFrame, columns: list[str]) -> str:
 
 def step_features(settings: Settings, table: str, label: str, *, config_path: str | None = None,
                   overrides: dict[str, Any] | None = None, run_id: str | None = None,
-                  classify: Classifier | None = None) -> str:
+                  classify: Classifier | None = None, provider: Any = None) -> str:
     """Build the examples on Spark, split them by patient; returns the run folder."""
     from analytics.train import SPLIT, assign_splits
     from pipeline.spark import get_spark
 
     get_spark(settings)
-    lake = Lake(settings)
+    provider = provider or _provider(settings)
+    lake = _audited_lake(settings, provider)
     config = load_train_config(config_path, settings, **(overrides or {}))
     tables, versions = open_tables(lake)
     sdf, contract = build_features(tables, table, config, classify or published_classifier(lake), label=label)
@@ -91,6 +99,7 @@ def step_features(settings: Settings, table: str, label: str, *, config_path: st
     run_dir = _run_dir(settings, run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6])
     examples.to_parquet(run_dir / "examples.parquet", index=False)
     used = sorted({table, *contract.source_tables})
+    _audit_copy(settings, provider, run_dir, "write", len(examples), {t: versions[t] for t in used})
     _save_state(run_dir, {"table": table, "label": label, "config_path": config_path, "overrides": overrides or {},
                           "contract": contract.to_dict(), "sources": config.sources.model_dump(mode="json"),
                           "table_versions": {t: versions[t] for t in used},
@@ -130,7 +139,7 @@ def step_screen(settings: Settings, run_dir: str, *, provider: Any = None) -> di
         max_auroc_loss=settings.analytics.screen_max_auroc_loss, source_trust=config.source_trust,
         batch_id=batch_id, seed=config.seed)
     if len(flagged):
-        Lake(settings).append(Zone.QUARANTINE, QUARANTINE_TABLE,
+        _audited_lake(settings, provider or _provider(settings)).append(Zone.QUARANTINE, QUARANTINE_TABLE,
                               quarantine_frame(flagged, batch_id=batch_id, table=state["table"], model_run=run.name),
                               commit=CommitInfo(principal=PRINCIPAL, purpose="poisoning screen", batch_id=batch_id))
     drop = set(flagged[ROW_ID].astype(str))
@@ -223,10 +232,15 @@ def step_robustness(settings: Settings, run_dir: str) -> dict[str, Any]:
     return {k: v for k, v in report.items() if k != "bounds"}
 
 
-def step_register(settings: Settings, run_dir: str, *, provider: Any = None) -> dict[str, Any]:
-    """Sign and register the model with its metrics and lineage; write the model card; the CLI's result."""
+def step_register(settings: Settings, run_dir: str, *, provider: Any = None,
+                  keep_examples: bool = False) -> dict[str, Any]:
+    """Sign and register the model with its metrics and lineage; write the model card; the CLI's result.
+
+    Then the run folder's copy of de-identified rows (``examples.parquet``) is deleted (an audit event), unless
+    ``keep_examples`` (tests and debugging that inspect the run).
+    """
     from analytics.evaluate import write_model_card
-    from analytics.registry import ModelRegistry, model_name
+    from analytics.registry import CARD_FILE, ModelRegistry, model_name
     from analytics.train import SPLIT
 
     run = Path(run_dir)
@@ -239,36 +253,70 @@ def step_register(settings: Settings, run_dir: str, *, provider: Any = None) -> 
     metrics = {k: test[k] for k in ("auroc", "auprc", "sensitivity", "specificity", "brier")}
     bundle = {"calibrator": state["model"]["calibrator"], "threshold": model.threshold, "params": model.params,
               "contract": state["contract"], "sources": state["sources"], "profile": model.profile}
+
+    def card(manifest: dict[str, Any], path: Path) -> None:
+        # Written before signing, from the manifest so far: the signature covers the card too.
+        write_model_card(
+            path, title=f"Model card — {manifest['model_version']}",
+            summary={"model version": manifest["model_version"], "table": state["table"], "label": state["label"],
+                     "rows (all splits)": state["rows"], "positives": state["positives"],
+                     "threshold": model.threshold, "training tables": state["table_versions"],
+                     "parameters": model.params, "training data SHA-256": manifest["training_data_sha256"],
+                     "artifact SHA-256": manifest["sha256"], "signed with": manifest["key_ref"]},
+            test_metrics=test, subgroups=state["evaluation"]["subgroups"],
+            images=json.loads((run / "plots.json").read_text()),
+            sections={"Cross-validation": state["model"]["cv"], "Poisoning screen": state.get("screen", {}),
+                      "Evasion robustness": state.get("robustness", {}), "Features": model.features})
+
     manifest = registry.register(
         model_name(state["table"], state["label"]), booster_raw=(run / "model.ubj").read_bytes(), bundle=bundle,
         metrics=metrics, table_versions=state["table_versions"],
         data_sha256=_digest(train_rows, [ROW_ID, *model.features, LABEL]),
         extra={"threshold": model.threshold, "cv": state["model"]["cv"], "screen": state.get("screen"),
                "robustness": {k: v for k, v in state.get("robustness", {}).items() if k != "bounds"},
-               "subgroup_largest_gap": state["evaluation"]["subgroups"]["largest_gap"]})
-    folder = registry.root / manifest["name"] / f"v{manifest['version']}"
-    card = write_model_card(
-        folder / "model_card.html", title=f"Model card — {manifest['model_version']}",
-        summary={"model version": manifest["model_version"], "table": state["table"], "label": state["label"],
-                 "rows (all splits)": state["rows"], "positives": state["positives"],
-                 "threshold": model.threshold, "training tables": state["table_versions"],
-                 "parameters": model.params, "training data SHA-256": manifest["training_data_sha256"],
-                 "artifact SHA-256": manifest["sha256"], "signed with": manifest["key_ref"]},
-        test_metrics=test, subgroups=state["evaluation"]["subgroups"],
-        images=json.loads((run / "plots.json").read_text()),
-        sections={"Cross-validation": state["model"]["cv"], "Poisoning screen": state.get("screen", {}),
-                  "Evasion robustness": state.get("robustness", {}), "Features": model.features})
-    result = {"model_version": manifest["model_version"], "metrics": metrics, "model_card": str(card),
+               "subgroup_largest_gap": state["evaluation"]["subgroups"]["largest_gap"]}, card=card)
+    card_path = registry.root / manifest["name"] / f"v{manifest['version']}" / CARD_FILE
+    result = {"model_version": manifest["model_version"], "metrics": metrics, "model_card": str(card_path),
               "threshold": model.threshold, "run_dir": str(run)}
     state["result"] = result
     _save_state(run, state)
+    if not keep_examples:
+        discard_examples(settings, str(run), provider=provider)
     return result
+
+
+def discard_examples(settings: Settings, run_dir: str, *, provider: Any = None) -> bool:
+    """Delete a run folder's copy of de-identified rows, recording it; False when there was none."""
+    examples = Path(run_dir) / "examples.parquet"
+    if not examples.exists():
+        return False
+    rows = len(pd.read_parquet(examples, columns=[ROW_ID]))
+    examples.unlink()
+    _audit_copy(settings, provider or _provider(settings), Path(run_dir), "delete", rows, {})
+    return True
+
+
+def _audit_copy(settings: Settings, provider: Any, run: Path, action: str, rows: int,
+                versions: dict[str, int]) -> None:
+    """Record the run folder's copy of deidentified rows (outside the lake) being written or deleted."""
+    from storage_security.audit.log import AuditAction, AuditEvent, AuditLog, Decision
+
+    details: dict[str, Any] = {"copy": "run_folder/examples.parquet", "run": run.name}
+    if versions:
+        details["table_versions"] = versions
+    AuditLog(Lake(settings), provider).record(AuditEvent(
+        principal=PRINCIPAL, action=AuditAction(action), zone=Zone.DEIDENTIFIED, row_count=rows,
+        decision=Decision.ALLOW, purpose="model training", details=details))
 
 
 def train_pipeline(settings: Settings, table: str, label: str, *, config_path: str | None = None,
                    overrides: dict[str, Any] | None = None, provider: Any = None,
-                   classify: Classifier | None = None) -> dict[str, Any]:
-    """features → screen → train → evaluate → robustness → register, in one process."""
+                   classify: Classifier | None = None, keep_examples: bool = False) -> dict[str, Any]:
+    """features → screen → train → evaluate → robustness → register, in one process.
+
+    The run folder's examples are deleted after registration, or when a step fails (a failed in-process run is
+    not resumed), unless ``keep_examples``.
+    """
     timings: dict[str, float] = {}
 
     def timed(name: str, step: Any, *args: Any, **kwargs: Any) -> Any:
@@ -277,13 +325,19 @@ def train_pipeline(settings: Settings, table: str, label: str, *, config_path: s
         timings[name] = round(time.perf_counter() - started, 1)
         return out
 
+    provider = provider or _provider(settings)
     run_dir = timed("features", step_features, settings, table, label, config_path=config_path, overrides=overrides,
-                    classify=classify)
-    timed("screen", step_screen, settings, run_dir, provider=provider)
-    timed("train", step_train, settings, run_dir)
-    timed("evaluate", step_evaluate, settings, run_dir)
-    timed("robustness", step_robustness, settings, run_dir)
-    result = timed("register", step_register, settings, run_dir, provider=provider)
+                    classify=classify, provider=provider)
+    try:
+        timed("screen", step_screen, settings, run_dir, provider=provider)
+        timed("train", step_train, settings, run_dir)
+        timed("evaluate", step_evaluate, settings, run_dir)
+        timed("robustness", step_robustness, settings, run_dir)
+        result = timed("register", step_register, settings, run_dir, provider=provider, keep_examples=keep_examples)
+    except BaseException:
+        if not keep_examples:
+            discard_examples(settings, run_dir, provider=provider)
+        raise
     result["step_seconds"] = timings
     return result
 

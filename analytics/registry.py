@@ -1,41 +1,59 @@
 """The signed model registry: each model version is stored with what it needs to be trusted, and verified on load.
 
-Layout, under ``$MEDGUARD_HOME/models/<name>/v<N>/``:
+Layout, under ``$MEDGUARD_HOME/models/<name>/``:
 
-- ``model.ubj``: the xgboost booster (UBJSON; no pickle anywhere, so loading never runs code);
-- ``bundle.json``: calibrator, threshold, parameters, feature contract, training profile;
-- ``manifest.json``: version, metrics, training table versions, feature list, SHA-256 of ``model.ubj``, of
-  ``bundle.json`` and of the training-data snapshot, the signing key's reference;
-- ``signature.json``: HMAC-SHA256 over the canonical manifest.
+- ``v<N>/model.ubj``: the xgboost booster (UBJSON; no pickle anywhere, so loading never runs code);
+- ``v<N>/bundle.json``: calibrator, threshold, parameters, feature contract, training profile;
+- ``v<N>/model_card.html``: the model card, when the trainer writes one (it is signed like the rest);
+- ``v<N>/manifest.json``: name, version, metrics, training table versions, feature list, SHA-256 of every other file
+  of the folder and of the training-data snapshot, the signing key's reference;
+- ``v<N>/signature.json``: an ed25519 signature over the canonical manifest;
+- ``index.json``: the signed, monotonic list of the model's versions (version -> SHA-256 of its manifest) and the
+  newest one.
 
-The HMAC key is a data key from the key provider (Vault Transit or the keyring), stored only wrapped, in
-``models/signing_key.json``, as the audit log keeps its own. Its reference is a one-way digest of the key, so a
-swapped key record is noticed. Loading re-hashes every file, checks the manifest's signature and refuses —
-:class:`~pipeline.errors.ModelIntegrityError` plus a ``deny`` audit event — on any mismatch, a missing
-signature, or a key this provider cannot unwrap (signed by someone else).
+Signing is asymmetric, so a verifier needs no secret. With Vault/OpenBao the key is the Transit key
+``medguard-model`` (type ed25519): Vault signs (``transit/sign``) and loading verifies with the public key Vault
+publishes for that key version. With the keyring the ed25519 seed is a data key generated under the data KEK and
+kept only wrapped, in ``models/signing_key.json`` (0600); a record that does not unwrap is refused.
+
+Loading refuses — :class:`~pipeline.errors.ModelIntegrityError` plus a ``deny`` audit event — a changed, missing or
+extra file, a manifest whose name or version is not its folder's (a copy under another name or version), a
+missing or unsigned index, a version the index does not list, and the newest version's folder gone (it never falls
+back to an older one). An older version loads only when pinned explicitly (``pin=True``), which is audited.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import json
+import os
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import DecryptionError, KeyAccessDeniedError, ModelIntegrityError
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from pipeline.errors import CryptoError, DecryptionError, KeyAccessDeniedError, ModelIntegrityError
 from pipeline.lake import Lake, Zone
 from pipeline.settings import Settings
 
 MODEL_FILE = "model.ubj"
 BUNDLE_FILE = "bundle.json"
+CARD_FILE = "model_card.html"
 MANIFEST_FILE = "manifest.json"
 SIGNATURE_FILE = "signature.json"
+INDEX_FILE = "index.json"
 KEY_FILE = "signing_key.json"
-_DOMAIN = b"medguard.model.v1\x00"
-_KEY_DOMAIN = b"medguard.model-key\x00"
+TRANSIT_KEY = "medguard-model"
+_DOMAIN = b"medguard.model.v2\x00"
+_INDEX_DOMAIN = b"medguard.model-index.v1\x00"
 _PRINCIPAL = "svc:analytics"
 
 
@@ -47,9 +65,13 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _key_ref(kek_name: str, key: bytes) -> str:
-    digest = hashlib.sha256(_KEY_DOMAIN + key).hexdigest()[:16]
-    return f"{kek_name}:{digest}"
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` atomically to ``path``, mode 0600 from creation (no window where others can read it)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
 
 
 def _created_at(folder: Path) -> str:
@@ -65,12 +87,95 @@ def model_name(table: str, label: str | None) -> str:
     return re.sub(r"[^a-z0-9_]+", "_", f"{table}__{label or 'unlabelled'}".lower())
 
 
+class _KeyringSigner:
+    """An ed25519 key whose seed is a data key of the keyring's KEK, stored wrapped in ``signing_key.json``."""
+
+    def __init__(self, provider: Any, kek: str, path: Path) -> None:
+        self._provider, self._kek, self._path = provider, kek, path
+        self._key: Ed25519PrivateKey | None = None
+
+    def _private(self, *, create: bool) -> Ed25519PrivateKey:
+        if self._key is not None:
+            return self._key
+        if self._path.exists():
+            try:
+                record = json.loads(self._path.read_text())
+                seed = self._provider.unwrap(record["kek_name"], record["wrapped"])
+            except (DecryptionError, KeyAccessDeniedError, CryptoError, ValueError, KeyError, TypeError) as exc:
+                raise ModelIntegrityError("the registry's signing key does not unwrap with this key provider "
+                                          "(foreign or forged key): refusing") from exc
+        elif create:
+            self._provider.ensure_key(self._kek)
+            data_key = self._provider.generate_data_key(self._kek)
+            seed = data_key.plaintext
+            record = {"kek_name": self._kek, "wrapped": data_key.wrapped, "algorithm": "ed25519",
+                      "created_at": datetime.now(UTC).isoformat()}
+            self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _write_private(self._path, json.dumps(record, indent=2).encode())
+        else:
+            raise ModelIntegrityError(f"no model signing key in {self._path.parent}: nothing can be verified")
+        self._key = Ed25519PrivateKey.from_private_bytes(seed)
+        return self._key
+
+    def current_ref(self) -> str:
+        return self.key_ref(create=True)
+
+    def key_ref(self, *, create: bool) -> str:
+        raw = self._private(create=create).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        return f"ed25519:{hashlib.sha256(raw).hexdigest()[:16]}"
+
+    def sign(self, data: bytes) -> tuple[str, bytes]:
+        return self.key_ref(create=True), self._private(create=True).sign(data)
+
+    def public_key(self, key_ref: str) -> Ed25519PublicKey | None:
+        return self._private(create=False).public_key() if key_ref == self.key_ref(create=False) else None
+
+
+class _TransitSigner:
+    """The Transit key ``medguard-model`` (ed25519): Vault signs; verification uses its published public keys."""
+
+    def __init__(self, provider: Any) -> None:
+        self._provider = provider
+        self._public: dict[int, bytes] | None = None
+
+    def current_ref(self) -> str:
+        try:
+            self._provider.ensure_signing_key(TRANSIT_KEY)
+            versions = self._provider.public_keys(TRANSIT_KEY)
+        except CryptoError as exc:
+            raise ModelIntegrityError(f"Vault has no usable Transit signing key {TRANSIT_KEY}") from exc
+        if not versions:
+            raise ModelIntegrityError(f"Vault published no public key for Transit key {TRANSIT_KEY}")
+        return f"transit:{TRANSIT_KEY}:v{max(versions)}"
+
+    def sign(self, data: bytes) -> tuple[str, bytes]:
+        try:
+            self._provider.ensure_signing_key(TRANSIT_KEY)
+            version, signature = self._provider.sign(TRANSIT_KEY, data)
+        except CryptoError as exc:
+            raise ModelIntegrityError(f"Vault did not sign the model with Transit key {TRANSIT_KEY}") from exc
+        return f"transit:{TRANSIT_KEY}:v{version}", signature
+
+    def public_key(self, key_ref: str) -> Ed25519PublicKey | None:
+        match = re.fullmatch(rf"transit:{re.escape(TRANSIT_KEY)}:v([1-9]\d*)", key_ref)
+        if match is None:
+            return None
+        if self._public is None:
+            try:
+                self._public = self._provider.public_keys(TRANSIT_KEY)
+            except CryptoError as exc:
+                raise ModelIntegrityError(f"Vault has no Transit signing key {TRANSIT_KEY}: nothing can be "
+                                          "verified") from exc
+        raw = self._public.get(int(match.group(1)))
+        return Ed25519PublicKey.from_public_bytes(raw) if raw else None
+
+
 class ModelRegistry:
     """Signed model versions under ``$MEDGUARD_HOME/models``.
 
     Args:
-        settings: where the home is and which KEK wraps the signing key (``vault.kek_name``).
-        provider: the key provider.
+        settings: where the home is and which KEK wraps the keyring's signing key (``vault.kek_name``).
+        provider: the key provider; a Vault provider signs with Transit, a keyring with its local ed25519 key.
         lake: for audit events (the audit zone); defaults to the settings' lake.
     """
 
@@ -79,8 +184,10 @@ class ModelRegistry:
         self.root = root or settings.home / "models"
         self._provider = provider
         self._lake = lake
-        self._kek = settings.vault.kek_name
-        self._key: tuple[str, bytes] | None = None
+        if getattr(provider, "name", "") == "vault":
+            self._signer: _KeyringSigner | _TransitSigner = _TransitSigner(provider)
+        else:
+            self._signer = _KeyringSigner(provider, settings.vault.kek_name, self.root / KEY_FILE)
 
     def __repr__(self) -> str:
         return f"ModelRegistry(root={str(self.root)!r})"
@@ -88,68 +195,105 @@ class ModelRegistry:
     def __getstate__(self) -> None:
         raise TypeError("ModelRegistry holds a signing key and cannot be pickled")
 
-    # keys --------------------------------------------------------------------------------------------
+    # signatures --------------------------------------------------------------------------------------
 
-    def _signing_key(self, *, create: bool) -> tuple[str, bytes]:
-        if self._key is not None:
-            return self._key
-        path = self.root / KEY_FILE
-        if path.exists():
+    def _sign(self, domain: bytes, payload: dict[str, Any]) -> dict[str, str]:
+        key_ref, signature = self._signer.sign(domain + _canonical(payload))
+        return {"key_ref": key_ref, "ed25519": base64.b64encode(signature).decode("ascii")}
+
+    def _check(self, domain: bytes, payload: dict[str, Any], signature: Any, what: str) -> None:
+        if not isinstance(signature, dict) or not isinstance(signature.get("key_ref"), str):
+            raise ModelIntegrityError(f"{what} is unsigned: refusing")
+        public = self._signer.public_key(signature["key_ref"])
+        if public is None:
+            raise ModelIntegrityError(f"{what} was signed with another key ({signature['key_ref'][:60]}): refusing")
+        try:
+            public.verify(base64.b64decode(str(signature.get("ed25519", "")), validate=True),
+                          domain + _canonical(payload))
+        except (InvalidSignature, binascii.Error, ValueError) as exc:
+            raise ModelIntegrityError(f"{what}: the signature does not verify: refusing") from exc
+
+    # the index ---------------------------------------------------------------------------------------
+
+    def _index(self, name: str) -> dict[str, Any] | None:
+        """The model's verified index, or None when the model has neither index nor version folder."""
+        path = self.root / name / INDEX_FILE
+        if not path.exists():
+            if self._folders(name):
+                raise ModelIntegrityError(f"model {name} has versions but no signed index (deleted?): refusing")
+            return None
+        try:
             record = json.loads(path.read_text())
-            try:
-                key = self._provider.unwrap(record["kek_name"], record["wrapped"])
-            except (DecryptionError, KeyAccessDeniedError) as exc:
-                raise ModelIntegrityError("the registry's signing key does not unwrap with this key provider "
-                                          "(foreign or forged key): refusing") from exc
-            if _key_ref(record["kek_name"], key) != record["key_ref"]:
-                raise ModelIntegrityError("the registry's signing key record was altered: refusing")
-        elif create:
-            self._provider.ensure_key(self._kek)
-            data_key = self._provider.generate_data_key(self._kek)
-            key = data_key.plaintext
-            record = {"key_ref": _key_ref(self._kek, key), "kek_name": self._kek, "wrapped": data_key.wrapped,
-                      "created_at": datetime.now(UTC).isoformat()}
-            self.root.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(record, indent=2))
-        else:
-            raise ModelIntegrityError(f"no model signing key in {self.root}: nothing can be verified")
-        self._key = (record["key_ref"], key)
-        return self._key
+            payload, signature = record["index"], record["signature"]
+            latest = int(payload["latest"])
+            listed = {int(v): str(d) for v, d in payload["versions"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ModelIntegrityError(f"model {name}: the index is unreadable: refusing") from exc
+        self._check(_INDEX_DOMAIN, payload, signature, f"the index of model {name}")
+        if payload.get("name") != name or not listed or latest != max(listed):
+            raise ModelIntegrityError(f"the index of model {name} belongs to another model or is inconsistent: "
+                                      "refusing")
+        return {"name": name, "latest": latest, "versions": listed}
 
-    def _mac(self, manifest: dict[str, Any], key: bytes) -> str:
-        return hmac.new(key, _DOMAIN + _canonical(manifest), hashlib.sha256).hexdigest()
+    def _folders(self, name: str) -> list[int]:
+        base = self.root / name
+        return sorted(int(p.name[1:]) for p in base.glob("v*") if p.name[1:].isdigit()) if base.is_dir() else []
 
     # write -------------------------------------------------------------------------------------------
 
     def register(self, name: str, *, booster_raw: bytes, bundle: dict[str, Any], metrics: dict[str, Any],
                  table_versions: dict[str, int], data_sha256: str, extra: dict[str, Any] | None = None,
-                 ) -> dict[str, Any]:
-        """Store and sign a new version of model ``name``; returns its manifest."""
-        key_ref, key = self._signing_key(create=True)
+                 card: Callable[[dict[str, Any], Path], None] | None = None) -> dict[str, Any]:
+        """Store and sign a new version of model ``name``; returns its manifest.
+
+        Args:
+            card: writes the model card to the path it is given, from the manifest so far (everything but the
+                card's own digest); the card is then signed with the rest.
+
+        Raises:
+            ModelIntegrityError: the model's index does not verify (a new version is never added to a tampered
+                history).
+        """
+        if not re.fullmatch(r"[a-z0-9_]{1,200}", name):
+            raise ValueError(f"model name {name!r} must be lower-case letters, digits and '_'")
+        index = self._index(name)
         base = self.root / name
-        base.mkdir(parents=True, exist_ok=True)
-        existing = [int(p.name[1:]) for p in base.glob("v*") if p.name[1:].isdigit()]
-        number = max(existing, default=0) + 1
+        base.mkdir(parents=True, exist_ok=True, mode=0o700)
+        number = max([index["latest"] if index else 0, *self._folders(name)]) + 1
         folder = base / f"v{number}"
-        folder.mkdir()
-        (folder / MODEL_FILE).write_bytes(booster_raw)
-        (folder / BUNDLE_FILE).write_text(json.dumps(bundle, sort_keys=True, allow_nan=False))
+        folder.mkdir(mode=0o700)
+        _write_private(folder / MODEL_FILE, booster_raw)
+        _write_private(folder / BUNDLE_FILE, json.dumps(bundle, sort_keys=True, allow_nan=False).encode())
         manifest = {
             "name": name, "version": number, "model_version": f"{name}@v{number}",
             "created_at": datetime.now(UTC).isoformat(), "metrics": metrics, "training_tables": table_versions,
             "features": bundle["contract"]["features"], "feature_contract": bundle["contract"],
             "sha256": {MODEL_FILE: _sha256(folder / MODEL_FILE), BUNDLE_FILE: _sha256(folder / BUNDLE_FILE)},
-            "training_data_sha256": data_sha256, "key_ref": key_ref, **(extra or {}),
+            "training_data_sha256": data_sha256, **(extra or {}),
         }
-        (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False))
-        (folder / SIGNATURE_FILE).write_text(json.dumps({"key_ref": key_ref, "hmac_sha256": self._mac(manifest, key)}))
+        manifest["key_ref"] = self._signer.current_ref()
+        if card is not None:
+            card(manifest, folder / CARD_FILE)
+            os.chmod(folder / CARD_FILE, 0o600)
+            manifest["sha256"][CARD_FILE] = _sha256(folder / CARD_FILE)
+        signature = self._sign(_DOMAIN, manifest)
+        if signature["key_ref"] != manifest["key_ref"]:
+            raise ModelIntegrityError("the signing key was rotated while registering: run the registration again")
+        manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False).encode()
+        _write_private(folder / MANIFEST_FILE, manifest_bytes)
+        _write_private(folder / SIGNATURE_FILE, json.dumps(signature).encode())
+        versions = {str(v): d for v, d in (index or {"versions": {}})["versions"].items()}
+        versions[str(number)] = hashlib.sha256(manifest_bytes).hexdigest()
+        payload = {"name": name, "latest": number, "versions": versions, "updated_at": manifest["created_at"]}
+        record = {"index": payload, "signature": self._sign(_INDEX_DOMAIN, payload)}
+        _write_private(base / INDEX_FILE, json.dumps(record, indent=2).encode())
         self._audit("allow", manifest["model_version"], "registered")
         return manifest
 
     # read --------------------------------------------------------------------------------------------
 
     def versions(self, name: str | None = None) -> list[Path]:
-        """Version folders, oldest first (of one model, or of all by creation order)."""
+        """Version folders, oldest first (of one model, or of all by creation order); unverified: a listing."""
         if not self.root.is_dir():
             return []
         names = [name] if name else sorted(p.name for p in self.root.iterdir() if p.is_dir())
@@ -160,50 +304,80 @@ class ModelRegistry:
                     found.append(p)
         return sorted(found, key=lambda p: (_created_at(p), int(p.name[1:])))
 
-    def load(self, name: str | None = None, version: int | None = None) -> tuple[dict[str, Any], Any, dict[str, Any]]:
-        """Verify and load a version (the newest by default): (manifest, booster, bundle).
+    def load(self, name: str | None = None, version: int | None = None, *, pin: bool = False,
+             ) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+        """Verify and load a version — the newest registered by default: (manifest, booster, bundle).
+
+        Args:
+            name: the model (default: the most recently created one).
+            version: a version number; one older than the newest registered needs ``pin=True``.
+            pin: load an older version on purpose (recorded in the audit log).
 
         Raises:
-            ModelIntegrityError: no such model, a file changed, unsigned, or signed with another key.
+            ModelIntegrityError: no such model, a file changed, added or missing, unsigned, signed with another
+                key, copied from another name or version, the index missing, or an older version not pinned.
         """
-        if version is not None and name:
-            folder = self.root / name / f"v{version}"
-        else:
-            found = self.versions(name)
+        if name is None:
+            found = self.versions()
             if not found:
-                raise ModelIntegrityError(f"no registered model{' ' + name if name else ''} in {self.root}: "
-                                          "run `medguard train` first")
-            folder = found[-1]
-        label = f"{folder.parent.name}@{folder.name}"
+                raise ModelIntegrityError(f"no registered model in {self.root}: run `medguard train` first")
+            name = found[-1].parent.name
+        label = f"{name}@v{version}" if version is not None else name
         try:
-            manifest, booster, bundle = self._verified(folder)
+            index = self._index(name)
+            if index is None:
+                raise ModelIntegrityError(f"no registered model {name} in {self.root}: run `medguard train` first")
+            latest = index["latest"]
+            number = latest if version is None else version
+            label = f"{name}@v{number}"
+            planted = sorted(set(self._folders(name)) - set(index["versions"]))
+            if planted:
+                raise ModelIntegrityError(f"model {name} has version folders the signed index does not list "
+                                          f"(v{planted[0]}; planted, or the index rolled back): refusing")
+            if number not in index["versions"]:
+                raise ModelIntegrityError(f"model {label} is not in the signed index (newest v{latest}): refusing")
+            if number < latest and not pin:
+                raise ModelIntegrityError(f"model {label} is older than the newest registered version v{latest}: "
+                                          "refusing (pin it explicitly to roll back)")
+            folder = self.root / name / f"v{number}"
+            if not folder.is_dir():
+                raise ModelIntegrityError(f"model {label} is registered but its folder is missing: refusing "
+                                          "(no fallback to an older version)")
+            manifest, booster, bundle = self._verified(folder, index["versions"][number])
         except ModelIntegrityError as exc:
             self._audit("deny", label, str(exc))
             raise
-        self._audit("allow", label, "verified")
+        self._audit("allow", label, "verified" if number == latest else f"pinned explicitly (newest v{latest})")
         return manifest, booster, bundle
 
-    def _verified(self, folder: Path) -> tuple[dict[str, Any], Any, dict[str, Any]]:
-        label = f"{folder.parent.name}@{folder.name}"
+    def _verified(self, folder: Path, manifest_sha256: str) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+        name, number = folder.parent.name, int(folder.name[1:])
+        label = f"{name}@v{number}"
         if not (folder / SIGNATURE_FILE).exists():
             raise ModelIntegrityError(f"model {label} is unsigned: refusing to load it")
         try:
-            manifest = json.loads((folder / MANIFEST_FILE).read_text())
+            manifest_bytes = (folder / MANIFEST_FILE).read_bytes()
+            manifest = json.loads(manifest_bytes)
             signature = json.loads((folder / SIGNATURE_FILE).read_text())
-        except (OSError, ValueError) as exc:
+            digests = dict(manifest.get("sha256", {}))
+        except (OSError, ValueError, AttributeError, TypeError) as exc:
             raise ModelIntegrityError(f"model {label}: manifest or signature unreadable: refusing") from exc
-        key_ref, key = self._signing_key(create=False)
-        if signature.get("key_ref") != key_ref or manifest.get("key_ref") != key_ref:
-            raise ModelIntegrityError(f"model {label} was signed with another key ({signature.get('key_ref')}): "
+        self._check(_DOMAIN, manifest, signature, f"model {label}")
+        if manifest.get("name") != name or manifest.get("version") != number or manifest.get("key_ref") != (
+                signature.get("key_ref")):
+            raise ModelIntegrityError(f"model {label} holds the signed artifacts of another name or version: "
                                       "refusing")
-        if not hmac.compare_digest(str(signature.get("hmac_sha256", "")), self._mac(manifest, key)):
-            raise ModelIntegrityError(f"model {label}: the manifest's signature does not verify: refusing")
-        for file, digest in manifest.get("sha256", {}).items():
+        if not hmac.compare_digest(hashlib.sha256(manifest_bytes).hexdigest(), manifest_sha256):
+            raise ModelIntegrityError(f"model {label}: the manifest is not the one the index registered: refusing")
+        present = {p.name for p in folder.iterdir()}
+        expected = {*digests, MANIFEST_FILE, SIGNATURE_FILE}
+        if present != expected or not {MODEL_FILE, BUNDLE_FILE} <= set(digests):
+            raise ModelIntegrityError(f"model {label}: the folder holds files the signature does not cover, or "
+                                      "lacks signed ones: refusing")
+        for file, digest in digests.items():
             path = folder / file
-            if not path.exists() or not hmac.compare_digest(_sha256(path), digest):
+            if not path.is_file() or path.is_symlink() or not hmac.compare_digest(_sha256(path), str(digest)):
                 raise ModelIntegrityError(f"model {label}: {file} does not match its signed SHA-256: refusing")
-        if set(manifest.get("sha256", {})) != {MODEL_FILE, BUNDLE_FILE}:
-            raise ModelIntegrityError(f"model {label}: the manifest does not cover every artifact: refusing")
         import xgboost as xgb
 
         booster = xgb.Booster()

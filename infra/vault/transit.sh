@@ -23,6 +23,10 @@ fi
 "$VAULT" write -f "$MOUNT/keys/$KEK" type=aes256-gcm96 exportable=false allow_plaintext_backup=false >/dev/null
 "$VAULT" write "$MOUNT/keys/$KEK/config" auto_rotate_period="$ROTATE" deletion_allowed=false >/dev/null
 
+# The model registry's signing key: asymmetric (ed25519), so model verifiers need only its public key.
+"$VAULT" write -f "$MOUNT/keys/medguard-model" type=ed25519 exportable=false allow_plaintext_backup=false >/dev/null
+"$VAULT" write "$MOUNT/keys/medguard-model/config" deletion_allowed=false >/dev/null
+
 # Rotation adds a version; data keys wrapped under older versions still unwrap until `medguard keys rotate`
 # has rewrapped them and min_decryption_version is raised (see infra/README.md).
 "$VAULT" read "$MOUNT/keys/$KEK"

@@ -22,6 +22,9 @@ from storage_security.keys.base import DataKey, KeyVersions
 
 DEK_BYTES = 32
 KEK_TYPE = "aes256-gcm96"
+# Signing keys (the model registry's): asymmetric, so a verifier needs the public key only, never a secret.
+SIGNING_KEY_TYPE = "ed25519"
+_SIGNATURE = re.compile(r"vault:v([1-9]\d*):([A-Za-z0-9+/=]+)")
 # 1000 JSON strings per request by default in OpenBao: "batch_input" + 2 per item leaves room for 499 items.
 MAX_BATCH = 499
 DEFAULT_BATCH = 400
@@ -256,6 +259,51 @@ class VaultTransitKeys:
             # Allowed to configure but not to delete: leave the key as protected as it was.
             self._client.write(config, {"deletion_allowed": False}, policy=_ROTATION)
             raise
+
+    def ensure_signing_key(self, key_name: str) -> None:
+        """Create ``key_name`` as an ``ed25519`` Transit signing key unless it exists.
+
+        Raises:
+            CryptoError: a key of that name exists but is not an ed25519 key.
+        """
+        info = self._key_info(key_name)
+        if info is None:
+            self._client.write(self._path("keys", key_name), {"type": SIGNING_KEY_TYPE}, policy=_WRITER)
+        elif info.get("type") != SIGNING_KEY_TYPE:
+            raise CryptoError(f"Transit key {self._path('keys', key_name)} is of type {info.get('type')!r}, "
+                              f"not {SIGNING_KEY_TYPE}")
+
+    def sign(self, key_name: str, data: bytes) -> tuple[int, bytes]:
+        """Sign ``data`` inside Vault (``sign/<key>``); returns (key version, raw 64-byte ed25519 signature).
+
+        Raises:
+            CryptoError: Vault answered without a signature.
+        """
+        if not isinstance(data, bytes | bytearray):
+            raise TypeError(f"data to sign is bytes, not {type(data).__name__}")
+        answer = self._client.write(self._path("sign", key_name), {"input": base64.b64encode(data).decode("ascii")},
+                                    policy=_WRITER)
+        match = _SIGNATURE.fullmatch(str(_data(answer).get("signature", "")))
+        raw = _decode(match.group(2)) if match else None
+        if match is None or raw is None:
+            raise CryptoError(f"Vault answered {self._path('sign', key_name)} without a signature")
+        return int(match.group(1)), raw
+
+    def public_keys(self, key_name: str) -> dict[int, bytes]:
+        """The raw ed25519 public key of each version of signing key ``key_name`` (metadata: no secret).
+
+        Raises:
+            CryptoError: the key does not exist or is not an ed25519 key.
+        """
+        info = self._key_info(key_name)
+        if info is None or info.get("type") != SIGNING_KEY_TYPE:
+            raise CryptoError(f"Transit key {self._path('keys', key_name)} is not an {SIGNING_KEY_TYPE} signing key")
+        keys: dict[int, bytes] = {}
+        for version, entry in (info.get("keys") or {}).items():
+            raw = _decode((entry or {}).get("public_key")) if isinstance(entry, dict) else None
+            if raw is not None and len(raw) == 32 and str(version).isdigit():
+                keys[int(version)] = raw
+        return keys
 
     def key_exists(self, key_name: str) -> bool:
         """True when the Transit key exists."""

@@ -13,3 +13,8 @@ path "transit/keys/medguard-audit" {
 path "transit/decrypt/medguard-audit" {
   capabilities = ["update"]
 }
+
+# The model registry's ed25519 public keys (metadata only: the auditor can verify a model, not sign one).
+path "transit/keys/medguard-model" {
+  capabilities = ["read"]
+}

@@ -40,3 +40,16 @@ path "transit/datakey/plaintext/medguard-audit" {
 path "transit/decrypt/medguard-audit" {
   capabilities = ["update"]
 }
+
+# The model registry's signing key (ed25519): created once with that type only, signs manifests and indexes inside
+# Vault; its public keys (key metadata) verify them, so loading a model needs no secret.
+path "transit/keys/medguard-model" {
+  capabilities = ["create", "read", "update"]
+  allowed_parameters = {
+    "type" = ["ed25519"]
+  }
+}
+
+path "transit/sign/medguard-model" {
+  capabilities = ["update"]
+}
