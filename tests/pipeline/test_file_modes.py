@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -96,10 +97,15 @@ def test_when_ingest_deidentify_and_train_have_run_then_no_file_under_the_home_i
     cli = [str(Path(sys.executable).with_name("medguard"))]
     try:
         # A umask of 022 (the usual default) in the shell: medguard must not rely on it.
-        done = subprocess.run(["sh", "-c", 'umask 022 && exec "$@"', "sh", *cli, "demo", "--patients", "40",
+        done = subprocess.run(["sh", "-c", 'umask 022 && exec "$@"', "sh", *cli, "demo", "--patients", "300",
                                "--json"], env=env, capture_output=True, text=True, timeout=900)
     finally:
         subprocess.run([*cli, "vault", "down"], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert "skipped" not in report["train"], report["train"]
     assert (home / "lake" / "deidentified").is_dir() and any((home / "models").iterdir())
     assert _open_to_others(home) == []
+    # The demo's last step scanned every file of the home and the system temp folder for the patients' identifiers.
+    assert report["verify"]["plaintext_found"] == 0 and report["verify"]["files_scanned"] > 100
+    assert report["verify"]["places"][0] == str(home)
