@@ -397,7 +397,8 @@ def private_home(settings: Settings) -> Path:
         folders.append(Path(str(settings.lake_root).removeprefix("file://")))
     for folder in folders:
         if folder.is_symlink():
-            raise SettingsError(f"{folder} is a symbolic link: medguard writes only into a folder of its own")
+            raise SettingsError(f"{folder} is a symbolic link: medguard writes only into a folder of its own (name "
+                                "the real folder: MEDGUARD_HOME, or MEDGUARD_LAKE_ROOT for a lake kept elsewhere)")
         try:
             folder.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
             if stat.S_IMODE(folder.stat().st_mode) != PRIVATE_DIR_MODE:
