@@ -32,7 +32,13 @@ declare -A ROLES=(
   [medguard-clinician]="medguard-clinician-reidentify"
   [medguard-key-rotation]="medguard-key-rotation,medguard-pipeline-writer,medguard-auditor"
   [medguard-auditor]="medguard-auditor"
+  [medguard-audit-anchor]="medguard-audit-anchor"
 )
+
+# KV v2 for the audit chain's anchored heads (written only by medguard-audit-anchor).
+if ! "$VAULT" secrets list -format=json | grep -q '"medguard-audit/"'; then
+  "$VAULT" secrets enable -path=medguard-audit kv-v2
+fi
 
 for role in "${!ROLES[@]}"; do
   args=(token_policies="${ROLES[$role]}" token_ttl=1h token_max_ttl=4h secret_id_ttl=24h secret_id_num_uses=0)

@@ -10,6 +10,10 @@ in a 0700 folder. It protects against anyone who can write the lake but not the 
 runs medguard: a data engineer's or analyst's grant on the lake's storage, object-store credentials, a Delta
 restore, a backup restored over the lake. It does not protect against that account itself (or root), who can
 rewrite both; use a Vault anchor, a WORM bucket or a SIEM for that.
+
+:class:`VaultKVAnchor`: a KV v2 secret at ``medguard-audit/anchors/<lake id>`` that only the
+``medguard-audit-anchor`` policy writes (the auditor reads it); pass it as ``AuditLog(..., anchor=...)`` with a
+client logged in as that role.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from pipeline.errors import StorageError
 
@@ -88,3 +92,43 @@ class FileAnchor:
             with contextlib.suppress(OSError):
                 partial.unlink()
             raise StorageError(f"cannot write the audit anchor {self.path}: {exc}") from exc
+
+
+class VaultKVAnchor:
+    """The anchor as a KV v2 secret that only the ``medguard-audit-anchor`` policy may write.
+
+    ``client`` is a :class:`~storage_security.keys._vault.VaultClient` logged in as the audit writer (to write)
+    or the auditor (to read). It protects against anyone holding the lake and any other medguard role,
+    the pipeline's included: they can cut the tail of the log but cannot move this copy back. It does not
+    protect against a holder of the audit writer's credentials or an operator token. KV v2 keeps earlier
+    versions, so an operator can also see the anchor's history.
+
+    Args:
+        client: the Vault client.
+        lake_id: the lake's id (the audit writer lock's): one anchor per lake.
+        mount: the KV v2 mount (``medguard vault up`` and ``infra/vault/approle.sh`` enable ``medguard-audit``).
+    """
+
+    def __init__(self, client: Any, lake_id: str, *, mount: str = "medguard-audit") -> None:
+        self._client = client
+        self._path = f"{mount.strip('/')}/data/anchors/{lake_id}"
+        self.where = f"vault:{self._path}"
+
+    def __repr__(self) -> str:
+        return f"VaultKVAnchor({self.where!r})"
+
+    def read(self) -> AnchoredHead | None:
+        answer = self._client.read(self._path)
+        data = ((answer or {}).get("data") or {}).get("data")
+        if not data:
+            return None
+        try:
+            return AnchoredHead(seq=int(data["seq"]), hash=str(data["hash"]), signature=str(data["signature"]),
+                                key_ref=str(data["key_ref"]), signed_at=datetime.fromisoformat(data["signed_at"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StorageError(f"the audit anchor {self.where} is not a signed head (altered?)") from exc
+
+    def write(self, head: AnchoredHead) -> None:
+        self._client.write(self._path, {"data": {
+            "seq": head.seq, "hash": head.hash, "signature": head.signature, "key_ref": head.key_ref,
+            "signed_at": head.signed_at.isoformat(timespec="microseconds")}})

@@ -333,6 +333,7 @@ class AuditLog:
         self._key_name = key_name
         self._lock_timeout = lock_timeout
         lake_id = hashlib.sha256(lake.root.encode()).hexdigest()[:16]
+        self.lake_id = lake_id  # names this log's lock and anchor
         self._lock_path = Path(lake.settings.home) / "locks" / f"audit-{lake_id}.lock"
         local_table = None if "://" in lake.root else Path(lake.uri(Zone.AUDIT, EVENTS_TABLE))
         self._head_cache = HeadCache(self._lock_path.with_suffix(".head.json"), local_table)

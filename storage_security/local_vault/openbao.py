@@ -58,6 +58,9 @@ POLICY_PREFIX = "medguard-"
 PIPELINE_ROLE = "medguard-pipeline"
 KEY_ROTATION_ROLE = "medguard-key-rotation"
 AUDITOR_ROLE = "medguard-auditor"
+AUDIT_ANCHOR_ROLE = "medguard-audit-anchor"
+# KV v2 mount of the audit chain's anchored heads (see storage_security/audit/_anchor.py).
+AUDIT_ANCHOR_MOUNT = "medguard-audit"
 # AppRole name -> policy files of local_vault/policies (without .hcl). Keep in step with infra/vault/approle.sh.
 ROLES: dict[str, tuple[str, ...]] = {
     PIPELINE_ROLE: ("pipeline-writer",),
@@ -65,6 +68,7 @@ ROLES: dict[str, tuple[str, ...]] = {
     "medguard-clinician": ("clinician-reidentify",),
     KEY_ROTATION_ROLE: ("key-rotation", "pipeline-writer", "auditor"),
     AUDITOR_ROLE: ("auditor",),
+    AUDIT_ANCHOR_ROLE: ("audit-anchor",),
 }
 _HEALTH_PROBE = RetryPolicy(attempts=1)
 _SECRET_FILE_MODE = 0o600
@@ -141,6 +145,15 @@ def enable_transit(client: VaultClient, mount: str = DEFAULT_MOUNT) -> None:
     mounts = answer.get("data") or answer
     if f"{mount.strip('/')}/" not in mounts:
         client.write(f"sys/mounts/{mount.strip('/')}", {"type": "transit", "description": "medguard KEKs"})
+
+
+def enable_audit_anchors(client: VaultClient, mount: str = AUDIT_ANCHOR_MOUNT) -> None:
+    """Mount KV v2 at ``mount`` for the audit chain's anchored heads unless something is mounted there."""
+    answer = client.read("sys/mounts") or {}
+    mounts = answer.get("data") or answer
+    if f"{mount.strip('/')}/" not in mounts:
+        client.write(f"sys/mounts/{mount.strip('/')}", {"type": "kv", "options": {"version": "2"},
+                                                        "description": "medguard audit anchors"})
 
 
 class DevServer:
@@ -503,6 +516,7 @@ def _configure(addr: str, secrets_: dict[str, Any], settings: Settings, paths: L
     root = VaultClient(addr, token=secrets_["root_token"], timeout=settings.vault.timeout_seconds)
     mount, kek = settings.vault.transit_mount.strip("/"), settings.vault.kek_name
     enable_transit(root, mount)
+    enable_audit_anchors(root)
     VaultTransitKeys(root, mount=mount).ensure_key(kek)
     root.write(f"{mount}/keys/{kek}/config", {"auto_rotate_period": "720h", "deletion_allowed": False})
     write_policies(root, kek_name=kek, mount=mount)

@@ -18,3 +18,8 @@ path "transit/decrypt/medguard-audit" {
 path "transit/keys/medguard-model" {
   capabilities = ["read"]
 }
+
+# The audit chain's anchored head (written only by medguard-audit-anchor): read, to check the log against it.
+path "medguard-audit/data/anchors/*" {
+  capabilities = ["read"]
+}

@@ -237,8 +237,11 @@ def test_when_policies_loaded_for_another_kek_and_mount_then_every_path_names_th
     policies = openbao.load_policies(kek_name="acme-kek", mount="kms")
 
     assert set(policies) == {f"medguard-{name}" for role in openbao.ROLES.values() for name in role}
-    for text in policies.values():
+    for name, text in policies.items():
         assert "medguard-kek" not in text and '"transit/' not in text
+        if name == "medguard-audit-anchor":  # KV only (the audit chain's anchor): no Transit path, no KEK
+            assert '"kms/' not in text and 'path "medguard-audit/data/anchors/*"' in text
+            continue
         assert '"kms/' in text and "acme-kek" in text
     with pytest.raises(ValueError, match="KEK name"):
         openbao.load_policies(kek_name='x" { capabilities = ["sudo"] }')
