@@ -27,11 +27,10 @@ def train(
     from analytics.flow import train_pipeline
 
     result = train_pipeline(settings_from(ctx), table, label, config_path=str(config) if config else None)
-    m = result["metrics"]
+    m = {k: "n/a" if v is None else f"{v:.3f}" for k, v in result["metrics"].items()}
     emit({k: result[k] for k in ("model_version", "metrics", "model_card")}, as_json,
-          f"{result['model_version']}: AUROC {m['auroc']:.3f}, AUPRC {m['auprc']:.3f}, sensitivity "
-          f"{m['sensitivity']:.3f}, specificity {m['specificity']:.3f}, Brier {m['brier']:.3f} (held-out test); "
-          f"model card {result['model_card']}")
+          f"{result['model_version']}: AUROC {m['auroc']}, AUPRC {m['auprc']}, sensitivity {m['sensitivity']}, "
+          f"specificity {m['specificity']}, Brier {m['brier']} (held-out test); model card {result['model_card']}")
 
 
 def diagnose(

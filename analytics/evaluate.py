@@ -17,8 +17,30 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.errors import ValidationError
+
 # Subgroups smaller than this are listed but not used to find the largest gap (too noisy to flag).
 MIN_SUBGROUP = 30
+
+
+def require_both_classes(labels: pd.Series, splits: pd.Series, what: str) -> None:
+    """Refuse labels that leave a split without a positive or a negative case (nothing to fit or measure).
+
+    Raises:
+        ValidationError: naming the split and its counts (no value of any row).
+    """
+    labels = pd.Series(np.asarray(labels, dtype=int), index=splits.index)
+    if labels.empty:
+        raise ValidationError(f"{what} has no labelled rows")
+    if labels.sum() == 0 or labels.sum() == len(labels):
+        kind = "positive" if labels.sum() == 0 else "negative"
+        raise ValidationError(f"{what} has no {kind} case in {len(labels)} rows: check the label and the training "
+                              "config's positive_class")
+    for split, part in labels.groupby(splits, sort=True):
+        positives = int(part.sum())
+        if positives == 0 or positives == len(part):
+            raise ValidationError(f"the {split} split of {what} has {positives} positive of {len(part)} rows: more "
+                                  "labelled data (of both classes) is needed to train and evaluate")
 
 
 def metrics(y: np.ndarray, prob: np.ndarray, threshold: float) -> dict[str, Any]:
@@ -103,21 +125,22 @@ def plots(y: np.ndarray, prob: np.ndarray, threshold: float, importance: dict[st
     ax.plot(fpr, tpr, lw=2)
     ax.plot([0, 1], [0, 1], ls="--", c="grey")
     m = metrics(y, prob, threshold)
-    ax.scatter([1 - m["specificity"]], [m["sensitivity"]], c="red", zorder=3, label="threshold")
-    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=f"ROC (AUROC {m['auroc']:.3f})")
+    if m["specificity"] is not None and m["sensitivity"] is not None:
+        ax.scatter([1 - m["specificity"]], [m["sensitivity"]], c="red", zorder=3, label="threshold")
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=f"ROC (AUROC {_fmt(m['auroc'])})")
     ax.legend(loc="lower right")
     out["roc"] = _png(fig)
     precision, recall, _ = precision_recall_curve(y, prob)
     fig, ax = plt.subplots(figsize=(4, 4))
     ax.plot(recall, precision, lw=2)
     ax.axhline(y.mean(), ls="--", c="grey")
-    ax.set(xlabel="recall (sensitivity)", ylabel="precision", title=f"PR (AUPRC {m['auprc']:.3f})")
+    ax.set(xlabel="recall (sensitivity)", ylabel="precision", title=f"PR (AUPRC {_fmt(m['auprc'])})")
     out["pr"] = _png(fig)
     curve = calibration_curve(y, prob)
     fig, ax = plt.subplots(figsize=(4, 4))
     ax.plot([0, 1], [0, 1], ls="--", c="grey")
     ax.plot(curve["predicted"], curve["observed"], marker="o")
-    ax.set(xlabel="predicted probability", ylabel="observed rate", title=f"Calibration (Brier {m['brier']:.3f})")
+    ax.set(xlabel="predicted probability", ylabel="observed rate", title=f"Calibration (Brier {_fmt(m['brier'])})")
     out["calibration"] = _png(fig)
     c = m["confusion"]
     fig, ax = plt.subplots(figsize=(3.4, 3))
@@ -148,10 +171,11 @@ def write_model_card(path: Path, *, title: str, summary: dict[str, Any], test_me
                      subgroups: dict[str, Any], images: dict[str, str], sections: dict[str, Any]) -> Path:
     """Write the HTML model card; ``sections`` are extra titled tables (screening, robustness, CV, data)."""
     gap = subgroups.get("largest_gap")
-    gap_html = ("<p class='warn'>Largest subgroup gap: <b>{metric}</b> {gap:.3f} between {column}={low} "
-                "({lv:.3f}) and {column}={high} ({hv:.3f}).</p>").format(
-        metric=gap["metric"], gap=gap["gap"], column=html.escape(gap["column"]), low=html.escape(gap["low"]),
-        high=html.escape(gap["high"]), lv=gap["low_value"], hv=gap["high_value"]) if gap else (
+    gap_html = ("<p class='warn'>Largest subgroup gap: <b>{metric}</b> {gap} between {column}={low} "
+                "({lv}) and {column}={high} ({hv}).</p>").format(
+        metric=html.escape(str(gap["metric"])), gap=_fmt(gap["gap"]), column=html.escape(gap["column"]),
+        low=html.escape(gap["low"]), high=html.escape(gap["high"]), lv=_fmt(gap["low_value"]),
+        hv=_fmt(gap["high_value"])) if gap else (
         "<p>No subgroup large enough to compare.</p>")
     tiles = "".join(f"<div class='tile'><div class='v'>{_fmt(test_metrics.get(k))}</div><div>{k}</div></div>"
                     for k in ("auroc", "auprc", "sensitivity", "specificity", "brier"))

@@ -83,6 +83,7 @@ def step_features(settings: Settings, table: str, label: str, *, config_path: st
                   overrides: dict[str, Any] | None = None, run_id: str | None = None,
                   classify: Classifier | None = None, provider: Any = None) -> str:
     """Build the examples on Spark, split them by patient; returns the run folder."""
+    from analytics.evaluate import require_both_classes
     from analytics.train import SPLIT, assign_splits
     from pipeline.spark import get_spark
 
@@ -96,6 +97,7 @@ def step_features(settings: Settings, table: str, label: str, *, config_path: st
     if examples.empty:
         raise ValidationError(f"deidentified/{table} has no labelled rows for {label!r}")
     examples[SPLIT] = assign_splits(examples[GROUP], config.test_fraction, config.calibration_fraction, config.seed)
+    require_both_classes(examples[LABEL], examples[SPLIT], f"label {label!r} of deidentified/{table}")
     run_dir = _run_dir(settings, run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6])
     examples.to_parquet(run_dir / "examples.parquet", index=False)
     used = sorted({table, *contract.source_tables})
@@ -187,13 +189,14 @@ def _load_run_model(run: Path, state: dict[str, Any]) -> Any:
 
 def step_evaluate(settings: Settings, run_dir: str) -> dict[str, Any]:
     """Held-out metrics, subgroup metrics and plots (the card itself is written at registration)."""
-    from analytics.evaluate import metrics, plots, subgroup_metrics
+    from analytics.evaluate import metrics, plots, require_both_classes, subgroup_metrics
     from analytics.train import SPLIT
 
     run = Path(run_dir)
     state = _state(run)
     model = _load_run_model(run, state)
     test = pd.read_parquet(run / "examples.parquet").query(f"{SPLIT} == 'test'")
+    require_both_classes(test[LABEL], test[SPLIT], f"label {state['label']!r} of deidentified/{state['table']}")
     y = test[LABEL].to_numpy(dtype=int)
     prob = model.predict_proba(test)
     subs = [f"_sub_{s}" for s in model.contract.subgroups if f"_sub_{s}" in test]
