@@ -7,12 +7,17 @@ atomically under an exclusive ``flock``. It holds no secret that would let anyon
   ``scrypt(secret, salt)`` only. Verification recomputes the hash and compares in constant time.
 - Session tokens (``mgs_<secret>``) are random and short-lived (``access.session_ttl_minutes``); the store
   keeps their SHA-256 (they have 256 bits of entropy, so a slow hash adds nothing).
-- A TOTP second factor (RFC 6238, via pyotp) keeps its shared secret in the store: TOTP needs the secret
-  itself to verify. The file's mode and folder are its protection; an operator who needs more keeps
-  ``MEDGUARD_HOME`` on an encrypted volume.
+- A TOTP second factor (RFC 6238, via pyotp) needs its shared seed to verify a code, so the seed is sealed:
+  AES-256-GCM under a store data key that the key provider wraps (Vault Transit or the keyring; only the wrapped
+  form is in the file), bound to the principal's name. A code is accepted once: the time step of the last code
+  accepted is kept, and a code of that step or an earlier one is refused (no replay within the window).
 
-After ``access.max_failed_logins`` consecutive failures a principal is locked for ``access.lockout_minutes``;
-every time-dependent check takes an injectable clock.
+Failed logins are throttled where they come from, never by locking a principal: a wrong or unknown token counts
+against its source (``endpoint``), so someone who knows a token id cannot lock its owner out from elsewhere; a wrong
+TOTP code after the right token secret counts against that token, so the second factor cannot be guessed from many
+sources. ``access.max_failed_logins`` failures throttle for ``access.lockout_minutes``. An unknown token id and a
+wrong secret fail with the same message, after the same scrypt work. Every time-dependent check takes an
+injectable clock.
 """
 
 from __future__ import annotations
@@ -47,6 +52,11 @@ _SESSION = re.compile(r"mgs_[A-Za-z0-9_-]{43}")
 # scrypt at n=2**14, r=8 costs ~16 MiB and ~50 ms: slow for a guesser, tolerable once per login.
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
 _FORMAT = 1
+# What a principal's record holds beside the Principal's own fields.
+_PRIVATE_FIELDS = ("totp_secret", "totp_sealed", "totp_last_step")
+_TOTP_AAD = b"medguard.totp-seed.v1\x00"
+_TOTP_STEP = 30  # seconds: RFC 6238's default, what authenticator apps use
+_FAILED = "authentication failed: invalid token"
 
 
 class Role(StrEnum):
@@ -69,6 +79,10 @@ class PrincipalKind(StrEnum):
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _principal(record: dict[str, Any]) -> Principal:
+    return Principal(**{k: v for k, v in record.items() if k not in _PRIVATE_FIELDS})
 
 
 @dataclass(frozen=True)
@@ -179,14 +193,18 @@ class PrincipalStore:
         path: the store file (created 0600 on first write).
         session_ttl: how long a session lasts.
         token_ttl: how long an API token lasts.
-        max_failures: consecutive failed logins before a lockout.
-        lockout: how long a lockout lasts.
+        max_failures: failed logins from one source (or, for TOTP, with one token) before it is throttled.
+        lockout: how long a throttle lasts.
         clock: the current time, timezone-aware (tests inject one).
+        provider: the key provider that wraps the data key sealing TOTP seeds, or a function returning it
+            (called only when a TOTP seed is sealed or opened).
+        kek_name: the KEK that wraps that data key.
     """
 
     def __init__(self, path: Path, *, session_ttl: timedelta = timedelta(minutes=60),
                  token_ttl: timedelta = timedelta(days=90), max_failures: int = 5,
-                 lockout: timedelta = timedelta(minutes=15), clock: Callable[[], datetime] = _utcnow) -> None:
+                 lockout: timedelta = timedelta(minutes=15), clock: Callable[[], datetime] = _utcnow,
+                 provider: Any = None, kek_name: str = "medguard-kek") -> None:
         if max_failures < 1:
             raise ValueError(f"max_failures must be at least 1, not {max_failures}")
         self.path = Path(path)
@@ -196,6 +214,8 @@ class PrincipalStore:
         self._max_failures = max_failures
         self._lockout = lockout
         self._clock = clock
+        self._provider = provider
+        self._kek_name = kek_name
 
     @classmethod
     def from_settings(cls, settings: Settings, *, clock: Callable[[], datetime] = _utcnow) -> PrincipalStore:
@@ -204,7 +224,8 @@ class PrincipalStore:
         return cls(Path(settings.home) / "access" / "principals.json",
                    session_ttl=timedelta(minutes=access.session_ttl_minutes),
                    token_ttl=timedelta(days=access.token_ttl_days), max_failures=access.max_failed_logins,
-                   lockout=timedelta(minutes=access.lockout_minutes), clock=clock)
+                   lockout=timedelta(minutes=access.lockout_minutes), clock=clock,
+                   provider=lambda: _provider_of(settings), kek_name=settings.vault.kek_name)
 
     def __repr__(self) -> str:
         return f"PrincipalStore(path={str(self.path)!r})"
@@ -265,12 +286,12 @@ class PrincipalStore:
         record = self._read()["principals"].get(name)
         if record is None:
             raise AccessDeniedError(f"unknown principal {name!r}")
-        return Principal(**{k: v for k, v in record.items() if k != "totp_secret"})
+        return _principal(record)
 
     def list(self) -> list[Principal]:
         """Every principal, by name."""
         principals = self._read()["principals"]
-        return [Principal(**{k: v for k, v in principals[n].items() if k != "totp_secret"})
+        return [_principal(principals[n])
                 for n in sorted(principals)]
 
     def disable(self, name: str) -> None:
@@ -281,15 +302,38 @@ class PrincipalStore:
             data["principals"][name]["disabled"] = True
 
     def enable_totp(self, name: str) -> str:
-        """Give ``name`` a TOTP second factor; returns the provisioning URI (shown once, for an authenticator)."""
+        """Give ``name`` a TOTP second factor; returns the provisioning URI (shown once, for an authenticator).
+
+        Raises:
+            ValueError: the store has no key provider to seal the seed with.
+        """
         import pyotp
 
         secret = pyotp.random_base32()
         with self._edit() as data:
             if name not in data["principals"]:
                 raise AccessDeniedError(f"unknown principal {name!r}")
-            data["principals"][name]["totp_secret"] = secret
+            record = data["principals"][name]
+            record.pop("totp_secret", None)
+            record["totp_sealed"] = _b64(self._totp_cipher(data).encrypt(secret.encode(), _TOTP_AAD + name.encode()))
+            record.pop("totp_last_step", None)
         return pyotp.TOTP(secret).provisioning_uri(name=name, issuer_name="medguard")
+
+    def _totp_cipher(self, data: dict[str, Any]) -> Any:
+        """AES-256-GCM under the store's TOTP data key, made and wrapped by the key provider on first use."""
+        from storage_security.crypto._aead import AesGcm
+
+        provider = self._provider() if callable(self._provider) else self._provider
+        if provider is None:
+            raise ValueError("TOTP seeds are sealed with the key provider: open the store with one "
+                             "(PrincipalStore.from_settings does)")
+        stored = data.get("totp_key")
+        if stored is None:
+            provider.ensure_key(self._kek_name)
+            key = provider.generate_data_key(self._kek_name)
+            data["totp_key"] = {"kek_name": self._kek_name, "wrapped": key.wrapped}
+            return AesGcm(key.plaintext)
+        return AesGcm(provider.unwrap(stored["kek_name"], stored["wrapped"]))
 
     # tokens ------------------------------------------------------------------------------------------
 
@@ -331,40 +375,49 @@ class PrincipalStore:
     def authenticate(self, token: str, *, totp: str | None = None, endpoint: str | None = None) -> Session:
         """Exchange an API token (and a TOTP code when the principal has one) for a short-lived session.
 
+        Args:
+            token: the API token.
+            totp: the current TOTP code, for principals with a second factor (each code is accepted once).
+            endpoint: where the attempt comes from (client address, ``cli@host``): failures are throttled there.
+
         Raises:
-            AccessDeniedError: a malformed, unknown, expired or revoked token, a wrong or missing TOTP code, a
-                disabled principal, or a locked one. Messages say what failed, never why a hash differed.
+            AccessDeniedError: a malformed, unknown or wrong token (one message for all three, so a token id's
+                existence is not revealed), an expired or revoked token, a wrong, reused or missing TOTP code, a
+                disabled principal, or a throttled source or token.
         """
-        match = _TOKEN.fullmatch(token or "")
-        if match is None:
-            raise AccessDeniedError("authentication failed: malformed token")
-        token_id, secret = match.groups()
+        source = f"source:{endpoint or 'unknown'}"
         now = self._clock()
+        match = _TOKEN.fullmatch(token or "")
         with self._edit() as data:
-            record = data["tokens"].get(token_id)
-            if record is None:
-                raise AccessDeniedError("authentication failed: unknown token")
-            name = record["principal"]
-            self._check_not_locked(data, name, now)
-            ok = hmac.compare_digest(_scrypt(secret, bytes.fromhex(record["salt"])), record["hash"])
-            problem = None
-            if not ok:
-                problem = "wrong token secret"
-            elif record["revoked"]:
-                problem = "token revoked"
-            elif datetime.fromisoformat(record["expires_at"]) <= now:
-                problem = "token expired"
+            self._check_not_throttled(data, source, now, "this source")
+            record = data["tokens"].get(match.group(1)) if match else None
+            # The same scrypt work for an unknown id as for a known one: timing does not tell them apart either.
+            salt = bytes.fromhex(record["salt"]) if record else b"\x00" * 16
+            digest = _scrypt(match.group(2) if match else "", salt)
+            if record is None or not hmac.compare_digest(digest, record["hash"]):
+                self._fail(data, source, now)
+                failed: str | None = _FAILED
             else:
-                problem = self._check_principal(data, name, totp, now)
-            if problem:
-                self._fail(data, name, now)
-                failed = problem
-            else:
-                data["failures"].pop(name, None)
-                session = self._open(data, name, now, auth="token", token_id=token_id, endpoint=endpoint)
+                token_id = match.group(1)
+                name = record["principal"]
+                self._check_not_throttled(data, f"token:{token_id}", now, "this token")
                 failed = None
+                if record["revoked"]:
+                    failed = "authentication failed: token revoked"
+                elif datetime.fromisoformat(record["expires_at"]) <= now:
+                    failed = "authentication failed: token expired"
+                else:
+                    problem = self._check_principal(data, name, totp, now)
+                    if problem:
+                        if "TOTP" in problem:
+                            self._fail(data, f"token:{token_id}", now)
+                        failed = f"authentication failed: {problem}"
+                if failed is None:
+                    data["failures"].pop(source, None)
+                    data["failures"].pop(f"token:{token_id}", None)
+                    session = self._open(data, name, now, auth="token", token_id=token_id, endpoint=endpoint)
         if failed:
-            raise AccessDeniedError(f"authentication failed: {failed}")
+            raise AccessDeniedError(failed)
         return session
 
     def local_session(self, name: str, *, operator: str, endpoint: str | None = "local") -> Session:
@@ -376,7 +429,6 @@ class PrincipalStore:
                 raise AccessDeniedError(f"unknown principal {name!r}")
             if record.get("disabled"):
                 raise AccessDeniedError(f"principal {name!r} is disabled")
-            self._check_not_locked(data, name, now)
             return self._open(data, name, now, auth="local-operator", operator=operator, endpoint=endpoint)
 
     def resume(self, session_token: str) -> Session:
@@ -400,7 +452,7 @@ class PrincipalStore:
             principal_record = data["principals"].get(record["principal"])
             if principal_record is None or principal_record.get("disabled"):
                 raise AccessDeniedError("session invalid: principal disabled")
-        principal = Principal(**{k: v for k, v in principal_record.items() if k != "totp_secret"})
+        principal = _principal(principal_record)
         return Session(principal=principal, expires_at=expires, auth=record["auth"],
                        operator=record.get("operator"), token_id=record.get("token_id"),
                        endpoint=record.get("endpoint"), token=session_token)
@@ -415,28 +467,50 @@ class PrincipalStore:
         record = data["principals"].get(name)
         if record is None or record.get("disabled"):
             return "principal disabled"
-        secret = record.get("totp_secret")
-        if secret:
+        if "totp_secret" in record:  # a store written before seeds were sealed: seal it now
+            record["totp_sealed"] = _b64(self._totp_cipher(data).encrypt(record.pop("totp_secret").encode(),
+                                                                         _TOTP_AAD + name.encode()))
+        if record.get("totp_sealed"):
             import pyotp
 
             if not totp:
                 return "TOTP code required"
-            if not pyotp.TOTP(secret).verify(totp, for_time=now, valid_window=1):
+            seed = self._totp_cipher(data).decrypt(base64.urlsafe_b64decode(record["totp_sealed"] + "=="),
+                                                   _TOTP_AAD + name.encode()).decode()
+            current = int(now.timestamp()) // _TOTP_STEP
+            last = int(record.get("totp_last_step") or -1)
+            code = pyotp.TOTP(seed)
+            # One step either side for clock drift; a step at or before the last accepted one is a replay.
+            step = next((s for s in (current - 1, current, current + 1)
+                         if hmac.compare_digest(code.at(s * _TOTP_STEP), str(totp))), None)
+            if step is None:
                 return "wrong TOTP code"
+            if step <= last:
+                return "TOTP code already used"
+            record["totp_last_step"] = step
         return None
 
-    def _check_not_locked(self, data: dict[str, Any], name: str, now: datetime) -> None:
-        state = data["failures"].get(name)
+    def _check_not_throttled(self, data: dict[str, Any], key: str, now: datetime, what: str) -> None:
+        state = data["failures"].get(key)
         if state and state.get("locked_until") and datetime.fromisoformat(state["locked_until"]) > now:
-            raise AccessDeniedError(f"authentication failed: principal {name!r} is locked until "
-                                    f"{state['locked_until']} after repeated failures")
+            raise AccessDeniedError(f"authentication failed: too many failures from {what}; try again after "
+                                    f"{state['locked_until']}")
 
-    def _fail(self, data: dict[str, Any], name: str, now: datetime) -> None:
-        state = data["failures"].setdefault(name, {"count": 0, "locked_until": None})
+    def _fail(self, data: dict[str, Any], key: str, now: datetime) -> None:
+        # Forget ended throttles and counts older than a lockout, so the file does not grow with every source.
+        for stale in [k for k, v in data["failures"].items() if self._stale(v, now)]:
+            del data["failures"][stale]
+        state = data["failures"].setdefault(key, {"count": 0, "locked_until": None})
         state["count"] += 1
+        state["last"] = now.isoformat()
         if state["count"] >= self._max_failures:
             state["locked_until"] = (now + self._lockout).isoformat()
             state["count"] = 0
+
+    def _stale(self, state: dict[str, Any], now: datetime) -> bool:
+        if state.get("locked_until"):
+            return datetime.fromisoformat(state["locked_until"]) <= now
+        return not state.get("last") or datetime.fromisoformat(state["last"]) <= now - self._lockout
 
     def _open(self, data: dict[str, Any], name: str, now: datetime, *, auth: str, operator: str | None = None,
               token_id: str | None = None, endpoint: str | None = None) -> Session:
@@ -449,9 +523,15 @@ class PrincipalStore:
             "principal": name, "expires_at": expires.isoformat(), "auth": auth, "operator": operator,
             "token_id": token_id, "endpoint": endpoint}
         record = data["principals"][name]
-        principal = Principal(**{k: v for k, v in record.items() if k != "totp_secret"})
+        principal = _principal(record)
         return Session(principal=principal, expires_at=expires, auth=auth, operator=operator, token_id=token_id,
                        endpoint=endpoint, token=token)
+
+
+def _provider_of(settings: Settings) -> Any:
+    from storage_security.keys.providers import provider_from_settings
+
+    return provider_from_settings(settings)
 
 
 def parse_purposes(values: Sequence[str] | None) -> tuple[str, ...]:

@@ -9,13 +9,22 @@ from datetime import timedelta
 import pyotp
 import pytest
 
-from access.principals import Principal, PrincipalKind, Role
+from access.principals import Principal, PrincipalKind, PrincipalStore, Role
 from pipeline.errors import AccessDeniedError
 
 
 @pytest.fixture
 def alice(store):
     store.add(Principal("alice", Role.ANALYST, facility="F1", department="cardiology", purposes=("research",)))
+    return store
+
+
+@pytest.fixture
+def sealing_store(tmp_path, clock, keyring):
+    """Alice in a store whose key provider (a keyring) seals TOTP seeds."""
+    store = PrincipalStore(tmp_path / "sealed" / "principals.json", max_failures=3, lockout=timedelta(minutes=15),
+                           clock=clock, provider=keyring)
+    store.add(Principal("alice", Role.ANALYST, facility="F1"))
     return store
 
 
@@ -46,16 +55,16 @@ def test_when_a_bad_token_is_given_then_authentication_fails(alice, token):
         alice.authenticate(token)
 
 
-def test_when_failures_repeat_then_the_principal_is_locked_until_the_lockout_ends(alice, clock):
+def test_when_failures_repeat_from_one_source_then_that_source_is_throttled_until_the_lockout_ends(alice, clock):
     issued = alice.issue_token("alice")
     wrong = issued.secret[:-4] + ("AAAA" if not issued.secret.endswith("AAAA") else "BBBB")
     for _ in range(3):
-        with pytest.raises(AccessDeniedError, match="wrong token secret"):
-            alice.authenticate(wrong)
-    with pytest.raises(AccessDeniedError, match="locked until"):
-        alice.authenticate(issued.secret)
+        with pytest.raises(AccessDeniedError, match="invalid token"):
+            alice.authenticate(wrong, endpoint="10.0.0.66")
+    with pytest.raises(AccessDeniedError, match="too many failures from this source"):
+        alice.authenticate(issued.secret, endpoint="10.0.0.66")
     clock.advance(minutes=16)
-    assert alice.authenticate(issued.secret).principal.name == "alice"
+    assert alice.authenticate(issued.secret, endpoint="10.0.0.66").principal.name == "alice"
 
 
 def test_when_a_token_is_revoked_or_expired_then_it_no_longer_authenticates(alice, clock):
@@ -81,7 +90,8 @@ def test_when_a_session_outlives_its_ttl_then_it_is_invalid(alice, clock):
         alice.resume(session.token)
 
 
-def test_when_totp_is_enabled_then_the_code_is_required_and_checked(alice, clock):
+def test_when_totp_is_enabled_then_the_code_is_required_and_checked(sealing_store, clock):
+    alice = sealing_store
     uri = alice.enable_totp("alice")
     secret = pyotp.parse_uri(uri).secret
     issued = alice.issue_token("alice")
