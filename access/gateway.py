@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from access import _sql
+from access import _limits, _sql
 from access.policy import Action, Mask, PolicyDecision, PolicyEngine, policy_from_settings
 from access.principals import Session
 from pipeline.errors import AccessDeniedError, CryptoError, MedguardError, StorageError
@@ -110,6 +110,9 @@ class QueryGateway:
         audit: the audit log (one over ``lake`` and ``provider`` when omitted).
         max_query_chars: longer queries are refused before parsing.
         max_result_rows: queries returning more rows are refused.
+        max_result_bytes: queries returning more bytes (Arrow buffers) are refused, as soon as they pass it.
+        queries_per_minute: a principal's queries beyond this many in any minute are refused (per gateway);
+            None: no limit (``from_settings``, what every front uses, sets ``access.queries_per_minute``).
         timeout_seconds: a query still running after this long is interrupted and refused.
         memory_limit: DuckDB's memory limit for one query (e.g. ``"2GB"``).
         column_classes: optional ``(zone, table) -> {column: class}`` (e.g. the de-identification report).
@@ -120,7 +123,8 @@ class QueryGateway:
                  max_query_chars: int = 20_000, max_result_rows: int = 1_000_000,
                  column_classes: Callable[[Zone, str], Mapping[str, str] | None] | None = None,
                  kek_name: str = "medguard-kek", timeout_seconds: float = 60.0,
-                 memory_limit: str = "2GB") -> None:
+                 memory_limit: str = "2GB", max_result_bytes: int = 256 * 2**20,
+                 queries_per_minute: int | None = None) -> None:
         # The gateway records each read itself (rows after filters and masks); a lake's access hook would repeat it.
         self.lake = lake.with_access_hook(None)
         self.kek_name = kek_name
@@ -131,6 +135,8 @@ class QueryGateway:
         self.audit = audit or engine.audit or AuditLog(lake, provider)
         self._max_chars = max_query_chars
         self._max_rows = max_result_rows
+        self._max_bytes = max_result_bytes
+        self._rate = _limits.RateLimiter(queries_per_minute, 60.0) if queries_per_minute else None
         self._column_classes = column_classes
         self._protections: dict[str, Protection | None] = {}
         self._service: ProtectedLake | None = None
@@ -150,7 +156,9 @@ class QueryGateway:
         return cls(lake, provider, engine, audit=audit, max_query_chars=settings.access.max_query_chars,
                    max_result_rows=settings.access.max_result_rows, column_classes=_published_classes(lake),
                    kek_name=settings.vault.kek_name, timeout_seconds=settings.access.query_timeout_seconds,
-                   memory_limit=settings.access.query_memory_limit)
+                   memory_limit=settings.access.query_memory_limit,
+                   max_result_bytes=settings.access.max_result_bytes,
+                   queries_per_minute=settings.access.queries_per_minute)
 
     def __repr__(self) -> str:
         return f"QueryGateway(lake={self.lake.root!r}, policy_version={self.engine.policy.version})"
@@ -194,6 +202,9 @@ class QueryGateway:
             break_glass_reason = redact_free_text(break_glass_reason)
         if session.expires_at <= datetime.now(UTC):
             self._refuse(session, purpose, base, "session expired")
+        if self._rate is not None and not self._rate.allow(principal.qualified):
+            self._refuse(session, purpose, base, f"more than {self._rate.limit} queries in a minute (setting "
+                         "access.queries_per_minute); try again shortly")
         try:
             checked = _sql.check(sql, max_chars=self._max_chars)
             views = self._views(checked.tables)
@@ -234,9 +245,6 @@ class QueryGateway:
                 self._refuse(session, purpose, base, "query failed in the SQL engine", views, events)
             except AccessDeniedError:
                 raise AccessDeniedError(f"query failed: {exc}") from exc
-        if result.num_rows > self._max_rows:
-            self._refuse(session, purpose, base, f"the result has {result.num_rows} rows; at most "
-                         f"{self._max_rows} are returned", views, events)
         for view in views:
             details = {**base, "via": "gateway", "result_rows": result.num_rows}
             if view.facilities is not None:
@@ -476,7 +484,12 @@ class QueryGateway:
                         data = pa.table({"_row": pa.nulls(view.data.num_rows, pa.bool_())})
                     con.register(view.name, data)
                 timer.start()
-                return con.sql(sql).to_arrow_table()
+                reader = con.sql(sql).fetch_record_batch(_limits.BATCH_ROWS)
+                try:
+                    return _limits.collect(reader, reader.schema, max_rows=self._max_rows,
+                                           max_bytes=self._max_bytes)
+                finally:
+                    reader.close()  # a result refused half-read must not hold the connection
             except duckdb.InterruptException as exc:
                 raise AccessDeniedError(f"query refused: it ran longer than {self._timeout:g} s and was "
                                         "stopped") from exc

@@ -1,0 +1,84 @@
+"""Bounded queries: a result over the byte budget (one huge string, or many small ones) or the row budget is
+refused while it is read, and a principal's queries beyond the rate limit are refused; every refusal is audited."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from access._limits import RateLimiter, collect
+from access.gateway import QueryGateway
+from pipeline.errors import AccessDeniedError
+
+
+def _gateway(world, **limits) -> QueryGateway:
+    return QueryGateway(world.lake, world.provider, world.engine, audit=world.audit, **limits)
+
+
+def test_when_a_query_builds_a_huge_string_then_the_result_is_refused_by_its_size_and_audited(world):
+    gateway = _gateway(world, max_result_bytes=1 * 2**20)
+    # lpad is allow-listed: 8 MB in one value (the attack seen was 2 GB; the cap is what matters).
+    with pytest.raises(AccessDeniedError, match="larger than 1,048,576 bytes"):
+        gateway.query(world.session("ann"), "SELECT lpad('x', 8000000, 'x') AS big FROM deidentified.patients "
+                                            "LIMIT 1")
+    last = world.audit.events()[-1].event
+    assert last.decision == "deny" and "larger than" in last.reason
+
+
+def test_when_many_small_values_add_up_past_the_byte_budget_then_the_result_is_refused(world):
+    gateway = _gateway(world, max_result_bytes=64 * 1024)
+    with pytest.raises(AccessDeniedError, match="larger than 65,536 bytes"):
+        gateway.query(world.session("ann"), "SELECT lpad(p.sex, 500, 'x') AS s FROM deidentified.patients p, "
+                                            "deidentified.patients q")
+
+
+def test_when_a_result_is_within_the_limits_then_it_comes_back_whole(world):
+    gateway = _gateway(world, max_result_bytes=1 * 2**20, max_result_rows=10_000)
+    result = gateway.query(world.session("ann"), "SELECT count(*) AS n FROM deidentified.patients")
+    assert result.table.num_rows == 1
+
+
+def test_when_a_result_has_more_rows_than_allowed_then_it_is_refused(world):
+    gateway = _gateway(world, max_result_rows=5)
+    with pytest.raises(AccessDeniedError, match="more than 5 rows"):
+        gateway.query(world.session("ann"), "SELECT p.sex FROM deidentified.patients p, deidentified.patients q")
+
+
+def test_when_a_principal_passes_the_query_rate_then_further_queries_are_refused_but_others_run(world):
+    gateway = _gateway(world, queries_per_minute=3)
+    sql = "SELECT count(*) AS n FROM deidentified.patients"
+    for _ in range(3):
+        gateway.query(world.session("ann"), sql)
+    with pytest.raises(AccessDeniedError, match="more than 3 queries in a minute"):
+        gateway.query(world.session("ann"), sql)
+    assert world.audit.events()[-1].event.decision == "deny"
+    assert gateway.query(world.session("dan"), "SELECT count(*) AS n FROM raw.conditions").table.num_rows == 1
+
+
+def test_when_the_window_passes_then_the_rate_limit_allows_again():
+    now = [0.0]
+    limiter = RateLimiter(2, 60.0, clock=lambda: now[0])
+    assert limiter.allow("user:a") and limiter.allow("user:a") and not limiter.allow("user:a")
+    assert limiter.allow("user:b")
+    now[0] = 61.0
+    assert limiter.allow("user:a")
+
+
+@pytest.mark.parametrize(("limit", "window"), [(0, 60.0), (5, 0.0)])
+def test_when_a_rate_limit_is_not_positive_then_it_is_rejected(limit, window):
+    with pytest.raises(ValueError, match="positive"):
+        RateLimiter(limit, window)
+
+
+def test_when_batches_are_collected_then_reading_stops_at_the_first_batch_over_the_budget():
+    pulled = []
+
+    def batches():
+        for i in range(100):
+            pulled.append(i)
+            yield pa.record_batch({"s": pa.array(["x" * 1000] * 10)})
+
+    schema = pa.schema([("s", pa.string())])
+    with pytest.raises(AccessDeniedError, match="larger than"):
+        collect(batches(), schema, max_rows=10**6, max_bytes=50_000)
+    assert len(pulled) < 10
