@@ -118,7 +118,7 @@ def test_when_every_official_example_of_a_mapped_type_is_ingested_then_each_load
     assert rows == {"patients": 22 + 5, "allergies": 6, "diagnostic_reports": 5}  # + 5 contained newborns
 
 
-def test_when_the_example_bundles_are_ingested_then_only_resources_sharing_one_url_conflict(
+def test_when_the_example_bundles_are_ingested_then_records_sharing_one_url_load_per_patient(
         tmp_path: Path, ing_settings, plake) -> None:
     folder = tmp_path / "bundles"
     folder.mkdir()
@@ -130,8 +130,9 @@ def test_when_the_example_bundles_are_ingested_then_only_resources_sharing_one_u
     rules = Counter(row["rules"][0] for row in _quarantine(plake))
     # Bundle-ghp and Bundle-report both hold https://example.com/base/Observation/o1..o11 with different content,
     # as Bundle-f202 and Bundle-micro hold ServiceRequest/req, and Bundle-bundle-references two Observation/14 from
-    # two servers: the second of each is a key conflict (the loader keys by id alone).
-    assert rules["observation_id:unique"] == 12 and rules["resource_key:unique"] == 2
+    # two servers: each pair belongs to two different patients, and a patient's record is keyed within its patient,
+    # so both of each pair load.
+    assert rules["observation_id:unique"] == 0 and rules["resource_key:unique"] == 0
     assert rules["fhir:request"] == 2  # Bundle-bundle-transaction's two DELETEs
 
 
