@@ -87,7 +87,8 @@ def t2d_run(settings: Settings, spark: Any, t2d_data: SyntheticDeidentified,
     ring.ensure_key("medguard-kek")
     ring.ensure_key("medguard-audit")
     classes = Classes({k: dict(v) for k, v in CLASSES.items()})
+    # The tests that share this run read its examples, which a run deletes after registration by default.
     result = train_pipeline(local, "outcomes", "t2d_within_1y", overrides=FAST, provider=ring,
-                            classify=classes.classify)
+                            classify=classes.classify, keep_examples=True)
     return {"result": result, "settings": local, "provider": ring, "run_dir": Path(result["run_dir"]),
             "classes": classes}
