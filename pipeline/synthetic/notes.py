@@ -114,7 +114,9 @@ def generate_notes(seed: int, chunk_index: int, tables: dict[str, pd.DataFrame])
         enc = last_rec[pid]
         b = NoteBuilder()
         name = f"{patient.first_name} {patient.last_name}"
-        b.text(f"{FACILITIES[enc['facility_id']]} - {ENCOUNTER_TYPES[enc['encounter_type']]} visit note\n")
+        # A hospital's name says where the patient was: PHI in the i2b2 sense, labelled as a location.
+        b.phi(FACILITIES[enc["facility_id"]], "LOCATION")
+        b.text(f" - {ENCOUNTER_TYPES[enc['encounter_type']]} visit note\n")
         b.text("Date of service: ").phi(_fmt_date(enc["admit_time"], pick(_DATE_FORMATS, 0)), "DATE_TIME")
         b.text("\n").text(pick(("Patient: ", "Name: ", "Pt: "), 1)).phi(name, "PERSON")
         b.text(pick(("  MRN: ", "  MRN# ", "  Medical record number "), 2)).phi(patient.mrn, "MEDICAL_RECORD_NUMBER")

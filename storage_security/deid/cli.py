@@ -54,27 +54,53 @@ def evaluate(
     notes: Annotated[Path, typer.Option("--notes", help='JSONL: {"text": …, "spans": [{"start","end","label"}]}',
                                         exists=True, dir_okay=False, readable=True)],
     baseline: Annotated[bool, typer.Option("--baseline/--no-baseline",
-                                           help="Also score vanilla Presidio (default recognizers, same model).")]
+                                           help="Also score vanilla Presidio (default recognizers, same model), "
+                                                "per HIPAA identifier kind beside medguard.")]
     = False,
+    leak_report: Annotated[Path | None, typer.Option("--leak-report", dir_okay=False,
+                                                     help="Write medguard's missed PHI spans here (JSONL: category "
+                                                          "and redacted context, never the value).")] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Score only the first N notes.")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Score PHI detection token by token (label-agnostic overall, per label below), i2b2 style."""
-    from storage_security.deid.evaluation import evaluate as run
-    from storage_security.deid.evaluation import load_labelled_notes
+    import json
+
+    from storage_security.deid.detection import detect_many
+    from storage_security.deid.evaluation import compare, leaks, load_labelled_notes, score
 
     settings = settings_from(ctx)
     labelled = load_labelled_notes(notes, limit=limit)
     if not labelled:
         raise ValueError(f"{notes} holds no labelled notes")
-    scores = run(labelled, processes=settings.deidentify.processes)
+    texts = [n.text for n in labelled]
+    runs = {"medguard": detect_many(texts, processes=settings.deidentify.processes)}
+    if baseline:
+        runs["vanilla"] = detect_many(texts, processes=settings.deidentify.processes, kind="vanilla")
+    scores = score(labelled, runs["medguard"])
     result = scores.to_dict()
     lines = [_line("overall", scores.overall)] + [_line(label, s) for label, s in scores.per_label.items()]
+    by_kind = compare(labelled, runs)
+    result["hipaa"] = by_kind
     if baseline:
-        vanilla = run(labelled, processes=settings.deidentify.processes, kind="vanilla")
-        result["baseline"] = vanilla.to_dict()
-        lines.append(_line("vanilla presidio", vanilla.overall))
+        result["baseline"] = by_kind["detectors"]["vanilla"]
+        lines.append(_line("vanilla presidio", by_kind["detectors"]["vanilla"]["overall"]))
+        lines.append(f"{'HIPAA kind':<14}{'support':>8}  {'medguard R':>10} {'P':>6}  {'vanilla R':>10} {'P':>6}")
+        for kind, per in by_kind["categories"].items():
+            m, v = per.get("medguard", {}), per.get("vanilla", {})
+            support = m.get("support") or v.get("support") or 0
+            lines.append(f"{kind:<14}{support:>8}  {_fmt(m.get('recall')):>10} {_fmt(m.get('precision')):>6}  "
+                         f"{_fmt(v.get('recall')):>10} {_fmt(v.get('precision')):>6}")
+    missed = leaks(labelled, runs["medguard"])
+    result["leaks"] = len(missed)
+    if leak_report is not None:
+        leak_report.write_text("".join(json.dumps(m) + "\n" for m in missed))
+        lines.append(f"{len(missed)} missed PHI spans written to {leak_report} (categories and redacted context)")
     emit(result, as_json, "\n".join(lines))
+
+
+def _fmt(v: Any) -> str:
+    return "-" if v is None else f"{v:.3f}"
 
 
 def _line(name: str, s: dict[str, Any]) -> str:

@@ -30,6 +30,10 @@ _NER_IGNORED = ["ORG", "ORGANIZATION", "CARDINAL", "EVENT", "LANGUAGE", "LAW", "
 
 _PROPER = re.compile(r"\b[A-Z][A-Za-z'-]*[a-z]")
 _WORD = re.compile(r"\w+(?:['-]\w+)*")
+_ICD10 = re.compile(r"[A-TV-Z]\d{2}(?:\.\d{1,4})?")
+# The model tags ages ("54-year-old"), durations and frequencies ("daily") as DATE; a date has a digit or a month.
+_DURATION = re.compile(r"(?i)\b(?:years?|yrs?|y/?o|months?|weeks?|days?|hours?|hrs?|minutes?|mins?)\b|-year")
+_DATE_EVIDENCE = re.compile(r"(?i)\d|\b(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\b")
 
 __all__ = ["SPACY_MODEL", "DetectorPool", "PhiDetector", "PhiSpan", "build_analyzer", "detect_many"]
 
@@ -153,8 +157,10 @@ def build_analyzer(kind: Literal["medguard", "vanilla"] = "medguard", config: di
     for recognizer in enabled_recognizers(config):
         registry.add_recognizer(recognizer)
     threshold = float(config.get("score_threshold", 0.35))
+    # The engine keeps every score; PhiDetector applies medguard's threshold to medguard's recognizers and
+    # Presidio's own threshold (none, as vanilla) to Presidio's, so no HIPAA kind falls below vanilla Presidio.
     return AnalyzerEngine(nlp_engine=nlp, registry=registry, supported_languages=["en"],
-                          default_score_threshold=threshold, context_aware_enhancer=_enhancer(threshold))
+                          default_score_threshold=0.0, context_aware_enhancer=_enhancer(threshold))
 
 
 class PhiDetector:
@@ -174,6 +180,7 @@ class PhiDetector:
         config = recognizer_config() if kind == "medguard" else {}
         # Vanilla is the baseline: its spans are reported as Presidio gives them, no medguard clean-up.
         self._allow: frozenset[str] | None = frozenset(config.get("allow_words", ())) if kind == "medguard" else None
+        self._floor = _floors(config) if kind == "medguard" else None
 
     def __repr__(self) -> str:
         return f"PhiDetector(kind={self.kind!r})"
@@ -181,7 +188,7 @@ class PhiDetector:
     def detect(self, text: str, *, ad_hoc: Sequence[Any] = ()) -> list[PhiSpan]:
         """The PHI spans of one text (the one-call-per-note path; prefer :meth:`detect_batch`)."""
         results = self.analyzer.analyze(text=text, language="en", ad_hoc_recognizers=list(ad_hoc) or None)
-        return _spans(results, text, self._allow)
+        return _spans(results, text, self._allow, self._floor)
 
     def detect_batch(self, texts: Iterable[str], *, batch_size: int = 32) -> list[list[PhiSpan]]:
         """The PHI spans of each text, tokenised in batches by spaCy's ``pipe``."""
@@ -189,18 +196,44 @@ class PhiDetector:
         if not texts:
             return []
         results = self._batch.analyze_iterator(texts, language="en", batch_size=batch_size)
-        return [_spans(r, t, self._allow) for r, t in zip(results, texts, strict=True)]
+        return [_spans(r, t, self._allow, self._floor) for r, t in zip(results, texts, strict=True)]
 
 
-def _spans(results: Iterable[Any], text: str, allow: frozenset[str] | None) -> list[PhiSpan]:
+def _not_a_date(value: str) -> bool:
+    """A blood pressure ("130/65") or a measurement ("26.4") the model tagged DATE."""
+    if re.fullmatch(r"\d+\.\d+", value):
+        return True
+    bp = re.fullmatch(r"(\d{2,3})/(\d{2,3})", value)
+    return bool(bp) and (int(bp.group(1)) > 12 or int(bp.group(2)) > 31)
+
+
+def _floors(config: dict[str, Any]) -> tuple[float, dict[str, float]]:
+    """medguard's reporting threshold, and the lower one (``presidio_threshold``) kept for Presidio's recognizers."""
+    presidio = float(config.get("presidio_threshold", 0.0))
+    names = {name: presidio for name in config.get("presidio", []) if name != "SpacyRecognizer"}
+    return float(config.get("score_threshold", 0.35)), names
+
+
+def _spans(results: Iterable[Any], text: str, allow: frozenset[str] | None,
+           floor: tuple[float, dict[str, float]] | None = None) -> list[PhiSpan]:
     out = []
     for r in results:
         name = (r.recognition_metadata or {}).get("recognizer_name", "")
+        if floor is not None and r.score < floor[1].get(name, floor[0]):
+            continue
+        # A weak Presidio match shaped like an ICD-10 code ("Z00", "E11.9") is a diagnosis, not a licence.
+        if floor is not None and r.score < floor[0] and _ICD10.fullmatch(text[r.start:r.end]):
+            continue
+        if name == "SpacyRecognizer" and allow is not None and r.entity_type == "DATE_TIME" and (
+                _DURATION.search(text[r.start:r.end]) or not _DATE_EVIDENCE.search(text[r.start:r.end])
+                or _not_a_date(text[r.start:r.end])):
+            continue
         start, end = r.start, r.end
         if name == "SpacyRecognizer" and allow is not None:
             start, end = _trim(text, start, end, allow)
-            # A name or place has a capitalised word: "116" or "Z00.00" tagged PERSON by the model is noise.
-            if start >= end or not _PROPER.search(text[start:end]):
+            # A name or place has a capitalised word: "116" or "Z00.00" tagged PERSON by the model is noise
+            # (dates need not have one).
+            if start >= end or (r.entity_type in ("PERSON", "LOCATION") and not _PROPER.search(text[start:end])):
                 continue
         out.append(PhiSpan(start, end, r.entity_type, float(r.score), name))
     return sorted(out)

@@ -6,6 +6,11 @@ is *found* when some detected span covers it whole, whatever the labels: overall
 corpus with other label names can be scored. Per label L: recall is the share of L's gold tokens found; precision
 is the share of tokens detected *as* L that lie in any gold PHI span (only for labels the detector emits).
 F2 weighs recall twice as much as precision: a missed identifier costs more than an over-masked word.
+
+Labels differ between corpora and detectors (``PERSON``, ``DOCTOR``, ``NAME``; ``CREDIT_CARD``, ``ACCOUNT_NUMBER``),
+so :func:`hipaa_category` maps both gold and predicted labels onto the HIPAA Safe Harbor identifier kinds before a
+side-by-side comparison (:func:`compare`), and :func:`leaks` lists every gold span a detector missed with its
+category and a redacted context: the note's PHI replaced by ``[CATEGORY]``, never the value.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from storage_security.deid.detection import PhiSpan
 
 _TOKEN = re.compile(r"[A-Za-z0-9]+")
 
-__all__ = ["LabelledNote", "Scores", "evaluate", "load_labelled_notes", "score"]
+__all__ = ["HIPAA_CATEGORIES", "LabelledNote", "Scores", "compare", "detect_both", "evaluate", "hipaa_category",
+           "leaks", "load_labelled_notes", "score"]
 
 
 @dataclass(frozen=True)
@@ -129,3 +135,101 @@ def evaluate(notes: Iterable[LabelledNote], *, processes: int = 1, kind: str = "
     notes = list(notes)
     predictions = detect_many([n.text for n in notes], processes=processes, kind=kind)  # type: ignore[arg-type]
     return score(notes, predictions)
+
+
+# HIPAA Safe Harbor kinds (45 CFR 164.514(b)(2)); AGE is the "ages over 89" element of dates, kept apart because
+# detectors find it apart. ``OTHER`` gathers labels that are not PHI (NRP, ORGANIZATION, a country): they count
+# against precision only.
+HIPAA_CATEGORIES = ("NAME", "LOCATION", "DATE", "AGE", "PHONE", "FAX", "EMAIL", "SSN", "MRN", "HEALTH_PLAN",
+                    "ACCOUNT", "LICENSE", "VEHICLE", "DEVICE", "URL", "IP", "ID")
+_CATEGORY = {
+    "NAME": ("PERSON", "NAME", "PATIENT", "DOCTOR", "PROVIDER", "PER"),
+    "LOCATION": ("LOCATION", "STREET_ADDRESS", "ADDRESS", "CITY", "ZIP_CODE", "ZIP", "HOSPITAL", "FACILITY",
+                 "STREET", "GPE", "LOC", "FAC"),
+    "DATE": ("DATE_TIME", "DATE", "TIME"),
+    "AGE": ("AGE",),
+    "PHONE": ("PHONE_NUMBER", "PHONE"),
+    "FAX": ("FAX", "FAX_NUMBER"),
+    "EMAIL": ("EMAIL_ADDRESS", "EMAIL"),
+    "SSN": ("US_SSN", "SSN"),
+    "MRN": ("MEDICAL_RECORD_NUMBER", "MRN", "MEDICALRECORD"),
+    "HEALTH_PLAN": ("HEALTH_PLAN_ID", "HEALTHPLAN", "MEMBER_ID"),
+    "ACCOUNT": ("ACCOUNT_NUMBER", "ACCOUNT", "CREDIT_CARD", "IBAN_CODE", "US_BANK_NUMBER", "CRYPTO"),
+    "LICENSE": ("LICENSE_NUMBER", "LICENSE", "US_DRIVER_LICENSE", "MEDICAL_LICENSE", "DEA_NUMBER"),
+    "VEHICLE": ("VEHICLE_ID", "VIN", "VEHICLE"),
+    "DEVICE": ("DEVICE_ID", "DEVICE"),
+    "URL": ("URL",),
+    "IP": ("IP_ADDRESS", "IP"),
+    "ID": ("NPI", "USERNAME", "ID", "IDNUM", "US_PASSPORT", "US_ITIN", "BIOID", "UNIQUE_ID"),
+}
+_BY_LABEL = {label: category for category, labels in _CATEGORY.items() for label in labels}
+
+
+def hipaa_category(label: str) -> str:
+    """The HIPAA identifier kind of a gold or predicted label; ``OTHER`` for labels that are not PHI."""
+    return _BY_LABEL.get(label.upper(), "OTHER")
+
+
+def _by_category(notes: Sequence[LabelledNote], predictions: Sequence[Sequence[PhiSpan]]
+                 ) -> tuple[list[LabelledNote], list[list[PhiSpan]]]:
+    gold = [LabelledNote(n.text, tuple((s, e, hipaa_category(lab)) for s, e, lab in n.spans)) for n in notes]
+    pred = [[PhiSpan(p.start, p.end, hipaa_category(p.entity_type), p.score, p.recognizer) for p in spans]
+            for spans in predictions]
+    return gold, pred
+
+
+def compare(notes: Sequence[LabelledNote], runs: dict[str, Sequence[Sequence[PhiSpan]]]) -> dict[str, Any]:
+    """Per-HIPAA-category scores of several detectors' predictions on the same notes, side by side.
+
+    Returns:
+        ``{"notes": n, "detectors": {name: Scores.to_dict()}, "categories": {category: {name: {precision,
+        recall, support}}}}``; a category's precision is ``None`` for a detector that never emits it.
+    """
+    out: dict[str, Any] = {"notes": len(notes), "detectors": {}, "categories": {}}
+    for name, predictions in runs.items():
+        scores = score(*_by_category(notes, predictions))
+        out["detectors"][name] = scores.to_dict()
+        for category, s in scores.per_label.items():
+            out["categories"].setdefault(category, {})[name] = {
+                "precision": s["precision"], "recall": s["recall"], "support": s["support"]}
+    return out
+
+
+def leaks(notes: Sequence[LabelledNote], predictions: Sequence[Sequence[PhiSpan]], *, window: int = 40
+          ) -> list[dict[str, Any]]:
+    """Every gold PHI span with a token no prediction covers: ``{note, category, label, context}``.
+
+    The context is ``window`` characters either side with every gold PHI span of the note (the missed one
+    included) replaced by ``[CATEGORY]`` and digits outside them by ``#``, so the report names no value.
+    """
+    out = []
+    for index, (note, spans) in enumerate(zip(notes, predictions, strict=True)):
+        for start, end, label in note.spans:
+            missed = any(not any(p.start <= m.start() + start and m.end() + start <= p.end for p in spans)
+                         for m in _TOKEN.finditer(note.text[start:end]))
+            if missed:
+                out.append({"note": index, "category": hipaa_category(label), "label": label,
+                            "context": _redacted(note, start, end, window)})
+    return out
+
+
+def _redacted(note: LabelledNote, start: int, end: int, window: int) -> str:
+    lo, hi = max(0, start - window), min(len(note.text), end + window)
+    inside = sorted((max(s, lo), min(e, hi), lab) for s, e, lab in note.spans if s < hi and e > lo)
+    parts, at = [], lo
+    for s, e, lab in inside:
+        if s < at:
+            continue
+        parts.append(re.sub(r"\d", "#", note.text[at:s]))
+        parts.append(f"[{hipaa_category(lab)}]" if (s, e) != (start, end) else f"<<[{hipaa_category(lab)}]>>")
+        at = e
+    parts.append(re.sub(r"\d", "#", note.text[at:hi]))
+    return "".join(parts).replace("\n", " ")
+
+
+def detect_both(notes: Sequence[LabelledNote], *, processes: int = 1) -> dict[str, list[list[PhiSpan]]]:
+    """medguard's and vanilla Presidio's predictions on the same notes (same spaCy model, same run)."""
+    from storage_security.deid.detection import detect_many
+
+    texts = [n.text for n in notes]
+    return {kind: detect_many(texts, processes=processes, kind=kind) for kind in ("medguard", "vanilla")}

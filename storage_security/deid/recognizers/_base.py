@@ -50,3 +50,19 @@ def luhn_ok(number: str) -> bool:
             d = d * 2 - 9 if d > 4 else d * 2
         total += d
     return total % 10 == 0
+
+
+def after_label(labels: str) -> str:
+    """A look-behind for a value written after one of ``labels`` in the wordings notes use.
+
+    "member ID is X", "Member #: X", "MRN X", "billing account no. X", "license number was X": the label, an
+    optional id/no./number/#, an optional "is"/"was"/":"/"=", then the value. A context window of a few words is
+    what real de-identification systems use for identifiers with no format of their own.
+    """
+    return (rf"(?<=\b(?:{labels})\b\.?(?:\s*(?:id|identifier|no\.?|num(?:ber)?|#|code))?"
+            rf"\s*(?:(?:is|was|of|reads)\s+|[:#=]\s*|-\s+)?(?:#\s*)?)")
+
+
+# A value after a label: letters, digits and inner separators (a space only between digits, as cards are written),
+# with at least one digit somewhere.
+LABELLED_VALUE = r"(?=[A-Z-]{0,12}\d)[A-Z0-9](?:[A-Z0-9]|[-./](?=[A-Z0-9])|(?<=\d) (?=\d)){3,30}\b"

@@ -1,4 +1,4 @@
-"""Personal names in clinical positions: after a title, a "Patient:"/"Name:" label, a relation, or "signed by"."""
+"""Personal names in clinical positions: after a title, a label, a relation or a verb of signing; before a degree."""
 
 from __future__ import annotations
 
@@ -6,8 +6,20 @@ from presidio_analyzer import Pattern
 
 from storage_security.deid.recognizers._base import HealthcarePatternRecognizer
 
-_NAME = r"[A-Z][a-z]+(?:['-][A-Z]?[a-z]+)?"
-_FULL = rf"(?!(?:Dr|Mr|Mrs|Ms|Miss|Mx|Prof)\b){_NAME}(?:\s+[A-Z]\.)?(?:\s+{_NAME}){{0,2}}"
+# Unicode letters, hyphenated and apostrophe names ("O'Neil", "Raju-Sharma", "Åke"), surname particles.
+_NAME = r"\p{Lu}[\p{Ll}\p{Lu}]*[\p{Ll}](?:['’-]\p{Lu}?[\p{Ll}]+)*"
+_PARTICLE = r"(?:(?:da|de|del|della|der|di|du|van|von|le|la|bin|al|ten|ter|dos|das) )"
+_TITLES = r"Dr|Mr|Mrs|Ms|Miss|Mx|Prof|Sr|Fr|Rev"
+# Words of one name are one space apart: two spaces or a line break end it ("Pt: Ann Lee  Medical record …").
+_FULL = (rf"(?!(?:{_TITLES})\b){_NAME}(?: \p{{Lu}}\.)?(?: {_PARTICLE}{{0,2}}{_NAME}){{0,2}}")
+_INITIAL_FIRST = rf"\p{{Lu}}\.\s*(?:\p{{Lu}}\.\s*)?{_PARTICLE}{{0,2}}{_NAME}"
+_UPPER = r"\p{Lu}{2,}(?:['-]\p{Lu}{2,})*"
+_LABELS = (r"Patient|Pt|Name|Patient name|Guarantor|Contact|Caller|Re|Attending|Attending physician|Physician|"
+           r"Provider|PCP|Referring(?: physician)?|Submitting physician|Surgeon|Radiologist|Pathologist|Nurse|"
+           r"Resident|Fellow|Author|Signed|Emergency contact|Next of kin|NOK|From|To|Attn|Cc")
+_VERBS = (r"signed by|seen by|dictated by|transcribed by|read by|reviewed by|grossed by|examined by|"
+          r"reported to|discussed with|spoke with|spoke to|called|referred by|referred to|evaluated by|"
+          r"interpreted by|verified by|dear|thank you,?|sincerely,?|regards,?|cc:|per")
 
 
 class ClinicalNameRecognizer(HealthcarePatternRecognizer):
@@ -16,12 +28,28 @@ class ClinicalNameRecognizer(HealthcarePatternRecognizer):
     ENTITY = "PERSON"
     CASE_SENSITIVE = True
     PATTERNS = (
-        Pattern("Titled name", rf"(?<=\b(?:Dr|Mr|Mrs|Ms|Miss|Mx|Prof)\.?\s+){_FULL}", 0.8),
-        Pattern("Labelled name", rf"(?<=\b(?:Patient|Pt|Name|Patient name|Guarantor|Contact)\b\s*:\s*){_FULL}", 0.85),
+        Pattern("Titled name", rf"(?<=\b(?:{_TITLES})\.?\s+)(?:{_INITIAL_FIRST}|{_FULL})", 0.8),
+        Pattern("Labelled name",
+                rf"(?<=\b(?i:{_LABELS})\b\s*:\s*(?:(?:{_TITLES})\.?\s+)?)(?:{_INITIAL_FIRST}|{_FULL})", 0.85),
+        Pattern("Name after 'name is'",
+                rf"(?<=\b(?i:(?:my|his|her|their|your|last|first|maiden|full|middle|legal|sur)\s*name)"
+                rf"(?:\s+is|\s*:|\?)\s+(?:(?:{_TITLES})\.?\s+)?)(?:{_INITIAL_FIRST}|{_FULL})", 0.75),
+        Pattern("Labelled upper-case name",
+                rf"(?<=\b(?i:{_LABELS})\b\s*:\s*){_UPPER},?\s+{_UPPER}(?:\s\p{{Lu}}\.)?", 0.8),
         Pattern("Relative",
                 rf"(?<=\b(?:daughter|son|wife|husband|sister|brother|caregiver|mother|father|spouse|partner|"
-                rf"friend|neighbor|niece|nephew|grandson|granddaughter)\s+){_FULL}", 0.7),
-        Pattern("Signed by", rf"(?<=\b(?:signed by|seen by|dictated by|cc:)\s+(?:Dr\.?\s+)?){_FULL}", 0.8),
-        Pattern("Name before age", rf"{_FULL}(?=\s+is\s+an?\s+\d{{1,3}}[- ]year)", 0.7),
+                rf"friend|neighbor|neighbour|niece|nephew|grandson|granddaughter|aunt|uncle|guardian|mom|dad)"
+                rf",?\s+){_FULL}", 0.7),
+        Pattern("After a verb of signing",
+                rf"(?<=\b(?i:{_VERBS})\s+(?:(?:{_TITLES})\.?\s+)?)(?:{_INITIAL_FIRST}|{_FULL})", 0.7),
+        Pattern("Initials after a verb of signing",
+                rf"(?<=\b(?i:{_VERBS})\s+)\p{{Lu}}\.\s?\p{{Lu}}\.(?:\s?\p{{Lu}}\.)?", 0.7),
+        Pattern("Before a degree", rf"\b{_FULL}(?=,?\s+(?:MD|M\.D\.|DO|RN|NP|PA-C|PA|PhD|LPN|CNA|APRN|FNP|MSW|"
+                rf"LCSW|RPh|PharmD|DPM|DDS)\b)", 0.75),
+        Pattern("Dictation initials",
+                r"(?<=\b(?i:dictated by|transcribed by|signed by)\s*:?\s*)\p{Lu}{2,3}/\p{L}{2,3}\b", 0.8),
+        Pattern("Signature initials", r"(?<=(?:^|\n)\s*(?:--|-|/s/)\s*)\p{Lu}{2,3}\b", 0.6),
+        Pattern("Name before age", rf"{_FULL}(?=\s+is\s+an?\s+\d{{1,3}}[- ]y)", 0.7),
+        Pattern("Possessive before clinical word", rf"(?<=\bto\s+){_FULL}(?=,\s+(?:charge nurse|RN|MD))", 0.6),
     )
     CONTEXT = ("patient", "name", "dr", "mr", "ms", "signed")

@@ -1,0 +1,32 @@
+"""Hospital, clinic and practice names ("Mercy Clinic", "St. Luke's Medical Center", "University Hospital of X")."""
+
+from __future__ import annotations
+
+from presidio_analyzer import Pattern
+
+from storage_security.deid.recognizers._base import HealthcarePatternRecognizer
+
+_WORD = r"\p{Lu}[\p{L}'’.-]*"
+_KIND = (r"(?:General\s+|Community\s+|Memorial\s+|Regional\s+|Children's\s+|University\s+)?"
+         r"(?:Hospital|Medical\s+Center|Medical\s+Centre|Clinic|Health\s+Center|Health\s+System|Infirmary|"
+         r"Cancer\s+(?:Center|Institute)|Institute|Family\s+(?:Practice|Health|Medicine)|Medical\s+Group|Healthcare|"
+         r"Hospice|Health\s+Partners|Physicians|"
+         r"Nursing\s+Home|Rehabilitation\s+Center|Surgery\s+Center|Urgent\s+Care)")
+
+
+class HospitalRecognizer(HealthcarePatternRecognizer):
+    """The statistical model tags these ORG (not PHI to it); the trailing kind word gives them away.
+
+    Reported as LOCATION: i2b2 counts hospitals among locations, and a hospital names where the patient was.
+    """
+
+    ENTITY = "LOCATION"
+    CASE_SENSITIVE = True
+    PATTERNS = (
+        Pattern("Named facility",
+                rf"\b(?:(?:St\.?|Saint|Our\s+Lady\s+of|Mount|Mt\.?)\s+)?(?:{_WORD}\s+){{1,4}}{_KIND}\b", 0.75),
+        Pattern("Facility of place",
+                rf"\b(?:University\s+)?(?:Hospital|Clinic|Medical\s+Center)\s+of\s+(?:the\s+)?{_WORD}"
+                rf"(?:\s+{_WORD}){{0,2}}", 0.75),
+    )
+    CONTEXT = ("hospital", "clinic", "transferred", "admitted", "center")
