@@ -48,6 +48,12 @@ ALLOWED_NODES: frozenset[type[exp.Expression]] = frozenset(
 ALLOWED_ANONYMOUS = frozenset({"date_part", "datepart", "date_diff", "datediff", "strftime", "starts_with",
                                "ends_with", "contains", "prefix", "suffix"})
 _TABLE_ARGS = frozenset({"this", "db", "catalog", "alias"})
+# Bounded work: lpad/rpad are the only allow-listed functions that make a long string from a short query (a
+# 2 GB value took DuckDB 87 s and 5.8 GB of memory before any result limit could see it), so their length is a
+# literal up to MAX_PAD; concatenation grows values multiplicatively through CTEs, so a query holds at most
+# MAX_CONCATENATIONS of them (16 bound the growth to a few hundred times the longest stored value).
+MAX_PAD = 10_000
+MAX_CONCATENATIONS = 16
 
 
 def refuse(reason: str) -> AccessDeniedError:
@@ -93,6 +99,7 @@ def check(sql: str, *, max_chars: int) -> Checked:
         raise refuse(f"only SELECT queries are allowed, not {tree.key.upper()}")
     if any(w.args.get("recursive") for w in tree.find_all(exp.With)):
         raise refuse("recursive CTEs are not allowed (they can run without end)")
+    _check_growth(tree)
     ctes = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
     tables: list[str] = []
     for node in tree.walk():
@@ -106,6 +113,18 @@ def check(sql: str, *, max_chars: int) -> Checked:
         if isinstance(node, exp.Table):
             tables.append(_logical_table(node, ctes))
     return Checked(tree, tuple(dict.fromkeys(t for t in tables if t)))
+
+
+def _check_growth(tree: exp.Expression) -> None:
+    for pad in tree.find_all(exp.Pad):
+        length = pad.args.get("expression")
+        if not (isinstance(length, exp.Literal) and not length.is_string and length.this.isdigit()
+                and int(length.this) <= MAX_PAD):
+            raise refuse(f"lpad/rpad take a literal length of at most {MAX_PAD:,} characters")
+    joins = sum(1 for _ in tree.find_all(exp.DPipe)) + sum(
+        max(len(node.expressions) - 1, 0) for node in tree.find_all(exp.Concat, exp.ConcatWs))
+    if joins > MAX_CONCATENATIONS:
+        raise refuse(f"the query concatenates strings {joins} times; at most {MAX_CONCATENATIONS} are allowed")
 
 
 def _logical_table(node: exp.Table, ctes: set[str]) -> str:
@@ -197,3 +216,44 @@ def referenced_columns(tree: exp.Expression, view_names: set[str]) -> dict[str, 
 def render(tree: exp.Expression) -> str:
     """The SQL to run, generated from the checked tree, without comments."""
     return tree.sql(dialect=DIALECT, comments=False)
+
+
+def _aggregates(select: exp.Select) -> bool:
+    """Whether ``select`` groups rows: a GROUP BY, or an aggregate function of its own (not a subquery's)."""
+    if select.args.get("group"):
+        return True
+    return any(agg.parent_select is select and not agg.find_ancestor(exp.Window)
+               for projection in select.expressions for agg in projection.find_all(exp.AggFunc))
+
+
+def suppress_small_cells(tree: exp.Expression, patient_columns: Mapping[str, str], k: int) -> exp.Expression:
+    """``tree`` with every aggregating SELECT made to drop groups of fewer than ``k`` patients.
+
+    Each SELECT that groups (GROUP BY, or an aggregate over the whole input) gets ``HAVING count(DISTINCT
+    <patient>) >= k`` added to its own HAVING, where ``<patient>`` is the hidden patient column of the first view it
+    reads (``patient_columns``: view name -> column); a SELECT over a view without one (a flat research table, one
+    individual per row) or over a derived table counts rows instead. Nested aggregates are each held to k, so an
+    inner ``HAVING count(*) = 1`` yields nothing for an outer query to read either. Window functions would give
+    each row its group's size: a query over de-identified data using one is refused.
+
+    Raises:
+        AccessDeniedError: the query uses a window function.
+    """
+    if any(True for _ in tree.find_all(exp.Window)):
+        raise refuse("window functions are not allowed over de-identified data (they would show each row its "
+                     "group's size); aggregate with GROUP BY instead")
+    for scope in traverse_scope(tree):
+        select = scope.expression
+        if not isinstance(select, exp.Select) or not _aggregates(select):
+            continue
+        counted: exp.Expression = exp.Count(this=exp.Star())
+        for alias, source in scope.selected_sources.items():
+            node = source[1] if isinstance(source, tuple) else source
+            if isinstance(node, exp.Table) and node.name in patient_columns:
+                column = exp.column(patient_columns[node.name], table=alias, quoted=True)
+                counted = exp.Count(this=exp.Distinct(expressions=[column]))
+                break
+        floor = exp.GTE(this=counted, expression=exp.Literal.number(k))
+        having = select.args.get("having")
+        select.set("having", exp.Having(this=exp.and_(having.this, floor) if having else floor))
+    return tree

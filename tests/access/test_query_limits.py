@@ -3,6 +3,8 @@ refused while it is read, and a principal's queries beyond the rate limit are re
 
 from __future__ import annotations
 
+import time
+
 import pyarrow as pa
 import pytest
 
@@ -15,12 +17,12 @@ def _gateway(world, **limits) -> QueryGateway:
     return QueryGateway(world.lake, world.provider, world.engine, audit=world.audit, **limits)
 
 
-def test_when_a_query_builds_a_huge_string_then_the_result_is_refused_by_its_size_and_audited(world):
+def test_when_a_result_passes_the_byte_budget_then_it_is_refused_by_its_size_and_audited(world):
     gateway = _gateway(world, max_result_bytes=1 * 2**20)
-    # lpad is allow-listed: 8 MB in one value (the attack seen was 2 GB; the cap is what matters).
+    # 10,000-character values, one per pair of patients: megabytes from a short query.
     with pytest.raises(AccessDeniedError, match="larger than 1,048,576 bytes"):
-        gateway.query(world.session("ann"), "SELECT lpad('x', 8000000, 'x') AS big FROM deidentified.patients "
-                                            "LIMIT 1")
+        gateway.query(world.session("ann"), "SELECT lpad(p.sex, 10000, 'x') AS big FROM deidentified.patients p, "
+                                            "deidentified.patients q")
     last = world.audit.events()[-1].event
     assert last.decision == "deny" and "larger than" in last.reason
 
@@ -82,3 +84,25 @@ def test_when_batches_are_collected_then_reading_stops_at_the_first_batch_over_t
     with pytest.raises(AccessDeniedError, match="larger than"):
         collect(batches(), schema, max_rows=10**6, max_bytes=50_000)
     assert len(pulled) < 10
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT lpad('x', 2000000000, 'x') AS big FROM deidentified.patients",  # the 2 GB value of the attack
+    "SELECT rpad(sex, 10001, 'x') AS big FROM deidentified.patients",
+    "SELECT lpad('x', length(sex) * 1000000000, 'x') AS big FROM deidentified.patients",
+    "WITH a AS (SELECT sex || sex || sex || sex || sex AS s FROM deidentified.patients), "
+    "b AS (SELECT s || s || s || s AS s FROM a), c AS (SELECT s || s || s || s AS s FROM b), "
+    "d AS (SELECT s || s || s || s AS s FROM c), e AS (SELECT concat(s, s, s, s, s) AS s FROM d) SELECT s FROM e",
+])
+def test_when_a_query_could_build_huge_values_then_it_is_refused_before_it_runs(world, sql):
+    gateway = _gateway(world)
+    started = time.perf_counter()
+    with pytest.raises(AccessDeniedError, match=r"lpad/rpad take a literal length|concatenates strings"):
+        gateway.query(world.session("ann"), sql)
+    assert time.perf_counter() - started < 5
+
+
+def test_when_a_query_pads_and_concatenates_modestly_then_it_runs(world):
+    result = _gateway(world).query(world.session("ann"), "SELECT lpad(sex, 5, '_') || '/' || age_band AS s "
+                                                         "FROM deidentified.patients LIMIT 3")
+    assert result.table.num_rows == 3
