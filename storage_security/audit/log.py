@@ -639,7 +639,8 @@ class AuditLog:
         if unchained:
             after = 0 if not rows else rows[-1]["seq"] + 1
             failures.append((after, f"{len(unchained)} alert(s) in audit/alerts have no audit event (added outside "
-                                    f"the monitor), e.g. {unchained[0]}"))
+                                    f"the monitor, or stored before alerts were chained: once checked, "
+                                    f"ActivityMonitor.chain_stored_alerts records them), e.g. {unchained[0]}"))
         return min(failures, default=None)
 
     def _current_signing_key(self) -> tuple[str, bytes]:

@@ -329,14 +329,28 @@ class ActivityMonitor:
             # Re-read as stored, so the digest is of the row verify will read (timestamps at Parquet precision).
             stored = {row["alert_id"]: row for row in self.lake.read_arrow(
                 Zone.AUDIT, ALERTS_TABLE, where=_in_list("alert_id", [a.alert_id for a in fresh])).to_pylist()}
-            self.audit.record_many(AuditEvent(
-                principal="svc:medguard-monitor", action=AuditAction.ALERT, zone=Zone.AUDIT, table_name=ALERTS_TABLE,
-                row_count=1, purpose="activity monitoring",
-                details={"alert_id": a.alert_id, "detector": a.detector, "severity": a.severity,
-                         "digest": alert_digest(stored[a.alert_id])}) for a in fresh)
+            self.audit.record_many(_alert_event(a.alert_id, a.detector, a.severity, alert_digest(stored[a.alert_id]))
+                                   for a in fresh)
             for alert in fresh:
                 _LOG.log(_LEVELS[alert.severity], "alert %s [%s] %s", alert.detector, alert.severity, alert.summary)
         return fresh
+
+    def chain_stored_alerts(self) -> int:
+        """Record an ``alert`` event for every stored alert that has none; returns how many.
+
+        For alerts stored before alerts joined the audit chain, which ``medguard audit verify`` names as having no
+        event. An operator action: run it once after checking those alerts, since it vouches for them.
+        """
+        if self.audit is None:
+            raise ValueError("chaining alerts needs the audit log they are chained into")
+        chained = {str(r.event.details.get("alert_id")) for r in self.audit.events()
+                   if r.event.action == AuditAction.ALERT and r.event.table_name == ALERTS_TABLE}
+        rows = self.lake.read_arrow(Zone.AUDIT, ALERTS_TABLE).to_pylist() \
+            if self.lake.exists(Zone.AUDIT, ALERTS_TABLE) else []
+        missing = [row for row in rows if row["alert_id"] not in chained]
+        self.audit.record_many(_alert_event(row["alert_id"], row["detector"], row["severity"], alert_digest(row))
+                               for row in missing)
+        return len(missing)
 
     def alerts(self, *, severity: str | None = None) -> list[dict[str, Any]]:
         """Stored alerts, oldest first (at least ``severity`` when given)."""
@@ -349,6 +363,12 @@ class ActivityMonitor:
         for row in rows:
             row["details"] = json.loads(row["details"] or "{}")
         return sorted(rows, key=lambda r: (r["event_time"], r["alert_id"]))
+
+
+def _alert_event(alert_id: str, detector: str, severity: str, digest: str) -> AuditEvent:
+    return AuditEvent(principal="svc:medguard-monitor", action=AuditAction.ALERT, zone=Zone.AUDIT,
+                      table_name=ALERTS_TABLE, row_count=1, purpose="activity monitoring",
+                      details={"alert_id": alert_id, "detector": detector, "severity": severity, "digest": digest})
 
 
 def _in_list(column: str, values: Sequence[str]) -> str:

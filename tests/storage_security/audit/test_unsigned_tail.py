@@ -220,3 +220,20 @@ def test_when_the_tail_is_cut_then_medguard_audit_verify_exits_one_naming_the_ga
     err = capsys.readouterr().err
     assert code == 1
     assert "first bad event seq 22: events 22..24 are gone" in err
+
+
+def test_when_an_alert_is_added_outside_the_monitor_then_verify_names_it_until_an_operator_chains_it(
+        lake: Lake) -> None:
+    log = _log(lake)
+    seq = log.record(_break_glass(0))
+    alert = break_glass_alert(seq, _break_glass(0), START)
+    row = {"alert_id": alert.alert_id, "detected_at": START, "event_time": START, "detector": alert.detector,
+           "severity": alert.severity, "principal": alert.principal, "summary": alert.summary,
+           "evidence_seqs": [seq], "details": "{}"}
+    lake.append(Zone.AUDIT, "alerts", pa.Table.from_pylist([row], schema=ALERTS_SCHEMA))  # as before chaining
+
+    unchained = log.verify()
+    chained = ActivityMonitor(lake, log).chain_stored_alerts()
+
+    assert not unchained.ok and "1 alert(s) in audit/alerts have no audit event" in unchained.reason
+    assert chained == 1 and log.verify().ok
