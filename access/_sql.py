@@ -216,3 +216,44 @@ def referenced_columns(tree: exp.Expression, view_names: set[str]) -> dict[str, 
 def render(tree: exp.Expression) -> str:
     """The SQL to run, generated from the checked tree, without comments."""
     return tree.sql(dialect=DIALECT, comments=False)
+
+
+def _aggregates(select: exp.Select) -> bool:
+    """Whether ``select`` groups rows: a GROUP BY, or an aggregate function of its own (not a subquery's)."""
+    if select.args.get("group"):
+        return True
+    return any(agg.parent_select is select and not agg.find_ancestor(exp.Window)
+               for projection in select.expressions for agg in projection.find_all(exp.AggFunc))
+
+
+def suppress_small_cells(tree: exp.Expression, patient_columns: Mapping[str, str], k: int) -> exp.Expression:
+    """``tree`` with every aggregating SELECT made to drop groups of fewer than ``k`` patients.
+
+    Each SELECT that groups (GROUP BY, or an aggregate over the whole input) gets ``HAVING count(DISTINCT
+    <patient>) >= k`` added to its own HAVING, where ``<patient>`` is the hidden patient column of the first view it
+    reads (``patient_columns``: view name -> column); a SELECT over a view without one (a flat research table, one
+    individual per row) or over a derived table counts rows instead. Nested aggregates are each held to k, so an
+    inner ``HAVING count(*) = 1`` yields nothing for an outer query to read either. Window functions would give
+    each row its group's size: a query over de-identified data using one is refused.
+
+    Raises:
+        AccessDeniedError: the query uses a window function.
+    """
+    if any(True for _ in tree.find_all(exp.Window)):
+        raise refuse("window functions are not allowed over de-identified data (they would show each row its "
+                     "group's size); aggregate with GROUP BY instead")
+    for scope in traverse_scope(tree):
+        select = scope.expression
+        if not isinstance(select, exp.Select) or not _aggregates(select):
+            continue
+        counted: exp.Expression = exp.Count(this=exp.Star())
+        for alias, source in scope.selected_sources.items():
+            node = source[1] if isinstance(source, tuple) else source
+            if isinstance(node, exp.Table) and node.name in patient_columns:
+                column = exp.column(patient_columns[node.name], table=alias, quoted=True)
+                counted = exp.Count(this=exp.Distinct(expressions=[column]))
+                break
+        floor = exp.GTE(this=counted, expression=exp.Literal.number(k))
+        having = select.args.get("having")
+        select.set("having", exp.Having(this=exp.and_(having.this, floor) if having else floor))
+    return tree

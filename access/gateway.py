@@ -52,6 +52,7 @@ MASKED_VALUE = "****"
 _PSEUDONYM = re.compile(r"ps1_[A-Za-z0-9]+_[0-9a-f]+")
 _SAFE_LITERAL = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _PATIENT_LINK = "patient_pseudonym"
+_CELL_PATIENT = "__medguard_patient"  # the hidden column small-cell suppression counts; no query can name it
 
 
 class _EngineError(Exception):
@@ -117,6 +118,9 @@ class QueryGateway:
         memory_limit: DuckDB's memory limit for one query (e.g. ``"2GB"``).
         column_classes: optional ``(zone, table) -> {column: class}`` (e.g. the de-identification report).
         kek_name: the data KEK (for pseudonym keys created on first use).
+        small_cell_k: over de-identified data, every aggregated group (GROUP BY, or one over the whole input) of
+            fewer than this many patients is left out of the result (``from_settings``: ``deidentify.k_anonymity``).
+            Row-level results are the release itself, k-anonymous by the risk gate, and pass as they are.
     """
 
     def __init__(self, lake: Lake, provider: KeyProvider, engine: PolicyEngine, *, audit: AuditLog | None = None,
@@ -124,7 +128,7 @@ class QueryGateway:
                  column_classes: Callable[[Zone, str], Mapping[str, str] | None] | None = None,
                  kek_name: str = "medguard-kek", timeout_seconds: float = 60.0,
                  memory_limit: str = "2GB", max_result_bytes: int = 256 * 2**20,
-                 queries_per_minute: int | None = None) -> None:
+                 queries_per_minute: int | None = None, small_cell_k: int = 5) -> None:
         # The gateway records each read itself (rows after filters and masks); a lake's access hook would repeat it.
         self.lake = lake.with_access_hook(None)
         self.kek_name = kek_name
@@ -138,6 +142,7 @@ class QueryGateway:
         self._max_bytes = max_result_bytes
         self._rate = _limits.RateLimiter(queries_per_minute, 60.0) if queries_per_minute else None
         self._column_classes = column_classes
+        self._small_cell_k = small_cell_k
         self._protections: dict[str, Protection | None] = {}
         self._service: ProtectedLake | None = None
         self._con: Any = None
@@ -157,7 +162,7 @@ class QueryGateway:
                    max_result_rows=settings.access.max_result_rows, column_classes=_published_classes(lake),
                    kek_name=settings.vault.kek_name, timeout_seconds=settings.access.query_timeout_seconds,
                    memory_limit=settings.access.query_memory_limit,
-                   max_result_bytes=settings.access.max_result_bytes,
+                   max_result_bytes=settings.access.max_result_bytes, small_cell_k=settings.deidentify.k_anonymity,
                    queries_per_minute=settings.access.queries_per_minute)
 
     def __repr__(self) -> str:
@@ -213,9 +218,13 @@ class QueryGateway:
         try:
             tree = _sql.bind(checked, {v.logical: v.name for v in views},
                              {v.name: v.columns for v in views})
+            used = _sql.referenced_columns(tree, {v.name for v in views})
+            if any(v.zone is Zone.DEIDENTIFIED for v in views):
+                # Small cells: a group of fewer than k patients computed from de-identified data is not returned.
+                tree = _sql.suppress_small_cells(tree, {v.name: _CELL_PATIENT for v in views if _counts_patients(v)},
+                                                 self._small_cell_k)
         except AccessDeniedError as exc:
             self._refuse(session, purpose, base, str(exc), views)
-        used = _sql.referenced_columns(tree, {v.name for v in views})
         events: list[AuditEvent] = []
         for view in views:
             self._decide(view, session, sorted(used[view.name]), purpose, break_glass_reason)
@@ -348,6 +357,8 @@ class QueryGateway:
         for name in ("consent_research", _PATIENT_LINK):
             if keep is not None and name in keep[1] and name in view.columns:
                 read_columns.append(name)
+        if _counts_patients(view):
+            read_columns.append(_PATIENT_LINK)
         read_columns = list(dict.fromkeys(read_columns))
         if predicate == "false":
             arrow = self._schema(view.zone, view.table).empty_table().select(read_columns)
@@ -364,6 +375,8 @@ class QueryGateway:
             view.facilities = sorted(str(f) for f in pc.unique(arrow.column("facility_id")).to_pylist()
                                      if f is not None)[:50]
         view.data = self._mask(view, arrow.select(list(masks)), masks)
+        if _counts_patients(view):
+            view.data = view.data.append_column(_CELL_PATIENT, arrow.column(_PATIENT_LINK))
 
     def _filters(self, view: _View, session: Session,
                  decrypt: list[str]) -> tuple[str | None, Any]:
@@ -504,6 +517,11 @@ class QueryGateway:
                     # An interrupt that raced the end of the query must not hit the next one: start afresh.
                     con.close()
                     self._con = None
+
+
+def _counts_patients(view: _View) -> bool:
+    """Whether small-cell suppression counts this view's patients (a de-identified table with the pseudonym)."""
+    return view.zone is Zone.DEIDENTIFIED and _PATIENT_LINK in view.columns
 
 
 def _fail_closed(reason: str) -> AccessDeniedError:

@@ -330,7 +330,8 @@ def test_when_a_patients_consent_is_null_then_research_reads_treat_it_as_no_cons
         [{"patient_pseudonym": p, "probability": i / 10} for i, p in enumerate(people)]), commit=commit)
     store = PrincipalStore(tmp_path / "principals.json")
     store.add(Principal("ann", Role.ANALYST, purposes=("research",)))
-    gateway = QueryGateway(lake, keyring, PolicyEngine(load_policy(), audit=audit), audit=audit)
+    # three consenting patients: a cell that small-cell suppression keeps only with k at most 3
+    gateway = QueryGateway(lake, keyring, PolicyEngine(load_policy(), audit=audit), audit=audit, small_cell_k=2)
     session = store.local_session("ann", operator="tester")
     direct = gateway.query(session, "SELECT count(*) AS n FROM deidentified.patients").table.to_pylist()
     assert direct == [{"n": 3}]
