@@ -124,3 +124,18 @@ def test_when_many_sources_fail_then_old_failures_are_forgotten(store, clock):
     with pytest.raises(AccessDeniedError):
         store.authenticate(_wrong(issued.secret), endpoint="10.2.0.1")
     assert len(json.loads(store.path.read_text())["failures"]) == 1
+
+
+def test_when_the_store_comes_from_settings_then_the_configured_key_provider_seals_the_seed(
+        keyring_env, tmp_path, clock):
+    from pipeline.settings import load_settings
+
+    settings = load_settings(home=str(tmp_path / "medhome"))
+    assert settings.key_provider == "keyring"
+    store = PrincipalStore.from_settings(settings, clock=clock)
+    store.add(Principal("alice", Role.CLINICIAN, facility="F1"))
+    secret = pyotp.parse_uri(store.enable_totp("alice")).secret
+    assert secret not in store.path.read_text()
+    issued = store.issue_token("alice")
+    again = PrincipalStore.from_settings(settings, clock=clock)  # a new process: unwraps the store's data key
+    assert again.authenticate(issued.secret, totp=pyotp.TOTP(secret).at(clock.now)).principal.name == "alice"
