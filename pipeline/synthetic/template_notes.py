@@ -73,8 +73,9 @@ def template_notes(folder: str | Path, *, count: int | None = None, seed: int = 
     Templates with no PHI slot are kept: they measure precision on PHI-free text.
     """
     folder = Path(folder)
-    templates = [t.strip() for t in (folder / "templates.txt").read_text(encoding="utf-8", errors="replace")
-                 .splitlines() if t.strip()]
+    # A template writes its line breaks as the two characters "\\n".
+    templates = [t.strip().replace("\\n", "\n") for t in (folder / "templates.txt")
+                 .read_text(encoding="utf-8", errors="replace").splitlines() if t.strip()]
     with (folder / "FakeNameGenerator.com_3000.csv").open(encoding="utf-8-sig", newline="") as handle:
         people = list(csv.DictReader(handle))
     rng = random.Random(seed)

@@ -30,6 +30,7 @@ _NER_IGNORED = ["ORG", "ORGANIZATION", "CARDINAL", "EVENT", "LANGUAGE", "LAW", "
 
 _PROPER = re.compile(r"\b[A-Z][A-Za-z'-]*[a-z]")
 _WORD = re.compile(r"\w+(?:['-]\w+)*")
+_PROPER_WORD = re.compile(r"\b[^\W\d_][^\W\d_]*(?:['-][^\W\d_]+)*")
 _ICD10 = re.compile(r"[A-TV-Z]\d{2}(?:\.\d{1,4})?")
 # The model tags ages ("54-year-old"), durations and frequencies ("daily") as DATE; a date has a digit or a month.
 _DURATION = re.compile(r"(?i)\b(?:years?|yrs?|y/?o|months?|weeks?|days?|hours?|hrs?|minutes?|mins?)\b|-year")
@@ -236,7 +237,28 @@ def _spans(results: Iterable[Any], text: str, allow: frozenset[str] | None,
             if start >= end or (r.entity_type in ("PERSON", "LOCATION") and not _PROPER.search(text[start:end])):
                 continue
         out.append(PhiSpan(start, end, r.entity_type, float(r.score), name))
+    if floor is not None:
+        out += _propagate(text, out, allow or frozenset())
     return sorted(out)
+
+
+def _propagate(text: str, spans: list[PhiSpan], allow: frozenset[str]) -> list[PhiSpan]:
+    """Every other mention of a name already found in the note ("Miroslav shouted at Miroslav").
+
+    Writers name a person once in full and then by one part; de-identification systems carry a name found in
+    one place to its other mentions in the same document. Only capitalised words of three letters or more that
+    are not safe words are carried, and only where they stand as whole words.
+    """
+    from storage_security.deid.recognizers.gazetteer_name_recognizer import SAFE_WORDS
+
+    words = {w for p in spans if p.entity_type == "PERSON" for w in _PROPER_WORD.findall(text[p.start:p.end])
+             if len(w) > 2 and w[0].isupper() and w not in SAFE_WORDS and w not in allow}
+    if not words:
+        return []
+    pattern = re.compile(r"(?<![\w'])(?:" + "|".join(map(re.escape, sorted(words, key=len, reverse=True))) + r")(?!\w)")
+    covered = [(p.start, p.end) for p in spans if p.entity_type == "PERSON"]
+    return [PhiSpan(m.start(), m.end(), "PERSON", 0.5, "NamePropagation") for m in pattern.finditer(text)
+            if not any(s <= m.start() and m.end() <= e for s, e in covered)]
 
 
 def _trim(text: str, start: int, end: int, allow: frozenset[str]) -> tuple[int, int]:

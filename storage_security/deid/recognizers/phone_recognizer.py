@@ -1,4 +1,4 @@
-"""North American phone numbers in the usual written forms (dashes, dots, parentheses, +1)."""
+"""Phone numbers: North American written forms (dashes, dots, parentheses, +1), and any form after a label."""
 
 from __future__ import annotations
 
@@ -14,5 +14,10 @@ class UsPhoneRecognizer(HealthcarePatternRecognizer):
     PATTERNS = (
         Pattern("Phone (separated)", r"(?<![\d-])(?:\+?1[ .-])?\(?[2-9]\d{2}\)?[ .-]\d{3}[ .-]\d{4}\b", 0.6),
         Pattern("Phone (bare)", r"\b[2-9]\d{9}\b", 0.05),
+        # Foreign and short forms ("433 5227", "26 148459") are numbers only their label identifies.
+        Pattern("Phone (labelled, any form)",
+                r"(?<=\b(?:phone|tel|telephone|mobile|cell|desk|office|home|work|fax|pager|call me (?:on|at)|"
+                r"reach me (?:on|at)|messages to|registered|number is)\b\.?\s*(?:no\.?|number|#)?\s*[:=]?\s*)"
+                r"\+?\(?\d[\d ().-]{4,18}\d\b", 0.6),
     )
     CONTEXT = ("phone", "call", "cell", "tel", "telephone", "mobile", "reached", "contact", "pager")

@@ -18,5 +18,8 @@ class ZipCodeRecognizer(HealthcarePatternRecognizer):
     PATTERNS = (
         Pattern("ZIP after state", rf"(?<=\b(?:{_STATES}),?\s+)\d{{5}}(?:-\d{{4}})?\b", 0.75),
         Pattern("ZIP", r"\b\d{5}(?:-\d{4})?\b", 0.05),
+        Pattern("Postal code (labelled)",
+                r"(?<=\b(?i:zip|zip code|zipcode|postal code|postcode)\b\s*(?i:is|:)?\s*)"
+                r"[A-Z0-9]{2,5}(?:[ -][A-Z0-9]{3,4})?\b", 0.7),
     )
     CONTEXT = ("zip", "zipcode", "postal")
