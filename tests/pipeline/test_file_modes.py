@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -92,20 +92,22 @@ def test_when_ingest_deidentify_and_train_have_run_then_no_file_under_the_home_i
     from storage_security.local_vault.openbao import free_port_pair
 
     home = tmp_path / "home"
-    env = {**os.environ, "MEDGUARD_HOME": str(home), "MEDGUARD_VAULT__LOCAL_PORT": str(free_port_pair())}
+    env = {**os.environ, "MEDGUARD_HOME": str(home), "MEDGUARD_VAULT__LOCAL_PORT": str(free_port_pair()),
+           "COLUMNS": "2000"}
     env.pop("TMPDIR", None)
     cli = [str(Path(sys.executable).with_name("medguard"))]
     try:
         # A umask of 022 (the usual default) in the shell: medguard must not rely on it.
-        done = subprocess.run(["sh", "-c", 'umask 022 && exec "$@"', "sh", *cli, "demo", "--patients", "300",
-                               "--json"], env=env, capture_output=True, text=True, timeout=900)
+        done = subprocess.run(["sh", "-c", 'umask 022 && exec "$@"', "sh", *cli, "demo", "--patients", "300"],
+                              env=env, capture_output=True, text=True, timeout=900)
     finally:
         subprocess.run([*cli, "vault", "down"], env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    report = json.loads(done.stdout)
-    assert "skipped" not in report["train"], report["train"]
+    # Modes first: what the run wrote is checked even when a later step failed.
     assert (home / "lake" / "deidentified").is_dir() and any((home / "models").iterdir())
     assert _open_to_others(home) == []
+    assert done.returncode == 0, done.stderr[-2000:]
+    steps = dict(line.split(": ", 1) for line in done.stdout.splitlines() if ": " in line)
+    assert not steps["train"].startswith("skipped"), steps["train"]
     # The demo's last step scanned every file of the home and the system temp folder for the patients' identifiers.
-    assert report["verify"]["plaintext_found"] == 0 and report["verify"]["files_scanned"] > 100
-    assert report["verify"]["places"][0] == str(home)
+    scanned = re.search(r"files_scanned=(\d+)", steps["verify"])
+    assert scanned and int(scanned.group(1)) > 100 and "plaintext_found=0" in steps["verify"]
