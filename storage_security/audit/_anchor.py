@@ -132,3 +132,38 @@ class VaultKVAnchor:
         self._client.write(self._path, {"data": {
             "seq": head.seq, "hash": head.hash, "signature": head.signature, "key_ref": head.key_ref,
             "signed_at": head.signed_at.isoformat(timespec="microseconds")}})
+
+
+class _LocalOpenBaoClient:
+    """Logs in as ``medguard-audit-anchor`` on the local OpenBao at first use (not when a log is built)."""
+
+    def __init__(self, settings: Any) -> None:
+        self._settings = settings
+        self._client: Any = None
+
+    def _get(self) -> Any:
+        if self._client is None:
+            from storage_security.keys._vault import VaultClient
+            from storage_security.local_vault import openbao
+
+            creds = openbao.local_credentials(self._settings, openbao.AUDIT_ANCHOR_ROLE)
+            self._client = VaultClient(creds.addr, auth_method="approle", role_id=creds.role_id,
+                                       secret_id=creds.secret_id, timeout=self._settings.vault.timeout_seconds)
+        return self._client
+
+    def read(self, path: str) -> Any:
+        return self._get().read(path)
+
+    def write(self, path: str, data: dict[str, Any]) -> Any:
+        return self._get().write(path, data)
+
+
+def default_anchor(settings: Any, lake_id: str) -> HeadAnchor:
+    """The anchor a log gets unless given one: the local OpenBao's KV anchor when it is the key provider, else
+    a :class:`FileAnchor` under the home (a remote Vault: pass ``VaultKVAnchor`` with the audit-anchor role's
+    client; the settings hold one Vault login, the job's own)."""
+    if settings.key_provider == "vault" and not settings.vault.addr:
+        from storage_security.local_vault.openbao import AUDIT_ANCHOR_MOUNT
+
+        return VaultKVAnchor(_LocalOpenBaoClient(settings), lake_id, mount=AUDIT_ANCHOR_MOUNT)
+    return FileAnchor(Path(settings.home) / "audit-anchors" / f"{lake_id}.json")

@@ -37,7 +37,8 @@ serves a single machine. The verifier reads heads first and events second, so it
 caught in between for truncation.
 
 **The anchor.** After each signed head the writer copies it outside the lake (:mod:`storage_security.audit._anchor`:
-a 0600 file under ``$MEDGUARD_HOME/audit-anchors`` by default). It moves forward only: a writer that finds the
+a KV v2 secret only the ``medguard-audit-anchor`` role writes, on the local OpenBao; else a 0600 file under
+``$MEDGUARD_HOME/audit-anchors``). It moves forward only: a writer that finds the
 lake no longer holding the anchored head (the tail was cut or rewritten behind its back) keeps the old anchor
 and raises :class:`~pipeline.errors.AuditIntegrityError` after recording its events.
 
@@ -71,7 +72,7 @@ from pipeline.errors import AuditIntegrityError, DecryptionError
 from pipeline.lake import AccessHook, CommitInfo, Lake, LakeAccess, Zone
 from storage_security._locks import exclusive_lock
 from storage_security.audit import _codec as codec
-from storage_security.audit._anchor import AnchoredHead, FileAnchor, HeadAnchor
+from storage_security.audit._anchor import AnchoredHead, HeadAnchor, default_anchor
 from storage_security.audit._head_cache import HeadCache
 from storage_security.audit.redact import scrub_identifiers
 from storage_security.keys.base import KeyProvider
@@ -310,8 +311,9 @@ class AuditLog:
             :meth:`sign_head`.
         key_name: the KEK under which the signing key is wrapped.
         lock_timeout: seconds a writer waits for the inter-process lock before failing.
-        anchor: where the latest signed head is kept outside the lake; default a :class:`FileAnchor` at
-            ``$MEDGUARD_HOME/audit-anchors/<lake id>.json``.
+        anchor: where the latest signed head is kept outside the lake; by default the local OpenBao's KV
+            anchor when it is the key provider, else a 0600 file ``$MEDGUARD_HOME/audit-anchors/<lake id>.json``
+            (:func:`~storage_security.audit._anchor.default_anchor`).
 
     Raises:
         ValueError: ``sign_every`` negative, ``lock_timeout`` not positive, or an empty ``key_name``.
@@ -339,7 +341,7 @@ class AuditLog:
         self._head_cache = HeadCache(self._lock_path.with_suffix(".head.json"), local_table)
         self._signing_key: tuple[str, bytes] | None = None
         self._last_seq_seen: int | None = None
-        self.anchor: HeadAnchor = anchor or FileAnchor(Path(lake.settings.home) / "audit-anchors" / f"{lake_id}.json")
+        self.anchor: HeadAnchor = anchor or default_anchor(lake.settings, lake_id)
 
     def __repr__(self) -> str:
         return f"AuditLog(lake={self._lake.root!r}, key_name={self._key_name!r}, sign_every={self._sign_every})"

@@ -65,3 +65,31 @@ def test_when_the_tail_is_cut_with_a_pipeline_token_then_the_vault_anchor_still_
 
     assert (report.ok, report.first_bad_seq, report.anchored_seq) == (False, 3, 5)
     assert "events 3..5 are gone" in report.reason and "vault:medguard-audit/data/anchors/" in report.reason
+
+
+@pytest.mark.integration
+def test_when_the_local_openbao_is_the_key_provider_then_the_log_anchors_in_its_kv_as_the_audit_anchor_role(
+        tmp_path: Path) -> None:
+    from pipeline.settings import load_settings
+    from storage_security.keys.providers import provider_from_settings
+    from storage_security.local_vault import openbao
+
+    settings = load_settings(home=tmp_path / "home", lake_root=str(tmp_path / "lake"), key_provider="vault",
+                             vault={"local_port": openbao.free_port_pair()})
+    openbao.up(settings)
+    try:
+        log = AuditLog(Lake(settings), provider_from_settings(settings))
+        log.record(AuditEvent(principal="user:dr-cole", action=AuditAction.BREAK_GLASS, zone=Zone.RAW,
+                              table_name="patients", row_count=1, purpose="treatment"))
+        auditor = AuditLog(Lake(settings), provider_from_settings(settings, role=openbao.AUDITOR_ROLE))
+        pipeline = openbao.local_credentials(settings, openbao.PIPELINE_ROLE)
+        as_pipeline = VaultClient(pipeline.addr, auth_method="approle", role_id=pipeline.role_id,
+                                  secret_id=pipeline.secret_id)
+
+        assert log.anchor.where == f"vault:medguard-audit/data/anchors/{log.lake_id}"
+        assert log.anchor.read().seq == 0 and auditor.verify().ok
+        assert not list((tmp_path / "home").rglob("audit-anchors"))  # no file anchor beside it
+        with pytest.raises(KeyAccessDeniedError):
+            VaultKVAnchor(as_pipeline, log.lake_id).write(log.anchor.read())
+    finally:
+        openbao.down(settings)
