@@ -125,7 +125,8 @@ def mask_table(frame: pd.DataFrame, rules: dict[str, dict[str, Any]], keys: Mask
         if spec is None:
             if note_masker is None:
                 raise ValueError(f"column {column!r} holds notes but no note masker was given")
-            out[name] = pd.Series(note_masker.mask(values.tolist(), shift_days.to_pylist(), spans=note_spans),
+            out[name] = pd.Series(note_masker.mask(values.tolist(), shift_days.to_pylist(), spans=note_spans,
+                                                   scopes=frame[patient_column].tolist()),
                                   index=values.index, dtype=object)
             continue
         supplied = {"keys": keys, "key": rule.get("key"), "days": shift_days, "reference_date": reference_date}
@@ -162,16 +163,18 @@ class NoteMasker:
         for operator in NOTE_OPERATORS.values():
             self.engine.add_anonymizer(operator)
 
-    def _operators(self, days: int) -> dict[str, Any]:
+    def _operators(self, days: int, scope: str) -> dict[str, Any]:
         from presidio_anonymizer.entities import OperatorConfig
 
-        params = {"keys": self.keys, "days": days}
+        params = {"keys": self.keys, "days": days, "scope": scope}
         return {"DEFAULT" if entity == "default" else entity: OperatorConfig(NOTE_OPERATORS[op].NAME, dict(params))
                 for entity, op in self.entity_ops.items()}
 
     def mask(self, texts: Sequence[str | None], shift_days: Sequence[int | None], *,
-             spans: Sequence[Sequence[Any]] | None = None) -> list[str | None]:
-        """Each text with its PHI replaced; ``shift_days[i]`` is text i's patient offset (None: 1 day)."""
+             spans: Sequence[Sequence[Any]] | None = None,
+             scopes: Sequence[str | None] | None = None) -> list[str | None]:
+        """Each text with its PHI replaced; ``shift_days[i]`` is text i's patient offset (None: 1 day) and
+        ``scopes[i]`` its patient, so a person keeps one surrogate name across all of the patient's notes."""
         from presidio_anonymizer.entities import ConflictResolutionStrategy, RecognizerResult
 
         present = [i for i, t in enumerate(texts) if t is not None]
@@ -183,8 +186,9 @@ class NoteMasker:
         for i, found in zip(present, detected, strict=True):
             results = [RecognizerResult(s.entity_type, s.start, s.end, s.score) for s in _prefer_patterns(found)]
             days = shift_days[i] or 1
+            scope = str(scopes[i] or "") if scopes is not None else ""
             masked = self.engine.anonymize(
-                text=str(texts[i]), analyzer_results=results, operators=self._operators(days),
+                text=str(texts[i]), analyzer_results=results, operators=self._operators(days, scope),
                 conflict_resolution=ConflictResolutionStrategy.REMOVE_INTERSECTIONS)
             out[i] = masked.text
         return out

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Sequence
-from functools import cached_property
+from functools import cache, cached_property
 from typing import Any
 
 import pyarrow as pa
@@ -28,7 +29,8 @@ class MaskingKeys:
 
     def __init__(self, pseudonymizer: Callable[[str], Any], *, forbidden_names: Iterable[str] = ()) -> None:
         self._pseudonymizer = pseudonymizer
-        self.forbidden_names = {n.lower() for n in forbidden_names if n}
+        # A value of several words ("Mary Ann") forbids each of them: surrogates are drawn word by word.
+        self.forbidden_names = {w for n in forbidden_names if n for w in (n.lower(), *n.lower().split())}
         self._shift_cache: dict[str, int] = {}
 
     def __repr__(self) -> str:
@@ -68,26 +70,96 @@ class MaskingKeys:
 
     @cached_property
     def name_pools(self) -> tuple[list[str], list[str]]:
-        """First and last names a surrogate may use (Faker's en_US lists, less the forbidden names)."""
+        """The first and last names a surrogate is drawn from: Faker's en_US lists topped up with made-up names to
+        :data:`POOL_SIZE` each. The pools do not depend on the release, so a stand-in changes only when it becomes
+        a real name (see :meth:`surrogate_token`)."""
         from faker.providers.person.en_US import Provider as Person
 
         first = sorted(set(Person.first_names_female) | set(Person.first_names_male))
         last = sorted(set(Person.last_names))
-        return ([n for n in first if n.lower() not in self.forbidden_names],
-                [n for n in last if n.lower() not in self.forbidden_names])
+        return _pool(first, salt=0), _pool(last, salt=1)
 
-    def surrogate_name(self, original: str) -> str:
-        """A fake name with as many words as ``original``; the same name always gets the same stand-in."""
+    def surrogate_token(self, token: str, *, scope: str = "") -> str:
+        """The stand-in of one name word within ``scope`` (a patient): keyed, never a forbidden (real) name.
+
+        The word alone decides its stand-in (a known first name gets a first name, any other word a last name), so
+        "Ariana" alone and the "Ariana" of "Ariana Rosario" get the same one wherever they occur in the patient's
+        notes, with no need to have seen the full name first. A draw that is a real name is replaced by a keyed
+        made-up name (the next one that is not real either): they go on without end, so no population can exhaust
+        the pool, and a stand-in changes only when it becomes a real name.
+        """
         first, last = self.name_pools
-        words = original.split()
-        n = self.digest("surrogate", original.strip().lower())
-        if len(words) <= 1:
-            pool = last if original[:1].isupper() and n % 2 else first
-            return pool[n % len(pool)]
-        names = [first[n % len(first)]]
-        for i in range(1, len(words)):
-            names.append(last[(n >> (8 * i)) % len(last)])
-        return " ".join(names)
+        word = _normal(token)
+        pool = first if word in _first_words() else last
+        n = self.digest("surrogate", f"{scope}\x00{word}")
+        name = pool[n % len(pool)]
+        index = n % (1 << 30)  # spread over the made-up names, so stand-ins do not pile onto a few
+        while name.lower() in self.forbidden_names:  # made-up names never run out
+            name = _made_up(POOL_SIZE + index, 2)
+            index += 1
+        return name
+
+    def surrogate_name(self, original: str, *, scope: str = "") -> str:
+        """A fake name with the shape of ``original`` (titles, initials, punctuation and upper case kept), each
+        name word replaced by its :meth:`surrogate_token`.
+
+        ``scope`` is the patient: one person gets one surrogate throughout a note and across the patient's notes.
+        """
+        parts = re.split(r"([A-Za-z][A-Za-z'\-]*)", original)
+        for i in range(1, len(parts), 2):
+            word = parts[i]
+            if len(word) < 2 or word.lower() in _TITLES:
+                continue
+            stand_in = self.surrogate_token(word, scope=scope)
+            parts[i] = stand_in.upper() if word.isupper() else stand_in
+        return "".join(parts)
+
+
+POOL_SIZE = 8192
+"""How many names each surrogate pool holds (Faker's, then made-up ones)."""
+
+_TITLES = frozenset({"dr", "mr", "mrs", "ms", "miss", "mx", "prof", "rn", "md", "do", "np", "pa", "lpn", "phd",
+                     "jr", "sr", "ii", "iii"})
+_ONSETS = ("b", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kl", "st", "tr")
+_NUCLEI = ("a", "e", "i", "o", "u", "ae", "ei", "ou")
+_CODAS = ("", "n", "r", "l", "s", "th", "nd", "rk", "x", "m")
+
+
+def _normal(word: str) -> str:
+    return word.strip().strip(".,").lower()
+
+
+@cache
+def _first_words() -> frozenset[str]:
+    from faker.providers.person.en_US import Provider as Person
+
+    return frozenset(n.lower() for n in (*Person.first_names_female, *Person.first_names_male))
+
+
+def _made_up(index: int, salt: int) -> str:
+    """The ``index``-th made-up name: two or three syllables, deterministic, no randomness and no key needed."""
+    syllables = []
+    n = index * 2 + salt
+    for _ in range(2 + index % 2):
+        n, onset = divmod(n, len(_ONSETS))
+        n, nucleus = divmod(n, len(_NUCLEI))
+        n, coda = divmod(n, len(_CODAS))
+        syllables.append(_ONSETS[onset] + _NUCLEI[nucleus] + _CODAS[coda])
+    return "".join(syllables).capitalize()
+
+
+def _pool(names: Sequence[str], *, salt: int) -> list[str]:
+    """``names`` topped up with made-up names to ``POOL_SIZE``."""
+    pool = list(names)
+    seen = {n.lower() for n in names}
+    index = 0
+    while len(pool) < POOL_SIZE:
+        name = _made_up(index, salt)
+        index += 1
+        if name.lower() not in seen:
+            seen.add(name.lower())
+            pool.append(name)
+    return pool
 
 
 def _offset(digest: int) -> int:

@@ -18,7 +18,8 @@ class SurrogateOperator(MedguardOperator):
     """A stand-in of the entity's kind; the same mention always gets the same stand-in.
 
     params: ``keys`` (:class:`MaskingKeys`), ``days`` (the patient's date offset), ``entity_type`` (from the
-    engine). Notes only: there is no column form.
+    engine), optionally ``scope`` (the patient: a person's name gets one stand-in across the patient's notes).
+    Notes only: there is no column form.
     """
 
     NAME = "medguard_surrogate"
@@ -33,10 +34,10 @@ class SurrogateOperator(MedguardOperator):
         params = params or {}
         keys: MaskingKeys = params["keys"]
         entity = params["entity_type"]
-        n = keys.digest("surrogate", f"{entity}\x00{text.strip().lower()}")
-        _, last = keys.name_pools
+        scope = str(params.get("scope") or "")
         if entity == "PERSON":
-            return keys.surrogate_name(text)
+            return keys.surrogate_name(text, scope=scope)
+        n = keys.digest("surrogate", f"{entity}\x00{text.strip().lower()}")
         if entity == "DATE_TIME":
             return DateShiftOperator().operate(text, {"days": params["days"]})
         if entity == "AGE":
@@ -44,9 +45,9 @@ class SurrogateOperator(MedguardOperator):
         if entity == "ZIP_CODE":
             return (zip3(text) or "000") + "00"
         if entity == "STREET_ADDRESS":
-            return f"{100 + n % 9800} {last[(n >> 16) % len(last)]} Street"
+            return f"{100 + n % 9800} {keys.surrogate_token(f'street {n}')} Street"
         if entity == "LOCATION":
-            return f"{last[(n >> 24) % len(last)]}ville"
+            return f"{keys.surrogate_token(f'town {n}')}ville"
         if entity in ("PHONE_NUMBER", "FAX_NUMBER"):
             return f"(555) 010-{n % 10000:04d}"  # 555-01xx numbers are reserved for fiction
         if entity == "EMAIL_ADDRESS":
