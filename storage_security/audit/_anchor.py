@@ -158,11 +158,13 @@ class _LocalOpenBaoClient:
         return self._get().write(path, data)
 
 
-def default_anchor(settings: Any, lake_id: str) -> HeadAnchor:
+def default_anchor(settings: Any, provider: Any, lake_id: str) -> HeadAnchor:
     """The anchor a log gets unless given one: the local OpenBao's KV anchor when it is the key provider, else
     a :class:`FileAnchor` under the home (a remote Vault: pass ``VaultKVAnchor`` with the audit-anchor role's
     client; the settings hold one Vault login, the job's own)."""
-    if settings.key_provider == "vault" and not settings.vault.addr:
+    from storage_security.keys.vault_transit import VaultTransitKeys
+
+    if isinstance(provider, VaultTransitKeys) and settings.key_provider == "vault" and not settings.vault.addr:
         from storage_security.local_vault.openbao import AUDIT_ANCHOR_MOUNT
 
         return VaultKVAnchor(_LocalOpenBaoClient(settings), lake_id, mount=AUDIT_ANCHOR_MOUNT)

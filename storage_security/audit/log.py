@@ -341,7 +341,7 @@ class AuditLog:
         self._head_cache = HeadCache(self._lock_path.with_suffix(".head.json"), local_table)
         self._signing_key: tuple[str, bytes] | None = None
         self._last_seq_seen: int | None = None
-        self.anchor: HeadAnchor = anchor or default_anchor(lake.settings, lake_id)
+        self.anchor: HeadAnchor = anchor or default_anchor(lake.settings, provider, lake_id)
 
     def __repr__(self) -> str:
         return f"AuditLog(lake={self._lake.root!r}, key_name={self._key_name!r}, sign_every={self._sign_every})"
