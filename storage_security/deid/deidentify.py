@@ -23,7 +23,7 @@ from pipeline.lake import CommitInfo, Lake
 from storage_security.deid.classification import classify
 from storage_security.deid.masking import NoteMasker, load_masking_config, mask_table, table_rules
 from storage_security.deid.operators import MaskingKeys
-from storage_security.deid.risk import RiskGateError, enforce
+from storage_security.deid.risk import RiskGateError, enforce, enforce_release
 
 if TYPE_CHECKING:
     from pipeline.settings import Settings
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 PRINCIPAL = "svc:deidentify"
 REPORT_KEY = "deidentify_report"
+RELEASE_KEY = "release"
 _PURPOSE = "deidentification"
 
 __all__ = ["PRINCIPAL", "Deidentifier", "publish_raw_zone", "publish_raw_zone_or_fail", "published_report", "refused",
@@ -105,7 +106,47 @@ class Deidentifier:
             except RiskGateError as exc:
                 # One table that cannot be made safe must not hold back the others; it is reported, unpublished.
                 reports[name] = {"table": name, "refused": str(exc)}
+        release = self.gate_release(dag_run=dag_run)
+        for name, report in reports.items():
+            if name in release.get("rewritten", {}):
+                report.update(release["rewritten"][name])
         return reports
+
+    def gate_release(self, *, dag_run: str | None = None) -> dict[str, Any]:
+        """The risk gate over the whole published release: one k per patient across every deidentified table.
+
+        Reads the deidentified zone as it now stands (masked tables: nothing is decrypted, so it covers tables
+        published by earlier runs too), runs :func:`~storage_security.deid.risk.enforce_release` and rewrites only
+        the tables it changed, each with its report (``release`` added) in the new commit. A release already
+        k-anonymous is left untouched: no new table version.
+        """
+        names = self.plake.tables("deidentified")
+        specs = {name: (self.config.get("tables") or {}).get(name, {}).get("quasi_identifiers", [])
+                 for name in names}
+        tables = {name: self.plake.read("deidentified", name, purpose=_PURPOSE).to_pandas()
+                  for name in names if "patient_pseudonym" in self.plake.schema("deidentified", name).names}
+        released, release = enforce_release(tables, specs, k=self.settings.deidentify.k_anonymity,
+                                            ladders=self.config.get("generalize"),
+                                            max_suppression=float(self.config.get("max_suppression", 0.05)))
+        rewritten: dict[str, Any] = {}
+        for name, frame in released.items():
+            if frame is tables[name]:
+                continue
+            try:
+                report = published_report(self.plake.lake, name)
+            except ValueError:
+                report = {"table": name}  # a table another writer put in the zone: it gets the release's facts
+            report.pop("version", None)
+            report[RELEASE_KEY] = release.to_dict()
+            report["rows_out"] = len(frame)
+            commit = CommitInfo(principal=self.plake.principal, purpose=_PURPOSE, dag_run=dag_run,
+                                extra={"release_k": str(release.k),
+                                       "release_suppressed_patients": str(release.suppressed_patients),
+                                       REPORT_KEY: json.dumps(report, sort_keys=True, default=str)})
+            version = self.plake.overwrite_unsealed("deidentified", name, _arrow(frame), commit=commit,
+                                                    evolve_schema=True)
+            rewritten[name] = {RELEASE_KEY: report[RELEASE_KEY], "rows_out": len(frame), "version": version}
+        return {**release.to_dict(), "rewritten": rewritten}
 
     def _forbidden_names(self) -> set[str]:
         # Surrogate names must never coincide with a real patient's name in this release.
@@ -250,7 +291,7 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
     if "refused" in report:
         return {"refused": report["refused"]}
     return {key: report.get(key) for key in ("version", "rows_in", "rows_out", "k", "l", "suppressed",
-                                              "generalization", "flagged_columns")}
+                                              "generalization", "flagged_columns", RELEASE_KEY)}
 
 
 def demo_step(settings: Settings, report: Any) -> dict[str, Any]:

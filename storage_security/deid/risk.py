@@ -20,7 +20,8 @@ from storage_security.deid.operators import age_bands
 
 WITHHELD = "*"
 
-__all__ = ["RiskGateError", "RiskReport", "enforce", "k_anonymity", "l_diversity"]
+__all__ = ["ReleaseReport", "RiskGateError", "RiskReport", "enforce", "enforce_release", "k_anonymity", "l_diversity",
+           "release_vectors"]
 
 
 class RiskGateError(ValidationError):
@@ -131,7 +132,12 @@ def enforce(frame: pd.DataFrame, quasi_identifiers: Sequence[str], sensitive: Se
 
     Args:
         entity: the column naming the individual (``patient_pseudonym``): classes are sized in distinct
-            individuals, not rows. Without it (or when the table lacks it), rows are counted.
+            individuals, not rows. Without it (or when the table lacks it or it is null throughout), rows are
+            counted.
+
+    With no quasi-identifier listed (a flat research table the catalog does not know), the whole table is one
+    equivalence class: k is its number of individuals, and l is each listed sensitive column's number of distinct
+    values over the whole table (none listed: l is not applicable and reported as null).
 
     Raises:
         RiskGateError: the table cannot meet k and l even fully generalised within the suppression budget
@@ -139,7 +145,9 @@ def enforce(frame: pd.DataFrame, quasi_identifiers: Sequence[str], sensitive: Se
     """
     qis = [c for c in quasi_identifiers if c in frame.columns]
     sensitive = [c for c in sensitive if c in frame.columns]
-    entity = entity if entity in frame.columns else None
+    # A table whose rows are linked to no patient (a research table without an id column: the pseudonym is null
+    # throughout) has one individual per row.
+    entity = entity if entity in frame.columns and frame[entity].notna().any() else None
     ladders = ladders or {}
     work = frame.copy()
     levels = {c: 0 for c in qis}
@@ -185,3 +193,158 @@ def enforce(frame: pd.DataFrame, quasi_identifiers: Sequence[str], sensitive: Se
     if rows and report.k < k:
         raise RiskGateError(f"k-anonymity {report.k} < {k} after generalisation")
     return published, report
+
+
+ROWS = "#rows"
+"""The release column that counts a patient's rows in an event table (their number of encounters, say)."""
+PRESENT = "#present"
+"""The release column that says whether a patient has rows in a table with no quasi-identifier listed."""
+
+
+@dataclass
+class ReleaseReport:
+    """What the release gate did over the tables published together: one k per patient, not one per table."""
+
+    k_required: int
+    k: int
+    patients: int
+    suppressed_patients: int
+    quasi_identifiers: dict[str, list[str]]
+    generalization: dict[str, list[Any]] = field(default_factory=dict)
+    over_budget: bool = False
+    rows_suppressed: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"k_required": self.k_required, "k": self.k, "patients": self.patients,
+                "suppressed_patients": self.suppressed_patients, "quasi_identifiers": self.quasi_identifiers,
+                "generalization": self.generalization, "over_budget": self.over_budget,
+                "rows_suppressed": self.rows_suppressed}
+
+
+def release_vectors(tables: dict[str, pd.DataFrame], quasi_identifiers: dict[str, Sequence[str]],
+                    entity: str = "patient_pseudonym") -> pd.DataFrame:
+    """One row per patient: every quasi-identifier a pseudonym links to them across ``tables``.
+
+    A table with one row per patient (patients, outcomes) gives its quasi-identifiers' values; an event table gives
+    the set of its rows' quasi-identifier tuples (the facilities and encounter types a patient was seen with,
+    together, so a per-row class is never finer than the patient's) and the exact count of the patient's rows,
+    which anyone holding the table can count. A table with no quasi-identifier listed (observations, notes) gives
+    only whether the patient is in it: its row counts are not counted (a known limit, see the README). A table
+    without the pseudonym links nothing and is left out; a patient absent from a table gets ``<none>`` and 0.
+    """
+    columns: dict[str, pd.Series] = {}
+    for table, frame in sorted(tables.items()):
+        qis = [c for c in quasi_identifiers.get(table, ()) if c in frame.columns]
+        if entity not in frame.columns:
+            continue
+        linked = frame[frame[entity].notna()]
+        if not qis:
+            # A table the catalog lists no quasi-identifier for still says who is in it (a join keeps only them).
+            columns[f"{table}{PRESENT}"] = pd.Series(1, index=pd.Index(linked[entity].unique()))
+            continue
+        keys = _keys(linked, qis).astype(str)
+        per_patient = linked.groupby(entity, sort=False).size()
+        if per_patient.empty:
+            continue
+        if int(per_patient.max()) <= 1:
+            for c in qis:
+                columns[f"{table}.{c}"] = keys[c].set_axis(linked[entity])
+            continue
+        tuples = keys.agg("\x1f".join, axis=1).set_axis(linked[entity])
+        columns[f"{table}.{'+'.join(qis)}"] = tuples.groupby(level=0, sort=False).agg(
+            lambda v: "\x1e".join(sorted(set(v))))
+        columns[f"{table}{ROWS}"] = per_patient
+    if not columns:
+        return pd.DataFrame()
+    out = pd.DataFrame(columns)
+    for name in out.columns:
+        counted = name.endswith((ROWS, PRESENT))
+        out[name] = out[name].fillna(0).astype(int) if counted else out[name].fillna("<none>")
+    return out
+
+
+def _small(vectors: pd.DataFrame, k: int) -> pd.Series:
+    """Patients (rows of ``vectors``) whose class over every column has fewer than k patients."""
+    if vectors.empty:
+        return pd.Series(False, index=vectors.index)
+    return vectors.groupby(list(vectors.columns), sort=False)[vectors.columns[0]].transform("size") < k
+
+
+def _release_at(tables: dict[str, pd.DataFrame], steps: dict[tuple[str, str], list[Any]],
+                levels: dict[tuple[str, str], int]) -> dict[str, pd.DataFrame]:
+    out = dict(tables)
+    for (table, column), level in levels.items():
+        if level:
+            frame = out[table] = out[table].copy()
+            for step in steps[(table, column)][:level]:
+                frame[column] = _generalize(frame[column], step)
+    return out
+
+
+def enforce_release(tables: dict[str, pd.DataFrame], quasi_identifiers: dict[str, Sequence[str]], *, k: int,
+                    ladders: dict[str, Sequence[Any]] | None = None, max_suppression: float = 0.05,
+                    entity: str = "patient_pseudonym") -> tuple[dict[str, pd.DataFrame], ReleaseReport]:
+    """Make the tables published together k-anonymous per patient over all of them (:func:`release_vectors`).
+
+    Generalisation is chosen over the release: while more than ``max_suppression`` of the patients would sit in
+    classes smaller than k, take the ladder step (a wider age band, a column withheld in one table) that leaves the
+    fewest such patients; undo steps the end state no longer needs; then the remaining patients' rows are
+    suppressed from every table. Row counts cannot be generalised (anyone can count rows), so when the ladders run
+    out the patients still in small classes are suppressed even past the budget (``over_budget``): the release is
+    never published unsafe. Tables without the pseudonym (flat research tables) are returned unchanged.
+
+    Returns:
+        The tables as they may be published, and the report; a table the gate left alone is the same object.
+    """
+    ladders = ladders or {}
+    steps = {(t, c): list(ladders.get(c, [WITHHELD])) for t, frame in tables.items()
+             for c in quasi_identifiers.get(t, ()) if c in frame.columns and entity in frame.columns}
+    levels = dict.fromkeys(steps, 0)
+
+    def failing(at: dict[tuple[str, str], int]) -> pd.Series:
+        return _small(release_vectors(_release_at(tables, steps, at), quasi_identifiers, entity), k)
+
+    bad = failing(levels)
+    patients = len(bad)
+    budget = int(max_suppression * patients)
+    over_budget = False
+    while int(bad.sum()) > budget:
+        candidates = [key for key in steps if levels[key] < len(steps[key])]
+        if not candidates:
+            over_budget = True
+            break
+        trials = {key: failing({**levels, key: levels[key] + 1}) for key in candidates}
+        best = min(candidates, key=lambda key: (int(trials[key].sum()), levels[key], key))
+        levels[best] += 1
+        bad = trials[best]
+    # Minimality: undo steps the end state does not need. Past the budget, a step that saved no patient (row counts
+    # alone left them unique) is undone too, so withholding everything does not buy nothing.
+    floor = max(budget, int(bad.sum()))
+    changed = True
+    while changed:
+        changed = False
+        for key in sorted((key for key in steps if levels[key]), key=lambda key: -levels[key]):
+            trial = failing({**levels, key: levels[key] - 1})
+            if int(trial.sum()) <= floor:
+                levels[key] -= 1
+                bad, changed = trial, True
+    released = _release_at(tables, steps, levels)
+    dropped = set(bad.index[bad])
+    rows_suppressed: dict[str, int] = {}
+    for table, frame in released.items():
+        if dropped and entity in frame.columns:
+            keep = ~frame[entity].isin(dropped)
+            if not keep.all():
+                rows_suppressed[table] = int((~keep).sum())
+                released[table] = frame.loc[keep].reset_index(drop=True)
+    vectors = release_vectors(released, quasi_identifiers, entity)
+    achieved = int(vectors.groupby(list(vectors.columns), sort=False).size().min()) if not vectors.empty else 0
+    report = ReleaseReport(
+        k_required=k, k=achieved, patients=patients, suppressed_patients=len(dropped),
+        quasi_identifiers={t: [c for c in quasi_identifiers.get(t, ()) if (t, c) in steps]
+                           for t in tables if any(key[0] == t for key in steps)},
+        generalization={f"{t}.{c}": steps[(t, c)][:level] for (t, c), level in levels.items() if level},
+        over_budget=over_budget, rows_suppressed=rows_suppressed)
+    if not vectors.empty and achieved < k:
+        raise RiskGateError(f"release k-anonymity {achieved} < {k} after generalisation and suppression")
+    return released, report
