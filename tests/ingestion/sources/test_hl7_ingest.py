@@ -66,7 +66,8 @@ def test_when_the_seven_vendor_messages_are_ingested_then_each_lands_and_every_r
                                                                                           "H")
     assert ldl["effective_time"] == "2008-05-11T10:35:00Z"
     age = next(o for o in observations if o["code"] == "21612-7")
-    assert (age["value"], age["unit"], age["loinc_code"]) == (5.0, "mo", "21612-7")
+    assert (age["value"], age["unit"], age["loinc_code"], age["code_system"]) == (5.0, "mo", "21612-7", "loinc")
+    assert ldl["code_system"] == "L"  # a local code with no system: HL7 0396 'L', an unknown system kept as given
     assert {o["code"] for o in observations} >= {"JHDL", "JTRIG", "JVLDL", "JCHO", "008342", "997231", "997232",
                                                   "8339-4", "30974-0"}
     reports = {r["report_id"]: r for r in _raw(plake, "diagnostic_reports")}
@@ -106,8 +107,8 @@ def test_when_an_mllp_batch_has_one_broken_message_then_the_others_load_and_it_i
     assert (glucose["value"], glucose["loinc_code"], glucose["effective_time"]) == (98.0, "2345-7",
                                                                                    "2024-01-02T07:45:00Z")
     (shot,) = _raw(plake, "immunizations")
-    assert (shot["immunization_id"], shot["code"], shot["status"], shot["occurrence_time"]) == (
-        "IZ-1", "08", "completed", "2024-03-01T09:30:00Z")
+    assert (shot["immunization_id"], shot["code"], shot["code_system"], shot["status"], shot["occurrence_time"]) == (
+        "IZ-1", "08", "cvx", "completed", "2024-03-01T09:30:00Z")
 
 
 def test_when_the_same_feed_is_ingested_twice_then_nothing_is_added_twice(tmp_path: Path, ing_settings,
@@ -118,3 +119,34 @@ def test_when_the_same_feed_is_ingested_twice_then_nothing_is_added_twice(tmp_pa
     again = ingest(ing_settings, source="hl7", path=path, plake=plake, docs=False)
     assert again.replayed and again.to_dict()["tables"] == first.to_dict()["tables"]
     assert len(_raw(plake, "patients")) == 2
+
+
+def test_when_an_adt_and_an_order_carry_allergies_diagnoses_and_a_drug_then_they_land_with_their_systems(
+        tmp_path: Path, ing_settings, plake) -> None:
+    path = tmp_path / "adt.hl7"
+    path.write_bytes(
+        b"MSH|^~\\&|EPIC|EAST|||20240101120000||ADT^A01^ADT_A01|A1|P|2.5.1\r"
+        b"EVN|A01|20240101120000\r"
+        b"PID|1||PAT9^^^EAST^MR||Doe^Jane||19700102|F|||1 Main St^^Town^Oregon^97201||^PRN^PH^^1^503^5550101\r"
+        b"PV1|1|I|W1^^^EAST||||||||||||||||V9\r"
+        b"AL1|1|DA|7980^Penicillin G^RXNORM|SV|Hives\r"
+        b"DG1|1||J45.909^Unspecified asthma, uncomplicated^I10\r"
+        b"ZPD|1|site field\r\n"
+        b"MSH|^~\\&|CPOE|EAST|||20240101130000||ORM^O01|O1|P|2.4\r"
+        b"PID|1||PAT9^^^EAST^MR\r"
+        b"ORC|NW|PLC-1\r"
+        b"RXO|197361^Amlodipine 5 MG Oral Tablet^RXNORM|5||mg\r\n")
+    report = ingest(ing_settings, source="hl7", path=path, plake=plake, docs=False)
+    counts = _counts(report)
+    assert _rejects(plake) == [] and counts["patients"] == (2, 2, 0)  # the order's sparse PID: a duplicate
+    (patient,) = _raw(plake, "patients")
+    assert (patient["state"], patient["phone"], patient["birth_date"]) == ("OR", "+15035550101", "1970-01-02")
+    (allergy,) = _raw(plake, "allergies")
+    assert (allergy["code"], allergy["code_system"], allergy["criticality"]) == ("7980", "rxnorm", "high")
+    (condition,) = _raw(plake, "conditions")
+    assert (condition["code_system"], condition["icd10_code"], condition["encounter_id"]) == ("icd10cm", "J45.909",
+                                                                                             "V9")
+    (drug,) = _raw(plake, "medications")
+    assert (drug["kind"], drug["code_system"], drug["rxnorm_code"], drug["status"]) == ("order", "rxnorm", "197361",
+                                                                                       "active")
+    assert json.loads(_raw(plake, "resources")[0]["resource_json"])["unmapped"] == ["ZPD"]
