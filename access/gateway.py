@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import pyarrow as pa
@@ -112,8 +113,9 @@ class QueryGateway:
         max_query_chars: longer queries are refused before parsing.
         max_result_rows: queries returning more rows are refused.
         max_result_bytes: queries returning more bytes (Arrow buffers) are refused, as soon as they pass it.
-        queries_per_minute: a principal's queries beyond this many in any minute are refused (per gateway);
-            None: no limit (``from_settings``, what every front uses, sets ``access.queries_per_minute``).
+        queries_per_minute: a principal's queries beyond this many in any minute are refused; None: no limit
+            (``from_settings``, what every front uses, sets ``access.queries_per_minute``).
+        rate_file: where the rate windows are kept, so separate processes of one home share them (None: memory).
         timeout_seconds: a query still running after this long is interrupted and refused.
         memory_limit: DuckDB's memory limit for one query (e.g. ``"2GB"``).
         column_classes: optional ``(zone, table) -> {column: class}`` (e.g. the de-identification report).
@@ -128,7 +130,8 @@ class QueryGateway:
                  column_classes: Callable[[Zone, str], Mapping[str, str] | None] | None = None,
                  kek_name: str = "medguard-kek", timeout_seconds: float = 60.0,
                  memory_limit: str = "2GB", max_result_bytes: int = 256 * 2**20,
-                 queries_per_minute: int | None = None, small_cell_k: int = 5) -> None:
+                 queries_per_minute: int | None = None, rate_file: Path | None = None,
+                 small_cell_k: int = 5) -> None:
         # The gateway records each read itself (rows after filters and masks); a lake's access hook would repeat it.
         self.lake = lake.with_access_hook(None)
         self.kek_name = kek_name
@@ -140,7 +143,7 @@ class QueryGateway:
         self._max_chars = max_query_chars
         self._max_rows = max_result_rows
         self._max_bytes = max_result_bytes
-        self._rate = _limits.RateLimiter(queries_per_minute, 60.0) if queries_per_minute else None
+        self._rate = _limits.RateLimiter(queries_per_minute, 60.0, path=rate_file) if queries_per_minute else None
         self._column_classes = column_classes
         self._small_cell_k = small_cell_k
         self._protections: dict[str, Protection | None] = {}
@@ -163,7 +166,8 @@ class QueryGateway:
                    kek_name=settings.vault.kek_name, timeout_seconds=settings.access.query_timeout_seconds,
                    memory_limit=settings.access.query_memory_limit,
                    max_result_bytes=settings.access.max_result_bytes, small_cell_k=settings.deidentify.k_anonymity,
-                   queries_per_minute=settings.access.queries_per_minute)
+                   queries_per_minute=settings.access.queries_per_minute,
+                   rate_file=Path(settings.home) / "access" / "query_rate.json")
 
     def __repr__(self) -> str:
         return f"QueryGateway(lake={self.lake.root!r}, policy_version={self.engine.policy.version})"

@@ -171,7 +171,7 @@ class AccessSettings(_Section):
     max_result_rows: int = Field(default=1_000_000, ge=1)
     # Bytes of a result (Arrow buffers): a result passing it is refused while it is read, not after.
     max_result_bytes: int = Field(default=256 * 2**20, ge=1024)
-    # Queries one principal may run per minute through one gateway (HTTP, pgwire, or one CLI call).
+    # Queries one principal may run per minute (the window is kept in the home, shared by every `medguard query`).
     queries_per_minute: int = Field(default=120, ge=1, le=100_000)
     query_timeout_seconds: float = Field(default=60.0, gt=0)
     query_memory_limit: str = Field(default="2GB", pattern=r"^[0-9]+(\.[0-9]+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")

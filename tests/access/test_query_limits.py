@@ -106,3 +106,23 @@ def test_when_a_query_pads_and_concatenates_modestly_then_it_runs(world):
     result = _gateway(world).query(world.session("ann"), "SELECT lpad(sex, 5, '_') || '/' || age_band AS s "
                                                          "FROM deidentified.patients LIMIT 3")
     assert result.table.num_rows == 3
+
+
+def test_when_separate_gateways_share_a_home_then_they_share_the_rate_window(world, tmp_path):
+    # Each `medguard query` is a process with its own gateway: the window lives in the home, not in memory.
+    rate_file = tmp_path / "access" / "query_rate.json"
+    sql = "SELECT count(*) AS n FROM deidentified.patients"
+    for _ in range(2):
+        _gateway(world, queries_per_minute=2, rate_file=rate_file).query(world.session("ann"), sql)
+    with pytest.raises(AccessDeniedError, match="more than 2 queries in a minute"):
+        _gateway(world, queries_per_minute=2, rate_file=rate_file).query(world.session("ann"), sql)
+    assert oct(rate_file.stat().st_mode & 0o777) == "0o600"
+
+
+def test_when_the_shared_window_passes_then_queries_are_allowed_again(tmp_path):
+    now = [1_000.0]
+    path = tmp_path / "rate.json"
+    first, second = (RateLimiter(1, 60.0, clock=lambda: now[0], path=path) for _ in range(2))
+    assert first.allow("user:a") and not second.allow("user:a")
+    now[0] += 61
+    assert second.allow("user:a")
