@@ -24,20 +24,29 @@ deidentify_app = typer.Typer(
 def deidentify(
     ctx: typer.Context,
     table: Annotated[str | None, typer.Option("--table", help="One raw table; every raw table when omitted.")] = None,
+    full: Annotated[bool, typer.Option("--full", help="Rebuild from the whole raw history instead of publishing "
+                                                      "only the raw batches not yet published.")] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Classify, mask, pass the k-anonymity gate and publish raw tables to `deidentified`."""
+    """Classify, mask, pass the k-anonymity gate and publish raw tables to `deidentified`.
+
+    Incremental: only raw batches not yet published are decrypted and masked; a table with no new batch is left
+    as it is (no decryption, no new version). `--full` rebuilds every table.
+    """
     if ctx.invoked_subcommand is not None:
         return
     from pipeline.errors import ValidationError
     from storage_security.deid.deidentify import publish_raw_zone, refused
 
     settings = settings_from(ctx)
-    result = publish_raw_zone([table] if table else None, settings=settings)
+    result = publish_raw_zone([table] if table else None, settings=settings, full=full)
     lines = []
     for name, r in result.items():
         if r.get("refused"):
             lines.append(f"{name}: NOT published: {r['refused']}")
+            continue
+        if r.get("publication") == "unchanged":
+            lines.append(f"{name}: version {r['version']}, unchanged (no new raw batch)")
             continue
         diversity = "" if r["l"] is None else f", l={r['l']}"
         flagged = f", flagged and dropped: {','.join(r['flagged_columns'])}" if r["flagged_columns"] else ""

@@ -11,7 +11,9 @@ version it describes — and records one audit event. :func:`published_report` r
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from collections.abc import Sequence
 from datetime import date
 from typing import TYPE_CHECKING, Any
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 PRINCIPAL = "svc:deidentify"
 REPORT_KEY = "deidentify_report"
 RELEASE_KEY = "release"
+LEDGER_KEY = "ledger"
 _PURPOSE = "deidentification"
 
 __all__ = ["PRINCIPAL", "Deidentifier", "publish_raw_zone", "publish_raw_zone_or_fail", "published_report", "refused",
@@ -74,6 +77,7 @@ class Deidentifier:
         self.settings = settings
         self.config = config or load_masking_config(settings.deidentify)
         self._detector = detector
+        self._names: tuple[int, set[str], dict[str, set[str]]] | None = None
         self.reference_date = date.fromisoformat(str(self.config.get("reference_date", "2025-01-01")))
 
     @classmethod
@@ -94,15 +98,16 @@ class Deidentifier:
         """The tables of the raw zone."""
         return self.plake.tables("raw")
 
-    def publish_all(self, tables: Sequence[str] | None = None, *, dag_run: str | None = None) -> dict[str, Any]:
-        """Publish every raw table (or ``tables``); one report per table."""
+    def publish_all(self, tables: Sequence[str] | None = None, *, dag_run: str | None = None,
+                    full: bool = False) -> dict[str, Any]:
+        """Publish every raw table (or ``tables``), each incrementally unless ``full``; one report per table."""
         names = list(tables) if tables else self.raw_tables()
         if not names:
             raise ValueError("the raw zone has no tables to de-identify (run ingestion first)")
         reports: dict[str, Any] = {}
         for name in names:
             try:
-                reports[name] = self.publish(name, dag_run=dag_run)
+                reports[name] = self.publish(name, dag_run=dag_run, full=full)
             except RiskGateError as exc:
                 # One table that cannot be made safe must not hold back the others; it is reported, unpublished.
                 reports[name] = {"table": name, "refused": str(exc)}
@@ -148,21 +153,60 @@ class Deidentifier:
             rewritten[name] = {RELEASE_KEY: report[RELEASE_KEY], "rows_out": len(frame), "version": version}
         return {**release.to_dict(), "rewritten": rewritten}
 
-    def _forbidden_names(self) -> set[str]:
-        # Surrogate names must never coincide with a real patient's name in this release.
+    def _forbidden_names(self) -> tuple[set[str], dict[str, set[str]]]:
+        """The real names of the release (lower case) and, per raw.patients batch, the names it brought.
+
+        Surrogate names must never coincide with a real patient's name. The names are decrypted once per version
+        of raw.patients, not once per table or per run of a table.
+        """
         if not self.plake.exists("raw", "patients"):
-            return set()
-        columns = [c for c in ("first_name", "last_name") if c in self._raw_columns("patients")]
+            return set(), {}
+        version = self.plake.version("raw", "patients")
+        if self._names is not None and self._names[0] == version:
+            return self._names[1], self._names[2]
+        present = self._raw_columns("patients")
+        columns = [c for c in ("first_name", "last_name") if c in present]
         if not columns:
-            return set()
-        names = self.plake.read("raw", "patients", decrypt=columns, columns=columns, purpose=_PURPOSE)
-        return {str(v).lower() for c in columns for v in names.column(c).to_pylist() if v}
+            return set(), {}
+        names = self.plake.read("raw", "patients", decrypt=columns, version=version, purpose=_PURPOSE,
+                                columns=[*columns, *(["_batch_id"] if "_batch_id" in present else [])])
+        batches = names.column("_batch_id").to_pylist() if "_batch_id" in present else [""] * names.num_rows
+        by_batch: dict[str, set[str]] = {}
+        for c in columns:
+            for batch, value in zip(batches, names.column(c).to_pylist(), strict=True):
+                if value:
+                    by_batch.setdefault(str(batch), set()).update(_name_words(str(value)))
+        forbidden = set().union(*by_batch.values()) if by_batch else set()
+        self._names = (version, forbidden, by_batch)
+        return forbidden, by_batch
 
     def _raw_columns(self, table: str) -> list[str]:
         return list(self.plake.schema("raw", table).names)
 
-    def publish(self, table: str, *, dag_run: str | None = None) -> dict[str, Any]:
+    def _last_publication(self, table: str) -> tuple[dict[str, Any], bool] | None:
+        """The report of the newest publication of ``table`` and whether it is still the table's latest commit
+        (a shred's delete or another writer may have come since), or None if it was never published."""
+        if not self.plake.exists("deidentified", table):
+            return None
+        for rank, entry in enumerate(self.plake.lake.history("deidentified", table, limit=_LEDGER_DEPTH)):
+            text = entry.get(f"medguard.{REPORT_KEY}")
+            if text is not None:
+                report = json.loads(text)
+                report["version"] = int(entry["version"])
+                return report, rank == 0
+        return None
+
+    def publish(self, table: str, *, dag_run: str | None = None, full: bool = False) -> dict[str, Any]:
         """De-identify ``raw/<table>`` into ``deidentified/<table>``; returns the report.
+
+        Incremental by default. The publication ledger (``ledger`` in the report, stored in the Delta commit)
+        names the raw version and batches that went out, the crypto-shredded patients (as a digest of their
+        pseudonyms) and the masking rules. If none of these changed, nothing is read, decrypted or written
+        (``publication: "unchanged"``). If only new raw batches came and the last release kept every masked row as
+        it was (no suppression, no generalisation), only the new batches are decrypted, masked and added, and the
+        risk gate runs over the whole table: the same rows as a full run. Anything else — ``full``, a shred since
+        the last publication, changed rules, a release the gate reshaped, a new patient whose name is a surrogate
+        already published — rebuilds the table from the whole raw history (``publication: "full"``).
 
         Raises:
             RiskGateError: the table cannot meet k-anonymity / l-diversity; nothing is written.
@@ -171,14 +215,62 @@ class Deidentifier:
         if not self.plake.exists("raw", table):
             raise ValueError(f"raw.{table} does not exist")
         source_version = self.plake.version("raw", table)
-        raw = self.plake.read("raw", table, decrypt=True, version=source_version, purpose=_PURPOSE).to_pandas()
+        protection = self.plake.protection("raw", table)
+        present = self._raw_columns(table)
+        patient = protection.patient_key if protection else None
+        shredded = self.plake.shredded() if patient in present else set()
+        state = {"source_version": source_version, "shredded": _digest(sorted(shredded)),
+                 "config": _digest(self._gate_settings(table))}
+        last = None if full else self._last_publication(table)
+        ledger = (last[0].get(LEDGER_KEY) or {}) if last else {}
+        if last and all(ledger.get(key) == value for key, value in state.items()):
+            return {**last[0], "publication": "unchanged"}
+        append = (last is not None and last[1] and ledger.get("appendable") is True and RELEASE_KEY not in last[0]
+                  and ledger.get("shredded") == state["shredded"] and ledger.get("config") == state["config"]
+                  and {"_batch_id", "_record_hash"} <= set(present))
+        if append:
+            try:
+                return self._publish(table, source_version, protection, shredded, state, dag_run=dag_run,
+                                     previous=last[0])
+            except _Rebuild:
+                pass
+        return self._publish(table, source_version, protection, shredded, state, dag_run=dag_run, previous=None)
+
+    def _gate_settings(self, table: str) -> dict[str, Any]:
+        """What a publication of ``table`` depends on besides the raw rows: its rules and the gate's settings."""
+        d = self.settings.deidentify
+        return {"rules": table_rules(self.config, table), "table": (self.config.get("tables") or {}).get(table, {}),
+                "note_entities": self.config.get("note_entities"), "generalize": self.config.get("generalize"),
+                "reference_date": str(self.reference_date), "max_suppression": self.config.get("max_suppression"),
+                "k": d.k_anonymity, "l": d.l_diversity}
+
+    def _publish(self, table: str, source_version: int, protection: Any, shredded: set[str],
+                 state: dict[str, Any], *, dag_run: str | None, previous: dict[str, Any] | None) -> dict[str, Any]:
+        """One publication of ``table``: every raw row (``previous`` None) or the batches ``previous`` lacks."""
+        patient = protection.patient_key if protection else None
+        batches: list[str] = []
+        if previous is not None:
+            meta = self.plake.read("raw", table, columns=["_batch_id", "_record_hash"], version=source_version,
+                                   purpose=_PURPOSE).to_pandas()
+            done = set(previous[LEDGER_KEY]["batches"])
+            fresh = ~meta["_batch_id"].isin(done)
+            batches = sorted(str(b) for b in meta["_batch_id"].dropna().unique())
+            new = sorted(str(b) for b in meta.loc[fresh, "_batch_id"].dropna().unique())
+            if not new:
+                raise _Rebuild  # a new raw version with no new batch (a rewrite): nothing to add to
+            seen = set(meta.loc[~fresh, "_record_hash"])
+            where = "_batch_id IN (" + ", ".join(_sql_text(b) for b in new) + ")"
+            raw = self.plake.read("raw", table, decrypt=True, version=source_version, where=where,
+                                  purpose=_PURPOSE).to_pandas()
+            raw = raw[~raw["_record_hash"].isin(seen)].reset_index(drop=True)
+        else:
+            raw = self.plake.read("raw", table, decrypt=True, version=source_version, purpose=_PURPOSE).to_pandas()
+            if "_batch_id" in raw.columns:
+                batches = sorted(str(b) for b in raw["_batch_id"].dropna().unique())
         if "_record_hash" in raw.columns:
             # raw keeps a record once per batch that brought it (CSV and FHIR, a re-sent extract): publish it once.
             raw = raw.drop_duplicates("_record_hash", ignore_index=True)
-        protection = self.plake.protection("raw", table)
-        patient = protection.patient_key if protection else None
-        shredded = self.plake.shredded() if patient in raw.columns else set()
-        if shredded:
+        if shredded and patient in raw.columns:
             # Crypto-shredded patients' rows leave the derived zones (DESIGN.md), not only their sealed cells.
             raw = raw[~raw[patient].isin(shredded)].reset_index(drop=True)
         rules = table_rules(self.config, table)
@@ -191,20 +283,33 @@ class Deidentifier:
                 # Flagged PHI is dropped; a column the scan cleared is published as it is.
                 used[column] = {"class": found.klass,
                                 "op": "drop" if found.klass is ColumnClass.DIRECT_IDENTIFIER else "keep"}
-        keys = MaskingKeys(self.plake.pseudonymizer,
-                           forbidden_names=self._forbidden_names() if _has_notes(used) else ())
+        if previous is not None and _digest(used) != previous[LEDGER_KEY].get("used"):
+            raise _Rebuild  # the new rows classify otherwise (a newly flagged column): every row again
+        forbidden, by_batch = self._forbidden_names() if _has_notes(used) else (set(), {})
+        prior = None
+        if previous is not None:
+            prior = self.plake.read("deidentified", table, purpose=_PURPOSE)
+            if _has_notes(used) and _reused(prior, used, by_batch, previous[LEDGER_KEY].get("name_batches", [])):
+                raise _Rebuild  # a new patient's name is a surrogate already published: those notes change
+        keys = MaskingKeys(self.plake.pseudonymizer, forbidden_names=forbidden)
         masker = None
         if _has_notes(used):
             entity_ops = dict(self.config.get("note_entities") or {"default": "surrogate"})
             masker = NoteMasker(self.detector, keys, entity_ops)
         note_spans = None
         spark_rows = int(self.config.get("spark_min_rows", 50_000))
-        if masker is not None and len(raw) >= spark_rows:
-            # Large note tables: detection (the costly part) runs on Spark, one engine per executor.
-            from storage_security.deid.spark import detect_notes
-
+        detection = "local"
+        if masker is not None:
             text_column = next(c for c, r in used.items() if r.get("op") == "notes")
-            note_spans = detect_notes(self.settings, raw[text_column].tolist())
+            if len(raw) >= spark_rows:
+                # Large note tables: detection (the costly part) runs on Spark, one engine per executor.
+                from storage_security.deid.spark import detect_notes
+
+                note_spans = detect_notes(self.settings, raw[text_column].tolist())
+                detection = "spark"
+            elif self.settings.deidentify.processes > 1:
+                note_spans, detection = _detect_in_pool(raw[text_column].tolist(),
+                                                        self.settings.deidentify.processes)
         if masker is None and self.settings.compute == "spark" and len(raw) >= spark_rows:
             # Large structured tables on a Spark cluster: masking runs per batch on the executors.
             from storage_security.deid.spark import mask_table_spark
@@ -215,6 +320,13 @@ class Deidentifier:
             masked = mask_table(raw, used, keys, reference_date=self.reference_date, note_masker=masker,
                                 note_spans=note_spans)
             masking = "local"
+        if prior is not None:
+            # The release kept every masked row as it was: the earlier rows plus the new ones are a full run's rows.
+            added = _arrow(masked)
+            added = added.cast(prior.schema) if set(added.column_names) == set(prior.column_names) else None
+            if added is None:
+                raise _Rebuild
+            masked = _concat([prior, added.select(prior.column_names)]).to_pandas()
         published, risk = enforce(masked, spec.get("quasi_identifiers", []), spec.get("sensitive", []),
                                   k=self.settings.deidentify.k_anonymity, ell=self.settings.deidentify.l_diversity,
                                   ladders=self.config.get("generalize"),
@@ -226,8 +338,13 @@ class Deidentifier:
                   "source_classes": classification.classes(), "flagged_columns": classification.flagged,
                   "scanned": classification.to_dict()["scanned"], **risk.to_dict()}
         report["masking"] = masking
+        report["publication"] = "incremental" if previous is not None else "full"
+        report["rows_decrypted"] = len(raw)
+        report[LEDGER_KEY] = {**state, "batches": batches, "used": _digest(used),
+                              "name_batches": sorted(by_batch), "appendable": not risk.suppressed
+                              and not risk.generalization}
         if masker is not None:
-            report["notes_detection"] = "spark" if note_spans is not None else "local"
+            report["notes_detection"] = detection
         # The release's facts ride in its commit; the one audited write (the lake's access hook) records the short
         # ones in its event, the whole report stays in the commit's metadata.
         facts = {"k": str(risk.k), "l": str(risk.l_diversity), "suppressed": str(risk.suppressed),
@@ -237,6 +354,61 @@ class Deidentifier:
         report["version"] = self.plake.overwrite_unsealed("deidentified", table, _arrow(published), commit=commit,
                                                           evolve_schema=True)
         return report
+
+
+class _Rebuild(Exception):
+    """An incremental publication found it cannot give a full run's result: rebuild from the whole raw history."""
+
+
+_LEDGER_DEPTH = 20
+
+
+def _digest(value: Any) -> str:
+    # Of rules, settings and batch names, or of pseudonyms (keyed already): nothing here is record content.
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _name_words(value: str) -> set[str]:
+    low = value.lower()
+    return {low, *low.split()}
+
+
+def _reused(prior: Any, used: dict[str, dict[str, Any]], by_batch: dict[str, set[str]],
+            name_batches: Sequence[str]) -> bool:
+    """True when a real name that came after the last publication appears as a word of its published notes.
+
+    A surrogate is never a real name of its release; a patient who arrived since may carry a name that an earlier
+    note's surrogate already is, and a full run would then pick another one.
+    """
+    known = set(name_batches)
+    before = set().union(*(w for b, w in by_batch.items() if b in known)) if by_batch else set()
+    new = set().union(*(w for b, w in by_batch.items() if b not in known)) - before if by_batch else set()
+    if not new:
+        return False
+    column = next(r.get("as", c) for c, r in used.items() if r.get("op") == "notes")
+    if column not in prior.column_names:
+        return True
+    for text in prior.column(column).to_pylist():
+        # Words of published (already masked) text, once per note: no Arrow kernel splits into a set.
+        if text and not new.isdisjoint(re.findall(r"[a-z][a-z'\-]*", text.lower())):
+            return True
+    return False
+
+
+def _detect_in_pool(texts: Sequence[Any], processes: int) -> tuple[list[list[Any]], str]:
+    """PHI spans of each text over the detector pool (``processes`` spawned workers, one Presidio engine each)."""
+    from storage_security.deid.detection import detect_many
+
+    present = [i for i, t in enumerate(texts) if t is not None]
+    found = detect_many([str(texts[i]) for i in present], processes=processes)
+    spans: list[list[Any]] = [[] for _ in texts]
+    for i, s in zip(present, found, strict=True):
+        spans[i] = s
+    return spans, f"pool of {processes} processes"
 
 
 def published_class(rule: dict[str, Any]) -> str:
@@ -250,6 +422,12 @@ def _has_notes(rules: dict[str, dict[str, Any]]) -> bool:
     return any(rule.get("op") == "notes" for rule in rules.values())
 
 
+def _concat(tables: Sequence[Any]) -> Any:
+    import pyarrow as pa
+
+    return pa.concat_tables(tables)
+
+
 def _arrow(frame: pd.DataFrame) -> Any:
     import pyarrow as pa
 
@@ -257,7 +435,7 @@ def _arrow(frame: pd.DataFrame) -> Any:
 
 
 def publish_raw_zone(tables: Sequence[str] | None = None, *, settings: Settings | None = None,
-                     dag_run: str | None = None) -> dict[str, Any]:
+                     dag_run: str | None = None, full: bool = False) -> dict[str, Any]:
     """Publish the raw zone's tables (all of them by default) with the settings' key provider; a summary per table.
 
     The entry point of the DAG and of ``medguard deidentify``.
@@ -265,7 +443,7 @@ def publish_raw_zone(tables: Sequence[str] | None = None, *, settings: Settings 
     from pipeline.settings import get_settings
 
     settings = settings or get_settings()
-    reports = Deidentifier.from_settings(settings).publish_all(tables, dag_run=dag_run)
+    reports = Deidentifier.from_settings(settings).publish_all(tables, dag_run=dag_run, full=full)
     return {name: summary(report) for name, report in reports.items()}
 
 
@@ -291,7 +469,8 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
     if "refused" in report:
         return {"refused": report["refused"]}
     return {key: report.get(key) for key in ("version", "rows_in", "rows_out", "k", "l", "suppressed",
-                                              "generalization", "flagged_columns", RELEASE_KEY)}
+                                              "generalization", "flagged_columns", RELEASE_KEY,
+                                              "publication", "rows_decrypted")}
 
 
 def demo_step(settings: Settings, report: Any) -> dict[str, Any]:

@@ -28,7 +28,6 @@ _NER_MAPPING = {"PER": "PERSON", "PERSON": "PERSON", "NORP": "NRP", "FAC": "LOCA
 _NER_IGNORED = ["ORG", "ORGANIZATION", "CARDINAL", "EVENT", "LANGUAGE", "LAW", "MONEY", "ORDINAL", "PERCENT",
                 "PRODUCT", "QUANTITY", "WORK_OF_ART"]
 
-_PROPER = re.compile(r"\b[A-Z][A-Za-z'-]*[a-z]")
 _WORD = re.compile(r"\w+(?:['-]\w+)*")
 _PROPER_WORD = re.compile(r"\b[^\W\d_][^\W\d_]*(?:['-][^\W\d_]+)*")
 _ICD10 = re.compile(r"[A-TV-Z]\d{2}(?:\.\d{1,4})?")
@@ -200,6 +199,11 @@ class PhiDetector:
         return [_spans(r, t, self._allow, self._floor) for r, t in zip(results, texts, strict=True)]
 
 
+def _proper(value: str) -> bool:
+    """True when a word is capitalised and has a lower-case letter, in any script ("Jönsson", "Zúñiga")."""
+    return any(w[0].isupper() and any(c.islower() for c in w[1:]) for w in _PROPER_WORD.findall(value))
+
+
 def _not_a_date(value: str) -> bool:
     """A blood pressure ("130/65") or a measurement ("26.4") the model tagged DATE."""
     if re.fullmatch(r"\d+\.\d+", value):
@@ -234,7 +238,7 @@ def _spans(results: Iterable[Any], text: str, allow: frozenset[str] | None,
             start, end = _trim(text, start, end, allow)
             # A name or place has a capitalised word: "116" or "Z00.00" tagged PERSON by the model is noise
             # (dates need not have one).
-            if start >= end or (r.entity_type in ("PERSON", "LOCATION") and not _PROPER.search(text[start:end])):
+            if start >= end or (r.entity_type in ("PERSON", "LOCATION") and not _proper(text[start:end])):
                 continue
         out.append(PhiSpan(start, end, r.entity_type, float(r.score), name))
     if floor is not None:
@@ -255,7 +259,9 @@ def _propagate(text: str, spans: list[PhiSpan], allow: frozenset[str]) -> list[P
              if len(w) > 2 and w[0].isupper() and w not in SAFE_WORDS and w not in allow}
     if not words:
         return []
-    pattern = re.compile(r"(?<![\w'])(?:" + "|".join(map(re.escape, sorted(words, key=len, reverse=True))) + r")(?!\w)")
+    # Any case: a name written "Tremonti" once is "tremonti" or "TREMONTI" elsewhere in the same note.
+    pattern = re.compile(r"(?<![\w'])(?:" + "|".join(map(re.escape, sorted(words, key=len, reverse=True))) + r")(?!\w)",
+                         re.IGNORECASE)
     covered = [(p.start, p.end) for p in spans if p.entity_type == "PERSON"]
     return [PhiSpan(m.start(), m.end(), "PERSON", 0.5, "NamePropagation") for m in pattern.finditer(text)
             if not any(s <= m.start() and m.end() <= e for s, e in covered)]

@@ -22,13 +22,19 @@ class StreetAddressRecognizer(HealthcarePatternRecognizer):
         Pattern("Street address",
                 rf"\b\d{{1,6}}\s+(?:[NSEW]\.?\s+)?(?:[A-Z][a-z']+\s+){{1,3}}(?:{_SUFFIXES})\b\.?{_UNIT}", 0.7),
         Pattern("PO box", r"\bP\.?\s?O\.?\s+Box\s+\d{1,6}\b", 0.7),
+        # "Street 12, City, ST 12345" / "12 Street, City,  41-923": any country's order, any script's capitals.
+        Pattern("Address with place and postal code",
+                r"(?-i:(?:\b(?:ul|al|os|pl)\.[ ])?(?:\b\d{1,5}[A-Z]?[ ])?(?:\b\p{Lu}[\p{L}.'’-]*[ ]){0,3}"
+                r"\b\p{Lu}[\p{L}.'’-]*(?:[ ]\d{1,5}[A-Z]?)?,[ ]+\p{Lu}[\p{L}'’.-]*(?:[ ][\p{L}'’.-]+){0,4},[ ]+"
+                r"(?:\p{Lu}{2}\s+)?(?:\d{2,5}(?:[ -]\d{2,4})?|[A-Z]\d[A-Z]\s?\d[A-Z]\d))\b", 0.6),
         Pattern("Unit", r"\b(?:Apt|Apartment|Suite|Ste|Unit)\.?\s*#?\s*\d[A-Z0-9-]{0,5}\b", 0.6),
         # An address in any country's form after words that introduce one: to the end of the clause.
         Pattern("Labelled address",
                 r"(?<=\b(?i:address(?:es)?(?: is|:| here they are:)?|located at|lives at|living at|moved to|"
                 r"resides at|sent to|send (?:it|this|them|a new one) to|mail(?:ed)? to|return (?:it )?to|"
                 r"deliver(?:ed)? to|ship(?:ped)? to|taxi to|meet (?:you|me|us) at|it'?s in)\s+)"
-                r"(?=[^\n?!;]{0,60}\d)[^\n?!;]{4,80}?(?=\s*(?:[?!;]|\.(?:\s|$)|\n|$|,? and |,? for |,? in case |"
+                r"(?=(?-i:\p{Lu}|\d{1,5}[A-Z]?[ ]\p{Lu}|(?:ul|al|os|pl)\.))(?=[^\n?!;]{0,60}\d)"
+                r"[^\n?!;]{4,80}?(?=\s*(?:[?!;]|\.(?:\s|$)|\n|$|,? and |,? for |,? in case |"
                 r" after ))", 0.6),
     )
     CONTEXT = ("lives", "address", "resides", "street", "home")

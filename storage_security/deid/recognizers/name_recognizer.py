@@ -49,6 +49,13 @@ class ClinicalNameRecognizer(HealthcarePatternRecognizer):
         Pattern("Dictation initials",
                 r"(?<=\b(?i:dictated by|transcribed by|signed by)\s*:?\s*)\p{Lu}{2,3}/\p{L}{2,3}\b", 0.8),
         Pattern("Signature initials", r"(?<=(?:^|\n)\s*(?:--|-|/s/)\s*)\p{Lu}{2,3}\b", 0.6),
+        Pattern("After 'Patient' without a colon",
+                rf"(?<=\b(?:Patient|Pt|patient|pt)\.? )(?!(?i:is|was|has|had|denies|reports|seen|states)\b)"
+                rf"(?:{_FULL})(?= (?:is|was|has|had|seen|resting|presents|reports|denies|states|returns)\b)", 0.7),
+        # Lower-case names ("pt fadime stumpf seen today") are known by the same position.
+        Pattern("Lower-case name after 'Pt'",
+                r"(?<=\b(?i:pt|patient)\.? )(?!(?:is|was|has|had|denies|reports|seen|states|with|for|and)\b)"
+                r"\p{Ll}+(?:-\p{Ll}+)? \p{Ll}+(?:-\p{Ll}+)?(?= (?:seen|is|was|presents|reports|returns)\b)", 0.6),
         Pattern("Name before age", rf"{_FULL}(?=\s+is\s+an?\s+\d{{1,3}}[- ]y)", 0.7),
         Pattern("Possessive before clinical word", rf"(?<=\bto\s+){_FULL}(?=,\s+(?:charge nurse|RN|MD))", 0.6),
     )
