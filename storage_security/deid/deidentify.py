@@ -327,6 +327,10 @@ class Deidentifier:
             if added is None:
                 raise _Rebuild
             masked = _concat([prior, added.select(prior.column_names)]).to_pandas()
+        if "patient_pseudonym" in masked.columns and masked["patient_pseudonym"].isna().all():
+            # Rows linked to no patient (a research table without an id column): no empty link column is published,
+            # so every row is its own individual to the risk gate and to training.
+            masked = masked.drop(columns="patient_pseudonym")
         published, risk = enforce(masked, spec.get("quasi_identifiers", []), spec.get("sensitive", []),
                                   k=self.settings.deidentify.k_anonymity, ell=self.settings.deidentify.l_diversity,
                                   ladders=self.config.get("generalize"),

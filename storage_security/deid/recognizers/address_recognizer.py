@@ -27,6 +27,10 @@ class StreetAddressRecognizer(HealthcarePatternRecognizer):
                 r"(?-i:(?:\b(?:ul|al|os|pl)\.[ ])?(?:\b\d{1,5}[A-Z]?[ ])?(?:\b\p{Lu}[\p{L}.'’-]*[ ]){0,3}"
                 r"\b\p{Lu}[\p{L}.'’-]*(?:[ ]\d{1,5}[A-Z]?)?,[ ]+\p{Lu}[\p{L}'’.-]*(?:[ ][\p{L}'’.-]+){0,4},[ ]+"
                 r"(?:\p{Lu}{2}\s+)?(?:\d{2,5}(?:[ -]\d{2,4})?|[A-Z]\d[A-Z]\s?\d[A-Z]\d))\b", 0.6),
+        # A letter's street line: a house number and words, with "City, ST 12345" on the next line.
+        Pattern("Street line above a place line",
+                r"(?-i:\b\d{1,5}[A-Z]?[ ][^\n,]{3,40}"
+                r"(?=\n[ ]*[^\n,]{2,40},[ ]+(?:\p{Lu}{2}|\p{Lu}\p{Ll}+)[ ]+\d{4,5}\b))", 0.6),
         Pattern("Unit", r"\b(?:Apt|Apartment|Suite|Ste|Unit)\.?\s*#?\s*\d[A-Z0-9-]{0,5}\b", 0.6),
         # An address in any country's form after words that introduce one: to the end of the clause.
         Pattern("Labelled address",

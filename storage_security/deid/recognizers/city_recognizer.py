@@ -21,5 +21,12 @@ class CityRecognizer(HealthcarePatternRecognizer):
                 rf"(?<=\b(?:lives in|resides in|moved to|from|transferred to|home in)\s){_PLACE}"
                 rf"(?=,?\s+(?:{_STATES})\b)",
                 0.7),
+        # Any country's place before a region and a postal code, in any script ("Łowicz, TX 74948").
+        Pattern("Place before region and postal code",
+                r"(?<![\p{L}])\p{Lu}[\p{L}'’.-]*(?:[ -][\p{L}'’.-]+){0,3}"
+                r"(?=,[ ]+(?:\p{Lu}{2}|\p{Lu}\p{Ll}+)[ ]+\d{4,5}\b)", 0.6),
+        Pattern("Place after where someone lives",
+                r"(?<=\b(?i:lives|living|lived|resides|moved|relocated|stays|staying)\b[^.\n]{0,40}\b(?:in|to) )"
+                r"\p{Lu}[\p{L}'’-]+(?:[ ]\p{Lu}[\p{L}'’-]+){0,3}", 0.6),
     )
     CONTEXT = ("lives", "city", "town", "resides")

@@ -7,7 +7,8 @@ from presidio_analyzer import Pattern
 from storage_security.deid.recognizers._base import HealthcarePatternRecognizer
 
 _WORD = r"\p{Lu}[\p{L}'’.-]*"
-_KIND = (r"(?:General\s+|Community\s+|Memorial\s+|Regional\s+|Children's\s+|University\s+)?"
+_PARTICLE = r"(?:of|ob|der|den|van|von|de|del|la|le|du|da|am|an|sur|upon|on)"
+_KIND = (r"(?:General[ ]|Community[ ]|Memorial[ ]|Regional[ ]|Children's[ ]|University[ ])?"
          r"(?:Hospital|Medical\s+Center|Medical\s+Centre|Clinic|Health\s+Center|Health\s+System|Infirmary|"
          r"Cancer\s+(?:Center|Institute)|Institute|Family\s+(?:Practice|Health|Medicine)|Medical\s+Group|Healthcare|"
          r"Hospice|Health\s+Partners|Physicians|"
@@ -24,7 +25,8 @@ class HospitalRecognizer(HealthcarePatternRecognizer):
     CASE_SENSITIVE = True
     PATTERNS = (
         Pattern("Named facility",
-                rf"\b(?:(?:St\.?|Saint|Our\s+Lady\s+of|Mount|Mt\.?)\s+)?(?:{_WORD}\s+){{1,4}}{_KIND}\b", 0.75),
+                rf"\b(?:(?:St\.?|Saint|Our[ ]Lady[ ]of|Mount|Mt\.?)[ ])?(?:(?:{_WORD}|{_PARTICLE})[ ]){{0,4}}{_WORD}[ ]"
+                rf"{_KIND}\b", 0.75),
         Pattern("Facility of place",
                 rf"\b(?:University\s+)?(?:Hospital|Clinic|Medical\s+Center)\s+of\s+(?:the\s+)?{_WORD}"
                 rf"(?:\s+{_WORD}){{0,2}}", 0.75),
