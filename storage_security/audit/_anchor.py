@@ -164,8 +164,18 @@ def default_anchor(settings: Any, provider: Any, lake_id: str) -> HeadAnchor:
     client; the settings hold one Vault login, the job's own)."""
     from storage_security.keys.vault_transit import VaultTransitKeys
 
-    if isinstance(provider, VaultTransitKeys) and settings.key_provider == "vault" and not settings.vault.addr:
+    if isinstance(provider, VaultTransitKeys) and not settings.vault.addr and provider.addr == _local_addr(settings):
         from storage_security.local_vault.openbao import AUDIT_ANCHOR_MOUNT
 
         return VaultKVAnchor(_LocalOpenBaoClient(settings), lake_id, mount=AUDIT_ANCHOR_MOUNT)
     return FileAnchor(Path(settings.home) / "audit-anchors" / f"{lake_id}.json")
+
+
+def _local_addr(settings: Any) -> str | None:
+    """Where ``medguard vault up`` says the home's OpenBao listens (its pid file), if it was started."""
+    from storage_security.local_vault.openbao import local_paths
+
+    try:
+        return str(json.loads(local_paths(settings).pid.read_text())["addr"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
