@@ -41,7 +41,7 @@ def _values(row: dict[str, str], rng: random.Random) -> dict[str, str]:
     m, d, y = (int(x) for x in birthday.split("/"))
     months = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
               "November", "December")
-    card = "4" + "".join(str(rng.randrange(10)) for _ in range(15))
+    card = _luhn("4" + "".join(str(rng.randrange(10)) for _ in range(14)))
     return {
         "person": f"{first} {last}", "name": f"{first} {last}", "name_male": f"{first} {last}",
         "name_female": f"{first} {last}", "first_name": first, "first_name_male": first,
@@ -56,7 +56,7 @@ def _values(row: dict[str, str], rng: random.Random) -> dict[str, str]:
         "nation_plural": f"{row['NameSet']}s", "organization": row["Company"], "job": row["Occupation"],
         "year": str(y), "day_of_week": rng.choice(("Monday", "Tuesday", "Friday")),
         "credit_card_number": " ".join(card[i:i + 4] for i in range(0, 16, 4)),
-        "iban": f"GB{rng.randrange(10, 99)} NWBK {rng.randrange(10**7, 10**8)} {rng.randrange(10**5, 10**6)}",
+        "iban": _iban(f"NWBK{rng.randrange(10**5, 10**6)}{rng.randrange(10**7, 10**8)}"),
         "phone_number": row["TelephoneNumber"], "email": row["EmailAddress"],
         "url": f"https://www.{row['Domain']}/{row['Username'].lower()}", "ssn": row["NationalID"] or
         f"{rng.randrange(100, 665)}-{rng.randrange(10, 99)}-{rng.randrange(1000, 9999)}",
@@ -65,6 +65,22 @@ def _values(row: dict[str, str], rng: random.Random) -> dict[str, str]:
         "date_of_birth": birthday, "us_driver_license": f"{rng.choice('ABDFGHS')}{rng.randrange(10**6, 10**8)}",
         "age": row["Age"],
     }
+
+
+def _luhn(body: str) -> str:
+    """``body`` with its Luhn check digit appended (card numbers as Faker writes them: valid)."""
+    total = 0
+    for i, ch in enumerate(reversed(body)):
+        d = int(ch) * (2 if i % 2 == 0 else 1)
+        total += d - 9 if d > 9 else d
+    return body + str((10 - total % 10) % 10)
+
+
+def _iban(bban: str) -> str:
+    """A British IBAN with valid ISO 13616 check digits, in groups of four."""
+    numeric = "".join(str(int(c, 36)) for c in bban + "GB00")
+    raw = f"GB{98 - int(numeric) % 97:02d}{bban}"
+    return " ".join(raw[i:i + 4] for i in range(0, len(raw), 4))
 
 
 def template_notes(folder: str | Path, *, count: int | None = None, seed: int = 17) -> list[dict[str, Any]]:

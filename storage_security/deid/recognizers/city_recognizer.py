@@ -26,7 +26,13 @@ class CityRecognizer(HealthcarePatternRecognizer):
                 r"(?<![\p{L}])\p{Lu}[\p{L}'’.-]*(?:[ -][\p{L}'’.-]+){0,3}"
                 r"(?=,[ ]+(?:\p{Lu}{2}|\p{Lu}\p{Ll}+)[ ]+\d{4,5}\b)", 0.6),
         Pattern("Place after where someone lives",
-                r"(?<=\b(?i:lives|living|lived|resides|moved|relocated|stays|staying)\b[^.\n]{0,40}\b(?:in|to) )"
+                r"(?<=\b(?i:lives|living|lived|live|resides|moved|relocated|stays|staying|based|located|born|flew|"
+                r"travel{1,2}(?:ed|ing)|trip|visiting|vacation(?:ing)?)\b[^.\n]{0,40}\b(?:in|to|at) )"
                 r"\p{Lu}[\p{L}'’-]+(?:[ ]\p{Lu}[\p{L}'’-]+){0,3}", 0.6),
+        # A place written in capitals after a preposition ("flew to TØNSBERG"); six letters or more, so
+        # clinical acronyms ("in ICU", "of CHF") are not taken.
+        Pattern("Capitalised place after a preposition",
+                r"(?<=\b(?:in|to|at|from|near|of) )(?!(?:NSTEMI|STEMI|ANEMIA|SEPSIS|CANCER|NORMAL|STABLE)\b)"
+                r"\p{Lu}{6,}(?:[ -]\p{Lu}{3,})?(?![\p{L}\d])", 0.5),
     )
     CONTEXT = ("lives", "city", "town", "resides")

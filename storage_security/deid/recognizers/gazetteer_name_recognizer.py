@@ -44,11 +44,13 @@ SAFE_WORDS = frozenset((
     "Nick", "Rob", "Rod", "Roman", "Russell", "Sterling", "Warren", "Wade", "Val", "Tom", "Ted", "Tim", "Jo",
     "Al", "Ali", "Ana", "An", "As", "Ha", "Hi", "Ma", "Pa", "So", "Li", "Le", "La", "Do", "Mo", "Hang", "Long",
     "Med", "Ed", "Er", "Or", "Ob", "Gyn", "Ct", "Mri", "Ekg", "Bp", "Hr", "Icu", "Cabg", "Copd", "Chf",
+    "Oral", "Tablet", "Tablets", "Capsule", "Solution", "Injection", "Extended", "Release", "Inhaler", "Dose",
+    "Cream", "Patch", "Drops", "Suspension", "Daily", "Twice", "Nightly", "Morning", "Evening", "Night",
 ))
 _TOKEN = regex.compile(r"(?<![\p{L}\d])\p{Lu}(?:['’]\p{Lu})?[\p{Ll}\p{Lu}]*\p{Ll}(?:['’-]\p{Lu}?\p{Ll}+)*(?![\p{L}\d])")
 _GAP = regex.compile(r"(?:\p{Lu}\.\s)?(?:(?:da|de|van|von|del|di|le|al|bin) )?")
 _ALONE = regex.compile(r"\s+(?:is|was|has|had|said|says|spent|shouted|lives|lived|called|told|asked|went|"
-                       r"will|would|can|could|reports|denies|states)\b|['’]s\b|\s*:")
+                       r"will|would|can|could|reports|denies|states|so|and|to)\b|['’]s\b|\s*[:,]")
 
 
 @cache

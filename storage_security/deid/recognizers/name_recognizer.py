@@ -19,7 +19,8 @@ _LABELS = (r"Patient|Pt|Name|Patient name|Guarantor|Contact|Caller|Re|Attending|
            r"Resident|Fellow|Author|Signed|Emergency contact|Next of kin|NOK|From|To|Attn|Cc")
 _VERBS = (r"signed by|seen by|dictated by|transcribed by|read by|reviewed by|grossed by|examined by|"
           r"reported to|discussed with|spoke with|spoke to|called|referred by|referred to|evaluated by|"
-          r"interpreted by|verified by|dear|thank you,?|sincerely,?|regards,?|cc:|per")
+          r"interpreted by|verified by|dear|thank you,?|sincerely,?|regards,?|cc:|per|said|told|asked|named|"
+          r"hello|hi|thanks,?")
 
 
 class ClinicalNameRecognizer(HealthcarePatternRecognizer):
@@ -28,7 +29,7 @@ class ClinicalNameRecognizer(HealthcarePatternRecognizer):
     ENTITY = "PERSON"
     CASE_SENSITIVE = True
     PATTERNS = (
-        Pattern("Titled name", rf"(?<=\b(?:{_TITLES})\.?\s+)(?:{_INITIAL_FIRST}|{_FULL})", 0.8),
+        Pattern("Titled name", rf"(?<=\b(?i:{_TITLES})\.?\s+)(?:{_INITIAL_FIRST}|{_FULL})", 0.8),
         Pattern("Labelled name",
                 rf"(?<=\b(?i:{_LABELS})\b\s*:\s*(?:(?:{_TITLES})\.?\s+)?)(?:{_INITIAL_FIRST}|{_FULL})", 0.85),
         Pattern("Name after 'name is'",
