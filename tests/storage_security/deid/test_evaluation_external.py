@@ -74,10 +74,12 @@ def test_when_external_sets_are_scored_then_medguard_is_never_below_vanilla_pres
     mg, van = result["detectors"]["medguard"]["overall"], result["detectors"]["vanilla"]["overall"]
     assert mg["recall"] >= van["recall"]
     below = {k: v for k, v in result["categories"].items() if k != "OTHER" and
-             (v["medguard"]["recall"] or 0) + 0.02 < (v["vanilla"]["recall"] or 0)}
+             (v.get("medguard", {}).get("recall") or 0) < (v.get("vanilla", {}).get("recall") or 0)}
     assert not below
-    if corpus == "styled":  # the target; the template set's figures are reported in the README
-        assert mg["recall"] >= 0.95 and mg["precision"] >= 0.80
+    assert mg["precision"] >= 0.80
+    # The target is 0.95 on both; the template set (general-domain sentences, multi-line foreign
+    # addresses) reaches about 0.79 held out, and this floor keeps what has been won.
+    assert mg["recall"] >= (0.95 if corpus == "styled" else 0.75)
 
 
 @pytest.mark.e2e
