@@ -200,7 +200,7 @@ def step_evaluate(settings: Settings, run_dir: str) -> dict[str, Any]:
     y = test[LABEL].to_numpy(dtype=int)
     prob = model.predict_proba(test)
     subs = [f"_sub_{s}" for s in model.contract.subgroups if f"_sub_{s}" in test]
-    sub = subgroup_metrics(test.rename(columns={s: s[5:] for s in subs}), y, prob, model.threshold,
+    sub = subgroup_metrics(test[subs].rename(columns={s: s[5:] for s in subs}), y, prob, model.threshold,
                            [s[5:] for s in subs])
     gain = model.booster.get_score(importance_type="total_gain")
     names = model.features
