@@ -20,7 +20,7 @@ class StreetAddressRecognizer(HealthcarePatternRecognizer):
     CASE_SENSITIVE = True
     PATTERNS = (
         Pattern("Street address",
-                rf"\b\d{{1,6}}\s+(?:[NSEW]\.?\s+)?(?:[A-Z][a-z']+\s+){{1,3}}(?:{_SUFFIXES})\b\.?{_UNIT}", 0.7),
+                rf"\b\d{{1,6}}[ ]+(?:[NSEW]\.?[ ]+)?(?:[A-Z][a-z']+[ ]+){{1,3}}(?:{_SUFFIXES})\b\.?{_UNIT}", 0.7),
         Pattern("PO box", r"\bP\.?\s?O\.?\s+Box\s+\d{1,6}\b", 0.7),
         # "Street 12, City, ST 12345" / "12 Street, City,  41-923": any country's order, any script's capitals.
         Pattern("Address with place and postal code",
@@ -31,6 +31,12 @@ class StreetAddressRecognizer(HealthcarePatternRecognizer):
         Pattern("Street line above a place line",
                 r"(?-i:\b\d{1,5}[A-Z]?[ ][^\n,]{3,40}"
                 r"(?=\n[ ]*[^\n,]{2,40},[ ]+(?:\p{Lu}{2}|\p{Lu}\p{Ll}+)[ ]+\d{4,5}\b))", 0.6),
+        # An address block written line by line (letters, forms, e-mail signatures): a street line, an optional
+        # unit line, a place line and an optional "Country 12345" line.
+        Pattern("Address block",
+                r"(?-i:(?<=^[ >?]*)(?:\d{1,5}[A-Z]?[ ]\p{Lu}[^\n]{2,40}|\p{Lu}[\p{L}'’.-]+(?:[ ][\p{L}'’.-]+){0,3}"
+                r"[ ]\d{1,5}[A-Z]?)(?:\n[ >?]*(?:Apt|Suite|Unit|Ste)\.?[ ]\d{1,5})?\n[ >?]*\p{Lu}[\p{L}'’.-]+"
+                r"(?:[ ][\p{L}'’.-]+){0,3}[ ]*(?:\n\n?[ >?]*\p{Lu}[\p{L} ]+[ ]\d{3,5})?(?=\n|$))", 0.6),
         Pattern("Unit", r"\b(?:Apt|Apartment|Suite|Ste|Unit)\.?\s*#?\s*\d[A-Z0-9-]{0,5}\b", 0.6),
         # An address in any country's form after words that introduce one: to the end of the clause.
         Pattern("Labelled address",

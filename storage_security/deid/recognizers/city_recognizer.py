@@ -16,7 +16,8 @@ class CityRecognizer(HealthcarePatternRecognizer):
     ENTITY = "LOCATION"
     CASE_SENSITIVE = True
     PATTERNS = (
-        Pattern("City before state", rf"\b{_PLACE}(?=,?\s+(?:{_STATES})\b(?:,?\s+\d{{5}})?)", 0.6),
+        # A comma or a ZIP after the state code: "Member ID 123" is not a place in Idaho.
+        Pattern("City before state", rf"\b{_PLACE}(?=,[ ]*(?:{_STATES})\b|[ ]+(?:{_STATES})[ ]+\d{{5}}\b)", 0.6),
         Pattern("City after preposition",
                 rf"(?<=\b(?:lives in|resides in|moved to|from|transferred to|home in)\s){_PLACE}"
                 rf"(?=,?\s+(?:{_STATES})\b)",

@@ -28,7 +28,7 @@ class HospitalRecognizer(HealthcarePatternRecognizer):
                 rf"\b(?:(?:St\.?|Saint|Our[ ]Lady[ ]of|Mount|Mt\.?)[ ])?(?:(?:{_WORD}|{_PARTICLE})[ ]){{0,4}}{_WORD}[ ]"
                 rf"{_KIND}\b", 0.75),
         Pattern("Facility of place",
-                rf"\b(?:University\s+)?(?:Hospital|Clinic|Medical\s+Center)\s+of\s+(?:the\s+)?{_WORD}"
-                rf"(?:\s+{_WORD}){{0,2}}", 0.75),
+                rf"\b(?:University[ ])?(?:Hospital|Clinic|Medical[ ]Center)[ ]of[ ](?:the[ ])?{_WORD}"
+                rf"(?:[ ]\p{{Lu}}[\p{{L}}'’-]*){{0,2}}(?<!Radiology|Pathology|Laboratory)", 0.75),
     )
     CONTEXT = ("hospital", "clinic", "transferred", "admitted", "center")
