@@ -56,7 +56,8 @@ _NAMES = {
     "loinc": ("http://loinc.org", "2.16.840.1.113883.6.1", "ln", "loinc"),
     "rxnorm": ("http://www.nlm.nih.gov/research/umls/rxnorm", "2.16.840.1.113883.6.88", "rxnorm"),
     "ndc": ("http://hl7.org/fhir/sid/ndc", "2.16.840.1.113883.6.69", "ndc"),
-    "cvx": ("http://hl7.org/fhir/sid/cvx", "2.16.840.1.113883.12.292", "cvx"),
+    # 2.16.840.1.113883.6.59: the older CVX OID some C-CDA senders still write (NIST's sample).
+    "cvx": ("http://hl7.org/fhir/sid/cvx", "2.16.840.1.113883.12.292", "2.16.840.1.113883.6.59", "cvx"),
     "cpt": ("http://www.ama-assn.org/go/cpt", "2.16.840.1.113883.6.12", "c4", "cpt", "cpt4", "cpt-4"),
     "hcpcs": ("http://www.cms.gov/medicare/coding/hcpcsreleasecodesets", "2.16.840.1.113883.6.285",
               "2.16.840.1.113883.6.14", "hcpcs", "hcpcs level ii", "hcpcs-l2"),

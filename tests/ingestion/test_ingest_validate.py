@@ -92,7 +92,7 @@ def test_when_a_birth_date_is_checked_then_only_real_calendar_days_pass(birth_da
 def test_when_a_large_chunk_repeats_its_values_then_checks_on_distinct_values_give_the_same_verdicts() -> None:
     # Past 4,096 rows, patterns, dates and normalisation run once per distinct value when values repeat (a visit's
     # id and time on each of its results); the verdicts must be those of the row-by-row evaluation.
-    visits = [f"e{i}" for i in range(9)] + ["bad visit id"]
+    visits = [f"e{i}" for i in range(9)] + ["bad\tvisit"]
     times = ["2024-03-01T10:00:00Z", "2023-02-30T10:00:00Z", "20240301100000-0500", None]
     rows = [_obs(observation_id=f"o{i}", encounter_id=visits[i % 10], effective_time=times[i % 4])
             for i in range(6000)]
