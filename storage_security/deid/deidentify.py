@@ -236,6 +236,34 @@ class Deidentifier:
                 pass
         return self._publish(table, source_version, protection, shredded, state, dag_run=dag_run, previous=None)
 
+    def _remask(self, table: str, prior: Any, used: dict[str, dict[str, Any]], hit: set[str],
+                previous: dict[str, Any], source_version: int) -> tuple[Any, pd.DataFrame]:
+        """The published rows less those of the patients whose notes hold a surrogate in ``hit``, and those
+        patients' raw rows of the batches already published (decrypted), to be masked again.
+
+        Raises:
+            _Rebuild: the published table has no patient pseudonym to find them by.
+        """
+        import pyarrow.compute as pc
+
+        column = next(r.get("as", c) for c, r in used.items() if r.get("op") == "notes")
+        if column not in prior.column_names or "patient_pseudonym" not in prior.column_names:
+            raise _Rebuild
+        texts = prior.column(column).to_pylist()
+        # Words of published (masked) text, note by note: no Arrow kernel splits text into a set of words.
+        touched = [bool(t) and not hit.isdisjoint(_WORD.findall(t.lower())) for t in texts]
+        patients = sorted({p for p, t in zip(prior.column("patient_pseudonym").to_pylist(), touched, strict=True)
+                           if t and p})
+        if not patients:
+            return prior, pd.DataFrame()
+        keep = pc.invert(pc.is_in(prior.column("patient_pseudonym"), _pa_array(patients)))
+        done = previous[LEDGER_KEY]["batches"]
+        where = (f"_batch_id IN ({', '.join(_sql_text(b) for b in done)}) AND "
+                 f"patient_pseudonym IN ({', '.join(_sql_text(p) for p in patients)})")
+        again = self.plake.read("raw", table, decrypt=True, version=source_version, where=where,
+                                purpose=_PURPOSE).to_pandas().drop_duplicates("_record_hash", ignore_index=True)
+        return prior.filter(pc.fill_null(keep, True)), again
+
     def _gate_settings(self, table: str) -> dict[str, Any]:
         """What a publication of ``table`` depends on besides the raw rows: its rules and the gate's settings."""
         d = self.settings.deidentify
@@ -289,8 +317,13 @@ class Deidentifier:
         prior = None
         if previous is not None:
             prior = self.plake.read("deidentified", table, purpose=_PURPOSE)
-            if _has_notes(used) and _reused(prior, used, by_batch, previous[LEDGER_KEY].get("name_batches", [])):
-                raise _Rebuild  # a new patient's name is a surrogate already published: those notes change
+            hit = _reused(previous[LEDGER_KEY].get("surrogates", []), by_batch,
+                          previous[LEDGER_KEY].get("name_batches", [])) if _has_notes(used) else set()
+            if hit:
+                # A new patient's name is a surrogate already published: a full run would pick another one for
+                # the notes that used it, so those notes' patients are decrypted and masked again.
+                prior, again = self._remask(table, prior, used, hit, previous, source_version)
+                raw = pd.concat([again, raw], ignore_index=True)
         keys = MaskingKeys(self.plake.pseudonymizer, forbidden_names=forbidden)
         masker = None
         if _has_notes(used):
@@ -307,7 +340,7 @@ class Deidentifier:
 
                 note_spans = detect_notes(self.settings, raw[text_column].tolist())
                 detection = "spark"
-            elif self.settings.deidentify.processes > 1:
+            elif self.settings.deidentify.processes > 1 and len(raw) >= _POOL_MIN_NOTES:
                 note_spans, detection = _detect_in_pool(raw[text_column].tolist(),
                                                         self.settings.deidentify.processes)
         if masker is None and self.settings.compute == "spark" and len(raw) >= spark_rows:
@@ -344,9 +377,10 @@ class Deidentifier:
         report["masking"] = masking
         report["publication"] = "incremental" if previous is not None else "full"
         report["rows_decrypted"] = len(raw)
-        report[LEDGER_KEY] = {**state, "batches": batches, "used": _digest(used),
-                              "name_batches": sorted(by_batch), "appendable": not risk.suppressed
-                              and not risk.generalization}
+        surrogates = set(keys.issued) | set((previous or {}).get(LEDGER_KEY, {}).get("surrogates", []))
+        report[LEDGER_KEY] = {**state, "batches": batches, "used": _digest(used), "name_batches": sorted(by_batch),
+                              "surrogates": sorted(surrogates),
+                              "appendable": not risk.suppressed and not risk.generalization}
         if masker is not None:
             report["notes_detection"] = detection
         # The release's facts ride in its commit; the one audited write (the lake's access hook) records the short
@@ -365,6 +399,8 @@ class _Rebuild(Exception):
 
 
 _LEDGER_DEPTH = 20
+_WORD = re.compile(r"[a-z][a-z'\-]*")
+_POOL_MIN_NOTES = 2_000  # below this, spawning workers that each load spaCy costs more than it saves
 
 
 def _digest(value: Any) -> str:
@@ -381,26 +417,15 @@ def _name_words(value: str) -> set[str]:
     return {low, *low.split()}
 
 
-def _reused(prior: Any, used: dict[str, dict[str, Any]], by_batch: dict[str, set[str]],
-            name_batches: Sequence[str]) -> bool:
-    """True when a real name that came after the last publication appears as a word of its published notes.
+def _reused(surrogates: Sequence[str], by_batch: dict[str, set[str]], name_batches: Sequence[str]) -> set[str]:
+    """The real names that came after the last publication and are surrogates that publication handed out.
 
     A surrogate is never a real name of its release; a patient who arrived since may carry a name that an earlier
-    note's surrogate already is, and a full run would then pick another one.
+    note's surrogate already is, and a full run would then pick another one for those notes.
     """
     known = set(name_batches)
-    before = set().union(*(w for b, w in by_batch.items() if b in known)) if by_batch else set()
-    new = set().union(*(w for b, w in by_batch.items() if b not in known)) - before if by_batch else set()
-    if not new:
-        return False
-    column = next(r.get("as", c) for c, r in used.items() if r.get("op") == "notes")
-    if column not in prior.column_names:
-        return True
-    for text in prior.column(column).to_pylist():
-        # Words of published (already masked) text, once per note: no Arrow kernel splits into a set.
-        if text and not new.isdisjoint(re.findall(r"[a-z][a-z'\-]*", text.lower())):
-            return True
-    return False
+    new = set().union(*(words for batch, words in by_batch.items() if batch not in known)) if by_batch else set()
+    return new & {w.lower() for w in surrogates}
 
 
 def _detect_in_pool(texts: Sequence[Any], processes: int) -> tuple[list[list[Any]], str]:
@@ -424,6 +449,12 @@ def published_class(rule: dict[str, Any]) -> str:
 
 def _has_notes(rules: dict[str, dict[str, Any]]) -> bool:
     return any(rule.get("op") == "notes" for rule in rules.values())
+
+
+def _pa_array(values: Sequence[Any]) -> Any:
+    import pyarrow as pa
+
+    return pa.array(values, pa.string())
 
 
 def _concat(tables: Sequence[Any]) -> Any:

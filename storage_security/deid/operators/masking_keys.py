@@ -32,6 +32,7 @@ class MaskingKeys:
         # A value of several words ("Mary Ann") forbids each of them: surrogates are drawn word by word.
         self.forbidden_names = {w for n in forbidden_names if n for w in (n.lower(), *n.lower().split())}
         self._shift_cache: dict[str, int] = {}
+        self.issued: set[str] = set()  # the surrogate name words handed out (fake names: no PHI)
 
     def __repr__(self) -> str:
         return "MaskingKeys(<keys held by the key provider>)"
@@ -97,6 +98,7 @@ class MaskingKeys:
         while name.lower() in self.forbidden_names:  # made-up names never run out
             name = _made_up(POOL_SIZE + index, 2)
             index += 1
+        self.issued.add(name)
         return name
 
     def surrogate_name(self, original: str, *, scope: str = "") -> str:
