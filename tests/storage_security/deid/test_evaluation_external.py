@@ -56,6 +56,10 @@ def test_when_the_same_seed_is_used_then_the_evaluation_sets_are_the_same():
     ("Reviewed by Agathe Chauvet, MD on 04.11.2023.", "Agathe Chauvet"),
     ("NAME: WINKLER, HANNES  DOB: 1/2/1950", "WINKLER, HANNES"),
     ("Driver's license D55285013 verified.", "D55285013"),
+    ("Advised to e-mail françoise.roy76@kl-net.clinic today.", "françoise.roy76@kl-net.clinic"),
+    ("Specimen received: the third of July", "the third of July"),
+    ("Seen in March of 2093 and again on 3/4.", "March of 2093"),
+    ("Transferred from Rothenburg ob der Tauber Clinic.", "Rothenburg ob der Tauber Clinic"),
 ])
 def test_when_phi_is_written_by_another_hand_then_medguard_covers_it(text, value):
     spans = shared_detector().detect(text)
