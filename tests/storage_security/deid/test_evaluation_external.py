@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,11 @@ def test_when_a_span_is_missed_then_the_leak_report_names_its_kind_but_not_its_v
 
 
 def test_when_the_same_seed_is_used_then_the_evaluation_sets_are_the_same():
+    script = ("import hashlib, json; from pipeline.synthetic.note_styles import styled_notes; "
+              "print(hashlib.sha256(json.dumps(styled_notes(60, 17)).encode()).hexdigest())")
+    digests = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                              env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")}
+    assert len(digests) == 1  # the same notes in every process, whatever the hash seed
     assert styled_notes(14, 5) == styled_notes(14, 5)
     assert {n["style"] for n in styled_notes(14, 5)} == set(NOTE_TYPES)
     assert template_notes(FIXTURES, count=30, seed=5) == template_notes(FIXTURES, count=30, seed=5)
