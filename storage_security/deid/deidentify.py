@@ -7,6 +7,10 @@ For each raw table, :meth:`Deidentifier.publish` reads it decrypted through
 (:mod:`~storage_security.deid.risk`; a table that cannot meet them raises and nothing is written), then overwrites the
 deidentified table with the report in the Delta commit's metadata — so the report is stored with the very table
 version it describes — and records one audit event. :func:`published_report` reads that report back.
+
+The report's ``ledger`` (raw version and batches published, shredded patients and rules as digests, surrogate names
+handed out) makes runs incremental: a table with nothing new is left alone, new raw batches are added to a table
+whose published rows are its masked rows, anything else is rebuilt (see :meth:`Deidentifier.publish`).
 """
 
 from __future__ import annotations
