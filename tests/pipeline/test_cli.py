@@ -69,9 +69,11 @@ def test_when_demo_runs_then_every_layer_runs_and_no_plaintext_identifier_reache
 
     from storage_security.local_vault.openbao import free_port_pair
 
+    # 300 patients: at 60 the release-wide risk gate withholds every labelled patient (k = 5 over linked tables),
+    # and training has nothing to learn from.
     env = {**os.environ, "MEDGUARD_HOME": str(tmp_path), "MEDGUARD_VAULT__LOCAL_PORT": str(free_port_pair())}
     try:
-        done = _run("demo", "--patients", "60", "--json", env=env)
+        done = _run("demo", "--patients", "300", "--json", env=env)
     finally:
         _run("vault", "down", env=env)
     assert done.returncode == 0, done.stderr
