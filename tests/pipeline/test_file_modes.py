@@ -98,7 +98,8 @@ def test_when_ingest_deidentify_and_train_have_run_then_no_file_under_the_home_i
     cli = [str(Path(sys.executable).with_name("medguard"))]
     try:
         # A umask of 022 (the usual default) in the shell: medguard must not rely on it.
-        done = subprocess.run(["sh", "-c", 'umask 022 && exec "$@"', "sh", *cli, "demo", "--patients", "300"],
+        # 1,000 patients: at 300 the release-wide risk gate leaves too few labelled patients to train on.
+        done = subprocess.run(["sh", "-c", 'umask 022 && exec "$@"', "sh", *cli, "demo", "--patients", "1000"],
                               env=env, capture_output=True, text=True, timeout=900)
     finally:
         subprocess.run([*cli, "vault", "down"], env=env, capture_output=True, text=True, timeout=120)
