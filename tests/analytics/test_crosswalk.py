@@ -12,6 +12,7 @@ import yaml
 
 from analytics.config import CodeFallback, EventSource, Sources, TrainConfig, load_crosswalk
 from analytics.features import FeatureContract, build_features
+from ingestion.codes import snomed_check_digit_ok
 from pipeline.errors import SettingsError
 from pipeline.synthetic.reference import CONDITIONS
 
@@ -88,25 +89,11 @@ def test_when_a_snomed_code_is_not_in_the_crosswalk_then_no_feature_is_guessed(s
 # the crosswalk file itself ---------------------------------------------------------------------------------
 
 
-def _verhoeff(code: str) -> bool:
-    d = [[0, 1, 2, 3, 4, 5, 6, 7, 8, 9], [1, 2, 3, 4, 0, 6, 7, 8, 9, 5], [2, 3, 4, 0, 1, 7, 8, 9, 5, 6],
-         [3, 4, 0, 1, 2, 8, 9, 5, 6, 7], [4, 0, 1, 2, 3, 9, 5, 6, 7, 8], [5, 9, 8, 7, 6, 0, 4, 3, 2, 1],
-         [6, 5, 9, 8, 7, 1, 0, 4, 3, 2], [7, 6, 5, 9, 8, 2, 1, 0, 4, 3], [8, 7, 6, 5, 9, 3, 2, 1, 0, 4],
-         [9, 8, 7, 6, 5, 4, 3, 2, 1, 0]]
-    p = [[0, 1, 2, 3, 4, 5, 6, 7, 8, 9], [1, 5, 7, 6, 2, 8, 3, 0, 9, 4], [5, 8, 0, 3, 7, 9, 6, 1, 4, 2],
-         [8, 9, 1, 6, 0, 4, 3, 5, 2, 7], [9, 4, 5, 3, 1, 2, 6, 8, 7, 0], [4, 2, 8, 6, 5, 7, 3, 9, 0, 1],
-         [2, 7, 9, 3, 8, 0, 6, 4, 1, 5], [7, 0, 4, 6, 9, 1, 3, 2, 5, 8]]
-    check = 0
-    for i, digit in enumerate(reversed(code)):
-        check = d[check][p[i % 8][int(digit)]]
-    return check == 0
-
-
 def test_when_the_shipped_crosswalk_is_read_then_every_line_is_a_real_snomed_id_to_a_billable_icd10cm_code():
     walk = load_crosswalk("snomed_to_icd10cm.yaml")
     assert (walk.source_system, walk.target_system) == ("snomed", "icd10cm")
     for code, entry in walk.entries.items():
-        assert code.isdigit() and _verhoeff(code), f"{code} is not a SNOMED CT id (Verhoeff check digit)"
+        assert code.isdigit() and snomed_check_digit_ok(code), f"{code} is not a SNOMED CT id (Verhoeff check digit)"
         assert icd.is_valid_item(entry.to) and icd.is_leaf(entry.to), f"{code} -> {entry.to}"
         assert entry.source and entry.name
 
