@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from _chunk_verdicts import conformed_verdicts
 from lxml import etree
 
 from ingestion.codes import SYSTEMS, invalid_codes, is_valid, map_systems, short_name
-from ingestion.contract import builtin_contract, load_contract
-from ingestion.sources._base import TableRows
-from ingestion.validate import ChunkValidator, conform
+from ingestion.contract import load_contract
 from pipeline.errors import ValidationError
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
@@ -115,17 +114,6 @@ def test_when_the_third_party_fixtures_codes_are_checked_then_all_are_valid_but_
     assert invalid == set(DEFECTS)
 
 
-def _verdicts(table: str, rows: list[dict]) -> tuple[list[dict], dict[int, set[str]]]:
-    contract = builtin_contract(table)
-    chunk = TableRows()
-    for number, row in enumerate(rows, start=1):
-        chunk.add(row, f"line {number}")
-    data, violations = conform(chunk, contract)
-    for index, found in ChunkValidator(contract).validate(data).violations.items():
-        violations.setdefault(index, []).extend(found)
-    return data.to_pylist(), {i: {rule for rule, _ in found} for i, found in violations.items()}
-
-
 def test_when_conditions_come_in_snomed_icd10_and_local_codes_then_only_malformed_ones_are_rejected() -> None:
     base = {"patient_id": "p1", "description": "Diabetes"}
     rows = [
@@ -136,7 +124,7 @@ def test_when_conditions_come_in_snomed_icd10_and_local_codes_then_only_malforme
         {**base, "condition_id": "c5", "code": "E11.9X", "code_system": "icd10cm", "icd10_code": "E11.9X"},
         {**base, "condition_id": "c6", "code": "250.00", "code_system": "http://hl7.org/fhir/sid/icd-9-cm"},
     ]
-    data, verdicts = _verdicts("conditions", rows)
+    data, verdicts = conformed_verdicts("conditions", rows)
     assert [r["code_system"] for r in data] == ["snomed", "icd10cm", "99zzz", "snomed", "icd10cm", "icd9cm"]
     # The malformed ICD-10-CM code is judged once, by icd10_code's own rule, not again through code.
     assert verdicts == {3: {"code:code_system"}, 4: {"icd10_code:code_system"}}
@@ -147,7 +135,7 @@ def test_when_a_medication_has_only_an_rxnorm_code_then_no_ndc_is_needed() -> No
              "code_system": "http://www.nlm.nih.gov/research/umls/rxnorm", "rxnorm_code": "860975"},
             {"medication_id": "m2", "patient_id": "p1", "kind": "statement", "code": "RX-860975",
              "code_system": "RXNORM", "rxnorm_code": "RX-860975"}]
-    _, verdicts = _verdicts("medications", rows)
+    _, verdicts = conformed_verdicts("medications", rows)
     assert verdicts == {1: {"rxnorm_code:code_system"}}
 
 

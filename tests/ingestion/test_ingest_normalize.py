@@ -10,12 +10,10 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from _chunk_verdicts import conformed_verdicts
 
 from ingestion.batch import ingest
-from ingestion.contract import builtin_contract
 from ingestion.normalize import normalize_column, to_date, to_datetime, to_phone, to_ssn, to_us_state
-from ingestion.sources._base import TableRows
-from ingestion.validate import ChunkValidator, conform
 
 
 @pytest.mark.parametrize(("written", "date", "moment"), [
@@ -89,17 +87,6 @@ def test_when_a_column_mixes_forms_then_each_distinct_value_is_normalised_and_un
         "2024-01-01T10:00:00Z", "2024-01-01T17:00:00Z", None, "soon", "2024-01-01T17:00:00Z"]
 
 
-def _conformed(table: str, rows: list[dict]) -> tuple[list[dict], dict[int, set[str]]]:
-    contract = builtin_contract(table)
-    chunk = TableRows()
-    for number, row in enumerate(rows, start=1):
-        chunk.add(row, f"line {number}")
-    data, violations = conform(chunk, contract)
-    for index, found in ChunkValidator(contract).validate(data).violations.items():
-        violations.setdefault(index, []).extend(found)
-    return data.to_pylist(), {i: {rule for rule, _ in found} for i, found in violations.items()}
-
-
 def test_when_patients_arrive_as_a_vendor_writes_them_then_conform_normalises_and_the_rules_judge_the_rest() -> None:
     rows = [
         {"patient_id": "p1", "birth_date": "19480203", "phone": "(216)123-4567", "state": "Ohio",
@@ -107,7 +94,7 @@ def test_when_patients_arrive_as_a_vendor_writes_them_then_conform_normalises_an
         {"patient_id": "p2", "birth_date": "1971", "phone": "(03) 3410 5613", "state": "Victoria",
          "ssn": "SSN# HERE", "zip": "3000"},
     ]
-    data, verdicts = _conformed("patients", rows)
+    data, verdicts = conformed_verdicts("patients", rows)
     assert [(r["birth_date"], r["phone"], r["state"], r["ssn"]) for r in data] == [
         ("1948-02-03", "+12161234567", "OH", "123-45-6789"),
         ("1971-01-01", "(03) 3410 5613", "Victoria", "SSN# HERE")]   # kept as written where there is no normal form
@@ -117,7 +104,7 @@ def test_when_patients_arrive_as_a_vendor_writes_them_then_conform_normalises_an
 def test_when_encounter_times_carry_offsets_then_they_are_compared_in_utc() -> None:
     rows = [{"encounter_id": "e1", "patient_id": "p1", "admit_time": "20240101230000-0500",
              "discharge_time": "2024-01-02T05:00:00+01:00"}]           # 04:00Z then 04:00Z: not earlier
-    data, verdicts = _conformed("encounters", rows)
+    data, verdicts = conformed_verdicts("encounters", rows)
     assert (data[0]["admit_time"], data[0]["discharge_time"]) == ("2024-01-02T04:00:00Z", "2024-01-02T04:00:00Z")
     assert verdicts == {}
 

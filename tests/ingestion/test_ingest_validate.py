@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from _chunk_verdicts import conformed_verdicts
 
 from ingestion.contract import builtin_contract
 from ingestion.sources._base import TableRows
@@ -14,15 +15,7 @@ GOOD_OBS = {"observation_id": "o1", "patient_id": "p1", "encounter_id": "e1", "c
 
 
 def _verdicts(table: str, rows: list[dict]) -> dict[int, set[str]]:
-    contract = builtin_contract(table)
-    chunk = TableRows()
-    for number, row in enumerate(rows, start=1):
-        chunk.add(row, f"line {number}")
-    frame, violations = conform(chunk, contract)
-    result = ChunkValidator(contract).validate(frame)
-    for index, found in result.violations.items():
-        violations.setdefault(index, []).extend(found)
-    return {index: {rule for rule, _ in found} for index, found in violations.items()}
+    return conformed_verdicts(table, rows)[1]
 
 
 def _obs(**changes) -> dict:
