@@ -29,8 +29,8 @@ PHI = {
 }
 
 
-def load_raw(plake, source: Path, tables=tuple(PHI), *, extra_columns: dict[str, dict[str, list]] | None = None):
-    """Write the generator's tables under ``source`` into the raw zone; returns the plaintext frames."""
+def read_frames(source: Path, tables=tuple(PHI)) -> dict[str, pd.DataFrame]:
+    """The generator's tables under ``source`` as plaintext frames (notes' spans as JSON text)."""
     frames = {}
     for table in tables:
         if table == "notes":
@@ -38,19 +38,31 @@ def load_raw(plake, source: Path, tables=tuple(PHI), *, extra_columns: dict[str,
             frame["spans"] = frame["spans"].map(json.dumps)
         else:
             frame = pd.read_parquet(source / f"{table}.parquet")
+        frames[table] = frame
+    return frames
+
+
+def land(plake, table: str, frame: pd.DataFrame, batch: str) -> None:
+    """One ingestion batch of ``table`` into raw, as the ingestion contract lays it out."""
+    arrow = pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False)
+    hashes = [hashlib.sha256(json.dumps(r, sort_keys=True, default=str).encode()).hexdigest()
+              for r in frame.to_dict("records")]
+    arrow = (arrow.append_column("patient_pseudonym",
+                                 plake.pseudonymizer("patient").pseudonymize(arrow.column("patient_id")))
+             .append_column("_source", pa.array([f"{table}.parquet"] * len(frame)))
+             .append_column("_batch_id", pa.array([batch] * len(frame)))
+             .append_column("_record_hash", pa.array(hashes)))
+    protection = Protection(encrypted=PHI[table], row_key="_record_hash", patient_key="patient_pseudonym")
+    plake.append("raw", table, arrow, protection, commit=CommitInfo(principal="svc:ingest", purpose="ingest"))
+
+
+def load_raw(plake, source: Path, tables=tuple(PHI), *, extra_columns: dict[str, dict[str, list]] | None = None):
+    """Write the generator's tables under ``source`` into the raw zone; returns the plaintext frames."""
+    frames = read_frames(source, tables)
+    for table, frame in frames.items():
         for column, values in (extra_columns or {}).get(table, {}).items():
             frame[column] = values[: len(frame)]
-        arrow = pa.Table.from_pandas(frame, preserve_index=False)
-        patients = plake.pseudonymizer("patient").pseudonymize(arrow.column("patient_id"))
-        hashes = [hashlib.sha256(json.dumps(r, sort_keys=True, default=str).encode()).hexdigest()
-                  for r in frame.to_dict("records")]
-        arrow = (arrow.append_column("patient_pseudonym", patients)
-                 .append_column("_source", pa.array([f"{table}.parquet"] * len(frame)))
-                 .append_column("_batch_id", pa.array(["b-test"] * len(frame)))
-                 .append_column("_record_hash", pa.array(hashes)))
-        protection = Protection(encrypted=PHI[table], row_key="_record_hash", patient_key="patient_pseudonym")
-        plake.append("raw", table, arrow, protection, commit=CommitInfo(principal="svc:ingest", purpose="ingest"))
-        frames[table] = frame
+        land(plake, table, frame, "b-test")
     return frames
 
 

@@ -3,47 +3,17 @@ a run with nothing new decrypts nothing and writes nothing; ``--full`` rebuilds.
 
 from __future__ import annotations
 
-import hashlib
-import json
-
 import pandas as pd
-import pyarrow as pa
 import pytest
-from _deid_raw import PHI, generated, shared_detector
+from _deid_raw import generated, land, read_frames, shared_detector
 
-from pipeline.lake import CommitInfo, Lake
+from pipeline.lake import Lake
 from storage_security.audit.log import AuditAction
 from storage_security.deid.deidentify import Deidentifier
 from storage_security.keys.keyring import LocalKeyring
-from storage_security.protected import ProtectedLake, Protection
+from storage_security.protected import ProtectedLake
 
 TABLES = ("patients", "encounters", "observations", "conditions", "medications", "outcomes", "notes")
-
-
-def _frames(source) -> dict[str, pd.DataFrame]:
-    frames = {}
-    for table in TABLES:
-        if table == "notes":
-            frame = pd.read_json(source / "notes.jsonl", lines=True, dtype=False)
-            frame["spans"] = frame["spans"].map(json.dumps)
-        else:
-            frame = pd.read_parquet(source / f"{table}.parquet")
-        frames[table] = frame
-    return frames
-
-
-def _land(plake: ProtectedLake, table: str, frame: pd.DataFrame, batch: str) -> None:
-    """One ingestion batch of ``table`` into raw, as the ingestion contract lays it out."""
-    arrow = pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False)
-    hashes = [hashlib.sha256(json.dumps(r, sort_keys=True, default=str).encode()).hexdigest()
-              for r in frame.to_dict("records")]
-    arrow = (arrow.append_column("patient_pseudonym",
-                                 plake.pseudonymizer("patient").pseudonymize(arrow.column("patient_id")))
-             .append_column("_source", pa.array([f"{table}.parquet"] * len(frame)))
-             .append_column("_batch_id", pa.array([batch] * len(frame)))
-             .append_column("_record_hash", pa.array(hashes)))
-    protection = Protection(encrypted=PHI[table], row_key="_record_hash", patient_key="patient_pseudonym")
-    plake.append("raw", table, arrow, protection, commit=CommitInfo(principal="svc:ingest", purpose="ingest"))
 
 
 def _decrypts(plake: ProtectedLake, after: int) -> list:
@@ -63,17 +33,17 @@ def runs(tmp_path_factory, settings):
     ring.ensure_key("medguard-audit")
     lake = Lake(settings.model_copy(update={"lake_root": str(root / "lake")}))
     plake = ProtectedLake(lake, ring, principal="svc:deidentify")
-    frames = _frames(generated(120, 23))
+    frames = read_frames(generated(120, 23), TABLES)
     ids = sorted(frames["patients"]["patient_id"])
     first = set(ids[: len(ids) // 2])
     for table, frame in frames.items():
-        _land(plake, table, frame[frame["patient_id"].isin(first)], "b-1")
+        land(plake, table, frame[frame["patient_id"].isin(first)], "b-1")
     deid = Deidentifier(plake, settings, detector=shared_detector())
     one = deid.publish_all()
     for table, frame in frames.items():
         later = frame[~frame["patient_id"].isin(first)]
         # The second extract re-sends one record of the first: it is published once.
-        _land(plake, table, pd.concat([later, frame[frame["patient_id"].isin(first)].head(1)]), "b-2")
+        land(plake, table, pd.concat([later, frame[frame["patient_id"].isin(first)].head(1)]), "b-2")
     two = deid.publish_all()
     incremental = {t: lake.version("deidentified", t) for t in TABLES}
     mark = max(r.seq for r in plake.audit.events())
@@ -102,14 +72,14 @@ def test_when_a_second_batch_arrives_then_only_it_is_decrypted_and_the_result_is
     ring.ensure_key("medguard-audit")
     lake = Lake(settings.model_copy(update={"lake_root": str(tmp_path / "lake")}))
     plake = ProtectedLake(lake, ring, principal="svc:deidentify")
-    frames = _frames(generated(120, 23))
+    frames = read_frames(generated(120, 23), TABLES)
     first = set(sorted(frames["patients"]["patient_id"])[:60])
     for table in ("patients", *tables):
-        _land(plake, table, frames[table][frames[table]["patient_id"].isin(first)], "b-1")
+        land(plake, table, frames[table][frames[table]["patient_id"].isin(first)], "b-1")
     deid = Deidentifier(plake, settings, detector=shared_detector())
     deid.publish_all(list(tables))
     for table in ("patients", *tables):
-        _land(plake, table, frames[table][~frames[table]["patient_id"].isin(first)], "b-2")
+        land(plake, table, frames[table][~frames[table]["patient_id"].isin(first)], "b-2")
     two = deid.publish_all(list(tables))
     incremental = {t: lake.version("deidentified", t) for t in tables}
     full = deid.publish_all(list(tables), full=True)
