@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from _fhir_example_defects import LOAD_DEFECTS
 
 from ingestion.batch import ingest
 
@@ -76,22 +77,7 @@ def test_when_a_synthea_bundle_is_ingested_then_one_patient_and_all_its_records_
 
 
 # The official examples of every mapped type, one folder, one batch: files accepted of files per type (a file is
-# accepted when nothing of it is quarantined). Each quarantined file is listed with its rule and the defect.
-EXAMPLE_DEFECTS = {
-    "Condition-example2.json": "fhir:code",  # code is text only: nothing to join on
-    "Observation-decimal.json": "fhir:reference",  # no subject
-    "Observation-vp-oyster.json": "fhir:reference",  # subject is a display text alone
-    "Observation-example-genetics-3.json": "fhir:code",  # code is text only
-    "Observation-example-genetics-4.json": "fhir:code",
-    "Observation-example-genetics-5.json": "fhir:code",
-    "Observation-eye-color.json": "fhir:code",
-    "Procedure-education.json": "fhir:reference",  # subject is a display text alone
-    "Procedure-ob.json": "fhir:reference",
-    "MedicationDispense-meddisp0308.json": "ndc_code:code_system",  # NDC 2501-813-16 has 9 digits, not 10
-    "MedicationRequest-medrx0330.json": "ndc_code:code_system",  # NDC 2501-813-16
-}
-
-
+# accepted when nothing of it is quarantined). Each quarantined file is in LOAD_DEFECTS with its rule and defect.
 def test_when_every_official_example_of_a_mapped_type_is_ingested_then_each_loads_or_names_its_defect(
         tmp_path: Path, ing_settings, plake) -> None:
     folder = tmp_path / "examples"
@@ -102,7 +88,7 @@ def test_when_every_official_example_of_a_mapped_type_is_ingested_then_each_load
     report = ingest(ing_settings, source="fhir", path=folder, plake=plake, docs=False)
     _check(report)
     quarantined = {row["position"].split(" ")[0]: row["rules"][0] for row in _quarantine(plake)}
-    assert quarantined == EXAMPLE_DEFECTS
+    assert quarantined == LOAD_DEFECTS
     per_type = Counter(p.name.split("-")[0] for p in files)
     bad_per_type = Counter(name.split("-")[0] for name in quarantined)
     accepted = {kind: (per_type[kind] - bad_per_type[kind], per_type[kind]) for kind in MAPPED}

@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from _fhir_example_defects import READER_DEFECTS
 
 from ingestion.sources.fhir import read_fhir
 
@@ -111,23 +112,12 @@ def test_when_a_synthea_patient_is_read_then_us_core_extensions_and_identifiers_
 
 
 # Official examples per mapped type: (files, read into rows, rejected by the reader). Every rejection is listed in
-# REJECTED with the defect that makes it one.
+# READER_DEFECTS (_fhir_example_defects.py) with the defect that makes it one.
 SHARES = {
     "Patient": (22, 22, 0), "Encounter": (10, 10, 0), "Observation": (64, 57, 6),
     "Condition": (12, 11, 1), "MedicationRequest": (40, 40, 0), "MedicationStatement": (7, 7, 0),
     "MedicationDispense": (31, 31, 0), "Procedure": (16, 14, 2), "Immunization": (5, 5, 0),
     "AllergyIntolerance": (6, 6, 0), "DiagnosticReport": (5, 5, 0),
-}
-REJECTED = {
-    "Condition-example2.json": "fhir:code",  # code is text only ("Asthma"): no coding to join on
-    "Observation-decimal.json": "fhir:reference",  # no subject at all
-    "Observation-vp-oyster.json": "fhir:reference",  # subject is a display text alone
-    "Observation-example-genetics-3.json": "fhir:code",  # code is text only
-    "Observation-example-genetics-4.json": "fhir:code",
-    "Observation-example-genetics-5.json": "fhir:code",
-    "Observation-eye-color.json": "fhir:code",
-    "Procedure-education.json": "fhir:reference",  # subject is a display text alone
-    "Procedure-ob.json": "fhir:reference",
 }
 
 
@@ -141,7 +131,7 @@ def test_when_every_official_example_of_a_mapped_type_is_read_then_the_share_rea
         verdict = "rejected" if rejected else "kept" if "resources" in rows else "read"
         outcome.setdefault(kind, Counter())[verdict] += 1
         if rejected:
-            assert REJECTED.get(path.name) == rejected[0].rule, path.name
+            assert READER_DEFECTS.get(path.name) == rejected[0].rule, path.name
     assert {k: (sum(c.values()), c["read"], c["rejected"]) for k, c in outcome.items()} == SHARES
     # the one Observation neither read nor rejected is about a herd (a Group), kept whole in resources
     assert outcome["Observation"]["kept"] == 1
