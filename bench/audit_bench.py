@@ -17,7 +17,7 @@ from pipeline.settings import get_settings
 from storage_security.audit.log import AuditAction, AuditEvent, AuditLog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "storage_security" / "audit"))
-from _audit_workers import FakeKeyProvider  # noqa: E402
+from _audit_workers import FakeKeyProvider
 
 
 def _event(i: int) -> AuditEvent:
