@@ -207,6 +207,55 @@ class AnalyticsSettings(_Section):
     screen_max_auroc_loss: float = Field(default=0.005, ge=0)
 
 
+class EndpointSettings(_Section):
+    """Layer 4: registered endpoints and RFC 9421 request signatures."""
+
+    # A signed request is fresh for this long after its ``created`` time; nonces are remembered as long.
+    signature_window_seconds: int = Field(default=300, ge=10, le=3600)
+    # Requests per minute an endpoint gets when registered without --rate-limit.
+    default_rate_per_minute: int = Field(default=600, ge=1, le=1_000_000)
+    # After ``endpoints rotate-key`` the old key stays valid this long, then is refused.
+    key_overlap_hours: float = Field(default=24.0, ge=0, le=24 * 90)
+
+
+class ApiSettings(_Section):
+    """Layer 4: ``medguard serve`` — the diagnosis API, CDS Hooks and ``/v1/query`` over HTTP(S)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8443, ge=1, le=65535)
+    # TLS: both set serves HTTPS; client_ca set as well requires a client certificate (mTLS).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    # Encounters one POST /v1/diagnoses may carry.
+    max_batch: int = Field(default=100, ge=1, le=10_000)
+    # A payload outside the model's training profile: refused (422) or scored and flagged.
+    out_of_profile: Literal["refuse", "flag"] = "flag"
+
+
+class CdsHooksSettings(_Section):
+    """Layer 4: the CDS Hooks 2.0 service EHRs call (``/cds-services``)."""
+
+    # The public base URL EHRs call (the JWT ``aud``); None: derived from the request.
+    service_url: str | None = None
+    # Longest JWT lifetime accepted (CDS Hooks: at most 5 minutes).
+    max_jwt_lifetime_seconds: int = Field(default=300, ge=10, le=300)
+
+
+class PgWireSettings(_Section):
+    """Layer 4: the PostgreSQL-wire SQL endpoint (``medguard serve --pg-port``)."""
+
+    host: str = "127.0.0.1"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+
+class GovernanceSettings(_Section):
+    """Layer 3: when a trained candidate model may become the current one."""
+
+    min_auroc: float = Field(default=0.70, ge=0.5, le=1.0)
+
+
 class Settings(BaseSettings):
     """Every knob of medguard. Build it with :func:`load_settings` so errors are reported uniformly."""
 
@@ -237,6 +286,11 @@ class Settings(BaseSettings):
     deidentify: DeidentifySettings = Field(default_factory=DeidentifySettings)
     access: AccessSettings = Field(default_factory=AccessSettings)
     analytics: AnalyticsSettings = Field(default_factory=AnalyticsSettings)
+    governance: GovernanceSettings = Field(default_factory=GovernanceSettings)
+    endpoints: EndpointSettings = Field(default_factory=EndpointSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    cds_hooks: CdsHooksSettings = Field(default_factory=CdsHooksSettings)
+    pgwire: PgWireSettings = Field(default_factory=PgWireSettings)
 
     @classmethod
     def settings_customise_sources(
