@@ -140,6 +140,8 @@ class AuditAction(StrEnum):
     KEY_RETIRE = "key_retire"
     KEY_SHRED = "key_shred"
     ALERT = "alert"
+    # One call to a served front (the HTTP API, CDS Hooks, the pgwire endpoint), accepted or refused.
+    REQUEST = "request"
 
 
 # A batch holding one of these is signed whatever ``sign_every`` says (a deny is security-relevant too).
