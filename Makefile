@@ -15,7 +15,7 @@ export AIRFLOW_HOME ?= $(MEDGUARD_HOME)/airflow
 export GX_ANALYTICS_ENABLED := False
 export SPARK_LOCAL_IP ?= 127.0.0.1
 
-.PHONY: help install java demo test test-fast bench lint lock clean
+.PHONY: help install java chromium demo test test-fast bench lint lock clean
 
 help:
 	@echo "make demo   install everything and run the end-to-end job on embedded defaults"
@@ -29,6 +29,7 @@ install: $(STAMP)
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(MAKE) --no-print-directory java
+	@$(MAKE) --no-print-directory chromium
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@test -x $(UV) || $(PY) -m pip install --quiet "uv==$(UV_VERSION)"
 	$(UV) pip install --python $(PY) --require-hashes --compile-bytecode -r requirements.lock
@@ -45,6 +46,16 @@ java:
 	else \
 		echo "medguard needs Java 17+ for Spark and found '$${major:-none}': install openjdk-17-jre-headless (or any JDK 17+) and put java on PATH" >&2; \
 		exit 1; \
+	fi
+
+# Headless Chromium renders the model card to PNG/PDF (a test looks at the render); optional outside root.
+chromium:
+	@if command -v chromium >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing headless Chromium (Debian's chromium) to render model cards"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || echo "warning: chromium did not install; the model-card render test will be skipped" >&2; \
+	else \
+		echo "note: chromium not found; model cards stay HTML and their render test is skipped (install Debian's chromium)" >&2; \
 	fi
 
 demo: install
