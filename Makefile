@@ -48,8 +48,13 @@ java:
 		exit 1; \
 	fi
 
-# Headless Chromium renders the model card to PNG/PDF (a test looks at the render); optional outside root.
+# Headless Chromium renders the model card to PNG/PDF (a test looks at the render) and psql is one of the real
+# clients the pgwire tests use; both optional outside root (their tests then skip, saying why).
 chromium:
+	@if ! command -v psql >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-client >/dev/null; } \
+		|| echo "warning: postgresql-client did not install; the psql test will be skipped" >&2; \
+	fi
 	@if command -v chromium >/dev/null; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		echo "installing headless Chromium (Debian's chromium) to render model cards"; \
