@@ -61,8 +61,8 @@ def display_name(feature: str) -> str:
         feature: a feature name of a model's contract.
 
     Returns:
-        The readable name; a code nobody describes keeps its system and code ("Observation LOINC 1234-5 — last
-        value", "Diagnosis: ICD-10-CM Z99.99"), a column nobody describes its own name with spaces.
+        The readable name; a code nobody describes keeps its system and code ("LOINC 1234-5 — last value",
+        "Diagnosis: ICD-10-CM Z99.99"), a column nobody describes its own name with spaces.
     """
     table = _table()
     prefix, _, rest = feature.partition("_")
