@@ -205,6 +205,10 @@ class AnalyticsSettings(_Section):
     screen_initial_flag_rate: float = Field(default=0.005, gt=0, lt=0.5)
     # A screened batch is rejected when it lowers validation AUROC by more than this.
     screen_max_auroc_loss: float = Field(default=0.005, ge=0)
+    # Model card: a subgroup smaller than this is shown (marked "n too small") but never used to flag a gap.
+    subgroup_min_n: int = Field(default=30, ge=1)
+    # Bootstrap resamples behind every metric's 95 % interval on the model card.
+    bootstrap_draws: int = Field(default=200, ge=20, le=10_000)
 
 
 class EndpointSettings(_Section):
@@ -251,9 +255,24 @@ class PgWireSettings(_Section):
 
 
 class GovernanceSettings(_Section):
-    """Layer 3: when a trained candidate model may become the current one."""
+    """Layer 3: when a trained candidate model may become the current one, and what a prediction explains."""
 
+    # Floors on the held-out test split. ``judge_on: bound`` compares the pessimistic end of the 95 % bootstrap
+    # interval (the lower bound of AUROC/sensitivity/specificity, the upper bound of ECE) with the floor, so a
+    # model passes only when the test data show it meets the floor; ``point`` compares the point estimate.
     min_auroc: float = Field(default=0.70, ge=0.5, le=1.0)
+    min_sensitivity: float = Field(default=0.70, ge=0.0, le=1.0)
+    min_specificity: float = Field(default=0.40, ge=0.0, le=1.0)
+    max_ece: float = Field(default=0.10, gt=0.0, le=1.0)
+    judge_on: Literal["bound", "point"] = "bound"
+    # Bootstrap resamples behind the intervals.
+    n_boot: int = Field(default=200, ge=20, le=10_000)
+    # The candidate's test AUROC may be at most this much below the current model's on the same test rows.
+    max_auroc_drop: float = Field(default=0.02, ge=0.0, le=0.5)
+    # Training promotes a candidate that earns it; off: every candidate waits for `medguard models promote`.
+    auto_promote: bool = True
+    # Contributing features stored with each prediction (largest |SHAP value| first).
+    top_features: int = Field(default=5, ge=1, le=20)
 
 
 class Settings(BaseSettings):
