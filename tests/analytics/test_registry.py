@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import xgboost as xgb
+from _registry_helpers import BUNDLE, booster_bytes, write_card
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from analytics.registry import (
@@ -31,24 +31,12 @@ from storage_security.audit.log import AuditLog
 from storage_security.keys.keyring import LocalKeyring
 
 
-def _booster() -> bytes:
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(200, 3))
-    y = (x[:, 0] > 0).astype(int)
-    return bytes(xgb.train({"max_depth": 2, "objective": "binary:logistic"}, xgb.DMatrix(x, y), 5).save_raw("ubj"))
-
-
-BUNDLE = {"calibrator": {"method": "platt", "params": {"a": [1.0], "b": [0.0]}}, "threshold": 0.5, "params": {},
-          "contract": {"features": ["a", "b", "c"], "table": "t"}, "sources": {}, "profile": {}}
-
-
-def _card(manifest: dict, path: Path) -> None:
-    path.write_text(f"<html><h1>{manifest['model_version']}</h1><p>AUROC {manifest['metrics']['auroc']}</p></html>")
-
-
-def _register(registry: ModelRegistry, name: str = "t__y") -> Path:
-    manifest = registry.register(name, booster_raw=_booster(), bundle=BUNDLE, metrics={"auroc": 0.9},
-                                 table_versions={"t": 3}, data_sha256="ab" * 32, card=_card)
+def _register(registry: ModelRegistry, name: str = "t__y", *, promote: bool = True) -> Path:
+    """Register a version and (by default) make it the current one, as a training that earns it does."""
+    manifest = registry.register(name, booster_raw=booster_bytes(), bundle=BUNDLE, metrics={"auroc": 0.9},
+                                 table_versions={"t": 3}, data_sha256="ab" * 32, card=write_card)
+    if promote:
+        registry.promote(name, manifest["version"], reason="test", principal="user:test")
     return registry.root / manifest["name"] / f"v{manifest['version']}"
 
 
@@ -126,7 +114,7 @@ def test_when_the_newest_version_is_deleted_then_the_older_one_is_not_served_sil
     shutil.rmtree(v2)
     with pytest.raises(ModelIntegrityError, match="folder is missing"):
         registry.load("t__y")
-    with pytest.raises(ModelIntegrityError, match="older than the newest registered version v2"):
+    with pytest.raises(ModelIntegrityError, match=r"not the current version \(t__y@v2\)"):
         registry.load("t__y", 1)
     assert _last_event(registry).decision == "deny"
 
