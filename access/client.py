@@ -75,7 +75,7 @@ def sign_request(method: str, url: str, headers: dict[str, str], body: bytes, *,
         created: default: now (seconds since the epoch).
 
     Raises:
-        ValueError: a body without a Content-Type, or an unsupported key.
+        ValueError: a body without a Content-Type, an unsupported key, or an alg that is not the key's.
     """
     if isinstance(private_key, (bytes, str)):
         private_key, key_alg = load_private_key(private_key)
@@ -84,6 +84,8 @@ def sign_request(method: str, url: str, headers: dict[str, str], body: bytes, *,
 
         key_alg = "ed25519" if isinstance(private_key, ed25519.Ed25519PrivateKey) else "ecdsa-p256-sha256"
     alg = alg or key_alg
+    if alg != key_alg:
+        raise ValueError(f"alg {alg!r} does not match the private key ({key_alg})")
     out = {k: v for k, v in headers.items()
            if k.lower() not in ("signature", "signature-input", "content-digest")}
     lower = {k.lower(): v for k, v in out.items()}

@@ -396,11 +396,7 @@ class NonceStore:
         elapsed = now - minute * 60
         previous, current = counts.get(minute - 1, 0), counts.get(minute, 0)
         if previous * (60 - elapsed) / 60 + current + 1 > limit:
-            if current + 1 > limit:  # this minute alone is full: wait for the next one
-                return max(1, math.ceil(60 - elapsed))
-            # The previous minute's weight must fall far enough: solve previous * (60 - t) / 60 + current + 1 <= limit.
-            wait = 60 - (limit - current - 1) * 60 / previous - elapsed
-            return max(1, math.ceil(wait))
+            return _retry_after(previous, current, limit, elapsed)
         db.execute("INSERT INTO rates VALUES (?, ?, 1) ON CONFLICT (bucket, minute) DO UPDATE SET count = count + 1",
                    (bucket, minute))
         return None
@@ -410,6 +406,17 @@ class NonceStore:
             if self._connection is not None and self._pid == os.getpid():
                 self._connection.close()
             self._connection = None
+
+
+def _retry_after(previous: int, current: int, limit: int, elapsed: float) -> int:
+    """Whole seconds until one more request fits the sliding window: ``previous * (60 - t) / 60 + current + 1 <=
+    limit`` later this minute, else ``current * (60 - t) / 60 + 1 <= limit`` in the next one."""
+    if current + 1 <= limit and previous:
+        at = 60 - (limit - current - 1) * 60 / previous
+        if at < 60:
+            return max(1, math.ceil(at - elapsed))
+    at_next = max(0.0, 60 - (limit - 1) * 60 / current) if current else 0.0
+    return max(1, math.ceil(60 - elapsed + at_next))
 
 
 # the verifier ---------------------------------------------------------------------------------------------------
