@@ -35,10 +35,15 @@ def train_step(settings: Settings, report: Any) -> dict[str, Any]:
 
 
 def diagnose_step(settings: Settings, report: Any) -> dict[str, Any]:
-    """Score the deidentified outcomes table with the model the train step registered."""
+    """Score the deidentified outcomes table with the current model (skipped when training promoted none)."""
     from analytics.flow import diagnose
 
     trained = report.steps.get("train", {})
     if "model_version" not in trained:
         return {"skipped": "no model was trained in this demo run"}
+    promotion = trained.get("promotion") or {}
+    if not promotion.get("current"):
+        # Fail closed: a candidate that did not earn promotion is never used; the demo says why instead.
+        return {"skipped": f"no current model: {trained['model_version']} stays a candidate ("
+                           f"{'; '.join(promotion.get('reasons', []))})"}
     return diagnose(settings, "outcomes")

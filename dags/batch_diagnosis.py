@@ -1,9 +1,11 @@
-"""Daily batch diagnosis: verify the model → drift check → score on Spark → write the predictions zone.
+"""Daily batch diagnosis: verify the current model → drift check → score on Spark → write the predictions zone.
 
 Runs every day, and also as soon as a new model is registered (``medguard://models/registry``). ``verify``
-refuses a modified or unsigned model (the run fails before anything is scored); ``drift`` measures PSI/KS
-against the model's training profile; ``score_and_write`` scores on Spark and merges into
-``predictions/diagnoses`` (re-running a day adds nothing twice). Each task is one call into ``analytics.flow``.
+refuses a modified or unsigned model, or a model with no current (promoted) version (the run fails before
+anything is scored); ``drift`` measures PSI/KS against the model's training profile on the rows its training
+snapshot did not hold; ``score_and_write`` scores on Spark, merges into ``predictions/diagnoses`` (re-running a
+day adds nothing twice) and rewrites ``predictions/current`` (one row per patient). Each task is one call into
+``analytics.flow``.
 """
 
 from __future__ import annotations

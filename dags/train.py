@@ -1,10 +1,13 @@
 """Train a diagnostic model when its deidentified tables change: features → screen → train → evaluate →
-robustness → register.
+robustness → judge → register.
 
 Data-aware: runs whenever de-identification publishes ``outcomes`` (the label table of the synthetic cohort);
 params pick another table/label/config. Each task is one call into ``analytics.flow``; the tasks share a run
-folder under ``$MEDGUARD_HOME/analytics/runs`` (its path is the XCom). ``register`` signs the model and
-updates the ``medguard://models/registry`` asset, which schedules nothing by itself: batch diagnosis is daily.
+folder under ``$MEDGUARD_HOME/analytics/runs`` (its path is the XCom). ``judge`` holds the candidate to the
+governance floors and compares it with the current model; ``register`` signs it, promotes it when it earned it
+and returns the decision (``promotion``: promoted, candidate or duplicate, with the reasons; a candidate left a
+candidate is also an ``alert`` audit event). A training of data and configuration already registered registers
+nothing. ``register`` updates the ``medguard://models/registry`` asset, which starts batch diagnosis.
 """
 
 from __future__ import annotations
@@ -73,6 +76,14 @@ def medguard_train() -> None:
         step_robustness(get_settings(), run_dir)
         return run_dir
 
+    @task(task_id="judge")
+    def judge(run_dir: str) -> str:
+        from analytics.flow import step_judge
+        from pipeline.settings import get_settings
+
+        step_judge(get_settings(), run_dir)
+        return run_dir
+
     @task(task_id="register", outlets=[REGISTRY])
     def register(run_dir: str) -> dict[str, Any]:
         from analytics.flow import step_register
@@ -80,7 +91,7 @@ def medguard_train() -> None:
 
         return step_register(get_settings(), run_dir)
 
-    register(robustness(evaluate(train(screen(features())))))
+    register(judge(robustness(evaluate(train(screen(features()))))))
 
 
 medguard_train()
