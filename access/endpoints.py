@@ -12,7 +12,7 @@ signatures (:mod:`access.signatures`); the signature's ``keyid`` names one key h
   (``endpoints.key_overlap_hours``), after which it is refused as ``key_expired``.
 - The store is one JSON file, ``$MEDGUARD_HOME/access/endpoints.json`` (0600 in a 0700 folder), written atomically
   under an exclusive ``flock``. Servers read it on every request through :meth:`EndpointRegistry.resolve`, which
-  re-reads the file only when its modification time or size changed and keeps parsed public keys cached, so a
+  re-reads the file only when it was replaced (every change writes a new file) and keeps parsed public keys cached, so a
   suspension takes effect on the next request of every worker without costing a parse per request.
 - Every change is audited (``POLICY_DECISION`` with ``details.operation`` ``endpoint_register``,
   ``endpoint_suspend``, …) naming the operator; keys appear in the audit by keyid and fingerprint only.
@@ -250,9 +250,9 @@ class EndpointRegistry:
         self._clock = clock
         self._default_rate = default_rate_per_minute
         self._key_overlap = key_overlap
-        # resolve() cache: the file's (mtime_ns, size) → endpoints by keyid; parsed public keys by (keyid, pem).
+        # resolve() cache: the file's (inode, mtime_ns, size) → endpoints by keyid; parsed public keys by (keyid, pem).
         self._cache_lock = threading.Lock()
-        self._cache_stamp: tuple[int, int] | None = None
+        self._cache_stamp: tuple[int, int, int] | None = None
         self._by_keyid: dict[str, tuple[Endpoint, EndpointKey]] = {}
         self._parsed: dict[tuple[str, str], PublicKey] = {}
 
@@ -447,10 +447,10 @@ class EndpointRegistry:
         return [_endpoint(endpoints[name]) for name in sorted(endpoints)]
 
     def _index(self) -> dict[str, tuple[Endpoint, EndpointKey]]:
-        """Endpoints by keyid, re-read only when the file changed (mtime or size)."""
+        """Endpoints by keyid, re-read only when the file changed (every write replaces it: a new inode)."""
         try:
             stat = self.path.stat()
-            stamp: tuple[int, int] | None = (stat.st_mtime_ns, stat.st_size)
+            stamp: tuple[int, int, int] | None = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
         except FileNotFoundError:
             stamp = None
         with self._cache_lock:
