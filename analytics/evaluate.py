@@ -259,7 +259,9 @@ def plots(y: np.ndarray, prob: np.ndarray, threshold: float, importance: dict[st
     grid = np.array([[c["tn"], c["fp"]], [c["fn"], c["tp"]]])
     ax.imshow(grid, cmap="Blues")
     for (i, j), v in np.ndenumerate(grid):
-        ax.text(j, i, f"{v:,}", ha="center", va="center", color="black", fontsize=12)
+        # White on the dark cells: the largest count must stay readable.
+        ax.text(j, i, f"{v:,}", ha="center", va="center", fontsize=12,
+                color="white" if v > grid.max() / 2 else "black")
     ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["flag: no", "flag: yes"], yticklabels=["true: no", "true: yes"],
            title="Confusion at threshold")
     out["confusion"] = _png(fig)
@@ -281,7 +283,7 @@ def readable(feature: str) -> str:
         return str(feature)
 
 
-def _short(text: str, width: int = 48) -> str:
+def _short(text: str, width: int = 64) -> str:
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
@@ -456,8 +458,8 @@ def write_model_card(path: Path, *, title: str, summary: dict[str, Any], test_me
     n = test_metrics.get("n")
     doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>
 body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}}
-.tiles{{display:flex;gap:1em;flex-wrap:wrap}}
-.tile{{background:#eef4fb;padding:.8em;border-radius:8px;text-align:center;min-width:9em}}
+.tiles{{display:flex;gap:.6em;flex-wrap:wrap}}
+.tile{{background:#eef4fb;padding:.6em;border-radius:8px;text-align:center;min-width:8.5em}}
 .v{{font-size:1.8em;font-weight:600}}.ci{{color:#555;font-size:.85em;white-space:nowrap}}
 table{{border-collapse:collapse;margin:.5em 0}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}}tr.small td{{color:#888}}
