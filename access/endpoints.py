@@ -463,12 +463,12 @@ class EndpointRegistry:
                 self._by_keyid, self._cache_stamp = index, stamp
             return self._by_keyid
 
-    def resolve(self, keyid: str, *, at: datetime | None = None) -> tuple[Endpoint, EndpointKey, PublicKey]:
-        """The endpoint, key and parsed public key a signature's ``keyid`` names, if they may sign at ``at``.
+    def lookup(self, keyid: str) -> tuple[Endpoint, EndpointKey, PublicKey]:
+        """The endpoint, key and parsed public key ``keyid`` names, whatever their status (the verifier checks the
+        signature before it says anything about the endpoint).
 
         Raises:
-            SignatureRejected: ``endpoint_unknown`` (no such keyid), ``endpoint_revoked``, ``endpoint_suspended``
-                or ``key_expired`` (rotated away and past its overlap).
+            SignatureRejected: ``endpoint_unknown``, no endpoint holds this keyid.
         """
         from access.signatures import SignatureRejected
 
@@ -476,12 +476,6 @@ class EndpointRegistry:
         if found is None:
             raise SignatureRejected("endpoint_unknown", "no endpoint holds this keyid")
         endpoint, key = found
-        if endpoint.status == "revoked":
-            raise SignatureRejected("endpoint_revoked", f"endpoint {endpoint.name} is revoked")
-        if endpoint.status != "active":
-            raise SignatureRejected("endpoint_suspended", f"endpoint {endpoint.name} is suspended")
-        if not key.valid_at(at or self._clock()):
-            raise SignatureRejected("key_expired", f"key {keyid} was rotated away and its overlap has ended")
         cache_key = (key.keyid, key.public_key_pem)
         public = self._parsed.get(cache_key)
         if public is None:
@@ -489,10 +483,31 @@ class EndpointRegistry:
             self._parsed[cache_key] = public
         return endpoint, key, public
 
-    def with_clock(self, clock: Callable[[], datetime]) -> EndpointRegistry:
-        """The same registry file seen through another clock (tests of key expiry)."""
-        return EndpointRegistry(self.path, audit=self._audit, clock=clock, default_rate_per_minute=self._default_rate,
-                                key_overlap=self._key_overlap)
+    def check_usable(self, endpoint: Endpoint, key: EndpointKey, *, at: datetime | None = None) -> None:
+        """Refuse a revoked or suspended endpoint, or a key past its overlap.
+
+        Raises:
+            SignatureRejected: ``endpoint_revoked``, ``endpoint_suspended`` or ``key_expired``.
+        """
+        from access.signatures import SignatureRejected
+
+        if endpoint.status == "revoked":
+            raise SignatureRejected("endpoint_revoked", f"endpoint {endpoint.name} is revoked")
+        if endpoint.status != "active":
+            raise SignatureRejected("endpoint_suspended", f"endpoint {endpoint.name} is suspended")
+        if not key.valid_at(at or self._clock()):
+            raise SignatureRejected("key_expired", f"key {key.keyid} was rotated away and its overlap has ended")
+
+    def resolve(self, keyid: str, *, at: datetime | None = None) -> tuple[Endpoint, EndpointKey, PublicKey]:
+        """The endpoint, key and parsed public key a signature's ``keyid`` names, if they may sign at ``at``.
+
+        Raises:
+            SignatureRejected: ``endpoint_unknown`` (no such keyid), ``endpoint_revoked``, ``endpoint_suspended``
+                or ``key_expired`` (rotated away and past its overlap).
+        """
+        endpoint, key, public = self.lookup(keyid)
+        self.check_usable(endpoint, key, at=at)
+        return endpoint, key, public
 
 
 def _operations(operations: Iterable[str]) -> tuple[str, ...]:

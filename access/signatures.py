@@ -11,9 +11,10 @@ with the operation it asks for; it gets back the :class:`VerifiedRequest` (which
    ``@target-uri``, or ``@authority`` + ``@path`` (+ ``@query`` when the URL has a query); and, when the request
    has a body, ``content-digest`` and ``content-type`` (a body without a ``Content-Digest`` field:
    ``digest_missing``).
-2. The keyid resolves to an active endpoint's valid key (:meth:`EndpointRegistry.resolve`: ``endpoint_unknown``,
-   ``endpoint_suspended``, ``endpoint_revoked``, ``key_expired``); ``alg`` names that key's algorithm and the
-   signature verifies over the RFC 9421 §2.5 signature base (``signature_invalid``).
+2. The keyid names a registered key (``endpoint_unknown``); ``alg`` names that key's algorithm and the signature
+   verifies over the RFC 9421 §2.5 signature base (``signature_invalid``); only then is the endpoint checked to be
+   active and the key not past its rotation overlap (``endpoint_suspended``, ``endpoint_revoked``,
+   ``key_expired``), so a caller without the key learns nothing of an endpoint's status.
 3. ``created`` lies within ``window`` seconds of now, either way (the window is also the clock skew allowed), and
    ``expires``, if given, has not passed (``signature_expired``).
 4. ``Content-Digest`` (``sha-256`` and/or ``sha-512``) equals the body (``digest_mismatch``); the endpoint may do
@@ -24,8 +25,8 @@ with the operation it asks for; it gets back the :class:`VerifiedRequest` (which
    (``rate_limited``, 429 with ``Retry-After``). A rate-limited request leaves no trace: its nonce stays unclaimed
    and it does not count.
 
-Unsigned callers learn nothing about endpoints: every refusal before the signature verifies says only what was
-wrong with the request. Messages never carry key material or request content.
+Before the signature verifies, a refusal says only what is wrong with the request, or that the keyid is unknown.
+Messages never carry key material or request content.
 """
 
 from __future__ import annotations
@@ -146,19 +147,13 @@ def _target(method: str, url: str) -> _Target:
     if not parts.scheme or not parts.netloc:
         raise SignatureRejected("signature_malformed", "the request URL is not absolute")
     scheme = parts.scheme.lower()
-    host, _, port = parts.netloc.rpartition("@")[2].partition(":") if not parts.netloc.startswith("[") else \
-        _bracketed(parts.netloc)
+    netloc = parts.netloc.rpartition("@")[2]  # user information is not part of the authority (RFC 9421 §2.2.3)
+    host, port = (netloc, "") if netloc.endswith("]") or ":" not in netloc else netloc.rsplit(":", 1)
     authority = host.lower() + (f":{port}" if port and port.lstrip("0") != _DEFAULT_PORTS.get(scheme) else "")
     path = parts.path or "/"
     query = parts.query if "?" in url.split("#", 1)[0] else None
-    target_uri = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{path}" + (f"?{query}" if query is not None
-                                                                                 else "")
+    target_uri = f"{parts.scheme}://{netloc}{path}" + (f"?{query}" if query is not None else "")
     return _Target(method, scheme, authority, target_uri, path, query)
-
-
-def _bracketed(netloc: str) -> tuple[str, str, str]:
-    host, _, rest = netloc.partition("]")
-    return host + "]", ":", rest.removeprefix(":")
 
 
 def _component_value(name: str, target: _Target, headers: Mapping[str, str]) -> str:
@@ -475,13 +470,14 @@ class RequestVerifier:
         _require_coverage(parsed.components, url, has_body)
         now = self._clock()
         keyid = parsed.params["keyid"]
-        endpoint, key, public_key = self.registry.resolve(keyid, at=datetime.fromtimestamp(now, UTC))
+        endpoint, key, public_key = self.registry.lookup(keyid)
         if parsed.params["alg"] != key.alg:
             raise SignatureRejected("signature_invalid", f"alg {parsed.params['alg']} is not the algorithm of key "
                                     f"{keyid} ({key.alg})")
         base = signature_base(parsed.components, parsed.params_serialised, method=method, url=url, headers=fields)
         if not _verify_signature(key.alg, public_key, parsed.signature, base):
             raise SignatureRejected("signature_invalid", "the signature does not verify over the request")
+        self.registry.check_usable(endpoint, key, at=datetime.fromtimestamp(now, UTC))
         created = parsed.params["created"]
         if abs(now - created) > self.window:
             raise SignatureRejected("signature_expired", f"created is {'in the future' if created > now else 'too old'}"

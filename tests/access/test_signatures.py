@@ -145,6 +145,12 @@ def test_when_the_endpoint_is_suspended_then_refused_until_resumed(tmp_path, clo
                         operation="diagnose").endpoint.status == "active"
 
 
+def test_when_a_suspended_endpoints_keyid_comes_with_a_forged_signature_then_its_status_is_not_told(
+        tmp_path, clock, check, endpoint):
+    registry(tmp_path, clock).suspend("ward7", operator="tester")
+    _refused(check, "signature_invalid", headers=_signed(endpoint.keys[0].keyid, key_pair("ed25519")))
+
+
 def test_when_the_endpoint_is_revoked_then_endpoint_revoked(tmp_path, clock, check, endpoint, keys):
     registry(tmp_path, clock).revoke(endpoint.endpoint_id, operator="tester")
     _refused(check, "endpoint_revoked", headers=_signed(endpoint.keys[0].keyid, keys))

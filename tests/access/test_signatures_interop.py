@@ -53,6 +53,18 @@ def test_when_the_third_party_library_signs_then_our_verifier_accepts(tmp_path, 
     assert set(verified.covered) == set(components)
 
 
+@pytest.mark.parametrize("url", ["https://API.Example.org:443/v1/a%20b?x=1&y", "http://[::1]:8080/v1/diagnoses",
+                                 "http://user@host.example:80/", "https://host.example/v1?"])
+@pytest.mark.parametrize("components", [("@method", "@authority", "@path", "@query", "@scheme", "@request-target"),
+                                        ("@method", "@target-uri")])
+def test_when_urls_are_unusual_then_both_sides_build_the_same_signature_base(tmp_path, clock, url, components):
+    keys, keyid = _registered(tmp_path, clock, "ed25519")
+    prepared = _third_party_signed(keys, keyid, "ed25519", url, (*components, "content-type"))
+    verified = verifier(tmp_path, clock).verify(method="POST", url=prepared.url, headers=dict(prepared.headers),
+                                                body=prepared.body, operation="diagnose")
+    assert verified.keyid == keyid
+
+
 def test_when_a_third_party_signed_body_is_altered_then_our_verifier_refuses(tmp_path, clock):
     keys, keyid = _registered(tmp_path, clock, "ed25519")
     url = "https://api.example.org/v1/diagnoses"
