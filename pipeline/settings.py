@@ -235,6 +235,11 @@ class ApiSettings(_Section):
     max_batch: int = Field(default=100, ge=1, le=10_000)
     # A payload outside the model's training profile: refused (422) or scored and flagged.
     out_of_profile: Literal["refuse", "flag"] = "flag"
+    # Behind a TLS-terminating reverse proxy: take scheme, host, client address and client certificate (SHA-256)
+    # from X-Forwarded-Proto/-Host/-For and X-Client-Cert-SHA256. Off: any client could send those headers.
+    trust_proxy: bool = False
+    # Background flush of the request audit spool to the audit log, in seconds.
+    audit_flush_seconds: float = Field(default=2.0, gt=0, le=300)
 
 
 class CdsHooksSettings(_Section):
@@ -250,8 +255,21 @@ class PgWireSettings(_Section):
     """Layer 4: the PostgreSQL-wire SQL endpoint (``medguard serve --pg-port``)."""
 
     host: str = "127.0.0.1"
+    port: int = Field(default=5433, ge=1, le=65535)
+    # TLS: both set wraps every connection in TLS (a client that does not ask for it is refused); the password
+    # (an API token) then never crosses the network in clear.
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # Without TLS the server listens only on a loopback address, unless this is set (a TLS-terminating proxy on
+    # the same private network in front of it): the password is an API token and would otherwise travel in clear.
+    allow_plaintext_non_loopback: bool = False
+    # Connections served at once; more are refused with "too many connections".
+    max_connections: int = Field(default=32, ge=1, le=1024)
+    # Seconds a client has to finish the TLS handshake and log in, and a logged-in connection may stay idle.
+    login_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    idle_timeout_seconds: float = Field(default=900.0, gt=0, le=86_400)
+    # Longest protocol message accepted (a query, a Bind with its parameters), in bytes.
+    max_message_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 2**20)
 
 
 class GovernanceSettings(_Section):
