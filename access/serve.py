@@ -1,13 +1,167 @@
-"""``medguard serve``: the diagnosis API, CDS Hooks and ``/v1/query`` (FastAPI on uvicorn), and the pgwire endpoint.
+"""``medguard serve``: the HTTP(S) API (diagnoses, CDS Hooks, ``/v1/query``) on uvicorn, and the pgwire endpoint.
 
-Placeholder while layer 4 is being built this session; replaced by the real command.
+``medguard serve [--host H] [--port P] [--pg-port PORT] [--no-http] [--workers N]``. With ``--pg-port`` the
+PostgreSQL-wire server runs in a thread beside uvicorn; ``--no-http`` runs that alone. SIGTERM or SIGINT stops
+both cleanly: uvicorn finishes the requests in flight, the request audit spool is flushed, then the pgwire thread is
+told to stop and joined.
+
+Transport (``api`` settings): ``tls_cert`` + ``tls_key`` serve HTTPS; ``tls_client_ca`` as well requires a client
+certificate signed by that CA (mTLS), and the certificate's SHA-256 reaches the verifier through the ASGI scope
+(uvicorn does not put the peer certificate there itself: :class:`_CertH11Protocol` does), so an endpoint registered
+with ``--client-cert`` is bound to it. No ``Server`` banner, no access log (every request is in the audit log).
+In production run it behind a reverse proxy that terminates TLS and forwards to 127.0.0.1, with
+``api.trust_proxy`` on (see :mod:`access.api.security`).
+
+``--workers N`` (N > 1) starts N processes that each build the application from the environment's settings
+(``MEDGUARD_*``, ``MEDGUARD_CONFIG``); nonces, rate windows and the audit spool are SQLite files they share.
 """
 
 from __future__ import annotations
 
-from pipeline.errors import MedguardError
+import hashlib
+import signal
+import threading
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from pipeline.cli_support import fail, settings_from
+from pipeline.errors import MedguardError, SettingsError
+
+if TYPE_CHECKING:
+    from pipeline.settings import Settings
+
+__all__ = ["app_factory", "serve", "uvicorn_config"]
 
 
-def serve() -> None:
-    """Serve the diagnosis API (not built yet)."""
-    raise MedguardError("medguard serve is not built yet")
+def _cert_protocol() -> type:
+    """An h11 protocol that puts the TLS peer certificate's SHA-256 into each request's ASGI scope."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class _CertH11Protocol(H11Protocol):
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            ssl_object = transport.get_extra_info("ssl_object")
+            der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+            if der:
+                self.app = _with_client_cert(self.app, hashlib.sha256(der).hexdigest())
+
+    return _CertH11Protocol
+
+
+def _with_client_cert(app: Any, sha256: str) -> Any:
+    async def wrapped(scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("type") == "http":
+            extensions = scope.setdefault("extensions", {})
+            extensions["tls"] = {**extensions.get("tls", {}), "client_cert_sha256": sha256}
+        await app(scope, receive, send)
+
+    return wrapped
+
+
+def uvicorn_config(settings: Settings, app: Any, host: str, port: int, *, workers: int = 1,
+                   log_level: str = "warning") -> Any:
+    """The uvicorn configuration: TLS and mTLS from ``api`` settings, no banner, no access log."""
+    import ssl
+
+    import uvicorn
+
+    api = settings.api
+    if (api.tls_cert is None) != (api.tls_key is None):
+        raise SettingsError("api.tls_cert and api.tls_key: set both (HTTPS) or neither")
+    if api.tls_client_ca is not None and api.tls_cert is None:
+        raise SettingsError("api.tls_client_ca needs api.tls_cert and api.tls_key (mTLS runs over HTTPS)")
+    for name in ("tls_cert", "tls_key", "tls_client_ca"):
+        path = getattr(api, name)
+        if path is not None and not path.is_file():
+            raise SettingsError(f"api.{name}: {path} is not a readable file")
+    kwargs: dict[str, Any] = {}
+    if api.tls_cert is not None:
+        kwargs.update(ssl_certfile=str(api.tls_cert), ssl_keyfile=str(api.tls_key))
+    if api.tls_client_ca is not None:
+        kwargs.update(ssl_ca_certs=str(api.tls_client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED, http=_cert_protocol())
+    return uvicorn.Config(app, host=host, port=port, workers=workers, server_header=False, date_header=True,
+                          access_log=False, log_level=log_level, proxy_headers=False, timeout_graceful_shutdown=10,
+                          factory=isinstance(app, str), **kwargs)
+
+
+def app_factory() -> Any:
+    """The application from the environment's settings (what each ``--workers`` process builds)."""
+    from access.api.app import create_app
+    from pipeline.settings import load_settings
+
+    return create_app(load_settings())
+
+
+def _run_http(settings: Settings, host: str, port: int, workers: int) -> None:
+    import uvicorn
+
+    if workers > 1:
+        config = uvicorn_config(settings, "access.serve:app_factory", host, port, workers=workers)
+        uvicorn.Server(config)  # validates the configuration before forking
+        from uvicorn.supervisors import Multiprocess
+
+        sock = config.bind_socket()
+        Multiprocess(config, target=uvicorn.Server(config).run, sockets=[sock]).run()
+        return
+    from access.api.app import create_app
+
+    uvicorn.Server(uvicorn_config(settings, create_app(settings), host, port)).run()
+
+
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option("--host", help="Address to listen on (default: api.host).")] = None,
+    port: Annotated[int | None, typer.Option("--port", min=1, max=65535,
+                                             help="HTTP(S) port (default: api.port).")] = None,
+    pg_port: Annotated[int | None, typer.Option("--pg-port", min=1, max=65535,
+                                                help="Also serve SQL over the PostgreSQL wire protocol on this "
+                                                     "port (pgwire.host).")] = None,
+    no_http: Annotated[bool, typer.Option("--no-http", help="Serve only the pgwire endpoint.")] = False,
+    workers: Annotated[int, typer.Option("--workers", min=1, max=64,
+                                         help="HTTP worker processes (settings from the environment).")] = 1,
+) -> None:
+    """Serve the signed diagnosis API, CDS Hooks and /v1/query over HTTP(S), and optionally pgwire."""
+    settings = settings_from(ctx)
+    if no_http and pg_port is None:
+        fail(SettingsError("--no-http serves nothing without --pg-port"))
+    if workers > 1 and pg_port is not None:
+        fail(SettingsError("--workers > 1 serves HTTP only; run the pgwire endpoint as its own `medguard serve "
+                           "--no-http --pg-port PORT`"))
+    stop = threading.Event()
+    pg_thread: threading.Thread | None = None
+    errors: list[BaseException] = []
+    if pg_port is not None:
+        from access.pgwire import run_pg_server
+
+        ready = threading.Event()
+
+        def run_pg() -> None:
+            try:
+                run_pg_server(settings, settings.pgwire.host, pg_port, stop=stop, ready=ready)
+            except BaseException as exc:  # reported by the main thread
+                errors.append(exc)
+                ready.set()
+
+        pg_thread = threading.Thread(target=run_pg, name="pgwire", daemon=True)
+        pg_thread.start()
+        ready.wait(timeout=60)
+        if errors:
+            fail(errors[0])
+    try:
+        if no_http:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: stop.set())
+            while not stop.wait(0.5):
+                if errors or (pg_thread is not None and not pg_thread.is_alive()):
+                    break
+        else:
+            _run_http(settings, host or settings.api.host, port or settings.api.port, workers)
+    except (MedguardError, OSError) as exc:
+        fail(exc)
+    finally:
+        stop.set()
+        if pg_thread is not None:
+            pg_thread.join(timeout=15)
+    if errors:
+        fail(errors[0])

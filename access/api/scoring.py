@@ -286,8 +286,13 @@ class DiagnosisService:
         """(True, "ready") when the current model verifies (its key provider answered); else (False, why)."""
         try:
             m = self._model()
+            health = self._provider_now().health()
         except ModelUnavailable as exc:
             return False, str(exc)
+        except MedguardError as exc:
+            return False, f"key provider unreachable: {type(exc).__name__}"
+        if not (health.get("ok") is True or (health.get("initialized") and health.get("sealed") is False)):
+            return False, "key provider unreachable or sealed"
         return True, f"model {m.model_version} verified"
 
     # scoring -----------------------------------------------------------------------------------------
