@@ -34,11 +34,39 @@ IO_ENCRYPTION = "spark.io.encryption.enabled"
 _CLUSTER_TRANSPORT = ("spark.authenticate", "spark.network.crypto.enabled")
 _LOOPBACK = {"127.0.0.1", "localhost", "[::1]"}
 
+# Quiet by default: Spark's WARN lines at start-up (loopback host, native Hadoop, spark.local.dir, I/O encryption
+# without RPC encryption on a local master) and its console progress bars drown a command's own output and
+# progress. The root stays at WARN, because PySpark prints a "Setting default log level" banner whenever the root
+# differs from its shell level (WARN); the known start-up lines are ERROR-only, and the session drops to ERROR once
+# started. log_level DEBUG keeps Spark's own defaults.
+LOG4J_FILE = "log4j2-medguard.properties"
+_START_UP_WARNINGS = ("org.apache.spark.util.Utils", "org.apache.hadoop.util.NativeCodeLoader",
+                      "org.apache.spark.SparkConf", "org.apache.spark.SparkEnv")
+_QUIET_LOG4J = "\n".join([
+    "status = error",
+    "appender.console.type = Console",
+    "appender.console.name = console",
+    "appender.console.target = SYSTEM_ERR",
+    "appender.console.layout.type = PatternLayout",
+    "appender.console.layout.pattern = %d{yy/MM/dd HH:mm:ss} %p %c{1}: %m%n%ex",
+    "rootLogger.level = warn",
+    "rootLogger.appenderRef.stdout.ref = console",
+    *(line for i, name in enumerate(_START_UP_WARNINGS)
+      for line in (f"logger.quiet{i}.name = {name}", f"logger.quiet{i}.level = error")),
+]) + "\n"
+
 _lock = threading.Lock()
 _session: SparkSession | None = None
 
 
+def _quiet(settings: Settings) -> bool:
+    return settings.log_level != "DEBUG"
+
+
 def _builder_conf(settings: Settings) -> dict[str, str]:
+    java_options = f"-Dderby.system.home={settings.home / 'derby'} -Djava.io.tmpdir={settings.home / TEMP_DIR}"
+    if _quiet(settings):
+        java_options += f" -Dlog4j2.configurationFile={settings.home / TEMP_DIR / LOG4J_FILE}"
     conf = {
         "spark.master": settings.spark.master,
         "spark.app.name": settings.spark.app_name,
@@ -52,8 +80,8 @@ def _builder_conf(settings: Settings) -> dict[str, str]:
         # Shuffle/spill blocks and the JVM's temporary files stay under MEDGUARD_HOME (0700, umask 077: see
         # pipeline.settings.private_home), not in a shared /tmp.
         "spark.local.dir": str(settings.home / TEMP_DIR / "spark"),
-        "spark.driver.extraJavaOptions": (f"-Dderby.system.home={settings.home / 'derby'} "
-                                          f"-Djava.io.tmpdir={settings.home / TEMP_DIR}"),
+        "spark.driver.extraJavaOptions": java_options,
+        "spark.ui.showConsoleProgress": str(not _quiet(settings)).lower(),
     }
     if settings.lake_engine == "spark":
         conf["spark.sql.extensions"] = DELTA_EXTENSION
@@ -115,11 +143,12 @@ def get_spark(settings: Settings | None = None) -> SparkSession:
 
         conf = _builder_conf(settings)
         _check_cluster_transport(settings, conf)
+        _quiet_logs(settings)
         builder = SparkSession.builder
         for key, value in conf.items():
             builder = builder.config(key, value)
         session = builder.getOrCreate()
-        session.sparkContext.setLogLevel("ERROR")
+        session.sparkContext.setLogLevel("ERROR" if _quiet(settings) else "WARN")
         # getOrCreate ignores the builder's conf when a context already runs (started by other code in the process).
         _check_io_encryption(session)
         if settings.lake_engine == "spark" and not delta_jars_present(session):
@@ -127,6 +156,17 @@ def get_spark(settings: Settings | None = None) -> SparkSession:
             raise EngineUnavailableError(DELTA_JARS_HELP)
         _session = session
         return session
+
+
+def _quiet_logs(settings: Settings) -> None:
+    """Write the driver's log4j2 file (ERROR, on stderr) and quiet py4j's Python logger, unless log_level is DEBUG."""
+    import logging
+
+    if not _quiet(settings):
+        return
+    (settings.home / TEMP_DIR / LOG4J_FILE).write_text(_QUIET_LOG4J)
+    # py4j logs every gateway connection at INFO once an application configures logging.
+    logging.getLogger("py4j").setLevel(logging.WARNING)
 
 
 def _check_io_encryption(session: SparkSession) -> None:
