@@ -165,3 +165,22 @@ def test_when_a_registry_is_pickled_then_it_refuses(store):
 
     with pytest.raises(TypeError, match="pickled"):
         pickle.dumps(store)
+
+
+def test_when_a_client_certificate_pem_is_given_then_the_endpoint_is_bound_to_its_der_sha256(store):
+    import hashlib
+    from datetime import UTC, datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ward7")])
+    now = datetime.now(UTC)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                   .serial_number(1).not_valid_before(now).not_valid_after(now + timedelta(days=1))
+                   .sign(key, hashes.SHA256()))
+    endpoint = store.register("a", key_pair().public_pem, operator="t",
+                              client_cert_sha256=certificate.public_bytes(Encoding.PEM).decode())
+    assert endpoint.client_cert_sha256 == hashlib.sha256(certificate.public_bytes(Encoding.DER)).hexdigest()
