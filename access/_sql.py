@@ -10,6 +10,7 @@ caller's text.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -115,6 +116,27 @@ def check(sql: str, *, max_chars: int) -> Checked:
     return Checked(tree, tuple(dict.fromkeys(t for t in tables if t)))
 
 
+def describe_target(sql: str) -> str | None:
+    """The logical table of a ``DESCRIBE zone.table`` statement, or None when ``sql`` is something else.
+
+    Raises:
+        AccessDeniedError: a DESCRIBE of anything but one logical table (a query, a file, a bare name).
+    """
+    if not isinstance(sql, str) or not sql.lstrip().lower().startswith(("describe", "desc ")):
+        return None
+    try:
+        statements = [s for s in sqlglot.parse(sql, read=DIALECT) if s is not None]
+    except (SqlglotError, RecursionError) as exc:
+        raise refuse("DESCRIBE takes one table named zone.table") from exc
+    if len(statements) != 1 or not isinstance(statements[0], exp.Describe):
+        return None
+    target = statements[0].this
+    if not isinstance(target, exp.Table) or not target.db or target.catalog \
+            or not isinstance(target.this, exp.Identifier):
+        raise refuse("DESCRIBE takes one table named zone.table (see `medguard access tables`)")
+    return f"{target.db.lower()}.{target.name.lower()}"
+
+
 def _check_growth(tree: exp.Expression) -> None:
     for pad in tree.find_all(exp.Pad):
         length = pad.args.get("expression")
@@ -157,6 +179,7 @@ def bind(checked: Checked, views: Mapping[str, str], schema: Mapping[str, list[s
             derived table of this query (fail closed).
     """
     tree = checked.tree.copy()
+    name_outputs(tree)
     for node in list(tree.find_all(exp.Table)):
         if not node.db:
             continue
@@ -211,6 +234,115 @@ def referenced_columns(tree: exp.Expression, view_names: set[str]) -> dict[str, 
             if column.table in aliases:
                 used[aliases[column.table]].add(column.name)
     return used
+
+
+_NAME_PART = re.compile(r"[^a-z0-9]+")
+
+
+def _readable_name(node: exp.Expression) -> str:
+    """``avg(probability)`` -> ``avg_probability``, ``count(*)`` -> ``count``, ``round(avg(x), 2)`` ->
+    ``round_avg_x``: the functions and columns of an expression, in order, as one identifier."""
+    parts: list[str] = []
+    for part in node.dfs():
+        if isinstance(part, exp.Anonymous):
+            parts.append(part.name)
+        elif isinstance(part, exp.Func):
+            parts.append(part.sql_name())
+        elif isinstance(part, exp.Distinct):
+            parts.append("distinct")
+        elif isinstance(part, exp.Column):
+            parts.append(part.name)
+    name = "_".join(p for p in (_NAME_PART.sub("_", x.lower()).strip("_") for x in parts) if p)
+    return name[:63]
+
+
+def name_outputs(tree: exp.Expression) -> None:
+    """Give each unaliased computed output of every SELECT a readable name (in place), not ``_col_1``.
+
+    A bare column keeps its own name; a literal or an expression without function or column keeps the engine's.
+    Names repeated within one SELECT get ``_2``, ``_3``...
+    """
+    for select in tree.find_all(exp.Select):
+        taken = {e.alias_or_name for e in select.expressions if isinstance(e, exp.Alias | exp.Column)}
+        for index, projection in enumerate(list(select.expressions)):
+            if isinstance(projection, exp.Alias | exp.Column | exp.Star):
+                continue
+            name = _readable_name(projection)
+            if not name:
+                continue
+            unique, n = name, 1
+            while unique in taken:
+                n += 1
+                unique = f"{name}_{n}"
+            taken.add(unique)
+            select.expressions[index].replace(exp.alias_(projection.copy(), unique, quoted=True))
+
+
+# Aggregates whose answer over a keyed hash (pseudonym) or a constant "****" of the same nullness stays true.
+_COUNTING = (exp.Count, exp.ApproxDistinct)
+
+
+def aggregates_over(tree: exp.Expression, view_names: set[str]) -> list[tuple[str, str, str, str]]:
+    """Every (aggregate, view, column, how) where an aggregate's argument or FILTER reads a view's column.
+
+    ``how`` is ``count`` when the aggregate counts the column's non-null values (``count(col)``), ``distinct``
+    when it counts its distinct values (``count(DISTINCT col)``, ``approx_count_distinct``), else ``value`` (the
+    aggregate uses the values themselves, and a FILTER predicate always does). Columns reached through a derived
+    table or CTE are not traced.
+    """
+    found: list[tuple[str, str, str, str]] = []
+    for scope in traverse_scope(tree):
+        aliases: dict[str, str] = {}
+        for alias, source in scope.selected_sources.items():
+            node = source[1] if isinstance(source, tuple) else source
+            if isinstance(node, exp.Table) and node.name in view_names:
+                aliases[alias] = node.name
+        for column in scope.columns:
+            if column.table not in aliases:
+                continue
+            agg = column.find_ancestor(exp.AggFunc, exp.Filter, exp.Select)
+            how = "value"
+            if isinstance(agg, exp.Filter):
+                agg = agg.this
+            elif isinstance(agg, _COUNTING):
+                distinct = isinstance(agg, exp.ApproxDistinct) or isinstance(agg.this, exp.Distinct)
+                how = "distinct" if distinct else "count"
+            if not isinstance(agg, exp.AggFunc):
+                continue
+            found.append((agg.sql_name().lower(), aliases[column.table], column.name, how))
+    return found
+
+
+def row_level_views(tree: exp.Expression, view_names: set[str]) -> set[str]:
+    """The views some SELECT of the query reads directly without aggregating (its rows would be returned)."""
+    found: set[str] = set()
+    for scope in traverse_scope(tree):
+        select = scope.expression
+        if not isinstance(select, exp.Select):
+            continue
+        read = {(s[1] if isinstance(s, tuple) else s).name for s in scope.selected_sources.values()
+                if isinstance(s[1] if isinstance(s, tuple) else s, exp.Table)}
+        if not _aggregates(select) or any(True for _ in select.find_all(exp.Window)):
+            found |= read & view_names
+    return found
+
+
+def output_sources(tree: exp.Expression, view_names: set[str]) -> dict[str, tuple[str, str]]:
+    """Output column -> (view, column) for each output of the top SELECT that is a view's column as it is."""
+    if not isinstance(tree, exp.Select):
+        return {}
+    root = traverse_scope(tree)[-1]
+    aliases: dict[str, str] = {}
+    for alias, source in root.selected_sources.items():
+        node = source[1] if isinstance(source, tuple) else source
+        if isinstance(node, exp.Table) and node.name in view_names:
+            aliases[alias] = node.name
+    found = {}
+    for projection in tree.expressions:
+        node = projection.this if isinstance(projection, exp.Alias) else projection
+        if isinstance(node, exp.Column) and node.table in aliases:
+            found[projection.alias_or_name] = (aliases[node.table], node.name)
+    return found
 
 
 def render(tree: exp.Expression) -> str:

@@ -174,6 +174,7 @@ def tables(
     token: TokenOption = None,
     totp: TotpOption = None,
     purpose: PurposeOption = None,
+    columns: Annotated[bool, typer.Option("--columns", help="Also count each table's visible columns.")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """The logical tables (zone.table) the principal may query."""
@@ -181,8 +182,35 @@ def tables(
 
     settings = settings_from(ctx)
     session = open_session(settings, as_name, token, totp)
-    names = QueryGateway.from_settings(settings).tables(session, purpose=purpose)
-    emit(names, as_json, "\n".join(names) or f"{session.principal.qualified} may query no table")
+    gateway = QueryGateway.from_settings(settings)
+    names = gateway.tables(session, purpose=purpose)
+    if not columns:
+        emit(names, as_json, "\n".join(names) or f"{session.principal.qualified} may query no table")
+        return
+    counted = [{"table": name, "columns": len(gateway.describe(session, name, purpose=purpose))} for name in names]
+    emit(counted, as_json, "\n".join(f"{c['table']}  ({c['columns']} visible columns)" for c in counted)
+         or f"{session.principal.qualified} may query no table")
+
+
+@access_app.command("describe")
+def describe(
+    ctx: typer.Context,
+    table: Annotated[str, typer.Argument(help="The logical table, zone.table (see `medguard access tables`).")],
+    as_name: AsOption = None,
+    token: TokenOption = None,
+    totp: TotpOption = None,
+    purpose: PurposeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The columns of a table the principal can see, with type, class and mask; hidden columns are not listed."""
+    from access.gateway import QueryGateway
+
+    settings = settings_from(ctx)
+    session = open_session(settings, as_name, token, totp)
+    rows = QueryGateway.from_settings(settings).describe(session, table, purpose=purpose)
+    width = max((len(r["name"]) for r in rows), default=0)
+    lines = [f"{r['name']:<{width}}  {r['type']:<12}  {r['class']:<17}  {r['mask']}" for r in rows]
+    emit(rows, as_json, "\n".join(lines) or f"no column of {table} is visible to {session.principal.qualified}")
 
 
 def query(
@@ -206,8 +234,38 @@ def query(
                                                         break_glass_reason=break_glass)
     if as_json:  # the rows become JSON only when asked for
         emit({"columns": result.table.column_names, "rows": result.table.to_pylist(),
-              "row_count": result.table.num_rows, "masks": result.masks(), "seconds": result.seconds}, True, "")
+              "row_count": result.table.num_rows, "masks": result.masks(), "withheld": result.withheld(),
+              "column_masks": dict(result.column_masks), "notices": result.notices(),
+              "seconds": result.seconds}, True, "")
     elif csv:
         sys.stdout.write(result.to_csv())
     else:
-        typer.echo(result.to_pandas().to_string(index=False, max_rows=200))
+        typer.echo(render_table(result))
+        for notice in result.notices():
+            typer.echo(f"note: {notice}")
+
+
+MASKED_CELL = "‹masked›"
+MISSING_CELL = "null"
+
+
+def render_table(result: object, *, max_rows: int = 200) -> str:
+    """A result as a text table: a cell the policy hid prints as ``‹masked›``, a missing value as ``null``."""
+    import pandas as pd
+
+    table = result.table  # type: ignore[attr-defined]
+    hidden = {c for c, m in result.column_masks.items() if m == "null"}  # type: ignore[attr-defined]
+    rows = table.slice(0, max_rows).to_pylist()
+    cells = {name: [MASKED_CELL if name in hidden and row[name] is None else
+                    MISSING_CELL if row[name] is None else _cell(row[name]) for row in rows]
+             for name in table.column_names}
+    text = pd.DataFrame(cells, columns=table.column_names).to_string(index=False) if table.num_columns else ""
+    if table.num_rows > max_rows:
+        text += f"\n… {table.num_rows - max_rows:,} more rows (use --csv or --json for all)"
+    return text if rows else f"{text}\n(no rows)".lstrip("\n")
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)

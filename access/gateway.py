@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from storage_security.keys.base import KeyProvider
     from storage_security.protected import ProtectedLake, Protection
 
-__all__ = ["MASKED_VALUE", "QueryGateway", "QueryResult"]
+__all__ = ["MASKED_VALUE", "QueryGateway", "QueryResult", "disclosable_count"]
 
 MASKED_VALUE = "****"
 _PSEUDONYM = re.compile(r"ps1_[A-Za-z0-9]+_[0-9a-f]+")
@@ -62,12 +62,20 @@ class _EngineError(Exception):
 
 @dataclass(frozen=True)
 class QueryResult:
-    """The rows of a granted query, and what the policy did to produce them."""
+    """The rows of a granted query, and what the policy did to produce them.
+
+    ``row_filters`` holds one entry per row filter applied to a table: ``{"table", "filter", "description",
+    "rows_removed"}`` (``rows_removed`` None where the count is withheld, see :func:`disclosable_count`);
+    ``column_masks`` maps each output column that is a masked table column to its mask, so that a front can show
+    masked cells differently from missing values.
+    """
 
     table: pa.Table
     decisions: tuple[PolicyDecision, ...]
     sql: str
     seconds: float
+    row_filters: tuple[Mapping[str, Any], ...] = ()
+    column_masks: Mapping[str, str] = field(default_factory=dict)
 
     def to_pandas(self) -> Any:
         return self.table.to_pandas()
@@ -86,6 +94,26 @@ class QueryResult:
         return {d.logical_name: {c: m.value for c, m in d.masks.items() if m is not Mask.PLAINTEXT}
                 for d in self.decisions}
 
+    def withheld(self) -> dict[str, Any]:
+        """What the policy withheld: ``{"row_filters": [{table, filter, description, rows_removed}], "masks":
+        {table: {column: mask}}}``, as ``--json``, the HTTP API and the wire protocol's notices report it."""
+        return {"row_filters": [dict(f) for f in self.row_filters], "masks": self.masks()}
+
+    def notices(self) -> list[str]:
+        """One human-readable line per row filter and per masked column of the query."""
+        lines = []
+        for f in self.row_filters:
+            removed = f.get("rows_removed")
+            count = (f"removed {removed:,} row{'s' if removed != 1 else ''}" if removed is not None
+                     else "removed rows (count withheld: " + str(f.get("withheld_because", "protected")) + ")")
+            lines.append(f"row filter {f['filter']} ({f['description']}) {count} of {f['table']}")
+        for table, masks in self.masks().items():
+            lines += [f"column {column} of {table} is masked ({mask})" for column, mask in sorted(masks.items())]
+        aggregates_only = [d.logical_name for d in self.decisions if d.aggregates_only]
+        lines += [f"{t} is released only as aggregates; groups of fewer patients than the small-cell minimum are "
+                  "left out" for t in aggregates_only]
+        return lines
+
 
 @dataclass
 class _View:
@@ -100,6 +128,8 @@ class _View:
     data: pa.Table | None = None
     facilities: list[str] | None = None
     extra_events: list[AuditEvent] = field(default_factory=list)
+    masks: dict[str, Mask] = field(default_factory=dict)
+    filter_notes: list[dict[str, Any]] = field(default_factory=list)
 
 
 class QueryGateway:
@@ -192,9 +222,46 @@ class QueryGateway:
 
     # queries -----------------------------------------------------------------------------------------
 
+    def describe(self, session: Session, table: str, *, purpose: str | None = None) -> list[dict[str, Any]]:
+        """The columns of ``table`` (``zone.table``) the session's principal can see: name, type, class and mask.
+
+        A column the principal would only ever see as null (its mask is null, or it is sealed and they may not
+        decrypt it) is left out. Audited as a policy decision.
+
+        Raises:
+            AccessDeniedError: no such table, or the principal may not read it (the reason says why).
+        """
+        principal = session.principal
+        purpose = purpose or (principal.purposes[0] if principal.purposes else "unspecified")
+        base = {"requested_action": "describe", **session.audit_details()}
+        try:
+            [view] = self._views([str(table).strip().lower()])
+        except AccessDeniedError as exc:
+            self._refuse(session, purpose, base, str(exc))
+        classes = self._column_classes(view.zone, view.table) if self._column_classes else None
+        self._decide(view, session, view.columns, purpose, None)
+        event = view.decision.audit_event(details=base)
+        if not view.decision.allowed:
+            self.audit.record(event)
+            raise AccessDeniedError(f"describe refused: {view.decision.reason}")
+        self.audit.record(event)
+        masks = self._effective_masks(view)
+        schema = self._schema(view.zone, view.table)
+        sealed = set(view.protection.encrypted) if view.protection else set()
+        out = []
+        for name in view.columns:
+            mask = masks[name]
+            if mask is Mask.NULL:
+                continue
+            kind = _catalog_type(view.zone, view.table, name) if name in sealed else None
+            out.append({"name": name, "type": kind or str(schema.field(name).type),
+                        "class": self.engine.policy.column_class(view.zone, view.table, name, classes).value,
+                        "mask": mask.value})
+        return out
+
     def query(self, session: Session, sql: str, *, purpose: str | None = None,
               break_glass_reason: str | None = None) -> QueryResult:
-        """Run one analyst query under the policy.
+        """Run one analyst query under the policy; ``DESCRIBE zone.table`` answers :meth:`describe` as a table.
 
         Raises:
             AccessDeniedError: the query is refused (the reason says why); the refusal is audited.
@@ -215,6 +282,15 @@ class QueryGateway:
             self._refuse(session, purpose, base, f"more than {self._rate.limit} queries in a minute (setting "
                          "access.queries_per_minute); try again shortly")
         try:
+            described = _sql.describe_target(sql)
+        except AccessDeniedError as exc:
+            self._refuse(session, purpose, base, str(exc))
+        if described is not None:
+            rows = self.describe(session, described, purpose=purpose)
+            table = pa.table({"column_name": [r["name"] for r in rows], "type": [r["type"] for r in rows],
+                              "class": [r["class"] for r in rows], "mask": [r["mask"] for r in rows]})
+            return QueryResult(table, (), f"DESCRIBE {described}", time.perf_counter() - started)
+        try:
             checked = _sql.check(sql, max_chars=self._max_chars)
             views = self._views(checked.tables)
         except AccessDeniedError as exc:
@@ -223,10 +299,6 @@ class QueryGateway:
             tree = _sql.bind(checked, {v.logical: v.name for v in views},
                              {v.name: v.columns for v in views})
             used = _sql.referenced_columns(tree, {v.name for v in views})
-            if any(v.zone is Zone.DEIDENTIFIED for v in views):
-                # Small cells: a group of fewer than k patients computed from de-identified data is not returned.
-                tree = _sql.suppress_small_cells(tree, {v.name: _CELL_PATIENT for v in views if _counts_patients(v)},
-                                                 self._small_cell_k)
         except AccessDeniedError as exc:
             self._refuse(session, purpose, base, str(exc), views)
         events: list[AuditEvent] = []
@@ -239,6 +311,15 @@ class QueryGateway:
         if refused is not None:
             self.audit.record_many(events)
             raise AccessDeniedError(f"query refused: {refused.decision.reason}")
+        try:
+            self._check_aggregates(tree, views)
+            if any(v.zone is Zone.DEIDENTIFIED or v.decision.aggregates_only for v in views):
+                # Small cells: a group of fewer than k patients computed from de-identified data (or from a
+                # table released only as aggregates) is not returned.
+                tree = _sql.suppress_small_cells(tree, {v.name: _CELL_PATIENT for v in views if _counts_patients(v)},
+                                                 self._small_cell_k)
+        except AccessDeniedError as exc:
+            self._refuse(session, purpose, base, str(exc), views, events)
         sql_to_run = _sql.render(tree)
         try:
             for view in views:
@@ -258,8 +339,12 @@ class QueryGateway:
                 self._refuse(session, purpose, base, "query failed in the SQL engine", views, events)
             except AccessDeniedError:
                 raise AccessDeniedError(f"query failed: {exc}") from exc
+        outputs = _sql.output_sources(tree, {v.name for v in views})
+        patients = self._patients_disclosed(tree, views, outputs, result)
         for view in views:
-            details = {**base, "via": "gateway", "result_rows": result.num_rows}
+            # What left the gateway (rows returned, patients whose rows they are) is what bulk-read detection
+            # measures; row_count is what the query scanned after the row filters.
+            details = {**base, "via": "gateway", "result_rows": result.num_rows, "patients_disclosed": patients}
             if view.facilities is not None:
                 details["facility_ids"] = view.facilities
             events.extend(view.extra_events)
@@ -271,7 +356,53 @@ class QueryGateway:
         glass = [(seq, e) for seq, e in zip(seqs, events, strict=True) if e.action == AuditAction.BREAK_GLASS]
         if glass:
             self._alert_break_glass(glass)
-        return QueryResult(result, tuple(v.decision for v in views), sql_to_run, time.perf_counter() - started)
+        by_name = {v.name: v for v in views}
+        column_masks = {}
+        for output, (view_name, column) in outputs.items():
+            mask = by_name[view_name].masks.get(column, Mask.PLAINTEXT)
+            if mask is not Mask.PLAINTEXT:
+                column_masks[output] = mask.value
+        filters = tuple(entry for v in views for entry in v.filter_notes)
+        return QueryResult(result, tuple(v.decision for v in views), sql_to_run, time.perf_counter() - started,
+                           filters, column_masks)
+
+    def _check_aggregates(self, tree: Any, views: Sequence[_View]) -> None:
+        """Refuse aggregates whose answer the masks would falsify, and row-level reads of aggregate-only tables.
+
+        An aggregate over a column masked to null sees only nulls (``avg`` is NaN, ``count`` 0); over a pseudonym or
+        ``****`` it sees stand-ins, of which only counting non-null values (and, for a pseudonym, distinct values)
+        stays true. Such queries are refused with the reason instead of returning a number that looks real.
+        """
+        by_name = {v.name: v for v in views}
+        for name, view_name, column, how in _sql.aggregates_over(tree, set(by_name)):
+            view = by_name[view_name]
+            mask = self._effective_masks(view).get(column, Mask.NULL)
+            true_anyway = (mask is Mask.PLAINTEXT or (mask is Mask.PSEUDONYM and how in ("count", "distinct"))
+                           or (mask is Mask.MASKED and how == "count"))
+            if not true_anyway:
+                shown = {Mask.NULL: "hidden (masked to null)", Mask.PSEUDONYM: "masked to a keyed hash",
+                         Mask.MASKED: "masked to ****"}[mask]
+                raise _sql.refuse(f"{name}() over {view.logical}.{column} would not be a true answer: the column is "
+                                  f"{shown} for {view.decision.principal}; count(*) and aggregates of visible columns "
+                                  "are allowed (see `medguard access describe`)")
+        row_level = _sql.row_level_views(tree, {v.name for v in views if v.decision.aggregates_only})
+        for view in views:
+            if view.name in row_level:
+                raise _sql.refuse(f"{view.logical} is released to {view.decision.principal} only as aggregates "
+                                  f"(GROUP BY with count, avg, sum...; groups of fewer than {self._small_cell_k} "
+                                  "patients are left out), not row by row")
+
+    def _patients_disclosed(self, tree: Any, views: Sequence[_View], outputs: Mapping[str, tuple[str, str]],
+                            result: pa.Table) -> int:
+        """How many patients' own rows the result shows: the distinct patient keys it returns, or for a row-level
+        result without one, at most one per row; an aggregate without a patient key discloses no one's rows."""
+        keys = [o for o, (_, column) in outputs.items() if column in (_PATIENT_LINK, "patient_id")
+                and o in result.column_names]
+        if keys:
+            return max(len(pc.unique(result.column(k)).drop_null()) for k in keys)
+        row_level = _sql.row_level_views(tree, {v.name for v in views if _PATIENT_LINK in v.columns
+                                                or "patient_id" in v.columns})
+        return result.num_rows if row_level else 0
 
     def _alert_break_glass(self, glass: Sequence[tuple[int, AuditEvent]]) -> None:
         # Break glass must alert now, not at the next hourly monitor run.
@@ -343,16 +474,10 @@ class QueryGateway:
 
     def _load(self, view: _View, session: Session, purpose: str) -> None:
         """Read the view's columns, filter rows, then mask: the only data DuckDB will ever see."""
-        decision = view.decision
-        masks = dict(decision.masks)
+        masks = self._effective_masks(view)
+        view.masks = masks
         sealed = set(view.protection.encrypted) if view.protection else set()
-        decrypt = [c for c in masks if c in sealed and masks[c] is Mask.PLAINTEXT
-                   and view.decrypt is not None and view.decrypt.allowed]
-        for column in masks:
-            # A sealed column is either decrypted under a decrypt grant or hidden: never shown as ciphertext,
-            # and never decrypted merely to be masked.
-            if column in sealed and column not in decrypt:
-                masks[column] = Mask.NULL
+        decrypt = [c for c in masks if c in sealed and masks[c] is Mask.PLAINTEXT]
         # Which facilities' rows were read feeds the many-facilities detector; it matters for identifiable zones
         # (de-identified research spans facilities by design), so only those pay for it.
         has_facility = "facility_id" in view.columns and view.zone is not Zone.DEIDENTIFIED
@@ -374,6 +499,7 @@ class QueryGateway:
             arrow = self.lake.read_arrow(view.zone, view.table, columns=read_columns, where=predicate)
         if keep is not None:
             arrow = arrow.filter(keep[0](arrow))
+        view.filter_notes = self._filter_notes(view, session)
         if has_facility:
             # Facility ids are not PHI; the many-facilities detector needs which ones, not just how many.
             view.facilities = sorted(str(f) for f in pc.unique(arrow.column("facility_id")).to_pylist()
@@ -381,6 +507,55 @@ class QueryGateway:
         view.data = self._mask(view, arrow.select(list(masks)), masks)
         if _counts_patients(view):
             view.data = view.data.append_column(_CELL_PATIENT, arrow.column(_PATIENT_LINK))
+
+    def _effective_masks(self, view: _View) -> dict[str, Mask]:
+        """The decision's masks, with sealed columns the principal may not decrypt hidden (null)."""
+        masks = dict(view.decision.masks)
+        sealed = set(view.protection.encrypted) if view.protection else set()
+        may_decrypt = view.decrypt is not None and view.decrypt.allowed
+        for column in masks:
+            # A sealed column is either decrypted under a decrypt grant or hidden: never shown as ciphertext,
+            # and never decrypted merely to be masked.
+            if column in sealed and not (masks[column] is Mask.PLAINTEXT and may_decrypt):
+                masks[column] = Mask.NULL
+        return masks
+
+    def _filter_notes(self, view: _View, session: Session) -> list[dict[str, Any]]:
+        """One note per row filter applied to ``view``: which, and how many rows it removed (when disclosable).
+
+        Filters apply in the decision's order; each one's count is of the rows it removed from what the filters
+        before it kept, over the whole table (not only the rows the query's own WHERE would have kept).
+        """
+        names = list(view.decision.row_filters)
+        if not names:
+            return []
+        wanted = [c for c in ("facility_id", "consent_research", _PATIENT_LINK) if c in view.columns]
+        rows = self.lake.read_arrow(view.zone, view.table, columns=wanted or view.columns[:1])
+        kept = pa.array([True] * rows.num_rows, pa.bool_())
+        notes = []
+        for name in names:
+            before = pc.sum(pc.cast(kept, pa.int64())).as_py() or 0
+            if name == "facility":
+                facility = session.principal.facility or ""
+                description = f"rows of facility {facility} only"
+                column, value = "facility_id", facility
+            else:
+                description = "patients who consented to research only"
+                column, value = "consent_research", True
+            if column in rows.column_names:
+                hit = pc.fill_null(pc.equal(rows.column(column), pa.scalar(value)), False)
+            else:
+                allowed = pa.array(sorted(self._linked_patients(view, column, value)), pa.string())
+                hit = pc.fill_null(pc.is_in(rows.column(_PATIENT_LINK), allowed), False)
+            kept = pc.and_(kept, hit)
+            after = pc.sum(pc.cast(kept, pa.int64())).as_py() or 0
+            removed, why = disclosable_count(before - after, name, k=self._small_cell_k,
+                                             break_glass=view.decision.break_glass)
+            note = {"table": view.logical, "filter": name, "description": description, "rows_removed": removed}
+            if why:
+                note["withheld_because"] = why
+            notes.append(note)
+        return notes
 
     def _filters(self, view: _View, session: Session,
                  decrypt: list[str]) -> tuple[str | None, Any]:
@@ -524,8 +699,48 @@ class QueryGateway:
 
 
 def _counts_patients(view: _View) -> bool:
-    """Whether small-cell suppression counts this view's patients (a de-identified table with the pseudonym)."""
-    return view.zone is Zone.DEIDENTIFIED and _PATIENT_LINK in view.columns
+    """Whether small-cell suppression counts this view's patients (a de-identified table with the pseudonym, or
+    one the principal may read only as aggregates)."""
+    aggregates_only = view.decision is not None and view.decision.aggregates_only
+    return (view.zone is Zone.DEIDENTIFIED or aggregates_only) and _PATIENT_LINK in view.columns
+
+
+# Row filters over the whole population (not about one patient or one emergency), whose counts may be shown.
+_POPULATION_FILTERS = frozenset({"facility", "consent"})
+
+
+def disclosable_count(removed: int, row_filter: str, *, k: int, break_glass: bool = False) -> tuple[int | None, str]:
+    """The number of rows a row filter removed as a result may report it, and why it is withheld when it is.
+
+    The rule: a count is shown only for a population filter (``facility``, ``consent``) outside break glass, and
+    only when it is 0 or at least ``k`` (``deidentify.k_anonymity``). A count of 1 to k-1 says that a handful of
+    patients did not consent (or belong elsewhere), which with what else a user knows may single them out; a
+    filter scoped to one patient or granted by break glass would tell how much of someone else's record exists.
+    Returns ``(count or None, reason withheld or "")``.
+    """
+    if break_glass:
+        return None, "break-glass access"
+    if row_filter not in _POPULATION_FILTERS:
+        return None, "a per-patient filter"
+    if 0 < removed < k:
+        return None, f"fewer than {k} rows"
+    return removed, ""
+
+
+def _catalog_type(zone: Zone, table: str, column: str) -> str | None:
+    """The column catalog's type for a column (a sealed column is stored as bytes but holds this type)."""
+    from pipeline.catalog import load_catalog
+
+    try:
+        catalog = load_catalog()
+        if zone is Zone.RAW:
+            entry = catalog.raw_columns(table).get(column)
+        else:
+            entry = catalog.zones.get(zone.value, {}).get(table)
+            entry = entry.columns.get(column) if entry is not None else None
+    except (KeyError, ValueError, MedguardError):
+        return None
+    return str(getattr(entry, "type", "")) or None if entry is not None else None
 
 
 def _fail_closed(reason: str) -> AccessDeniedError:

@@ -112,6 +112,7 @@ class Rule(BaseModel):
     valid_from: date | None = None
     valid_until: date | None = None
     break_glass: bool = False
+    aggregates_only: bool = False
 
     @field_validator("masks", "columns", mode="before")
     @classmethod
@@ -146,8 +147,9 @@ class Rule(BaseModel):
             raise ValueError(f"hours must be [start, end) with 0 <= start < end <= 24, not {list(self.hours)}")
         if self.valid_from and self.valid_until and self.valid_from > self.valid_until:
             raise ValueError("valid_from is after valid_until")
-        if self.effect == "deny" and (self.masks or self.columns or self.row_filters or self.break_glass):
-            raise ValueError("a deny rule takes no masks, columns, row filters or break_glass")
+        if self.effect == "deny" and (self.masks or self.columns or self.row_filters or self.break_glass
+                                      or self.aggregates_only):
+            raise ValueError("a deny rule takes no masks, columns, row filters, break_glass or aggregates_only")
         return self
 
 
@@ -279,6 +281,7 @@ class PolicyDecision:
     rules: tuple[str, ...] = ()
     break_glass: bool = False
     policy_version: int = 0
+    aggregates_only: bool = False
 
     @property
     def logical_name(self) -> str:
@@ -305,7 +308,7 @@ class PolicyDecision:
                 "table": self.logical_name, "columns": list(self.columns), "purpose": self.purpose,
                 "reason": self.reason, "masks": {c: m.value for c, m in self.masks.items()},
                 "row_filters": list(self.row_filters), "rules": list(self.rules), "break_glass": self.break_glass,
-                "policy_version": self.policy_version}
+                "policy_version": self.policy_version, "aggregates_only": self.aggregates_only}
 
 
 def _utcnow() -> datetime:
@@ -389,7 +392,8 @@ class PolicyEngine:
                         rule_ids)
         reason = f"allowed by {', '.join(rule_ids)}" + (" (break glass)" if break_glass else "")
         return PolicyDecision(True, principal.qualified, action, zone, name, columns, purpose, reason, masks,
-                              filters, rule_ids, break_glass, self.policy.version)
+                              filters, rule_ids, break_glass, self.policy.version,
+                              aggregates_only=any(r.aggregates_only for r in timely))
 
     def decide(self, principal: Principal, action: Action | str, table: str, columns: Sequence[str] = (), *,
                purpose: str | None = None, break_glass_reason: str | None = None,

@@ -60,12 +60,14 @@ def test_when_an_analyst_is_added_then_tables_and_queries_follow_the_policy(cli_
     tables = _run(cli_env, "access", "tables", "--as", "ann", "--json")
     assert json.loads(tables.stdout) == ["deidentified.patients"], tables.stderr
     granted = _run(cli_env, "query", "--as", "ann", "--json",
-                   "SELECT sex, count(*) AS n, max(ssn) AS s FROM deidentified.patients GROUP BY sex ORDER BY sex")
+                   "SELECT sex, count(*) AS n, ssn AS s FROM deidentified.patients GROUP BY sex, ssn ORDER BY sex")
     assert granted.returncode == 0, granted.stderr
     result = json.loads(granted.stdout)
     # the 3 men are a cell smaller than k = 5: small-cell suppression leaves it out
     assert result["rows"] == [{"sex": "F", "n": 6, "s": None}]
     assert result["masks"] == {"deidentified.patients": {"ssn": "null"}}
+    _one_line_error(_run(cli_env, "query", "--as", "ann", "SELECT sex, max(ssn) FROM deidentified.patients "
+                         "GROUP BY sex"), "max() over deidentified.patients.ssn would not be a true answer")
     _one_line_error(_run(cli_env, "query", "--as", "ann", "SELECT * FROM raw.patients"), "query refused")
     _one_line_error(_run(cli_env, "query", "--as", "ann", "SELECT 1; DROP TABLE x"), "exactly one statement")
     _one_line_error(_run(cli_env, "query", "--as", "nobody", "SELECT 1"), "unknown principal")
