@@ -13,6 +13,7 @@ import base64
 import json as jsonlib
 import os
 import secrets
+import ssl
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -143,6 +144,24 @@ def generate_key_pair(out_dir: Path, *, alg: str = "ed25519", name: str = "endpo
     return private_path, public_path
 
 
+def _tls_context(verify: bool | str | ssl.SSLContext, cert: tuple[str, str] | None) -> ssl.SSLContext:
+    """The TLS context: system CAs (True), a CA bundle file or folder (str), none (False); with a client certificate.
+
+    Built here because httpx 0.28 drops ``cert`` when ``verify`` is a path.
+    """
+    import httpx
+
+    if isinstance(verify, ssl.SSLContext):
+        context = verify
+    elif isinstance(verify, str):
+        context = ssl.create_default_context(**({"capath": verify} if os.path.isdir(verify) else {"cafile": verify}))
+    else:
+        context = httpx.create_ssl_context(verify=verify)
+    if cert is not None:
+        context.load_cert_chain(*cert)
+    return context
+
+
 class SignedClient:
     """An ``httpx`` client signing every request as endpoint key ``keyid``.
 
@@ -150,13 +169,13 @@ class SignedClient:
         base_url: e.g. ``https://medguard.example:8443``.
         private_key_pem: the endpoint's private key (PEM); it never leaves this process.
         alg: default: the key's algorithm.
-        verify: TLS verification (True, or a CA bundle path).
+        verify: TLS verification: True (system CAs), a CA bundle path, an ``ssl.SSLContext``, or False.
         cert: a client certificate for mTLS, ``(cert_path, key_path)``.
         transport: an httpx transport (tests pass an ASGI transport to call an app in-process).
     """
 
     def __init__(self, base_url: str, keyid: str, private_key_pem: bytes, *, alg: str | None = None,
-                 verify: bool | str = True, cert: tuple[str, str] | None = None, timeout: float = 30,
+                 verify: bool | str | ssl.SSLContext = True, cert: tuple[str, str] | None = None, timeout: float = 30,
                  transport: Any = None) -> None:
         import httpx
 
@@ -164,9 +183,7 @@ class SignedClient:
         self.keyid = keyid
         self.alg = alg or key_alg
         self.base_url = base_url.rstrip("/")
-        kwargs: dict[str, Any] = {"verify": verify, "timeout": timeout}
-        if cert is not None:
-            kwargs["cert"] = cert
+        kwargs: dict[str, Any] = {"verify": _tls_context(verify, cert), "timeout": timeout}
         if transport is not None:
             kwargs["transport"] = transport
         self._http = httpx.Client(**kwargs)

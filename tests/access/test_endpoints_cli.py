@@ -3,8 +3,11 @@ real HTTP server that verifies the signature; refusals are one line on stderr wi
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import json
 import os
+import ssl
 import subprocess
 import sys
 import threading
@@ -12,8 +15,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+from cryptography.x509.oid import NameOID
 
 from access.signatures import RequestVerifier, SignatureRejected
 from pipeline.settings import load_settings
@@ -53,18 +59,21 @@ def _one_line_error(done: subprocess.CompletedProcess[str], fragment: str) -> No
 
 
 class _Server:
-    """A stdlib HTTP server that answers 200 with the endpoint's name when a request verifies, else the refusal."""
+    """A stdlib HTTP server that answers 200 with the endpoint's name when a request verifies, else the refusal;
+    with ``tls`` (an ``ssl.SSLContext``) it serves HTTPS and passes the client certificate's SHA-256 on."""
 
-    def __init__(self, verifier: RequestVerifier) -> None:
+    def __init__(self, verifier: RequestVerifier, tls: ssl.SSLContext | None = None) -> None:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def _answer(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                url = f"http://{self.headers['Host']}{self.path}"
+                url = f"{'https' if tls else 'http'}://{self.headers['Host']}{self.path}"
+                peer = self.connection.getpeercert(binary_form=True) if tls else None
                 try:
                     verified = verifier.verify(method=self.command, url=url, headers=dict(self.headers.items()),
-                                               body=body, operation="diagnose", client_ip=self.client_address[0])
+                                               body=body, operation="diagnose", client_ip=self.client_address[0],
+                                               client_cert_sha256=hashlib.sha256(peer).hexdigest() if peer else None)
                     status, payload = 200, {"endpoint": verified.endpoint.name, "bytes": len(body)}
                 except SignatureRejected as refused:
                     status, payload = refused.status, {"code": refused.code}
@@ -81,7 +90,9 @@ class _Server:
                 pass
 
         self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.http.server_address[1]}"
+        if tls is not None:
+            self.http.socket = tls.wrap_socket(self.http.socket, server_side=True)
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.http.server_address[1]}"
         self.thread = threading.Thread(target=self.http.serve_forever, daemon=True)
         outer.thread.start()
 
@@ -169,3 +180,51 @@ def test_when_the_server_cannot_be_reached_then_call_fails_in_one_line(home, tmp
     keys = _ok(_run(env, "keygen", "--out", str(tmp_path), "--json"))
     _one_line_error(_run(env, "call", "GET", "http://127.0.0.1:9/v1/models", "--keyid", "x-0000000000000000",
                          "--private-key", keys["private_key"]), "GET http://127.0.0.1:9/v1/models")
+
+
+def _certificate(folder: Path, name: str, *, server: bool) -> tuple[Path, Path, str]:
+    """A self-signed certificate (for 127.0.0.1 when ``server``) and its key; returns paths and the DER SHA-256."""
+    from datetime import UTC, datetime, timedelta
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+               .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=1))
+               .not_valid_after(now + timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True))
+    if server:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(
+            "127.0.0.1"))]), critical=False)
+    certificate = builder.sign(key, hashes.SHA256())
+    cert_path, key_path = folder / f"{name}.crt", folder / f"{name}.pem"
+    cert_path.write_bytes(certificate.public_bytes(Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    return cert_path, key_path, hashlib.sha256(certificate.public_bytes(Encoding.DER)).hexdigest()
+
+
+def test_when_an_endpoint_is_bound_to_a_client_certificate_then_call_over_mtls_needs_that_certificate(home,
+                                                                                                     tmp_path):
+    home_dir, env = home
+    server_cert, server_key, _ = _certificate(tmp_path, "server", server=True)
+    good_cert, good_key, _ = _certificate(tmp_path, "bedside", server=False)
+    other_cert, other_key, _ = _certificate(tmp_path, "other", server=False)
+    keys = _ok(_run(env, "keygen", "--out", str(tmp_path / "keys"), "--name", "bedside", "--json"))
+    keyid = _ok(_run(env, "register", "bedside", "--public-key", keys["public_key"], "--client-cert",
+                     str(good_cert), "--json"))["keyid"]
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(server_cert, server_key)
+    tls.verify_mode = ssl.CERT_REQUIRED
+    for ca in (good_cert, other_cert):
+        tls.load_verify_locations(ca)
+    server = _Server(RequestVerifier.from_settings(load_settings(home=home_dir)), tls=tls)
+    try:
+        call = ["call", "POST", f"{server.url}/v1/diagnoses", "--keyid", keyid, "--private-key", keys["private_key"],
+                "--data", "{}", "--cacert", str(server_cert)]
+        answered = _ok(_run(env, *call, "--cert", str(good_cert), "--key", str(good_key), "--json"))
+        assert answered == {"status": 200, "body": {"endpoint": "bedside", "bytes": 2}}
+        _one_line_error(_run(env, *call, "--cert", str(other_cert), "--key", str(other_key)),
+                        "HTTP 403: client_certificate_mismatch")
+        _one_line_error(_run(env, *call, "--cert", str(good_cert)), "both --cert and --key")
+    finally:
+        server.close()
