@@ -148,10 +148,12 @@ def serve(
         ready.wait(timeout=60)
         if errors:
             fail(errors[0])
+    # uvicorn handles SIGTERM/SIGINT while it runs, then re-raises the signal into the handler it found: ours,
+    # which only sets ``stop``, so a requested shutdown exits 0 after everything is closed.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     try:
         if no_http:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, lambda *_: stop.set())
             while not stop.wait(0.5):
                 if errors or (pg_thread is not None and not pg_thread.is_alive()):
                     break
