@@ -245,7 +245,7 @@ def load_policy(path: str | Path | None = None) -> Policy:
     if clash:
         raise SettingsError(f"invalid policy file {where}: {clash}")
     try:
-        return Policy.model_validate(data)
+        policy = Policy.model_validate(data)
     except PydanticValidationError as exc:
         rules = data.get("rules") if isinstance(data.get("rules"), list) else []
 
@@ -257,6 +257,31 @@ def load_policy(path: str | Path | None = None) -> Policy:
 
         problems = "; ".join(f"{name(err['loc'])}: {err['msg']}" for err in exc.errors())
         raise SettingsError(f"invalid policy file {where}: {problems}") from exc
+    unknown = _unknown_columns(policy, load_catalog())
+    if unknown:
+        raise SettingsError(f"invalid policy file {where}: {unknown}")
+    return policy
+
+
+def _unknown_columns(policy: Policy, catalog: Catalog) -> str | None:
+    """What is wrong with the columns a policy's rules name, or None: each must be a column of at least one
+    catalog table the rule covers (a typo, or a column renamed since, would otherwise grant or mask nothing)."""
+    tables: dict[str, set[str]] = {}
+    for logical, column in _catalog_classes(catalog):
+        tables.setdefault(logical, set()).add(column)
+    problems = []
+    for rule in policy.rules:
+        if not rule.columns:
+            continue
+        covered = {logical: columns for logical, columns in tables.items()
+                   if Zone(logical.split(".", 1)[0]) in rule.zones
+                   and any(fnmatch.fnmatchcase(logical.split(".", 1)[1], pattern) for pattern in rule.tables)}
+        for column in rule.columns:
+            if not any(column in columns for columns in covered.values()):
+                names = ", ".join(sorted(covered)[:4]) or "no table of the column catalog"
+                problems.append(f"rule {rule.id!r} names column {column!r}, which is not a column of "
+                                f"{names} (pipeline/catalog/)")
+    return "; ".join(problems[:5]) or None
 
 
 def policy_from_settings(settings: Settings) -> Policy:

@@ -286,27 +286,32 @@ def test_when_the_row_filter_column_is_encrypted_then_the_query_is_refused(lake,
     assert audit.events()[-1].event.decision == "deny"
 
 
-def test_when_an_analyst_reads_predictions_then_patients_are_pseudonymised_again(lake, keyring, tmp_path):
+def test_when_an_analyst_reads_predictions_row_by_row_then_it_is_refused_and_no_patient_is_shown(lake, keyring,
+                                                                                                 tmp_path):
     import pyarrow as pa
 
     audit = AuditLog(lake, keyring)
     commit = CommitInfo(principal="test")
-    people = [f"ps1_test_{i:04x}" for i in range(6)]
+    people = [f"ps1_test_{i:04x}" for i in range(12)]
     lake.append("raw", "patients", pa.Table.from_pylist(
         [{"patient_pseudonym": p, "consent_research": i != 0, "facility_id": "F1"} for i, p in enumerate(people)]),
         commit=commit)
     lake.append("predictions", "diagnoses", pa.Table.from_pylist(
-        [{"patient_pseudonym": p, "probability": i / 10} for i, p in enumerate(people)]), commit=commit)
+        [{"patient_pseudonym": p, "probability": i / 20} for i, p in enumerate(people)]), commit=commit)
     store = PrincipalStore(tmp_path / "principals.json")
     store.add(Principal("ann", Role.ANALYST, purposes=("research",)))
     gateway = QueryGateway(lake, keyring, PolicyEngine(load_policy(), audit=audit), audit=audit)
-    got = gateway.query(store.local_session("ann", operator="tester"),
-                        "SELECT patient_pseudonym, probability FROM predictions.diagnoses ORDER BY probability"
-                        ).table.to_pylist()
-    assert [r["probability"] for r in got] == [0.1, 0.2, 0.3, 0.4, 0.5]  # patient 0 did not consent
-    shown = [r["patient_pseudonym"] for r in got]
-    assert len(set(shown)) == 5 and not set(shown) & set(people)
-    assert all(s.startswith("ps1_") for s in shown)
+    session = store.local_session("ann", operator="tester")
+    for sql in ("SELECT probability FROM predictions.diagnoses",
+                "SELECT DISTINCT probability FROM predictions.diagnoses",
+                "WITH p AS (SELECT probability FROM predictions.diagnoses) SELECT avg(probability) FROM p"):
+        with pytest.raises(AccessDeniedError, match="released to user:ann only as aggregates"):
+            gateway.query(session, sql)
+    grouped = gateway.query(session, "SELECT patient_pseudonym, count(*) AS n, max(probability) AS top "
+                                     "FROM predictions.diagnoses GROUP BY patient_pseudonym").table.to_pylist()
+    assert grouped == [{"patient_pseudonym": None, "n": 11, "top": 0.55}]  # patient 0 did not consent; none named
+    assert gateway.query(session, "SELECT round(avg(probability), 4) AS a FROM predictions.diagnoses"
+                         ).table.to_pylist() == [{"a": round(sum(i / 20 for i in range(1, 12)) / 11, 4)}]
 
 
 def test_when_the_gateway_is_given_a_hooked_lake_then_each_read_is_recorded_once_by_the_gateway(world):
@@ -343,6 +348,6 @@ def test_when_a_patients_consent_is_null_then_research_reads_treat_it_as_no_cons
     session = store.local_session("ann", operator="tester")
     direct = gateway.query(session, "SELECT count(*) AS n FROM deidentified.patients").table.to_pylist()
     assert direct == [{"n": 3}]
-    linked = gateway.query(session, "SELECT probability FROM predictions.diagnoses ORDER BY probability"
-                           ).table.to_pylist()
-    assert [r["probability"] for r in linked] == [0.0, 0.3, 0.5]
+    linked = gateway.query(session, "SELECT count(*) AS n, round(sum(probability), 4) AS s "
+                                    "FROM predictions.diagnoses").table.to_pylist()
+    assert linked == [{"n": 3, "s": 0.8}]
