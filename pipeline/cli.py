@@ -5,19 +5,17 @@ Failures exit non-zero with a one-line reason on stderr; ``--json`` prints a mac
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline.cli_support import JsonOption, MedguardGroup, emit, settings_from
+from pipeline.progress import ProgressBoard
 from pipeline.settings import get_settings, load_settings, private_home
 
 app = typer.Typer(
@@ -43,14 +41,6 @@ def _root(
         private_home(ctx.obj)
     else:
         ctx.obj = get_settings()
-
-
-@contextmanager
-def _progress(label: str, total: int, enabled: bool) -> Iterator[Callable[[int], None]]:
-    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=_err,
-                  disable=not enabled, transient=True) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda done: bar.advance(task, done)
 
 
 def _render_generation(summary: dict[str, Any]) -> None:
@@ -86,9 +76,11 @@ def generate(
     """Generate a synthetic, seeded EHR population as source extracts (CSV, Parquet, JSON lines, FHIR, HL7, notes)."""
     from pipeline.synthetic import generate as run
 
-    with _progress("generating patients", patients, enabled=not as_json and sys.stderr.isatty()) as advance:
+    with ProgressBoard(console=_err) as board:
+        generated = board.task("generate", total=patients, unit="patients")
         summary = run(out, patients=patients, seed=seed, formats=formats.split(","), defect_rate=defect_rate,
-                      progress=advance)
+                      progress=generated.advance)
+        generated.finish()
     result = summary.to_dict()
     emit(result, as_json, lambda: _render_generation(result))
 
@@ -104,8 +96,16 @@ def demo(
     from pipeline.demo import run_demo
 
     settings = settings_from(ctx)
-    with _progress("demo: generating patients", patients, enabled=not as_json and sys.stderr.isatty()) as advance:
-        report = run_demo(patients=patients, seed=seed, settings=settings, progress=advance)
+    with ProgressBoard(console=_err) as board:
+        generated = board.task("demo generate", total=patients, unit="patients")
+
+        def announce(step: str, seconds: float | None) -> None:
+            if step == "generate" and seconds is not None:
+                generated.finish()
+            board.note(f"demo {step}: started" if seconds is None else f"demo {step}: done in {seconds:,.1f} s")
+
+        report = run_demo(patients=patients, seed=seed, settings=settings, progress=generated.advance,
+                          on_step=announce)
 
     result = report.to_dict()
 
@@ -113,26 +113,49 @@ def demo(
         _out.print(f"[bold]medguard demo[/bold] — home {settings.home}")
         _render_generation(result["generate"])
         for step, outcome in result.items():
-            if step != "generate":
-                _out.print(f"[bold]{step}[/bold]: {_summary(outcome)}")
+            if step not in ("generate", "step_seconds"):
+                took = report.seconds.get(step)
+                _out.print(f"[bold]{escape(step)}[/bold]{f' ({took:,.1f} s)' if took is not None else ''}: "
+                           f"{escape(summary_line(outcome))}", highlight=False, soft_wrap=True)
         _out.print("Everything each step did: `medguard demo --json`.")
 
     emit(result, as_json, render)
 
 
-def _summary(outcome: Any, limit: int = 400) -> str:
-    """One line for a demo step: its top-level facts, nested detail left to ``--json``."""
-    if not isinstance(outcome, dict):
-        return str(outcome)[:limit]
-    parts = []
-    for key, value in outcome.items():
-        if isinstance(value, dict):
-            flat = ", ".join(f"{k}={v}" for k, v in value.items() if not isinstance(v, dict | list))
-            parts.append(f"{key}({flat})" if flat else key)
-        elif not isinstance(value, list):
-            parts.append(f"{key}={value}")
-    text = "; ".join(parts)
-    return text if len(text) <= limit else text[:limit] + "…"
+def number(value: Any) -> str:
+    """A number as people read it: thousands separators, at most 3 decimals (trailing zeros dropped)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if value != value or value in (float("inf"), float("-inf")):  # NaN, infinities
+        return str(value)
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    text = f"{value:,.3f}".rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
+
+
+def summary_line(outcome: Any) -> str:
+    """One readable line for a demo step, whole: numbers rounded, nested facts in parentheses, lists counted.
+
+    A list of a few short values is shown; a longer one, or one of records, is shown as its length (the records
+    are in ``--json``).
+    """
+    if isinstance(outcome, dict):
+        parts = []
+        for key, value in outcome.items():
+            if isinstance(value, dict):
+                inner = summary_line(value)
+                parts.append(f"{key}({inner})" if inner else f"{key}()")
+            else:
+                parts.append(f"{key}={summary_line(value)}")
+        return ", ".join(parts)
+    if isinstance(outcome, list | tuple):
+        if len(outcome) <= 5 and all(not isinstance(v, dict | list | tuple) for v in outcome):
+            return "[" + ", ".join(summary_line(v) for v in outcome) + "]"
+        return f"[{len(outcome):,} items]"
+    return number(outcome)
 
 
 def _register_layer_commands() -> None:

@@ -9,6 +9,7 @@ Some patients get an Immunization (CVX-coded), which ingestion maps into the imm
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -132,8 +133,13 @@ def _records(frame: pd.DataFrame) -> dict[str, list[dict[str, Any]]]:
     return grouped
 
 
-def bundles(seed: int, chunk_index: int, tables: dict[str, pd.DataFrame]) -> list[dict[str, Any]]:
-    """One Bundle per patient of the chunk, each validated against the FHIR resource model."""
+def bundles(seed: int, chunk_index: int, tables: dict[str, pd.DataFrame], *,
+            progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+    """One Bundle per patient of the chunk, each validated against the FHIR resource model.
+
+    ``progress`` is called with 1 after each patient's bundle: the slowest part of generation, so a progress bar
+    advances patient by patient instead of once per chunk.
+    """
     rng = np.random.default_rng([seed, chunk_index, 0xF41])
     groups = {name: _records(tables[name]) for name in ("encounters", "observations", "conditions", "medications")}
     result = []
@@ -143,4 +149,6 @@ def bundles(seed: int, chunk_index: int, tables: dict[str, pd.DataFrame]) -> lis
         bundle = patient_bundle(patient, *(groups[name].get(pid, []) for name in groups), immunized_on=immunized)
         Bundle.model_validate(bundle)  # raises if the bundle is not valid against the resource model
         result.append(bundle)
+        if progress is not None:
+            progress(1)
     return result

@@ -154,7 +154,8 @@ def generate(out_dir: str | Path, *, patients: int, seed: int, formats: Sequence
         seed: same seed, same bytes.
         formats: any of :data:`FORMATS`.
         defect_rate: fraction of records (0–0.5) given a realistic fault, recorded in ``defects.jsonl``.
-        progress: called with the number of patients finished after each chunk.
+        progress: called with a number of patients finished: after each patient's FHIR bundle (the slow part)
+            when FHIR is generated, else after each chunk.
 
     Raises:
         ValueError: an argument is out of range, or ``out_dir`` holds something other than a population.
@@ -197,8 +198,8 @@ def generate(out_dir: str | Path, *, patients: int, seed: int, formats: Sequence
                     notes_file.write(json.dumps(record, separators=(",", ":")) + "\n")
                 summary.notes += len(notes)
             if "fhir" in chosen:
-                lines, found = defects.inject_fhir(fhir.bundles(seed, chunk, clean), summary.fhir_bundles,
-                                                   defect_rate, rng)
+                lines, found = defects.inject_fhir(fhir.bundles(seed, chunk, clean, progress=progress),
+                                                   summary.fhir_bundles, defect_rate, rng)
                 manifest += found
                 (work / "fhir" / f"bundles-{chunk:05d}.ndjson").write_text("\n".join(lines) + "\n")
                 summary.fhir_bundles += len(lines)
@@ -211,7 +212,7 @@ def generate(out_dir: str | Path, *, patients: int, seed: int, formats: Sequence
             for entry in manifest:
                 defects_file.write(json.dumps(entry, separators=(",", ":"), default=str) + "\n")
                 faults[entry["kind"]] += 1
-            if progress is not None:
+            if progress is not None and "fhir" not in chosen:  # FHIR bundles reported each patient as it went
                 progress(count)
         sinks.close()
         for handle in (notes_file, defects_file):

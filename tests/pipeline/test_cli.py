@@ -80,7 +80,11 @@ def test_when_demo_runs_then_every_layer_runs_and_no_plaintext_identifier_reache
     report = json.loads(done.stdout)
     assert Path(report["generate"]["out_dir"]) == tmp_path / "sources" / "demo"
     assert (tmp_path / "sources" / "demo" / "patients.parquet").is_file()
-    assert set(report) == {"generate", "security", "ingest", "deidentify", "access", "train", "diagnose", "verify"}
+    steps = {"generate", "security", "ingest", "deidentify", "access", "train", "diagnose", "serve", "verify"}
+    assert set(report) == steps | {"step_seconds"} and set(report["step_seconds"]) == steps
+    # Off a terminal the demo is not silent: each step says on stderr that it starts and how long it took.
+    for step in steps:
+        assert f"demo {step}: started" in done.stderr and f"demo {step}: done in " in done.stderr
     assert (tmp_path / "lake" / "raw" / "patients" / "_delta_log").is_dir()
     assert (tmp_path / "lake" / "deidentified" / "patients" / "_delta_log").is_dir()
     # The last step greps every lake file (Parquet decoded) for the demo patients' identifiers.
