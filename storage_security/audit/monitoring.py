@@ -4,9 +4,13 @@ Each detector is a function of the audit records (:meth:`AuditLog.events`) and t
 ``settings.access``; it returns alerts with a severity and a deterministic id, so running the monitor again
 (hourly, from ``dags/audit_monitor.py``) never stores an alert twice. Detectors:
 
-- ``bulk_read``: a read or decrypt whose row count is far above the principal's baseline (``bulk_factor`` times
+- ``bulk_read``: a read or decrypt that disclosed far more than the principal's baseline (``bulk_factor`` times
   the median of its earlier reads, and at least ``bulk_min_rows``); before ``baseline_min_events`` reads, above
   ``bulk_factor * bulk_min_rows``. Alerting reads do not enter the baseline, so an exfiltration cannot raise it.
+  What counts is disclosure, not scanning: for a query through the gateway, the rows it returned and the distinct
+  patients whose rows they are (``result_rows``, ``patients_disclosed`` in the read event), so an aggregate over a
+  25,000-row table returning 15 rows is 15; other reads and decrypts count their rows. The alert names the query
+  (``sql_sha256``), the table and why.
 - ``off_hours``: a person's access outside ``[working_hours_start, working_hours_end)`` UTC (one alert per
   principal and day).
 - ``new_endpoint``: a principal seen from an endpoint it never used before, or with a new API token; an
@@ -129,31 +133,63 @@ def _time(record: AuditRecord) -> datetime:
     return record.event.time.astimezone(UTC)
 
 
+def _disclosed(record: AuditRecord) -> tuple[int | None, int | None]:
+    """Rows an event disclosed and the distinct patients they belong to (None: not known).
+
+    A gateway read records what it scanned as ``row_count`` and what left it as ``result_rows`` and
+    ``patients_disclosed``; other reads and decrypts disclose what they count.
+    """
+    event, details = record.event, _details(record)
+    if event.action == AuditAction.READ and isinstance(details.get("result_rows"), int):
+        patients = details.get("patients_disclosed")
+        return details["result_rows"], patients if isinstance(patients, int) else None
+    return event.row_count, None
+
+
 def detect_bulk_reads(records: Sequence[AuditRecord], t: Thresholds) -> list[Alert]:
     history: dict[str, list[int]] = defaultdict(list)
     alerts = []
+    previous: tuple[str, Any, int] | None = None
     for record in records:
         event = record.event
-        if event.action not in _DATA_ACTIONS or event.row_count is None or event.decision == Decision.DENY:
+        rows, patients = _disclosed(record)
+        if event.action not in _DATA_ACTIONS or rows is None or event.decision == Decision.DENY:
             continue
-        if not (_is_person(event.principal) or _details(record).get("via") == "gateway"):
+        details = _details(record)
+        if not (_is_person(event.principal) or details.get("via") == "gateway"):
             continue
+        query = details.get("sql_sha256")
+        # A join reads several tables in one query, recorded one after another: its result counts once.
+        same_query = previous == (event.principal, query, record.seq - 1) and query is not None \
+            and event.action == AuditAction.READ
+        previous = (event.principal, query, record.seq)
+        if same_query:
+            continue
+        measure = max(rows, patients or 0)
         past = history[event.principal]
         if len(past) >= t.baseline_min_events:
             baseline = statistics.median(past)
             limit = max(t.bulk_factor * baseline, t.bulk_min_rows)
         else:
             baseline, limit = None, t.bulk_factor * t.bulk_min_rows
-        if event.row_count > limit:
-            what = "decrypted" if event.action == AuditAction.DECRYPT else "read"
-            base = f"baseline median {baseline:g} rows" if baseline is not None else "no baseline yet"
+        if measure > limit:
+            table = f"{event.zone}.{event.table_name}"
+            base = f"baseline median {baseline:g}" if baseline is not None else "no baseline yet"
+            if event.action == AuditAction.DECRYPT:
+                what = f"decrypted {rows} rows of {table}"
+            else:
+                who = f" of {patients} patients" if patients else ""
+                what = f"received {rows} rows{who} from {table}"
+            why = f"above the limit of {limit:g} ({base})"
+            source = f" by query {query[:12]}" if query else ""
             alerts.append(Alert("bulk_read", "critical" if event.action == AuditAction.DECRYPT else "high",
-                                event.principal, f"{event.principal} {what} {event.row_count} rows of "
-                                f"{event.zone}.{event.table_name} ({base}, limit {limit:g})", _time(record),
+                                event.principal, f"{event.principal} {what}{source}: {why}", _time(record),
                                 (record.seq,), f"seq:{record.seq}",
-                                {"rows": event.row_count, "baseline": baseline, "limit": limit}))
+                                {"rows": rows, "patients": patients, "scanned_rows": event.row_count,
+                                 "table": table, "sql_sha256": query, "baseline": baseline, "limit": limit,
+                                 "why": why}))
         else:
-            past.append(event.row_count)
+            past.append(measure)
     return alerts
 
 

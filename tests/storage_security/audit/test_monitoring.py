@@ -170,3 +170,57 @@ def test_when_the_chain_is_tampered_then_the_verify_task_fails(keyring_settings)
     lake.overwrite("audit", "events", changed, commit=CommitInfo(principal="attacker"))
     with pytest.raises(AuditIntegrityError, match="first bad event seq 0"):
         verify_chain(settings)
+
+
+def _gateway_read(at: datetime, scanned: int, returned: int, patients: int, sql: str) -> AuditEvent:
+    event = _read("user:ann", at, scanned)
+    details = {**event.details, "result_rows": returned, "patients_disclosed": patients, "sql_sha256": sql}
+    return AuditEvent(principal=event.principal, action=event.action, zone=event.zone, table_name=event.table_name,
+                      row_count=scanned, decision="allow", purpose="research", details=details, time=at)
+
+
+def test_when_aggregates_scan_a_large_table_then_the_returned_rows_count_not_the_scanned_ones():
+    # The case: six aggregate queries over 25,741 observations, each returning at most 15 rows.
+    events = [_gateway_read(DAY + timedelta(hours=10, minutes=i), 25_741, 15, 0, f"{i:064x}") for i in range(6)]
+    assert _fired(events) == []
+
+
+def test_when_a_query_returns_rows_of_many_patients_then_the_alert_names_the_query_and_why():
+    events = [_gateway_read(DAY + timedelta(hours=10), 25_000, 25_000, 25_000, "ab" * 32)]
+    monitor = ActivityMonitor(lake=None, audit=None, thresholds=T)  # type: ignore[arg-type]
+    [alert] = monitor.detect(_records(events))
+    assert (alert.detector, alert.severity) == ("bulk_read", "high")
+    assert "received 25000 rows of 25000 patients from deidentified.patients by query abababababab" in alert.summary
+    assert alert.details["sql_sha256"] == "ab" * 32 and "above the limit of 10000" in alert.details["why"]
+
+
+def test_when_the_gateway_answers_15_rows_or_all_25000_patients_then_only_the_second_alerts(lake, keyring, tmp_path):
+    import pyarrow as pa
+
+    from access.gateway import QueryGateway
+    from access.policy import PolicyEngine, load_policy
+    from access.principals import Principal, PrincipalStore, Role
+    from pipeline.lake import CommitInfo
+
+    patients = 25_000
+    lake.append("deidentified", "patients", pa.table({
+        "patient_pseudonym": [f"ps1_t_{i:06x}" for i in range(patients)],
+        "age_band": [f"{20 + (i % 15) * 5}-{24 + (i % 15) * 5}" for i in range(patients)],
+        "sex": ["F" if i % 2 else "M" for i in range(patients)],
+        "consent_research": [True] * patients}), commit=CommitInfo(principal="test"))
+    audit = AuditLog(lake, keyring)
+    store = PrincipalStore(tmp_path / "principals.json")
+    store.add(Principal("ann", Role.ANALYST, purposes=("research",)))
+    session = store.local_session("ann", operator="tester")
+    gateway = QueryGateway(lake, keyring, PolicyEngine(load_policy(), audit=audit), audit=audit)
+    monitor = ActivityMonitor(lake, audit, T)
+
+    grouped = gateway.query(session, "SELECT age_band, count(*) FROM deidentified.patients GROUP BY age_band")
+    assert grouped.table.num_rows == 15
+    assert [a for a in monitor.detect() if a.detector == "bulk_read"] == []
+
+    everything = gateway.query(session, "SELECT * FROM deidentified.patients")
+    assert everything.table.num_rows == patients
+    [alert] = [a for a in monitor.detect() if a.detector == "bulk_read"]
+    assert alert.details["rows"] == patients and alert.details["patients"] == patients
+    assert alert.details["table"] == "deidentified.patients"
