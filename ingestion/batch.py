@@ -37,7 +37,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,6 +64,7 @@ QUARANTINE_TABLE = "records"
 LEDGER_TABLE = "batches"
 STAGES = ("quarantine", "raw")
 PRINCIPAL = "svc:ingest"
+FIRST_REASONS = 5  # quarantine reasons a report keeps verbatim (one per rule broken), for the command line
 _FHIR_TABLES = ("patients", "encounters", "observations", "conditions", "medications", "procedures", "immunizations",
                 "allergies", "diagnostic_reports", "resources")
 _HL7_TABLES = ("patients", "encounters", "observations", "conditions", "medications", "procedures", "immunizations",
@@ -115,6 +116,9 @@ class BatchReport:
     data_docs: str | None = None
     stages: tuple[str, ...] = STAGES
     replayed: bool = False
+    # The first quarantine reason of each rule broken in this run (table, rules, position, reason): they name
+    # non-PHI values only, as in the quarantine zone. Empty for a replayed batch.
+    first_reasons: list[dict[str, Any]] = field(default_factory=list)
 
     def counts(self, table: str) -> TableCounts:
         return self.tables.setdefault(table, TableCounts())
@@ -123,7 +127,7 @@ class BatchReport:
         return {"batch_id": self.batch_id, "source": self.source, "path": self.path,
                 "tables": {name: counts.to_dict() for name, counts in sorted(self.tables.items())},
                 "validation": self.validation, "contracts": self.contracts, "data_docs": self.data_docs,
-                "stages": list(self.stages), "replayed": self.replayed}
+                "stages": list(self.stages), "replayed": self.replayed, "first_reasons": self.first_reasons}
 
     def check_invariant(self) -> None:
         """Raise ValidationError unless rows in = accepted + quarantined for every table."""
@@ -377,7 +381,8 @@ def _identity_check(plake: Any, contracts: dict[str, Contract]) -> IdentityCheck
 
 class _Batch:
     def __init__(self, settings: Settings, plake: Any, source: str, path: Path, contracts: dict[str, Contract],
-                 batch_id: str, stages: tuple[str, ...], dag_run: str | None, docs_dir: Path | None) -> None:
+                 batch_id: str, stages: tuple[str, ...], dag_run: str | None, docs_dir: Path | None,
+                 progress: Callable[[str, int, int | None], None] | None = None) -> None:
         self.settings, self.plake, self.source, self.path = settings, plake, source, path
         self.contracts, self.batch_id, self.stages, self.dag_run = contracts, batch_id, stages, dag_run
         self.report = BatchReport(batch_id, source, str(path), stages=stages,
@@ -391,6 +396,7 @@ class _Batch:
         self.now = datetime.now(UTC)
         self.commit = CommitInfo(principal=plake.principal, purpose="ingest", dag_run=dag_run, batch_id=batch_id)
         self.app_id = f"medguard-ingest/{batch_id}"
+        self.progress = progress
 
     def run(self) -> BatchReport:
         try:
@@ -441,6 +447,13 @@ class _Batch:
             for table, data in loads:
                 self.plake.append(Zone.RAW, table, data, _protection(self.contracts[table]), commit=self.commit,
                                   txn=txn, evolve_schema=self._adds_identity(table))
+                self._report_progress(table)
+        for table in chunk.tables.keys() - {table for table, _ in loads}:
+            self._report_progress(table)
+
+    def _report_progress(self, table: str) -> None:
+        if self.progress is not None:
+            self.progress(table, self.report.counts(table).rows_in, None)
 
     def _table(self, chunk_index: int, table: str, contract: Contract, rows: TableRows,
                checked: CheckedTable) -> tuple[pa.Table | None, list[dict[str, Any]]]:
@@ -544,6 +557,9 @@ class _Batch:
     def _quarantine_row(self, table: str, position: str, rules: list[str], reason: str, payload: str,
                         patient_id: str | None, record_key: str | None, truncated: bool) -> dict[str, Any]:
         qid = hashlib.sha256(json.dumps([self.batch_id, table, position, rules]).encode()).hexdigest()
+        known = self.report.first_reasons
+        if len(known) < FIRST_REASONS and not any(r["table"] == table and r["rules"] == rules for r in known):
+            known.append({"table": table, "rules": rules, "position": position, "reason": reason})
         return {"quarantine_id": qid, "table_name": table, "source": self.source, "source_path": str(self.path),
                 "batch_id": self.batch_id, "position": position, "rules": rules, "reason": f"{table}: {reason}",
                 "record_key": record_key, "patient_id": patient_id, "payload": payload,
@@ -650,7 +666,8 @@ def _audit(plake: Any, report: BatchReport, commit: CommitInfo) -> None:
 
 def ingest(settings: Settings, *, source: str, path: str | Path, table: str | None = None,
            contract: str | Path | Contract | None = None, plake: Any = None, stages: Iterable[str] = STAGES,
-           dag_run: str | None = None, docs: bool = True) -> BatchReport:
+           dag_run: str | None = None, docs: bool = True,
+           progress: Callable[[str, int, int | None], None] | None = None) -> BatchReport:
     """Ingest one source file (or directory of FHIR/HL7 files) as one batch.
 
     Args:
@@ -664,6 +681,7 @@ def ingest(settings: Settings, *, source: str, path: str | Path, table: str | No
         stages: which writes to do: ``quarantine``, ``raw`` (both by default; none = validate only).
         dag_run: the Airflow run id, recorded in commits and the audit event.
         docs: build Great Expectations Data Docs under ``$MEDGUARD_HOME/reports/ingest/data_docs``.
+        progress: called with (table, rows read so far, None) as each chunk's table is loaded.
 
     Returns:
         The batch report; ``replayed`` when the ledger shows the batch already finished these stages.
@@ -693,7 +711,8 @@ def ingest(settings: Settings, *, source: str, path: str | Path, table: str | No
             _audit(plake, replayed, commit)
             return replayed
     docs_dir = settings.home / "reports" / "ingest" / "data_docs" if docs else None
-    report = _Batch(settings, plake, source, source_path, contracts, batch_id, stages, dag_run, docs_dir).run()
+    report = _Batch(settings, plake, source, source_path, contracts, batch_id, stages, dag_run, docs_dir,
+                    progress).run()
     if stages:
         _record_ledger(plake, report, commit)
     _audit(plake, report, commit)

@@ -41,16 +41,52 @@ def ingest(
     = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Validate a source against its data contract, quarantine rejects, load the rest into raw (PHI encrypted)."""
-    from ingestion.batch import ingest as run
+    """Validate a source against its data contract, quarantine rejects, load the rest into raw (PHI encrypted).
 
-    result = run(settings_from(ctx), source=source, path=path, table=table, contract=contract).to_dict()
+    Exits non-zero, with the first quarantine reasons, when every record was quarantined and nothing loaded.
+    """
+    from ingestion.batch import ingest as run
+    from pipeline.progress import ProgressBoard
+
+    with ProgressBoard() as board:
+        tables = board.callback("ingest")
+        result = run(settings_from(ctx), source=source, path=path, table=table, contract=contract,
+                     progress=tables).to_dict()
+        tables.finish()
     compact = {"batch_id": result["batch_id"],
                "tables": {t: {k: c[k] for k in ("in", "accepted", "quarantined")} for t, c in result["tables"].items()},
                "duplicates": {t: c["duplicates"] for t, c in result["tables"].items()},
                "quarantined_by_rule": {t: c["by_rule"] for t, c in result["tables"].items() if c["by_rule"]},
                "data_docs": result["data_docs"], "replayed": result["replayed"]}
     emit(compact, as_json, "\n".join(summary_lines(result)))
+    nothing_loaded(result)
+
+
+def nothing_loaded(result: dict[str, Any], shown: int = 3) -> None:
+    """Raise when a batch loaded nothing and quarantined something: its input was refused whole.
+
+    Raises:
+        ValidationError: naming the quarantined count and the first reasons (table, rules, record position).
+    """
+    from pipeline.errors import ValidationError
+
+    counts = result["tables"].values()
+    quarantined = sum(c["quarantined"] for c in counts)
+    if quarantined == 0 or any(c["accepted"] for c in counts):
+        return
+    distinct: dict[tuple[str, tuple[str, ...]], dict[str, Any]] = {}
+    for reason in result.get("first_reasons", []):  # one example per rule broken, in the order met
+        distinct.setdefault((reason["table"], tuple(reason["rules"])), reason)
+    reasons = "; ".join(f"{r['table']} {_short(r['reason'])} [{','.join(r['rules'])}]"
+                        for r in list(distinct.values())[:shown])
+    where = f"first reasons: {reasons}" if reasons else "the reasons are in the quarantine zone (quarantine/records)"
+    raise ValidationError(f"nothing loaded from {result['path']}: all {quarantined:,} records were quarantined; "
+                          f"{where}")
+
+
+def _short(text: str, limit: int = 160) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " …"
 
 
 @contract_app.command("infer")
