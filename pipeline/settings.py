@@ -245,10 +245,25 @@ class ApiSettings(_Section):
 class CdsHooksSettings(_Section):
     """Layer 4: the CDS Hooks 2.0 service EHRs call (``/cds-services``)."""
 
-    # The public base URL EHRs call (the JWT ``aud``); None: derived from the request.
+    # The public base URL EHRs call (the JWT ``aud`` is ``<service_url>/cds-services/<service_id>``); None: derived
+    # from the request's scheme and Host (set it in production: a Host header is the caller's to choose).
     service_url: str | None = None
     # Longest JWT lifetime accepted (CDS Hooks: at most 5 minutes).
     max_jwt_lifetime_seconds: int = Field(default=300, ge=10, le=300)
+    # How far the EHR's clock may run ahead of ours (``iat``) or behind (``exp``), in seconds.
+    clock_skew_seconds: int = Field(default=30, ge=0, le=120)
+    # The service's id in discovery and its URL (``/cds-services/<service_id>``).
+    service_id: str = Field(default="medguard-risk", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    # A flagged card is ``critical`` from this probability on (``warning`` below it, ``info`` when not flagged).
+    critical_probability: float = Field(default=0.8, gt=0.0, le=1.0)
+    # The card's ``source.url``: where a clinician reads about the model (e.g. its model card); None: no link.
+    source_url: str | None = None
+    # The ``_count`` of the Observation prefetch query: the most recent results per request.
+    observation_count: int = Field(default=100, ge=1, le=1000)
+    # Largest hook request body accepted (prefetch Bundles included), in bytes.
+    max_body_bytes: int = Field(default=4 << 20, ge=1 << 16, le=64 << 20)
+    # Discovery (``GET /cds-services``) answers only with a valid JWT too (its ``aud``: the discovery URL).
+    discovery_requires_jwt: bool = False
 
 
 class PgWireSettings(_Section):
