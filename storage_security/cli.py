@@ -69,7 +69,11 @@ def vault_status(
     ctx: typer.Context,
     as_json: JsonOption = False,
 ) -> None:
-    """Whether the local OpenBao runs, its address, and whether it is sealed."""
+    """Whether the local OpenBao runs, its address, and whether it is sealed.
+
+    Exits 0 only when it runs unsealed; not running, unreachable or sealed exits 1 (the status is still printed).
+    """
+    from pipeline.errors import KeyProviderUnavailableError
     from storage_security.local_vault import openbao
 
     settings = settings_from(ctx)
@@ -80,7 +84,12 @@ def vault_status(
     else:
         initialised = "initialised" if result["initialized"] else "never initialised"
         line = f"OpenBao not running ({initialised}; home {result['home']}); start it with `medguard vault up`"
-    emit(result, as_json, line)
+    if result["status"] == "unsealed":
+        emit(result, as_json, line)
+        return
+    if as_json:
+        emit(result, as_json, line)
+    raise KeyProviderUnavailableError(line)
 
 
 @audit_app.command("verify")
@@ -281,7 +290,10 @@ def keys_status(
     ctx: typer.Context,
     as_json: JsonOption = False,
 ) -> None:
-    """Key provider health, the KEK's versions, and how many DEKs the lake's key stores hold (per scope)."""
+    """Key provider health, the KEK's versions, and how many DEKs the lake's key stores hold (per scope).
+
+    Exits 0 only when the provider is healthy (reachable, unsealed) and the KEK exists; otherwise 1.
+    """
     from pipeline.errors import KeyProviderUnavailableError
     from pipeline.lake import Lake
     from storage_security.keys.dek_store import DekStore
@@ -289,13 +301,16 @@ def keys_status(
     from storage_security.keys.providers import provider_from_settings
 
     settings = settings_from(ctx)
-    provider = provider_from_settings(settings)
-    health = provider.health()
-    if not health.get("ok", True):
-        reason = health.get("error", "not healthy")
+    try:
+        provider = provider_from_settings(settings)
+        name, health = provider.name, provider.health()
+    except KeyProviderUnavailableError as exc:  # a server down is a status to report, in --json too
+        name, health = settings.key_provider, {"ok": False, "error": str(exc)}
+    if not health.get("ok", True) or health.get("sealed"):
+        reason = health.get("error", "sealed" if health.get("sealed") else "not healthy")
         if as_json:
-            emit({"provider": provider.name, "health": health}, True, "")
-        raise KeyProviderUnavailableError(f"key provider {provider.name} is unhealthy: {reason}")
+            emit({"provider": name, "health": health, "healthy": False}, True, "")
+        raise KeyProviderUnavailableError(f"key provider {name} is unhealthy: {reason}")
     kek = settings.vault.kek_name
     kek_info: dict[str, object] = {"name": kek, "exists": provider.key_exists(kek)}
     latest: dict[str, int] = {}
@@ -311,7 +326,8 @@ def keys_status(
     patient_keys = PatientKeyStore(Lake(settings)).summary(latest)
     by_scope = ", ".join(f"{scope} {count}" for scope, count in deks["by_scope"].items())
     emit(
-        {"provider": provider.name, "health": health, "kek": kek_info, "deks": deks, "patient_keys": patient_keys},
+        {"provider": provider.name, "health": health, "kek": kek_info, "deks": deks, "patient_keys": patient_keys,
+         "healthy": bool(kek_info["exists"])},
         as_json,
         f"{provider.name}: healthy; KEK {kek!r} {kek_text}\n"
         f"patient DEKs: {patient_keys['deks']} ({patient_keys['patients']} patients) under the data KEK, "
@@ -319,6 +335,8 @@ def keys_status(
         f"other DEKs: {deks['deks']} ({by_scope}; {deks['patients']} patients not yet migrated, "
         f"{deks['retired']} retired, {deks.get('stale', 0)} wrapped under an older KEK version)",
     )
+    if not kek_info["exists"]:
+        raise KeyProviderUnavailableError(f"the KEK {kek!r} is missing from {provider.name}: run `medguard keys init`")
 
 
 @audit_app.command("alerts")
