@@ -70,7 +70,7 @@ def make_world(root: Path, *, model: bool) -> World:
     specs: dict[str, dict[str, Any]] = {
         "ward7": {}, "slow": {"rate_per_minute": 2}, "readonly": {"operations": ("models.read",)},
         "elsewhere": {"networks": ("10.0.0.0/8",)}, "paused": {}, "gone": {}, "pinned":
-            {"client_cert_sha256": "ab" * 32}, "rotated": {}}
+            {"client_cert_sha256": "ab" * 32}, "rotated": {}, "fuzz": {"rate_per_minute": 1_000_000}}
     for name, kwargs in specs.items():
         keys = key_pair("ecdsa-p256" if name == "readonly" else "ed25519")
         endpoint = registry.register(name, keys.public_pem, operator="tester", **kwargs)
