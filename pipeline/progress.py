@@ -119,9 +119,9 @@ class ProgressBoard:
         """A layer callback ``(task, completed, total)``: one task per name, e.g. ``ingest observations``."""
         return PerTask(self, prefix, unit)
 
-    def steps(self, prefix: str) -> Steps:
-        """A step callback ``(step, index, steps)`` called before each step: one task, each step announced."""
-        return Steps(self, prefix)
+    def steps(self, prefix: str, unit: str = "steps") -> Steps:
+        """A step callback ``(step, index, steps)``: one task, each step announced (a table is a step too)."""
+        return Steps(self, prefix, unit)
 
     # internals ----------------------------------------------------------------------------------------------
 
@@ -168,15 +168,15 @@ class PerTask:
 
 
 class Steps:
-    """``(step, index, steps)`` called before each step: one task named after the running step."""
+    """``(step, index, steps)``: one task named after the step reported last (index = steps done so far)."""
 
-    def __init__(self, board: ProgressBoard, prefix: str) -> None:
-        self._board, self._prefix = board, prefix
+    def __init__(self, board: ProgressBoard, prefix: str, unit: str = "steps") -> None:
+        self._board, self._prefix, self._unit = board, prefix, unit
         self.task: ProgressTask | None = None
 
     def __call__(self, step: str, index: int, total: int) -> None:
         if self.task is None:
-            self.task = ProgressTask(self._board, self._prefix, total, "steps")
+            self.task = ProgressTask(self._board, self._prefix, total, self._unit)
         self.task.name = f"{self._prefix}: {step}"
         self.task._last_line = None  # a step is long and rare: each one gets its line
         self.task.update(index, total)

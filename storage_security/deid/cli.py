@@ -36,10 +36,14 @@ def deidentify(
     if ctx.invoked_subcommand is not None:
         return
     from pipeline.errors import ValidationError
+    from pipeline.progress import ProgressBoard
     from storage_security.deid.deidentify import publish_raw_zone, refused
 
     settings = settings_from(ctx)
-    result = publish_raw_zone([table] if table else None, settings=settings, full=full)
+    with ProgressBoard() as board:
+        tables = board.steps("deidentify", unit="tables")
+        result = publish_raw_zone([table] if table else None, settings=settings, full=full, progress=tables)
+        tables.finish()
     lines = []
     for name, r in result.items():
         if r.get("refused"):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
@@ -106,18 +106,24 @@ class Deidentifier:
         return self.plake.tables("raw")
 
     def publish_all(self, tables: Sequence[str] | None = None, *, dag_run: str | None = None,
-                    full: bool = False) -> dict[str, Any]:
-        """Publish every raw table (or ``tables``), each incrementally unless ``full``; one report per table."""
+                    full: bool = False,
+                    progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+        """Publish every raw table (or ``tables``), each incrementally unless ``full``; one report per table.
+
+        ``progress`` is called after each table with (table, tables done, number of tables).
+        """
         names = list(tables) if tables else self.raw_tables()
         if not names:
             raise ValueError("the raw zone has no tables to de-identify (run ingestion first)")
         reports: dict[str, Any] = {}
-        for name in names:
+        for done, name in enumerate(names, start=1):
             try:
                 reports[name] = self.publish(name, dag_run=dag_run, full=full)
             except RiskGateError as exc:
                 # One table that cannot be made safe must not hold back the others; it is reported, unpublished.
                 reports[name] = {"table": name, "refused": str(exc)}
+            if progress is not None:
+                progress(name, done, len(names))
         release = self.gate_release(dag_run=dag_run) if self.release_gate else {}
         for name, report in reports.items():
             if name in release.get("rewritten", {}):
@@ -484,15 +490,17 @@ def _arrow(frame: pd.DataFrame) -> Any:
 
 
 def publish_raw_zone(tables: Sequence[str] | None = None, *, settings: Settings | None = None,
-                     dag_run: str | None = None, full: bool = False) -> dict[str, Any]:
+                     dag_run: str | None = None, full: bool = False,
+                     progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """Publish the raw zone's tables (all of them by default) with the settings' key provider; a summary per table.
 
-    The entry point of the DAG and of ``medguard deidentify``.
+    The entry point of the DAG and of ``medguard deidentify``; ``progress`` as in :meth:`Deidentifier.publish_all`.
     """
     from pipeline.settings import get_settings
 
     settings = settings or get_settings()
-    reports = Deidentifier.from_settings(settings).publish_all(tables, dag_run=dag_run, full=full)
+    reports = Deidentifier.from_settings(settings).publish_all(tables, dag_run=dag_run, full=full,
+                                                               progress=progress)
     return {name: summary(report) for name, report in reports.items()}
 
 
