@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from analytics.flow import PREDICTIONS_TABLE, PRINCIPAL, diagnose, train_pipeline
+from analytics.flow import CURRENT_TABLE, PREDICTIONS_TABLE, PRINCIPAL, diagnose, train_pipeline
 from pipeline.lake import Lake, Zone
 from storage_security.audit.log import AuditAction, AuditLog
 
@@ -52,7 +52,8 @@ def test_when_diagnosing_then_each_table_read_and_the_predictions_write_are_audi
     writes = [e for e in events if e.action == AuditAction.WRITE]
     assert reads == set(Lake(local).tables(Zone.DEIDENTIFIED))
     assert [(w.zone, w.table_name, w.row_count) for w in writes] == [
-        (Zone.PREDICTIONS, PREDICTIONS_TABLE, result["rows"])]
-    assert writes[0].purpose == "batch diagnosis" and writes[0].details["batch_id"] == "audit-day"
+        (Zone.PREDICTIONS, PREDICTIONS_TABLE, result["rows"]),
+        (Zone.PREDICTIONS, CURRENT_TABLE, result["current_rows"])]
+    assert all(w.purpose == "batch diagnosis" and w.details["batch_id"] == "audit-day" for w in writes)
     assert writes[0].details["version"] == result["predictions_version"]
     assert log.verify().ok
