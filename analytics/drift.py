@@ -4,7 +4,9 @@ The training profile (quantile bin edges and proportions, a sorted value sample;
 :func:`analytics.train.profile`) travels inside the signed model artifact, so drift is always measured against
 the data the model really saw. PSI uses the training deciles with a small floor for empty bins; KS compares the
 batch with the training sample. A feature alerts when PSI or KS passes its threshold (``settings.analytics``);
-retraining is recommended when the alerting share of features reaches ``retrain_drift_share``.
+retraining is recommended when the alerting share of features reaches ``retrain_drift_share``. The flows hand it
+only rows the model's training snapshot did not hold (:func:`analytics.flow.diagnose`), so a table the model was
+trained on is not reported as drifting from itself.
 """
 
 from __future__ import annotations

@@ -550,7 +550,8 @@ def _audited_lake(settings: Settings, provider: Any) -> Lake:
 # batch diagnosis --------------------------------------------------------------------------------------
 
 def verify_model(settings: Settings, table: str | None = None, *, provider: Any = None) -> dict[str, Any]:
-    """Verify the newest model (for ``table``, when given); raises ModelIntegrityError when it does not verify."""
+    """Verify the current model (for ``table``, when given); raises ModelIntegrityError when it does not verify
+    or no version of it is current."""
     from analytics.registry import ModelRegistry
 
     registry = ModelRegistry(settings, provider or _provider(settings))
