@@ -133,3 +133,45 @@ def test_when_lake_uses_spark_engine_without_jars_then_construction_says_how_to_
     assert "spark.jars.packages=io.delta:delta-spark" in message
     assert "MEDGUARD_LAKE_ENGINE=delta-rs" in message
     assert spark.range(2).count() == 2
+
+
+# console noise ----------------------------------------------------------------------------------------------
+
+
+def test_when_log_level_is_not_debug_then_the_builder_turns_console_progress_off_and_points_log4j_to_our_file(
+        settings: Settings) -> None:
+    conf = _builder_conf(settings.model_copy(update={"log_level": "INFO"}))
+
+    assert conf["spark.ui.showConsoleProgress"] == "false"
+    assert "-Dlog4j2.configurationFile=" in conf["spark.driver.extraJavaOptions"]
+
+
+def test_when_log_level_is_debug_then_spark_keeps_its_own_logging_and_progress_bars(settings: Settings) -> None:
+    conf = _builder_conf(settings.model_copy(update={"log_level": "DEBUG"}))
+
+    assert conf["spark.ui.showConsoleProgress"] == "true"
+    assert "log4j2" not in conf["spark.driver.extraJavaOptions"]
+
+
+_SPARK_JOB = """
+from pipeline.spark import get_spark
+spark = get_spark()
+print(spark.range(200000).repartition(4).selectExpr("sum(id) AS s").collect()[0].s)
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("level", "quiet"), [("INFO", True), ("DEBUG", False)])
+def test_when_a_command_starts_spark_then_stderr_has_no_spark_chatter_unless_log_level_is_debug(
+        tmp_path: Path, level: str, quiet: bool) -> None:
+    import subprocess
+
+    env = {**os.environ, "MEDGUARD_HOME": str(tmp_path), "MEDGUARD_LOG_LEVEL": level,
+           "MEDGUARD_SPARK__MASTER": "local[1]", "MEDGUARD_SPARK__UI_ENABLED": "false"}
+    done = subprocess.run([sys.executable, "-c", _SPARK_JOB], env=env, capture_output=True, text=True, timeout=300,
+                          check=False)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(sum(range(200000)))
+    chatter = [line for line in done.stderr.splitlines() if " WARN " in line or "Setting default log level" in line]
+    assert (chatter == []) is quiet, done.stderr
