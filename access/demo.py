@@ -67,6 +67,12 @@ def step(settings: Settings, report: DemoReport) -> dict[str, Any]:
         plans += [(ANALYST, _select("*", "raw", first)),
                   (CLINICIAN, _select("*", "raw", first, " LIMIT 20")),
                   (CLINICIAN, _select("count(*) AS n", "raw", first))]
+    if "diagnoses" in lake.tables(Zone.PREDICTIONS):
+        # The analyst's view of predictions: true aggregates, a refusal for an aggregate of a hidden column.
+        plans += [(ANALYST, "SELECT model_version, round(avg(probability), 3), count(*) FILTER (WHERE flag) "
+                            "FROM predictions.diagnoses GROUP BY model_version ORDER BY model_version"),
+                  (ANALYST, "SELECT count(DISTINCT patient_pseudonym), avg(probability) FROM predictions.diagnoses"),
+                  (ANALYST, "DESCRIBE predictions.diagnoses")]
     plans += [(ANALYST, "SELECT * FROM read_parquet('/etc/passwd')"),
               (ANALYST, "SELECT 1; DROP TABLE x")]
     results = []
@@ -75,7 +81,8 @@ def step(settings: Settings, report: DemoReport) -> dict[str, Any]:
         try:
             result = gateway.query(session, sql)
             results.append({"principal": name, "sql": sql, "granted": True, "rows": result.table.num_rows,
-                            "columns": result.table.column_names, "masks": result.masks()})
+                            "columns": result.table.column_names, "masks": result.masks(),
+                            "notices": result.notices()})
         except MedguardError as exc:  # a refusal, or a table the step cannot read: reported, not fatal
             results.append({"principal": name, "sql": sql, "granted": False, "reason": str(exc)})
     alerts = ActivityMonitor(lake, gateway.audit).run()

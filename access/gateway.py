@@ -237,7 +237,7 @@ class QueryGateway:
         try:
             [view] = self._views([str(table).strip().lower()])
         except AccessDeniedError as exc:
-            self._refuse(session, purpose, base, str(exc))
+            self._refuse(session, purpose, base, str(exc).replace("query refused", "describe refused", 1))
         classes = self._column_classes(view.zone, view.table) if self._column_classes else None
         self._decide(view, session, view.columns, purpose, None)
         event = view.decision.audit_event(details=base)
@@ -420,7 +420,8 @@ class QueryGateway:
                            details={**base, "requested_action": "query",
                                     "tables": [v.logical for v in views]})
         self.audit.record_many([*events, event])
-        raise AccessDeniedError(reason if reason.startswith("query refused") else f"query refused: {reason}")
+        raise AccessDeniedError(reason if reason.startswith(("query refused", "describe refused"))
+                                else f"query refused: {reason}")
 
     def _views(self, logical_tables: Sequence[str]) -> list[_View]:
         views = []

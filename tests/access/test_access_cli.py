@@ -84,3 +84,38 @@ def test_when_a_token_is_issued_then_it_authenticates_until_revoked(cli_env):
     _one_line_error(_run(cli_env, "query", "--token", issued["token"], sql), "token revoked")
     listed = json.loads(_run(cli_env, "audit", "alerts", "--json").stdout)
     assert listed == {"alerts": [], "count": 0}
+
+
+def test_when_a_query_hides_cells_then_text_marks_them_and_json_says_what_was_withheld(cli_env):
+    _run(cli_env, "access", "add-principal", "wes", "--role", "analyst")
+    text = _run(cli_env, "query", "--as", "wes", "SELECT sex, ssn, CAST(NULL AS VARCHAR) AS gap "
+                                                 "FROM deidentified.patients ORDER BY sex LIMIT 3")
+    assert text.returncode == 0, text.stderr
+    body = text.stdout.splitlines()
+    assert body[1].split() == ["F", "‹masked›", "null"]  # hidden by the policy vs simply missing
+    assert "note: column ssn of deidentified.patients is masked (null)" in body
+    # 3 of 12 patients did not consent: fewer than k = 5, so the count itself is withheld
+    assert any(line.startswith("note: row filter consent") and "count withheld: fewer than 5 rows" in line
+               for line in body), text.stdout
+    done = _run(cli_env, "query", "--as", "wes", "--json", "SELECT sex, ssn FROM deidentified.patients LIMIT 1")
+    result = json.loads(done.stdout)
+    assert result["withheld"] == {
+        "row_filters": [{"table": "deidentified.patients", "filter": "consent", "rows_removed": None,
+                         "description": "patients who consented to research only",
+                         "withheld_because": "fewer than 5 rows"}],
+        "masks": {"deidentified.patients": {"ssn": "null"}}}
+    assert result["column_masks"] == {"ssn": "null"}
+
+
+def test_when_a_table_is_described_then_only_visible_columns_are_listed_with_type_class_and_mask(cli_env):
+    _run(cli_env, "access", "add-principal", "vic", "--role", "analyst")
+    done = _run(cli_env, "access", "describe", "deidentified.patients", "--as", "vic", "--json")
+    assert done.returncode == 0, done.stderr
+    columns = {c["name"]: c for c in json.loads(done.stdout)}
+    assert "ssn" not in columns and columns["sex"] == {"name": "sex", "type": "string", "class": "quasi_identifier",
+                                                       "mask": "plaintext"}
+    text = _run(cli_env, "access", "describe", "deidentified.patients", "--as", "vic")
+    assert any(line.split()[:2] == ["sex", "string"] for line in text.stdout.splitlines())
+    counted = json.loads(_run(cli_env, "access", "tables", "--as", "vic", "--columns", "--json").stdout)
+    assert counted == [{"table": "deidentified.patients", "columns": len(columns)}]
+    _one_line_error(_run(cli_env, "access", "describe", "raw.nothing", "--as", "vic"), "describe refused: no table")
