@@ -282,34 +282,49 @@ def name_outputs(tree: exp.Expression) -> None:
 _COUNTING = (exp.Count, exp.ApproxDistinct)
 
 
+def _origins(scope: Scope, column: exp.Column, view_names: set[str], depth: int = 0) -> list[tuple[str, str, bool]]:
+    """The (view, column, as_is) a column reference comes from, through derived tables and CTEs; ``as_is`` is
+    False once an expression (a function, a CASE...) has changed its values on the way."""
+    source = scope.sources.get(column.table)
+    if isinstance(source, exp.Table):
+        return [(source.name, column.name, True)] if source.name in view_names else []
+    if not (isinstance(source, Scope) and isinstance(source.expression, exp.Select)) or depth > 32:
+        return []
+    for projection in source.expression.selects:
+        if projection.alias_or_name != column.name:
+            continue
+        inner = projection.this if isinstance(projection, exp.Alias) else projection
+        return [(view, name, as_is and inner is col)
+                for col in inner.find_all(exp.Column)
+                for view, name, as_is in _origins(source, col, view_names, depth + 1)]
+    return []
+
+
 def aggregates_over(tree: exp.Expression, view_names: set[str]) -> list[tuple[str, str, str, str]]:
-    """Every (aggregate, view, column, how) where an aggregate's argument or FILTER reads a view's column.
+    """Every (aggregate, view, column, how) where an aggregate's argument or FILTER reads a view's column, directly
+    or through derived tables and CTEs.
 
     ``how`` is ``count`` when the aggregate counts the column's non-null values (``count(col)``), ``distinct``
     when it counts its distinct values (``count(DISTINCT col)``, ``approx_count_distinct``), else ``value`` (the
-    aggregate uses the values themselves, and a FILTER predicate always does). Columns reached through a derived
-    table or CTE are not traced.
+    aggregate uses the values themselves, or an expression of them; a FILTER predicate always does).
     """
     found: list[tuple[str, str, str, str]] = []
     for scope in traverse_scope(tree):
-        aliases: dict[str, str] = {}
-        for alias, source in scope.selected_sources.items():
-            node = source[1] if isinstance(source, tuple) else source
-            if isinstance(node, exp.Table) and node.name in view_names:
-                aliases[alias] = node.name
         for column in scope.columns:
-            if column.table not in aliases:
-                continue
             agg = column.find_ancestor(exp.AggFunc, exp.Filter, exp.Select)
             how = "value"
             if isinstance(agg, exp.Filter):
                 agg = agg.this
             elif isinstance(agg, _COUNTING):
-                distinct = isinstance(agg, exp.ApproxDistinct) or isinstance(agg.this, exp.Distinct)
-                how = "distinct" if distinct else "count"
+                argument = agg.this.expressions[0] if isinstance(agg.this, exp.Distinct) and \
+                    len(agg.this.expressions) == 1 else agg.this
+                if argument is column:
+                    distinct = isinstance(agg, exp.ApproxDistinct) or isinstance(agg.this, exp.Distinct)
+                    how = "distinct" if distinct else "count"
             if not isinstance(agg, exp.AggFunc):
                 continue
-            found.append((agg.sql_name().lower(), aliases[column.table], column.name, how))
+            for view, name, as_is in _origins(scope, column, view_names):
+                found.append((agg.sql_name().lower(), view, name, how if as_is else "value"))
     return found
 
 
