@@ -86,9 +86,9 @@ def make_world(root: Path, *, model: bool) -> World:
 class Server:
     """``medguard serve`` in a subprocess; stopped with SIGTERM."""
 
-    def __init__(self, world: World, *args: str) -> None:
+    def __init__(self, world: World, *args: str, base_scheme: str = "http", verify: Any = True) -> None:
         self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
+        self.base = f"{base_scheme}://127.0.0.1:{self.port}"
         self.log = world.root / f"serve-{self.port}.log"
         with self.log.open("w") as out:
             self.process = subprocess.Popen([MEDGUARD, "serve", "--port", str(self.port), *args], env=world.env,
@@ -98,7 +98,9 @@ class Server:
             if self.process.poll() is not None:
                 raise RuntimeError(f"medguard serve exited: {self.log.read_text()[-2000:]}")
             try:
-                if httpx.get(f"{self.base}/healthz", timeout=2).status_code == 200:
+                with httpx.Client(verify=verify, timeout=2) as probe:
+                    ok = probe.get(f"{self.base}/healthz").status_code == 200
+                if ok:
                     return
             except httpx.TransportError:
                 time.sleep(0.2)
