@@ -129,6 +129,21 @@ class CardsOut(BaseModel):
     cards: list[Card]
 
 
+def _inline(schema: dict[str, Any]) -> dict[str, Any]:
+    """A model's JSON Schema with its ``$defs`` put in place: the route body is not a component of the document."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return walk(defs[ref.rsplit("/", 1)[1]])
+            return {k: walk(v) for k, v in node.items()}
+        return [walk(v) for v in node] if isinstance(node, list) else node
+
+    return walk(schema)
+
+
 def _verifier(request: Request) -> CdsJwtVerifier:
     """The app's JWT verifier (tests put one with their clock in ``app.state.cds_verifier``)."""
     state = request.app.state
@@ -250,7 +265,7 @@ async def discovery(request: Request) -> Any:
              responses={400: _PROBLEM, 401: _PROBLEM, 403: _PROBLEM, 404: _PROBLEM, 412: _PROBLEM, 413: _PROBLEM,
                         415: _PROBLEM, 422: _PROBLEM, 429: _PROBLEM, 503: _PROBLEM},
              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                 "schema": HookRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}}},
+                 "schema": _inline(HookRequest.model_json_schema())}}}},
              summary="Call a CDS service (CDS Hooks 2.0 patient-view; Authorization: Bearer JWT)")
 async def call_service(service_id: str, request: Request) -> Any:
     settings = request.app.state.settings
