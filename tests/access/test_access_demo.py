@@ -53,3 +53,26 @@ def test_when_raw_and_deidentified_tables_exist_then_granted_and_refused_queries
     assert "000-00-0000" not in str(result)
     again = step(settings, DemoReport())  # principals exist already: the step is re-runnable
     assert again["granted"] == result["granted"]
+
+
+def test_when_predictions_exist_then_the_analyst_gets_true_aggregates_and_a_hidden_column_is_refused(demo_settings):
+    settings, _ = demo_settings
+    lake = Lake(settings)
+    people = [f"ps1_demo_{i:04x}" for i in range(10)]
+    lake.append("raw", "patients", pa.Table.from_pylist(
+        [{"patient_pseudonym": p, "consent_research": i != 0, "facility_id": "F1"} for i, p in enumerate(people)]),
+        commit=CommitInfo(principal="test"))
+    lake.append("deidentified", "patients", pa.Table.from_pylist(
+        [{"patient_pseudonym": p, "consent_research": i != 0, "sex": "F"} for i, p in enumerate(people)]),
+        commit=CommitInfo(principal="test"))
+    lake.append("predictions", "diagnoses", pa.Table.from_pylist(
+        [{"patient_pseudonym": p, "model_version": "1", "probability": i / 10, "flag": i >= 5}
+         for i, p in enumerate(people)]), commit=CommitInfo(principal="test"))
+    result = step(settings, DemoReport())
+    by_sql = {q["sql"]: q for q in result["queries"]}
+    aggregate = next(q for sql, q in by_sql.items() if "avg(probability), 3)" in sql)
+    assert aggregate["granted"] and aggregate["columns"] == ["model_version", "round_avg_probability", "count_flag"]
+    assert any("row filter consent" in n for n in aggregate["notices"])
+    hidden = next(q for sql, q in by_sql.items() if "count(DISTINCT patient_pseudonym)" in sql)
+    assert not hidden["granted"] and "would not be a true answer" in hidden["reason"]
+    assert by_sql["DESCRIBE predictions.diagnoses"]["granted"]
