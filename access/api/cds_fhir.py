@@ -43,6 +43,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from access.api.scoring import MAX_ITEMS, ConditionIn, EncounterIn, ObservationIn
 from pipeline.errors import MedguardError
 
@@ -375,8 +377,12 @@ def _observations(value: Any, patient_id: str, model: dict[str, Any], mapped: Ma
             unit = quantity.get("code") if quantity.get("system") == _UCUM and quantity.get("code") else \
                 quantity.get("unit")
             code, display = match
-            obs = ObservationIn(code=code, value=float(quantity["value"]),
-                                unit=unit if isinstance(unit, str) else None, effective=effective)
+            try:
+                obs = ObservationIn(code=code, value=float(quantity["value"]),
+                                    unit=unit if isinstance(unit, str) else None, effective=effective)
+            except (ValidationError, TypeError, ValueError, OverflowError):
+                raise PrefetchInvalid(f"{part_where}.valueQuantity", "value must be a finite number and unit a UCUM "
+                                      "code of at most 32 characters") from None
             found.append((obs, Used(part_where, reference, code, display, obs.value, obs.unit, effective)))
     if len(found) > MAX_ITEMS:
         found.sort(key=lambda pair: pair[1].effective or datetime.min.replace(tzinfo=UTC), reverse=True)
@@ -419,7 +425,10 @@ def _conditions(value: Any, patient_id: str, model: dict[str, Any], mapped: Mapp
             continue
         if system == "snomed" and not isinstance(crosswalk, dict):
             mapped.crosswalk_unknown = True
-        cond = ConditionIn(code=chosen["code"], system=system, onset=_when(resource.get("onsetDateTime")))
+        try:
+            cond = ConditionIn(code=chosen["code"], system=system, onset=_when(resource.get("onsetDateTime")))
+        except ValidationError:
+            raise PrefetchInvalid(f"{where}.code", "a code of at most 64 characters") from None
         found.append((cond, Used(f"{where}.code", _reference(resource, "Condition", full_url), chosen["code"],
                                  chosen.get("display") or chosen["code"])))
     if len(found) > MAX_ITEMS:

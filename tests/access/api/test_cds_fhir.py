@@ -274,3 +274,16 @@ def test_when_results_come_in_any_order_then_their_times_order_them_for_the_mode
         ObservationIn(code="4548-4", value=5.2, unit="%", effective=datetime(2023, 1, 1, tzinfo=UTC)),
         ObservationIn(code="4548-4", value=9.5, unit="%", effective=datetime(2026, 6, 1, tzinfo=UTC))])
     assert service.diagnose([by_hand])[0]["probability"] == scored([new, old])
+
+
+def test_when_a_value_cannot_be_a_number_or_the_unit_is_overlong_then_400_not_a_crash():
+    huge = _cds.observations()[1]
+    huge["valueQuantity"]["value"] = float("inf")
+    with pytest.raises(PrefetchInvalid) as caught:
+        _map({**_cds.prefetch(), "observations": _cds.searchset([huge])})
+    assert caught.value.field.startswith("prefetch.observations.entry[0].resource.valueQuantity")
+    long_unit = _cds.observations()[1]
+    long_unit["valueQuantity"]["code"] = "k" * 40
+    with pytest.raises(PrefetchInvalid) as caught:
+        _map({**_cds.prefetch(), "observations": _cds.searchset([long_unit])})
+    assert caught.value.field == "prefetch.observations.entry[0].resource.valueQuantity"
