@@ -530,8 +530,10 @@ class QueryGateway:
         names = list(view.decision.row_filters)
         if not names:
             return []
-        wanted = [c for c in ("facility_id", "consent_research", _PATIENT_LINK) if c in view.columns]
-        rows = self.lake.read_arrow(view.zone, view.table, columns=wanted or view.columns[:1])
+        own = {"facility": "facility_id", "consent": "consent_research"}
+        wanted = list(dict.fromkeys(own[n] if own.get(n) in view.columns else _PATIENT_LINK for n in names))
+        rows = self.lake.read_arrow(view.zone, view.table, columns=[c for c in wanted if c in view.columns]
+                                    or view.columns[:1])
         kept = pa.array([True] * rows.num_rows, pa.bool_())
         notes = []
         for name in names:
