@@ -255,7 +255,8 @@ def _resources(value: Any, key: str, kind: str, mapped: Mapped) -> list[tuple[st
     entries = value.get("entry") or []
     if not isinstance(entries, list):
         raise PrefetchInvalid(f"{where}.entry", "must be a list")
-    if any(isinstance(link, dict) and link.get("relation") == "next" for link in value.get("link") or []):
+    links = value.get("link") if isinstance(value.get("link"), list) else []
+    if any(isinstance(link, dict) and link.get("relation") == "next" for link in links):
         mapped.notes.append(f"{where}: the EHR sent one page of results; later pages are not read")
     out = []
     for i, entry in enumerate(entries):
