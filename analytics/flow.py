@@ -687,6 +687,7 @@ def diagnose(settings: Settings, table: str | None = None, *, provider: Any = No
     scored = score_spark(sdf, booster, bundle, manifest["model_version"], drift["status"], batch_id,
                          top=settings.governance.top_features)
     arrow = scored.withColumn("scored_at", F.current_timestamp()).toArrow()
+    widen_predictions(lake, arrow, batch_id)
     result = lake.merge(Zone.PREDICTIONS, PREDICTIONS_TABLE, arrow, keys=["row_key", "model_version"],
                         commit=CommitInfo(principal=PRINCIPAL, purpose="batch diagnosis", batch_id=batch_id,
                                           extra={"model_version": manifest["model_version"]}))
@@ -701,6 +702,21 @@ def diagnose(settings: Settings, table: str | None = None, *, provider: Any = No
             "predictions": f"{Zone.PREDICTIONS.value}/{PREDICTIONS_TABLE}", "predictions_version": result.version,
             "current": f"{Zone.PREDICTIONS.value}/{CURRENT_TABLE}", "current_rows": current_rows,
             "seconds": round(time.perf_counter() - started, 1)}
+
+
+def widen_predictions(lake: Lake, arrow: Any, batch_id: str) -> list[str]:
+    """Add the columns of ``arrow`` that an existing ``predictions/diagnoses`` lacks (a table written before
+    them); returns the columns added. A merge alone would drop them silently: its update/insert takes the
+    target's schema. Earlier rows read them as null."""
+    if not lake.exists(Zone.PREDICTIONS, PREDICTIONS_TABLE):
+        return []
+    have = set(lake.schema(Zone.PREDICTIONS, PREDICTIONS_TABLE).names)
+    added = [c for c in arrow.schema.names if c not in have]
+    if added:
+        lake.append(Zone.PREDICTIONS, PREDICTIONS_TABLE, arrow.slice(0, 0), evolve_schema=True,
+                    commit=CommitInfo(principal=PRINCIPAL, purpose="batch diagnosis", batch_id=batch_id,
+                                      extra={"added_columns": ",".join(added)}))
+    return added
 
 
 def _rewrite_current(lake: Lake, model_version: str, batch_id: str) -> int:
