@@ -18,6 +18,10 @@ Errors are RFC 9457 problem+json with stable codes, in CDS Hooks' statuses: 400 
 service's own 422 ``payload_invalid``/``out_of_profile`` (the field named as its place in the prefetch) and 503
 ``model_unavailable``.
 
+``POST /cds-services/{id}/feedback`` (CDS Hooks 2.0 feedback) takes what the clinician did with cards
+(``accepted``/``overridden``), behind the same JWT (its ``aud`` the feedback URL or the service URL), and keeps only
+the counts, in the call's audit event.
+
 Where asked — ``"extension": {"org.medguard.risk-assessment": true}`` in the hook request, as discovery's service
 ``extension`` says — the card carries a FHIR R4 ``RiskAssessment`` as a ``create`` suggestion.
 
@@ -94,6 +98,22 @@ class HookRequest(_In):
     context: HookContext
     prefetch: dict[str, Any] | None = None
     extension: dict[str, Any] | None = None
+
+
+class FeedbackItem(_In):
+    """What the clinician did with one card (CDS Hooks 2.0 feedback)."""
+
+    card: str = Field(min_length=1, max_length=64)
+    outcome: str = Field(pattern="^(accepted|overridden)$")
+    outcomeTimestamp: str = Field(min_length=1, max_length=64)
+    acceptedSuggestions: list[dict[str, Any]] | None = Field(default=None, max_length=100)
+    overrideReason: dict[str, Any] | None = None
+
+
+class FeedbackRequest(_In):
+    """``POST /cds-services/{id}/feedback``: one or more cards' outcomes."""
+
+    feedback: list[FeedbackItem] = Field(min_length=1, max_length=100)
 
 
 class ServiceOut(BaseModel):
@@ -197,7 +217,7 @@ def _refused(request: Request, exc: CdsRejected) -> Response:
     return _problem(request, exc.code, status=exc.status, title=exc.title, headers=headers)
 
 
-async def _authenticate(request: Request, audience: str) -> Any:
+async def _authenticate(request: Request, audience: str | list[str]) -> Any:
     _, _, client, cert = _peer(request)
     verifier = _verifier(request)
     ehr = await run_in_threadpool(verifier.verify, request.headers.get("authorization"), audience=audience,
@@ -226,6 +246,24 @@ def _field(loc: tuple[Any, ...]) -> str:
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "body"
+
+
+async def _parse(request: Request, model: type[BaseModel]) -> Any:
+    """The body as ``model``, or the problem response refusing it (415, 413, 400 naming the field)."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        return _problem(request, "unsupported_media_type")
+    raw = await _body(request, request.app.state.settings.cds_hooks.max_body_bytes)
+    if raw is None:
+        return _problem(request, "payload_too_large")
+    try:
+        return model.model_validate(json.loads(raw))
+    except (ValueError, UnicodeDecodeError) as exc:
+        if isinstance(exc, ValidationError) and exc.errors():
+            first = exc.errors()[0]
+            where = _field(first.get("loc", ()))
+            return _problem(request, "request_invalid", f"{where}: {first.get('msg', 'invalid')}", field=where)
+        return _problem(request, "request_invalid", "body: must be a JSON object", field="body")
 
 
 @router.get("/cds-services", response_model=ServicesOut, responses={401: _PROBLEM, 403: _PROBLEM, 429: _PROBLEM},
@@ -277,20 +315,9 @@ async def call_service(service_id: str, request: Request) -> Any:
     if service_id != settings.cds_hooks.service_id:
         return _problem(request, "service_unknown")
     request.state.audit["service"] = service_id
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media != "application/json" and not media.endswith("+json"):
-        return _problem(request, "unsupported_media_type")
-    raw = await _body(request, settings.cds_hooks.max_body_bytes)
-    if raw is None:
-        return _problem(request, "payload_too_large")
-    try:
-        hook = HookRequest.model_validate(json.loads(raw))
-    except (ValueError, UnicodeDecodeError) as exc:
-        if isinstance(exc, ValidationError) and exc.errors():
-            first = exc.errors()[0]
-            where = _field(first.get("loc", ()))
-            return _problem(request, "request_invalid", f"{where}: {first.get('msg', 'invalid')}", field=where)
-        return _problem(request, "request_invalid", "body: must be a JSON object", field="body")
+    hook = await _parse(request, HookRequest)
+    if isinstance(hook, Response):
+        return hook
     if hook.hook != HOOK:
         return _problem(request, "hook_unsupported", f"hook: must be {HOOK}", field="hook")
     verifier = _verifier(request)
@@ -303,6 +330,33 @@ async def call_service(service_id: str, request: Request) -> Any:
         return _problem(request, exc.code, str(exc), field=exc.field)
     request.state.audit["cards"] = len(cards)
     return JSONResponse({"cards": cards})
+
+
+@router.post("/cds-services/{service_id}/feedback", status_code=200,
+             responses={200: {"description": "Feedback recorded (no body)"}, 400: _PROBLEM, 401: _PROBLEM,
+                        403: _PROBLEM, 404: _PROBLEM, 413: _PROBLEM, 415: _PROBLEM, 429: _PROBLEM},
+             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                 "schema": _inline(FeedbackRequest.model_json_schema())}}}},
+             summary="CDS Hooks 2.0 feedback: what the clinician did with the cards (counts go to the audit log)")
+async def feedback(service_id: str, request: Request) -> Any:
+    settings = request.app.state.settings
+    request.state.audit = {"front": "cds", "operation": "cds.feedback"}
+    service_url = _url(request, f"/cds-services/{service_id}")
+    try:
+        # The endpoint called is the feedback URL; an EHR that names the service URL names this service too.
+        await _authenticate(request, [service_url + "/feedback", service_url])
+    except CdsRejected as exc:
+        return _refused(request, exc)
+    if service_id != settings.cds_hooks.service_id:
+        return _problem(request, "service_unknown")
+    body = await _parse(request, FeedbackRequest)
+    if isinstance(body, Response):
+        return body
+    outcomes = [item.outcome for item in body.feedback]
+    # Counts only: which card, suggestion or reason stays with the EHR.
+    request.state.audit.update({"service": service_id, "feedback": len(outcomes),
+                                "accepted": outcomes.count("accepted"), "overridden": outcomes.count("overridden")})
+    return Response(status_code=200)
 
 
 def _answer(request: Request, hook: HookRequest, at: datetime) -> list[dict[str, Any]]:

@@ -215,3 +215,22 @@ def test_when_calls_are_served_then_each_is_one_audit_event_without_patient_data
     assert refused["decision"] == "deny" and refused["details"]["code"] == "jwt_missing"
     text = json.dumps(rows)
     assert "example" not in text.replace("medguard", "") and "1974" not in text and "8480-6" not in text
+
+
+def test_when_the_ehr_sends_feedback_then_it_is_accepted_and_only_counted_in_the_audit(home, client):
+    feedback = {"feedback": [
+        {"card": "9368d37b-283f-44a0-93ea-547cebab93ed", "outcome": "accepted", "outcomeTimestamp":
+            "2026-11-30T12:00:00Z", "acceptedSuggestions": [{"id": "e56e1945-20b3-4393-8503-a1a20fd73152"}]},
+        {"card": "6a1c1c2e-0000-4000-8000-000000000001", "outcome": "overridden", "outcomeTimestamp":
+            "2026-11-30T12:01:00Z", "overrideReason": {"userComment": "patient declined"}}]}
+    url = "http://testserver/cds-services/medguard-risk/feedback"
+    db = sqlite3.connect(home.spool.path)
+    before = db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+    response = client.post("/cds-services/medguard-risk/feedback", json=feedback, headers=home.bearer(aud=url))
+    assert response.status_code == 200 and response.content == b""
+    (event,) = [json.loads(r[0]) for r in db.execute("SELECT event FROM events ORDER BY id").fetchall()[before:]]
+    assert event["details"]["feedback"] == 2 and event["details"]["accepted"] == 1
+    assert event["details"]["overridden"] == 1 and "declined" not in json.dumps(event)
+    _problem(client.post("/cds-services/medguard-risk/feedback", json=feedback), 401, "jwt_missing")
+    _problem(client.post("/cds-services/medguard-risk/feedback", json={"feedback": [{"card": "x"}]},
+                         headers=home.bearer(aud=url)), 400, "request_invalid")
