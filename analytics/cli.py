@@ -7,7 +7,7 @@ Registered through the ``medguard.commands`` entry points; heavy imports stay in
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -25,12 +25,28 @@ def train(
 ) -> None:
     """Train a diagnostic model on a deidentified table: screen, fit on Spark, evaluate, attack, sign, register."""
     from analytics.flow import train_pipeline
+    from pipeline.progress import ProgressBoard
 
-    result = train_pipeline(settings_from(ctx), table, label, config_path=str(config) if config else None)
+    with ProgressBoard() as board:
+        steps = board.steps("train")
+        result = train_pipeline(settings_from(ctx), table, label, config_path=str(config) if config else None,
+                                progress=steps)
+        steps.finish()
     m = {k: "n/a" if v is None else f"{v:.3f}" for k, v in result["metrics"].items()}
-    emit({k: result[k] for k in ("model_version", "metrics", "model_card")}, as_json,
-          f"{result['model_version']}: AUROC {m['auroc']}, AUPRC {m['auprc']}, sensitivity {m['sensitivity']}, "
-          f"specificity {m['specificity']}, Brier {m['brier']} (held-out test); model card {result['model_card']}")
+    text = (f"{result['model_version']}: AUROC {m.get('auroc', 'n/a')}, AUPRC {m.get('auprc', 'n/a')}, "
+            f"sensitivity {m.get('sensitivity', 'n/a')}, specificity {m.get('specificity', 'n/a')}, "
+            f"Brier {m.get('brier', 'n/a')} (held-out test); model card {result['model_card']}")
+    if result.get("promotion"):
+        text += "\n" + promotion_line(result["promotion"])
+    emit({k: result[k] for k in ("model_version", "metrics", "model_card", "promotion") if k in result}, as_json,
+         text)
+
+
+def promotion_line(promotion: dict[str, Any]) -> str:
+    """What became of the trained model: promoted, left a candidate (and why), or a duplicate of a registered one."""
+    current = f" (current: {promotion['current']})" if promotion.get("current") else " (no current model)"
+    reasons = "; ".join(promotion.get("reasons") or [])
+    return f"promotion: {promotion['decision']}{current}" + (f" — {reasons}" if reasons else "")
 
 
 def diagnose(
@@ -41,8 +57,12 @@ def diagnose(
 ) -> None:
     """Score a deidentified table with the verified model on Spark and write the predictions zone."""
     from analytics.flow import diagnose as run
+    from pipeline.progress import ProgressBoard
 
-    result = run(settings_from(ctx), table)
+    with ProgressBoard() as board:
+        steps = board.steps("diagnose")
+        result = run(settings_from(ctx), table, progress=steps)
+        steps.finish()
     emit(result, as_json, f"{result['rows']:,} rows of {result['table']} scored with {result['model_version']}: "
           f"{result['flagged']:,} flagged, drift {result['drift']['status']}"
           f"{' (retraining recommended)' if result['drift']['retrain'] else ''} → {result['predictions']}")

@@ -70,5 +70,7 @@ def test_when_training_fails_for_an_expected_reason_then_the_cli_prints_one_erro
     local, config = lake_of("cases", frame.reset_index(drop=True))
     code, stderr = _train(local, monkeypatch, "cases", label, config)
     assert code == 1, stderr
-    assert stderr.startswith("medguard: error: ") and stderr.strip().count("\n") == 0, stderr
-    assert "Traceback" not in stderr and expected in stderr
+    # Before the error, stderr holds the progress lines of the steps that ran ("train: features: 0/7 steps").
+    *progress, error = stderr.strip().splitlines()
+    assert error.startswith("medguard: error: ") and expected in error, stderr
+    assert all(line.startswith("train: ") for line in progress) and "Traceback" not in stderr
