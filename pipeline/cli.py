@@ -5,6 +5,7 @@ Failures exit non-zero with a one-line reason on stderr; ``--json`` prints a mac
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated, Any
@@ -96,13 +97,19 @@ def demo(
     from pipeline.demo import run_demo
 
     settings = settings_from(ctx)
-    with ProgressBoard(console=_err) as board:
+    with ProgressBoard(console=_err) as board, ExitStack() as running:
         generated = board.task("demo generate", total=patients, unit="patients")
 
         def announce(step: str, seconds: float | None) -> None:
-            if step == "generate" and seconds is not None:
+            if seconds is None:
+                board.note(f"demo {step}: started")
+                if step != "generate":  # the layers' steps report nothing while they run: a heartbeat does
+                    running.enter_context(board.running(f"demo {step}"))
+                return
+            running.close()
+            if step == "generate":
                 generated.finish()
-            board.note(f"demo {step}: started" if seconds is None else f"demo {step}: done in {seconds:,.1f} s")
+            board.note(f"demo {step}: done in {seconds:,.1f} s")
 
         report = run_demo(patients=patients, seed=seed, settings=settings, progress=generated.advance,
                           on_step=announce)

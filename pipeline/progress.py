@@ -11,8 +11,10 @@ Layers report through plain callbacks and never import this module: :data:`Progr
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import TracebackType
 from typing import IO
 
@@ -26,6 +28,8 @@ Progress = Callable[[str, int, "int | None"], None]
 
 # A CI log or `make demo | tee` should show life every few seconds, not fill with thousands of lines.
 PLAIN_INTERVAL_S = 10.0
+# A step that reports nothing of its own (a demo step) says it is still running this often, off a terminal.
+HEARTBEAT_S = 30.0
 
 
 class ProgressTask:
@@ -114,6 +118,38 @@ class ProgressBoard:
         """One line on stderr, above the bars on a terminal."""
         if self.enabled:
             self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    @contextmanager
+    def running(self, name: str, every: float = HEARTBEAT_S) -> Iterator[None]:
+        """Around work that reports no progress of its own: a spinner with the time elapsed on a terminal, else a
+        line ``name: still running (1 min 30 s)`` every ``every`` seconds."""
+        if not self.enabled:
+            yield
+            return
+        if self._rich is not None:
+            task = self._rich.add_task(f"{name}: running", total=None)
+            try:
+                yield
+            finally:
+                self._rich.remove_task(task)
+            return
+        stop = threading.Event()
+        started = self._clock()
+
+        def beat() -> None:
+            while not stop.wait(every):
+                elapsed = int(self._clock() - started)
+                minutes = f"{elapsed // 60} min " if elapsed >= 60 else ""
+                self.console.print(f"{name}: still running ({minutes}{elapsed % 60} s)", markup=False,
+                                   highlight=False, soft_wrap=True)
+
+        beater = threading.Thread(target=beat, name=f"progress {name}", daemon=True)
+        beater.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            beater.join()
 
     def callback(self, prefix: str, unit: str = "rows") -> PerTask:
         """A layer callback ``(task, completed, total)``: one task per name, e.g. ``ingest observations``."""

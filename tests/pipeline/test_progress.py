@@ -107,3 +107,31 @@ def test_when_a_note_is_printed_then_it_is_one_line_without_markup() -> None:
     board, out = _plain(_Clock())
     board.note("demo [bold]ingest[/bold]: done in 1.5 s")
     assert out.getvalue() == "demo [bold]ingest[/bold]: done in 1.5 s\n"
+
+
+def test_when_work_reports_nothing_then_plain_mode_says_it_is_still_running_until_it_ends() -> None:
+    import threading
+
+    readings = [0.0]  # started at 0 s; each later reading is 90 s, 95 s, 100 s…
+
+    def clock() -> float:
+        now = readings[-1]
+        readings.append(90.0 if now == 0.0 else now + 5.0)
+        return now
+
+    board, out = _plain(clock)
+    beats = threading.Semaphore(0)
+    original = board.console.print
+
+    def counted(*args, **kwargs) -> None:
+        original(*args, **kwargs)
+        beats.release()
+
+    board.console.print = counted  # type: ignore[method-assign]
+    with board.running("demo ingest", every=0.01):
+        assert beats.acquire(timeout=5) and beats.acquire(timeout=5)
+    lines = out.getvalue().splitlines()
+    assert lines[:2] == ["demo ingest: still running (1 min 30 s)", "demo ingest: still running (1 min 35 s)"]
+    settled = len(lines)
+    threading.Event().wait(0.05)
+    assert len(out.getvalue().splitlines()) == settled, "no beat after the work ended"
