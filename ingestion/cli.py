@@ -45,11 +45,14 @@ def ingest(
 
     Exits non-zero, with the first quarantine reasons, when every record was quarantined and nothing loaded.
     """
+    from ingestion.batch import _table_from_path
     from ingestion.batch import ingest as run
     from pipeline.progress import ProgressBoard
 
     with ProgressBoard() as board:
         tables = board.callback("ingest")
+        if source == "tabular" and path.suffix.lower() == ".parquet" and path.is_file():
+            tables.expect(table or _table_from_path(path), _parquet_rows(path))
         result = run(settings_from(ctx), source=source, path=path, table=table, contract=contract,
                      progress=tables).to_dict()
         tables.finish()
@@ -82,6 +85,16 @@ def nothing_loaded(result: dict[str, Any], shown: int = 3) -> None:
     where = f"first reasons: {reasons}" if reasons else "the reasons are in the quarantine zone (quarantine/records)"
     raise ValidationError(f"nothing loaded from {result['path']}: all {quarantined:,} records were quarantined; "
                           f"{where}")
+
+
+def _parquet_rows(path: Path) -> int | None:
+    """The row count in a Parquet file's footer, or None when the footer does not read (the ingest will say why)."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_metadata(path).num_rows
+    except (OSError, ValueError):
+        return None
 
 
 def _short(text: str, limit: int = 160) -> str:

@@ -193,9 +193,18 @@ class PerTask:
         task = self.tasks.get(name)
         if task is None:
             task = self.tasks[name] = self._board.task(f"{self._prefix} {name}".strip(), total, self._unit)
-        task.update(completed, total)
-        if total is not None and completed >= total:
-            task.finish()
+        if total is not None:
+            task.total = total
+        if task.total is not None and completed >= task.total:
+            task.completed = completed
+            task.finish()  # one line for a task done at once, not its 100 % and then its end
+        else:
+            task.update(completed)
+
+    def expect(self, name: str, total: int | None) -> None:
+        """Give ``name``'s task a total before the layer reports (a Parquet file's row count, from its footer)."""
+        if name not in self.tasks:
+            self.tasks[name] = self._board.task(f"{self._prefix} {name}".strip(), total, self._unit)
 
     def finish(self) -> None:
         """Finish every task still open (the totals it did not know are what was done)."""

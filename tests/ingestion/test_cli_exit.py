@@ -69,3 +69,16 @@ def test_when_some_rows_load_then_ingest_exits_0_and_stderr_counts_the_rows_read
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["tables"]["heart_failure"] == {"in": 299, "accepted": 1, "quarantined": 298}
     assert "ingest heart_failure: 299/299 rows (100%) — done" in result.stderr.splitlines()
+
+
+def test_when_a_parquet_extract_is_ingested_then_progress_knows_its_row_count_from_the_footer(lake_env: Path) -> None:
+    import pandas as pd
+
+    extract = lake_env / "heart_failure.parquet"
+    pd.read_csv(HEART_FAILURE, thousands=",").to_parquet(extract)
+
+    result = _ingest("--path", str(extract), "--json")
+
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["tables"]["heart_failure"]["accepted"] == 299
+    assert result.stderr.splitlines() == ["ingest heart_failure: 299/299 rows (100%) — done"]
