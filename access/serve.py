@@ -31,7 +31,7 @@ from pipeline.errors import MedguardError, SettingsError
 if TYPE_CHECKING:
     from pipeline.settings import Settings
 
-__all__ = ["app_factory", "serve", "uvicorn_config"]
+__all__ = ["app_factory", "serve", "uvicorn_config", "uvicorn_options"]
 
 
 def _cert_protocol() -> type:
@@ -59,12 +59,13 @@ def _with_client_cert(app: Any, sha256: str) -> Any:
     return wrapped
 
 
-def uvicorn_config(settings: Settings, app: Any, host: str, port: int, *, workers: int = 1,
-                   log_level: str = "warning") -> Any:
-    """The uvicorn configuration: TLS and mTLS from ``api`` settings, no banner, no access log."""
-    import ssl
+def uvicorn_options(settings: Settings, *, log_level: str = "warning") -> dict[str, Any]:
+    """uvicorn's options: TLS and mTLS from ``api`` settings, no banner, no access log.
 
-    import uvicorn
+    Raises:
+        SettingsError: half a TLS configuration, or a file that is not there.
+    """
+    import ssl
 
     api = settings.api
     if (api.tls_cert is None) != (api.tls_key is None):
@@ -75,14 +76,20 @@ def uvicorn_config(settings: Settings, app: Any, host: str, port: int, *, worker
         path = getattr(api, name)
         if path is not None and not path.is_file():
             raise SettingsError(f"api.{name}: {path} is not a readable file")
-    kwargs: dict[str, Any] = {}
+    options: dict[str, Any] = {"server_header": False, "date_header": True, "access_log": False,
+                               "log_level": log_level, "proxy_headers": False, "timeout_graceful_shutdown": 10}
     if api.tls_cert is not None:
-        kwargs.update(ssl_certfile=str(api.tls_cert), ssl_keyfile=str(api.tls_key))
+        options.update(ssl_certfile=str(api.tls_cert), ssl_keyfile=str(api.tls_key))
     if api.tls_client_ca is not None:
-        kwargs.update(ssl_ca_certs=str(api.tls_client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED, http=_cert_protocol())
-    return uvicorn.Config(app, host=host, port=port, workers=workers, server_header=False, date_header=True,
-                          access_log=False, log_level=log_level, proxy_headers=False, timeout_graceful_shutdown=10,
-                          factory=isinstance(app, str), **kwargs)
+        options.update(ssl_ca_certs=str(api.tls_client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED, http=_cert_protocol())
+    return options
+
+
+def uvicorn_config(settings: Settings, app: Any, host: str, port: int, *, log_level: str = "warning") -> Any:
+    """The uvicorn configuration of one server process for ``app``."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, **uvicorn_options(settings, log_level=log_level))
 
 
 def app_factory() -> Any:
@@ -97,12 +104,9 @@ def _run_http(settings: Settings, host: str, port: int, workers: int) -> None:
     import uvicorn
 
     if workers > 1:
-        config = uvicorn_config(settings, "access.serve:app_factory", host, port, workers=workers)
-        uvicorn.Server(config)  # validates the configuration before forking
-        from uvicorn.supervisors import Multiprocess
-
-        sock = config.bind_socket()
-        Multiprocess(config, target=uvicorn.Server(config).run, sockets=[sock]).run()
+        # Each worker builds its own application (and its own SQLite connections) after the fork.
+        uvicorn.run("access.serve:app_factory", factory=True, host=host, port=port, workers=workers,
+                    **uvicorn_options(settings))
         return
     from access.api.app import create_app
 
@@ -128,6 +132,9 @@ def serve(
     if workers > 1 and pg_port is not None:
         fail(SettingsError("--workers > 1 serves HTTP only; run the pgwire endpoint as its own `medguard serve "
                            "--no-http --pg-port PORT`"))
+    if workers > 1 and settings.api.tls_client_ca is not None:
+        fail(SettingsError("mTLS (api.tls_client_ca) serves with --workers 1; for more processes terminate TLS at a "
+                           "reverse proxy and set api.trust_proxy"))
     stop = threading.Event()
     pg_thread: threading.Thread | None = None
     errors: list[BaseException] = []
