@@ -258,8 +258,8 @@ class CdsHooksSettings(_Section):
     critical_probability: float = Field(default=0.8, gt=0.0, le=1.0)
     # The card's ``source.url``: where a clinician reads about the model (e.g. its model card); None: no link.
     source_url: str | None = None
-    # The ``_count`` of the Observation prefetch query: the most recent results per request.
-    observation_count: int = Field(default=100, ge=1, le=1000)
+    # The ``_count`` of each Observation prefetch query (one per LOINC code the model reads): results per code.
+    observation_count: int = Field(default=20, ge=1, le=1000)
     # Largest hook request body accepted (prefetch Bundles included), in bytes.
     max_body_bytes: int = Field(default=4 << 20, ge=1 << 16, le=64 << 20)
     # Discovery (``GET /cds-services``) answers only with a valid JWT too (its ``aud``: the discovery URL).

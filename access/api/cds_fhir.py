@@ -1,9 +1,11 @@
 """FHIR R4 for the CDS Hooks service: prefetch templates, prefetch → :class:`EncounterIn`, a diagnosis → cards.
 
-**Prefetch** (:func:`prefetch_templates`): ``patient`` is ``Patient/{{context.patientId}}``; ``observations`` the
-patient's most recent Observations (``_sort=-date``, ``_count`` = ``cds_hooks.observation_count``) with the LOINC
-codes the current model reads — plus the blood-pressure panel 85354-9 when it reads systolic or diastolic
-pressure, since FHIR vital signs carry those as the panel's components; ``conditions`` the patient's Conditions.
+**Prefetch** (:func:`prefetch_templates`): ``patient`` is ``Patient/{{context.patientId}}``; one key
+``obs-<LOINC>`` per code the current model reads, each the patient's most recent Observations of that code
+(``_sort=-date``, ``_count`` = ``cds_hooks.observation_count``) — one search per code, so that frequent vital signs
+cannot push a yearly HbA1c out of a shared page — plus ``obs-85354-9``, the blood-pressure panel, when the model
+reads systolic or diastolic pressure (FHIR vital signs carry them as the panel's components); ``conditions`` the
+patient's Conditions.
 
 **Mapping** (:func:`encounter_from_prefetch`). Every resource is first checked with ``fhir.resources``' R4B models
 (R4's technical-correction release, as ingestion does) and must be about the hook's patient (``Patient.id``, each
@@ -51,10 +53,10 @@ from pipeline.errors import MedguardError
 if TYPE_CHECKING:
     from pipeline.settings import Settings
 
-__all__ = ["PREFETCH_KEYS", "RISK_ASSESSMENT_EXTENSION", "Mapped", "PrefetchInvalid", "PrefetchMissing", "cards_for",
+__all__ = ["OBSERVATION_KEY", "RISK_ASSESSMENT_EXTENSION", "Mapped", "PrefetchInvalid", "PrefetchMissing", "cards_for",
            "encounter_from_prefetch", "prefetch_templates", "risk_assessment"]
 
-PREFETCH_KEYS = ("patient", "observations", "conditions")
+OBSERVATION_KEY = "obs-"  # + the LOINC code
 # Send ``"extension": {"org.medguard.risk-assessment": true}`` in a hook request to get a RiskAssessment.
 RISK_ASSESSMENT_EXTENSION = "org.medguard.risk-assessment"
 LOINC = "http://loinc.org"
@@ -141,7 +143,7 @@ class Mapped:
         kind, index, rest = match.group(1), int(match.group(2)), match.group(3)
         items = self.observations if kind == "observations" else self.conditions
         if index >= len(items):
-            return f"prefetch.{kind}"
+            return "prefetch"
         suffix = {".value": ".valueQuantity.value", ".unit": ".valueQuantity.code", ".code": ".code"}.get(rest, "")
         return items[index].where + suffix
 
@@ -165,10 +167,9 @@ def observation_query_codes(observation_codes: list[str]) -> list[str]:
 def prefetch_templates(model: dict[str, Any], *, count: int) -> dict[str, str]:
     """The discovery document's ``prefetch`` for the model ``model`` (:meth:`DiagnosisService.model_info`)."""
     out = {"patient": "Patient/{{context.patientId}}"}
-    codes = observation_query_codes(list(model.get("observation_codes") or []))
-    if codes:
-        out["observations"] = ("Observation?patient={{context.patientId}}&code="
-                               + ",".join(f"{LOINC}|{c}" for c in codes) + f"&_sort=-date&_count={count}")
+    for code in observation_query_codes(list(model.get("observation_codes") or [])):
+        out[f"{OBSERVATION_KEY}{code}"] = (f"Observation?patient={{{{context.patientId}}}}&code={LOINC}|{code}"
+                                           f"&_sort=-date&_count={count}")
     if model.get("condition_codes"):
         out["conditions"] = "Condition?patient={{context.patientId}}"
     return out
@@ -335,26 +336,32 @@ def encounter_from_prefetch(patient_id: str, prefetch: dict[str, Any] | None, mo
     if levels and sex not in levels:
         mapped.ignored.append(("prefetch.patient.gender", "not a level the model knows: sex unknown"))
         sex = None
-    observations = _observations(prefetch.get("observations"), patient_id, model, mapped)
+    keys = [key for key in asked if key.startswith(OBSERVATION_KEY)]
+    observations = _observations({key: prefetch[key] for key in keys}, patient_id, model, mapped)
     conditions = _conditions(prefetch.get("conditions"), patient_id, model, mapped) if "conditions" in asked else []
     mapped.encounter = EncounterIn(age=age, sex=sex if levels else None, observations=observations,
                                    conditions=conditions)
     return mapped
 
 
-def _observations(value: Any, patient_id: str, model: dict[str, Any], mapped: Mapped) -> list[ObservationIn]:
-    if value is None:
-        return []
+def _observations(searches: dict[str, Any], patient_id: str, model: dict[str, Any],
+                  mapped: Mapped) -> list[ObservationIn]:
     wanted = set(model.get("observation_codes") or [])
     found: list[tuple[ObservationIn, Used]] = []
-    for where, resource, full_url in _resources(value, "observations", "Observation", mapped):
+    seen: set[str] = set()
+    results = [item for key, value in searches.items() if value is not None
+               for item in _resources(value, key, "Observation", mapped)]
+    for where, resource, full_url in results:
         _validate(resource, where)
         _own(resource, where, patient_id)
+        reference = _reference(resource, "Observation", full_url)
+        if reference is not None and reference in seen:
+            continue  # the same result found by two searches (a panel matched by its component's code)
+        seen.add(reference or where)
         status = resource.get("status")
         if status not in _OBSERVATION_STATUSES:
             mapped.ignored.append((where, f"status {status}: only final, amended or corrected results are used"))
             continue
-        reference = _reference(resource, "Observation", full_url)
         effective = _effective(resource)
         # A panel (blood pressure) carries its values in components; each one the model reads is an observation.
         parts = [(f"{where}.component[{k}]", c) for k, c in enumerate(resource.get("component") or [])
@@ -387,7 +394,7 @@ def _observations(value: Any, patient_id: str, model: dict[str, Any], mapped: Ma
             found.append((obs, Used(part_where, reference, code, display, obs.value, obs.unit, effective)))
     if len(found) > MAX_ITEMS:
         found.sort(key=lambda pair: pair[1].effective or datetime.min.replace(tzinfo=UTC), reverse=True)
-        mapped.notes.append(f"prefetch.observations: only the {MAX_ITEMS} most recent results are used")
+        mapped.notes.append(f"prefetch: only the {MAX_ITEMS} most recent observations are used")
         found = found[:MAX_ITEMS]
     mapped.observations = [u for _, u in found]
     return [o for o, _ in found]

@@ -1,10 +1,16 @@
 """What the CDS Hooks tests share: a patient-view request built from the official FHIR R4 examples, and JWTs.
 
 The prefetch is the HL7 examples as published (tests/fixtures/fhir/r4-examples, CC0): ``Patient/example``; the
-blood-pressure panel, the BMI and the body-weight Observations, which are already about ``Patient/example``; the
-blood-glucose Observation ``f001`` and the lipid panel's Observations (``Bundle-lipids``), whose ``subject`` we
-re-point from ``Patient/f001`` / ``Patient/pat2`` to ``Patient/example`` — the only edit, so that one patient's
+blood-pressure panel and the BMI Observations, which are already about ``Patient/example``; the blood-glucose
+Observation ``f001`` and the lipid panel's cholesterol and HDL Observations (``Bundle-lipids``), whose ``subject``
+we re-point from ``Patient/f001`` / ``Patient/pat2`` to ``Patient/example`` — the only edit, so that one patient's
 chart holds them; and the Conditions ``stroke`` and ``example`` (already ``Patient/example``'s).
+
+Each Observation sits under the prefetch key (one search per LOINC code, as discovery asks) of the analyte it
+measures: the panel under ``obs-85354-9``, BMI under ``obs-39156-5``, HDL under ``obs-2085-9``; the blood glucose
+(15074-8) under ``obs-2345-7`` and the cholesterol (35200-5) under ``obs-2093-3`` — other LOINC codes for those
+analytes, as an EHR matching loosely would return them, and so reported as not used. Searches that find nothing
+are ``null``, as the spec says.
 """
 
 from __future__ import annotations
@@ -39,14 +45,22 @@ def _ours(resource: dict[str, Any]) -> dict[str, Any]:
     return resource
 
 
-def observations() -> list[dict[str, Any]]:
-    """Blood pressure (85354-9: systolic 107, diastolic 60 mm[Hg]), BMI 16.2 kg/m2, body weight 185 [lb_av],
-    blood glucose 15074-8 6.3 mmol/L, and the lipid panel (35200-5, 35217-9, HDL 2085-9 1.3 mmol/L, LDL 13457-7)."""
-    out = [example("Observation-blood-pressure.json"), example("Observation-bmi.json"),
-           example("Observation-example.json"), _ours(example("Observation-f001.json"))]
-    out += [_ours(copy.deepcopy(e["resource"])) for e in _example("Bundle-lipids.json")["entry"]
-            if e["resource"]["resourceType"] == "Observation"]
-    return out
+def _lipid(item_id: str) -> dict[str, Any]:
+    return _ours(copy.deepcopy(next(e["resource"] for e in _example("Bundle-lipids.json")["entry"]
+                                    if e["resource"].get("id") == item_id)))
+
+
+def searches() -> dict[str, list[dict[str, Any]]]:
+    """Per prefetch key, the example Observations it holds (keys with none left out)."""
+    return {"obs-85354-9": [example("Observation-blood-pressure.json")],
+            "obs-39156-5": [example("Observation-bmi.json")],
+            "obs-2085-9": [_lipid("hdlcholesterol")],
+            "obs-2345-7": [_ours(example("Observation-f001.json"))],
+            "obs-2093-3": [_lipid("cholesterol")]}
+
+
+OBSERVATION_KEYS = ("obs-4548-4", "obs-2345-7", "obs-39156-5", "obs-8480-6", "obs-8462-4", "obs-2093-3",
+                    "obs-2085-9", "obs-85354-9")
 
 
 def conditions() -> list[dict[str, Any]]:
@@ -59,9 +73,14 @@ def searchset(resources: list[dict[str, Any]]) -> dict[str, Any]:
                        "search": {"mode": "match"}} for r in resources]}
 
 
-def prefetch() -> dict[str, Any]:
-    return {"patient": example("Patient-example.json"), "observations": searchset(observations()),
-            "conditions": searchset(conditions())}
+def prefetch(**observation_keys: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """The full prefetch; ``observation_keys`` (``obs_4548_4=[...]``) replace what a search returned."""
+    found = searches()
+    found.update({key.replace("_", "-"): value for key, value in observation_keys.items()})
+    out: dict[str, Any] = {"patient": example("Patient-example.json"), "conditions": searchset(conditions())}
+    for key in OBSERVATION_KEYS:
+        out[key] = searchset(found[key]) if found.get(key) else None
+    return out
 
 
 def hook_request(*, risk: bool = False, **changes: Any) -> dict[str, Any]:

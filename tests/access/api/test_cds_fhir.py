@@ -32,6 +32,14 @@ MODEL = {"name": "outcomes__t2d_within_1y", "version": 1, "model_version": "outc
          "condition_map": {"snomed|38341003": "I10", "snomed|15777000": "R73.03"}}
 
 
+def _only(rows):
+    """The full prefetch, with ``rows`` as what the HbA1c search returned and every other search empty."""
+    return _cds.prefetch(**{k.replace("-", "_"): None for k in _cds.OBSERVATION_KEYS} | {"obs_4548_4": rows})
+
+
+A1C = "prefetch.obs-4548-4"
+
+
 def _map(prefetch=None, model=MODEL, patient="example"):
     return encounter_from_prefetch(patient, _cds.prefetch() if prefetch is None else prefetch, model, at=AT)
 
@@ -46,11 +54,11 @@ def _obs(code, value, unit, when, *, oid, status="final"):
 def test_when_discovery_lists_the_prefetch_then_it_asks_for_the_models_loinc_codes_and_the_bp_panel():
     templates = prefetch_templates(MODEL, count=50)
     assert templates["patient"] == "Patient/{{context.patientId}}"
-    query = templates["observations"]
-    assert query.startswith("Observation?patient={{context.patientId}}&code=")
+    # One search per code, so a flood of one vital sign cannot crowd out a yearly lab result.
     for code in [*OBS, "85354-9"]:
-        assert f"http://loinc.org|{code}" in query
-    assert query.endswith("&_sort=-date&_count=50")
+        assert templates[f"obs-{code}"] == (f"Observation?patient={{{{context.patientId}}}}&code=http://loinc.org|"
+                                            f"{code}&_sort=-date&_count=50")
+    assert set(templates) == {"patient", "conditions", *(f"obs-{c}" for c in [*OBS, "85354-9"])}
     assert templates["conditions"] == "Condition?patient={{context.patientId}}"
 
 
@@ -65,14 +73,14 @@ def test_when_the_official_examples_are_mapped_then_the_models_inputs_are_used_a
     bp = next(o for o in enc.observations if o.code == "8480-6")
     assert bp.effective == datetime(2012, 9, 17, tzinfo=UTC)
     ignored = dict(mapped.ignored)
-    assert ignored["prefetch.observations.entry[2].resource"] == "LOINC 29463-7 is not an input of the model"
-    assert ignored["prefetch.observations.entry[3].resource"] == "LOINC 15074-8 is not an input of the model"
-    assert "LOINC 35200-5" in ignored["prefetch.observations.entry[4].resource"]
+    # Blood glucose and the lab's cholesterol are other LOINC codes than the model's: reported, not used.
+    assert ignored["prefetch.obs-2345-7.entry[0].resource"] == "LOINC 15074-8 is not an input of the model"
+    assert ignored["prefetch.obs-2093-3.entry[0].resource"] == "LOINC 35200-5 is not an input of the model"
     # Neither SNOMED condition maps to an input of the model: both reported, none sent.
     assert enc.conditions == []
     assert ignored["prefetch.conditions.entry[0].resource.code"].startswith("SNOMED CT 422504002")
-    assert mapped.basis() == ["Patient/example", "Observation/blood-pressure", "Observation/bmi",
-                              "Observation/hdlcholesterol"]
+    assert mapped.basis() == ["Patient/example", "Observation/bmi", "Observation/hdlcholesterol",
+                              "Observation/blood-pressure"]
 
 
 def test_when_a_condition_is_coded_in_icd10cm_or_a_mapped_snomed_code_then_it_is_sent():
@@ -93,7 +101,7 @@ def test_when_a_code_has_several_results_then_all_are_sent_and_the_latest_is_sho
     rows = [_obs("4548-4", 7.9, "%", "2026-03-01", oid="a1c-new"), _obs("4548-4", 6.1, "%", "2024-01-01",
                                                                           oid="a1c-old"),
             _obs("4548-4", 48, "mmol/mol", "2025-06-01", oid="a1c-mid")]
-    mapped = _map({**_cds.prefetch(), "observations": _cds.searchset(rows)})
+    mapped = _map(_only(rows))
     assert [o.value for o in mapped.encounter.observations] == [7.9, 6.1, 48]
     latest = mapped.latest()["4548-4"]
     assert (latest.value, latest.reference) == (7.9, "Observation/a1c-new")
@@ -107,27 +115,27 @@ def test_when_a_result_is_cancelled_or_has_a_comparator_or_no_value_then_it_is_l
     empty = _obs("2345-7", 1, "mg/dL", "2026-01-01", oid="g-none")
     del empty["valueQuantity"]
     empty["dataAbsentReason"] = {"text": "not done"}
-    mapped = _map({**_cds.prefetch(), "observations": _cds.searchset([cancelled, less, empty])})
+    mapped = _map(_only([cancelled, less, empty]))
     assert mapped.encounter.observations == []
     why = dict(mapped.ignored)
-    assert why["prefetch.observations.entry[0].resource"].startswith("status cancelled")
-    assert why["prefetch.observations.entry[1].resource"].startswith("a value with a comparator")
-    assert why["prefetch.observations.entry[2].resource"] == "no valueQuantity value"
+    assert why[f"{A1C}.entry[0].resource"].startswith("status cancelled")
+    assert why[f"{A1C}.entry[1].resource"].startswith("a value with a comparator")
+    assert why[f"{A1C}.entry[2].resource"] == "no valueQuantity value"
 
 
 def test_when_the_search_carries_an_operation_outcome_or_a_next_page_then_they_are_noted_not_used():
-    bundle = _cds.searchset(_cds.observations()[:1])
+    bundle = _cds.searchset([_cds.example("Observation-blood-pressure.json")])
     bundle["entry"].append({"resource": {"resourceType": "OperationOutcome", "issue": [
         {"severity": "warning", "code": "incomplete"}]}, "search": {"mode": "outcome"}})
     bundle["link"] = [{"relation": "next", "url": "https://ehr.example/fhir?page=2"}]
-    mapped = _map({**_cds.prefetch(), "observations": bundle})
+    mapped = _map({**_only(None), "obs-85354-9": bundle})
     assert len(mapped.encounter.observations) == 2
-    assert dict(mapped.ignored)["prefetch.observations.entry[1].resource"] == "a search OperationOutcome, not data"
+    assert dict(mapped.ignored)["prefetch.obs-85354-9.entry[1].resource"] == "a search OperationOutcome, not data"
     assert any("later pages are not read" in n for n in mapped.notes)
 
 
 def test_when_a_key_is_absent_or_an_operation_outcome_then_prefetch_missing_but_null_means_no_data():
-    for key in ("patient", "observations", "conditions"):
+    for key in ("patient", "obs-4548-4", "obs-85354-9", "conditions"):
         prefetch = _cds.prefetch()
         del prefetch[key]
         with pytest.raises(PrefetchMissing) as caught:
@@ -136,8 +144,8 @@ def test_when_a_key_is_absent_or_an_operation_outcome_then_prefetch_missing_but_
     with pytest.raises(PrefetchMissing):
         _map({**_cds.prefetch(), "patient": None})
     with pytest.raises(PrefetchMissing):
-        _map({**_cds.prefetch(), "observations": {"resourceType": "OperationOutcome", "issue": []}})
-    mapped = _map({**_cds.prefetch(), "observations": None, "conditions": None})
+        _map({**_cds.prefetch(), "obs-2345-7": {"resourceType": "OperationOutcome", "issue": []}})
+    mapped = _map({**_only(None), "conditions": None})
     assert mapped.encounter.observations == [] and mapped.encounter.age == 51
     with pytest.raises(PrefetchMissing):
         encounter_from_prefetch("example", None, MODEL, at=AT)
@@ -149,16 +157,16 @@ def test_when_a_resource_is_about_another_patient_then_the_call_is_refused():
     assert caught.value.field == "prefetch.patient.id"
     foreign = _cds.example("Observation-f001.json")  # as published: about Patient/f001
     with pytest.raises(PrefetchInvalid) as caught:
-        _map({**_cds.prefetch(), "observations": _cds.searchset([foreign])})
-    assert caught.value.field == "prefetch.observations.entry[0].resource.subject"
+        _map(_only([foreign]))
+    assert caught.value.field == f"{A1C}.entry[0].resource.subject"
 
 
 def test_when_a_resource_breaks_the_fhir_model_then_the_place_is_named_and_the_value_is_not():
-    bad = _cds.observations()[1]
+    bad = _cds.example("Observation-bmi.json")
     bad["valueQuantity"]["value"] = "sixteen-point-two"
     with pytest.raises(PrefetchInvalid) as caught:
-        _map({**_cds.prefetch(), "observations": _cds.searchset([bad])})
-    assert caught.value.field == "prefetch.observations.entry[0].resource.valueQuantity.value"
+        _map(_only([bad]))
+    assert caught.value.field == f"{A1C}.entry[0].resource.valueQuantity.value"
     assert "sixteen" not in str(caught.value)
     patient = _cds.example("Patient-example.json")
     patient["birthDate"] = "25/12/1974"
@@ -178,10 +186,10 @@ def test_when_gender_is_a_level_the_model_knows_then_it_becomes_sex_else_unknown
 
 def test_when_a_service_field_is_refused_then_it_is_named_as_its_place_in_the_prefetch():
     mapped = _map()
-    assert mapped.fhir_field("encounters[0].observations[0].value") == \
-        "prefetch.observations.entry[0].resource.component[0].valueQuantity.value"
-    assert mapped.fhir_field("encounters[0].observations[3].unit") == \
-        "prefetch.observations.entry[6].resource.valueQuantity.code"
+    assert mapped.fhir_field("encounters[0].observations[2].value") == \
+        "prefetch.obs-85354-9.entry[0].resource.component[0].valueQuantity.value"
+    assert mapped.fhir_field("encounters[0].observations[1].unit") == \
+        "prefetch.obs-2085-9.entry[0].resource.valueQuantity.code"
     assert mapped.fhir_field("encounters[0].age") == "prefetch.patient"
 
 
@@ -223,7 +231,7 @@ def test_when_asked_then_the_card_suggests_a_valid_fhir_risk_assessment():
 def test_when_the_ehr_data_holds_markdown_then_the_detail_escapes_it():
     rows = [_obs("4548-4", 7.0, "%", "2026-01-01", oid="x")]
     rows[0]["code"]["coding"][0]["display"] = "[click](https://evil.example)"
-    mapped = _map({**_cds.prefetch(), "observations": _cds.searchset(rows)})
+    mapped = _map(_only(rows))
     detail = cards_for(_diagnosis(0.5, True), mapped, load_settings(), with_risk_assessment=False)[0]["detail"]
     assert "[click](https" not in detail and "\\[click\\]\\(https" in detail
 
@@ -263,7 +271,7 @@ def test_when_units_differ_then_the_fhir_result_scores_as_the_same_value_in_the_
 @pytest.mark.integration
 def test_when_results_come_in_any_order_then_their_times_order_them_for_the_model(service):
     def scored(rows):
-        mapped = encounter_from_prefetch("example", {**_cds.prefetch(), "observations": _cds.searchset(rows)},
+        mapped = encounter_from_prefetch("example", _only(rows),
                                          service.model_info(), at=AT)
         return service.diagnose([mapped.encounter])[0]["probability"]
 
@@ -277,13 +285,20 @@ def test_when_results_come_in_any_order_then_their_times_order_them_for_the_mode
 
 
 def test_when_a_value_cannot_be_a_number_or_the_unit_is_overlong_then_400_not_a_crash():
-    huge = _cds.observations()[1]
+    huge = _cds.example("Observation-bmi.json")
     huge["valueQuantity"]["value"] = float("inf")
     with pytest.raises(PrefetchInvalid) as caught:
-        _map({**_cds.prefetch(), "observations": _cds.searchset([huge])})
-    assert caught.value.field.startswith("prefetch.observations.entry[0].resource.valueQuantity")
-    long_unit = _cds.observations()[1]
+        _map(_only([huge]))
+    assert caught.value.field.startswith(f"{A1C}.entry[0].resource.valueQuantity")
+    long_unit = _cds.example("Observation-bmi.json")
     long_unit["valueQuantity"]["code"] = "k" * 40
     with pytest.raises(PrefetchInvalid) as caught:
-        _map({**_cds.prefetch(), "observations": _cds.searchset([long_unit])})
-    assert caught.value.field == "prefetch.observations.entry[0].resource.valueQuantity"
+        _map(_only([long_unit]))
+    assert caught.value.field == f"{A1C}.entry[0].resource.valueQuantity"
+
+
+def test_when_two_searches_return_the_same_result_then_it_counts_once():
+    panel = _cds.example("Observation-blood-pressure.json")
+    # A server that matches component codes returns the panel for the systolic search too.
+    mapped = _map({**_only(None), "obs-8480-6": _cds.searchset([panel]), "obs-85354-9": _cds.searchset([panel])})
+    assert sorted(o.code for o in mapped.encounter.observations) == ["8462-4", "8480-6"]

@@ -79,8 +79,9 @@ def test_when_an_ehr_asks_for_discovery_then_it_gets_the_patient_view_service_an
     (service,) = response.json()["services"]
     assert service["hook"] == "patient-view" and service["id"] == "medguard-risk"
     assert service["title"] and service["description"]
-    assert set(service["prefetch"]) == {"patient", "observations", "conditions"}
-    assert "http://loinc.org|4548-4" in service["prefetch"]["observations"]
+    assert set(service["prefetch"]) == {"patient", "conditions", *_cds.OBSERVATION_KEYS}
+    assert service["prefetch"]["obs-4548-4"] == ("Observation?patient={{context.patientId}}&code=http://loinc.org|"
+                                                 "4548-4&_sort=-date&_count=20")
     assert _cds.RISK_EXTENSION in service["extension"]
 
 
@@ -153,7 +154,7 @@ def test_when_prefetch_is_missing_then_412_prefetch_missing(home, client):
                                 headers=home.bearer()), 412, "prefetch_missing")
     assert body["field"] == "prefetch.patient"
     request = _cds.hook_request()
-    del request["prefetch"]["observations"]
+    del request["prefetch"]["obs-4548-4"]
     _problem(client.post("/cds-services/medguard-risk", json=request, headers=home.bearer()), 412, "prefetch_missing")
 
 
@@ -167,11 +168,11 @@ def test_when_a_prefetch_resource_is_about_another_patient_then_400_prefetch_inv
 
 def test_when_a_value_breaks_a_hard_limit_then_422_names_its_place_in_the_prefetch(home, client):
     request = _cds.hook_request()
-    bp = request["prefetch"]["observations"]["entry"][0]["resource"]
+    bp = request["prefetch"]["obs-85354-9"]["entry"][0]["resource"]
     bp["component"][0]["valueQuantity"]["value"] = 400
     body = _problem(client.post("/cds-services/medguard-risk", json=request, headers=home.bearer()), 422,
                     "payload_invalid")
-    assert body["field"] == "prefetch.observations.entry[0].resource.component[0].valueQuantity.value"
+    assert body["field"] == "prefetch.obs-85354-9.entry[0].resource.component[0].valueQuantity.value"
     assert "400" not in body["detail"]
 
 

@@ -62,7 +62,7 @@ def test_when_an_ehr_runs_a_patient_view_round_trip_then_it_gets_cards_and_its_r
     discovery = httpx.get(f"{server.base}/cds-services", timeout=30)
     assert discovery.status_code == 200
     (service,) = discovery.json()["services"]
-    assert service["hook"] == "patient-view" and "observations" in service["prefetch"]
+    assert service["hook"] == "patient-view" and "obs-4548-4" in service["prefetch"]
 
     token = _token(server, keys, kids)
     started = time.perf_counter()
