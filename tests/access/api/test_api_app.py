@@ -19,6 +19,9 @@ from pipeline.settings import load_settings
 from tests.access._signing import key_pair
 from tests.access.api._model import register_model
 
+# Each test registers a signed model in a real lake (Delta audit commits): seconds, not milliseconds.
+pytestmark = pytest.mark.integration
+
 BASE = "http://testserver"
 
 

@@ -15,6 +15,9 @@ from pipeline.settings import Settings, load_settings
 from storage_security.audit.log import AuditLog
 from tests.access.api._model import MODEL_NAME, register_model
 
+# Each test registers a signed model in a real lake (Delta audit commits): seconds, not milliseconds.
+pytestmark = pytest.mark.integration
+
 
 def _settings(tmp_path: Path, keyring: Any, **api: Any) -> Settings:
     return load_settings(home=tmp_path / "home", key_provider="keyring", keyring={"path": keyring.path},
