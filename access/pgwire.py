@@ -434,7 +434,7 @@ class CatalogView:
         timer = threading.Timer(CATALOG_TIMEOUT_SECONDS, self._con.interrupt)
         timer.start()
         try:
-            reader = self._con.execute(sql).to_arrow_reader(1024)
+            reader = self._con.sql(sql).to_arrow_reader(1024)
             batches, rows = [], 0
             for batch in reader:
                 rows += batch.num_rows

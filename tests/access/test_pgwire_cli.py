@@ -69,7 +69,7 @@ def _expected(settings: Settings, ring) -> list[tuple]:
     return [tuple(r.values()) for r in gateway.query(session, SQL).table.to_pylist()]
 
 
-def test_when_medguard_serve_runs_pgwire_alone_then_psycopg_gets_the_gateways_rows(home):
+def test_when_medguard_serve_runs_pgwire_alone_then_psycopg_gets_the_gateways_rows_and_descriptions(home):
     settings, ring, env, token, root = home
     port = _free_port()
     log = (root / "serve.log").open("w")
@@ -88,6 +88,12 @@ def test_when_medguard_serve_runs_pgwire_alone_then_psycopg_gets_the_gateways_ro
                 time.sleep(0.3)
         with conn:
             got = conn.execute(SQL).fetchall()
+            # What JDBC does before binding: describe the prepared statement (libpq blocks holding the GIL, so
+            # this runs against the server in its own process).
+            conn.pgconn.prepare(b"by_sex", b"SELECT sex, age_band FROM deidentified.patients WHERE sex = $1")
+            described = conn.pgconn.describe_prepared(b"by_sex")
+            assert described.nparams == 1
+            assert [described.fname(i) for i in range(described.nfields)] == [b"sex", b"age_band"]
         assert got == _expected(settings, ring)
         assert len(got) == 32  # the 8 patients without research consent are filtered out
     finally:
