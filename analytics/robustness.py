@@ -7,15 +7,22 @@ threshold. Only the split thresholds of the model's trees can change its output,
 attackable feature, the values just either side of each threshold within the bound, and greedily takes the move
 that lowers the score most until the flag flips or no move helps. It needs only model outputs (black box).
 
-Reported: attack success rate, and the minimal perturbation of successful attacks (L-infinity in units of
-each feature's bound, and the number of features changed). Defences, each retrained with the same parameters
-and attacked the same way: monotonic constraints where clinically justified (``monotone`` in the config) and
-adversarial augmentation (adversarial examples of training positives added with their true label).
+Reported: attack success rate with its 95 % (Wilson) interval, and the minimal perturbation of successful attacks
+(L-infinity in units of each feature's bound, and the number of features changed). Defences, each retrained
+with the same parameters and attacked the same way: monotonic constraints where clinically justified
+(``monotone`` in the config), adversarial augmentation (adversarial examples of training positives added with
+their true label), and input-profile refusal (an isolation forest fitted on the training rows refuses to score a
+row less typical than all but ``refuse_rate`` of them; a refused evasion is no success, and the clean rows it
+refuses are its cost). A defence is *kept* only when it lowers the success rate significantly (one-sided
+two-proportion test, p < 0.05, against the retrained baseline) at a clean-AUROC cost of at most ``max_auroc_cost``.
+
+The membership-inference result (:mod:`analytics.privacy`) travels in the same report under
+``membership_inference``, so the card shows both attacks on the model.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -36,15 +43,62 @@ class AttackResult:
     linf: list[float]
     changed: list[int]
     adversarial: np.ndarray
+    evaded: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
     @property
     def success_rate(self) -> float:
         return self.succeeded / self.attacked if self.attacked else 0.0
 
     def summary(self) -> dict[str, Any]:
+        low, high = wilson(self.succeeded, self.attacked)
         return {"attacked": self.attacked, "succeeded": self.succeeded, "success_rate": self.success_rate,
+                "success_interval": {"low": low, "high": high},
                 "median_linf_of_bound": float(np.median(self.linf)) if self.linf else None,
                 "mean_features_changed": float(np.mean(self.changed)) if self.changed else None}
+
+
+def wilson(successes: int, trials: int, z: float = 1.96) -> tuple[float | None, float | None]:
+    """The 95 % Wilson score interval of a proportion (sound at small counts and at 0 or 1)."""
+    if not trials:
+        return None, None
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    return float(max(centre - half, 0.0)), float(min(centre + half, 1.0))
+
+
+def lower_rate_p(successes: int, trials: int, base_successes: int, base_trials: int) -> float | None:
+    """One-sided p-value that a success rate is lower than the baseline's (two-proportion z-test, pooled)."""
+    from scipy.stats import norm
+
+    if not trials or not base_trials:
+        return None
+    pooled = (successes + base_successes) / (trials + base_trials)
+    se = np.sqrt(pooled * (1 - pooled) * (1 / trials + 1 / base_trials))
+    if se == 0:
+        return 1.0
+    z = (base_successes / base_trials - successes / trials) / se
+    return float(norm.sf(z))
+
+
+class ProfileGuard:
+    """Refuses rows less typical of the training data than all but ``refuse_rate`` of the training rows."""
+
+    def __init__(self, x_train: np.ndarray, refuse_rate: float = 0.01, seed: int = 0) -> None:
+        from sklearn.ensemble import IsolationForest
+
+        self.median = np.nan_to_num(np.nanmedian(x_train, axis=0))
+        std = np.nan_to_num(np.nanstd(x_train, axis=0))
+        self.scale = np.where(std > 0, std, 1.0)
+        self.forest = IsolationForest(n_estimators=200, random_state=seed).fit(self._prep(x_train))
+        self.cut = float(np.quantile(self.forest.score_samples(self._prep(x_train)), refuse_rate))
+
+    def _prep(self, x: np.ndarray) -> np.ndarray:
+        # Missingness is information (a lab never measured); keep it as its own column per feature.
+        return np.c_[(np.where(np.isnan(x), self.median, x) - self.median) / self.scale, np.isnan(x)]
+
+    def refuses(self, x: np.ndarray) -> np.ndarray:
+        return self.forest.score_samples(self._prep(x)) < self.cut
 
 
 def attack_bounds(features: list[str], profile: dict[str, Any], bounds: dict[str, float], epsilon: float,
@@ -89,6 +143,7 @@ def attack(booster: Any, calibrator: Calibrator, threshold: float, x: np.ndarray
     lo = np.array([profile.get(features[j], {}).get("p01", -np.inf) for j in cols])
     hi = np.array([profile.get(features[j], {}).get("p99", np.inf) for j in cols])
     adversarial = x.copy()
+    evaded = np.zeros(len(x), dtype=bool)
     succeeded, linf, changed = 0, [], []
     for i in range(len(x)):
         original = x[i]
@@ -133,15 +188,18 @@ def attack(booster: Any, calibrator: Calibrator, threshold: float, x: np.ndarray
         adversarial[i] = current
         if score < threshold:
             succeeded += 1
+            evaded[i] = True
             moved = np.abs(current[cols] - original[cols]) / delta
             moved = np.nan_to_num(moved)
             linf.append(float(moved.max()))
             changed.append(int((moved > 0).sum()))
-    return AttackResult(len(x), succeeded, linf, changed, adversarial)
+    return AttackResult(len(x), succeeded, linf, changed, adversarial, evaded)
 
 
 def evaluate_robustness(model: Any, train: pd.DataFrame, calibration: pd.DataFrame, test: pd.DataFrame, *,
                         bounds: dict[str, float], monotone: dict[str, int], samples: int, seed: int,
+                        refuse_rate: float = 0.01, max_auroc_cost: float = 0.01, membership: bool = True,
+                        membership_defence: Any = None, membership_applied: bool = False,
                         ) -> dict[str, Any]:
     """Attack the model on flagged test positives; retrain with each defence and attack it the same way.
 
@@ -154,6 +212,9 @@ def evaluate_robustness(model: Any, train: pd.DataFrame, calibration: pd.DataFra
         train: the training rows (to retrain and to find augmentation examples).
         calibration: the calibration rows (operating point of retrained variants).
         test: held-out rows; the attacked ones are true positives the model flags.
+        refuse_rate: the share of training rows the input-profile guard would refuse.
+        max_auroc_cost: the most clean AUROC a defence may cost and still be kept.
+        membership: also measure membership inference (:func:`analytics.privacy.membership_report`).
     """
     from sklearn.metrics import roc_auc_score
 
@@ -172,30 +233,75 @@ def evaluate_robustness(model: Any, train: pd.DataFrame, calibration: pd.DataFra
         rows = np.flatnonzero(flagged & (frame[LABEL].to_numpy() == 1))
         return x[np.sort(rng.permutation(rows)[:samples])] if len(rows) else x[:0]
 
-    def run(booster: Any, calibrator: Calibrator, threshold: float) -> dict[str, Any]:
+    def run(booster: Any, calibrator: Calibrator, threshold: float) -> tuple[dict[str, Any], AttackResult]:
         x = targets(booster, calibrator, threshold, test)
         result = attack(booster, calibrator, threshold, x, features, bounds, model.profile)
         auroc = float(roc_auc_score(test[LABEL], booster.inplace_predict(matrix(test, features))))
-        return {**result.summary(), "auroc": auroc}
+        return {**result.summary(), "auroc": auroc}, result
 
-    def retrained(frame: pd.DataFrame, params: dict[str, Any]) -> dict[str, Any]:
+    def retrained(frame: pd.DataFrame, params: dict[str, Any]) -> tuple[dict[str, Any], AttackResult]:
         booster = fit_local(frame, features, params)
         threshold = choose_threshold(booster.inplace_predict(matrix(calibration, features)), y_cal, sensitivity)
         return run(booster, identity, threshold)
 
     report: dict[str, Any] = {"bounds": bounds, "operating_sensitivity": sensitivity}
-    report["undefended"] = run(model.booster, model.calibrator, model.threshold)
-    report["baseline_retrained"] = retrained(train, model.params)
+    report["undefended"], _ = run(model.booster, model.calibrator, model.threshold)
+    report["baseline_retrained"], base = retrained(train, model.params)
     if monotone:
         params = dict(model.params)
         params["monotone_constraints"] = "(" + ",".join(str(int(monotone.get(f, 0))) for f in features) + ")"
-        report["monotone"] = retrained(train, params)
+        report["monotone"], _ = retrained(train, params)
         report["monotone"]["constrained"] = sorted(f for f in features if monotone.get(f))
     # Adversarial augmentation: attack training positives, add what evaded with the true label, retrain.
     x_train = targets(model.booster, model.calibrator, model.threshold, train)
     found = attack(model.booster, model.calibrator, model.threshold, x_train, features, bounds, model.profile)
     augmented = pd.concat([train, pd.DataFrame(found.adversarial, columns=features).assign(**{LABEL: 1})],
                           ignore_index=True)
-    report["adversarial_augmentation"] = retrained(augmented, model.params)
+    report["adversarial_augmentation"], _ = retrained(augmented, model.params)
     report["adversarial_augmentation"]["examples_added"] = len(found.adversarial)
+    # Input-profile refusal: the baseline's successful evasions that the guard refuses count as stopped.
+    guard = ProfileGuard(matrix(train, features), refuse_rate, seed)
+    refused = guard.refuses(base.adversarial) if base.attacked else np.zeros(0, dtype=bool)
+    still = int((base.evaded & ~refused).sum())
+    clean_refused = float(guard.refuses(matrix(test, features)).mean())
+    low, high = wilson(still, base.attacked)
+    report["profile_refusal"] = {
+        "attacked": base.attacked, "succeeded": still, "success_rate": still / base.attacked if base.attacked else 0.0,
+        "success_interval": {"low": low, "high": high}, "auroc": report["baseline_retrained"]["auroc"],
+        "clean_refused": clean_refused, "refuse_rate": refuse_rate}
+    report["kept_defences"] = kept_defences(report, max_auroc_cost)
+    if membership:
+        from analytics.privacy import membership_report
+
+        try:
+            report["membership_inference"] = membership_report(
+                model.predict_proba, train, calibration, test, features, model.params, defence=membership_defence,
+                applied=membership_applied, calibration_method=model.calibrator.method, seed=seed)
+        except ValueError as exc:  # too few rows of a class in a split to fit or measure
+            report["membership_inference"] = {"error": str(exc)}
     return report
+
+
+def kept_defences(report: dict[str, Any], max_auroc_cost: float, alpha: float = 0.05) -> list[str]:
+    """The defences that lower the success rate significantly against the retrained baseline, at a small cost.
+
+    Each defence entry of ``report`` gains ``p_lower`` (the one-sided p-value) and ``kept``.
+    """
+    base = report["baseline_retrained"]
+    kept = []
+    for name in ("monotone", "adversarial_augmentation", "profile_refusal"):
+        entry = report.get(name)
+        if not entry:
+            continue
+        p = lower_rate_p(entry["succeeded"], entry["attacked"], base["succeeded"], base["attacked"])
+        cost = base["auroc"] - entry["auroc"]
+        if name == "profile_refusal":
+            # Its cost is the clean rows it refuses, not AUROC: allowed up to twice the configured refusal rate.
+            ok_cost = entry["clean_refused"] <= 2 * entry["refuse_rate"]
+        else:
+            ok_cost = cost <= max_auroc_cost
+        entry["p_lower"] = p
+        entry["kept"] = bool(p is not None and p < alpha and ok_cost)
+        if entry["kept"]:
+            kept.append(name)
+    return kept
