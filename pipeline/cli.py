@@ -143,20 +143,20 @@ def number(value: Any) -> str:
     return "0" if text in ("-0", "") else text
 
 
-def summary_line(outcome: Any) -> str:
+def summary_line(outcome: Any, depth: int = 3) -> str:
     """One readable line for a demo step, whole: numbers rounded, nested facts in parentheses, lists counted.
 
-    A list of a few short values is shown; a longer one, or one of records, is shown as its length (the records
-    are in ``--json``).
+    Facts nest ``depth`` levels deep; a deeper group is shown as ``name(…)`` (a whole word, never a cut), and a list
+    of more than a few values, or of records, as its length. Everything is in ``--json``.
     """
     if isinstance(outcome, dict):
         parts = []
         for key, value in outcome.items():
             if isinstance(value, dict):
-                inner = summary_line(value)
-                parts.append(f"{key}({inner})" if inner else f"{key}()")
+                inner = summary_line(value, depth - 1) if depth > 1 or not value else "…"
+                parts.append(f"{key}({inner})")
             else:
-                parts.append(f"{key}={summary_line(value)}")
+                parts.append(f"{key}={summary_line(value, depth)}")
         return ", ".join(parts)
     if isinstance(outcome, list | tuple):
         if len(outcome) <= 5 and all(not isinstance(v, dict | list | tuple) for v in outcome):

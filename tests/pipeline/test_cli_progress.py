@@ -48,3 +48,9 @@ def test_when_a_demo_step_summary_is_long_and_nested_then_it_is_one_whole_line_w
     assert "table_11(version=11, rows_in=25,741, k=5, suppressed=0.012, flagged_columns=[])" in line
     assert "medguard(precision=0.912, recall=0.988)" in line
     assert "alerts=[7 items]" in line and "tables=[patients, observations]" in line
+
+
+def test_when_facts_nest_deeper_than_three_levels_then_the_deeper_group_is_named_not_cut() -> None:
+    outcome = {"published": {"conditions": {"rows_out": 62, "release": {"quasi_identifiers": {"patients": ["sex"]}},
+                                            "generalization": {}}}}
+    assert summary_line(outcome) == "published(conditions(rows_out=62, release(…), generalization()))"
