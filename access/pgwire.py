@@ -379,6 +379,33 @@ def _duck_type(arrow_type: str, mask: str) -> str:
     return "VARCHAR"
 
 
+_CATALOG_VIEWS = (
+    "pg_class AS SELECT *, false AS relforcerowsecurity FROM pg_catalog.pg_class WHERE relnamespace NOT IN "
+    "(SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = 'medguard_pg')",
+    "pg_namespace AS SELECT * FROM pg_catalog.pg_namespace WHERE nspname NOT IN ('medguard_pg', 'main')",
+    "tables AS SELECT * FROM information_schema.tables WHERE table_schema NOT IN ('medguard_pg', 'main')",
+    "columns AS SELECT * FROM information_schema.columns WHERE table_schema NOT IN ('medguard_pg', 'main')",
+    "schemata AS SELECT * FROM information_schema.schemata WHERE schema_name NOT IN ('medguard_pg', 'main')",
+    "pg_database AS SELECT oid, 'medguard' AS datname, 10 AS datdba, 6 AS encoding, 'c' AS datlocprovider, "
+    "datallowconn, datistemplate, 'C' AS datcollate, 'C' AS datctype, NULL AS daticulocale, NULL AS datacl, "
+    "-1 AS datconnlimit, 0 AS dattablespace FROM pg_catalog.pg_database WHERE datname = current_database()",
+)
+_OVERRIDDEN = frozenset(v.split(" ", 1)[0] for v in _CATALOG_VIEWS)
+# Functions answered as PostgreSQL would name them, not as the catalog's DuckDB would.
+_CONSTANT_FUNCTIONS = {"version": f"PostgreSQL {SERVER_VERSION}, medguard governed endpoint",
+                       "current_database": "medguard", "current_catalog": "medguard"}
+
+
+def _empty_answer(tree: exp.Expression) -> Answer:
+    """Zero rows with the query's column names: a catalog query about objects this endpoint does not have
+    (policies, triggers, publications, inheritance...)."""
+    select = tree
+    while isinstance(select, exp.SetOperation):
+        select = select.this
+    names = [e.alias_or_name or e.sql() for e in getattr(select, "expressions", [])] or ["?column?"]
+    return Answer("SELECT 0", [_column(n, pa.string()) for n in names], [])
+
+
 def _quote(name: str) -> str:
     return exp.to_identifier(name, quoted=True).sql("duckdb")
 
@@ -409,6 +436,11 @@ class CatalogView:
                       "pg_get_statisticsobjdef_columns(x) AS NULL", "array_to_string(a, s) AS NULL"):
             with contextlib.suppress(Exception):
                 self._con.execute(f"CREATE MACRO {macro}")
+        # DuckDB's pg_catalog lacks columns psql and JDBC read; these views add them (constants: no security
+        # features of PostgreSQL apply here, the gateway's policy does).
+        self._con.execute("CREATE SCHEMA medguard_pg")
+        for view in _CATALOG_VIEWS:
+            self._con.execute(f"CREATE VIEW medguard_pg.{view}")
         path = ",".join([*schemas, "main"])
         self._con.execute(f"SET search_path = '{path}'")
         self._con.execute("SET lock_configuration = true")
@@ -444,7 +476,9 @@ class CatalogView:
             table = pa.Table.from_batches(batches, schema=reader.schema)
         except PgWireError:
             raise
-        except Exception as exc:  # DuckDB's own message about the catalog query, no data behind it
+        except Exception as exc:
+            if str(exc).startswith(("Catalog Error", "Binder Error")):
+                return _empty_answer(tree)  # DuckDB's own message about the catalog query, no data behind it
             raise PgWireError(f"catalog query failed: {str(exc).splitlines()[0][:300]}", "42883") from exc
         finally:
             timer.cancel()
@@ -456,12 +490,30 @@ def _to_duckdb(tree: exp.Expression) -> str:
     ``::regclass`` casts rewritten, ``COLLATE pg_catalog.default`` dropped."""
 
     def rewrite(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.Table) and node.name.lower() in _OVERRIDDEN and (
+                node.db.lower() in ("pg_catalog", "information_schema", "")):
+            moved = node.copy()
+            moved.set("db", exp.to_identifier("medguard_pg"))
+            moved.set("catalog", None)
+            return moved
+        if isinstance(node, exp.Func):
+            name = "version" if isinstance(node, exp.CurrentVersion) else (
+                node.name if isinstance(node, exp.Anonymous) else node.sql_name()).lower()
+            if name == "pg_get_expr" and len(node.expressions) > 2:
+                node.set("expressions", node.expressions[:2])  # DuckDB's takes no pretty flag
+            if name in _CONSTANT_FUNCTIONS and not isinstance(node.parent, exp.Dot):
+                value = exp.Literal.string(_CONSTANT_FUNCTIONS[name])
+                return exp.alias_(value, name) if isinstance(node.parent, exp.Select) else value
         if isinstance(node, exp.Dot) and isinstance(node.expression, exp.Func) and node.this.name == "pg_catalog":
             return node.expression
         if isinstance(node, exp.Collate):
             return node.this
-        if isinstance(node, exp.Cast) and isinstance(node.to, exp.ObjectIdentifier):
-            return node.this
+        if isinstance(node, exp.Cast):
+            target = node.to.sql(dialect="postgres").lower().removeprefix("pg_catalog.")
+            if isinstance(node.to, exp.ObjectIdentifier) or target.startswith("reg") or target == "oid":
+                return node.this  # object identifiers are plain numbers in the catalog database
+            if target in ("text", "name", "char", '"char"', "bpchar"):
+                node.set("to", exp.DataType.build("VARCHAR"))  # the same node: its operand is still visited
         if isinstance(node, exp.Operator):
             op = str(node.args.get("operator", "")).split(".")[-1]
             regex = {"~": (exp.RegexpLike, False), "!~": (exp.RegexpLike, True), "~*": (exp.RegexpILike, False),

@@ -160,13 +160,18 @@ def test_when_pandas_reads_sql_then_it_gets_the_gateways_rows(world, pg):
 
 
 @pytest.mark.skipif(shutil.which("psql") is None, reason="psql is not installed")
-def test_when_psql_lists_tables_and_selects_then_it_sees_the_granted_view(world, pg):
+def test_when_psql_lists_describes_and_selects_then_it_sees_the_granted_view(world, pg):
     env = {**os.environ, "PGPASSWORD": pg.tokens["ann"], "PGSSLMODE": "disable", "PGCONNECT_TIMEOUT": "10"}
     base = ["psql", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "ann", "-d", "medguard", "-X", "-A", "-t"]
     listing = subprocess.run([*base, "-c", r"\dt deidentified.*"], env=env, capture_output=True, text=True,
                              timeout=60)
     assert listing.returncode == 0, listing.stderr
     assert "patients" in listing.stdout and "conditions" in listing.stdout
+    table = subprocess.run([*base, "-c", r"\d deidentified.patients"], env=env, capture_output=True, text=True,
+                           timeout=60)
+    assert table.returncode == 0, table.stderr
+    assert "sex" in table.stdout and "age_band" in table.stdout
+    assert "ssn" not in table.stdout  # hidden from ann: not in her catalogue either
     select = subprocess.run([*base, "-c", "SELECT count(*) AS n FROM deidentified.patients"], env=env,
                             capture_output=True, text=True, timeout=60)
     assert select.returncode == 0, select.stderr
