@@ -777,7 +777,7 @@ class _Handler(BuenaVistaHandler):
             if answer is None:
                 self._write(ServerResponse.EMPTY_QUERY_RESPONSE)
             else:
-                self._send_answer(answer, describe=True, limit=0, formats=[])
+                self._send_answer(answer, describe=True, formats=[])
         except PgWireError as exc:
             self.send_error(exc)
             state.failed = state.transaction
@@ -830,7 +830,7 @@ class _Handler(BuenaVistaHandler):
             state.catalog = CatalogView(tables)
         return state.catalog
 
-    def _send_answer(self, answer: Answer, *, describe: bool, limit: int, formats: list[int]) -> None:
+    def _send_answer(self, answer: Answer, *, describe: bool, formats: list[int]) -> None:
         for line in answer.notices:
             self._notice(line)
         if answer.columns is None:
@@ -839,7 +839,6 @@ class _Handler(BuenaVistaHandler):
         binary = _binary_flags(formats, len(answer.columns))
         if describe:
             self._row_description(answer.columns, binary)
-        sent = 0
         for row in answer.rows:
             buf = BVBuffer()
             buf.write_int16(len(answer.columns))
@@ -851,10 +850,6 @@ class _Handler(BuenaVistaHandler):
                 buf.write_int32(len(encoded))
                 buf.write_bytes(encoded)
             self._write(ServerResponse.DATA_ROW, buf.get_value())
-            sent += 1
-            if limit and sent >= limit:
-                break
-        # Portal suspension is not kept: a partial Execute is answered with every row (clients read them all).
         self._write(ServerResponse.COMMAND_COMPLETE, answer.tag.encode() + b"\x00")
 
     def _row_description(self, columns: list[_Column], binary: list[bool]) -> None:
@@ -928,8 +923,7 @@ class _Handler(BuenaVistaHandler):
             self._row_description(answer.columns, [False] * len(answer.columns))
 
     def _execute(self, state: _Session, payload: bytes) -> None:
-        target, rest = _cstring(payload)
-        limit = struct.unpack("!i", rest[:4])[0]
+        target, _ = _cstring(payload)
         if target not in state.portals:
             raise PgWireError(f"portal {target!r} does not exist", "34000")
         portal = state.portals[target]
@@ -937,7 +931,9 @@ class _Handler(BuenaVistaHandler):
         if answer is None or not answer.tag:
             self._write(ServerResponse.EMPTY_QUERY_RESPONSE)
             return
-        self._send_answer(answer, describe=False, limit=max(limit, 0), formats=portal["formats"])
+        # A row limit (JDBC's fetch size) is not kept as a suspended portal: every row is sent at once, within the
+        # gateway's row and byte caps, so no client ever loses the rows past its first fetch.
+        self._send_answer(answer, describe=False, formats=portal["formats"])
         portal["answer"] = None if answer.columns is None else Answer(answer.tag, answer.columns, [], [])
 
 
