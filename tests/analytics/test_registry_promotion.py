@@ -120,3 +120,14 @@ def test_when_an_index_predates_promotion_then_its_newest_version_stays_served(r
     path.write_text(json.dumps({"index": legacy, "signature": registry._sign(b"medguard.model-index.v1\x00",
                                                                                legacy)}))
     assert registry.load("t__y")[0]["version"] == 1 and registry.current("t__y") == 1
+
+
+def test_when_runs_of_one_training_register_at_once_then_one_version_is_stored(registry):
+    from concurrent.futures import ThreadPoolExecutor
+
+    _candidate(registry, fingerprint="0" * 64)  # the signing key exists before the race
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: _candidate(registry, fingerprint="a" * 64), range(4)))
+    assert sorted(r["version"] for r in results) == [2, 2, 2, 2]
+    assert sum(not r.get("duplicate") for r in results) == 1
+    assert sorted(p.name for p in (registry.root / "t__y").glob("v*")) == ["v1", "v2"]
