@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import psycopg
 import pytest
 
+from access.gateway import MASKED_VALUE, QueryGateway
 from access.pgwire import run_pg_server
 from pipeline.settings import Settings
 from storage_security.audit.log import AuditAction
@@ -37,7 +38,7 @@ class Pg:
 
 @pytest.fixture(scope="module")
 def pg(world, settings: Settings) -> Iterator[Pg]:
-    tokens = {name: world.store.issue_token(name).secret for name in ("ann", "cleo")}
+    tokens = {name: world.store.issue_token(name).secret for name in ("ann", "cleo", "dan")}
     stop, ready = threading.Event(), threading.Event()
     thread = threading.Thread(target=run_pg_server, args=(settings, "127.0.0.1", 0),
                               kwargs={"stop": stop, "ready": ready, "gateway": world.gateway, "store": world.store},
@@ -74,6 +75,39 @@ def test_when_a_clinician_queries_raw_then_their_facilitys_plaintext_comes_back(
     assert got == _gateway_rows(world, "cleo", sql)
     assert {r[2] for r in got} == {"F2"}
     assert all(r[0] and r[0].count("-") == 2 for r in got)
+
+
+def test_when_cells_are_masked_then_they_arrive_as_null_and_a_notice_names_the_column(world, pg):
+    sql = "SELECT zip, consent_research FROM raw.patients ORDER BY consent_research"
+    notices: list[str] = []
+    with pg.connect("dan") as conn:
+        conn.add_notice_handler(lambda d: notices.append(d.message_primary))
+        got = conn.execute(sql).fetchall()
+    expected = _gateway_rows(world, "dan", sql)
+    assert {r[0] for r in expected} == {MASKED_VALUE}  # the gateway's form of a masked quasi-identifier
+    assert got == [(None, r[1]) for r in expected]
+    assert any("zip" in n and "masked" in n for n in notices), notices
+
+
+def test_when_a_principal_passes_the_rate_limit_then_the_next_query_is_refused(world, settings):
+    limited = QueryGateway(world.lake, world.provider, world.engine, audit=world.audit, queries_per_minute=2)
+    token = world.store.issue_token("ann").secret
+    stop, ready = threading.Event(), threading.Event()
+    thread = threading.Thread(target=run_pg_server, args=(settings, "127.0.0.1", 0),
+                              kwargs={"stop": stop, "ready": ready, "gateway": limited, "store": world.store},
+                              daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(10)
+        with psycopg.connect(host="127.0.0.1", port=ready.port, user="ann", password=token, dbname="medguard",
+                             sslmode="disable", autocommit=True) as conn:
+            for _ in range(2):
+                conn.execute("SELECT sex FROM deidentified.patients").fetchall()
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="queries in a minute"):
+                conn.execute("SELECT sex FROM deidentified.patients").fetchall()
+    finally:
+        stop.set()
+        thread.join(10)
 
 
 def test_when_an_analyst_asks_for_the_raw_zone_then_it_is_refused(pg):
