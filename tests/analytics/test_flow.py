@@ -73,7 +73,10 @@ def test_when_the_cli_gets_an_unknown_table_then_it_fails_with_one_line(breast_c
     _cli_env(monkeypatch, local)
     result = CliRunner().invoke(app, ["train", "--table", "no_such_table", "--label", "y", "--json"])
     assert result.exit_code == 1
-    assert result.stderr.strip().count("\n") == 0 and "no_such_table" in result.stderr
+    # Before the one error line, stderr holds the progress lines of the steps that started ("train: features…").
+    *progress, error = result.stderr.strip().splitlines()
+    assert error.startswith("medguard: error: ") and "no_such_table" in error
+    assert all(line.startswith("train: ") for line in progress) and "Traceback" not in result.stderr
 
 
 def test_when_diagnosing_then_predictions_are_written_with_version_flag_and_drift(t2d_run):
