@@ -81,4 +81,5 @@ def test_when_a_parquet_extract_is_ingested_then_progress_knows_its_row_count_fr
 
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["tables"]["heart_failure"]["accepted"] == 299
-    assert result.stderr.splitlines() == ["ingest heart_failure: 299/299 rows (100%) — done"]
+    progress = [line for line in result.stderr.splitlines() if "still running" not in line]  # heartbeats: slow day
+    assert progress == ["ingest heart_failure: 299/299 rows (100%) — done"]
