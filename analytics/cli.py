@@ -29,8 +29,9 @@ def train(
 
     with ProgressBoard() as board:
         steps = board.steps("train")
-        result = train_pipeline(settings_from(ctx), table, label, config_path=str(config) if config else None,
-                                progress=steps)
+        with board.running("train"):  # a step can take minutes (cross-validation, the attacks)
+            result = train_pipeline(settings_from(ctx), table, label, config_path=str(config) if config else None,
+                                    progress=steps)
         steps.finish()
     m = {k: "n/a" if v is None else f"{v:.3f}" for k, v in result["metrics"].items()}
     text = (f"{result['model_version']}: AUROC {m.get('auroc', 'n/a')}, AUPRC {m.get('auprc', 'n/a')}, "
@@ -61,7 +62,8 @@ def diagnose(
 
     with ProgressBoard() as board:
         steps = board.steps("diagnose")
-        result = run(settings_from(ctx), table, progress=steps)
+        with board.running("diagnose"):
+            result = run(settings_from(ctx), table, progress=steps)
         steps.finish()
     emit(result, as_json, f"{result['rows']:,} rows of {result['table']} scored with {result['model_version']}: "
           f"{result['flagged']:,} flagged, drift {result['drift']['status']}"

@@ -42,7 +42,8 @@ def deidentify(
     settings = settings_from(ctx)
     with ProgressBoard() as board:
         tables = board.steps("deidentify", unit="tables")
-        result = publish_raw_zone([table] if table else None, settings=settings, full=full, progress=tables)
+        with board.running("deidentify"):  # a table reports when it is published: a large one takes minutes
+            result = publish_raw_zone([table] if table else None, settings=settings, full=full, progress=tables)
         tables.finish()
     lines = []
     for name, r in result.items():

@@ -73,4 +73,4 @@ def test_when_training_fails_for_an_expected_reason_then_the_cli_prints_one_erro
     # Before the error, stderr holds the progress lines of the steps that ran ("train: features: 0/7 steps").
     *progress, error = stderr.strip().splitlines()
     assert error.startswith("medguard: error: ") and expected in error, stderr
-    assert all(line.startswith("train: ") for line in progress) and "Traceback" not in stderr
+    assert all(line.startswith("train") for line in progress) and "Traceback" not in stderr
