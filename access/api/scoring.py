@@ -19,7 +19,7 @@ mapped through the model's own crosswalk) and RxNorm medication a 0/1 indicator;
 - **hard limits**: the ingestion contract's physiological limits per LOINC code (``observations.yaml``), and age
   0–130;
 - **plausibility**: diastolic below systolic at the same time, HDL and LDL below total cholesterol, BMI
-  consistent with weight and height;
+  consistent with weight and height, no observation or condition dated more than a day in the future;
 - **training profile**: the batch scorer's out-of-profile check (``analytics.flow.score_spark``: a feature more
   than 10 % of its training range outside it). ``api.out_of_profile`` decides: ``flag`` scores and says why,
   ``refuse`` answers 422.
@@ -33,6 +33,8 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -68,6 +70,8 @@ _SYSTOLIC, _DIASTOLIC = "8480-6", "8462-4"
 _TOTAL_CHOL, _HDL, _LDL = "2093-3", "2085-9", "13457-7"
 _WEIGHT, _HEIGHT, _BMI = "29463-7", "8302-2", "39156-5"
 _SECONDS_PER_YEAR = 365.25 * 86400
+# Clocks differ and time zones get lost: a time up to a day ahead is tolerated, later is refused.
+_FUTURE_SLACK = 86400.0
 
 
 class PayloadInvalid(MedguardError):
@@ -174,10 +178,13 @@ class DiagnosisService:
         settings: the home (models, keys) and ``api.out_of_profile``.
         provider: the key provider that verifies the model's signature (default: the settings').
         top: how many top contributing features each diagnosis lists.
+        clock: seconds since the epoch (a time in the future is refused); injected for tests.
     """
 
-    def __init__(self, settings: Settings, *, provider: Any = None, top: int | None = None) -> None:
+    def __init__(self, settings: Settings, *, provider: Any = None, top: int | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
+        self._clock = clock
         self._provider = provider
         self._top = settings.governance.top_features if top is None else top
         self._lock = threading.Lock()
@@ -388,6 +395,13 @@ class DiagnosisService:
         c = m.contract
         values: dict[str, float] = {}
         limits = self._hard_limits()
+        latest = datetime.fromtimestamp(self._clock() + _FUTURE_SLACK, UTC)
+        for kind, items, attr in (("observations", enc.observations, "effective"),
+                                  ("conditions", enc.conditions, "onset")):
+            for k, item in enumerate(items):
+                when = getattr(item, attr)
+                if when is not None and _utc(when) > latest:
+                    raise PayloadInvalid(f"{where}.{kind}[{k}].{attr}", "must not be in the future")
         # observations: converted, range-checked, grouped by code
         series: dict[str, list[tuple[datetime | None, int, float]]] = {}
         for k, obs in enumerate(enc.observations):

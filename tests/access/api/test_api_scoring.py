@@ -132,3 +132,15 @@ def test_when_the_service_is_pickled_then_it_refuses(service):
 
     with pytest.raises(TypeError):
         pickle.dumps(service)
+
+
+def test_when_an_observation_or_condition_is_dated_in_the_future_then_it_is_refused(tmp_path, keyring):
+    settings = _settings(tmp_path, keyring)
+    register_model(settings, keyring)
+    now = 1_796_040_000.0  # 2026-11-30 12:00 UTC
+    service = DiagnosisService(settings, provider=keyring, clock=lambda: now)
+    tomorrow_noon = "2026-12-01T11:00:00Z"  # within a day: clocks and zones differ
+    service.diagnose([EncounterIn(observations=[{"code": "4548-4", "value": 6, "effective": tomorrow_noon}])])
+    with pytest.raises(PayloadInvalid, match="must not be in the future") as caught:
+        service.diagnose([EncounterIn(conditions=[{"code": "I10", "onset": "2027-03-01"}])])
+    assert caught.value.field == "encounters[0].conditions[0].onset"
