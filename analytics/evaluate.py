@@ -176,6 +176,7 @@ def subgroup_metrics(frame: pd.DataFrame, y: np.ndarray, prob: np.ndarray, thres
 
     A level with fewer than ``min_n`` rows or ``min_positives`` positives is listed with its figures but marked
     ``too_small`` and never used to find or flag a gap: an n = 3 group's sensitivity is noise, not a finding.
+    A sensitivity gap also needs ``min_n`` positives in both groups.
     """
     out: dict[str, Any] = {"groups": {}, "largest_gap": None, "min_n": int(min_n)}
     largest: dict[str, Any] | None = None
@@ -188,7 +189,10 @@ def subgroup_metrics(frame: pd.DataFrame, y: np.ndarray, prob: np.ndarray, thres
             per[level]["too_small"] = bool(per[level]["n"] < min_n or per[level]["positives"] < min_positives)
         out["groups"][column] = per
         for metric in ("auroc", "sensitivity"):
-            usable = {k: v[metric] for k, v in per.items() if v[metric] is not None and not v["too_small"]}
+            # Sensitivity is a proportion of the positives alone: those must number min_n too, or a group with
+            # 5 positives all caught (interval 1.000-1.000) would "differ" from everyone.
+            usable = {k: v[metric] for k, v in per.items() if v[metric] is not None and not v["too_small"]
+                      and (metric != "sensitivity" or v["positives"] >= min_n)}
             if len(usable) < 2:
                 continue
             low, high = min(usable, key=usable.get), max(usable, key=usable.get)
@@ -323,9 +327,21 @@ def _promotion_html(promotion: dict[str, Any] | None) -> str:
     good = str(decision).lower().startswith(("promot", "current", "accept")) or promotion.get("promoted") is True
     reasons = promotion.get("reasons") or []
     items = "".join(f"<li>{html.escape(str(r))}</li>" for r in (reasons if isinstance(reasons, list) else [reasons]))
-    rest = {k: v for k, v in promotion.items() if k not in ("decision", "status", "state", "promoted", "reasons")}
+    rest = {k: v for k, v in promotion.items() if k not in ("decision", "status", "state", "promoted", "reasons",
+                                                             "checks") and v is not None}
+    checks = promotion.get("checks")
+    check_html = ""
+    if isinstance(checks, dict) and checks and all(isinstance(c, dict) for c in checks.values()):
+        check_html = ("<table><tr><th>check</th><th>value</th><th>95% interval</th><th>floor</th><th>judged on</th>"
+                      "<th>passed</th></tr>" + "".join(
+                          f"<tr><td>{html.escape(str(name))}</td><td>{_fmt(c.get('value'))}</td>"
+                          f"<td>{_fmt(c.get('low'))}–{_fmt(c.get('high'))}</td><td>{_fmt(c.get('floor'))}</td>"
+                          f"<td>{_fmt(c.get('judged_on'))}</td><td>{_fmt(c.get('passed'))}</td></tr>"
+                          for name, c in checks.items()) + "</table>")
+    elif checks:
+        rest["checks"] = checks
     return (f"<div class='{'ok' if good else 'warn'}'><b>Promotion decision: {_fmt(decision)}</b>"
-            f"{f'<ul>{items}</ul>' if items else ''}</div>{_table(rest) if rest else ''}")
+            f"{f'<ul>{items}</ul>' if items else ''}</div>{check_html}{_table(rest) if rest else ''}")
 
 
 def _membership_html(membership: dict[str, Any] | None) -> str:
@@ -352,12 +368,13 @@ def _membership_html(membership: dict[str, Any] | None) -> str:
             f"{_fmt(membership.get('members'))} training rows (members) against {_fmt(membership.get('non_members'))} "
             "rows the model never saw. AUROC 0.5 means the attacker learns nothing; advantage = 2·AUROC − 1.</p>"
             "<table><tr><th>model</th><th>attack AUROC</th><th>advantage</th>"
-            f"<th>TPR at FPR {_fmt(float(fpr))}</th><th>clean test AUROC</th></tr>{''.join(rows)}</table>{note}")
+            f"<th>TPR at {float(fpr):.0%} FPR</th><th>clean test AUROC</th></tr>{''.join(rows)}</table>{note}")
 
 
 def _evasion_html(robustness: dict[str, Any]) -> str:
     rows = []
-    for key, value in robustness.items():
+    order = ("undefended", "baseline_retrained", "monotone", "adversarial_augmentation", "profile_refusal")
+    for key, value in sorted(robustness.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99):
         if not isinstance(value, dict) or "success_rate" not in value:
             continue
         rows.append(f"<tr><td>{html.escape(key.replace('_', ' '))}</td><td>{_fmt(value.get('attacked'))}</td>"
@@ -405,7 +422,7 @@ def _subgroups_html(subgroups: dict[str, Any]) -> str:
             small = m.get("too_small", m["n"] < min_n)
             iv = m.get("intervals", {})
             rows.append(f"<tr{' class=small' if small else ''}><td>{html.escape(column)}</td>"
-                        f"<td>{html.escape(level)}</td><td>{_fmt(m['n'])}</td><td>{_fmt(m['positives'])}</td>"
+                        f"<td class=nw>{html.escape(level)}</td><td>{_fmt(m['n'])}</td><td>{_fmt(m['positives'])}</td>"
                         + "".join(f"<td>{_with_ci(m.get(k), iv.get(k))}</td>"
                                   for k in ("auroc", "sensitivity", "specificity"))
                         + f"<td>{'n too small: shown, not flagged' if small else ''}</td></tr>")
@@ -462,7 +479,8 @@ body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}}
 .tile{{background:#eef4fb;padding:.6em;border-radius:8px;text-align:center;min-width:8.5em}}
 .v{{font-size:1.8em;font-weight:600}}.ci{{color:#555;font-size:.85em;white-space:nowrap}}
 table{{border-collapse:collapse;margin:.5em 0}}
-td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}}tr.small td{{color:#888}}
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}}
+tr.small td{{color:#888}}.nw{{white-space:nowrap}}
 figure{{display:inline-block;margin:.5em}}
 .warn{{background:#fff4e0;padding:.5em;border-left:4px solid #f0a000}}
 .ok{{background:#e8f6ea;padding:.5em;border-left:4px solid #2a9d3a}}</style></head><body>

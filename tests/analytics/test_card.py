@@ -79,7 +79,7 @@ def test_when_a_card_is_written_then_every_metric_has_an_interval_and_no_number_
 
 def test_when_a_subgroup_is_tiny_then_its_row_is_marked_and_it_is_not_the_flagged_gap(tmp_path):
     doc = _text(_card(tmp_path / "card.html").read_text())
-    row = re.search(r"<tr class=small><td>age_band</td><td>90\+</td><td>4</td>.*?</tr>", doc)
+    row = re.search(r"<tr class=small><td>age_band</td><td class=nw>90\+</td><td>4</td>.*?</tr>", doc)
     assert row and "n too small" in row.group(0)
     gap = re.search(r"Largest subgroup gap \(groups of n ≥ 30\).*?</p>", doc).group(0)
     assert "90+" not in gap and re.search(r"intervals (do not )?overlap", gap)

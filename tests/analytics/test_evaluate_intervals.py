@@ -50,3 +50,16 @@ def test_when_a_subgroup_is_smaller_than_the_minimum_then_it_is_shown_but_never_
     gap = out["largest_gap"]
     assert gap is not None and "tiny" not in (gap["low"], gap["high"])
     assert len(gap["low_interval"]) == 2 and isinstance(gap["separated"], bool)
+
+
+def test_when_groups_have_few_positives_then_no_sensitivity_gap_is_flagged_however_large():
+    # Two groups of 150 with 8 positives each: one catches all 8, the other 2. Sensitivity 1.0 vs 0.25 on 8
+    # positives is what the card must not call a finding; AUROC (over all 150 rows) may still be compared.
+    rng = np.random.default_rng(2)
+    y = np.r_[np.ones(8), np.zeros(142), np.ones(8), np.zeros(142)].astype(int)
+    prob = rng.uniform(0, 0.4, 300)
+    prob[:8] = 0.9
+    prob[150:152] = 0.9
+    out = subgroup_metrics(pd.DataFrame({"site": ["A"] * 150 + ["B"] * 150}), y, prob, 0.5, ["site"], min_n=30)
+    assert out["groups"]["site"]["B"]["sensitivity"] == 0.25
+    assert out["largest_gap"] is None or out["largest_gap"]["metric"] == "auroc"
