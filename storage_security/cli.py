@@ -83,7 +83,8 @@ def vault_status(
                 f"{_remote_note(settings)}")
     else:
         initialised = "initialised" if result["initialized"] else "never initialised"
-        line = f"OpenBao not running ({initialised}; home {result['home']}); start it with `medguard vault up`"
+        line = (f"OpenBao not running ({initialised}; home {result['home']}); start it with `medguard vault up`"
+                f"{_remote_note(settings)}")
     if result["status"] == "unsealed":
         emit(result, as_json, line)
         return
