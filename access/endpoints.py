@@ -22,20 +22,17 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import json
-import os
 import re
 import secrets
 import threading
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from access._json_store import LockedJsonFile
 from pipeline.errors import AccessDeniedError
-from storage_security._locks import exclusive_lock
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
@@ -245,7 +242,7 @@ class EndpointRegistry:
                  clock: Callable[[], datetime] = _utcnow, default_rate_per_minute: int = 600,
                  key_overlap: timedelta = timedelta(hours=24)) -> None:
         self.path = Path(path)
-        self._lock_path = self.path.with_suffix(".lock")
+        self._file = LockedJsonFile(self.path, fmt=_FORMAT, kind="endpoint registry", empty=lambda: {"endpoints": {}})
         self._audit = audit
         self._clock = clock
         self._default_rate = default_rate_per_minute
@@ -272,32 +269,11 @@ class EndpointRegistry:
 
     # persistence -------------------------------------------------------------------------------------------
 
-    def _load(self) -> dict[str, Any]:
-        if not self.path.exists():
-            return {"format": _FORMAT, "endpoints": {}}
-        data = json.loads(self.path.read_text())
-        if data.get("format") != _FORMAT:
-            raise ValueError(f"{self.path}: unknown endpoint registry format {data.get('format')!r}")
-        return data
-
-    def _save(self, data: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            json.dump(data, out, indent=1, sort_keys=True)
-        os.replace(tmp, self.path)
-
-    @contextmanager
-    def _edit(self) -> Iterator[dict[str, Any]]:
-        with exclusive_lock(self._lock_path, timeout=30):
-            data = self._load()
-            yield data
-            self._save(data)
+    def _edit(self) -> Any:
+        return self._file.edit()
 
     def _read(self) -> dict[str, Any]:
-        with exclusive_lock(self._lock_path, timeout=30):
-            return self._load()
+        return self._file.read()
 
     @staticmethod
     def _find(data: dict[str, Any], name_or_id: str) -> dict[str, Any]:

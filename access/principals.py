@@ -25,20 +25,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
-import os
 import re
 import secrets
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from access._json_store import LockedJsonFile
 from pipeline.errors import AccessDeniedError
-from storage_security._locks import exclusive_lock
 
 if TYPE_CHECKING:
     from pipeline.settings import Settings
@@ -208,7 +205,8 @@ class PrincipalStore:
         if max_failures < 1:
             raise ValueError(f"max_failures must be at least 1, not {max_failures}")
         self.path = Path(path)
-        self._lock_path = self.path.with_suffix(".lock")
+        self._file = LockedJsonFile(self.path, fmt=_FORMAT, kind="principal store",
+                                    empty=lambda: {"principals": {}, "tokens": {}, "sessions": {}, "failures": {}})
         self._session_ttl = session_ttl
         self._token_ttl = token_ttl
         self._max_failures = max_failures
@@ -235,32 +233,11 @@ class PrincipalStore:
 
     # persistence -------------------------------------------------------------------------------------
 
-    def _load(self) -> dict[str, Any]:
-        if not self.path.exists():
-            return {"format": _FORMAT, "principals": {}, "tokens": {}, "sessions": {}, "failures": {}}
-        data = json.loads(self.path.read_text())
-        if data.get("format") != _FORMAT:
-            raise ValueError(f"{self.path}: unknown principal store format {data.get('format')!r}")
-        return data
-
-    def _save(self, data: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            json.dump(data, out, indent=1, sort_keys=True)
-        os.replace(tmp, self.path)
-
-    @contextmanager
-    def _edit(self) -> Iterator[dict[str, Any]]:
-        with exclusive_lock(self._lock_path, timeout=30):
-            data = self._load()
-            yield data
-            self._save(data)
+    def _edit(self) -> Any:
+        return self._file.edit()
 
     def _read(self) -> dict[str, Any]:
-        with exclusive_lock(self._lock_path, timeout=30):
-            return self._load()
+        return self._file.read()
 
     # principals --------------------------------------------------------------------------------------
 
