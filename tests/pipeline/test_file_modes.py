@@ -107,8 +107,10 @@ def test_when_ingest_deidentify_and_train_have_run_then_no_file_under_the_home_i
     assert (home / "lake" / "deidentified").is_dir() and any((home / "models").iterdir())
     assert _open_to_others(home) == []
     assert done.returncode == 0, done.stderr[-2000:]
-    steps = dict(line.split(": ", 1) for line in done.stdout.splitlines() if ": " in line)
+    # A step's line is "name (12.3 s): summary".
+    steps = {name.split(" (")[0]: text for name, text in
+             (line.split(": ", 1) for line in done.stdout.splitlines() if ": " in line)}
     assert not steps["train"].startswith("skipped"), steps["train"]
     # The demo's last step scanned every file of the home and the system temp folder for the patients' identifiers.
-    scanned = re.search(r"files_scanned=(\d+)", steps["verify"])
-    assert scanned and int(scanned.group(1)) > 100 and "plaintext_found=0" in steps["verify"]
+    scanned = re.search(r"files_scanned=([\d,]+)", steps["verify"])
+    assert scanned and int(scanned.group(1).replace(",", "")) > 100 and "plaintext_found=0" in steps["verify"]
