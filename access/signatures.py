@@ -43,7 +43,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 from pipeline.errors import AccessDeniedError
@@ -52,8 +52,8 @@ if TYPE_CHECKING:
     from access.endpoints import Endpoint, EndpointRegistry
     from pipeline.settings import Settings
 
-__all__ = ["REJECTIONS", "REQUIRED_PARAMS", "NonceStore", "RequestVerifier", "SignatureRejected", "VerifiedRequest",
-           "content_digest", "signature_base"]
+__all__ = ["REJECTIONS", "REQUIRED_PARAMS", "NonceStore", "Rejected", "RequestVerifier", "SignatureRejected",
+           "VerifiedRequest", "content_digest", "signature_base"]
 
 # Every refusal's code → (HTTP status, title). Stable: clients and the served fronts key on the code.
 REJECTIONS: dict[str, tuple[int, str]] = {
@@ -80,19 +80,27 @@ _MAX_NONCE = 256
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
 
 
-class SignatureRejected(AccessDeniedError):
-    """A signed request refused: ``code`` (a key of :data:`REJECTIONS`), the HTTP ``status`` and ``title`` to answer
-    with, ``detail`` (what exactly was wrong, safe to show the caller) and ``retry_after`` seconds when rate
-    limited."""
+class Rejected(AccessDeniedError):
+    """A call refused by a served front: ``code`` (a key of the class's ``codes``), the HTTP ``status`` and ``title``
+    to answer with, ``detail`` (what exactly was wrong) and ``retry_after`` seconds when rate limited."""
+
+    codes: ClassVar[Mapping[str, tuple[int, str]]] = {}
+    kind: ClassVar[str] = "rejection"
 
     def __init__(self, code: str, detail: str | None = None, *, retry_after: int | None = None) -> None:
-        if code not in REJECTIONS:
-            raise ValueError(f"unknown rejection code {code!r}")
+        if code not in self.codes:
+            raise ValueError(f"unknown {self.kind} code {code!r}")
         self.code = code
-        self.status, self.title = REJECTIONS[code]
+        self.status, self.title = self.codes[code]
         self.detail = detail or self.title
         self.retry_after = retry_after
         super().__init__(f"{code}: {self.detail}")
+
+
+class SignatureRejected(Rejected):
+    """A signed request refused (codes: :data:`REJECTIONS`); ``detail`` is safe to show the caller."""
+
+    codes = REJECTIONS
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from pipeline.errors import AccessDeniedError
+from access.signatures import REJECTIONS, Rejected, SignatureRejected
 
 if TYPE_CHECKING:
     from access.endpoints import Endpoint, EndpointRegistry
@@ -58,14 +58,10 @@ CDS_REJECTIONS: dict[str, tuple[int, str]] = {
     "jwt_audience": (401, "The JWT is not addressed to this service"),
     "jwt_issuer": (401, "The JWT's issuer is not the registered endpoint"),
     "jwt_replayed": (401, "The JWT's jti was already used"),
-    "endpoint_unknown": (401, "Unknown endpoint key"),
-    "endpoint_suspended": (403, "Endpoint is suspended"),
-    "endpoint_revoked": (403, "Endpoint is revoked"),
-    "key_expired": (401, "Endpoint key has expired"),
-    "operation_forbidden": (403, "Endpoint may not perform this operation"),
-    "network_forbidden": (403, "Endpoint may not call from this address"),
-    "client_certificate_mismatch": (403, "Client certificate does not match the endpoint"),
-    "rate_limited": (429, "Endpoint rate limit exceeded"),
+    # The registry's refusals, as the signed API answers them.
+    **{code: REJECTIONS[code] for code in ("endpoint_unknown", "endpoint_suspended", "endpoint_revoked",
+                                           "key_expired", "operation_forbidden", "network_forbidden",
+                                           "client_certificate_mismatch", "rate_limited")},
 }
 # The registry's key algorithm → the one JWS ``alg`` a token signed by it may name.
 JWT_ALGORITHMS: dict[str, str] = {"ed25519": "EdDSA", "ecdsa-p256-sha256": "ES256"}
@@ -76,18 +72,12 @@ _MAX_JTI = 256
 _REQUIRED = ("iss", "aud", "exp", "iat", "jti")
 
 
-class CdsRejected(AccessDeniedError):
-    """A CDS Hooks call refused before its body is read: ``code`` (a key of :data:`CDS_REJECTIONS`), ``status``,
-    ``title``, ``detail`` (for the server's log and tests, never the response) and ``retry_after`` seconds."""
+class CdsRejected(Rejected):
+    """A CDS Hooks call refused before its body is read (codes: :data:`CDS_REJECTIONS`); ``detail`` is for the
+    server's log and tests, never the response."""
 
-    def __init__(self, code: str, detail: str | None = None, *, retry_after: int | None = None) -> None:
-        if code not in CDS_REJECTIONS:
-            raise ValueError(f"unknown CDS rejection code {code!r}")
-        self.code = code
-        self.status, self.title = CDS_REJECTIONS[code]
-        self.detail = detail or self.title
-        self.retry_after = retry_after
-        super().__init__(f"{code}: {self.detail}")
+    codes = CDS_REJECTIONS
+    kind = "CDS rejection"
 
 
 @dataclass(frozen=True)
@@ -163,7 +153,6 @@ class CdsJwtVerifier:
         """
         import jwt
 
-        from access.signatures import SignatureRejected
 
         scheme, _, token = (authorization or "").strip().partition(" ")
         token = token.strip()
