@@ -21,33 +21,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analytics.features import GROUP, LABEL
+from analytics.features import LABEL
 
 VARIANTS = ("undefended", "baseline_retrained", "monotone", "adversarial_augmentation", "profile_refusal")
 
 
 def measure(examples: pd.DataFrame, contract: Any, config: Any, seed: int, samples: int) -> dict[str, Any]:
     from analytics.robustness import attack_bounds, evaluate_robustness
-    from analytics.train import (
-        SPLIT,
-        Calibrator,
-        TrainedModel,
-        assign_splits,
-        choose_threshold,
-        fit_local,
-        matrix,
-        profile,
-        xgb_params,
-    )
+    from analytics.train import TrainedModel, choose_threshold, profile
+    from bench.t2d_examples import fit_default
 
     features = contract.features
-    examples = examples.copy()
-    examples[SPLIT] = assign_splits(examples[GROUP], config.test_fraction, config.calibration_fraction, seed)
-    train, cal, test = (examples[examples[SPLIT] == s] for s in ("train", "calibration", "test"))
-    params = xgb_params(config, dict(config.cv.grid[0]), train[LABEL].to_numpy())
-    booster = fit_local(train, features, params)
-    calibrator = Calibrator.fit(config.calibration, booster.inplace_predict(matrix(cal, features)),
-                                cal[LABEL].to_numpy())
+    fit = fit_default(examples, features, config, seed)
+    train, cal, test, params = fit["train"], fit["calibration"], fit["test"], fit["params"]
+    booster, calibrator = fit["booster"], fit["calibrator"]
     model = TrainedModel(booster=booster, contract=contract, calibrator=calibrator, threshold=0.5, params=params,
                          profile=profile(train, features, seed=seed))
     model.threshold = choose_threshold(model.predict_proba(cal), cal[LABEL].to_numpy(),

@@ -21,21 +21,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analytics.features import GROUP, LABEL
-
 
 def measure(examples: pd.DataFrame, features: list[str], config: Any, seed: int) -> dict[str, Any]:
     """Train the default model on the train split and run :func:`analytics.privacy.membership_report`."""
     from analytics.privacy import membership_report
-    from analytics.train import SPLIT, Calibrator, assign_splits, fit_local, matrix, xgb_params
+    from analytics.train import matrix
+    from bench.t2d_examples import fit_default
 
-    examples = examples.copy()
-    examples[SPLIT] = assign_splits(examples[GROUP], config.test_fraction, config.calibration_fraction, seed)
-    train, cal, test = (examples[examples[SPLIT] == s] for s in ("train", "calibration", "test"))
-    params = xgb_params(config, dict(config.cv.grid[0]), train[LABEL].to_numpy())
-    booster = fit_local(train, features, params)
-    calibrator = Calibrator.fit(config.calibration, booster.inplace_predict(matrix(cal, features)),
-                                cal[LABEL].to_numpy())
+    fit = fit_default(examples, features, config, seed)
+    train, cal, test, params = fit["train"], fit["calibration"], fit["test"], fit["params"]
+    booster, calibrator = fit["booster"], fit["calibrator"]
 
     def predict(frame: pd.DataFrame) -> np.ndarray:
         return calibrator.apply(booster.inplace_predict(matrix(frame, features)))

@@ -38,3 +38,23 @@ def t2d_examples(patients: int, seed: int = 3, **overrides: Any) -> tuple[pd.Dat
         examples = sdf.toPandas()
     examples[SPLIT] = assign_splits(examples[GROUP], config.test_fraction, config.calibration_fraction, config.seed)
     return examples, contract, config
+
+
+def fit_default(examples: pd.DataFrame, features: list[str], config: Any, seed: int) -> dict[str, Any]:
+    """Split ``examples`` by patient and fit the config's first grid point, calibrated: what the attacks face.
+
+    Returns the ``train``/``calibration``/``test`` frames, the xgboost ``params``, the ``booster`` and its
+    ``calibrator``.
+    """
+    from analytics.features import GROUP, LABEL
+    from analytics.train import SPLIT, Calibrator, assign_splits, fit_local, matrix, xgb_params
+
+    examples = examples.copy()
+    examples[SPLIT] = assign_splits(examples[GROUP], config.test_fraction, config.calibration_fraction, seed)
+    train, cal, test = (examples[examples[SPLIT] == s] for s in ("train", "calibration", "test"))
+    params = xgb_params(config, dict(config.cv.grid[0]), train[LABEL].to_numpy())
+    booster = fit_local(train, features, params)
+    calibrator = Calibrator.fit(config.calibration, booster.inplace_predict(matrix(cal, features)),
+                                cal[LABEL].to_numpy())
+    return {"train": train, "calibration": cal, "test": test, "params": params, "booster": booster,
+            "calibrator": calibrator}
