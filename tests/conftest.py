@@ -208,3 +208,18 @@ def keyring_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LocalKeyring
     monkeypatch.setenv("MEDGUARD_KEYRING__PATH", str(ring.path))
     monkeypatch.setenv("MEDGUARD_KEYRING_MASTER_KEY", encode_master_key(master))
     return ring
+
+
+@pytest.fixture
+def keyring_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Settings, LocalKeyring]:
+    """Settings of a fresh home at ``tmp_path/home`` on the keyring provider (its master key in the environment),
+    and that keyring with both KEKs: a home the in-process layers can read and write, no Vault needed."""
+    from storage_security.keys.keyring import encode_master_key
+
+    master = LocalKeyring.generate_master_key()
+    monkeypatch.setenv("MEDGUARD_KEYRING_MASTER_KEY", encode_master_key(master))
+    settings = load_settings(home=tmp_path / "home", key_provider="keyring")
+    ring = LocalKeyring.init(settings.keyring.path, master)
+    ring.ensure_key("medguard-kek")
+    ring.ensure_key("medguard-audit")
+    return settings, ring

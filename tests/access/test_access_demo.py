@@ -8,22 +8,14 @@ import pytest
 from access.demo import step
 from pipeline.demo import DemoReport
 from pipeline.lake import CommitInfo, Lake
-from pipeline.settings import load_settings
-from storage_security.keys.keyring import LocalKeyring, encode_master_key
 from storage_security.protected import ProtectedLake, Protection
 
 pytestmark = pytest.mark.e2e  # the demo's access step, whole
 
 
 @pytest.fixture
-def demo_settings(tmp_path, monkeypatch):
-    master = LocalKeyring.generate_master_key()
-    monkeypatch.setenv("MEDGUARD_KEYRING_MASTER_KEY", encode_master_key(master))
-    settings = load_settings(home=tmp_path / "home", key_provider="keyring")
-    ring = LocalKeyring.init(settings.keyring.path, master)
-    ring.ensure_key("medguard-kek")
-    ring.ensure_key("medguard-audit")
-    return settings, ring
+def demo_settings(keyring_home):
+    return keyring_home
 
 
 def test_when_no_tables_exist_then_the_step_skips_with_a_note(demo_settings):

@@ -11,21 +11,14 @@ from access.gateway import QueryGateway
 from access.principals import Principal, PrincipalStore, Role
 from pipeline.errors import AccessDeniedError
 from pipeline.lake import CommitInfo, Lake
-from pipeline.settings import load_settings
-from storage_security.keys.keyring import LocalKeyring, encode_master_key
 
 PATIENTS = 60
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch):
+def home(keyring_home):
     """A home as the demo leaves it: raw patients with consent, two model versions' predictions of every patient."""
-    master = LocalKeyring.generate_master_key()
-    monkeypatch.setenv("MEDGUARD_KEYRING_MASTER_KEY", encode_master_key(master))
-    settings = load_settings(home=tmp_path / "home", key_provider="keyring")
-    ring = LocalKeyring.init(settings.keyring.path, master)
-    ring.ensure_key("medguard-kek")
-    ring.ensure_key("medguard-audit")
+    settings, _ = keyring_home
     lake = Lake(settings)
     commit = CommitInfo(principal="test")
     people = [f"ps1_demo_{i:04x}" for i in range(PATIENTS)]

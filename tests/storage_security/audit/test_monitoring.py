@@ -127,17 +127,8 @@ def test_when_the_monitor_runs_twice_then_alerts_are_stored_once_and_listed(lake
 
 
 @pytest.fixture
-def keyring_settings(tmp_path, monkeypatch):
-    from pipeline.settings import load_settings
-    from storage_security.keys.keyring import LocalKeyring, encode_master_key
-
-    master = LocalKeyring.generate_master_key()
-    monkeypatch.setenv("MEDGUARD_KEYRING_MASTER_KEY", encode_master_key(master))
-    settings = load_settings(home=tmp_path / "home", key_provider="keyring")
-    ring = LocalKeyring.init(settings.keyring.path, master)
-    ring.ensure_key("medguard-kek")
-    ring.ensure_key("medguard-audit")
-    return settings, ring
+def keyring_settings(keyring_home):
+    return keyring_home
 
 
 def test_when_the_dag_tasks_run_then_the_chain_is_verified_and_alerts_stored(keyring_settings):
