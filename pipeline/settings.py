@@ -308,6 +308,32 @@ class GovernanceSettings(_Section):
     top_features: int = Field(default=5, ge=1, le=20)
 
 
+class OrchestrationSettings(_Section):
+    """The Airflow DAGs: how tasks retry and time out, and where their connections and secrets come from."""
+
+    # Retries of a failed task (each retry is safe: writes are idempotent per batch), and the pause between them.
+    task_retries: int = Field(default=2, ge=0, le=20)
+    retry_delay_seconds: int = Field(default=60, ge=0, le=24 * 3600)
+    # A task running longer than this fails (and alerts) instead of holding a worker slot for ever.
+    task_timeout_minutes: int = Field(default=120, ge=1, le=7 * 24 * 60)
+    # ``settings``: tasks read keys, tokens and storage options from these settings (the embedded default);
+    # ``vault``: from Airflow's HashiCorp Vault secrets backend (apache-airflow-providers-hashicorp).
+    secrets: Literal["settings", "vault"] = "settings"
+
+
+class BackupSettings(_Section):
+    """``medguard backup``: encrypted backups of the lake, the key store and the audit log."""
+
+    # Where backups are written (None: ``<home>/backups``); a local folder or an object-store URI.
+    dir: str | None = None
+    # Backups are encrypted to this X25519 public key (PEM); restoring needs the matching private key, kept
+    # offline. None: ``<home>/backup-key.pub``, made with the private key beside it on the first ``create``.
+    public_key: Path | None = None
+    private_key: Path | None = None
+    # Backups older than this many days are removed by the backup DAG after a newer one verifies.
+    retention_days: int = Field(default=30, ge=1, le=3650)
+
+
 class Settings(BaseSettings):
     """Every knob of medguard. Build it with :func:`load_settings` so errors are reported uniformly."""
 
@@ -343,6 +369,8 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     cds_hooks: CdsHooksSettings = Field(default_factory=CdsHooksSettings)
     pgwire: PgWireSettings = Field(default_factory=PgWireSettings)
+    orchestration: OrchestrationSettings = Field(default_factory=OrchestrationSettings)
+    backup: BackupSettings = Field(default_factory=BackupSettings)
 
     @classmethod
     def settings_customise_sources(

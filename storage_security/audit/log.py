@@ -142,6 +142,9 @@ class AuditAction(StrEnum):
     ALERT = "alert"
     # One call to a served front (the HTTP API, CDS Hooks, the pgwire endpoint), accepted or refused.
     REQUEST = "request"
+    # ``medguard backup create|verify|restore``: what was backed up or restored, never its contents.
+    BACKUP = "backup"
+    RESTORE = "restore"
 
 
 # A batch holding one of these is signed whatever ``sign_every`` says (a deny is security-relevant too).

@@ -1,0 +1,1 @@
+"""Encrypted backups of the lake, the key store and the audit log, and their restore (``medguard backup``)."""
