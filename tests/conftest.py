@@ -17,9 +17,15 @@ test or as the module's ``pytestmark``), which wins over the fixture rule. ``mak
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import socket
+import subprocess
+import sys
 import tempfile
+import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -51,7 +57,7 @@ TIERS = ("unit", "integration", "e2e")
 # Fixtures that bring a real engine, service or a generated population into a test (the closure of a test's
 # fixtures is checked, so ``vault_provider`` counts through ``openbao``), and fixtures that mean a whole command or
 # DAG runs.
-INTEGRATION_FIXTURES = frozenset({"spark", "openbao", "s3_endpoint", "t2d_run", "population"})
+INTEGRATION_FIXTURES = frozenset({"spark", "spark_cluster", "openbao", "s3_endpoint", "t2d_run", "population"})
 E2E_FIXTURES = frozenset({"keyring_env"})
 # Explicit tiers for tests in files another change owns (they can take a marker in the file later).
 EXPLICIT_TIERS = {
@@ -124,6 +130,95 @@ def population(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ingest-population") / "pop"
     generate(out, patients=60, seed=11, defect_rate=0.05)
     return out
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class SparkCluster:
+    """A running standalone cluster: its master URL, the environment of its processes (for a driver subprocess;
+    it holds the keyring's master key) and its web UIs' ports."""
+
+    master: str
+    env: dict[str, str] = field(repr=False)
+    master_ui_port: int
+    worker_ui_port: int
+
+    def master_state(self) -> dict[str, Any]:
+        """The master UI's ``/json/``: its workers, active and completed applications."""
+        return _ui_json(self.master_ui_port)
+
+    def worker_executors(self) -> list[dict[str, Any]]:
+        """The executors the worker runs and has run (each with its application's ``appid``)."""
+        state = _ui_json(self.worker_ui_port)
+        return [*state.get("executors", []), *state.get("finishedexecutors", [])]
+
+
+def _ui_json(port: int) -> dict[str, Any]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/", timeout=2) as answer:
+            return json.load(answer)
+    except OSError:
+        return {}
+
+
+@pytest.fixture(scope="session")
+def spark_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkCluster]:
+    """A Spark standalone master and one worker (one core, 1 GiB) started on 127.0.0.1 from pyspark's own
+    ``spark-class``.
+
+    The test run's own session is ``local[*]`` and there is one Spark session per process, so a cluster test runs
+    its driver as a subprocess with ``env``. That env holds a keyring the executors share through the worker's
+    environment (as a cluster passes secrets to its executors), selected by ``MEDGUARD_KEY_PROVIDER=keyring``.
+    """
+    import pyspark
+
+    from storage_security.keys.keyring import encode_master_key
+
+    spark_class = str(Path(pyspark.__file__).parent / "bin" / "spark-class")
+    root = tmp_path_factory.mktemp("spark-cluster")
+    master_key = LocalKeyring.generate_master_key()
+    ring = LocalKeyring.init(root / "keyring.json", master_key)
+    ring.ensure_key("medguard-kek")
+    ring.ensure_key("medguard-audit")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MEDGUARD_")},
+           "MEDGUARD_HOME": str(root / "home"), "MEDGUARD_KEY_PROVIDER": "keyring",
+           "MEDGUARD_KEYRING__PATH": str(ring.path), "MEDGUARD_KEYRING_MASTER_KEY": encode_master_key(master_key),
+           "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1",
+           "SPARK_LOG_DIR": str(root / "logs"), "SPARK_WORKER_DIR": str(root / "work"), "GX_ANALYTICS_ENABLED": "False"}
+    port, ui_port, worker_ui_port = _free_port(), _free_port(), _free_port()
+    master = f"spark://127.0.0.1:{port}"
+    cluster = SparkCluster(master, env, ui_port, worker_ui_port)
+    logs = (root / "master.log").open("wb"), (root / "worker.log").open("wb")
+    processes = [subprocess.Popen([spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
+                                   "--port", str(port), "--webui-port", str(ui_port)],
+                                  env=env, stdout=logs[0], stderr=subprocess.STDOUT)]
+    try:
+        # One core is enough for xgboost.spark's barrier stage with num_workers=1 (it needs a core per worker).
+        processes.append(subprocess.Popen(
+            [spark_class, "org.apache.spark.deploy.worker.Worker", master, "--host", "127.0.0.1",
+             "--webui-port", str(worker_ui_port), "--cores", "1", "--memory", "1g"],
+            env=env, stdout=logs[1], stderr=subprocess.STDOUT))
+        deadline = time.monotonic() + 90
+        while not any(w.get("state") == "ALIVE" for w in cluster.master_state().get("workers", [])):
+            if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
+                raise RuntimeError(f"the Spark worker did not register; see {root}/master.log and worker.log")
+            time.sleep(1)
+        yield cluster
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        for log in logs:
+            log.close()
 
 
 @pytest.fixture
