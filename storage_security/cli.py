@@ -210,14 +210,9 @@ def keys_rotate(
 
     No data is touched. If a rotation was interrupted, running this again finishes it instead of rotating again.
     """
-    from storage_security.audit.log import DEFAULT_KEY_NAME
-    from storage_security.keys.lifecycle import rotate_keys
+    from storage_security.keys.lifecycle import rotate_with_settings
 
-    settings = settings_from(ctx)
-    plake = _lifecycle_lake(settings, _operator())
-    report = rotate_keys(plake.provider, plake.store, plake.audit, patient_keys=plake.patient_keys,
-                         kek_names=(settings.vault.kek_name,
-                         DEFAULT_KEY_NAME), principal=plake.principal, optional=(DEFAULT_KEY_NAME,))
+    report = rotate_with_settings(settings_from(ctx), principal=_operator())
     done = ", ".join(f"{k} → v{v}" for k, v in report.rotated.items()) or "none (finished an earlier rotation)"
     emit(report.to_dict(), as_json,
                f"rotated: {done}; rewrapped {report.rewrapped} DEKs ({report.already_current} already current), "

@@ -53,8 +53,8 @@ from storage_security.local_vault.openbao import AUDITOR_ROLE
 if TYPE_CHECKING:
     from pipeline.settings import AccessSettings, Settings
 
-__all__ = ["ALERTS_TABLE", "ActivityMonitor", "Alert", "Thresholds", "break_glass_alert", "run_detectors",
-           "verify_chain"]
+__all__ = ["ALERTS_TABLE", "ActivityMonitor", "Alert", "Thresholds", "break_glass_alert", "record_task_failure",
+           "run_detectors", "task_failure_alert", "verify_chain"]
 
 SEVERITIES = ("low", "medium", "high", "critical")
 ALERTS_SCHEMA = pa.schema([
@@ -264,6 +264,23 @@ def break_glass_alert(seq: int, event: AuditEvent, at: datetime) -> Alert:
     return Alert("break_glass", "critical", event.principal, f"{event.principal} used break-glass access to "
                  f"{event.zone}.{event.table_name}", at, (seq,), f"seq:{seq}",
                  {"table": f"{event.zone}.{event.table_name}", "purpose": event.purpose})
+
+
+def task_failure_alert(*, dag_id: str, task_id: str, run_id: str, try_number: int, error: str,
+                       at: datetime) -> Alert:
+    """The alert for one failed try of an Airflow task: names the DAG, task, run, try and the error's type only."""
+    return Alert("task_failure", "high", "svc:airflow", f"{dag_id}.{task_id} failed in run {run_id} "
+                 f"(try {try_number}): {error}", at, (), f"{dag_id}|{task_id}|{run_id}|{try_number}",
+                 {"dag_id": dag_id, "task_id": task_id, "run_id": run_id, "try_number": try_number, "error": error})
+
+
+def record_task_failure(settings: Settings, *, dag_id: str, task_id: str, run_id: str, try_number: int,
+                        error: str) -> Alert:
+    """Store :func:`task_failure_alert` at once (the DAGs' failure callback); storing it again stores nothing."""
+    alert = task_failure_alert(dag_id=dag_id, task_id=task_id, run_id=run_id, try_number=try_number, error=error,
+                               at=datetime.now(UTC))
+    ActivityMonitor.from_settings(settings).store([alert])
+    return alert
 
 
 def detect_break_glass(records: Sequence[AuditRecord], t: Thresholds) -> list[Alert]:

@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 
 from pipeline.errors import DecryptionError
 from pipeline.lake import SYSTEM_ZONE, CommitInfo, Zone
+from pipeline.settings import Settings
 from storage_security.audit.log import AuditAction, AuditEvent, AuditLog, Decision
 from storage_security.crypto.envelope import CellCipher
 from storage_security.keys.base import MAX_BATCH_ITEMS, KeyProvider
@@ -38,7 +39,7 @@ from storage_security.keys.patient_keys import PatientKey, PatientKeyStore, Pati
 from storage_security.protected import ProtectedLake
 
 __all__ = ["MigrationReport", "ReencryptReport", "RotationReport", "ShredReport", "erase_patient",
-           "migrate_patient_keys", "reencrypt_table", "rotate_keys", "shred_patient"]
+           "migrate_patient_keys", "reencrypt_table", "rotate_keys", "rotate_with_settings", "shred_patient"]
 
 _PSEUDONYM = re.compile(r"^ps1_[0-9a-f]{8}_[0-9a-f]{32}$")
 _LEGACY_KEK = "patient-"
@@ -149,6 +150,18 @@ def rotate_keys(provider: KeyProvider, store: DekStore, audit: AuditLog, *, pati
                           already_current=rewrap.already_current + patients_current,
                           patient_keys_rewrapped=patients_rewrapped, audit_keys_rewrapped=audit_keys,
                           min_decryption_version=retired)
+
+
+def rotate_with_settings(settings: Settings, *, principal: str) -> RotationReport:
+    """:func:`rotate_keys` as ``medguard keys rotate`` and the weekly DAG run it: the data KEK and the audit KEK
+    (skipped before it exists), through the protected lake of the key-rotation role."""
+    from storage_security.audit.log import DEFAULT_KEY_NAME
+    from storage_security.local_vault.openbao import KEY_ROTATION_ROLE
+
+    plake = ProtectedLake.from_settings(settings, principal=principal, role=KEY_ROTATION_ROLE)
+    return rotate_keys(plake.provider, plake.store, plake.audit, patient_keys=plake.patient_keys,
+                       kek_names=(settings.vault.kek_name, DEFAULT_KEY_NAME), principal=plake.principal,
+                       optional=(DEFAULT_KEY_NAME,))
 
 
 def _rewrap_patient_keys(provider: KeyProvider, patient_keys: PatientKeyStore, latest: dict[str, int],
