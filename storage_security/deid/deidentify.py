@@ -504,13 +504,13 @@ def publish_raw_zone(tables: Sequence[str] | None = None, *, settings: Settings 
     return {name: summary(report) for name, report in reports.items()}
 
 
-def publish_raw_zone_or_fail(*, dag_run: str | None = None) -> dict[str, Any]:
+def publish_raw_zone_or_fail(*, settings: Settings | None = None, dag_run: str | None = None) -> dict[str, Any]:
     """:func:`publish_raw_zone` for a DAG task: every table that can be published is; then a refusal fails the task.
 
     Raises:
         RiskGateError: naming the tables the risk gate refused.
     """
-    result = publish_raw_zone(dag_run=dag_run)
+    result = publish_raw_zone(settings=settings, dag_run=dag_run)
     if refused(result):
         raise RiskGateError(f"not published (risk gate): {refused(result)}")
     return result
