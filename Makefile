@@ -15,7 +15,7 @@ export AIRFLOW_HOME ?= $(MEDGUARD_HOME)/airflow
 export GX_ANALYTICS_ENABLED := False
 export SPARK_LOCAL_IP ?= 127.0.0.1
 
-.PHONY: help install java chromium demo test test-fast bench lint lock clean
+.PHONY: help install java chromium infra-tools demo test test-fast bench lint audit lock clean
 
 help:
 	@echo "make demo   install everything and run the end-to-end job on embedded defaults"
@@ -24,12 +24,14 @@ help:
 	@echo "make bench  run the benchmarks (prints one line per figure)"
 	@echo "make lint   ruff"
 	@echo "make lock   re-resolve requirements.in into requirements.lock"
+	@echo "make audit  check requirements.lock against the advisory database (pip-audit; fails when unreachable)"
 
 install: $(STAMP)
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(MAKE) --no-print-directory java
 	@$(MAKE) --no-print-directory chromium
+	@$(MAKE) --no-print-directory infra-tools
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@test -x $(UV) || $(PY) -m pip install --quiet "uv==$(UV_VERSION)"
 	$(UV) pip install --python $(PY) --require-hashes --compile-bytecode -r requirements.lock
@@ -63,6 +65,17 @@ chromium:
 		echo "note: chromium not found; model cards stay HTML and their render test is skipped (install Debian's chromium)" >&2; \
 	fi
 
+# docker-compose (Debian's 1.29, no daemon needed) and shellcheck lint infra/ in tests/infra; both optional outside
+# root (those checks then skip, saying why).
+infra-tools:
+	@if command -v docker-compose >/dev/null && command -v shellcheck >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing docker-compose and shellcheck to lint infra/"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose shellcheck >/dev/null; } || echo "warning: docker-compose/shellcheck did not install; their infra lint tests will be skipped" >&2; \
+	else \
+		echo "note: docker-compose or shellcheck not found; their infra lint tests are skipped (install Debian's docker-compose and shellcheck)" >&2; \
+	fi
+
 demo: install
 	$(VENV)/bin/medguard demo
 
@@ -78,6 +91,12 @@ bench: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+
+# Exit 0 only when every pin was checked and none is vulnerable; 1: vulnerable pins; 2: the advisory database
+# could not be reached (or some pins were not checked), so nothing is reported clean.
+AUDIT_SERVICE ?= pypi
+audit: install
+	$(PY) infra/audit_lock.py requirements.lock --service $(AUDIT_SERVICE)
 
 lock:
 	$(UV) pip compile requirements.in --python-version 3.11 --generate-hashes -q -o requirements.lock
