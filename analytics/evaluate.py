@@ -351,18 +351,23 @@ def _membership_html(membership: dict[str, Any] | None) -> str:
     if membership.get("error"):
         return f"<p class='warn'>Membership inference could not be measured: {_fmt(membership['error'])}</p>"
     rows = []
-    for key, label in (("undefended", "model as trained"), ("defended", "with the defence")):
+    applied = bool(membership.get("applied"))
+    labels = ({"undefended": "without the defence (retrained)", "defended": "<b>as served</b> (defence on)"}
+              if applied else
+              {"undefended": "<b>as served</b> (no defence)", "defended": "with the defence (retrained)"})
+    for key in ("undefended", "defended"):
         m = membership.get(key)
         if not m:
             continue
-        rows.append(f"<tr><td>{label}</td><td>{_with_ci(m.get('attack_auroc'), m.get('attack_auroc_interval'))}</td>"
+        rows.append(f"<tr><td>{labels[key]}</td>"
+                    f"<td>{_with_ci(m.get('attack_auroc'), m.get('attack_auroc_interval'))}</td>"
                     f"<td>{_fmt(m.get('advantage'))}</td><td>{_fmt(m.get('tpr_at_fpr'))}</td>"
                     f"<td>{_fmt(m.get('clean_auroc'))}</td></tr>")
     defence = membership.get("defence") or {}
-    applied = membership.get("applied")
-    note = (f"<p>Defence: {_fmt(', '.join(f'{k}={v}' for k, v in defence.items()))}. "
-            f"{'It is on for this model.' if applied else 'It is measured here; the served model does not use it.'}"
-            "</p>") if defence else ""
+    note = (f"<p>Defence: {_fmt(', '.join(f'{k}={v}' for k, v in defence.items()))}. Applied: "
+            + ("<b>yes</b> — the served model is trained with it and serves rounded probabilities."
+               if applied else "<b>no</b> — measured on a retrained copy; the served model does not use it.")
+            + "</p>") if defence else ""
     fpr = membership.get("fpr", 0.01)
     return (f"<p>{_fmt(membership.get('attack', 'black-box attack on the model outputs'))}: "
             f"{_fmt(membership.get('members'))} training rows (members) against {_fmt(membership.get('non_members'))} "
@@ -385,6 +390,10 @@ def _evasion_html(robustness: dict[str, Any]) -> str:
     kept = robustness.get("kept_defences")
     note = (f"<p>Defences kept (they measurably help): {_fmt(', '.join(kept) or 'none')}.</p>"
             if kept is not None else "")
+    applied = robustness.get("applied")
+    if applied is not None:
+        note += (f"<p>Applied to the served model (the undefended row): "
+                 f"{_fmt(', '.join(a.replace('_', ' ') for a in applied) or 'none')}.</p>")
     return ("<p>Bounded black-box evasion of flagged true positives (plausible changes of measured values).</p>"
             "<table><tr><th>variant</th><th>attacked</th><th>success rate</th><th>median step (of bound)</th>"
             f"<th>clean AUROC</th></tr>{''.join(rows)}</table>{note}")

@@ -190,7 +190,15 @@ def step_screen(settings: Settings, run_dir: str, *, provider: Any = None) -> di
 
 
 def step_train(settings: Settings, run_dir: str) -> dict[str, Any]:
-    """Cross-validate and fit on Spark, calibrate, set the threshold; the model is kept in the run folder."""
+    """Cross-validate and fit on Spark, calibrate, set the threshold; the model is kept in the run folder.
+
+    ``analytics.membership_defence`` trains with :class:`analytics.privacy.MembershipDefence` (its rounding goes
+    into the calibrator, so every serving path serves rounded probabilities); ``analytics.adversarial_augmentation``
+    adds adversarial versions of up to ``analytics.augmentation_examples`` flagged training positives, within
+    the robustness step's bounds (:func:`analytics.robustness.model_attack_bounds`), to the train split.
+    """
+    from analytics.privacy import MembershipDefence
+    from analytics.robustness import augmenter
     from analytics.train import train
     from pipeline.spark import get_spark
 
@@ -199,15 +207,18 @@ def step_train(settings: Settings, run_dir: str) -> dict[str, Any]:
     config = _config(settings, state)
     examples = pd.read_parquet(run / "examples.parquet")
     contract = FeatureContract.from_dict(state["contract"])
-    model = train(get_spark(settings), examples, contract, config)
+    a = settings.analytics
+    model = train(get_spark(settings), examples, contract, config,
+                  defence=MembershipDefence() if a.membership_defence else None,
+                  augment=augmenter(config, a.augmentation_examples) if a.adversarial_augmentation else None)
     (run / "model.ubj").write_bytes(bytes(model.booster.save_raw("ubj")))
     state["model"] = {"calibrator": {"method": model.calibrator.method, "params": model.calibrator.params},
                       "threshold": model.threshold, "params": model.params, "cv": model.cv,
-                      "train_seconds": model.train_seconds}
+                      "train_seconds": model.train_seconds, "defences": model.defences}
     (run / "profile.json").write_text(json.dumps(model.profile))
     _save_state(run, state)
     return {"params": model.params, "cv": model.cv, "threshold": model.threshold,
-            "train_seconds": model.train_seconds}
+            "train_seconds": model.train_seconds, "defences": sorted(model.defences)}
 
 
 def _load_run_model(run: Path, state: dict[str, Any]) -> Any:
@@ -221,7 +232,8 @@ def _load_run_model(run: Path, state: dict[str, Any]) -> Any:
     return TrainedModel(booster=booster, contract=FeatureContract.from_dict(state["contract"]),
                         calibrator=Calibrator(m["calibrator"]["method"], m["calibrator"]["params"]),
                         threshold=m["threshold"], params=m["params"], cv=m["cv"],
-                        profile=json.loads((run / "profile.json").read_text()), train_seconds=m["train_seconds"])
+                        profile=json.loads((run / "profile.json").read_text()), train_seconds=m["train_seconds"],
+                        defences=m.get("defences", {}))
 
 
 def step_evaluate(settings: Settings, run_dir: str) -> dict[str, Any]:
@@ -249,8 +261,10 @@ def step_evaluate(settings: Settings, run_dir: str) -> dict[str, Any]:
 
 
 def step_robustness(settings: Settings, run_dir: str) -> dict[str, Any]:
-    """Bounded evasion attack on the model and on its defended variants."""
-    from analytics.robustness import attack_bounds, evaluate_robustness
+    """Bounded evasion attack on the model and on its defended variants; membership inference on the model as
+    served, beside its other side (an undefended retraining when the membership defence is applied)."""
+    from analytics.privacy import MembershipDefence
+    from analytics.robustness import evaluate_robustness, model_attack_bounds
     from analytics.train import SPLIT
 
     run = Path(run_dir)
@@ -258,15 +272,15 @@ def step_robustness(settings: Settings, run_dir: str) -> dict[str, Any]:
     config = _config(settings, state)
     model = _load_run_model(run, state)
     examples = pd.read_parquet(run / "examples.parquet")
-    # Measured values can be nudged: labs and vitals, and a flat table's own numeric columns.
-    c = model.contract
-    own_numeric = {name for name, (table, column) in c.provenance.items() if table == c.table and column in c.numeric}
-    attackable = [f for f in model.features if (f.startswith("obs_") and not f.endswith("_trend")) or f in own_numeric]
-    bounds = attack_bounds(model.features, model.profile, config.attack_bounds, config.attack_epsilon, attackable)
+    applied = model.defences.get("membership")
+    defence = MembershipDefence(**{k: v for k, v in applied.items() if k in MembershipDefence.__dataclass_fields__}) \
+        if applied else None
     report = evaluate_robustness(model, examples[examples[SPLIT] == "train"],
                                  examples[examples[SPLIT] == "calibration"], examples[examples[SPLIT] == "test"],
-                                 bounds=bounds, monotone=config.monotone, samples=config.attack_samples,
-                                 seed=config.seed)
+                                 bounds=model_attack_bounds(model, config), monotone=config.monotone,
+                                 samples=config.attack_samples, seed=config.seed, membership_defence=defence,
+                                 membership_applied=applied is not None,
+                                 augmentation_samples=settings.analytics.augmentation_examples)
     state["robustness"] = report
     _save_state(run, state)
     return {k: v for k, v in report.items() if k != "bounds"}

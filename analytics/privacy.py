@@ -15,7 +15,10 @@ true-positive rate at a low false-positive rate (the attacker who must be right 
 
 The defence, measured side by side on the same rows: regularisation chosen for it (shallower trees, larger leaves,
 L2 on the leaf weights, row and column subsampling), early stopping on held-out data, and the served probability
-rounded to ``round_decimals``. Its cost is the clean test AUROC next to the undefended one.
+rounded to ``round_decimals``. Its cost is the clean test AUROC next to the undefended one. With
+``analytics.membership_defence`` on (the default) training applies it (:func:`analytics.train.fit_calibrated`) and
+the report measures the served model as the defended side, beside an undefended retraining; off, the served
+model is the undefended side and the defence is measured on a retraining.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from analytics.features import LABEL
-from analytics.train import Calibrator, matrix
+from analytics.train import Calibrator, fit_local, matrix
 
 Predict = Callable[[pd.DataFrame], np.ndarray]
 
@@ -80,26 +83,6 @@ def _summary(is_member: np.ndarray, score: np.ndarray, fpr: float, n_boot: int, 
             "advantage": 2 * auroc["value"] - 1, "tpr_at_fpr": _tpr_at_fpr(is_member, score, fpr)}
 
 
-def fit_xgb(frame: pd.DataFrame, features: list[str], params: dict[str, Any], *,
-            early_stopping: pd.DataFrame | None = None, rounds: int | None = None) -> Any:
-    """Single-node xgboost with ``params``; with ``early_stopping`` rows, boosting stops when their log-loss does."""
-    import xgboost as xgb
-
-    kwargs = dict(params)
-    if early_stopping is not None and rounds:
-        kwargs["early_stopping_rounds"] = rounds
-        kwargs["eval_metric"] = "logloss"
-    clf = xgb.XGBClassifier(missing=np.nan, verbosity=0, n_jobs=2, **kwargs)
-    if early_stopping is not None and rounds:
-        clf.fit(matrix(frame, features), frame[LABEL].to_numpy(),
-                eval_set=[(matrix(early_stopping, features), early_stopping[LABEL].to_numpy())], verbose=False)
-        booster = clf.get_booster()
-        # Keep the rounds up to the best iteration only: what stopping early means for the served model.
-        return booster[: clf.best_iteration + 1]
-    clf.fit(matrix(frame, features), frame[LABEL].to_numpy())
-    return clf.get_booster()
-
-
 def membership_attack(predict: Predict, members: pd.DataFrame, non_members: pd.DataFrame, shadow: pd.DataFrame,
                       features: list[str], params: dict[str, Any], *, shadow_predict: Callable[..., Predict]
                       | None = None, fpr: float = 0.01, n_boot: int = 200, seed: int = 0) -> dict[str, Any]:
@@ -124,7 +107,7 @@ def membership_attack(predict: Predict, members: pd.DataFrame, non_members: pd.D
     half = len(shadow) // 2
     shadow_in, shadow_out = shadow.iloc[order[:half]], shadow.iloc[order[half:2 * half]]
     if shadow_predict is None:
-        booster = fit_xgb(shadow_in, features, params)
+        booster = fit_local(shadow_in, features, params)
         shadow_model: Predict = lambda frame: booster.inplace_predict(matrix(frame, features))  # noqa: E731
     else:
         shadow_model = shadow_predict(shadow_in)
@@ -147,50 +130,71 @@ def _balanced(train: pd.DataFrame, test: pd.DataFrame, limit: int, seed: int) ->
             test.iloc[np.sort(rng.permutation(len(test))[:n])])
 
 
+def _fit_served(train: pd.DataFrame, calibration: pd.DataFrame, features: list[str], params: dict[str, Any],
+                method: str, defence: MembershipDefence | None) -> tuple[Predict, int]:
+    """Retrain as training would (with or without the defence); its served predict and its boosting rounds."""
+    y_cal = calibration[LABEL].to_numpy(dtype=int)
+    if defence is None:
+        booster = fit_local(train, features, params)
+    else:
+        booster = fit_local(train, features, params, early_stopping=calibration, rounds=defence.early_stopping_rounds)
+    calibrator = Calibrator.fit(method, booster.inplace_predict(matrix(calibration, features)), y_cal,
+                                decimals=defence.round_decimals if defence is not None else None)
+    return (lambda frame: calibrator.apply(booster.inplace_predict(matrix(frame, features))),
+            int(booster.num_boosted_rounds()))
+
+
 def membership_report(predict: Predict, train: pd.DataFrame, calibration: pd.DataFrame, test: pd.DataFrame,
                       features: list[str], params: dict[str, Any], *, defence: MembershipDefence | None = None,
-                      applied: bool = False, calibration_method: str = "platt", fpr: float = 0.01,
-                      limit: int = 5000, n_boot: int = 200, seed: int = 0) -> dict[str, Any]:
-    """Membership advantage of the served model and of its defended retraining, with the clean AUROC of each.
+                      applied: bool = False, undefended_params: dict[str, Any] | None = None,
+                      calibration_method: str = "platt", fpr: float = 0.01, limit: int = 5000, n_boot: int = 200,
+                      seed: int = 0) -> dict[str, Any]:
+    """Membership advantage of the served model and of its other side (defended or undefended), with clean AUROCs.
 
     The members are training rows, the non-members test rows (equal numbers, at most ``limit``); the attacker's
-    shadow data are the calibration rows (the same population, never in the booster's training set). The
-    defended variant is retrained on ``train`` with :meth:`MembershipDefence.params`, stopped early on
-    ``calibration``, calibrated there the same way, and serves probabilities rounded to ``round_decimals``.
+    shadow data are the calibration rows (the same population, never in the booster's training set). A retrained
+    side is fit on ``train`` and calibrated on ``calibration`` as training does: the defended one with
+    :meth:`MembershipDefence.params`, stopped early on ``calibration`` and serving probabilities rounded to
+    ``round_decimals``; the undefended one with ``undefended_params`` and nothing else.
 
     Args:
-        predict: the served model's calibrated probability for a frame.
-        applied: whether the served model already uses the defence (shown on the card).
+        predict: the served model's probability for a frame (rounded already when the defence is applied).
+        params: the served model's parameters (the defended ones, early-stopped rounds as ``n_estimators``, when
+            ``applied``).
+        applied: the served model uses the defence: it is the ``defended`` side, and the ``undefended`` side is
+            retrained with ``undefended_params`` (default ``params``). Otherwise the served model is the
+            ``undefended`` side and the defence is retrained. ``served`` in the result names the served side.
     """
     from sklearn.metrics import roc_auc_score
 
     defence = defence or MembershipDefence()
     members, non_members = _balanced(train, test, limit, seed)
     y_test = test[LABEL].to_numpy(dtype=int)
-    y_cal = calibration[LABEL].to_numpy(dtype=int)
-    undefended = membership_attack(predict, members, non_members, calibration, features, params, fpr=fpr,
+    if applied:
+        uparams = dict(undefended_params or params)
+        undefended_predict, _ = _fit_served(train, calibration, features, uparams, calibration_method, None)
+        dparams, defended_predict = dict(params), predict
+        rounds = int(dparams.get("n_estimators", 0))
+    else:
+        uparams, undefended_predict = dict(params), predict
+        dparams = defence.params(params)
+        defended_predict, rounds = _fit_served(train, calibration, features, dparams, calibration_method, defence)
+    undefended = membership_attack(undefended_predict, members, non_members, calibration, features, uparams, fpr=fpr,
                                    n_boot=n_boot, seed=seed)
-    undefended["clean_auroc"] = float(roc_auc_score(y_test, predict(test)))
-
-    dparams = defence.params(params)
-    booster = fit_xgb(train, features, dparams, early_stopping=calibration, rounds=defence.early_stopping_rounds)
-    calibrator = Calibrator.fit(calibration_method, booster.inplace_predict(matrix(calibration, features)), y_cal)
-
-    def defended_predict(frame: pd.DataFrame) -> np.ndarray:
-        raw = booster.inplace_predict(matrix(frame, features))
-        return np.round(calibrator.apply(raw), defence.round_decimals)
+    undefended["clean_auroc"] = float(roc_auc_score(y_test, undefended_predict(test)))
 
     def shadow_predict(rows: pd.DataFrame) -> Predict:
         # The attacker knows the defence too (Kerckhoffs): their shadow model is trained and rounded the same way.
-        shadow = fit_xgb(rows, features, {**dparams, "n_estimators": booster.num_boosted_rounds()})
+        shadow = fit_local(rows, features, {**dparams, "n_estimators": rounds})
         return lambda frame: np.round(shadow.inplace_predict(matrix(frame, features)), defence.round_decimals)
 
     defended = membership_attack(defended_predict, members, non_members, calibration, features, dparams,
                                  shadow_predict=shadow_predict, fpr=fpr, n_boot=n_boot, seed=seed)
     defended["clean_auroc"] = float(roc_auc_score(y_test, defended_predict(test)))
-    defended["rounds"] = int(booster.num_boosted_rounds())
+    defended["rounds"] = rounds
     return {"attack": "black-box membership inference (loss threshold and shadow model; the stronger shown)",
             "members": len(members), "non_members": len(non_members), "fpr": fpr,
             "undefended": undefended, "defended": defended, "defence": asdict(defence), "applied": applied,
+            "served": "defended" if applied else "undefended",
             "advantage_reduction": undefended["advantage"] - defended["advantage"],
             "auroc_cost": undefended["clean_auroc"] - defended["clean_auroc"]}

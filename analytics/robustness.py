@@ -22,6 +22,7 @@ The membership-inference result (:mod:`analytics.privacy`) travels in the same r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,9 +135,30 @@ def _split_values(booster: Any, features: list[str]) -> dict[int, np.ndarray]:
     return out
 
 
+def model_attack_bounds(model: Any, config: Any) -> dict[str, float]:
+    """The per-feature bounds an attacker of ``model`` works within (:func:`attack_bounds` for its features).
+
+    Measured values can be nudged: labs and vitals (``obs_*`` but not their trends), and a flat table's own
+    numeric columns. Training's adversarial augmentation and the robustness step both use these bounds.
+
+    Args:
+        model: a :class:`~analytics.train.TrainedModel` (its contract and training profile).
+        config: the :class:`~analytics.config.TrainConfig` (``attack_bounds``, ``attack_epsilon``).
+    """
+    c = model.contract
+    own_numeric = {name for name, (table, column) in c.provenance.items() if table == c.table and column in c.numeric}
+    attackable = [f for f in model.features if (f.startswith("obs_") and not f.endswith("_trend")) or f in own_numeric]
+    return attack_bounds(model.features, model.profile, config.attack_bounds, config.attack_epsilon, attackable)
+
+
 def attack(booster: Any, calibrator: Calibrator, threshold: float, x: np.ndarray, features: list[str],
            bounds: dict[str, float], profile: dict[str, Any], max_steps: int = 8) -> AttackResult:
-    """Greedy bounded search pushing each row of ``x`` (all currently flagged) under ``threshold``."""
+    """Greedy bounded search pushing each row of ``x`` (all currently flagged) under ``threshold``.
+
+    The search follows the unrounded calibrated probability (a rounded output hides small steps; an attacker
+    could probe around it, so searching on it would flatter the rounding), while success is judged on the
+    probability as served (:meth:`Calibrator.apply`).
+    """
     cols = [j for j, name in enumerate(features) if name in bounds]
     splits = _split_values(booster, features)
     delta = np.array([bounds[features[j]] for j in cols])
@@ -148,9 +170,9 @@ def attack(booster: Any, calibrator: Calibrator, threshold: float, x: np.ndarray
     for i in range(len(x)):
         original = x[i]
         current = original.copy()
-        score = float(calibrator.apply(booster.inplace_predict(current[None, :]))[0])
+        score = float(calibrator.probability(booster.inplace_predict(current[None, :]))[0])
         for _ in range(max_steps):
-            if score < threshold:
+            if calibrator.round(score) < threshold:
                 break
             candidates, owners = [], []
             for k, j in enumerate(cols):
@@ -169,12 +191,13 @@ def attack(booster: Any, calibrator: Calibrator, threshold: float, x: np.ndarray
                         owners.append(k)
             if not candidates:
                 break
-            probs = calibrator.apply(booster.inplace_predict(np.array(candidates)))
+            probs = calibrator.probability(booster.inplace_predict(np.array(candidates)))
             best = int(np.argmin(probs))
             if probs[best] >= score:
                 break
             current, score = candidates[best], float(probs[best])
-        if score < threshold:
+        evades = bool(calibrator.round(score) < threshold)
+        if evades:
             # Shrink the successful perturbation towards the original: the minimal step that still evades.
             low_a, high_a = 0.0, 1.0
             for _ in range(12):
@@ -186,7 +209,7 @@ def attack(booster: Any, calibrator: Calibrator, threshold: float, x: np.ndarray
                     low_a = mid
             current = np.where(np.isnan(original), original, original + high_a * np.nan_to_num(current - original))
         adversarial[i] = current
-        if score < threshold:
+        if evades:
             succeeded += 1
             evaded[i] = True
             moved = np.abs(current[cols] - original[cols]) / delta
@@ -196,11 +219,44 @@ def attack(booster: Any, calibrator: Calibrator, threshold: float, x: np.ndarray
     return AttackResult(len(x), succeeded, linf, changed, adversarial, evaded)
 
 
+def _flagged_positives(booster: Any, calibrator: Calibrator, threshold: float, frame: pd.DataFrame,
+                       features: list[str], samples: int, rng: np.random.Generator) -> np.ndarray:
+    """Up to ``samples`` rows of ``frame`` (as a matrix, in frame order) that are positive and flagged."""
+    x = matrix(frame, features)
+    flagged = calibrator.apply(booster.inplace_predict(x)) >= threshold
+    rows = np.flatnonzero(flagged & (frame[LABEL].to_numpy() == 1))
+    return x[np.sort(rng.permutation(rows)[:samples])] if len(rows) else x[:0]
+
+
+def adversarial_examples(model: Any, rows: pd.DataFrame, bounds: dict[str, float], samples: int, seed: int,
+                         ) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Adversarial augmentation's rows: up to ``samples`` flagged positives of ``rows`` attacked, labelled positive.
+
+    Each attacked row gives its attacked version (shrunk to the minimal evading step when it evaded, the
+    greedy search's end point when it did not). Returns the rows (the model's features and the label) and a
+    summary (``attacked``, ``evaded``).
+    """
+    x = _flagged_positives(model.booster, model.calibrator, model.threshold, rows, model.features, samples,
+                           np.random.default_rng(seed))
+    found = attack(model.booster, model.calibrator, model.threshold, x, model.features, bounds, model.profile)
+    frame = pd.DataFrame(found.adversarial, columns=model.features).assign(**{LABEL: 1})
+    return frame, {"attacked": found.attacked, "evaded": found.succeeded}
+
+
+def augmenter(config: Any, samples: int) -> Callable[[Any, pd.DataFrame], tuple[pd.DataFrame, dict[str, Any]]]:
+    """Training's ``augment``: :func:`adversarial_examples` of the train rows within :func:`model_attack_bounds`."""
+
+    def augment(model: Any, rows: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
+        return adversarial_examples(model, rows, model_attack_bounds(model, config), samples, config.seed)
+
+    return augment
+
+
 def evaluate_robustness(model: Any, train: pd.DataFrame, calibration: pd.DataFrame, test: pd.DataFrame, *,
                         bounds: dict[str, float], monotone: dict[str, int], samples: int, seed: int,
                         refuse_rate: float = 0.01, max_auroc_cost: float = 0.01, membership: bool = True,
                         membership_defence: Any = None, membership_applied: bool = False,
-                        ) -> dict[str, Any]:
+                        augmentation_samples: int | None = None) -> dict[str, Any]:
     """Attack the model on flagged test positives; retrain with each defence and attack it the same way.
 
     Every retrained variant (the plain baseline and each defence) is single-node xgboost with the model's
@@ -215,6 +271,12 @@ def evaluate_robustness(model: Any, train: pd.DataFrame, calibration: pd.DataFra
         refuse_rate: the share of training rows the input-profile guard would refuse.
         max_auroc_cost: the most clean AUROC a defence may cost and still be kept.
         membership: also measure membership inference (:func:`analytics.privacy.membership_report`).
+        membership_applied: the model was trained with the membership defence (``model.defences["membership"]``
+            holds its undefended parameters, which the undefended side is retrained with).
+        augmentation_samples: training positives the augmentation variant attacks (default ``samples``).
+
+    The variants are retrained on the model's parameters; when ``model.defences`` says it was trained with
+    adversarial augmentation, ``undefended`` (the model as served) already has it, and ``applied`` lists it.
     """
     from sklearn.metrics import roc_auc_score
 
@@ -228,10 +290,7 @@ def evaluate_robustness(model: Any, train: pd.DataFrame, calibration: pd.DataFra
     identity = Calibrator("platt", {"a": [1.0], "b": [0.0]})
 
     def targets(booster: Any, calibrator: Calibrator, threshold: float, frame: pd.DataFrame) -> np.ndarray:
-        x = matrix(frame, features)
-        flagged = calibrator.apply(booster.inplace_predict(x)) >= threshold
-        rows = np.flatnonzero(flagged & (frame[LABEL].to_numpy() == 1))
-        return x[np.sort(rng.permutation(rows)[:samples])] if len(rows) else x[:0]
+        return _flagged_positives(booster, calibrator, threshold, frame, features, samples, rng)
 
     def run(booster: Any, calibrator: Calibrator, threshold: float) -> tuple[dict[str, Any], AttackResult]:
         x = targets(booster, calibrator, threshold, test)
@@ -244,7 +303,8 @@ def evaluate_robustness(model: Any, train: pd.DataFrame, calibration: pd.DataFra
         threshold = choose_threshold(booster.inplace_predict(matrix(calibration, features)), y_cal, sensitivity)
         return run(booster, identity, threshold)
 
-    report: dict[str, Any] = {"bounds": bounds, "operating_sensitivity": sensitivity}
+    report: dict[str, Any] = {"bounds": bounds, "operating_sensitivity": sensitivity,
+                              "applied": sorted(k for k in model.defences if k != "membership")}
     report["undefended"], _ = run(model.booster, model.calibrator, model.threshold)
     report["baseline_retrained"], base = retrained(train, model.params)
     if monotone:
@@ -253,12 +313,9 @@ def evaluate_robustness(model: Any, train: pd.DataFrame, calibration: pd.DataFra
         report["monotone"], _ = retrained(train, params)
         report["monotone"]["constrained"] = sorted(f for f in features if monotone.get(f))
     # Adversarial augmentation: attack training positives, add what evaded with the true label, retrain.
-    x_train = targets(model.booster, model.calibrator, model.threshold, train)
-    found = attack(model.booster, model.calibrator, model.threshold, x_train, features, bounds, model.profile)
-    augmented = pd.concat([train, pd.DataFrame(found.adversarial, columns=features).assign(**{LABEL: 1})],
-                          ignore_index=True)
-    report["adversarial_augmentation"], _ = retrained(augmented, model.params)
-    report["adversarial_augmentation"]["examples_added"] = len(found.adversarial)
+    extra, _ = adversarial_examples(model, train, bounds, augmentation_samples or samples, seed)
+    report["adversarial_augmentation"], _ = retrained(pd.concat([train, extra], ignore_index=True), model.params)
+    report["adversarial_augmentation"]["examples_added"] = len(extra)
     # Input-profile refusal: the baseline's successful evasions that the guard refuses count as stopped.
     guard = ProfileGuard(matrix(train, features), refuse_rate, seed)
     refused = guard.refuses(base.adversarial) if base.attacked else np.zeros(0, dtype=bool)
@@ -276,7 +333,9 @@ def evaluate_robustness(model: Any, train: pd.DataFrame, calibration: pd.DataFra
         try:
             report["membership_inference"] = membership_report(
                 model.predict_proba, train, calibration, test, features, model.params, defence=membership_defence,
-                applied=membership_applied, calibration_method=model.calibrator.method, seed=seed)
+                applied=membership_applied,
+                undefended_params=model.defences.get("membership", {}).get("undefended_params"),
+                calibration_method=model.calibrator.method, seed=seed)
         except ValueError as exc:  # too few rows of a class in a split to fit or measure
             report["membership_inference"] = {"error": str(exc)}
     return report

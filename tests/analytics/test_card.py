@@ -19,8 +19,9 @@ from analytics.evaluate import metrics, plots, subgroup_metrics, write_model_car
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def _card(path: Path) -> Path:
-    """A card like registration writes, from scores with a realistic shape (1,500 test rows, 12 % positives)."""
+def _card(path: Path, *, applied: bool = False) -> Path:
+    """A card like registration writes, from scores with a realistic shape (1,500 test rows, 12 % positives);
+    ``applied``: the served model uses the membership defence."""
     rng = np.random.default_rng(4)
     n = 1500
     y = (rng.random(n) < 0.12).astype(int)
@@ -36,14 +37,15 @@ def _card(path: Path) -> Path:
                        "success_interval": {"low": 0.1416, "high": 0.2469}, "auroc": 0.8799123456789},
         "adversarial_augmentation": {"attacked": 212, "succeeded": 18, "success_rate": 0.0849056603773585,
                                      "success_interval": {"low": 0.054, "high": 0.13}, "auroc": 0.8804, "kept": True},
-        "kept_defences": ["adversarial_augmentation"],
+        "kept_defences": ["adversarial_augmentation"], "applied": ["adversarial_augmentation"] if applied else [],
         "membership_inference": {
             "attack": "black-box membership inference", "members": 276, "non_members": 276, "fpr": 0.01,
             "undefended": {"attack_auroc": 0.6543210987, "attack_auroc_interval": {"low": 0.61, "high": 0.70},
                            "advantage": 0.3086421974, "tpr_at_fpr": 0.0061, "clean_auroc": 0.8861234},
             "defended": {"attack_auroc": 0.5198765, "attack_auroc_interval": {"low": 0.47, "high": 0.57},
                          "advantage": 0.039753, "tpr_at_fpr": 0.0101, "clean_auroc": 0.9051234},
-            "defence": {"max_depth": 3, "round_decimals": 2}, "applied": False},
+            "defence": {"max_depth": 3, "round_decimals": 2}, "applied": applied,
+            "served": "defended" if applied else "undefended"},
     }
     return write_model_card(
         path, title="Model card — t2d_within_1y v3",
@@ -91,10 +93,22 @@ def test_when_the_card_is_written_then_promotion_screening_membership_and_readab
     assert "Batch b-20261130: accepted; 26 of 5,200 rows flagged (label_inconsistent: 20, outlier: 6)" in doc
     assert "training data SHA-256" in doc
     privacy = doc[doc.index("Privacy: membership inference"):doc.index("<h2>Evasion robustness")]
-    assert re.search(r"model as trained</td><td>0\.654 <span class='ci'>95% CI 0\.610–0\.700", privacy)
-    assert re.search(r"with the defence</td><td>0\.520 ", privacy)
+    assert re.search(r"<b>as served</b> \(no defence\)</td><td>0\.654 <span class='ci'>95% CI 0\.610–0\.700",
+                     privacy)
+    assert re.search(r"with the defence \(retrained\)</td><td>0\.520 ", privacy)
+    assert "Applied: <b>no</b>" in privacy
     assert "Defences kept (they measurably help): adversarial_augmentation" in doc
+    assert "Applied to the served model (the undefended row): none" in doc
     assert "Hemoglobin A1c" in doc and "<code>obs_4548_4_last</code>" in doc
+
+
+def test_when_the_defences_are_applied_then_the_card_shows_the_served_model_as_the_defended_side(tmp_path):
+    doc = _text(_card(tmp_path / "card.html", applied=True).read_text())
+    privacy = doc[doc.index("Privacy: membership inference"):doc.index("<h2>Evasion robustness")]
+    assert re.search(r"<b>as served</b> \(defence on\)</td><td>0\.520 ", privacy)
+    assert re.search(r"without the defence \(retrained\)</td><td>0\.654 ", privacy)
+    assert "Applied: <b>yes</b>" in privacy
+    assert "Applied to the served model (the undefended row): adversarial augmentation" in doc
 
 
 def _chromium(args: list[str], tmp_path: Path) -> None:
