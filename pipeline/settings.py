@@ -326,6 +326,12 @@ class OrchestrationSettings(_Section):
     # ``settings``: tasks read keys, tokens and storage options from these settings (the embedded default);
     # ``vault``: from Airflow's HashiCorp Vault secrets backend (apache-airflow-providers-hashicorp).
     secrets: Literal["settings", "vault"] = "settings"
+    # Task slots of a plain Airflow on this home (core.parallelism, which is also how many processes the
+    # LocalExecutor starts); None: one per CPU core. Airflow's own default, 32, swamps a small machine.
+    workers: int | None = Field(default=None, ge=1, le=256)
+    # Where the API server of `airflow standalone`/`api-server` on this home listens (127.0.0.1); the tasks reach
+    # its execution API at http://127.0.0.1:<api_port>/execution/.
+    api_port: int = Field(default=8080, ge=1024, le=65535)
 
 
 class BackupSettings(_Section):
