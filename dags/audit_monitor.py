@@ -1,7 +1,8 @@
 """Hourly: verify the audit hash chain, then run the activity detectors (alerts go to ``audit/alerts``).
 
 Two tasks, each one call into ``storage_security.audit.monitoring``. The detectors run only after the chain
-verifies: alerts computed from a tampered log would be worthless, and the failed run is itself the alarm.
+verifies: alerts computed from a tampered log would be worthless, and the failed run is itself the alarm (its
+failure callback stores a ``task_failure`` alert, as every medguard task's does).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from airflow.sdk import dag, task
+
+from pipeline.airflow_support import task_defaults
 
 
 @dag(
@@ -18,22 +21,22 @@ from airflow.sdk import dag, task
     schedule="@hourly",
     catchup=False,
     tags=["medguard", "security", "audit"],
-    default_args={"owner": "medguard-security", "retries": 0},
+    default_args=task_defaults("medguard-security"),
 )
 def medguard_audit_monitor() -> None:
     @task(task_id="verify_chain")
     def verify_chain() -> dict[str, Any]:
-        from pipeline.settings import get_settings
+        from pipeline.airflow_support import task_settings
         from storage_security.audit.monitoring import verify_chain
 
-        return verify_chain(get_settings())
+        return verify_chain(task_settings())
 
     @task(task_id="run_detectors")
     def run_detectors() -> dict[str, Any]:
-        from pipeline.settings import get_settings
+        from pipeline.airflow_support import task_settings
         from storage_security.audit.monitoring import run_detectors
 
-        return run_detectors(get_settings())
+        return run_detectors(task_settings())
 
     verify_chain() >> run_detectors()
 

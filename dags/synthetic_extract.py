@@ -1,14 +1,18 @@
 """Generate a synthetic source extract (EHR tables, FHIR, HL7 v2, notes) under ``$MEDGUARD_HOME/sources``.
 
 One task, one call into ``pipeline.synthetic.generate``; the run's params are its arguments. The output
-goes to ``sources/seed<seed>``; the generator is deterministic per seed.
+goes to ``sources/seed<seed>``; the generator is deterministic per seed. The task then emits
+``medguard://sources/extract`` with the folder (``extra.sources_dir``) and its tabular format, which starts
+``medguard_ingest`` on that folder.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Asset, Param, dag, task
+
+from pipeline.airflow_support import SOURCES_EXTRACT, task_defaults
 
 
 @dag(
@@ -18,7 +22,7 @@ from airflow.sdk import Param, dag, task
     schedule=None,
     catchup=False,
     tags=["medguard"],
-    default_args={"owner": "medguard", "retries": 0},
+    default_args=task_defaults("medguard"),
     params={
         "patients": Param(500, type="integer", description="How many patients to generate"),
         "seed": Param(7, type="integer", description="Random seed; the output folder is sources/seed<seed>"),
@@ -31,19 +35,16 @@ from airflow.sdk import Param, dag, task
     },
 )
 def medguard_synthetic_extract() -> None:
-    @task(task_id="generate")
-    def generate_sources(params: dict[str, Any]) -> dict[str, Any]:
-        from pipeline.settings import get_settings
+    @task(task_id="generate", outlets=[Asset(SOURCES_EXTRACT)])
+    def generate_sources(params: dict[str, Any], outlet_events: Any = None) -> dict[str, Any]:
+        from pipeline.airflow_support import landed_extract, task_settings
         from pipeline.synthetic import generate
 
-        out_dir = get_settings().home / "sources" / f"seed{params['seed']}"
-        summary = generate(
-            out_dir,
-            patients=params["patients"],
-            seed=params["seed"],
-            formats=[name.strip() for name in params["formats"].split(",") if name.strip()],
-            defect_rate=params["defect_rate"],
-        )
+        out_dir = task_settings().home / "sources" / f"seed{params['seed']}"
+        formats = [name.strip() for name in params["formats"].split(",") if name.strip()]
+        summary = generate(out_dir, patients=params["patients"], seed=params["seed"], formats=formats,
+                           defect_rate=params["defect_rate"])
+        outlet_events[Asset(SOURCES_EXTRACT)].extra = landed_extract(out_dir, formats)
         return summary.to_dict()
 
     generate_sources()

@@ -1,13 +1,15 @@
-"""Train a diagnostic model when its deidentified tables change: features → screen → train → evaluate →
-robustness → judge → register.
+"""Train a diagnostic model once per de-identified batch: features → screen → train → evaluate → robustness →
+judge → register.
 
-Data-aware: runs whenever de-identification publishes ``outcomes`` (the label table of the synthetic cohort);
-params pick another table/label/config. Each task is one call into ``analytics.flow``; the tasks share a run
-folder under ``$MEDGUARD_HOME/analytics/runs`` (its path is the XCom). ``judge`` holds the candidate to the
-governance floors and compares it with the current model; ``register`` signs it, promotes it when it earned it
-and returns the decision (``promotion``: promoted, candidate or duplicate, with the reasons; a candidate left a
-candidate is also an ``alert`` audit event). A training of data and configuration already registered registers
-nothing. ``register`` updates the ``medguard://models/registry`` asset, which starts batch diagnosis.
+Data-aware: runs once per ``medguard://deidentified/batch`` event (one per de-identification run); params pick
+another table/label/config. Each task is one call into ``analytics.flow``; the tasks share a run folder under
+``$MEDGUARD_HOME/analytics/runs`` (its path is the XCom). ``features`` fails the run when the deidentified table is
+missing or yields no labelled example. ``judge`` holds the candidate to the governance floors and compares it with
+the current model; ``register`` signs it, promotes it when it earned it and returns the decision (``promotion``:
+promoted, candidate or duplicate, with the reasons; a candidate left a candidate is also an ``alert`` audit
+event). A training of data and configuration already registered registers nothing. ``register`` emits
+``medguard://models/registry`` once, its ``extra`` naming the model version, the decision and the training tables'
+Delta versions; that event starts batch diagnosis.
 """
 
 from __future__ import annotations
@@ -16,18 +18,17 @@ from typing import Any
 
 from airflow.sdk import Asset, Param, dag, task
 
-OUTCOMES = Asset("medguard://deidentified/outcomes")
-REGISTRY = Asset("medguard://models/registry")
+from pipeline.airflow_support import DEIDENTIFIED_BATCH, MODEL_REGISTRY, task_defaults
 
 
 @dag(
     dag_id="medguard_train",
     description="Train, screen, evaluate, attack and sign a diagnostic model on deidentified tables",
     doc_md=__doc__,
-    schedule=[OUTCOMES],
+    schedule=Asset(DEIDENTIFIED_BATCH),
     catchup=False,
     tags=["medguard", "analytics"],
-    default_args={"owner": "medguard-analytics", "retries": 0},
+    default_args=task_defaults("medguard-analytics"),
     params={
         "table": Param("outcomes", type="string", description="Deidentified table whose rows are the examples"),
         "label": Param("t2d_within_1y", type="string", description="Label column"),
@@ -39,57 +40,61 @@ def medguard_train() -> None:
     def features(params: dict[str, Any]) -> str:
         from analytics.demo import T2D_CONFIG
         from analytics.flow import step_features
-        from pipeline.settings import get_settings
+        from pipeline.airflow_support import require_tables, task_settings
 
+        settings = task_settings()
+        require_tables(settings, "deidentified", [params["table"]])
         config = params["config"] or (str(T2D_CONFIG) if params["label"] == "t2d_within_1y" else None)
-        return step_features(get_settings(), params["table"], params["label"], config_path=config)
+        return step_features(settings, params["table"], params["label"], config_path=config)
 
     @task(task_id="screen")
     def screen(run_dir: str) -> str:
         from analytics.flow import step_screen
-        from pipeline.settings import get_settings
+        from pipeline.airflow_support import task_settings
 
-        step_screen(get_settings(), run_dir)
+        step_screen(task_settings(), run_dir)
         return run_dir
 
     @task(task_id="train")
     def train(run_dir: str) -> str:
         from analytics.flow import step_train
-        from pipeline.settings import get_settings
+        from pipeline.airflow_support import task_settings
 
-        step_train(get_settings(), run_dir)
+        step_train(task_settings(), run_dir)
         return run_dir
 
     @task(task_id="evaluate")
     def evaluate(run_dir: str) -> str:
         from analytics.flow import step_evaluate
-        from pipeline.settings import get_settings
+        from pipeline.airflow_support import task_settings
 
-        step_evaluate(get_settings(), run_dir)
+        step_evaluate(task_settings(), run_dir)
         return run_dir
 
     @task(task_id="robustness")
     def robustness(run_dir: str) -> str:
         from analytics.flow import step_robustness
-        from pipeline.settings import get_settings
+        from pipeline.airflow_support import task_settings
 
-        step_robustness(get_settings(), run_dir)
+        step_robustness(task_settings(), run_dir)
         return run_dir
 
     @task(task_id="judge")
     def judge(run_dir: str) -> str:
         from analytics.flow import step_judge
-        from pipeline.settings import get_settings
+        from pipeline.airflow_support import task_settings
 
-        step_judge(get_settings(), run_dir)
+        step_judge(task_settings(), run_dir)
         return run_dir
 
-    @task(task_id="register", outlets=[REGISTRY])
-    def register(run_dir: str) -> dict[str, Any]:
+    @task(task_id="register", outlets=[Asset(MODEL_REGISTRY)])
+    def register(run_dir: str, outlet_events: Any = None) -> dict[str, Any]:
         from analytics.flow import step_register
-        from pipeline.settings import get_settings
+        from pipeline.airflow_support import registered_model, task_settings
 
-        return step_register(get_settings(), run_dir)
+        result = step_register(task_settings(), run_dir)
+        outlet_events[Asset(MODEL_REGISTRY)].extra = registered_model(result)
+        return result
 
     register(judge(robustness(evaluate(train(screen(features()))))))
 

@@ -29,7 +29,7 @@ from typing import Any, Literal
 from pipeline.errors import OrchestrationError
 from pipeline.settings import CONFIG_ENV, Settings, get_settings
 
-__all__ = ["DAGS_FOLDER", "DagRunResult", "airflow_env", "run_dag"]
+__all__ = ["DAGS_FOLDER", "DagRunResult", "airflow_env", "run_dag", "worker_count"]
 
 DAGS_FOLDER: Path = Path(__file__).resolve().parents[1] / "dags"
 """The repository's ``dags/`` directory: the DAG files Airflow parses."""
@@ -79,8 +79,12 @@ def airflow_env(settings: Settings, *, dags_folder: Path = DAGS_FOLDER) -> dict[
 
     It is a copy of ``os.environ`` without any inherited ``AIRFLOW*`` variable (so a user's Airflow config
     cannot leak in), plus the Airflow home, DAG folder and SQLite metadata DB of ``settings``, the medguard
-    home and lake root (so tasks see the caller's lake), ``MEDGUARD_CONFIG`` made absolute, and this checkout
-    first on ``PYTHONPATH`` (so tasks import the same medguard code as the DAG files next to it).
+    home, lake root and orchestration settings (so tasks see the caller's lake and retry as it says),
+    ``MEDGUARD_CONFIG`` made absolute, and this checkout first on ``PYTHONPATH`` (so tasks import the same
+    medguard code as the DAG files next to it). For a plain Airflow on the same home (``airflow standalone``,
+    ``scheduler`` + ``api-server``) it also sets: no example DAGs, ``orchestration.workers`` task slots (one per
+    core by default) and one API worker, the API server on ``127.0.0.1:<orchestration.api_port>`` and the
+    execution API URL the tasks call there, and new DAGs unpaused.
 
     Args:
         settings: whose ``airflow_home``, ``home`` and ``lake_root`` to use.
@@ -92,11 +96,21 @@ def airflow_env(settings: Settings, *, dags_folder: Path = DAGS_FOLDER) -> dict[
     airflow_home = _airflow_home(settings)
     env = {name: value for name, value in os.environ.items() if not name.lstrip("_").startswith("AIRFLOW")}
     python_path = [str(_PROJECT_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    orchestration = settings.orchestration
+    api = f"http://127.0.0.1:{orchestration.api_port}"
     env.update(
         {
             "AIRFLOW_HOME": str(airflow_home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(Path(dags_folder).resolve()),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__CORE__PARALLELISM": str(worker_count(settings)),
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api}/execution/",
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(orchestration.api_port),
+            "AIRFLOW__API__BASE_URL": api,
+            "AIRFLOW__API__WORKERS": "1",
+            "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home / _DB_FILE}",
             "AIRFLOW__LOGGING__COLORED_CONSOLE_LOG": "False",
             "GX_ANALYTICS_ENABLED": "False",
@@ -105,10 +119,20 @@ def airflow_env(settings: Settings, *, dags_folder: Path = DAGS_FOLDER) -> dict[
             "PYTHONPATH": os.pathsep.join(dict.fromkeys(python_path)),
         }
     )
+    # The DAG files read these at parse time (task defaults) and the tasks at run time (the secrets hand-off).
+    for name, value in orchestration.model_dump(exclude_none=True).items():
+        env[f"MEDGUARD_ORCHESTRATION__{name.upper()}"] = str(value)
     if env.get(CONFIG_ENV):
         # The subprocess runs in the Airflow home, where a relative config path would name another file.
         env[CONFIG_ENV] = str(Path(env[CONFIG_ENV]).expanduser().resolve())
     return env
+
+
+def worker_count(settings: Settings) -> int:
+    """Airflow task slots on this machine: ``orchestration.workers``, else one per CPU core this process may use."""
+    if settings.orchestration.workers is not None:
+        return settings.orchestration.workers
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def run_dag(

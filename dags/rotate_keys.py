@@ -1,0 +1,38 @@
+"""Weekly: rotate the data KEK and the audit KEK, rewrap every stored DEK, then retire the old KEK versions.
+
+One task, one call into ``storage_security.keys.lifecycle.rotate_with_settings`` (what ``medguard keys rotate``
+runs). No data is touched; a rotation interrupted anywhere (a retry, a timeout) is finished by the next try
+instead of rotating again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import dag, task
+from airflow.timetables.trigger import CronTriggerTimetable
+
+from pipeline.airflow_support import task_defaults
+
+
+@dag(
+    dag_id="medguard_rotate_keys",
+    description="Rotate the KEKs, rewrap every DEK and audit signing key, retire the old KEK versions",
+    doc_md=__doc__,
+    schedule=CronTriggerTimetable("0 3 * * 0", timezone="UTC"),
+    catchup=False,
+    tags=["medguard", "security", "keys"],
+    default_args=task_defaults("medguard-security"),
+)
+def medguard_rotate_keys() -> None:
+    @task(task_id="rotate")
+    def rotate() -> dict[str, Any]:
+        from pipeline.airflow_support import task_settings
+        from storage_security.keys.lifecycle import rotate_with_settings
+
+        return rotate_with_settings(task_settings(), principal="svc:key-rotation").to_dict()
+
+    rotate()
+
+
+medguard_rotate_keys()
