@@ -457,6 +457,88 @@ def local_credentials(settings: Settings, role: str = PIPELINE_ROLE) -> LocalCre
     return LocalCredentials(addr=running[1], role=role, role_id=creds["role_id"], secret_id=creds["secret_id"])
 
 
+def raft_snapshot_save(settings: Settings, dest: Path, *, timeout: float = 300.0) -> None:
+    """``bao operator raft snapshot save`` of the running local server into ``dest`` (for ``medguard backup``).
+
+    The snapshot is the raft data, still encrypted by the server's barrier: opening it needs ``init.json``'s
+    unseal key, which a backup carries beside it. The root token reaches ``bao`` through its environment only.
+
+    Raises:
+        KeyProviderUnavailableError: the local server is not running, or the snapshot failed.
+    """
+    paths = local_paths(settings)
+    running = _running(paths)
+    if running is None:
+        raise KeyProviderUnavailableError(f"the local OpenBao under {paths.root} is not running: run `medguard vault "
+                                          "up` before a backup (its raft snapshot is taken from the live server)")
+    _bao_operator(running[1], _init_secrets(paths)["root_token"], ["raft", "snapshot", "save", str(dest)], timeout)
+
+
+def raft_snapshot_restore(settings: Settings, snapshot: Path, *, init: Path, approle: Path,
+                          port: int | None = None, timeout: float = 120.0) -> dict[str, Any]:
+    """Bring a raft snapshot back as the local server of a home that has none, and start it (``up``).
+
+    A throw-away server is initialised on the home's empty data folder, the snapshot is restored into it with
+    ``bao operator raft snapshot restore -force`` (it replaces the data and the barrier keys), the server is
+    stopped, the snapshot's own ``init.json`` and ``approle.json`` are put in place, and :func:`up` starts, unseals
+    and configures it as usual. The port is ``port``, else ``vault.local_port`` when free, else a free pair.
+
+    Raises:
+        CryptoError: the home already has OpenBao data or an ``init.json``.
+        KeyProviderUnavailableError: the server did not start or the restore failed.
+    """
+    paths = local_paths(settings)
+    if paths.init.exists() or (paths.data.exists() and any(paths.data.iterdir())):
+        raise CryptoError(f"{paths.root} already holds OpenBao data: restore a snapshot only into a home without one")
+    paths.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    paths.data.mkdir(mode=0o700, exist_ok=True)
+    if port is None:
+        configured = settings.vault.local_port
+        port = configured if _port_free(HOST, configured) and _port_free(HOST, configured + 1) else free_port_pair()
+    addr = f"http://{HOST}:{port}"
+    paths.config.write_text(_server_config(paths.data, port))
+    process = _spawn([bao_binary(), "server", f"-config={paths.config}"], paths.log, die_with_parent=True)
+    try:
+        _await(lambda: _probe(addr).health(), process, paths.log, timeout, "starting")
+        client = VaultClient(addr, auth_method="none", timeout=60.0, retry=_HEALTH_PROBE)
+        answer = client.write("sys/init", {"secret_shares": 1, "secret_threshold": 1}, authenticated=False) or {}
+        temporary = {"unseal_keys_b64": answer.get("keys_base64"), "root_token": answer.get("root_token")}
+        _unseal(addr, temporary, process, paths.log, timeout)
+        _bao_operator(addr, temporary["root_token"], ["raft", "snapshot", "restore", "-force", str(snapshot)],
+                      timeout)
+    finally:
+        _stop(process.pid, timeout=15.0)
+    for source, dest in ((init, paths.init), (approle, paths.approle)):
+        _write_private(dest, _read_json(source))
+    return up(settings, port=port, timeout=timeout)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        loaded = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise CryptoError(f"{path} is not readable JSON") from exc
+    if not isinstance(loaded, dict):
+        raise CryptoError(f"{path} does not hold a JSON object")
+    return loaded
+
+
+def _bao_operator(addr: str, token: str, args: list[str], timeout: float) -> None:
+    """Run ``bao operator <args>`` against ``addr``; the token goes through the environment, never argv."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("VAULT_", "BAO_"))}
+    env.update(BAO_ADDR=addr, BAO_TOKEN=token)
+    try:
+        done = subprocess.run([bao_binary(), "operator", *args], env=env, capture_output=True, timeout=timeout,
+                              check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise KeyProviderUnavailableError(f"`bao operator {' '.join(args[:3])}` did not finish in {timeout:.0f}s") \
+            from exc
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.decode(errors="replace").splitlines() if line.strip()]
+        raise KeyProviderUnavailableError(f"`bao operator {' '.join(args[:3])}` failed: "
+                                          f"{(lines[-1].strip() if lines else 'no message')[:300]}")
+
+
 def _server_config(data: Path, port: int) -> str:
     quoted = json.dumps(str(data))
     return f"""# Generated by `medguard vault up` on every start; edit settings, not this file.
