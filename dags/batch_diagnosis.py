@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow.sdk import Asset, AssetOrTimeSchedule, Param, dag, task
-from airflow.timetables.trigger import CronTriggerTimetable
+from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 
 from pipeline.airflow_support import MODEL_REGISTRY, PREDICTIONS, task_defaults
 
