@@ -338,7 +338,11 @@ class Lake:
         """Read the table (or a past ``version``) as a Spark DataFrame.
 
         With the Spark engine this is a Delta read. With delta-rs, Spark reads the Parquet files of the
-        requested snapshot as listed by the Delta log (the same rows, no Delta jars needed).
+        requested snapshot as listed by the Delta log (the same rows, no Delta jars needed) when its Hadoop
+        configuration has a file system for the lake's scheme (always for a local lake; ``s3a`` for ``s3://`` when
+        hadoop-aws is on the classpath, credentials from ``spark.hadoop.fs.s3a.*``). Otherwise delta-rs reads the
+        snapshot (with ``storage_options``) and the driver hands it to Spark as Arrow: the same rows, bounded by
+        the driver's memory.
         """
         from pipeline.spark import get_spark
 
@@ -348,10 +352,15 @@ class Lake:
         else:
             spark = get_spark(self.settings)
             schema = self._engine.schema(uri)
-            files = self._engine.snapshot_files(uri, version)
             spark_schema = spark.createDataFrame(schema.empty_table()).schema
-            frame = (spark.read.schema(spark_schema).parquet(*files) if files
-                     else spark.createDataFrame([], spark_schema))
+            scheme = _hadoop_scheme(spark, uri)
+            if scheme is None:
+                rows = self._engine.read(uri, version=version)
+                frame = spark.createDataFrame(rows) if rows.num_rows else spark.createDataFrame([], spark_schema)
+            else:
+                files = [_with_scheme(f, scheme) for f in self._engine.snapshot_files(uri, version)]
+                frame = (spark.read.schema(spark_schema).parquet(*files) if files
+                         else spark.createDataFrame([], spark_schema))
         # The rows are counted by whatever job consumes the frame; the access is of every column.
         self._report("read", "read", zone, table, rows=None, columns=tuple(frame.columns), version=version,
                      details={"as": "spark"})
@@ -426,6 +435,28 @@ def to_arrow_table(data: Any) -> pa.Table:
 def _zone_name(zone: Zone | str) -> str:
     """The folder of a zone; ValueError for anything but a :class:`Zone` or :data:`SYSTEM_ZONE`."""
     return SYSTEM_ZONE if zone == SYSTEM_ZONE else Zone(zone).value
+
+
+# Hadoop names S3's file system ``s3a``; delta-rs and the settings say ``s3``.
+_HADOOP_SCHEMES = {"s3": "s3a"}
+
+
+def _hadoop_scheme(spark: Any, uri: str) -> str | None:
+    """The scheme under which Spark's Hadoop can open ``uri``'s files, or None when it has no file system for it."""
+    scheme = uri.split("://", 1)[0] if "://" in uri else "file"
+    scheme = _HADOOP_SCHEMES.get(scheme, scheme)
+    if scheme == "file":
+        return scheme
+    try:
+        jvm = spark._jvm
+        jvm.org.apache.hadoop.fs.FileSystem.getFileSystemClass(scheme, spark._jsc.hadoopConfiguration())
+    except Exception:  # py4j reports UnsupportedFileSystemException as a generic Py4JJavaError
+        return None
+    return scheme
+
+
+def _with_scheme(path: str, scheme: str) -> str:
+    return path if scheme == "file" or "://" not in path else f"{scheme}://{path.split('://', 1)[1]}"
 
 
 def _counting(reader: pa.RecordBatchReader, counted: list[int]) -> Iterator[pa.RecordBatch]:

@@ -1,20 +1,9 @@
-"""Tests for pipeline/lake.py on an object store: a lake at ``s3://bucket/lake`` on a local S3 (moto_server).
-
-moto runs as its own process: delta-rs's listing blocks while holding the GIL, so a server in a thread of the
-test process would never answer it.
-"""
+"""Tests for pipeline/lake.py on an object store: a lake at ``s3://bucket/lake`` on a local S3 (moto_server, started
+by ``s3_endpoint`` in tests/pipeline/conftest.py)."""
 
 from __future__ import annotations
 
 import json
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -27,54 +16,11 @@ BUCKET = "medguard-test"
 PATIENTS = pa.schema([("patient_pseudonym", pa.string()), ("age_band", pa.int64()), ("ssn_enc", pa.binary())])
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    """A moto S3 server on 127.0.0.1 with one empty bucket."""
-    server = shutil.which("moto_server", path=str(Path(sys.executable).parent))
-    if server is None:
-        pytest.skip("moto_server is not installed (requirements.lock's moto[server])")
-    port = _free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)  # noqa: S310 - a local test server
-                break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError("moto_server did not start") from None
-                time.sleep(0.1)
-        import boto3
-
-        boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="test", aws_secret_access_key="test",
-                     region_name="us-east-1").create_bucket(Bucket=BUCKET)
-        yield endpoint
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
-def _options(endpoint: str) -> dict[str, str]:
-    # Plain HTTP to the local server; no locking provider, so renames are allowed without one (one writer here).
-    return {"AWS_ENDPOINT_URL": endpoint, "AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "AKIAMEDGUARDTEST",
-            "AWS_SECRET_ACCESS_KEY": "s3cr3t-medguard-test", "AWS_ALLOW_HTTP": "true",
-            "AWS_S3_ALLOW_UNSAFE_RENAME": "true"}
-
-
 @pytest.fixture
-def s3_settings(s3_endpoint: str, request: pytest.FixtureRequest, settings: Settings) -> Settings:
+def s3_settings(s3_options: dict[str, str], request: pytest.FixtureRequest, settings: Settings) -> Settings:
     """Settings of a lake under its own prefix of the bucket, one per test."""
     root = f"s3://{BUCKET}/{request.node.name.replace('[', '_').replace(']', '')[:60]}/lake"
-    return load_settings(home=settings.home, lake_root=root, storage_options=_options(s3_endpoint))
+    return load_settings(home=settings.home, lake_root=root, storage_options=s3_options)
 
 
 def _patients(n: int, start: int = 0) -> pa.Table:
@@ -122,8 +68,8 @@ def test_when_the_lake_is_on_s3_then_merges_deletes_and_the_system_zone_work(s3_
 
 
 def test_when_storage_options_come_from_the_environment_then_the_lake_uses_them_and_never_prints_them(
-        s3_endpoint: str, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MEDGUARD_STORAGE_OPTIONS", json.dumps(_options(s3_endpoint)))
+        s3_options: dict[str, str], settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDGUARD_STORAGE_OPTIONS", json.dumps(s3_options))
     monkeypatch.setenv("MEDGUARD_LAKE_ROOT", f"s3://{BUCKET}/from-env/lake")
     loaded = load_settings(home=settings.home)
     lake = Lake(loaded)
@@ -136,10 +82,24 @@ def test_when_storage_options_come_from_the_environment_then_the_lake_uses_them_
 
 
 def test_when_the_store_cannot_be_reached_then_storage_error_names_the_root(
-        s3_endpoint: str, settings: Settings) -> None:
-    options = {**_options(s3_endpoint), "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}  # nothing listens there
+        s3_options: dict[str, str], settings: Settings) -> None:
+    options = {**s3_options, "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}  # nothing listens there
     lake = Lake(load_settings(home=settings.home, lake_root=f"s3://{BUCKET}/nowhere",
                               storage_options={**options, "AWS_MAX_RETRIES": "0", "AWS_RETRY_TIMEOUT": "1s"}))
 
     with pytest.raises(StorageError, match=r"cannot list s3://medguard-test/nowhere/raw"):
         lake.tables(Zone.RAW)
+
+
+def test_when_spark_has_no_file_system_for_the_store_then_read_spark_still_returns_the_snapshot(
+        s3_settings: Settings, spark: object) -> None:
+    # pyspark ships no hadoop-aws here: Spark cannot open s3:// files itself, so the rows come through delta-rs.
+    lake = Lake(s3_settings)
+    lake.append(Zone.DEIDENTIFIED, "patients", _patients(4))
+    lake.append(Zone.DEIDENTIFIED, "patients", _patients(3, start=4))
+
+    latest = lake.read_spark(Zone.DEIDENTIFIED, "patients").toArrow().sort_by("patient_pseudonym")
+    first = lake.read_spark(Zone.DEIDENTIFIED, "patients", version=0)
+
+    assert latest.column("patient_pseudonym").to_pylist() == _patients(7).column("patient_pseudonym").to_pylist()
+    assert first.count() == 4 and first.columns == PATIENTS.names
