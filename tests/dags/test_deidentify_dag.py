@@ -1,12 +1,11 @@
-"""The ``medguard_deidentify`` DAG runs under Airflow 3 (``airflow dags test``), publishes and emits its Assets.
+"""The ``medguard_deidentify`` DAG runs under Airflow 3 (``airflow dags test``), publishes and emits one
+deidentified-batch Asset; on an empty raw zone it fails and emits nothing.
 
 Its raw zone is what ingestion writes: a defect-free generated extract, ingested as the ingest DAG would.
 """
 
 from __future__ import annotations
 
-import sqlite3
-from contextlib import closing
 from pathlib import Path
 
 from ingestion.batch import ingest
@@ -19,8 +18,8 @@ from storage_security.protected import ProtectedLake
 TABLES = ("patients", "encounters", "outcomes")
 
 
-def test_when_the_deidentify_dag_runs_then_raw_tables_are_published_and_emitted(settings, tmp_path: Path,
-                                                                                keyring_env) -> None:
+def test_when_the_deidentify_dag_runs_then_raw_tables_are_published_and_one_batch_is_emitted(
+        settings, tmp_path: Path, keyring_env, asset_events) -> None:
     # The DAG's task runs in an `airflow dags test` subprocess, which inherits the keyring_env settings.
     dag_settings = settings.model_copy(update={"lake_root": str(tmp_path / "lake")})
     lake = Lake(dag_settings)
@@ -37,9 +36,19 @@ def test_when_the_deidentify_dag_runs_then_raw_tables_are_published_and_emitted(
     for table in TABLES:
         assert published_report(lake, table)["k"] >= dag_settings.deidentify.k_anonymity
         assert lake.history("deidentified", table)[0].get("medguard.dag_run") == result.run_id
-    db = Path(dag_settings.airflow_home) / "airflow.db"
-    with closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as connection:
-        uris = {row[0] for row in connection.execute(
-            "SELECT a.uri FROM asset_event e JOIN asset a ON a.id = e.asset_id JOIN dag_run r "
-            "ON r.run_id = e.source_run_id WHERE r.run_id = ?", (result.run_id,))}
-    assert {f"medguard://deidentified/{t}" for t in TABLES} <= uris
+    events = asset_events(dag_settings, result.run_id)
+    assert [uri for uri, _ in events] == ["medguard://deidentified/batch"]
+    assert events[0][1] == {"tables": {t: lake.version("deidentified", t) for t in TABLES}, "raw_batches": []}
+
+
+def test_when_the_raw_zone_is_empty_then_the_deidentify_run_fails_and_emits_nothing(
+        settings, tmp_path: Path, keyring_env, asset_events) -> None:
+    orchestration = settings.orchestration.model_copy(update={"task_retries": 0})
+    dag_settings = settings.model_copy(update={"lake_root": str(tmp_path / "lake"), "orchestration": orchestration})
+
+    result = run_dag("medguard_deidentify", settings=dag_settings, timeout=400)
+
+    assert result.state == "failed" and result.run_id
+    assert "the raw zone of" in result.output and "holds no table" in result.output
+    assert asset_events(dag_settings, result.run_id) == []
+    assert Lake(dag_settings).tables("deidentified") == []

@@ -1,23 +1,21 @@
-"""The ``medguard_ingest`` DAG runs under Airflow 3 (``airflow dags test``), loads raw and emits its Assets."""
+"""The ``medguard_ingest`` DAG runs under Airflow 3 (``airflow dags test``): it loads raw and emits one raw-batch
+Asset; on a folder that does not exist it fails, emits nothing and leaves a failure alert."""
 
 from __future__ import annotations
 
-import sqlite3
-from contextlib import closing
 from pathlib import Path
 
 from pipeline.lake import Lake
 from pipeline.orchestration import run_dag
+from storage_security.audit.monitoring import ActivityMonitor
 
-# What the generated population fills (FHIR immunizations, HL7 ORU reports), and the Assets the load tasks emit:
-# every table a source can fill, whether or not this extract had rows for it.
+# What the generated population fills (FHIR immunizations, HL7 ORU reports).
 RAW_TABLES = {"patients", "encounters", "observations", "conditions", "medications", "outcomes", "notes",
               "immunizations", "diagnostic_reports"}
-EMITTED = RAW_TABLES | {"procedures", "allergies", "resources"}
 
 
-def test_when_the_ingest_dag_runs_then_every_raw_table_is_loaded_and_emitted_as_an_asset(
-        population: Path, settings, tmp_path: Path, keyring_env) -> None:
+def test_when_the_ingest_dag_runs_then_raw_is_loaded_and_one_raw_batch_event_names_its_versions(
+        population: Path, settings, tmp_path: Path, keyring_env, asset_events) -> None:
     # The DAG's tasks run in an `airflow dags test` subprocess, which inherits the keyring_env settings.
     dag_settings = settings.model_copy(update={"lake_root": str(tmp_path / "lake")})
 
@@ -27,11 +25,28 @@ def test_when_the_ingest_dag_runs_then_every_raw_table_is_loaded_and_emitted_as_
 
     lake = Lake(dag_settings)
     assert set(lake.tables("raw")) == RAW_TABLES
-    history = lake.history("raw", "patients")
-    assert any(entry.get("medguard.dag_run") == result.run_id for entry in history)
-    db = Path(dag_settings.airflow_home) / "airflow.db"
-    with closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as connection:
-        uris = {row[0] for row in connection.execute(
-            "SELECT a.uri FROM asset_event e JOIN asset a ON a.id = e.asset_id JOIN dag_run r "
-            "ON r.run_id = e.source_run_id WHERE r.run_id = ?", (result.run_id,))}
-    assert uris == {f"medguard://raw/{t}" for t in EMITTED}
+    assert any(entry.get("medguard.dag_run") == result.run_id for entry in lake.history("raw", "patients"))
+    events = asset_events(dag_settings, result.run_id)
+    assert [uri for uri, _ in events] == ["medguard://raw/batch"]
+    extra = events[0][1]
+    assert extra["sources_dirs"] == [str(population)]
+    assert len(extra["batches"]) >= 4  # one per tabular file, plus FHIR, HL7 and notes
+    assert extra["tables"] == {table: lake.version("raw", table) for table in RAW_TABLES}
+
+
+def test_when_sources_dir_has_a_typo_then_the_run_fails_emits_nothing_and_alerts(
+        settings, tmp_path: Path, keyring_env, asset_events) -> None:
+    orchestration = settings.orchestration.model_copy(update={"task_retries": 0})
+    dag_settings = settings.model_copy(update={"lake_root": str(tmp_path / "lake"), "orchestration": orchestration})
+    typo = tmp_path / "sourcse"
+
+    result = run_dag("medguard_ingest", settings=dag_settings, timeout=400, conf={"sources_dir": str(typo)})
+
+    assert result.state == "failed" and result.run_id
+    assert f"extract folder {typo} does not exist" in result.output
+    assert asset_events(dag_settings, result.run_id) == []
+    assert Lake(dag_settings).tables("raw") == []
+    alerts = ActivityMonitor(Lake(dag_settings), None).alerts()
+    assert [(a["detector"], a["details"]["dag_id"], a["details"]["task_id"], a["details"]["run_id"])
+            for a in alerts] == [("task_failure", "medguard_ingest", "find_extract", result.run_id)]
+    assert alerts[0]["details"]["error"] == "ValidationError"

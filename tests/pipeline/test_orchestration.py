@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import sqlite3
+from contextlib import closing
 from importlib.metadata import version
 from pathlib import Path
 from textwrap import dedent
@@ -9,7 +13,7 @@ from textwrap import dedent
 import pytest
 
 from pipeline.errors import OrchestrationError
-from pipeline.orchestration import DAGS_FOLDER, DagRunResult, airflow_env, run_dag
+from pipeline.orchestration import DAGS_FOLDER, DagRunResult, airflow_env, run_dag, worker_count
 from pipeline.settings import Settings
 
 pytestmark = pytest.mark.integration  # Airflow's database and airflow dags test
@@ -64,6 +68,28 @@ def test_when_env_is_built_then_airflow_state_stays_under_the_medguard_home(sett
     assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False"
     assert env["MEDGUARD_HOME"] == str(settings.home)
     assert env["MEDGUARD_LAKE_ROOT"] == str(settings.lake_root)
+
+
+def test_when_env_is_built_then_a_plain_airflow_on_the_home_fits_the_machine(settings: Settings):
+    orchestration = settings.orchestration.model_copy(update={"api_port": 18080, "workers": 3, "task_retries": 0})
+
+    env = airflow_env(settings.model_copy(update={"orchestration": orchestration}))
+
+    assert env["AIRFLOW__CORE__PARALLELISM"] == "3"
+    assert env["AIRFLOW__API__WORKERS"] == "1"
+    assert env["AIRFLOW__API__HOST"] == "127.0.0.1"
+    assert env["AIRFLOW__API__PORT"] == "18080"
+    # Tasks of a scheduler-run DAG call the execution API of the API server on the same home.
+    assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://127.0.0.1:18080/execution/"
+    assert env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] == "False"
+    # The DAG files and tasks in the subprocess see the caller's orchestration settings.
+    assert env["MEDGUARD_ORCHESTRATION__TASK_RETRIES"] == "0"
+    assert env["MEDGUARD_ORCHESTRATION__API_PORT"] == "18080"
+
+
+def test_when_no_worker_count_is_set_then_there_is_one_per_usable_core(settings: Settings):
+    assert worker_count(settings) == len(os.sched_getaffinity(0))
+    assert airflow_env(settings)["AIRFLOW__CORE__PARALLELISM"] == str(worker_count(settings))
 
 
 def test_when_caller_has_airflow_variables_then_env_drops_them(settings: Settings, monkeypatch: pytest.MonkeyPatch):
@@ -159,6 +185,13 @@ def test_when_synthetic_extract_runs_then_sources_are_written(settings: Settings
     out_dir = settings.home / "sources" / "seed3"
     assert (out_dir / "patients.csv").is_file()
     assert (out_dir / "notes.jsonl").is_file()
+    # The run emitted the Asset that starts ingestion, naming the folder and the tabular format it wrote.
+    db = Path(airflow_env(settings)["AIRFLOW_HOME"]) / "airflow.db"
+    with closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as connection:
+        events = connection.execute("SELECT a.uri, e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id "
+                                    "WHERE e.source_run_id = ?", (result.run_id,)).fetchall()
+    assert [(uri, json.loads(extra)) for uri, extra in events] == [
+        ("medguard://sources/extract", {"sources_dir": str(out_dir), "tabular_format": "csv"})]
 
 
 def test_when_synthetic_extract_gets_a_bad_population_size_then_the_run_is_failed(settings: Settings):
