@@ -52,6 +52,30 @@ def lake_fs(settings: Settings) -> tuple[pafs.FileSystem, str]:
     return pafs.PyFileSystem(DeltaStorageHandler(root, options)), ""
 
 
+def lake_writer(settings: Settings) -> Callable[[str], Any]:
+    """Opens a file of the lake (a path relative to its root) for writing; parents are made as needed."""
+    root = str(settings.lake_root).rstrip("/")
+    if settings.lake_is_local:
+        local, base = pafs.LocalFileSystem(), root.removeprefix("file://")
+
+        def open_local(rel: str) -> Any:
+            path = join(base, rel)
+            local.create_dir(path.rsplit("/", 1)[0], recursive=True)
+            return local.open_output_stream(path)
+
+        return open_local
+    from deltalake.fs import DeltaStorageHandler
+
+    options = {k: v.get_secret_value() for k, v in settings.storage_options.items()} or None
+    handler = DeltaStorageHandler(root, options)
+    # deltalake 1.6's open_output_stream wraps its object-store stream in a pyarrow PythonFile, which hands it
+    # pyarrow Buffers that the stream refuses (it takes bytes only): write to the stream underneath instead.
+    raw = getattr(handler, "_handler", None)
+    if raw is None:
+        return handler.open_output_stream
+    return lambda rel: raw.open_output_stream(rel, None)
+
+
 def join(base: str, rel: str) -> str:
     return f"{base}/{rel}" if base else rel
 

@@ -158,7 +158,7 @@ def _lay_back(folder: Path, private: Any, manifest: dict[str, Any], target: Sett
               ) -> tuple[int, bytes | None, dict[str, Path]]:
     """Write every member to its place, each checked against the manifest; (bytes, anchor, OpenBao files)."""
     listed = {m["name"]: m for m in manifest["members"]}
-    fs, base = members.lake_fs(target)
+    open_lake = members.lake_writer(target)
     home = Path(target.home)
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     openbao_files: dict[str, Path] = {}
@@ -171,11 +171,11 @@ def _lay_back(folder: Path, private: Any, manifest: dict[str, Any], target: Sett
             if name not in listed:
                 raise BackupIntegrityError(f"member {name}: not in the manifest")
             if name.startswith("lake/"):
-                path = members.join(base, name.removeprefix("lake/"))
-                if target.lake_is_local:
-                    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-                with fs.open_output_stream(path) as out:
+                out = open_lake(name.removeprefix("lake/"))
+                try:
                     digest = _copy(stream, out)
+                finally:
+                    out.close()
             elif name == "audit/anchor.json":
                 data = stream.read()
                 anchor, digest = data, hashlib.sha256(data).hexdigest()
