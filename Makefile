@@ -76,8 +76,9 @@ infra-tools:
 		echo "note: docker-compose or shellcheck not found; their infra lint tests are skipped (install Debian's docker-compose and shellcheck)" >&2; \
 	fi
 
+# `make demo PATIENTS=N` picks the population size (default: the CLI's `medguard demo --patients`).
 demo: install
-	$(VENV)/bin/medguard demo
+	$(VENV)/bin/medguard demo $(if $(PATIENTS),--patients $(PATIENTS))
 
 test: install
 	$(PY) -m pytest

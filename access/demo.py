@@ -1,7 +1,8 @@
-"""Demo step ``50_access``: an analyst and a clinician query the lake through the policy-enforced gateway.
+"""Demo step ``80_access``: an analyst and a clinician query the lake through the policy-enforced gateway.
 
-Creates two principals (once), runs granted and refused queries over the tables earlier steps wrote, runs the
-activity detectors, and reports what happened — row counts, masks and refusal reasons, never cell values.
+Creates two principals (once), runs granted and refused queries over the tables the chain's DAG runs wrote, and
+reports what happened — row counts, masks and refusal reasons, never cell values. The activity detectors run
+afterwards, in the demo's audit monitor DAG run.
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ def step(settings: Settings, report: DemoReport) -> dict[str, Any]:
     """Run the access demo; skips with a note when no raw or de-identified table exists yet."""
     from access.gateway import QueryGateway
     from access.principals import PrincipalStore
-    from storage_security.audit.monitoring import ActivityMonitor
 
     lake = Lake(settings)
     deidentified, raw = lake.tables(Zone.DEIDENTIFIED), lake.tables(Zone.RAW)
@@ -85,7 +85,6 @@ def step(settings: Settings, report: DemoReport) -> dict[str, Any]:
                             "notices": result.notices()})
         except MedguardError as exc:  # a refusal, or a table the step cannot read: reported, not fatal
             results.append({"principal": name, "sql": sql, "granted": False, "reason": str(exc)})
-    alerts = ActivityMonitor(lake, gateway.audit).run()
     return {"queries": results, "granted": sum(r["granted"] for r in results),
-            "refused": sum(not r["granted"] for r in results), "new_alerts": len(alerts),
+            "refused": sum(not r["granted"] for r in results),
             "tables_for_analyst": gateway.tables(store.local_session(ANALYST, operator=operator))}

@@ -1,7 +1,9 @@
-"""The analytics steps of ``medguard demo``: ``60_train`` and ``70_diagnose`` (entry points).
+"""The analytics steps of ``medguard demo``: ``60_train`` and ``70_diagnose`` (entry points), each one DAG run.
 
-Both run on the deidentified tables that de-identification published earlier in the demo; when those do not
-exist yet (or carry no column classification), the step is skipped with a note instead of failing the demo.
+``60_train`` runs ``medguard_train`` on the deidentified tables de-identification published, then reads the
+registered model back from the signed registry: its metrics, the promotion decision and its model card.
+``70_diagnose`` runs ``medguard_batch_diagnosis`` when the registry holds a current (promoted) model, and reports
+the predictions zone's rows; with no current model it says why instead (fail closed: a candidate is never used).
 """
 
 from __future__ import annotations
@@ -9,42 +11,54 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ValidationError
+from pipeline.demo import run_dag_step, table_rows
 from pipeline.lake import Lake, Zone
 from pipeline.settings import Settings
 
 T2D_CONFIG = Path(__file__).parent / "configs" / "t2d_within_1y.yaml"
-NEEDED = ("outcomes", "patients", "observations")
+TABLE, LABEL = "outcomes", "t2d_within_1y"
 
 
 def train_step(settings: Settings, report: Any) -> dict[str, Any]:
-    """Train the T2D model on the demo's deidentified tables."""
-    from analytics.flow import train_pipeline
-
-    present = set(Lake(settings).tables(Zone.DEIDENTIFIED))
-    missing = [t for t in NEEDED if t not in present]
-    if missing:
-        return {"skipped": f"no deidentified {', '.join(missing)} yet: run de-identification first"}
-    try:
-        return train_pipeline(settings, "outcomes", "t2d_within_1y", config_path=str(T2D_CONFIG))
-    except ValidationError as exc:
-        # A demo population too small to hold enough positive labels is a sizing choice, not a failure.
-        small = ("column classification", "too few to train", "more labelled data (of both classes) is needed")
-        if not any(reason in str(exc) for reason in small):
-            raise
-        return {"skipped": str(exc)}
+    """Run the train DAG on the T2D cohort (its defaults); returns the run and the model it left in the registry."""
+    run = run_dag_step(settings, "medguard_train")
+    model = registered_model(settings)
+    return {"dag_run": run, **model, "summary": {"model": model}}
 
 
 def diagnose_step(settings: Settings, report: Any) -> dict[str, Any]:
-    """Score the deidentified outcomes table with the current model (skipped when training promoted none)."""
-    from analytics.flow import diagnose
+    """Run the batch diagnosis DAG with the current model; skipped (with the reasons) when there is none."""
+    from analytics.flow import CURRENT_TABLE
 
-    trained = report.steps.get("train", {})
-    if "model_version" not in trained:
-        return {"skipped": "no model was trained in this demo run"}
-    promotion = trained.get("promotion") or {}
-    if not promotion.get("current"):
-        # Fail closed: a candidate that did not earn promotion is never used; the demo says why instead.
-        return {"skipped": f"no current model: {trained['model_version']} stays a candidate ("
-                           f"{'; '.join(promotion.get('reasons', []))})"}
-    return diagnose(settings, "outcomes")
+    model = registered_model(settings)
+    if model["current"] is None:
+        reasons = "; ".join(model.get("promotion", {}).get("reasons", []))
+        return {"skipped": f"no current model: {model['model_version']} stays a candidate ({reasons})"}
+    run = run_dag_step(settings, "medguard_batch_diagnosis")
+    lake = Lake(settings)
+    predictions = {t: table_rows(lake, Zone.PREDICTIONS, t) for t in lake.tables(Zone.PREDICTIONS)}
+    flags = lake.read_arrow(Zone.PREDICTIONS, CURRENT_TABLE, columns=["flag"]).column("flag").to_pylist()
+    flagged = sum(bool(flag) for flag in flags)
+    return {"dag_run": run, "predictions_rows": predictions, "flagged_patients": flagged}
+
+
+def registered_model(settings: Settings) -> dict[str, Any]:
+    """The T2D model's newest version in the registry (verified): status, held-out metrics, the promotion decision,
+    the current version and the model card's path.
+
+    Raises:
+        ValidationError: no T2D model is registered.
+        ModelIntegrityError: the registry's index does not verify.
+    """
+    from analytics.registry import CARD_FILE, ModelRegistry, model_name
+    from storage_security.keys.providers import provider_from_settings
+
+    registry = ModelRegistry(settings, provider_from_settings(settings))
+    name = model_name(TABLE, LABEL)
+    described = registry.describe(name)
+    newest = described["versions"][-1]
+    current = described["current"]
+    return {"model_version": newest["model_version"], "status": newest["status"],
+            "metrics": newest.get("metrics", {}), "promotion": newest.get("promotion") or {},
+            "current": f"{name}@v{current}" if current is not None else None,
+            "model_card": str(registry.root / name / f"v{newest['version']}" / CARD_FILE)}

@@ -1,10 +1,11 @@
-"""The security core's demo steps: bring up the key provider first, and check the guarantees last.
+"""The security core's demo steps: bring up the key provider first, watch the audit log, check the guarantees last.
 
 ``20_security`` starts the local OpenBao (the embedded default's Vault) and makes sure the data and audit KEKs
-exist, so every later step runs the production key path. ``90_verify`` runs after every layer: it verifies the
-audit chain and greps every file under ``MEDGUARD_HOME`` (but the source extracts) and this user's new files in
-the system temp folder for the plaintext of identifiers from the demo sources — the "no plaintext PHI on disk"
-promise, checked on what the demo actually wrote, wherever it wrote it.
+exist, so every later step runs the production key path. ``87_audit_monitor`` runs the ``medguard_audit_monitor``
+DAG after the users' steps (chain check, activity detectors) and reports the alerts the lake holds. ``90_verify``
+runs after every layer: it verifies the audit chain and greps every file under ``MEDGUARD_HOME`` (but the source
+extracts) and this user's new files in the system temp folder for the plaintext of identifiers from the demo
+sources — the "no plaintext PHI on disk" promise, checked on what the demo actually wrote, wherever it wrote it.
 """
 
 from __future__ import annotations
@@ -44,6 +45,25 @@ def security_step(settings: Settings, report: DemoReport) -> dict[str, Any]:
         provider.ensure_key(name)
     result["keks"] = {name: provider.versions(name).latest for name in (settings.vault.kek_name, DEFAULT_KEY_NAME)}
     return result
+
+
+def audit_monitor_step(settings: Settings, report: DemoReport) -> dict[str, Any]:
+    """Run the audit monitor DAG; returns the run and the stored alerts by detector and by severity (from the lake).
+    """
+    from collections import Counter
+
+    from pipeline.demo import run_dag_step
+    from pipeline.lake import Lake, Zone
+    from storage_security.audit.monitoring import ALERTS_TABLE
+
+    run = run_dag_step(settings, "medguard_audit_monitor")
+    lake = Lake(settings)
+    alerts = (lake.read_arrow(Zone.AUDIT, ALERTS_TABLE, columns=["detector", "severity"]).to_pylist()
+              if lake.exists(Zone.AUDIT, ALERTS_TABLE) else [])
+    counted = {"total": len(alerts),
+               "by_detector": dict(Counter(a["detector"] for a in alerts).most_common()),
+               "by_severity": dict(Counter(a["severity"] for a in alerts).most_common())}
+    return {"dag_run": run, "summary": {"alerts": counted}}
 
 
 def verify_step(settings: Settings, report: DemoReport) -> dict[str, Any]:

@@ -46,17 +46,16 @@ def _server_env(settings: Any) -> dict[str, str]:
 
 
 def step(settings: Any, report: Any) -> dict[str, Any]:
-    """Run the demo (skipped with the reason when this run left no current model)."""
+    """Run the demo (skipped with the reason when the registry holds no current model)."""
     import httpx
 
     from access.client import SignedClient, generate_key_pair
     from access.endpoints import EndpointRegistry
+    from analytics.demo import registered_model
 
-    trained = report.steps.get("train", {}) if report is not None else {}
-    if "model_version" not in trained:
-        return {"skipped": "no model was trained in this demo run"}
-    if not (trained.get("promotion") or {}).get("current"):
-        return {"skipped": f"no current model: {trained['model_version']} stays a candidate"}
+    model = registered_model(settings)
+    if model["current"] is None:
+        return {"skipped": f"no current model: {model['model_version']} stays a candidate"}
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     medguard = str(Path(sys.executable).with_name("medguard"))

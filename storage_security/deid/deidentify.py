@@ -531,16 +531,15 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def demo_step(settings: Settings, report: Any) -> dict[str, Any]:
-    """``medguard demo`` step ``40_deidentify``: publish every raw table, then score detection on the demo notes.
-
-    Detection is scored on the demo population's labelled notes against vanilla Presidio in the same run.
+    """``medguard demo`` step ``40_deidentify``: the ``medguard_deidentify`` DAG, then each published table's report
+    read back from the lake, then detection scored on the demo's labelled notes against vanilla Presidio.
     """
-    from pipeline.demo import DEMO_SOURCES
+    from pipeline.demo import DEMO_SOURCES, run_dag_step
     from storage_security.deid.evaluation import evaluate, load_labelled_notes
 
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"dag_run": run_dag_step(settings, "medguard_deidentify")}
     lake = Lake(settings)
-    out["published"] = publish_raw_zone(settings=settings) if lake.tables("raw") else {}
+    out["published"] = {table: summary(published_report(lake, table)) for table in lake.tables("deidentified")}
     notes_file = settings.home / DEMO_SOURCES / "notes.jsonl"
     if notes_file.exists():
         notes = load_labelled_notes(notes_file, limit=500)

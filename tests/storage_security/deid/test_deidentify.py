@@ -183,26 +183,6 @@ def test_when_deidentify_runs_from_the_cli_on_vault_then_the_table_is_published(
     assert missing.returncode == 1 and len(missing.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.e2e
-def test_when_the_demo_step_runs_then_it_publishes_and_scores_against_vanilla(tmp_path, keyring_env):
-    from pipeline.settings import load_settings
-    from storage_security.deid.deidentify import demo_step
-
-    # The step builds everything from its settings: the keyring of the environment is their key provider.
-    home_settings = load_settings(home=tmp_path, lake_root=str(tmp_path / "lake"))
-    assert home_settings.key_provider == "keyring" and home_settings.keyring.path == keyring_env.path
-    lake = Lake(home_settings)
-    load_raw(ProtectedLake(lake, keyring_env, principal="svc:ingest"), generated(60, 11), ("outcomes",))
-    demo_notes = tmp_path / "sources" / "demo" / "notes.jsonl"
-    demo_notes.parent.mkdir(parents=True)
-    demo_notes.write_text("\n".join((generated(60, 11) / "notes.jsonl").read_text().splitlines()[:6]) + "\n")
-    result = demo_step(home_settings, None)
-    assert result["published"]["outcomes"]["rows_out"] == 60
-    evaluation = result["evaluation"]
-    assert evaluation["notes"] == 6 and evaluation["min_recall_per_label"] >= 0.95
-    assert evaluation["medguard"]["recall"] >= evaluation["vanilla_presidio"]["recall"]
-
-
 @pytest.mark.integration
 def test_when_a_second_batch_brings_the_same_records_then_each_is_published_once(published, settings):
     plake, lake = published["plake"], published["lake"]
