@@ -7,12 +7,15 @@
 #   MEDGUARD_VAULT__TRANSIT_MOUNT  (default transit)      substituted for transit/ in the policies
 #   MEDGUARD_VAULT__KEK_NAME       (default medguard-kek) substituted for medguard-kek in the policies
 #   APPROLE_BOUND_CIDRS            (optional, e.g. 10.0.4.0/24) where secret ids and tokens may be used from
+#   SECRET_ID_TTL                  (default 24h) how long a secret id stays valid; a long-running service (the
+#                                  compose deployment's `medguard serve`) needs one that outlives its restarts
 set -euo pipefail
 
 VAULT="${VAULT_BIN:-vault}"
 MOUNT="${MEDGUARD_VAULT__TRANSIT_MOUNT:-transit}"
 KEK="${MEDGUARD_VAULT__KEK_NAME:-medguard-kek}"
 CIDRS="${APPROLE_BOUND_CIDRS:-}"
+SECRET_TTL="${SECRET_ID_TTL:-24h}"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 POLICIES="$HERE/../../storage_security/local_vault/policies"
@@ -41,7 +44,7 @@ if ! "$VAULT" secrets list -format=json | grep -q '"medguard-audit/"'; then
 fi
 
 for role in "${!ROLES[@]}"; do
-  args=(token_policies="${ROLES[$role]}" token_ttl=1h token_max_ttl=4h secret_id_ttl=24h secret_id_num_uses=0)
+  args=(token_policies="${ROLES[$role]}" token_ttl=1h token_max_ttl=4h secret_id_ttl="$SECRET_TTL" secret_id_num_uses=0)
   if [[ -n "$CIDRS" ]]; then
     args+=(secret_id_bound_cidrs="$CIDRS" token_bound_cidrs="$CIDRS")
   fi

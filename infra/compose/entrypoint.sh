@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Entry point of the medguard image: turn Docker secrets into the variables medguard, Spark and Airflow read, then
+# hand over to the Airflow image's own entry point (which runs `airflow <command>`, or `bash`/`python` as given).
+#
+# For every variable NAME_FILE=/run/secrets/x among MEDGUARD_*_FILE and _SPARK_AUTH_SECRET_FILE, NAME is exported
+# with the file's content and NAME_FILE is removed (medguard refuses unknown MEDGUARD_* settings, so a leftover
+# MEDGUARD_VAULT__SECRET_ID_FILE would stop every command). Secrets never appear in the compose file or in `docker
+# inspect`; a missing or empty file stops the container with one line naming the variable, not the value.
+set -euo pipefail
+
+for name in $(compgen -e); do
+  case "$name" in
+    MEDGUARD_*_FILE | _SPARK_AUTH_SECRET_FILE) ;;
+    *) continue ;;
+  esac
+  file="${!name}"
+  target="${name%_FILE}"
+  if [[ ! -s "$file" ]]; then
+    echo "entrypoint: $name names $file, which is missing or empty (run infra/compose/gen-secrets.sh and the set-up jobs)" >&2
+    exit 78
+  fi
+  export "$target"="$(<"$file")"
+  unset "$name"
+done
+
+# Files a service cannot start without that no variable names (e.g. the kwargs file of Airflow's Vault backend,
+# read through a _CMD option), space-separated.
+for file in ${REQUIRED_SECRET_FILES:-}; do
+  if [[ ! -s "$file" ]]; then
+    echo "entrypoint: $file is missing or empty (run the openbao-setup job: infra/README.md)" >&2
+    exit 78
+  fi
+done
+unset REQUIRED_SECRET_FILES
+
+exec /entrypoint "$@"
