@@ -11,14 +11,22 @@ which seals every PHI column of the contract before anything is written. Rejecte
 ``quarantine/records`` with their position, rules and reason; their payload is sealed the same way.
 
 Idempotence (the choice, documented): **a deterministic batch id, Delta transaction identifiers per chunk,
-and a batch ledger.** The batch id is a digest of the source kind, the contracts, the chunk size and the input
-files' bytes, so re-running the same input gives the same batch and the same chunks. Every chunk is appended to
+and a batch ledger.** The batch id is a keyed digest (HMAC under the lake's source key, see
+:mod:`ingestion.sources._keyed`) of the source kind, the contracts, the chunk size and the input files' names and
+bytes, so re-running the same input on the same lake gives the same batch and the same chunks, and nobody without
+the key can confirm which files a batch held. Every chunk is appended to
 ``raw/<table>`` and ``quarantine/records`` with the Delta transaction identifier ``(medguard-ingest/<batch>,
 <chunk>)`` in the same atomic commit; a run that resumes after a crash at any point asks each table which chunk
 it committed last and writes only the chunks after it, so nothing is added twice and nothing is lost. An append
 costs the same however large the table has grown (a merge on content would rescan the table for every chunk).
 When a batch has finished, a row in ``quarantine/batches`` (the ledger) records its counts and validation
 results, and a later run of the same batch returns those without touching the tables.
+
+No file name reaches the lake: a file name can name a patient (Synthea writes ``Aaron697_Brekke496_<uuid>.json``).
+Positions and reasons in ``quarantine/records``, its ``source_path``, the ledger's ``source_path`` and the batch
+report name a file by its keyed label ``fd_<16 hex>``; ``medguard ingest --locate fd_… --path FOLDER`` finds the
+file again (:func:`locate_file`), with the same key. Records with no id of their own are keyed by a keyed digest of
+their content (``hmac:…``), never an unkeyed SHA-256.
 
 ``raw`` is the append-only landing zone: the same record arriving in two different batches (the same extract
 as CSV and as Parquet, or a patient in both a FHIR bundle and an HL7 feed) is kept once per batch, with the
@@ -52,12 +60,13 @@ from ingestion.contract import CONFORMED_TABLES, Contract, builtin_contract, loa
 from ingestion.identity import IDENTITY_COLUMN, IdentityCheck, conflict_reason, held_record_reason
 from ingestion.identity import RULE as IDENTITY_RULE
 from ingestion.sources._base import SourceChunk, TableRows
+from ingestion.sources._keyed import LEGACY_BATCH_ID, SourceKeys, locate
 from ingestion.validate import ChunkValidator
 from pipeline.errors import ValidationError
 from pipeline.lake import CommitInfo, Zone
 from pipeline.settings import Settings
 
-__all__ = ["SOURCES", "BatchReport", "TableCounts", "ingest"]
+__all__ = ["SOURCES", "BatchReport", "TableCounts", "ingest", "legacy_digests", "locate_file"]
 
 SOURCES = ("tabular", "fhir", "hl7", "ccda", "notes")
 QUARANTINE_TABLE = "records"
@@ -213,20 +222,23 @@ def _table_from_path(path: Path) -> str:
     return safe_name(stem if stem[:1].isalpha() else f"t_{stem}")
 
 
-def batch_id_for(source: str, files: list[Path], contracts: dict[str, Contract], chunk_rows: int) -> str:
-    """A deterministic batch id: same source, files, contracts and chunk size give the same id.
+def batch_id_for(source: str, files: list[Path], contracts: dict[str, Contract], chunk_rows: int,
+                 keys: SourceKeys) -> str:
+    """A deterministic batch id, ``bk<24 hex>``: same lake key, source, files, contracts and chunk size, same id.
 
-    The chunk size is part of it because chunk numbers are what a resumed batch skips by.
+    The chunk size is part of it because chunk numbers are what a resumed batch skips by. It is an HMAC under the
+    lake's source key: an unkeyed digest of the files would let anyone holding a guessed file confirm it was loaded.
     """
-    digest = hashlib.sha256()
+    digest = keys.batch()
     digest.update(json.dumps([source, sorted((t, c.fingerprint) for t, c in contracts.items()),
                               chunk_rows]).encode())
     for file in files:
-        digest.update(file.name.encode() + b"\0")
+        name = file.name.encode("utf-8", "surrogateescape")
+        digest.update(len(name).to_bytes(4, "big") + name)
         with file.open("rb") as handle:
             while block := handle.read(1 << 20):
                 digest.update(block)
-    return f"b{digest.hexdigest()[:24]}"
+    return f"bk{digest.hexdigest()[:24]}"
 
 
 def _note_files(source: str, path: Path) -> bool:
@@ -234,8 +246,10 @@ def _note_files(source: str, path: Path) -> bool:
     return source == "notes" and (path.is_dir() or path.suffix.lower() == ".txt")
 
 
-def _chunks(source: str, path: Path, contracts: dict[str, Contract], settings: Settings) -> Iterator[SourceChunk]:
-    options = {"chunk_rows": settings.ingestion.chunk_rows, "max_record_bytes": settings.ingestion.max_record_bytes}
+def _chunks(source: str, path: Path, contracts: dict[str, Contract], settings: Settings,
+            keys: SourceKeys) -> Iterator[SourceChunk]:
+    options = {"chunk_rows": settings.ingestion.chunk_rows, "max_record_bytes": settings.ingestion.max_record_bytes,
+               "keys": keys}
     if _note_files(source, path):
         from ingestion.sources.notes_text import read_note_files
 
@@ -382,10 +396,12 @@ def _identity_check(plake: Any, contracts: dict[str, Contract]) -> IdentityCheck
 class _Batch:
     def __init__(self, settings: Settings, plake: Any, source: str, path: Path, contracts: dict[str, Contract],
                  batch_id: str, stages: tuple[str, ...], dag_run: str | None, docs_dir: Path | None,
-                 progress: Callable[[str, int, int | None], None] | None = None) -> None:
+                 progress: Callable[[str, int, int | None], None] | None = None, *, keys: SourceKeys) -> None:
         self.settings, self.plake, self.source, self.path = settings, plake, source, path
         self.contracts, self.batch_id, self.stages, self.dag_run = contracts, batch_id, stages, dag_run
-        self.report = BatchReport(batch_id, source, str(path), stages=stages,
+        self.keys = keys
+        self.path_label = keys.file_label(path.name)  # what the lake and the report call the input, never its name
+        self.report = BatchReport(batch_id, source, self.path_label, stages=stages,
                                   contracts={t: c.fingerprint for t, c in contracts.items()})
         self.validators = {t: ChunkValidator(c, docs_dir) for t, c in contracts.items()}
         self.dedup = _Dedup()
@@ -401,7 +417,8 @@ class _Batch:
     def run(self) -> BatchReport:
         try:
             with _checks(self.settings, self.contracts, self.hash_key) as checks:
-                for chunk, checked in checks.run(_chunks(self.source, self.path, self.contracts, self.settings)):
+                for chunk, checked in checks.run(_chunks(self.source, self.path, self.contracts, self.settings,
+                                                                      self.keys)):
                     self._chunk(chunk, checked)
         finally:
             self.dedup.close()
@@ -560,7 +577,7 @@ class _Batch:
         known = self.report.first_reasons
         if len(known) < FIRST_REASONS and not any(r["table"] == table and r["rules"] == rules for r in known):
             known.append({"table": table, "rules": rules, "position": position, "reason": reason})
-        return {"quarantine_id": qid, "table_name": table, "source": self.source, "source_path": str(self.path),
+        return {"quarantine_id": qid, "table_name": table, "source": self.source, "source_path": self.path_label,
                 "batch_id": self.batch_id, "position": position, "rules": rules, "reason": f"{table}: {reason}",
                 "record_key": record_key, "patient_id": patient_id, "payload": payload,
                 "payload_truncated": truncated, "_ingested_at": self.now}
@@ -699,11 +716,12 @@ def ingest(settings: Settings, *, source: str, path: str | Path, table: str | No
     files = source_files(source, source_path)
     contracts = {name: with_defaults(found, facility=settings.ingestion.default_facility)
                  for name, found in resolve_contracts(settings, source, source_path, table, contract).items()}
-    batch_id = batch_id_for(source, files, contracts, settings.ingestion.chunk_rows)
     if plake is None:
         from storage_security.protected import ProtectedLake
 
         plake = ProtectedLake.from_settings(settings, principal=PRINCIPAL)
+    keys = SourceKeys.of_lake(plake)  # fails closed: no key, no batch id and nothing read
+    batch_id = batch_id_for(source, files, contracts, settings.ingestion.chunk_rows, keys)
     commit = CommitInfo(principal=plake.principal, purpose="ingest", dag_run=dag_run, batch_id=batch_id)
     if stages:
         replayed = _replay(_ledger_rows(plake, batch_id), stages)
@@ -712,11 +730,54 @@ def ingest(settings: Settings, *, source: str, path: str | Path, table: str | No
             return replayed
     docs_dir = settings.home / "reports" / "ingest" / "data_docs" if docs else None
     report = _Batch(settings, plake, source, source_path, contracts, batch_id, stages, dag_run, docs_dir,
-                    progress).run()
+                    progress, keys=keys).run()
     if stages:
         _record_ledger(plake, report, commit)
     _audit(plake, report, commit)
     return report
+
+
+def locate_file(settings: Settings, label: str, folder: str | Path, *, plake: Any = None) -> list[Path]:
+    """The files of ``folder`` whose keyed label is in ``label`` (a ``fd_…`` token, or a quarantine position).
+
+    The label is the lake's keyed digest of the file's name, so this needs the lake's key, as the batch did. The
+    search is audited (a read of the quarantine zone's file labels), naming neither the label nor the file.
+
+    Raises:
+        ValueError: no ``fd_<16 hex>`` token in ``label``, or no ``folder``.
+        KeyProviderUnavailableError, KeyAccessDeniedError: the key provider failed.
+    """
+    from storage_security.audit.log import AuditAction, AuditEvent, Decision
+
+    if plake is None:
+        from storage_security.protected import ProtectedLake
+
+        plake = ProtectedLake.from_settings(settings, principal=PRINCIPAL)
+    found = locate(SourceKeys.of_lake(plake), label, Path(folder).expanduser())
+    plake.record(AuditEvent(principal=plake.principal, action=AuditAction.READ, zone=Zone.QUARANTINE, columns=(),
+                            row_count=len(found), decision=Decision.ALLOW, purpose="ingest-locate",
+                            details={"located": len(found)}))
+    return found
+
+
+def legacy_digests(lake: Any) -> dict[str, int]:
+    """Rows written before digests were keyed, per ``zone.table``: their batch id is an unkeyed ``b<24 hex>``.
+
+    Such a batch may have left unkeyed ``sha256:`` keys of id-less records in ``raw`` and file names in quarantine
+    positions, reasons and ``source_path`` and in the ledger; the batch id itself is an unkeyed digest of the input
+    files. Reads one plaintext column per table (no key, nothing decrypted); tables without a batch column are
+    not counted.
+    """
+    found: dict[str, int] = {}
+    for zone, column in ((Zone.RAW, "_batch_id"), (Zone.QUARANTINE, "batch_id")):
+        for table in lake.tables(zone):
+            if column not in lake.schema(zone, table).names:
+                continue
+            ids = lake.read_arrow(zone, table, columns=[column]).column(column)
+            legacy = int(pc.sum(pc.match_substring_regex(ids, LEGACY_BATCH_ID.pattern)).as_py() or 0)
+            if legacy:
+                found[f"{zone}.{table}"] = legacy
+    return found
 
 
 def extract_paths(source: str, sources_dir: str | Path, *,

@@ -33,21 +33,32 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
 
 def ingest(
     ctx: typer.Context,
-    source: Annotated[str, typer.Option("--source", help="tabular, fhir, hl7, ccda or notes.")],
     path: Annotated[Path, typer.Option("--path", help="Extract file, or a directory of FHIR/HL7/C-CDA files.")],
+    source: Annotated[str | None, typer.Option("--source", help="tabular, fhir, hl7, ccda or notes.")] = None,
     table: Annotated[str | None, typer.Option("--table", help="Table of a tabular extract (default: file stem).")]
     = None,
     contract: Annotated[Path | None, typer.Option("--contract", help="Contract YAML; inferred when omitted.")]
     = None,
+    locate: Annotated[str | None, typer.Option(
+        "--locate", help="Find the file a quarantine position's fd_<16 hex> label names in --path (a folder); "
+                         "loads nothing.")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Validate a source against its data contract, quarantine rejects, load the rest into raw (PHI encrypted).
 
-    Exits non-zero, with the first quarantine reasons, when every record was quarantined and nothing loaded.
+    Files are named in the lake by a keyed label (fd_…), never by their name (a file name can name a patient);
+    --locate LABEL --path FOLDER finds the file a label stands for. Exits non-zero, with the first quarantine
+    reasons, when every record was quarantined and nothing loaded.
     """
     from ingestion.batch import _table_from_path
     from ingestion.batch import ingest as run
     from pipeline.progress import PLAIN_INTERVAL_S, ProgressBoard
+
+    if locate is not None:
+        _locate(ctx, locate, path, as_json)
+        return
+    if source is None:
+        raise ValueError("--source is required (tabular, fhir, hl7, ccda or notes)")
 
     with ProgressBoard() as board:
         tables = board.callback("ingest")
@@ -55,7 +66,7 @@ def ingest(
             tables.expect(table or _table_from_path(path), _parquet_rows(path))
         # A chunk is read and checked whole before its first table loads (30 s for 300 FHIR patients): meanwhile,
         # a heartbeat.
-        with board.running(f"ingest {path.name}", every=PLAIN_INTERVAL_S):
+        with board.running(f"ingest {source}", every=PLAIN_INTERVAL_S):  # not the file's name: it can name a patient
             result = run(settings_from(ctx), source=source, path=path, table=table, contract=contract,
                          progress=tables).to_dict()
         tables.finish()
@@ -66,6 +77,18 @@ def ingest(
                "data_docs": result["data_docs"], "replayed": result["replayed"]}
     emit(compact, as_json, "\n".join(summary_lines(result)))
     nothing_loaded(result)
+
+
+def _locate(ctx: typer.Context, label: str, folder: Path, as_json: bool) -> None:
+    """Print the file(s) of ``folder`` a keyed file label stands for; raise when none does."""
+    from ingestion.batch import locate_file
+    from pipeline.errors import MedguardError
+
+    found = locate_file(settings_from(ctx), label, folder)
+    if not found:
+        raise MedguardError(f"no file in {folder} has that label under this lake's key (another folder, or another "
+                            "lake?)")
+    emit({"files": [str(p) for p in found]}, as_json, "\n".join(str(p) for p in found))
 
 
 def nothing_loaded(result: dict[str, Any], shown: int = 3) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ingestion.sources._base import Rejected, SourceChunk
+from ingestion.sources._keyed import SourceKeys
 
 __all__ = ["FILES", "InputFiles", "input_files"]
 
@@ -36,10 +37,11 @@ class InputFiles:
             chunk.rejected.extend(self.refused)
 
 
-def input_files(path: Path, suffixes: tuple[str, ...]) -> InputFiles:
+def input_files(path: Path, suffixes: tuple[str, ...], keys: SourceKeys | None = None) -> InputFiles:
     """The inputs under ``path``: the file itself, or the folder's regular files ending with ``suffixes``.
 
-    ``suffixes`` are matched case-insensitively against the end of the name (``.ndjson``, ``.ndjson.gz``).
+    ``suffixes`` are matched case-insensitively against the end of the name (``.ndjson``, ``.ndjson.gz``). A refused
+    entry is named as ``keys`` names files (its keyed label in a batch: a file name can name a patient).
     Raises ``ValueError`` when ``path`` does not exist or is neither a file nor a folder.
     """
     if not path.exists():
@@ -54,13 +56,14 @@ def input_files(path: Path, suffixes: tuple[str, ...]) -> InputFiles:
         if not entry.name.lower().endswith(wanted):
             continue
         mode = entry.lstat().st_mode
+        name = keys.file_name(entry.name) if keys is not None else entry.name
         if stat.S_ISLNK(mode):
-            found.refused.append(Rejected(FILES, entry.name, "file:symlink",
-                                          f"{entry.name} is a symbolic link; links are not followed (an input "
+            found.refused.append(Rejected(FILES, name, "file:symlink",
+                                          f"{name} is a symbolic link; links are not followed (an input "
                                           "must be a regular file inside the folder)", ""))
         elif not stat.S_ISREG(mode):
-            found.refused.append(Rejected(FILES, entry.name, "file:special",
-                                          f"{entry.name} is not a regular file (a folder, FIFO or device); "
+            found.refused.append(Rejected(FILES, name, "file:special",
+                                          f"{name} is not a regular file (a folder, FIFO or device); "
                                           "not read", ""))
         else:
             found.files.append(entry)

@@ -39,16 +39,17 @@ is kept. ``nullFlavor``
 marks a missing value, never an error: the column is left empty (and a required one is quarantined by the
 contract as missing, with its row's position).
 
-Identifiers: a record's id is its first ``id``'s ``@extension``, or ``@root`` when it has no extension (a UUID or
-an OID instance); an entry with no usable id is keyed by a digest of its XML, so the same entry sent twice is one
-record; an id a vendor reuses for different entries of one table in a document becomes ``<id>:<n>`` for its n-th
-entry (see :func:`_unique_keys`). An entry that links an encounter (``entryRelationship/encounter/id``) carries
-its ``encounter_id``. The patient id is the first ``recordTarget/patientRole/id`` with an ``@extension`` that is
-not an SSN (the SSN, root ``2.16.840.1.113883.4.1``, goes to ``ssn``); when there is none, a root-only id; when
-there is none either (seen in a vendor sample whose only id is an SSN root with no value), ``ccda-document:`` and
-the document's own id, so the document's records stay together under one patient until identity review links
-them. Only the first ``recordTarget`` is read (a CCD has exactly one). Problems nested in an Encounter Activity
-(Encounter Diagnosis) are not read: the problem list carries them.
+Identifiers: a record's id is its first ``id``'s ``@extension``, or ``@root`` when it has no extension (a UUID or an
+OID instance); an entry with no usable id is keyed by a keyed digest of its XML (``hmac:…``, under the lake's key in a
+batch, see :mod:`ingestion.sources._keyed`: an unkeyed one could be confirmed by guessing the entry), so the same
+entry sent twice is one record; an id a vendor reuses for different entries of one table in a document becomes
+``<id>:<n>`` for its n-th entry (see :func:`_unique_keys`). An entry that links an encounter
+(``entryRelationship/encounter/id``) carries its ``encounter_id``. The patient id is the first
+``recordTarget/patientRole/id`` with an ``@extension`` that is not an SSN (the SSN, root ``2.16.840.1.113883.4.1``,
+goes to ``ssn``); when there is none, a root-only id; when there is none either (seen in a vendor sample whose only id
+is an SSN root with no value), ``ccda-document:`` and the document's own id, so the document's records stay together
+under one patient until identity review links them. Only the first ``recordTarget`` is read (a CCD has exactly one).
+Problems nested in an Encounter Activity (Encounter Diagnosis) are not read: the problem list carries them.
 
 Negation (``negationInd="true"``) is kept, never read as its opposite: an immunization not given is
 ``not-done``, a medication not taken ``not-taken``, a procedure not done ``not-done``; "no known allergy" and
@@ -59,7 +60,6 @@ quarantined with rule ``ccda:negated``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -72,6 +72,7 @@ from lxml import etree
 from ingestion.codes import SYSTEMS, short_name
 from ingestion.sources._base import PAYLOAD_KEEP_BYTES, Chunker, Rejected, SourceChunk, lossy
 from ingestion.sources._files import InputFiles, input_files
+from ingestion.sources._keyed import SourceKeys
 
 __all__ = ["CHUNK_BYTES", "DOCUMENTS", "SUFFIXES", "ccda_files", "parse_document", "read_ccda"]
 
@@ -154,23 +155,25 @@ def ccda_files(path: Path) -> InputFiles:
     return input_files(path, SUFFIXES)
 
 
-def read_ccda(path: Path, *, chunk_rows: int, max_record_bytes: int,
-              chunk_bytes: int = CHUNK_BYTES) -> Iterator[SourceChunk]:
+def read_ccda(path: Path, *, chunk_rows: int, max_record_bytes: int, chunk_bytes: int = CHUNK_BYTES,
+              keys: SourceKeys | None = None) -> Iterator[SourceChunk]:
     """Chunks of mapped records from the documents under ``path``, one ``documents`` unit per file.
 
     ``max_record_bytes`` bounds a document: a larger file is quarantined (``record:size``) with its first bytes,
     and never parsed. A chunk also closes once the documents in it add up to ``chunk_bytes``, since each
     may be kept whole (in ``resources`` or as a quarantined payload): rows alone would let a chunk of a
-    thousand 4 MiB documents hold gigabytes.
+    thousand 4 MiB documents hold gigabytes. ``keys`` name the files in positions and key id-less entries (a batch
+    passes the lake's); without, file names are shown and a random key is used.
     """
-    found = ccda_files(path)
+    keys = keys or SourceKeys.local()
+    found = input_files(path, SUFFIXES, keys)
     chunks = Chunker(chunk_rows)
     found.report_refused(chunks.chunk)
     held = 0
     for file in found.files:
         chunk = chunks.chunk
         chunk.units[DOCUMENTS] = chunk.units.get(DOCUMENTS, 0) + 1
-        held += _document(chunk, file, max_record_bytes)
+        held += _document(chunk, file, max_record_bytes, keys)
         if held >= chunk_bytes:
             held = 0
             yield from chunks.rest()  # closes the chunk now and starts the next
@@ -222,9 +225,9 @@ class _NoExternal(etree.Resolver):
         return self.resolve_string("", context)
 
 
-def _document(chunk: SourceChunk, file: Path, max_bytes: int) -> int:
+def _document(chunk: SourceChunk, file: Path, max_bytes: int, keys: SourceKeys) -> int:
     """Map one document into ``chunk``; returns how many of its bytes the chunk may now hold."""
-    label = file.name
+    label = keys.file_name(file.name)
     try:
         size = file.stat().st_size
         if size > max_bytes:
@@ -238,11 +241,11 @@ def _document(chunk: SourceChunk, file: Path, max_bytes: int) -> int:
         chunk.rejected.append(Rejected(DOCUMENTS, label, "file:read",
                                        f"{label} could not be read ({type(exc).__name__})", ""))
         return 0
-    _map_document(chunk, label, data)
+    _map_document(chunk, label, data, keys)
     return len(data)
 
 
-def _map_document(chunk: SourceChunk, label: str, data: bytes) -> None:
+def _map_document(chunk: SourceChunk, label: str, data: bytes, keys: SourceKeys) -> None:
     try:
         root = parse_document(data)
     except ParseRefused as refused:
@@ -258,7 +261,7 @@ def _map_document(chunk: SourceChunk, label: str, data: bytes) -> None:
                                               "patient", data)
         return
     try:
-        _Document(chunk, label, root, role).map()
+        _Document(chunk, label, root, role, keys).map()
     except Exception as exc:  # a reader never raises on bad input: a header no mapping foresaw
         _refuse(chunk, label, "ccda:document", f"could not be mapped ({type(exc).__name__})", data)
 
@@ -326,10 +329,6 @@ def _first_id(element: Any) -> str | None:
         if value:
             return value
     return None
-
-
-def _digest_id(element: Any) -> str:
-    return "sha256:" + hashlib.sha256(etree.tostring(element)).hexdigest()[:32]
 
 
 def _ts(element: Any) -> str | None:
@@ -422,8 +421,8 @@ class _Coded:
 
 
 class _Document:
-    def __init__(self, chunk: SourceChunk, label: str, root: Any, role: Any) -> None:
-        self.chunk, self.label, self.root, self.role = chunk, label, root, role
+    def __init__(self, chunk: SourceChunk, label: str, root: Any, role: Any, keys: SourceKeys) -> None:
+        self.chunk, self.label, self.root, self.role, self.keys = chunk, label, root, role, keys
         self.patient_id = self._patient_id()
         self.birth_sex: str | None = None
         self.member_id: str | None = None
@@ -460,9 +459,9 @@ class _Document:
 
     def _whole(self, unmapped: list[dict[str, Any]]) -> dict[str, Any]:
         """The whole document, sealed in ``resources``, when it has sections no table maps (care team, plan of
-        care, goals…), so nothing the sender wrote is lost. Keyed by a digest of its content."""
+        care, goals…), so nothing the sender wrote is lost. Keyed by a keyed digest of its content."""
         text = etree.tostring(self.root, encoding="unicode")
-        return {"resource_key": "ccda:sha256:" + hashlib.sha256(text.encode()).hexdigest()[:32],
+        return {"resource_key": "ccda:" + self.keys.content(text.encode()),
                 "resource_type": "ClinicalDocument", "resource_id": _first_id(self.root), "bundle_id": None,
                 "patient_id": self.patient_id,
                 # No file name here: the same document sent again under another name is the same record.
@@ -474,6 +473,10 @@ class _Document:
             if root in _SECTIONS:
                 return _SECTIONS[root]
         return _SECTION_CODES.get(_attr(_find(section, "h:code"), "code") or "")
+
+    def _digest_id(self, element: Any) -> str:
+        """The key of an element with no usable id: the keyed digest of its XML."""
+        return self.keys.content(etree.tostring(element))
 
     def reject(self, table: str, position: str, rule: str, reason: str, element: Any) -> None:
         self.chunk.rejected.append(Rejected(table, position, rule, f"{position} {reason}",
@@ -489,7 +492,7 @@ class _Document:
         for ident in ids:
             if not _attr(ident, "extension") and _ii(ident):  # a root naming the patient (not SSN's or NPI's)
                 return _ii(ident)
-        return "ccda-document:" + (_first_id(self.root) or _digest_id(self.root))
+        return "ccda-document:" + (_first_id(self.root) or self._digest_id(self.root))
 
     def _patient(self) -> dict[str, Any]:
         patient = _find(self.role, "h:patient")
@@ -543,7 +546,7 @@ class _Document:
                            for s in _members(obs, _PROBLEM_STATUS, None)), None)
             resolved = _attr(_find(_find(obs, "h:effectiveTime"), "h:high"), "value")
             rows.append(("conditions", {
-                "condition_id": _first_id(obs) or _first_id(act) or _digest_id(obs),
+                "condition_id": _first_id(obs) or _first_id(act) or self._digest_id(obs),
                 "patient_id": self.patient_id, "encounter_id": self._encounter_of(obs) or self._encounter_of(act),
                 "code": coded.code, "code_system": coded.system, "icd10_code": coded.of("icd10cm"),
                 "description": coded.display or narrative.resolve(_find(obs, "h:text")),
@@ -560,7 +563,7 @@ class _Document:
         status = "not-taken" if negated and evn else _MEDICATION_STATUS.get(
             _attr(_find(act, "h:statusCode"), "code") or "")
         return [("medications", {
-            "medication_id": _first_id(act) or _digest_id(act), "patient_id": self.patient_id,
+            "medication_id": _first_id(act) or self._digest_id(act), "patient_id": self.patient_id,
             "encounter_id": self._encounter_of(act), "kind": "statement" if evn else "request",
             "code": coded.code, "code_system": coded.system, "ndc_code": coded.of("ndc"),
             "rxnorm_code": coded.of("rxnorm"), "medication": coded.display or _text(_find(material, "h:name")),
@@ -582,7 +585,7 @@ class _Document:
             report = _Coded(_find(act, "h:code"), narrative)
             if category == "laboratory" and report.code:
                 rows.append(("diagnostic_reports", {
-                    "report_id": _first_id(act) or _digest_id(act), "patient_id": self.patient_id,
+                    "report_id": _first_id(act) or self._digest_id(act), "patient_id": self.patient_id,
                     "encounter_id": self._encounter_of(act), "code": report.code, "code_system": report.system,
                     "description": report.display, "category": "LAB",
                     "status": _EVENT_STATUS.get(_attr(_find(act, "h:statusCode"), "code") or "",
@@ -612,7 +615,7 @@ class _Document:
         value, value_text, unit = _value(_find(obs, "h:value"), narrative)
         interpretation = _find(obs, "h:interpretationCode")
         return {
-            "observation_id": _first_id(obs) or _digest_id(obs), "patient_id": self.patient_id,
+            "observation_id": _first_id(obs) or self._digest_id(obs), "patient_id": self.patient_id,
             "encounter_id": self._encounter_of(obs) or (self._encounter_of(act) if act is not obs else None),
             "category": category, "code": coded.code, "code_system": coded.system, "loinc_code": coded.of("loinc"),
             "display": coded.display or narrative.resolve(_find(obs, "h:text")), "value": value,
@@ -669,7 +672,7 @@ class _Document:
                                 for c in _members(obs, _CRITICALITY, None)), None)
             reactions = [_Coded(_find(r, "h:value"), narrative).display for r in _members(obs, _REACTION, None)]
             rows.append(("allergies", {
-                "allergy_id": _first_id(obs) or _first_id(act) or _digest_id(obs), "patient_id": self.patient_id,
+                "allergy_id": _first_id(obs) or _first_id(act) or self._digest_id(obs), "patient_id": self.patient_id,
                 "code": coded.code, "code_system": coded.system, "description": description,
                 "category": category, "criticality": criticality, "clinical_status": status or concern_status,
                 "onset_date": _effective(obs), "reaction": "; ".join(r for r in reactions if r) or None,
@@ -689,7 +692,7 @@ class _Document:
         else:
             status = None  # a planned immunization (moodCode INT): not given yet
         return [("immunizations", {
-            "immunization_id": _first_id(act) or _digest_id(act), "patient_id": self.patient_id,
+            "immunization_id": _first_id(act) or self._digest_id(act), "patient_id": self.patient_id,
             "encounter_id": self._encounter_of(act), "code": coded.code, "code_system": coded.system,
             "description": coded.display or _text(_find(material, "h:name")), "status": status,
             "occurrence_time": _effective(act),
@@ -712,7 +715,7 @@ class _Document:
         location = next((p for p in _findall(act, "h:participant") if p.get("typeCode") == "LOC"), None)
         location = location if location is not None else _find(act, "h:location/h:healthCareFacility")
         return {
-            "encounter_id": _first_id(act) or _digest_id(act), "patient_id": self.patient_id,
+            "encounter_id": _first_id(act) or self._digest_id(act), "patient_id": self.patient_id,
             "facility_id": _first_id(_find(location, "h:participantRole")) or _first_id(location),
             "encounter_type": _encounter_type(coded), "admit_time": _ts(effective),
             "discharge_time": _attr(_find(effective, "h:high"), "value"), "provider_npi": npi,
@@ -732,7 +735,7 @@ class _Document:
         if act.get("moodCode", "EVN") != "EVN" and act.get("negationInd") != "true":
             status = "planned" if status in (None, "in-progress", "preparation") else status
         return [("procedures", {
-            "procedure_id": _first_id(act) or _digest_id(act), "patient_id": self.patient_id,
+            "procedure_id": _first_id(act) or self._digest_id(act), "patient_id": self.patient_id,
             "encounter_id": self._encounter_of(act), "code": coded.code, "code_system": coded.system,
             "description": coded.display or narrative.resolve(_find(act, "h:text")), "status": status,
             "performed_time": _effective(act),

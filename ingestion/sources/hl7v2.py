@@ -45,6 +45,7 @@ from typing import IO, Any
 from ingestion.sources._base import PAYLOAD_KEEP_BYTES, Chunker, Rejected, SourceChunk, lossy
 from ingestion.sources._encoding import UTF8_BOM, foreign_encoding
 from ingestion.sources._files import InputFiles, input_files
+from ingestion.sources._keyed import SourceKeys
 
 __all__ = ["MESSAGES", "SUFFIXES", "hl7_files", "read_hl7"]
 
@@ -100,28 +101,35 @@ def hl7_files(path: Path) -> list[Path]:
     return input_files(path, SUFFIXES).files
 
 
-def read_hl7(path: Path, *, chunk_rows: int, max_record_bytes: int) -> Iterator[SourceChunk]:
-    """Chunks of mapped records from the messages under ``path`` (a file or a folder of message files)."""
-    found: InputFiles = input_files(path, SUFFIXES)
+def read_hl7(path: Path, *, chunk_rows: int, max_record_bytes: int,
+             keys: SourceKeys | None = None) -> Iterator[SourceChunk]:
+    """Chunks of mapped records from the messages under ``path`` (a file or a folder of message files).
+
+    ``keys`` name the files in positions (a batch passes the lake's, see :mod:`ingestion.sources._keyed`: a file
+    name can name a patient); without, file names are shown.
+    """
+    keys = keys or SourceKeys.local()
+    found: InputFiles = input_files(path, SUFFIXES, keys)
     chunks = Chunker(chunk_rows)
     found.report_refused(chunks.chunk)
     index = 0
     recent = _Recent()
     for file in found.files:
+        name = keys.file_name(file.name)
         with file.open("rb") as handle:
             head = handle.read(4)
             foreign = foreign_encoding(head)
             if foreign is not None:  # a UTF-16/32 file: refused once, naming the encoding, not line by line
                 index += 1
                 chunks.chunk.units[MESSAGES] = chunks.chunk.units.get(MESSAGES, 0) + 1
-                _reject(chunks.chunk, f"message {index} ({file.name} line 1)", "record:encoding", foreign, "")
+                _reject(chunks.chunk, f"message {index} ({name} line 1)", "record:encoding", foreign, "")
                 continue
             handle.seek(len(UTF8_BOM) if head.startswith(UTF8_BOM) else 0)
             for unit in _units(handle, max_record_bytes):
                 index += 1
                 chunk = chunks.chunk
                 chunk.units[MESSAGES] = chunk.units.get(MESSAGES, 0) + 1
-                _unit(chunk, unit, f"message {index} ({file.name} line {unit.line})", max_record_bytes, index,
+                _unit(chunk, unit, f"message {index} ({name} line {unit.line})", max_record_bytes, index,
                       recent)
                 yield from chunks.full()
     yield from chunks.rest()

@@ -10,11 +10,12 @@ kept byte for byte::
 
     Pt seen today for follow-up of ...
 
-``note_id`` defaults to the file name without ``.txt``. A file with no header block, a header line that is not
-``field: value``, or a field the contract does not declare is one rejected record (``record:header`` or
-``schema:columns``); so is a file that is not UTF-8 (a UTF-16 file is named as such, see
-:mod:`ingestion.sources._encoding`; a UTF-8 byte-order mark is dropped) or is larger than the record size limit
-(only its first bytes are kept). Files are read in name order, ``chunk_rows`` notes per chunk.
+``note_id`` defaults to the file name without ``.txt`` (in a batch: the file's keyed label ``fd_…``, as its
+position names it, since a file name can name a patient; see :mod:`ingestion.sources._keyed`). A file with no
+header block, a header line that is not ``field: value``, or a field the contract does not declare is one
+rejected record (``record:header`` or ``schema:columns``); so is a file that is not UTF-8 (a UTF-16 file is named
+as such, see :mod:`ingestion.sources._encoding`; a UTF-8 byte-order mark is dropped) or is larger than the record
+size limit (only its first bytes are kept). Files are read in name order, ``chunk_rows`` notes per chunk.
 
 A folder is listed by :func:`~ingestion.sources._files.input_files`: only regular ``.txt`` files directly inside
 it are read; a symbolic link or special file among them is refused as a ``files`` record and never opened (a link
@@ -34,6 +35,7 @@ from pathlib import Path
 from ingestion.sources._base import PAYLOAD_KEEP_BYTES, Chunker, Rejected, SourceChunk, decode_line, lossy
 from ingestion.sources._encoding import UTF8_BOM, foreign_encoding
 from ingestion.sources._files import FILES, input_files
+from ingestion.sources._keyed import SourceKeys
 
 __all__ = ["note_files", "read_note_files"]
 
@@ -47,26 +49,32 @@ def note_files(path: Path) -> list[Path]:
     return input_files(path, _SUFFIXES).files
 
 
-def read_note_files(path: Path, columns: list[str], *, chunk_rows: int,
-                    max_record_bytes: int) -> Iterator[SourceChunk]:
-    """Chunks of notes, one record per file (and one ``files`` record per refused folder entry)."""
-    inputs = input_files(path, _SUFFIXES)
+def read_note_files(path: Path, columns: list[str], *, chunk_rows: int, max_record_bytes: int,
+                    keys: SourceKeys | None = None) -> Iterator[SourceChunk]:
+    """Chunks of notes, one record per file (and one ``files`` record per refused folder entry).
+
+    ``keys`` name the files (a batch passes the lake's); without, file names are shown.
+    """
+    keys = keys or SourceKeys.local()
+    inputs = input_files(path, _SUFFIXES, keys)
     chunks = Chunker(chunk_rows, per_record=_TABLE)
     inputs.report_refused(chunks.chunk)
     listed = path.is_dir()
     for file in inputs.files:
-        _read_one(chunks.chunk, file, columns, max_record_bytes, listed)
+        _read_one(chunks.chunk, file, columns, max_record_bytes, listed, keys)
         yield from chunks.full()
     yield from chunks.rest()
 
 
-def _refuse(chunk: SourceChunk, file: Path, rule: str, reason: str) -> None:
-    chunk.rejected.append(Rejected(FILES, file.name, rule, f"{file.name} {reason}", ""))
+def _refuse(chunk: SourceChunk, name: str, rule: str, reason: str) -> None:
+    chunk.rejected.append(Rejected(FILES, name, rule, f"{name} {reason}", ""))
     chunk.units[FILES] = chunk.units.get(FILES, 0) + 1
 
 
-def _read_one(chunk: SourceChunk, file: Path, columns: list[str], max_bytes: int, listed: bool) -> None:
-    position = f"file {file.name}"
+def _read_one(chunk: SourceChunk, file: Path, columns: list[str], max_bytes: int, listed: bool,
+              keys: SourceKeys) -> None:
+    name = keys.file_name(file.name)
+    position = f"file {name}"
     # A folder's entry is opened without following a link, and without blocking on a FIFO: it was a regular file
     # when listed and must still be one.
     flags = os.O_RDONLY | os.O_NONBLOCK | (os.O_NOFOLLOW if listed else 0)
@@ -74,15 +82,15 @@ def _read_one(chunk: SourceChunk, file: Path, columns: list[str], max_bytes: int
         descriptor = os.open(file, flags)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            _refuse(chunk, file, "file:symlink", "became a symbolic link after the folder was listed; links are "
+            _refuse(chunk, name, "file:symlink", "became a symbolic link after the folder was listed; links are "
                     "not followed")
         else:
-            _refuse(chunk, file, "file:unreadable", f"could not be opened ({exc.strerror})")
+            _refuse(chunk, name, "file:unreadable", f"could not be opened ({exc.strerror})")
         return
     with os.fdopen(descriptor, "rb") as handle:
         status = os.fstat(handle.fileno())
         if not stat.S_ISREG(status.st_mode):
-            _refuse(chunk, file, "file:special", "is not a regular file (a folder, FIFO or device); not read")
+            _refuse(chunk, name, "file:special", "is not a regular file (a folder, FIFO or device); not read")
             return
         size = status.st_size
         raw = handle.read(PAYLOAD_KEEP_BYTES if size > max_bytes else size)
@@ -119,6 +127,7 @@ def _read_one(chunk: SourceChunk, file: Path, columns: list[str], max_bytes: int
                                            "does not declare as a key", text))
             return
         row[name] = value.strip() or None
-    row.setdefault("note_id", file.name[: -len(".txt")] if file.name.endswith(".txt") else file.name)
+    row.setdefault("note_id", name if keys.label_files
+                   else file.name[: -len(".txt")] if file.name.endswith(".txt") else file.name)
     row["text"] = body
     chunk.rows(_TABLE).add(row, position)

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 from ingestion.contract import RESERVED
 from ingestion.sources._base import Chunker, Rejected, SourceChunk, TableRows, decode_line, iter_lines, lossy
 from ingestion.sources._encoding import UTF8_BOM, foreign_encoding
+from ingestion.sources._keyed import SourceKeys
 
 if TYPE_CHECKING:
     from ingestion.contract import Contract
@@ -135,7 +136,8 @@ def chunk_rows_for(chunk_rows: int, width: int) -> int:
 
 
 def read_tabular(path: Path, table: str, columns: list[str], *, chunk_rows: int, max_record_bytes: int,
-                 contract: Contract | None = None, max_columns: int | None = None) -> Iterator[SourceChunk]:
+                 contract: Contract | None = None, max_columns: int | None = None,
+                 keys: SourceKeys | None = None) -> Iterator[SourceChunk]:
     """Chunks of raw records of ``table`` from one extract file.
 
     Args:
@@ -143,9 +145,11 @@ def read_tabular(path: Path, table: str, columns: list[str], *, chunk_rows: int,
         contract: the contract itself, when known: its number columns take thousands separators, and its
             :data:`ROW_COLUMN`, when the file has none, is filled with each record's position.
         max_columns: a file with more columns than this is refused whole (None: no limit).
+        keys: how reasons name the file (a batch passes the lake's keys: its keyed label, see
+            :mod:`ingestion.sources._keyed`); without, by its name.
     """
-    layout = _Layout(table, columns, contract, max_columns,
-                     chunk_rows_for(chunk_rows, len(columns)), path.name)
+    name = (keys or SourceKeys.local()).file_name(path.name)
+    layout = _Layout(table, columns, contract, max_columns, chunk_rows_for(chunk_rows, len(columns)), name)
     fmt = tabular_format(path)
     if fmt == "parquet":
         yield from _read_parquet(path, layout)
@@ -153,7 +157,7 @@ def read_tabular(path: Path, table: str, columns: list[str], *, chunk_rows: int,
     with path.open("rb") as handle:
         problem = foreign_encoding(handle.read(4))
     if problem:
-        yield layout.refuse("record:encoding", f"{path.name} {problem}")
+        yield layout.refuse("record:encoding", f"{name} {problem}")
         return
     if fmt == "csv":
         yield from _read_csv(path, layout, max_record_bytes)
@@ -174,6 +178,10 @@ class _Layout:
         self.patient_column = contract.patient_column if contract else None
         self.chunk_rows = chunk_rows
         self.file_name = file_name
+
+    def scrub(self, exc: Exception, path: Path) -> str:
+        """An exception's message with the file's path and name replaced by how this layout names the file."""
+        return str(exc).replace(str(path), self.file_name).replace(path.name, self.file_name)
 
     def names(self, header: list[str]) -> tuple[list[str], str | None]:
         """The column names a header stands for (as written when they fit, else made safe), and what is wrong."""
@@ -440,7 +448,7 @@ def _read_parquet(path: Path, layout: _Layout) -> Iterator[SourceChunk]:
         parquet = pq.ParquetFile(path)
         names = parquet.schema_arrow.names
     except (OSError, pa.ArrowException) as exc:
-        yield layout.refuse("record:parse", f"{path.name} is not readable Parquet: {exc}")
+        yield layout.refuse("record:parse", f"{layout.file_name} is not readable Parquet: {layout.scrub(exc, path)}")
         return
     names, problem = layout.names(list(names))
     if problem and len(names) > (layout.max_columns or len(names)):
@@ -469,7 +477,7 @@ def _read_parquet(path: Path, layout: _Layout) -> Iterator[SourceChunk]:
             yield chunk
     except (OSError, pa.ArrowException) as exc:
         chunk = SourceChunk(offset // max(layout.chunk_rows, 1) + 1)
-        chunk.rejected.append(Rejected(table, f"after row {offset}", "record:parse",
-                                       f"{path.name} is unreadable after row {offset}: {exc}", ""))
+        reason = f"{layout.file_name} is unreadable after row {offset}: {layout.scrub(exc, path)}"
+        chunk.rejected.append(Rejected(table, f"after row {offset}", "record:parse", reason, ""))
         chunk.units[table] = 1
         yield chunk

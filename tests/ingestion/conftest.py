@@ -28,3 +28,19 @@ def ing_settings(settings: Settings, tmp_path: Path) -> Settings:
 @pytest.fixture
 def plake(ing_settings: Settings, keyring) -> ProtectedLake:
     return ProtectedLake(Lake(ing_settings), keyring, principal="svc:ingest")
+
+
+@pytest.fixture
+def unlabel(plake: ProtectedLake):
+    """``unlabel(text, folder)``: ``text`` with each keyed file label (``fd_…``) the lake wrote replaced by the name
+    of the file of ``folder`` it stands for (or ``folder``'s own name): what ``medguard ingest --locate`` does."""
+    from ingestion.sources._keyed import FILE_LABEL, SourceKeys
+
+    keys = SourceKeys.of_lake(plake)
+
+    def named(text: str, folder: Path) -> str:
+        entries = [folder, *folder.iterdir()] if folder.is_dir() else [folder]
+        names = {keys.file_label(entry.name): entry.name for entry in entries}
+        return FILE_LABEL.sub(lambda found: names.get(found.group(0), found.group(0)), text)
+
+    return named

@@ -38,6 +38,7 @@ from typing import Any
 
 from ingestion.sources._base import Chunker, Rejected, SourceChunk
 from ingestion.sources._files import input_files
+from ingestion.sources._keyed import SourceKeys
 from ingestion.sources.fhir._framing import SUFFIXES, Document, documents
 from ingestion.sources.fhir._mapping import CONFORMED, Context, NotAboutAPatient, Unmappable, map_resource, patient_key
 from ingestion.sources.fhir._refs import Item, Scope, own_id, resource_key
@@ -65,17 +66,23 @@ def fhir_files(path: Path) -> list[Path]:
     return input_files(path, SUFFIXES).files
 
 
-def read_fhir(path: Path, *, chunk_rows: int, max_record_bytes: int) -> Iterator[SourceChunk]:
-    """Chunks of flattened records from the FHIR files under ``path`` (about ``chunk_rows`` records each)."""
+def read_fhir(path: Path, *, chunk_rows: int, max_record_bytes: int,
+              keys: SourceKeys | None = None) -> Iterator[SourceChunk]:
+    """Chunks of flattened records from the FHIR files under ``path`` (about ``chunk_rows`` records each).
+
+    ``keys`` name the files in positions and key id-less resources (a batch passes the lake's; see
+    :mod:`ingestion.sources._keyed`); without, file names are shown and a random key is used.
+    """
     from fhir.resources.R4B import get_fhir_model_class
 
-    listing = input_files(path, SUFFIXES)
+    keys = keys or SourceKeys.local()
+    listing = input_files(path, SUFFIXES, keys)
     chunks = Chunker(chunk_rows)
     listing.report_refused(chunks.chunk)
-    reader = _Reader(get_fhir_model_class)
+    reader = _Reader(get_fhir_model_class, keys)
     for file in sorted(listing.files, key=lambda f: (not f.name.startswith("Patient"), f.name)):
         table = reader.file_table(file.name)
-        for document in documents(file, table, max_record_bytes):
+        for document in documents(file, table, max_record_bytes, keys.file_name(file.name)):
             reader.document(chunks.chunk, document, table)
             yield from chunks.full()
     yield from chunks.rest()
@@ -84,8 +91,9 @@ def read_fhir(path: Path, *, chunk_rows: int, max_record_bytes: int) -> Iterator
 class _Reader:
     """Turns documents into rows and rejections; remembers the patient ids met (see :class:`._mapping.Context`)."""
 
-    def __init__(self, model_class: Any) -> None:
+    def __init__(self, model_class: Any, keys: SourceKeys) -> None:
         self._model_class = model_class
+        self.keys = keys
         self._classes: dict[str, Any] = {}
         self.patient_ids: dict[str, str] = {}
 
@@ -132,7 +140,7 @@ class _Reader:
             chunk.units[BUNDLES] = chunk.units.get(BUNDLES, 0) + 1
             self.bundle(chunk, value, position, None, top=True)
             return
-        item = Item(value, position)
+        item = Item(value, position, keys=self.keys)
         scope = Scope()
         scope.add(item)
         self.resource(chunk, item, Context(scope, self.patient_ids), None)
@@ -165,7 +173,7 @@ class _Reader:
                                                f"{where} has no resource with a resourceType", _dump(entry)))
                 continue
             full_url = entry.get("fullUrl") if isinstance(entry.get("fullUrl"), str) else None
-            item = Item(resource, where, full_url)
+            item = Item(resource, where, full_url, keys=self.keys)
             scope.add(item)
             items.append(item)
         ctx = Context(scope, self.patient_ids)

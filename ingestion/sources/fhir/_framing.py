@@ -116,13 +116,17 @@ def framing(file: Path) -> str:
     return "whole" if file.stat().st_size <= MAX_DOCUMENT_BYTES else "lines"
 
 
-def documents(file: Path, table: str, max_record_bytes: int) -> Iterator[Document]:
-    """The documents of ``file`` in order; what cannot be read is rejected for ``table``."""
+def documents(file: Path, table: str, max_record_bytes: int, name: str | None = None) -> Iterator[Document]:
+    """The documents of ``file`` in order; what cannot be read is rejected for ``table``.
+
+    Positions name the file as ``name`` (a batch passes the file's keyed label: a file name can name a patient).
+    """
     opener = _gzip_open if file.name.lower().endswith(".gz") else _plain_open
+    name = file.name if name is None else name
     if framing(file) == "lines":
-        yield from _lines(file, opener, table, max_record_bytes)
+        yield from _lines(file, opener, table, max_record_bytes, name)
     else:
-        yield from _whole(file, opener, table, max_record_bytes)
+        yield from _whole(file, opener, table, max_record_bytes, name)
 
 
 def _plain_open(file: Path) -> IO[bytes]:
@@ -164,14 +168,14 @@ class _Inflated:
         self._handle.close()
 
 
-def _lines(file: Path, opener, table: str, max_record_bytes: int) -> Iterator[Document]:
+def _lines(file: Path, opener, table: str, max_record_bytes: int, name: str) -> Iterator[Document]:
     number = 0
     try:
         with opener(file) as handle:
             for number, raw, too_long in iter_lines(handle, max_record_bytes):
                 if not raw.strip():
                     continue
-                position = f"{file.name} line {number}"
+                position = f"{name} line {number}"
                 if too_long:
                     yield Document(position, rejected=Rejected(
                         table, position, "record:size", f"{position} is longer than the {max_record_bytes:,}-byte "
@@ -179,19 +183,19 @@ def _lines(file: Path, opener, table: str, max_record_bytes: int) -> Iterator[Do
                     continue
                 yield parse(raw, position, table, max_record_bytes)
     except _GZIP_ERRORS as exc:
-        position = f"{file.name} line {number + 1}"
+        position = f"{name} line {number + 1}"
         yield Document(position, rejected=Rejected(
-            table, position, "record:parse", f"{file.name} cannot be read after line {number:,}: the compressed "
+            table, position, "record:parse", f"{name} cannot be read after line {number:,}: the compressed "
             f"stream is corrupt or truncated ({type(exc).__name__})", ""))
     except _InflationError:
-        position = f"{file.name} line {number + 1}"
+        position = f"{name} line {number + 1}"
         yield Document(position, rejected=Rejected(
-            table, position, "record:size", f"{file.name} inflates to more than {MAX_INFLATION}x its size (a "
+            table, position, "record:size", f"{name} inflates to more than {MAX_INFLATION}x its size (a "
             f"decompression bomb?); not read past line {number:,}", ""))
 
 
-def _whole(file: Path, opener, table: str, max_record_bytes: int) -> Iterator[Document]:
-    position = file.name
+def _whole(file: Path, opener, table: str, max_record_bytes: int, name: str) -> Iterator[Document]:
+    position = name
     try:
         with opener(file) as handle:
             raw = handle.read(MAX_DOCUMENT_BYTES + 1)

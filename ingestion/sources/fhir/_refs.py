@@ -14,16 +14,21 @@ back to its parent's. :meth:`Scope.resolve` follows, in this order:
   (``Practitioner?identifier=http://hl7.org/fhir/sid/us-npi|9999999999``, as Synthea 3 writes): the resource in scope
   carrying that identifier; failing that, the identifier itself (an NPI, an organization's id);
 - otherwise (a ``urn:uuid`` matching no entry and with no ``type``, a ``display`` alone): unresolved.
+
+A resource with no id at all is keyed by a keyed digest of its content (:meth:`SourceKeys.content
+<ingestion.sources._keyed.SourceKeys.content>`, under the lake's key in a batch): an unkeyed SHA-256 of a record
+could be confirmed by anyone guessing its content.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
+
+from ingestion.sources._keyed import SourceKeys
 
 __all__ = ["Item", "Scope", "Target", "own_id", "resource_key"]
 
@@ -34,12 +39,14 @@ _CONDITIONAL = re.compile(r"^([A-Z][A-Za-z]{1,63})\?identifier=(.+)$")
 
 @dataclass
 class Item:
-    """A resource with where it sits: its bundle entry's ``fullUrl``, its position, its container if contained."""
+    """A resource with where it sits: its bundle entry's ``fullUrl``, its position, its container if contained, and
+    the keys its reader digests id-less resources with (a contained resource uses its container's)."""
 
     resource: dict[str, Any]
     position: str
     full_url: str | None = None
     container: Item | None = None
+    keys: SourceKeys | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -65,7 +72,8 @@ def own_id(item: Item) -> str | None:
 
 
 def resource_key(item: Item) -> str:
-    """``Type/id``; a contained resource is qualified by its container; no id at all: a digest of the content."""
+    """``Type/id``; a contained resource is qualified by its container; no id at all: a keyed digest of the content
+    (``Type/hmac:…``), under the item's keys (a random key of this process when it has none)."""
     kind = item.resource.get("resourceType")
     ident = own_id(item)
     if item.container is not None:
@@ -73,7 +81,17 @@ def resource_key(item: Item) -> str:
     if ident:
         return f"{kind}/{ident}"
     text = json.dumps(item.resource, sort_keys=True, ensure_ascii=False).encode()
-    return f"{kind}/sha256:{hashlib.sha256(text).hexdigest()[:32]}"
+    return f"{kind}/{(item.keys or _local_keys()).content(text)}"
+
+
+_LOCAL: list[SourceKeys] = []
+
+
+def _local_keys() -> SourceKeys:
+    # An item built outside a reader (a test): a random key, made once per process, never an unkeyed digest.
+    if not _LOCAL:
+        _LOCAL.append(SourceKeys.local())
+    return _LOCAL[0]
 
 
 @dataclass
@@ -181,6 +199,6 @@ def _contained(local: str, referrer: Item) -> Target:
         host = host.container
     for resource in host.resource.get("contained") or []:
         if isinstance(resource, dict) and resource.get("id") == local:
-            item = Item(resource, f"{host.position} contained #{local}", container=host)
+            item = Item(resource, f"{host.position} contained #{local}", container=host, keys=host.keys)
             return Target(resource.get("resourceType"), local, item)
     return Target(None, None)

@@ -200,7 +200,7 @@ def test_when_values_are_nullflavored_then_they_are_missing_not_errors(tmp_path:
     pulse, oximetry = rows["observations"]
     assert (pulse["code"], pulse["value"], pulse["effective_time"], pulse["interpretation"]) == (
         "8867-4", None, None, None)
-    assert pulse["observation_id"].startswith("sha256:")  # id nullFlavor NI: keyed by its content
+    assert pulse["observation_id"].startswith("hmac:")  # id nullFlavor NI: keyed by a keyed digest of its content
     # A code with nullFlavor is missing: the row goes on to the contract, which quarantines it as code:required.
     assert (oximetry["code"], oximetry["display"], oximetry["value"], oximetry["unit"]) == (
         None, "Pulse oximetry", 97.0, "%")

@@ -69,7 +69,8 @@ def test_when_a_vendor_document_is_ingested_then_its_records_land_or_are_quarant
             assert plake.read("raw", table).num_rows == count, table
 
 
-def test_when_cerner_is_ingested_then_conformed_values_and_sealed_phi_read_back(ing_settings, plake) -> None:
+def test_when_cerner_is_ingested_then_conformed_values_and_sealed_phi_read_back(ing_settings, plake,
+                                                                                unlabel) -> None:
     ingest(ing_settings, source="ccda", path=FIXTURES / "cerner_toc.xml", plake=plake, docs=False)
 
     patient = plake.read("raw", "patients", decrypt=True).to_pylist()[0]
@@ -82,14 +83,15 @@ def test_when_cerner_is_ingested_then_conformed_values_and_sealed_phi_read_back(
     systolic = next(r for r in plake.read("raw", "observations", decrypt=True).to_pylist() if r["code"] == "8480-6")
     assert (systolic["code_system"], systolic["value"], systolic["unit"]) == ("loinc", 150.0, "mm[Hg]")
     assert str(systolic["effective_time"]) == "2013-07-11T03:00:00Z"  # the TS 20130710220000.000-0500, in UTC
-    rejects = {r["position"]: r for r in plake.read("quarantine", "records", decrypt=True).to_pylist()}
+    rejects = {unlabel(r["position"], FIXTURES / "cerner_toc.xml"): r
+               for r in plake.read("quarantine", "records", decrypt=True).to_pylist()}
     bmi = rejects["cerner_toc.xml vitals (section 2) entry 1 observation 1"]
     assert bmi["rules"] == ["code:required", "code_system:required"]
     assert "Body Mass Index Measured" in bmi["payload"]  # the row as read, kept (sealed) for the engineer
 
 
 def test_when_a_folder_mixes_good_and_hostile_documents_then_the_good_load_and_each_bad_is_one_quarantine_row(
-        tmp_path: Path, ing_settings, plake) -> None:
+        tmp_path: Path, ing_settings, plake, unlabel) -> None:
     folder = tmp_path / "ccda"
     folder.mkdir()
     shutil.copy(FIXTURES / "cerner_toc.xml", folder / "cerner_toc.xml")
@@ -109,7 +111,7 @@ def test_when_a_folder_mixes_good_and_hostile_documents_then_the_good_load_and_e
                                                     "by_rule": {"record:entities": 1, "record:parse": 1}}
     assert report.tables["files"].to_dict()["by_rule"] == {"file:symlink": 1}
     assert report.tables["patients"].accepted == 2
-    rejects = {r["position"]: r for r in plake.read("quarantine", "records", decrypt=True).to_pylist()}
+    rejects = {unlabel(r["position"], folder): r for r in plake.read("quarantine", "records", decrypt=True).to_pylist()}
     assert rejects["bomb.xml"]["rules"] == ["record:entities"]
     assert len(rejects["bomb.xml"]["payload"]) < 2000  # the document as sent, its entities never expanded
     assert rejects["truncated.xml"]["rules"] == ["record:parse"]

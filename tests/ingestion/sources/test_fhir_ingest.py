@@ -79,7 +79,7 @@ def test_when_a_synthea_bundle_is_ingested_then_one_patient_and_all_its_records_
 # The official examples of every mapped type, one folder, one batch: files accepted of files per type (a file is
 # accepted when nothing of it is quarantined). Each quarantined file is in LOAD_DEFECTS with its rule and defect.
 def test_when_every_official_example_of_a_mapped_type_is_ingested_then_each_loads_or_names_its_defect(
-        tmp_path: Path, ing_settings, plake) -> None:
+        tmp_path: Path, ing_settings, plake, unlabel) -> None:
     folder = tmp_path / "examples"
     folder.mkdir()
     files = [p for p in EXAMPLES.iterdir() if p.name.split("-")[0] in MAPPED]
@@ -87,7 +87,7 @@ def test_when_every_official_example_of_a_mapped_type_is_ingested_then_each_load
         shutil.copy(path, folder / path.name)
     report = ingest(ing_settings, source="fhir", path=folder, plake=plake, docs=False)
     _check(report)
-    quarantined = {row["position"].split(" ")[0]: row["rules"][0] for row in _quarantine(plake)}
+    quarantined = {unlabel(row["position"], folder).split(" ")[0]: row["rules"][0] for row in _quarantine(plake)}
     assert quarantined == LOAD_DEFECTS
     per_type = Counter(p.name.split("-")[0] for p in files)
     bad_per_type = Counter(name.split("-")[0] for name in quarantined)
@@ -123,7 +123,7 @@ def test_when_the_example_bundles_are_ingested_then_records_sharing_one_url_load
 
 
 def test_when_bulk_export_ndjson_gz_is_ingested_then_rows_tie_to_patients_by_id(
-        tmp_path: Path, ing_settings, plake) -> None:
+        tmp_path: Path, ing_settings, plake, unlabel) -> None:
     patient = json.loads((EXAMPLES / "Patient-example.json").read_text())
     observation = json.loads((EXAMPLES / "Observation-blood-pressure.json").read_text())
     export = tmp_path / "export"  # apart from the test's keyring.json
@@ -139,11 +139,11 @@ def test_when_bulk_export_ndjson_gz_is_ingested_then_rows_tie_to_patients_by_id(
     assert {(r["observation_id"], r["patient_id"]) for r in rows} == {("blood-pressure:1", "example"),
                                                                      ("blood-pressure:2", "example")}
     (bad,) = _quarantine(plake)
-    assert (bad["position"], bad["rules"]) == ("Observation.000.ndjson.gz line 2", ["record:parse"])
+    assert (unlabel(bad["position"], export), bad["rules"]) == ("Observation.000.ndjson.gz line 2", ["record:parse"])
 
 
 def test_when_fhir_input_is_hostile_then_each_bad_file_or_line_is_a_quarantine_row_and_the_rest_loads(
-        tmp_path: Path, ing_settings, plake) -> None:
+        tmp_path: Path, ing_settings, plake, unlabel) -> None:
     secret = tmp_path / "root-token.json"
     secret.write_text(json.dumps({"resourceType": "Patient", "id": "leaked"}))
     folder = tmp_path / "in"
@@ -155,7 +155,7 @@ def test_when_fhir_input_is_hostile_then_each_bad_file_or_line_is_a_quarantine_r
     os.symlink(secret, folder / "token.json")
     report = ingest(ing_settings, source="fhir", path=folder, plake=plake, docs=False)
     _check(report)
-    rows = {row["position"]: (row["table_name"], row["rules"][0]) for row in _quarantine(plake)}
+    rows = {unlabel(row["position"], folder): (row["table_name"], row["rules"][0]) for row in _quarantine(plake)}
     assert rows == {"Patient.ndjson line 1": ("patients", "record:depth"), "deep.json": ("bundles", "record:depth"),
                     "latin1.json": ("bundles", "record:encoding"), "token.json": ("files", "file:symlink")}
     assert [r["patient_id"] for r in plake.read("raw", "patients", decrypt=True).to_pylist()] == ["p1"]

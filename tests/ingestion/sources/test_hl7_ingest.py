@@ -43,7 +43,7 @@ def _rejects(plake: Any) -> list[dict[str, Any]]:
 
 
 def test_when_the_seven_vendor_messages_are_ingested_then_each_lands_and_every_reject_has_a_true_reason(
-        tmp_path: Path, ing_settings, plake) -> None:
+        tmp_path: Path, ing_settings, plake, unlabel) -> None:
     folder = tmp_path / "feed"
     shutil.copytree(VENDOR, folder, ignore=shutil.ignore_patterns("*.md", ".gitattributes"))
     report = ingest(ing_settings, source="hl7", path=folder, plake=plake, docs=False)
@@ -85,7 +85,7 @@ def test_when_the_seven_vendor_messages_are_ingested_then_each_lands_and_every_r
             by_rule[rule] = by_rule.get(rule, 0) + 1
         assert row["position"].startswith("message ") and " segment " in row["position"]
         assert "Doe" not in row["reason"] and "APPLESEED" not in row["reason"]
-    glucose = next(r for r in rejects if "nodehl7_bicp_ORUR01.hl7" in r["position"])
+    glucose = next(r for r in rejects if "nodehl7_bicp_ORUR01.hl7" in unlabel(r["position"], folder))
     assert glucose["rules"] == ["value:type"]  # OBX-4 left out: the unit sits in OBX-5
     assert by_rule["hl7:value_type"] == 1       # "OBX|1|CE30955-9&…": no separator after the value type
     assert by_rule["code:required"] == 4 + 5    # four OBX with their code in OBX-4, five VAERS OBR with no code
@@ -93,14 +93,14 @@ def test_when_the_seven_vendor_messages_are_ingested_then_each_lands_and_every_r
 
 
 def test_when_an_mllp_batch_has_one_broken_message_then_the_others_load_and_it_is_quarantined(
-        tmp_path: Path, ing_settings, plake) -> None:
+        tmp_path: Path, ing_settings, plake, unlabel) -> None:
     path = tmp_path / "stream.hl7"
     path.write_bytes(MLLP_BATCH)
     report = ingest(ing_settings, source="hl7", path=path, plake=plake, docs=False)
     counts = _counts(report)
     assert counts["messages"] == (3, 2, 1)
     (bad,) = _rejects(plake)
-    assert bad["rules"] == ["hl7:garbled"] and bad["position"] == "message 2 (stream.hl7 line 1)"
+    assert bad["rules"] == ["hl7:garbled"] and unlabel(bad["position"], path) == "message 2 (stream.hl7 line 1)"
     assert "segment 3" in bad["reason"] and "Poe" not in bad["reason"]
     assert sorted(p["patient_id"] for p in _raw(plake, "patients")) == ["PAT2", "PAT4"]
     (glucose,) = _raw(plake, "observations")
