@@ -24,7 +24,8 @@ for file in "$POLICIES"/*.hcl; do
   sed -e "s#\"transit/#\"${MOUNT}/#g" -e "s#medguard-kek#${KEK}#g" "$file" | "$VAULT" policy write "$name" -
 done
 
-if ! "$VAULT" auth list -format=json | grep -q '"approle/"'; then
+# Listings are read whole before grep: with pipefail, `list | grep -q` fails when grep exits early (SIGPIPE).
+if ! grep -q '"approle/"' <<<"$("$VAULT" auth list -format=json)"; then
   "$VAULT" auth enable approle
 fi
 
@@ -39,7 +40,7 @@ declare -A ROLES=(
 )
 
 # KV v2 for the audit chain's anchored heads (written only by medguard-audit-anchor).
-if ! "$VAULT" secrets list -format=json | grep -q '"medguard-audit/"'; then
+if ! grep -q '"medguard-audit/"' <<<"$("$VAULT" secrets list -format=json)"; then
   "$VAULT" secrets enable -path=medguard-audit kv-v2
 fi
 

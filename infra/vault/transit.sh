@@ -15,7 +15,8 @@ MOUNT="${MEDGUARD_VAULT__TRANSIT_MOUNT:-transit}"
 KEK="${MEDGUARD_VAULT__KEK_NAME:-medguard-kek}"
 ROTATE="${KEK_AUTO_ROTATE_PERIOD:-720h}"
 
-if ! "$VAULT" secrets list -format=json | grep -q "\"${MOUNT}/\""; then
+# The listing is read whole before grep: with pipefail, `list | grep -q` fails when grep exits early (SIGPIPE).
+if ! grep -q "\"${MOUNT}/\"" <<<"$("$VAULT" secrets list -format=json)"; then
   "$VAULT" secrets enable -path="$MOUNT" -description="medguard key-encryption keys" transit
 fi
 

@@ -17,7 +17,8 @@ export MC_CONFIG_DIR="${MC_CONFIG_DIR:-/tmp/mc}"
 
 mc alias set lake "$URL" "$(cat "$SECRETS/minio_root_user")" "$(cat "$SECRETS/minio_root_password")" >/dev/null
 mc mb --ignore-existing "lake/$BUCKET"
-if mc version info "lake/$BUCKET" | grep -qi "enabled"; then
+versioning="$(mc version info "lake/$BUCKET")"
+if echo "$versioning" | grep -qi "enabled"; then
   echo "minio-setup: versioning is enabled on $BUCKET; shredded keys would survive as old versions: suspend it" >&2
   exit 1
 fi
@@ -28,7 +29,8 @@ mc admin policy create lake medguard-lake "$MC_CONFIG_DIR/lake-policy.json" >/de
 mc admin user add lake "$access_key" "$(cat "$SECRETS/medguard_s3_secret_key")" >/dev/null
 # Attaching twice is an error; a second run checks the user already holds the policy instead.
 if ! mc admin policy attach lake medguard-lake --user "$access_key" >/dev/null 2>&1; then
-  if ! mc admin user info lake "$access_key" | grep -q "medguard-lake"; then
+  user_info="$(mc admin user info lake "$access_key")"
+  if ! echo "$user_info" | grep -q "medguard-lake"; then
     echo "minio-setup: could not give the lake user the policy medguard-lake" >&2
     exit 1
   fi

@@ -61,7 +61,8 @@ fi
 "$VAULT_DIR/transit.sh" >/dev/null
 "$VAULT_DIR/approle.sh"
 
-if ! "$VAULT" secrets list -format=json | grep -q '"airflow/"'; then
+# The listing is read whole before grep: with pipefail, `list | grep -q` fails when grep exits early (SIGPIPE).
+if ! grep -q '"airflow/"' <<<"$("$VAULT" secrets list -format=json)"; then
   "$VAULT" secrets enable -path=airflow -description="Airflow connections and variables" kv-v2
 fi
 "$VAULT" policy write medguard-airflow "$HERE/airflow.hcl" >/dev/null
