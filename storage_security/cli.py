@@ -286,10 +286,12 @@ def keys_status(
     ctx: typer.Context,
     as_json: JsonOption = False,
 ) -> None:
-    """Key provider health, the KEK's versions, and how many DEKs the lake's key stores hold (per scope).
+    """Key provider health, the KEK's versions, and how many DEKs the lake's key stores hold (per scope); and which
+    tables still hold rows of batches ingested before digests were keyed (unkeyed ``sha256:`` keys, file names).
 
     Exits 0 only when the provider is healthy (reachable, unsealed) and the KEK exists; otherwise 1.
     """
+    from ingestion.batch import legacy_digests
     from pipeline.errors import KeyProviderUnavailableError
     from pipeline.lake import Lake
     from storage_security.keys.dek_store import DekStore
@@ -321,15 +323,20 @@ def keys_status(
     deks = DekStore.from_settings(settings).summary(latest)
     patient_keys = PatientKeyStore(Lake(settings)).summary(latest)
     by_scope = ", ".join(f"{scope} {count}" for scope, count in deks["by_scope"].items())
+    legacy = legacy_digests(Lake(settings))
+    legacy_text = ("" if not legacy else
+                   f"\nunkeyed digests: {len(legacy)} tables hold rows of batches ingested before digests were keyed "
+                   f"(batch id b<24 hex>): " + ", ".join(f"{t} {n:,} rows" for t, n in legacy.items())
+                   + "; re-ingest their sources and drop those batches (README: unkeyed digests)")
     emit(
         {"provider": provider.name, "health": health, "kek": kek_info, "deks": deks, "patient_keys": patient_keys,
-         "healthy": bool(kek_info["exists"])},
+         "unkeyed_digests": legacy, "healthy": bool(kek_info["exists"])},
         as_json,
         f"{provider.name}: healthy; KEK {kek!r} {kek_text}\n"
         f"patient DEKs: {patient_keys['deks']} ({patient_keys['patients']} patients) under the data KEK, "
         f"{patient_keys['stale']} wrapped under an older version\n"
         f"other DEKs: {deks['deks']} ({by_scope}; {deks['patients']} patients not yet migrated, "
-        f"{deks['retired']} retired, {deks.get('stale', 0)} wrapped under an older KEK version)",
+        f"{deks['retired']} retired, {deks.get('stale', 0)} wrapped under an older KEK version)" + legacy_text,
     )
     if not kek_info["exists"]:
         raise KeyProviderUnavailableError(f"the KEK {kek!r} is missing from {provider.name}: run `medguard keys init`")

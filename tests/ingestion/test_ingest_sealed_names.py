@@ -207,3 +207,23 @@ def test_when_candidates_are_enumerated_against_every_former_unkeyed_digest_then
     assert claim_key == "Claim/" + keys.content(stored[claim_key][0])
     assert set(ccda_keys) <= {keys.content(e) for e in elements}
     assert keys.file_label(fhir.name) in quarantine_labels
+
+
+def test_when_a_lake_holds_batches_from_before_keyed_digests_then_keys_status_counts_their_rows_per_table(
+        tmp_path: Path, home_env: Settings) -> None:
+    import pyarrow as pa
+
+    lake = Lake(home_env)
+    old, new = "b" + "0123456789abcdef01234567", "bk" + "0123456789abcdef01234567"
+    lake.append("raw", "resources", pa.table({"resource_key": ["Claim/sha256:00", "Claim/hmac:11", "Claim/sha256:22"],
+                                              "_batch_id": [old, new, old]}))
+    lake.append("quarantine", "records", pa.table({"position": ["Aaron697_Brekke496.json entry 3"],
+                                                   "batch_id": [old]}))
+    lake.append("raw", "notes", pa.table({"note_id": ["n1"], "_batch_id": [new]}))
+
+    result = _medguard("keys", "status", "--json")
+    text = _medguard("keys", "status")
+
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["unkeyed_digests"] == {"raw.resources": 2, "quarantine.records": 1}
+    assert "unkeyed digests: 2 tables hold rows of batches ingested before digests were keyed" in text.stdout
