@@ -205,3 +205,19 @@ def test_when_the_cli_verifies_and_restores_then_it_answers_in_json_and_refuses_
     assert json.loads(verified.stdout)["ok"] is True and json.loads(verified.stdout)["level"] == "full"
     assert refused.exit_code == 1
     assert refused.stderr.startswith("medguard: error: the target home") and refused.stderr.count("\n") == 1
+
+
+def test_when_a_backup_is_made_then_the_source_log_records_it_with_counts_and_no_contents(
+        drill: Drill, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDGUARD_KEYRING_MASTER_KEY", drill.master_key)
+    lake = Lake(drill.settings)
+    ring = LocalKeyring.from_settings(drill.settings)
+
+    backups = [r.event for r in AuditLog(lake, ring).events() if r.event.action == AuditAction.BACKUP]
+
+    assert len(backups) == 1
+    event = backups[0]
+    assert event.principal == "test:ops" and event.row_keys == ()
+    assert event.details["backup_id"] == drill.backup.backup_id
+    assert event.details["members"] == drill.backup.members and event.details["tables"] == len(drill.versions)
+    assert not {drill.early, drill.late, str(drill.base)} & {str(v) for v in event.details.values()}
