@@ -33,4 +33,7 @@ for file in ${REQUIRED_SECRET_FILES:-}; do
 done
 unset REQUIRED_SECRET_FILES
 
-exec /entrypoint "$@"
+# AIRFLOW_ENTRYPOINT: the Airflow image's entry point (a test points it elsewhere).
+entry="${AIRFLOW_ENTRYPOINT:-/entrypoint}"
+unset AIRFLOW_ENTRYPOINT
+exec "$entry" "$@"
