@@ -73,8 +73,8 @@ def _refuse(chunk: SourceChunk, name: str, rule: str, reason: str) -> None:
 
 def _read_one(chunk: SourceChunk, file: Path, columns: list[str], max_bytes: int, listed: bool,
               keys: SourceKeys) -> None:
-    name = keys.file_name(file.name)
-    position = f"file {name}"
+    label = keys.file_name(file.name)
+    position = f"file {label}"
     # A folder's entry is opened without following a link, and without blocking on a FIFO: it was a regular file
     # when listed and must still be one.
     flags = os.O_RDONLY | os.O_NONBLOCK | (os.O_NOFOLLOW if listed else 0)
@@ -82,15 +82,15 @@ def _read_one(chunk: SourceChunk, file: Path, columns: list[str], max_bytes: int
         descriptor = os.open(file, flags)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            _refuse(chunk, name, "file:symlink", "became a symbolic link after the folder was listed; links are "
+            _refuse(chunk, label, "file:symlink", "became a symbolic link after the folder was listed; links are "
                     "not followed")
         else:
-            _refuse(chunk, name, "file:unreadable", f"could not be opened ({exc.strerror})")
+            _refuse(chunk, label, "file:unreadable", f"could not be opened ({exc.strerror})")
         return
     with os.fdopen(descriptor, "rb") as handle:
         status = os.fstat(handle.fileno())
         if not stat.S_ISREG(status.st_mode):
-            _refuse(chunk, name, "file:special", "is not a regular file (a folder, FIFO or device); not read")
+            _refuse(chunk, label, "file:special", "is not a regular file (a folder, FIFO or device); not read")
             return
         size = status.st_size
         raw = handle.read(PAYLOAD_KEEP_BYTES if size > max_bytes else size)
@@ -127,7 +127,7 @@ def _read_one(chunk: SourceChunk, file: Path, columns: list[str], max_bytes: int
                                            "does not declare as a key", text))
             return
         row[name] = value.strip() or None
-    row.setdefault("note_id", name if keys.label_files
+    row.setdefault("note_id", label if keys.label_files
                    else file.name[: -len(".txt")] if file.name.endswith(".txt") else file.name)
     row["text"] = body
     chunk.rows(_TABLE).add(row, position)

@@ -15,7 +15,7 @@ def _note(folder: Path, name: str, content: bytes | str) -> None:
 
 
 def test_when_notes_arrive_as_text_files_then_each_file_is_one_note_with_its_keys_and_the_bad_are_quarantined(
-        tmp_path: Path, ing_settings, plake) -> None:
+        tmp_path: Path, ing_settings, plake, unlabel) -> None:
     notes = tmp_path / "notes"
     _note(notes, "N-1.txt", "patient_id: PAT0001\nencounter_id: ENC0001\nnote_time: 2024-03-01T10:00:00Z\n\n" + NOTE)
     _note(notes, "N-2.txt", "note_id: N-2b\npatient_id: PAT0002\n\nShort note.")
@@ -29,12 +29,14 @@ def test_when_notes_arrive_as_text_files_then_each_file_is_one_note_with_its_key
 
     counts = report.tables["notes"]
     assert (counts.rows_in, counts.accepted, counts.quarantined) == (6, 2, 4)
-    stored = {r["note_id"]: r for r in plake.read("raw", "notes", decrypt=True).to_pylist()}
-    assert set(stored) == {"N-1", "N-2b"}
+    # A note without a note_id in its header takes its file's keyed label (a file name can name a patient).
+    stored = {unlabel(r["note_id"], notes): r for r in plake.read("raw", "notes", decrypt=True).to_pylist()}
+    assert set(stored) == {"N-1.txt", "N-2b"}
+    stored["N-1"] = stored.pop("N-1.txt")
     assert stored["N-1"]["patient_id"] == "PAT0001" and stored["N-1"]["encounter_id"] == "ENC0001"
     assert stored["N-1"]["text"] == NOTE.replace("\r\n", "\n")          # everything after the blank line
     assert stored["N-2b"]["text"] == "Short note." and stored["N-2b"]["encounter_id"] is None
-    rejects = {r["position"]: r for r in plake.read("quarantine", "records", decrypt=True).to_pylist()}
+    rejects = {unlabel(r["position"], notes): r for r in plake.read("quarantine", "records", decrypt=True).to_pylist()}
     assert rejects["file no-header.txt"]["rules"] == ["record:header"]
     assert rejects["file bad-field.txt"]["rules"] == ["schema:columns"]
     reason = rejects["file bad-field.txt"]["reason"]
