@@ -117,6 +117,9 @@ def airflow_env(settings: Settings, *, dags_folder: Path = DAGS_FOLDER) -> dict[
             "MEDGUARD_HOME": str(settings.home),
             "MEDGUARD_LAKE_ROOT": str(settings.lake_root),
             "PYTHONPATH": os.pathsep.join(dict.fromkeys(python_path)),
+            # `airflow standalone` starts its parts as `airflow ...` from PATH: this interpreter's first.
+            "PATH": os.pathsep.join(dict.fromkeys([str(Path(sys.executable).parent),
+                                                   *filter(None, env.get("PATH", "").split(os.pathsep))])),
         }
     )
     # The DAG files read these at parse time (task defaults) and the tasks at run time (the secrets hand-off).
