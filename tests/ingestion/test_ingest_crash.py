@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from ingestion.batch import ingest
+from ingestion.sources._keyed import FILE_LABEL
 from pipeline.lake import Lake
 from storage_security.keys.keyring import LocalKeyring
 from storage_security.protected import ProtectedLake
@@ -23,16 +24,19 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _state(plake: ProtectedLake) -> dict[str, list[str]]:
     lake = plake.lake
-    # Record hashes, pseudonyms and identity fingerprints are keyed per lake: rows are compared by content, decrypted.
+    # Record hashes, pseudonyms, identity fingerprints and batch ids are keyed per lake: rows are compared by content,
+    # decrypted.
     state = {}
     for t in lake.tables("raw"):
         data = plake.read("raw", t, decrypt=True)
-        data = data.drop_columns([c for c in ("_record_hash", "patient_pseudonym", "_ingested_at", "_identity")
-                                  if c in data.column_names])
+        data = data.drop_columns([c for c in ("_record_hash", "patient_pseudonym", "_ingested_at", "_identity",
+                                              "_batch_id") if c in data.column_names])
         state[f"raw.{t}"] = sorted(repr(sorted(row.items())) for row in data.to_pylist())
     if lake.exists("quarantine", "records"):
-        state["quarantine"] = sorted(lake.read_arrow("quarantine", "records", columns=["quarantine_id"])
-                                     .column(0).to_pylist())
+        # Their ids digest the keyed batch id and file labels: rows are compared by table, rules and position.
+        rows = lake.read_arrow("quarantine", "records", columns=["table_name", "rules", "position"]).to_pylist()
+        state["quarantine"] = sorted(repr((r["table_name"], r["rules"], FILE_LABEL.sub("fd_?", r["position"])))
+                                     for r in rows)
     return state
 
 

@@ -202,7 +202,7 @@ def _everything_stored(plake) -> str:
 
 
 def test_when_a_notes_folder_holds_a_symlink_to_a_secret_then_it_is_refused_and_never_read(
-        tmp_path: Path, ing_settings, plake) -> None:
+        tmp_path: Path, ing_settings, plake, unlabel) -> None:
     secret = _write(tmp_path / "openbao-root-token.txt", SECRET)
     notes = tmp_path / "notes"
     notes.mkdir()
@@ -216,7 +216,7 @@ def test_when_a_notes_folder_holds_a_symlink_to_a_secret_then_it_is_refused_and_
     _check(report)
     assert (report.tables["notes"].rows_in, report.tables["notes"].accepted) == (1, 1)
     assert (report.tables["files"].rows_in, report.tables["files"].quarantined) == (3, 3)
-    rules = {row["position"]: row["rules"] for row in _rejects(plake)}
+    rules = {unlabel(row["position"], notes): row["rules"] for row in _rejects(plake)}
     assert rules == {"N-2.txt": ["file:symlink"], "N-3.txt": ["file:symlink"], "N-4.txt": ["file:special"]}
     assert "ROOT-TOKEN" not in _everything_stored(plake) and "PAT9" not in _everything_stored(plake)
 
@@ -248,7 +248,7 @@ def test_when_a_symlinked_file_is_given_directly_then_it_is_read_as_the_users_ch
 
 
 def test_when_a_note_file_is_in_the_wrong_encoding_then_it_is_quarantined_naming_it(tmp_path: Path, ing_settings,
-                                                                                     plake) -> None:
+                                                                                     plake, unlabel) -> None:
     notes = tmp_path / "notes"
     notes.mkdir()
     _write(notes / "utf16.txt", NOTE.encode("utf-16"))
@@ -259,7 +259,7 @@ def test_when_a_note_file_is_in_the_wrong_encoding_then_it_is_quarantined_naming
 
     _check(report)
     assert (report.tables["notes"].accepted, report.tables["notes"].quarantined) == (1, 2)
-    rejects = {row["position"]: row for row in _rejects(plake)}
+    rejects = {unlabel(row["position"], notes): row for row in _rejects(plake)}
     assert rejects["file utf16.txt"]["rules"] == ["record:encoding"] and "UTF-16" in rejects["file utf16.txt"]["reason"]
     assert rejects["file latin1.txt"]["rules"] == ["record:encoding"]
     assert plake.read("raw", "notes", decrypt=True).column("patient_id").to_pylist() == ["PAT1"]
@@ -321,7 +321,7 @@ PATIENT = {"resourceType": "Patient", "id": "11111111-1111-4111-8111-11111111111
 
 
 def test_when_a_fhir_bundle_has_an_unknown_resource_type_then_only_that_entry_is_quarantined(
-        tmp_path: Path, ing_settings, plake) -> None:
+        tmp_path: Path, ing_settings, plake, unlabel) -> None:
     claim = {"resourceType": "Claim", "id": "c1", "status": "active", "use": "claim", "created": "2024-01-01",
              "type": {"coding": [{"code": "professional"}]}, "patient": {"reference": f"urn:uuid:{PATIENT['id']}"},
              "provider": {"display": "x"}, "priority": {"coding": [{"code": "normal"}]},
@@ -332,7 +332,7 @@ def test_when_a_fhir_bundle_has_an_unknown_resource_type_then_only_that_entry_is
     _check(report)
     assert report.tables["patients"].accepted == 1 and report.tables["bundles"].quarantined == 1
     assert report.tables["resources"].accepted == 1 and report.tables["resources"].quarantined == 1
-    reasons = {r["position"]: r["reason"] for r in _rejects(plake)}
+    reasons = {unlabel(r["position"], path): r["reason"] for r in _rejects(plake)}
     assert "unknown FHIR resource type 'FooBarResource'" in reasons["b.ndjson line 1 entry 2"]
     assert "truncated" in reasons["b.ndjson line 2"]
     assert plake.read("raw", "resources", decrypt=True).column("resource_type").to_pylist() == ["Claim"]
@@ -365,12 +365,12 @@ ADT = ("MSH|^~\\&|APP|FAC-EAST|MEDGUARD|MEDGUARD|20240101120000||ADT^A01^ADT_A01
     ("no_msh", ADT[4:], "hl7:structure"),
 ], ids=lambda v: v if isinstance(v, str) and len(v) < 30 else "")
 def test_when_an_hl7_message_is_malformed_then_the_whole_message_is_quarantined(
-        tmp_path: Path, ing_settings, plake, name: str, message: str, rule: str) -> None:
+        tmp_path: Path, ing_settings, plake, unlabel, name: str, message: str, rule: str) -> None:
     path = _write(tmp_path / "m.hl7", ADT + "\n" + message + "\n")
     report = ingest(ing_settings, source="hl7", path=path, plake=plake, docs=False)
     _check(report)
     assert report.tables["messages"].rows_in == 2 and report.tables["messages"].quarantined == 1
     assert report.tables["patients"].accepted == 1
     (row,) = _rejects(plake)
-    assert row["rules"] == [rule] and row["position"] == "message 2 (m.hl7 line 2)"
+    assert row["rules"] == [rule] and unlabel(row["position"], path) == "message 2 (m.hl7 line 2)"
     assert "Doe" not in row["reason"] and "123-45-6789" not in row["reason"]
