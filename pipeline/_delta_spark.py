@@ -1,7 +1,9 @@
 """The cluster Delta engine: Delta tables through Spark and delta-spark, used when ``lake_engine=spark``.
 
 It needs Delta's jars on Spark's classpath; :func:`pipeline.spark.get_spark` refuses to start without them.
-Commit metadata (who/why) goes into each commit's ``userMetadata`` as JSON.
+Commit metadata (who/why) goes into each commit's ``userMetadata`` as JSON. An ``s3://`` table is opened as
+``s3a://`` (Hadoop's S3 file system, from hadoop-aws, configured through ``spark.hadoop.fs.s3a.*``); the log
+stores paths relative to the table, so either engine reads what the other wrote.
 """
 
 from __future__ import annotations
@@ -16,6 +18,16 @@ from pipeline.errors import StorageError
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
+
+
+# Hadoop's names for the schemes delta-rs and the settings use.
+_HADOOP_SCHEMES = {"s3": "s3a"}
+
+
+def hadoop_uri(uri: str) -> str:
+    """``uri`` as Spark's Hadoop file systems name it: ``s3://b/k`` is ``s3a://b/k``; anything else unchanged."""
+    scheme, sep, rest = uri.partition("://")
+    return f"{_HADOOP_SCHEMES[scheme]}://{rest}" if sep and scheme in _HADOOP_SCHEMES else uri
 
 
 class DeltaSparkEngine:
@@ -37,14 +49,14 @@ class DeltaSparkEngine:
     def _delta(self, uri: str) -> Any:
         from delta.tables import DeltaTable
 
-        if not DeltaTable.isDeltaTable(self._spark, uri):
+        if not DeltaTable.isDeltaTable(self._spark, hadoop_uri(uri)):
             raise StorageError(f"no Delta table at {uri}")
-        return DeltaTable.forPath(self._spark, uri)
+        return DeltaTable.forPath(self._spark, hadoop_uri(uri))
 
     def exists(self, uri: str) -> bool:
         from delta.tables import DeltaTable
 
-        return bool(DeltaTable.isDeltaTable(self._spark, uri))
+        return bool(DeltaTable.isDeltaTable(self._spark, hadoop_uri(uri)))
 
     def write(
         self,
@@ -67,7 +79,7 @@ class DeltaSparkEngine:
         if evolve_schema:
             writer = writer.option("mergeSchema" if mode == "append" else "overwriteSchema", "true")
         try:
-            writer.save(uri)
+            writer.save(hadoop_uri(uri))
         except Exception as exc:  # Spark raises AnalysisException / Py4JJavaError
             raise StorageError(f"write ({mode}) to {uri} failed: {exc}") from exc
         return self.version(uri)
@@ -102,7 +114,7 @@ class DeltaSparkEngine:
         reader = self._spark.read.format("delta")
         if version is not None:
             reader = reader.option("versionAsOf", version)
-        return reader.load(uri)
+        return reader.load(hadoop_uri(uri))
 
     def read(
         self, uri: str, *, version: int | None = None, columns: list[str] | None = None, where: str | None = None
@@ -143,7 +155,7 @@ class DeltaSparkEngine:
                full: bool = False) -> list[str]:
         # Spark's VACUUM lists every file of the table directory, so it is always full: ``full`` changes nothing.
         if dry_run:
-            sql = f"VACUUM delta.`{uri}` RETAIN {int(retention_hours)} HOURS DRY RUN"
+            sql = f"VACUUM delta.`{hadoop_uri(uri)}` RETAIN {int(retention_hours)} HOURS DRY RUN"
             return [row[0] for row in self._spark.sql(sql).collect()]
         # Delta refuses a retention under its 168-hour default unless this check is off; Lake.vacuum is explicit and
         # keyword-only, and a crypto-shred must vacuum with zero retention so no deleted key survives in old files.

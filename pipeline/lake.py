@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from pipeline._arrow import is_spark_dataframe, to_arrow
 from pipeline._delta_rs import DeltaRsEngine
+from pipeline._delta_spark import hadoop_uri
 from pipeline.errors import SettingsError, StorageError
 from pipeline.settings import Settings, get_settings
 
@@ -353,12 +354,11 @@ class Lake:
             spark = get_spark(self.settings)
             schema = self._engine.schema(uri)
             spark_schema = spark.createDataFrame(schema.empty_table()).schema
-            scheme = _hadoop_scheme(spark, uri)
-            if scheme is None:
+            if not _spark_can_open(spark, uri):
                 rows = self._engine.read(uri, version=version)
                 frame = spark.createDataFrame(rows) if rows.num_rows else spark.createDataFrame([], spark_schema)
             else:
-                files = [_with_scheme(f, scheme) for f in self._engine.snapshot_files(uri, version)]
+                files = [hadoop_uri(f) for f in self._engine.snapshot_files(uri, version)]
                 frame = (spark.read.schema(spark_schema).parquet(*files) if files
                          else spark.createDataFrame([], spark_schema))
         # The rows are counted by whatever job consumes the frame; the access is of every column.
@@ -437,26 +437,16 @@ def _zone_name(zone: Zone | str) -> str:
     return SYSTEM_ZONE if zone == SYSTEM_ZONE else Zone(zone).value
 
 
-# Hadoop names S3's file system ``s3a``; delta-rs and the settings say ``s3``.
-_HADOOP_SCHEMES = {"s3": "s3a"}
-
-
-def _hadoop_scheme(spark: Any, uri: str) -> str | None:
-    """The scheme under which Spark's Hadoop can open ``uri``'s files, or None when it has no file system for it."""
-    scheme = uri.split("://", 1)[0] if "://" in uri else "file"
-    scheme = _HADOOP_SCHEMES.get(scheme, scheme)
+def _spark_can_open(spark: Any, uri: str) -> bool:
+    """True when Spark's Hadoop has a file system for ``uri`` (as :func:`hadoop_uri` names it)."""
+    scheme = hadoop_uri(uri).split("://", 1)[0] if "://" in uri else "file"
     if scheme == "file":
-        return scheme
+        return True
     try:
-        jvm = spark._jvm
-        jvm.org.apache.hadoop.fs.FileSystem.getFileSystemClass(scheme, spark._jsc.hadoopConfiguration())
+        spark._jvm.org.apache.hadoop.fs.FileSystem.getFileSystemClass(scheme, spark._jsc.hadoopConfiguration())
     except Exception:  # py4j reports UnsupportedFileSystemException as a generic Py4JJavaError
-        return None
-    return scheme
-
-
-def _with_scheme(path: str, scheme: str) -> str:
-    return path if scheme == "file" or "://" not in path else f"{scheme}://{path.split('://', 1)[1]}"
+        return False
+    return True
 
 
 def _counting(reader: pa.RecordBatchReader, counted: list[int]) -> Iterator[pa.RecordBatch]:

@@ -103,3 +103,15 @@ def test_when_spark_has_no_file_system_for_the_store_then_read_spark_still_retur
 
     assert latest.column("patient_pseudonym").to_pylist() == _patients(7).column("patient_pseudonym").to_pylist()
     assert first.count() == 4 and first.columns == PATIENTS.names
+
+
+@pytest.mark.parametrize(("uri", "spark_uri"), [
+    ("s3://bucket/lake/raw/patients", "s3a://bucket/lake/raw/patients"),
+    ("s3://bucket/lake/raw/patients/part-0.parquet", "s3a://bucket/lake/raw/patients/part-0.parquet"),
+    ("/home/me/.medguard/lake/raw/patients", "/home/me/.medguard/lake/raw/patients"),
+    ("gs://bucket/lake/raw/patients", "gs://bucket/lake/raw/patients"),
+])
+def test_when_spark_opens_a_table_then_an_s3_uri_is_named_as_hadoops_s3a(uri: str, spark_uri: str) -> None:
+    from pipeline._delta_spark import hadoop_uri
+
+    assert hadoop_uri(uri) == spark_uri
