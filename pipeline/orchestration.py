@@ -84,7 +84,8 @@ def airflow_env(settings: Settings, *, dags_folder: Path = DAGS_FOLDER) -> dict[
     medguard code as the DAG files next to it). For a plain Airflow on the same home (``airflow standalone``,
     ``scheduler`` + ``api-server``) it also sets: no example DAGs, ``orchestration.workers`` task slots (one per
     core by default) and one API worker, the API server on ``127.0.0.1:<orchestration.api_port>`` and the
-    execution API URL the tasks call there, and new DAGs unpaused.
+    execution API URL the tasks call there. New DAGs stay paused, as Airflow's default: unpause the ones to
+    schedule (``airflow dags unpause``).
 
     Args:
         settings: whose ``airflow_home``, ``home`` and ``lake_root`` to use.
@@ -103,7 +104,6 @@ def airflow_env(settings: Settings, *, dags_folder: Path = DAGS_FOLDER) -> dict[
             "AIRFLOW_HOME": str(airflow_home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(Path(dags_folder).resolve()),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
             "AIRFLOW__CORE__PARALLELISM": str(worker_count(settings)),
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api}/execution/",
             "AIRFLOW__API__HOST": "127.0.0.1",

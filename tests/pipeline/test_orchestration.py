@@ -81,7 +81,6 @@ def test_when_env_is_built_then_a_plain_airflow_on_the_home_fits_the_machine(set
     assert env["AIRFLOW__API__PORT"] == "18080"
     # Tasks of a scheduler-run DAG call the execution API of the API server on the same home.
     assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://127.0.0.1:18080/execution/"
-    assert env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] == "False"
     # The DAG files and tasks in the subprocess see the caller's orchestration settings.
     assert env["MEDGUARD_ORCHESTRATION__TASK_RETRIES"] == "0"
     assert env["MEDGUARD_ORCHESTRATION__API_PORT"] == "18080"
