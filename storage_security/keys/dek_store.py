@@ -14,10 +14,11 @@ Columns: ``key_id`` (hex, the key id inside each cell), ``kek_name``, ``wrapped`
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -82,12 +83,15 @@ def sql_in_list(values: Iterable[str]) -> str:
 
 def store_lock(lake: Lake, table: str, *, timeout: float = LOCK_TIMEOUT_SECONDS
                ) -> Callable[[], AbstractContextManager[None]]:
-    """What a key store table's writers enter: an inter-process lock beside the table on a local lake, nothing
-    on an object store (which has no such lock; see README)."""
+    """What a key store table's writers enter: an inter-process lock beside the table on a local lake; on an object
+    store (which has no file lock) one under ``$MEDGUARD_HOME/locks`` named by the lake, so the writers of one
+    machine still exclude each other (writers on several machines need one writer of keys; see README)."""
     uri = lake.uri(SYSTEM_ZONE, table)
-    if not getattr(lake.settings, "lake_is_local", "://" not in uri):
-        return nullcontext
-    path = Path(uri).with_name(f".{table}.lock")
+    if getattr(lake.settings, "lake_is_local", "://" not in uri):
+        path = Path(uri).with_name(f".{table}.lock")
+    else:
+        lake_id = hashlib.sha256(lake.root.encode()).hexdigest()[:16]
+        path = Path(lake.settings.home) / "locks" / f"keys-{lake_id}-{table}.lock"
     return lambda: exclusive_lock(path, timeout=timeout)
 
 
