@@ -23,6 +23,19 @@ for name in $(compgen -e); do
   unset "$name"
 done
 
+# Spark's shared secret: the master and workers read _SPARK_AUTH_SECRET from the environment, and hand it to their
+# executors; a driver (a task's Spark session, `medguard serve`) reads only spark.authenticate.secret from its conf.
+# So the driver gets a private copy of SPARK_CONF_DIR (the mounted infra/spark, read-only) with the secret added,
+# in a 0700 folder of the container's own /tmp, where pyspark's launcher reads it.
+if [[ -n "${_SPARK_AUTH_SECRET:-}" && -d "${SPARK_CONF_DIR:-}" ]]; then
+  conf="$(mktemp -d "${TMPDIR:-/tmp}/spark-conf.XXXXXX")"
+  cp -R "$SPARK_CONF_DIR"/. "$conf"/
+  chmod -R u+w "$conf"
+  printf '\nspark.authenticate.secret %s\n' "$_SPARK_AUTH_SECRET" >>"$conf/spark-defaults.conf"
+  chmod 0600 "$conf/spark-defaults.conf"
+  export SPARK_CONF_DIR="$conf"
+fi
+
 # Files a service cannot start without that no variable names (e.g. the kwargs file of Airflow's Vault backend,
 # read through a _CMD option), space-separated.
 for file in ${REQUIRED_SECRET_FILES:-}; do
