@@ -46,6 +46,12 @@ SAFE_WORDS = frozenset((
     "Med", "Ed", "Er", "Or", "Ob", "Gyn", "Ct", "Mri", "Ekg", "Bp", "Hr", "Icu", "Cabg", "Copd", "Chf",
     "Oral", "Tablet", "Tablets", "Capsule", "Solution", "Injection", "Extended", "Release", "Inhaler", "Dose",
     "Cream", "Patch", "Drops", "Suspension", "Daily", "Twice", "Nightly", "Morning", "Evening", "Night",
+    # wards and services ("moved to Cardiology", "transferred to Rehab"): places in a hospital, not PHI
+    "Cardiology", "Oncology", "Radiology", "Neurology", "Surgery", "Pediatrics", "Paediatrics", "Rehab",
+    "Rehabilitation", "Hospice", "Psychiatry", "Dermatology", "Orthopedics", "Orthopaedics", "Urology",
+    "Nephrology", "Gastroenterology", "Endocrinology", "Pulmonology", "Hematology", "Haematology", "Obstetrics",
+    "Gynecology", "Emergency", "Triage", "Recovery", "Telemetry", "Medicine", "Intensive", "Critical", "Labor",
+    "Delivery", "Outpatient", "Inpatient", "Pharmacy", "Pathology", "Laboratory", "Imaging", "Anesthesia",
 ))
 _TOKEN = regex.compile(r"(?<![\p{L}\d])\p{Lu}(?:['’]\p{Lu})?[\p{Ll}\p{Lu}]*\p{Ll}(?:['’-]\p{Lu}?\p{Ll}+)*(?![\p{L}\d])")
 _GAP = regex.compile(r"(?:\p{Lu}\.\s)?(?:(?:da|de|van|von|del|di|le|al|bin) )?")
@@ -54,8 +60,15 @@ _ALONE = regex.compile(r"\s+(?:is|was|has|had|said|says|spent|shouted|lives|live
 
 
 @cache
-def given_names() -> frozenset[str]:
-    """Faker's Latin-script given names, less the held-out locales and the safe words."""
+def common_words() -> frozenset[str]:
+    """About 1,000 common English words, capitalised (Faker's en_US lorem list): never a name or place alone."""
+    from faker.providers.lorem.en_US import Provider
+
+    return frozenset(w.capitalize() for w in Provider.word_list)
+
+
+def _person_lists(attrs: tuple[str, ...]) -> frozenset[str]:
+    """The Latin-script entries of Faker's person ``attrs`` across its locales, less the held-out locales."""
     import faker.providers.person as person
 
     names: set[str] = set()
@@ -64,7 +77,7 @@ def given_names() -> frozenset[str]:
             continue
         provider = getattr(importlib.import_module(f"{person.__name__}.{module.name}"), "Provider", None)
         found: list[str] = []
-        for attr in ("first_names", "first_names_male", "first_names_female"):
+        for attr in attrs:
             value = vars(provider).get(attr) if provider is not None else None
             if value is not None and not isinstance(value, property):
                 found += list(value)
@@ -72,6 +85,18 @@ def given_names() -> frozenset[str]:
         if latin and len(latin) > 0.8 * len(found):
             names.update(latin)
     return frozenset(n for n in names if len(n) > 2 and n not in SAFE_WORDS)
+
+
+@cache
+def surnames() -> frozenset[str]:
+    """Faker's Latin-script last names (about 10,000), less the held-out locales and common English words."""
+    return _person_lists(("last_names",)) - common_words()
+
+
+@cache
+def given_names() -> frozenset[str]:
+    """Faker's Latin-script given names, less the held-out locales and the safe words."""
+    return _person_lists(("first_names", "first_names_male", "first_names_female"))
 
 
 class GazetteerNameRecognizer(HealthcarePatternRecognizer):
@@ -85,14 +110,20 @@ class GazetteerNameRecognizer(HealthcarePatternRecognizer):
     def __init__(self, supported_language: str = "en") -> None:
         super().__init__(supported_language)
         self._names = given_names()
+        self._surnames = surnames()
+        self._common = common_words()
 
     def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None,
                 regex_flags: int | None = None) -> list[RecognizerResult]:
         out = []
         for match in _TOKEN.finditer(text):
-            if match.group() not in self._names:
+            word, start, end = match.group(), match.start(), match.end()
+            if word[-2:] in ("'s", "’s"):  # a possessive: "Dirk's address" is Dirk's
+                word, end = word[:-2], end - 2
+            if word not in self._names:
+                if word in self._surnames:
+                    out += self._with_surname(text, start, end)
                 continue
-            start, end = match.span()
             gap = _GAP.match(text, end + 1) if text[end:end + 1] == " " else None
             after = _TOKEN.match(text, gap.end()) if gap is not None else None
             if after is not None and after.group() not in SAFE_WORDS:
@@ -103,3 +134,21 @@ class GazetteerNameRecognizer(HealthcarePatternRecognizer):
                                         recognition_metadata={RecognizerResult.RECOGNIZER_NAME_KEY: self.name,
                                                               RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id}))
         return out
+
+    def _with_surname(self, text: str, start: int, end: int) -> list[RecognizerResult]:
+        """A known surname after a capitalised word that is no safe, common or title word ("Carys Morrison")."""
+        lo = max(0, start - 60)
+        before = _BEFORE.search(text[lo:start])
+        if before is None or not _TOKEN.fullmatch(before.group(1)):
+            return []
+        word = before.group(1)
+        if word in SAFE_WORDS or word in self._common or word in _TITLE_WORDS or word in self._names:
+            return []  # a given name before it is the given-name rule's match
+        return [RecognizerResult(self.ENTITY, lo + before.start(1), end, 0.55, analysis_explanation=None,
+                                 recognition_metadata={RecognizerResult.RECOGNIZER_NAME_KEY: self.name,
+                                                       RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id})]
+
+
+_BEFORE = regex.compile(r"(?:^|\s)(\S+) $")
+_TITLE_WORDS = frozenset(("Dr", "Mr", "Mrs", "Ms", "Miss", "Mx", "Prof", "Sir", "Dame", "Lord", "Lady", "Rev", "Saint",
+                          "St", "Fr", "Sr", "Jr", "Captain", "Nurse", "Doctor", "Professor", "Uncle", "Aunt"))

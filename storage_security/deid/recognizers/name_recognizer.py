@@ -20,7 +20,12 @@ _LABELS = (r"Patient|Pt|Name|Patient name|Guarantor|Contact|Caller|Re|Attending|
 _VERBS = (r"signed by|seen by|dictated by|transcribed by|read by|reviewed by|grossed by|examined by|"
           r"reported to|discussed with|spoke with|spoke to|called|referred by|referred to|evaluated by|"
           r"interpreted by|verified by|dear|thank you,?|sincerely,?|regards,?|cc:|per|said|told|asked|named|"
-          r"hello|hi|thanks,?")
+          r"hello|hi|thanks,?|"
+          # e-mail and chat: greetings, sign-offs, "named him", and verbs whose agent is a person
+          r"hey|good (?:morning|afternoon|evening),?|best,?|cheers,?|(?:best|kind|warm) regards,?|yours(?: truly)?,|"
+          r"love,|named (?:him|her|them)|called (?:him|her|them)|under the name|on behalf of|ask for|"
+          r"(?:written|sent|posted|shared|approved|prescribed|ordered|performed|authored|recommended|visited|"
+          r"accompanied|forwarded|covered for) by")
 
 
 class ClinicalNameRecognizer(HealthcarePatternRecognizer):
@@ -39,7 +44,9 @@ class ClinicalNameRecognizer(HealthcarePatternRecognizer):
                 rf"(?<=\b(?i:{_LABELS})\b\s*:\s*){_UPPER},?\s+{_UPPER}(?:\s\p{{Lu}}\.)?", 0.8),
         Pattern("Relative",
                 rf"(?<=\b(?:daughter|son|wife|husband|sister|brother|caregiver|mother|father|spouse|partner|"
-                rf"friend|neighbor|neighbour|niece|nephew|grandson|granddaughter|aunt|uncle|guardian|mom|dad)"
+                rf"friend|neighbor|neighbour|niece|nephew|grandson|granddaughter|aunt|uncle|guardian|mom|dad|kid|child|"
+                rf"baby|boyfriend|girlfriend|fianc[ée]e?|cousin|roommate|grandmother|grandfather|grandma|grandpa|"
+                rf"stepson|stepdaughter|stepmother|stepfather|sibling|twin|godson|goddaughter)"
                 rf",?\s+){_FULL}", 0.7),
         Pattern("After a verb of signing",
                 rf"(?<=\b(?i:{_VERBS})\s+(?:(?:{_TITLES})\.?\s+)?)(?:{_INITIAL_FIRST}|{_FULL})", 0.7),
@@ -57,7 +64,9 @@ class ClinicalNameRecognizer(HealthcarePatternRecognizer):
         Pattern("Lower-case name after 'Pt'",
                 r"(?<=\b(?i:pt|patient)\.? )(?!(?:is|was|has|had|denies|reports|seen|states|with|for|and)\b)"
                 r"\p{Ll}+(?:-\p{Ll}+)? \p{Ll}+(?:-\p{Ll}+)?(?= (?:seen|is|was|presents|reports|returns)\b)", 0.6),
-        Pattern("Name before age", rf"{_FULL}(?=\s+is\s+an?\s+\d{{1,3}}[- ]y)", 0.7),
+        Pattern("Author of a quoted message", rf"{_FULL}(?= (?:wrote|writes|replied|commented|posted):)", 0.7),
+        Pattern("Name before age",
+                rf"(?!(?:Patient|Pt|He|She|They|This|Client|Resident)\b){_FULL}(?=\s+is\s+an?\s+\d{{1,3}}[- ]y)", 0.7),
         Pattern("Possessive before clinical word", rf"(?<=\bto\s+){_FULL}(?=,\s+(?:charge nurse|RN|MD))", 0.6),
     )
     CONTEXT = ("patient", "name", "dr", "mr", "ms", "signed")
