@@ -168,13 +168,13 @@ def test_when_airflow_reads_its_connections_from_openbao_then_a_task_wraps_a_dat
     backend = _connections(deployed)
 
     def lookup(conn_id: str) -> dict[str, Any] | None:
-        value = backend.get_conn_value(conn_id)
-        if value is None:
+        # What pipeline.airflow_support.airflow_connection returns, from the Connection Airflow builds out of the
+        # backend's answer (outside a task, so straight from the backend rather than through the task SDK).
+        conn = backend.get_connection(conn_id)
+        if conn is None:
             return None
-        conn = json.loads(value)
-        conn["extra"] = json.loads(conn.get("extra") or "{}")
-        conn["port"] = int(conn["port"]) if conn.get("port") else None
-        return conn
+        return {"conn_type": conn.conn_type, "host": conn.host, "port": conn.port, "login": conn.login,
+                "password": conn.password, "schema": conn.schema, "extra": conn.extra_dejson}
 
     base = load_settings(orchestration={"secrets": "vault"}, key_provider="vault",
                          vault={"ca_cert": deployed.secrets / "ca_cert"})
