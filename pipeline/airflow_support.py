@@ -34,9 +34,10 @@ from pipeline.errors import OrchestrationError, StorageError, ValidationError
 from pipeline.settings import Settings, VaultSettings, get_settings
 
 __all__ = ["DEIDENTIFIED_BATCH", "LAKE_CONNECTION", "MODEL_REGISTRY", "PREDICTIONS", "RAW_BATCH", "SOURCES_EXTRACT",
-           "VAULT_CONNECTION", "ConnectionLookup", "airflow_connection", "alert_on_failure", "diagnosed_batch",
-           "extract_inputs", "ingested_batch", "landed_extract", "published_batch", "registered_model",
-           "require_tables", "require_verified", "table_versions", "task_defaults", "task_settings", "upstream_batches"]
+           "VAULT_CONNECTION", "ConnectionLookup", "airflow_connection", "alert_on_failure", "connection_fields",
+           "diagnosed_batch", "extract_inputs", "ingested_batch", "landed_extract", "published_batch",
+           "registered_model", "require_tables", "require_verified", "table_versions", "task_defaults",
+           "task_settings", "upstream_batches"]
 
 # The Asset URIs of the chain (DAG files build their Assets from these).
 SOURCES_EXTRACT = "medguard://sources/extract"
@@ -252,8 +253,14 @@ def airflow_connection(conn_id: str) -> Mapping[str, Any] | None:
     from airflow.sdk.exceptions import AirflowNotFoundException
 
     try:
-        conn = Connection.get(conn_id)
+        return connection_fields(Connection.get(conn_id))
     except AirflowNotFoundException:
+        return None
+
+
+def connection_fields(conn: Any) -> dict[str, Any] | None:
+    """The fields :func:`task_settings` reads from an Airflow ``Connection`` (any of Airflow's classes)."""
+    if conn is None:
         return None
     return {"conn_type": conn.conn_type, "host": conn.host, "port": conn.port, "login": conn.login,
             "password": conn.password, "schema": conn.schema, "extra": conn.extra_dejson}
@@ -317,10 +324,15 @@ def _vault_settings(current: VaultSettings, conn: Mapping[str, Any]) -> VaultSet
 
 def _storage_options(conn: Mapping[str, Any]) -> dict[str, SecretStr]:
     extra = dict(conn.get("extra") or {})
-    options = {name: str(value) for name, value in extra.items() if name.isupper()}
-    options.update({option: str(extra[name]) for name, option in _AWS_EXTRA.items() if extra.get(name)})
+    options = {name: _option(value) for name, value in extra.items() if name.isupper()}
+    options.update({option: _option(extra[name]) for name, option in _AWS_EXTRA.items() if extra.get(name)})
     if conn.get("login"):
         options["AWS_ACCESS_KEY_ID"] = conn["login"]
     if conn.get("password"):
         options["AWS_SECRET_ACCESS_KEY"] = conn["password"]
     return {name: SecretStr(value) for name, value in options.items()}
+
+
+def _option(value: Any) -> str:
+    # Airflow reads `?AWS_ALLOW_HTTP=true` in a connection URI as JSON: the boolean goes back as delta-rs spells it.
+    return str(value).lower() if isinstance(value, bool) else str(value)

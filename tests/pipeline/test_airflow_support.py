@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -16,6 +17,7 @@ from pipeline.airflow_support import (
     SOURCES_EXTRACT,
     VAULT_CONNECTION,
     alert_on_failure,
+    connection_fields,
     extract_inputs,
     ingested_batch,
     landed_extract,
@@ -227,3 +229,30 @@ def test_when_a_backup_does_not_verify_then_the_task_fails_with_its_problems():
     with pytest.raises(StorageError, match=r"backup mg-1 did not verify: lake/x\.parquet: checksum mismatch"):
         require_verified({"ok": False, "backup_id": "mg-1", "problems": ["lake/x.parquet: checksum mismatch"]})
     assert require_verified({"ok": True, "backup_id": "mg-2"})["backup_id"] == "mg-2"
+
+
+# the secrets hand-off through Airflow's own Vault secrets backend, on a real OpenBao ---------------------------------
+
+def test_when_airflow_reads_connections_from_openbao_then_the_task_settings_carry_them(openbao, settings: Settings):
+    import hvac
+    from airflow.providers.hashicorp.secrets.vault import VaultBackend
+
+    # What an operator stores (README: `bao kv put airflow/connections/<id> conn_uri=...`), here under the dev
+    # server's KV v2 mount `secret/`, in a folder of its own.
+    folder = f"airflow-{uuid.uuid4().hex[:8]}/connections"
+    kv = hvac.Client(url=openbao.addr, token=openbao.token).secrets.kv.v2
+    kv.create_or_update_secret(path=f"{folder}/{VAULT_CONNECTION}", mount_point="secret", secret={
+        "conn_uri": "vaults://role-abc:secret-def@bao.hospital.example:8200?auth_type=approle&namespace=medguard"})
+    kv.create_or_update_secret(path=f"{folder}/{LAKE_CONNECTION}", mount_point="secret", secret={
+        "conn_uri": "aws://AKIAEXAMPLE:s3%2Fsecret@?endpoint_url=http%3A%2F%2Fminio%3A9000&AWS_ALLOW_HTTP=true"})
+    backend = VaultBackend(url=openbao.addr, token=openbao.token, mount_point="secret", connections_path=folder)
+
+    got = task_settings(_vault_settings(settings),
+                        lookup=lambda conn_id: connection_fields(backend.get_connection(conn_id)))
+
+    assert (got.vault.addr, got.vault.role_id, got.vault.namespace) == (
+        "https://bao.hospital.example:8200", "role-abc", "medguard")
+    assert got.vault.secret_id.get_secret_value() == "secret-def"
+    assert {k: v.get_secret_value() for k, v in got.storage_options.items()} == {
+        "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "s3/secret",
+        "AWS_ENDPOINT_URL": "http://minio:9000", "AWS_ALLOW_HTTP": "true"}
