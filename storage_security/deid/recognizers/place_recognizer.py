@@ -58,7 +58,13 @@ def known_cities() -> frozenset[str]:
             if isinstance(value, (list, tuple, dict)):
                 cities.update(c for c in value if isinstance(c, str) and all(ord(ch) < 0x250 for ch in c))
     common = common_words()
-    return frozenset(c for c in cities if len(c) > 3 and c not in SAFE_WORDS and c not in common)
+    return frozenset(c for c in cities if len(c) > 3 and c not in SAFE_WORDS and c not in common
+                     and c not in _NOT_PLACES)
+
+
+# Gazetteer cities that are also clinical or everyday words in notes ("result of Gram stain", "migraine with Aura").
+_NOT_PLACES = frozenset(("Gram", "Aura", "Split", "Metro", "Humble", "Nokia", "Vulcan", "Lumina", "Divina", "Nova",
+                         "Martin", "George", "Modelu", "Sund", "Brad"))
 
 
 @cache
