@@ -35,7 +35,7 @@ write() {
 }
 
 write postgres_password "$(random)"
-write airflow_db_conn "postgresql+psycopg2://airflow:$(<"$OUT/postgres_password")@postgres:5432/airflow"
+write airflow_db_conn "postgresql+psycopg://airflow:$(<"$OUT/postgres_password")@postgres:5432/airflow"
 # Fernet key: 32 url-safe base64 bytes (Airflow encrypts connection passwords in its database with it).
 write airflow_fernet_key "$(openssl rand -base64 32 | tr '+/' '-_')"
 write airflow_jwt_secret "$(random 64)"

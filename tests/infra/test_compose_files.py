@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,7 @@ def test_when_airflow_runs_then_it_has_a_real_executor_and_postgres_and_the_vaul
         assert env["MEDGUARD_ORCHESTRATION__SECRETS"] == "vault"
         assert "../../dags:/opt/airflow/dags:ro" in services[name]["volumes"]
     conn = (COMPOSE_DIR / "gen-secrets.sh").read_text()
-    assert 'write airflow_db_conn "postgresql+psycopg2://airflow:' in conn
+    assert 'write airflow_db_conn "postgresql+psycopg://airflow:' in conn
     assert services["postgres"]["image"].startswith("postgres:")
 
 
@@ -312,3 +313,28 @@ def test_when_gen_secrets_runs_then_every_secret_the_compose_names_exists_and_no
 
     assert again.returncode == 0, again.stderr
     assert {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()} == before
+
+
+@pytest.mark.integration
+def test_when_airflow_reads_its_secret_options_then_each_cmd_yields_its_file(tmp_path: Path) -> None:
+    env = _env(_services()["airflow-scheduler"])
+    commands = {name: value for name, value in env.items() if name.startswith("AIRFLOW__") and name.endswith("_CMD")}
+    assert len(commands) >= 7
+    child = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "AIRFLOW_HOME": str(tmp_path / "airflow")}
+    expected = {}
+    for name, command in commands.items():
+        secret = command.split("/run/secrets/", 1)[1]
+        value = "postgresql+psycopg://airflow:pw@postgres:5432/airflow" if secret == "airflow_db_conn" else \
+            f"value-of-{secret}"
+        (tmp_path / secret).write_text(value)
+        child[name] = command.replace("/run/secrets/", f"{tmp_path}/")
+        section, option = name.removeprefix("AIRFLOW__").removesuffix("_CMD").lower().split("__", 1)
+        expected[f"{section}.{option}"] = value
+    code = ("import json, sys\nfrom airflow.configuration import conf\n"
+            "print(json.dumps({key: conf.get(*key.split('.')) for key in sys.argv[1:]}))")
+
+    done = subprocess.run([sys.executable, "-c", code, *expected], env=child, capture_output=True, text=True,
+                          timeout=120, check=False)
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == expected
