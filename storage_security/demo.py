@@ -2,7 +2,8 @@
 
 ``20_security`` starts the local OpenBao (the embedded default's Vault) and makes sure the data and audit KEKs
 exist, so every later step runs the production key path. ``87_audit_monitor`` runs the ``medguard_audit_monitor``
-DAG after the users' steps (chain check, activity detectors) and reports the alerts the lake holds. ``90_verify``
+DAG after the users' steps (chain check, activity detectors) and reports the alerts the lake holds;
+``88_rotate_keys`` and ``89_backup`` run the weekly rotation and the daily encrypted backup once. ``90_verify``
 runs after every layer: it verifies the audit chain and greps every file under ``MEDGUARD_HOME`` (but the source
 extracts) and this user's new files in the system temp folder for the plaintext of identifiers from the demo
 sources — the "no plaintext PHI on disk" promise, checked on what the demo actually wrote, wherever it wrote it.
@@ -64,6 +65,29 @@ def audit_monitor_step(settings: Settings, report: DemoReport) -> dict[str, Any]
                "by_detector": dict(Counter(a["detector"] for a in alerts).most_common()),
                "by_severity": dict(Counter(a["severity"] for a in alerts).most_common())}
     return {"dag_run": run, "summary": {"alerts": counted}}
+
+
+def rotate_keys_step(settings: Settings, report: DemoReport) -> dict[str, Any]:
+    """Run the weekly key-rotation DAG once; returns the run and each KEK's latest version, read from the provider."""
+    from pipeline.demo import run_dag_step
+    from storage_security.audit.log import DEFAULT_KEY_NAME
+    from storage_security.keys.providers import provider_from_settings
+    from storage_security.local_vault import openbao
+
+    run = run_dag_step(settings, "medguard_rotate_keys")
+    provider = provider_from_settings(settings, role=openbao.KEY_ROTATION_ROLE)
+    return {"dag_run": run,
+            "keks": {name: provider.versions(name).latest for name in (settings.vault.kek_name, DEFAULT_KEY_NAME)}}
+
+
+def backup_step(settings: Settings, report: DemoReport) -> dict[str, Any]:
+    """Run the daily backup DAG once; returns the run and the newest backup's folder (the closing summary's)."""
+    from pipeline.demo import run_dag_step
+    from storage_security.backup.archive import list_backups
+
+    run = run_dag_step(settings, "medguard_backup")
+    backups = list_backups(settings)
+    return {"dag_run": run, "backups": len(backups), "summary": {"backup": str(backups[-1])}}
 
 
 def verify_step(settings: Settings, report: DemoReport) -> dict[str, Any]:
@@ -133,7 +157,9 @@ def scan_for_identifiers(root: Path, needles: dict[bytes, str], *, exclude: tupl
     Args:
         exclude: folders left out (the source extracts, which are plaintext by nature).
         since: for a shared folder such as /tmp: only files of this user modified at or after this time, inside
-            top-level folders modified since then too, and no folder named ``sources`` (another home's extracts).
+            top-level folders modified since then too, and no folder named ``sources`` (another home's extracts),
+            holding a source extract (``patients.csv``…, ``notes.jsonl``) or a code checkout (``pyproject.toml``,
+            ``.git``): other runs' plaintext by nature, not medguard's scratch.
 
     Returns:
         ``{path: identifier kinds found}`` (never a value) and how many files were read.
@@ -149,7 +175,11 @@ def scan_for_identifiers(root: Path, needles: dict[bytes, str], *, exclude: tupl
         dirs[:] = [d for d in dirs if os.path.join(folder, d) not in skipped]
         if since is not None:
             # A shared folder: only what appeared there since `since` (a top-level entry made by this run), and
-            # not the source extracts of other medguard homes kept there (plaintext by nature).
+            # not what holds plaintext identifiers by nature: source extracts (other medguard homes' `sources`, or
+            # any folder holding a generated extract, e.g. a test's) and code checkouts (their test data).
+            if folder != str(root) and _plaintext_by_nature(Path(folder)):
+                dirs[:] = []
+                continue
             dirs[:] = [d for d in dirs if d != "sources" and (folder != str(root) or _newer(Path(folder, d), since))]
         for name in files:
             path = Path(folder, name)
@@ -167,6 +197,14 @@ def scan_for_identifiers(root: Path, needles: dict[bytes, str], *, exclude: tupl
             if hits:
                 found[str(path)] = {needles[hit] for hit in hits}
     return found, scanned
+
+
+# A folder holding one of these is a source extract or a code checkout, not a place medguard writes scratch to.
+_EXTRACT_OR_CHECKOUT = ("patients.csv", "patients.parquet", "patients.jsonl", "notes.jsonl", "pyproject.toml", ".git")
+
+
+def _plaintext_by_nature(folder: Path) -> bool:
+    return any(os.path.lexists(folder / name) for name in _EXTRACT_OR_CHECKOUT)
 
 
 def _newer(path: Path, since: float) -> bool:

@@ -14,6 +14,7 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
+from test_file_modes import _open_to_others
 
 from pipeline.demo import airflow_runs, run_dag_step
 from pipeline.errors import OrchestrationError
@@ -52,7 +53,7 @@ def test_when_a_dag_run_fails_then_one_line_names_the_dag_the_failed_task_and_it
 
 # The DAGs the demo runs, each once: the metadata DB must hold a successful run of each.
 DEMO_DAGS = ("medguard_ingest", "medguard_deidentify", "medguard_train", "medguard_batch_diagnosis",
-             "medguard_audit_monitor")
+             "medguard_audit_monitor", "medguard_rotate_keys", "medguard_backup")
 
 
 def test_when_the_demo_runs_then_the_chain_runs_as_airflow_dag_runs_and_its_summary_matches_the_lake(
@@ -60,16 +61,27 @@ def test_when_the_demo_runs_then_the_chain_runs_as_airflow_dag_runs_and_its_summ
     from pipeline.lake import Lake
     from storage_security.local_vault.openbao import free_port_pair
 
-    env = {**os.environ, "MEDGUARD_HOME": str(tmp_path), "MEDGUARD_VAULT__LOCAL_PORT": str(free_port_pair())}
+    # 1,000 patients: below that the release-wide risk gate leaves too few labelled patients to train on. Their
+    # test split holds a handful of positives, whose 95 % bounds cannot clear the promotion floors: this run
+    # judges point estimates against lower floors (governance settings), so its candidate is promoted and batch
+    # diagnosis runs. The chain is under test here, not the model.
+    env = {**os.environ, "MEDGUARD_HOME": str(tmp_path), "MEDGUARD_VAULT__LOCAL_PORT": str(free_port_pair()),
+           "MEDGUARD_GOVERNANCE__JUDGE_ON": "point", "MEDGUARD_GOVERNANCE__MIN_AUROC": "0.55",
+           "MEDGUARD_GOVERNANCE__MIN_SENSITIVITY": "0.3", "MEDGUARD_GOVERNANCE__MIN_SPECIFICITY": "0.1"}
+    env.pop("TMPDIR", None)
     try:
-        # 300 patients: the smallest population whose release still holds enough labelled patients to train on.
-        done = _medguard("demo", "--patients", "300", "--json", env=env, timeout=1800)
+        # A umask of 022 (the usual default) in the shell: medguard, and the Airflow it runs, must not rely on it.
+        done = subprocess.run(["sh", "-c", 'umask 022 && exec "$@"', "sh", MEDGUARD, "demo", "--patients", "1000",
+                               "--json"], env=env, capture_output=True, text=True, timeout=2400, check=False)
     finally:
         _medguard("vault", "down", env=env, timeout=120)
+    # Modes first: what the run wrote (the Airflow home and its logs included) is checked even when a step failed.
+    assert (tmp_path / "airflow" / "airflow.db").is_file() and (tmp_path / "lake" / "deidentified").is_dir()
+    assert _open_to_others(tmp_path) == []
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)
     steps = {"generate", "security", "ingest", "deidentify", "train", "diagnose", "access", "serve", "audit_monitor",
-             "verify"}
+             "rotate_keys", "backup", "verify"}
     assert set(report) == steps | {"step_seconds", "summary"} and set(report["step_seconds"]) == steps
     # Off a terminal the demo is not silent: each step says on stderr that it starts and how long it took.
     for step in steps:
@@ -84,7 +96,7 @@ def test_when_the_demo_runs_then_the_chain_runs_as_airflow_dag_runs_and_its_summ
     summary = report["summary"]
     assert [(r["dag_id"], r["run_id"], r["state"]) for r in summary["airflow_runs"]] == runs
     ran = {dag: run_id for dag, run_id, _ in runs}
-    for step in ("ingest", "deidentify", "train", "diagnose", "audit_monitor"):
+    for step in ("ingest", "deidentify", "train", "diagnose", "audit_monitor", "rotate_keys", "backup"):
         assert report[step]["dag_run"]["run_id"] == ran[report[step]["dag_run"]["dag_id"]]
 
     # The summary's numbers are the lake's: every table of every zone, with its rows.
@@ -101,7 +113,11 @@ def test_when_the_demo_runs_then_the_chain_runs_as_airflow_dag_runs_and_its_summ
     assert model["current"] == model["model_version"] and model["promotion"]["decision"] == "promoted"
     assert set(model["metrics"]) >= {"auroc", "sensitivity", "specificity"}
     # The HTML reports the summary points at exist.
-    assert Path(model["model_card"]).is_file() and all(Path(page).is_file() for page in summary["data_docs"])
+    assert Path(model["model_card"]).is_file() and summary["data_docs"]
+    assert all(Path(page).is_file() for page in summary["data_docs"])
+    assert Path(summary["backup"]).parent == tmp_path / "backups"
+    # The weekly rotation ran once: each KEK is at its second version.
+    assert report["rotate_keys"]["keks"] == {"medguard-kek": 2, "medguard-audit": 2}
 
     # Users: the analyst's and clinician's queries, the signed diagnosis request and its refused replay.
     assert report["access"]["granted"] >= 3 and report["access"]["refused"] >= 3

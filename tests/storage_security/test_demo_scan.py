@@ -93,6 +93,14 @@ def test_when_a_shared_temp_folder_is_scanned_then_only_what_appeared_since_the_
     (shared / "spark-1234" / "spill.bin").write_bytes(b"\x00Hannah Marshall\x00")
     (shared / "other-home" / "sources" / "demo").mkdir(parents=True)
     (shared / "other-home" / "sources" / "demo" / "patients.csv").write_text("Hannah Marshall")
+    # Another run's generated extract and a code checkout's test data: plaintext by nature, wherever they sit.
+    (shared / "pytest-of-me" / "test0" / "extract").mkdir(parents=True)
+    (shared / "pytest-of-me" / "test0" / "extract" / "patients.parquet").write_text("Hannah Marshall")
+    (shared / "pytest-of-me" / "test0" / "extract" / "fhir").mkdir()
+    (shared / "pytest-of-me" / "test0" / "extract" / "fhir" / "b.json").write_text("Hannah Marshall")
+    (shared / "checkout" / "tests").mkdir(parents=True)
+    (shared / "checkout" / "pyproject.toml").write_text("")
+    (shared / "checkout" / "tests" / "test_x.py").write_text("'Hannah Marshall'")
 
     found, _ = scan_for_identifiers(shared, needles, since=time.time() - 60)
 
