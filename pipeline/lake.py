@@ -399,7 +399,7 @@ class Lake:
                evolve_schema: bool, predicate: str | None = None, txn: tuple[str, int] | None = None) -> int:
         uri = self.uri(zone, table)
         if self.settings.lake_is_local:
-            os.makedirs(uri, exist_ok=True)
+            os.makedirs(uri.removeprefix("file://"), exist_ok=True)
         payload = data if (self.engine == "spark" and is_spark_dataframe(data)) else to_arrow(data)
         counted = [0]
         if self._on_access is not None and isinstance(payload, pa.RecordBatchReader):

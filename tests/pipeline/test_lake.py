@@ -582,6 +582,17 @@ def test_when_the_root_is_delta_rs_memory_store_then_settings_error_at_construct
         Lake(settings.model_copy(update={"lake_root": "memory:///lake"}))
 
 
+def test_when_the_root_is_a_file_uri_then_tables_are_written_under_it_and_nowhere_else(
+        settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    lake = Lake(settings.model_copy(update={"lake_root": f"file://{tmp_path / 'lake'}"}))
+
+    lake.append(Zone.RAW, "notes", pa.table({"note_id": ["n1"]}))
+
+    assert lake.tables(Zone.RAW) == ["notes"] and lake.read_arrow(Zone.RAW, "notes").num_rows == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lake"]  # no "file:" folder in the working directory
+
+
 def test_when_commit_info_has_no_dag_run_then_its_metadata_omits_it() -> None:
     info = CommitInfo(principal="svc:x", purpose="research", extra={"ticket": "SEC-1"})
 
