@@ -37,6 +37,21 @@ class StreetAddressRecognizer(HealthcarePatternRecognizer):
                 r"(?-i:(?<=^[ >?]*)(?:\d{1,5}[A-Z]?[ ]\p{Lu}[^\n]{2,40}|\p{Lu}[\p{L}'’.-]+(?:[ ][\p{L}'’.-]+){0,3}"
                 r"[ ]\d{1,5}[A-Z]?)(?:\n[ >?]*(?:Apt|Suite|Unit|Ste)\.?[ ]\d{1,5})?\n[ >?]*\p{Lu}[\p{L}'’.-]+"
                 r"(?:[ ][\p{L}'’.-]+){0,3}[ ]*(?:\n\n?[ >?]*\p{Lu}[\p{L} ]+[ ]\d{3,5})?(?=\n|$))", 0.6),
+        # Europe writes the number after the street: "Lindenstrasse 14", "Ørstedsvej 3", "Via Rezzonico 35 St.".
+        Pattern("Street word then number",
+                r"(?-i:\b(?:\p{Lu}[\p{L}'’-]*[ ]){0,2}\p{Lu}\p{Ll}*(?:strasse|straße|gasse|weg|vej|gade|plein|laan|"
+                r"straat|plaats|allee|ulica|utca|cesta|ulice|vägen|gatan|veien|gata|tie|katu)[ ]\d{1,5}[A-Za-z]?\b)",
+                0.6),
+        Pattern("Street name, number and suffix",
+                r"(?-i:\b\p{Lu}[\p{L}'’-]+(?:[ ]\p{Lu}[\p{L}'’-]+){0,2}[ ]\d{1,5}[A-Za-z]?[ ]"
+                r"(?:St\.?|Street|street|Ave\.?|Avenue|avenue|Rd\.?|Road|road)(?![\p{L}]))", 0.6),
+        Pattern("Street and number after 'is at' or 'lives on'",
+                r"(?<=\b(?i:is at|lives on|living on|located on|located at)[ ])"
+                r"(?!(?-i:Room|Bed|Floor|Unit|Ward|Level|Gate|Building|Suite|Station|Bay|Page|Day|Week|Step|Stage|"
+                r"Grade|Dose|Cycle|Line|Door|Exit|Terminal|Platform)\b)"
+                r"(?-i:\p{Lu}[\p{L}'’-]+(?:[ ]\p{Lu}[\p{L}'’-]+){0,2}[ ]\d{1,5}[A-Za-z]?\b)"
+                r"(?![ ]?(?i:weeks?|wks?|days?|months?|years?|yrs?|hours?|hrs?|min|mg|mcg|ml|units?|times?|am|pm|%))",
+                0.6),
         Pattern("Unit", r"\b(?:Apt|Apartment|Suite|Ste|Unit)\.?\s*#?\s*\d[A-Z0-9-]{0,5}\b", 0.6),
         # An address in any country's form after words that introduce one: to the end of the clause.
         Pattern("Labelled address",

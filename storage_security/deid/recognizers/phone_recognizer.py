@@ -13,6 +13,9 @@ class UsPhoneRecognizer(HealthcarePatternRecognizer):
     ENTITY = "PHONE_NUMBER"
     PATTERNS = (
         Pattern("Phone (separated)", r"(?<![\d-])(?:\+?1[ .-])?\(?[2-9]\d{2}\)?[ .-]\d{3}[ .-]\d{4}\b", 0.6),
+        # European forms in pairs of digits ("20-41-66-18", "01.42.68.53.00"); four dotted pairs are an IP address.
+        Pattern("Phone (pairs of digits)",
+                r"(?<![\d.-])\+?(?:\d{2}(?:-\d{2}){3,4}|\d{2}(?:\.\d{2}){4})(?![\d.-]?\d)", 0.5),
         Pattern("Phone (bare)", r"\b[2-9]\d{9}\b", 0.05),
         # Foreign and short forms ("433 5227", "26 148459") are numbers only their label identifies.
         Pattern("Phone (labelled, any form)",

@@ -1,4 +1,4 @@
-"""US ZIP codes: five digits (ZIP+4 too) after a state code, or with "zip" nearby."""
+"""Postal codes: US ZIP codes (five digits, ZIP+4 too) after a state code or with "zip" nearby; British postcodes."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ class ZipCodeRecognizer(HealthcarePatternRecognizer):
         Pattern("ZIP", r"\b\d{5}(?:-\d{4})?\b", 0.05),
         Pattern("Postal code (labelled)",
                 r"(?<=\b(?i:zip|zip code|zipcode|postal code|postcode)\b\s*(?i:is|:)?\s*)"
-                r"[A-Z0-9]{2,5}(?:[ -][A-Z0-9]{3,4})?\b", 0.7),
+                r"[A-Z0-9]{2,5}(?:[ -][A-Z0-9]{2,4})?\b", 0.7),  # "1012 AB" (Dutch) too
+        # A British postcode has a shape of its own: outward code, a space, digit and two letters ("LS2 9JT").
+        Pattern("UK postcode", r"\b(?:[A-Z]{1,2}\d[A-Z\d]?|GIR) \d[ABD-HJLNP-UW-Z]{2}\b", 0.6),
     )
     CONTEXT = ("zip", "zipcode", "postal")

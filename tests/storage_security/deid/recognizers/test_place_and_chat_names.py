@@ -81,3 +81,29 @@ def test_when_a_name_is_in_an_email_or_chat_sentence_then_medguard_covers_it(tex
 def test_when_a_note_says_patient_before_an_age_then_patient_is_not_a_name():
     text = "Patient is a 61-year-old retired welder."
     assert not [s for s in shared_detector().detect(text) if s.entity_type == "PERSON"]
+
+
+@pytest.mark.parametrize(("entity", "text", "value"), [
+    ("PHONE_NUMBER", "Reach the daughter on 31-72-05-64 after six.", "31-72-05-64"),
+    ("PHONE_NUMBER", "Cabinet: 04.93.21.87.60 (mornings only).", "04.93.21.87.60"),
+    ("ZIP_CODE", "Moved to a flat in Harrogate HG1 4QT in June.", "HG1 4QT"),
+    ("ZIP_CODE", "Postcode: 3512 JK, Utrecht.", "3512 JK"),
+    ("STREET_ADDRESS", "Post goes to Lindenallee 27 in the old town.", "Lindenallee 27"),
+    ("STREET_ADDRESS", "Her practice is at Storgata 118 these days.", "Storgata 118"),
+    ("STREET_ADDRESS", "Drop-off point: Tamarind 40 Street, next to the school.", "Tamarind 40 Street"),
+])
+def test_when_a_phone_postcode_or_street_is_written_the_european_way_then_it_is_found(entity, text, value):
+    spans = shared_detector().detect(text)
+    start = text.index(value)
+    assert any(s.entity_type == entity and s.start <= start and start + len(value) <= s.end for s in spans), spans
+
+
+@pytest.mark.parametrize(("entity", "text"), [
+    ("PHONE_NUMBER", "Server at 10.20.30.40 logged the upload."),   # four dotted pairs: an IP address
+    ("PHONE_NUMBER", "Visits on 12-10-20 and 14-10-20 were missed."),
+    ("ZIP_CODE", "Vitamin D 5000 IU daily; staged T2 N0 M0."),
+    ("STREET_ADDRESS", "She is at Baseline 2 weeks after the dose; patient is on Lasix 40 mg."),
+    ("STREET_ADDRESS", "He is at Room 12 on the ward."),
+])
+def test_when_a_clinical_value_looks_like_a_phone_postcode_or_street_then_it_is_not_one(entity, text):
+    assert not [s for s in shared_detector().detect(text) if s.entity_type == entity]
