@@ -122,6 +122,10 @@ def airflow_env(settings: Settings, *, dags_folder: Path = DAGS_FOLDER) -> dict[
                                                    *filter(None, env.get("PATH", "").split(os.pathsep))])),
         }
     )
+    if settings.storage_options:
+        # Tasks reach an object-store lake as this process does, also when these settings came from --config.
+        env["MEDGUARD_STORAGE_OPTIONS"] = json.dumps({k: v.get_secret_value()
+                                                      for k, v in settings.storage_options.items()})
     # The DAG files read these at parse time (task defaults) and the tasks at run time (the secrets hand-off).
     for name, value in orchestration.model_dump(exclude_none=True).items():
         env[f"MEDGUARD_ORCHESTRATION__{name.upper()}"] = str(value)

@@ -19,8 +19,6 @@ import pytest
 from pipeline.lake import SYSTEM_ZONE, Lake, Zone
 from pipeline.settings import Settings, load_settings
 
-pytestmark = pytest.mark.e2e  # every layer, and the medguard command, on one lake
-
 MEDGUARD = str(Path(sys.executable).with_name("medguard"))
 BUCKET = "medguard-test"
 T2D_CONFIG = Path(__file__).parents[2] / "analytics" / "configs" / "t2d_within_1y.yaml"
@@ -56,6 +54,7 @@ def _medguard(env: dict[str, str], *args: str) -> dict:
     return json.loads(done.stdout)
 
 
+@pytest.mark.e2e  # every layer, and the medguard command, on one lake
 def test_when_the_lake_is_on_s3_then_every_layer_runs_on_it_and_nothing_of_it_is_written_locally(
         s3_home: tuple[Settings, dict[str, str]], s3_endpoint: str, spark: object, tmp_path: Path) -> None:
     from analytics.flow import diagnose, train_pipeline
@@ -116,3 +115,19 @@ def test_when_the_lake_is_on_s3_then_every_layer_runs_on_it_and_nothing_of_it_is
                          region_name="us-east-1")
     prefix = settings.lake_root.removeprefix(f"s3://{BUCKET}/") + "/raw/patients/_delta_log/"
     assert store.list_objects_v2(Bucket=BUCKET, Prefix=prefix)["KeyCount"] > 0
+
+
+def test_when_settings_carry_storage_options_then_airflow_tasks_get_them_too(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.orchestration import airflow_env
+
+    monkeypatch.delenv("MEDGUARD_STORAGE_OPTIONS", raising=False)
+    options = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9000", "AWS_SECRET_ACCESS_KEY": "s3cr3t"}
+    # As `medguard --config lake.yaml demo` loads them: from a file, not from the environment.
+    settings = load_settings(home=tmp_path / "home", lake_root="s3://hospital-lake/medguard", storage_options=options)
+
+    env = airflow_env(settings)
+
+    assert env["MEDGUARD_LAKE_ROOT"] == "s3://hospital-lake/medguard"
+    assert load_settings(home=tmp_path / "home", storage_options=json.loads(env["MEDGUARD_STORAGE_OPTIONS"])
+                         ).storage_options == settings.storage_options
