@@ -14,7 +14,6 @@ from pipeline.errors import MedguardError
 from pipeline.lake import Lake, Zone
 
 if TYPE_CHECKING:
-    from pipeline.demo import DemoReport
     from pipeline.settings import Settings
 
 ANALYST = "demo-analyst"
@@ -43,7 +42,7 @@ def _ensure(store: Any, name: str, role: str, facility: str | None, purposes: tu
         store.add(Principal(name, Role(role), facility=facility, purposes=purposes))
 
 
-def step(settings: Settings, report: DemoReport) -> dict[str, Any]:
+def step(settings: Settings) -> dict[str, Any]:
     """Run the access demo; skips with a note when no raw or de-identified table exists yet."""
     from access.gateway import QueryGateway
     from access.principals import PrincipalStore

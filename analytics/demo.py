@@ -19,14 +19,14 @@ T2D_CONFIG = Path(__file__).parent / "configs" / "t2d_within_1y.yaml"
 TABLE, LABEL = "outcomes", "t2d_within_1y"
 
 
-def train_step(settings: Settings, report: Any) -> dict[str, Any]:
+def train_step(settings: Settings) -> dict[str, Any]:
     """Run the train DAG on the T2D cohort (its defaults); returns the run and the model it left in the registry."""
     run = run_dag_step(settings, "medguard_train")
     model = registered_model(settings)
     return {"dag_run": run, **model, "summary": {"model": model}}
 
 
-def diagnose_step(settings: Settings, report: Any) -> dict[str, Any]:
+def diagnose_step(settings: Settings) -> dict[str, Any]:
     """Run the batch diagnosis DAG with the current model; skipped (with the reasons) when there is none."""
     from analytics.flow import CURRENT_TABLE
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from pipeline.demo import DEMO_SOURCES, DemoReport, run_dag_step, table_rows
+from pipeline.demo import DEMO_SOURCES, run_dag_step, table_rows
 from pipeline.lake import Lake, Zone
 from pipeline.settings import Settings
 
 DAG_ID = "medguard_ingest"
 
 
-def step(settings: Settings, report: DemoReport) -> dict[str, Any]:
+def step(settings: Settings) -> dict[str, Any]:
     """Run the ingest DAG on ``$MEDGUARD_HOME/sources/demo``; returns the run and the lake's raw and quarantine
     counts (the closing summary's ``quarantine_by_rule`` and ``data_docs``)."""
     sources = settings.home / DEMO_SOURCES

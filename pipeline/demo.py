@@ -2,10 +2,10 @@
 
 The spine runs the first step (generate a synthetic population of source extracts, outside the lake); each layer
 adds its own steps through the ``medguard.demo_steps`` entry-point group, run in the order of their names
-(``20_security``, ``30_ingest``…). A step is a callable ``step(settings, report) -> dict``. The steps that move
-data run their layer's Airflow DAG with :func:`run_dag_step` (``airflow dags test`` on the SQLite metadata DB of
-the home) and then read what the run left in the lake; no step reads another step's result. A step's result may
-hold ``summary``: its headline facts for the closing page. Each step's wall-clock seconds are kept in
+(``20_security``, ``30_ingest``…). A step is a callable ``step(settings) -> dict``. The steps that move data
+run their layer's Airflow DAG with :func:`run_dag_step` (``airflow dags test`` on the SQLite metadata DB of the
+home) and then read what the run left in the lake or the model registry; no step sees another step's result. A
+step's result may hold ``summary``: its headline facts for the closing page. Each step's wall-clock seconds are kept in
 ``report.seconds``.
 
 After the last step, :func:`closing_summary` reads back the rows of every lake table and every Airflow run of
@@ -47,7 +47,7 @@ class DemoReport:
         return {**self.steps, "step_seconds": dict(self.seconds), "summary": self.summary}
 
 
-def layer_steps() -> list[tuple[str, Callable[[Settings, DemoReport], dict[str, Any]]]]:
+def layer_steps() -> list[tuple[str, Callable[[Settings], dict[str, Any]]]]:
     """The demo steps that layers have registered, in run order."""
     return [(e.name, e.load()) for e in sorted(entry_points(group="medguard.demo_steps"), key=lambda e: e.name)]
 
@@ -82,7 +82,7 @@ def run_demo(*, patients: int, seed: int = 42, defect_rate: float = 0.02,
     run("generate", lambda: generate(settings.home / DEMO_SOURCES, patients=patients, seed=seed,
                                      defect_rate=defect_rate, progress=progress).to_dict())
     for name, step in layer_steps():
-        run(name.split("_", 1)[-1], lambda step=step: step(settings, report))
+        run(name.split("_", 1)[-1], lambda step=step: step(settings))
     report.summary = closing_summary(settings, report)
     return report
 

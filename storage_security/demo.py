@@ -21,7 +21,6 @@ import numpy as np
 from pyarrow import ArrowException
 
 if TYPE_CHECKING:
-    from pipeline.demo import DemoReport
     from pipeline.settings import Settings
 
 # Identifier columns of the demo's patients extract whose values must never appear in the lake.
@@ -30,7 +29,7 @@ _SAMPLE = 200
 _PIECE_BYTES = 32 * 2**20
 
 
-def security_step(settings: Settings, report: DemoReport) -> dict[str, Any]:
+def security_step(settings: Settings) -> dict[str, Any]:
     """Start the key provider of the embedded default and create the KEKs; returns what is running."""
     from storage_security.audit.log import DEFAULT_KEY_NAME
     from storage_security.keys.providers import provider_from_settings
@@ -48,7 +47,7 @@ def security_step(settings: Settings, report: DemoReport) -> dict[str, Any]:
     return result
 
 
-def audit_monitor_step(settings: Settings, report: DemoReport) -> dict[str, Any]:
+def audit_monitor_step(settings: Settings) -> dict[str, Any]:
     """Run the audit monitor DAG; returns the run and the stored alerts by detector and by severity (from the lake).
     """
     from collections import Counter
@@ -67,7 +66,7 @@ def audit_monitor_step(settings: Settings, report: DemoReport) -> dict[str, Any]
     return {"dag_run": run, "summary": {"alerts": counted}}
 
 
-def rotate_keys_step(settings: Settings, report: DemoReport) -> dict[str, Any]:
+def rotate_keys_step(settings: Settings) -> dict[str, Any]:
     """Run the weekly key-rotation DAG once; returns the run and each KEK's latest version, read from the provider."""
     from pipeline.demo import run_dag_step
     from storage_security.audit.log import DEFAULT_KEY_NAME
@@ -80,7 +79,7 @@ def rotate_keys_step(settings: Settings, report: DemoReport) -> dict[str, Any]:
             "keks": {name: provider.versions(name).latest for name in (settings.vault.kek_name, DEFAULT_KEY_NAME)}}
 
 
-def backup_step(settings: Settings, report: DemoReport) -> dict[str, Any]:
+def backup_step(settings: Settings) -> dict[str, Any]:
     """Run the daily backup DAG once; returns the run and the newest backup's folder (the closing summary's)."""
     from pipeline.demo import run_dag_step
     from storage_security.backup.archive import list_backups
@@ -90,7 +89,7 @@ def backup_step(settings: Settings, report: DemoReport) -> dict[str, Any]:
     return {"dag_run": run, "backups": len(backups), "summary": {"backup": str(backups[-1])}}
 
 
-def verify_step(settings: Settings, report: DemoReport) -> dict[str, Any]:
+def verify_step(settings: Settings) -> dict[str, Any]:
     """Verify the audit chain, then look for plaintext identifiers of the demo patients in every file medguard
     could have written: all of ``MEDGUARD_HOME`` (the lake, models, reports, logs, OpenBao, Airflow, scratch) but
     the source extracts themselves, and the system temp folder's files of this user written since the demo began.

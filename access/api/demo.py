@@ -45,7 +45,7 @@ def _server_env(settings: Any) -> dict[str, str]:
     return env
 
 
-def step(settings: Any, report: Any) -> dict[str, Any]:
+def step(settings: Any) -> dict[str, Any]:
     """Run the demo (skipped with the reason when the registry holds no current model)."""
     import httpx
 

@@ -530,7 +530,7 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
                                               "publication", "rows_decrypted")}
 
 
-def demo_step(settings: Settings, report: Any) -> dict[str, Any]:
+def demo_step(settings: Settings) -> dict[str, Any]:
     """``medguard demo`` step ``40_deidentify``: the ``medguard_deidentify`` DAG, then each published table's report
     read back from the lake, then detection scored on the demo's labelled notes against vanilla Presidio.
     """

@@ -6,7 +6,6 @@ import pyarrow as pa
 import pytest
 
 from access.demo import step
-from pipeline.demo import DemoReport
 from pipeline.lake import CommitInfo, Lake
 from storage_security.protected import ProtectedLake, Protection
 
@@ -20,7 +19,7 @@ def demo_settings(keyring_home):
 
 def test_when_no_tables_exist_then_the_step_skips_with_a_note(demo_settings):
     settings, _ = demo_settings
-    assert "skipped" in step(settings, DemoReport())
+    assert "skipped" in step(settings)
 
 
 def test_when_raw_and_deidentified_tables_exist_then_granted_and_refused_queries_are_reported(demo_settings):
@@ -34,7 +33,7 @@ def test_when_raw_and_deidentified_tables_exist_then_granted_and_refused_queries
     lake.append("deidentified", "patients", pa.Table.from_pylist(
         [{"patient_pseudonym": r["patient_pseudonym"], "consent_research": True, "sex": "F"} for r in rows]),
         commit=CommitInfo(principal="test"))
-    result = step(settings, DemoReport())
+    result = step(settings)
     outcome = {(q["principal"], q["sql"].split(" FROM ")[-1]): q["granted"] for q in result["queries"]}
     assert outcome[("demo-analyst", "deidentified.patients")] is True
     assert outcome[("demo-analyst", "raw.patients")] is False
@@ -43,7 +42,7 @@ def test_when_raw_and_deidentified_tables_exist_then_granted_and_refused_queries
     assert clinician_rows[0]["rows"] == 1
     assert result["refused"] >= 3 and result["tables_for_analyst"] == ["deidentified.patients"]
     assert "000-00-0000" not in str(result)
-    again = step(settings, DemoReport())  # principals exist already: the step is re-runnable
+    again = step(settings)  # principals exist already: the step is re-runnable
     assert again["granted"] == result["granted"]
 
 
@@ -60,7 +59,7 @@ def test_when_predictions_exist_then_the_analyst_gets_true_aggregates_and_a_hidd
     lake.append("predictions", "diagnoses", pa.Table.from_pylist(
         [{"patient_pseudonym": p, "model_version": "1", "probability": i / 10, "flag": i >= 5}
          for i, p in enumerate(people)]), commit=CommitInfo(principal="test"))
-    result = step(settings, DemoReport())
+    result = step(settings)
     by_sql = {q["sql"]: q for q in result["queries"]}
     aggregate = next(q for sql, q in by_sql.items() if "avg(probability), 3)" in sql)
     assert aggregate["granted"] and aggregate["columns"] == ["model_version", "round_avg_probability", "count_flag"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pipeline.demo import DEMO_SOURCES, DemoReport
+from pipeline.demo import DEMO_SOURCES
 from pipeline.errors import PlaintextLeakError
 from pipeline.lake import Lake
 from pipeline.settings import load_settings
@@ -38,13 +38,13 @@ def test_when_identifiers_are_sealed_then_the_check_passes_and_when_one_leaks_it
     ProtectedLake(lake, keyring_env, principal="test").append(
         "raw", "patients", pa.table({"row_id": ["r1"], "ssn": [SSN], "email": ["ann.lee@example.org"]}),
         Protection(encrypted=("ssn", "email"), row_key="row_id"))
-    result = verify_step(settings, DemoReport())
+    result = verify_step(settings)
     assert result["plaintext_found"] == 0 and result["identifiers_checked"] == 2
     assert "intact" in result["audit"]
 
     lake.append("quarantine", "leak", pa.table({"note": [f"patient ssn {SSN} " * 50]}))  # compressible: hidden
     with pytest.raises(PlaintextLeakError, match=r"quarantine/leak/.*\.parquet \(ssn\)") as leak:
-        verify_step(settings, DemoReport())
+        verify_step(settings)
     assert SSN not in str(leak.value)  # the error names the file and the kind, never the value
 
 
