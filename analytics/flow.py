@@ -360,7 +360,8 @@ def step_register(settings: Settings, run_dir: str, *, provider: Any = None,
     """Sign and register the candidate with its metrics, lineage and judgement; promote it when it earned it.
 
     The result (the CLI's and the DAG's) carries ``promotion``: ``{"decision": "promoted"|"candidate"|
-    "duplicate", "reasons": [...], "current": the current model version afterwards}``. A candidate left a
+    "duplicate", "reasons": [...], "current": the current model version afterwards}`` and ``table_versions`` (the
+    Delta version of each training table, which the DAG puts into its registry Asset event). A candidate left a
     candidate is an ``alert`` audit event with the reasons. Then the run folder's copy of de-identified rows
     (``examples.parquet``) is deleted (an audit event), unless ``keep_examples`` (tests and debugging).
     """
@@ -412,7 +413,8 @@ def step_register(settings: Settings, run_dir: str, *, provider: Any = None,
     promotion = _promote(settings, provider, registry, manifest, judgement)
     card_path = registry.root / manifest["name"] / f"v{manifest['version']}" / CARD_FILE
     result = {"model_version": manifest["model_version"], "metrics": metrics, "model_card": str(card_path),
-              "threshold": model.threshold, "run_dir": str(run), "promotion": promotion}
+              "threshold": model.threshold, "run_dir": str(run), "promotion": promotion,
+              "table_versions": state["table_versions"]}
     state["result"] = result
     _save_state(run, state)
     if not keep_examples:
