@@ -11,6 +11,8 @@ script, and gen-secrets.sh making every secret file the compose file names.
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import json
 import os
 import re
@@ -195,9 +197,10 @@ def test_when_a_container_gets_medguard_variables_then_they_are_settings_medguar
 
 
 def _airflow_options() -> dict[tuple[str, str], dict[str, Any]]:
-    import airflow
-
-    config = yaml.safe_load((Path(airflow.__file__).parent / "config_templates" / "config.yml").read_text())
+    # The installed Airflow's option template, read without importing airflow (which would set up its database).
+    spec = importlib.util.find_spec("airflow")
+    assert spec is not None and spec.origin is not None
+    config = yaml.safe_load((Path(spec.origin).parent / "config_templates" / "config.yml").read_text())
     return {(section, option): spec for section, body in config.items()
             for option, spec in (body.get("options") or {}).items()}
 
@@ -229,13 +232,12 @@ def test_when_the_image_is_built_then_it_copies_only_what_dockerignore_lets_thro
         assert (ROOT / source).exists(), source
         assert source in allowed, f"{source} is copied but .dockerignore keeps it out of the build context"
     assert "secrets" not in " ".join(allowed) and ".venv" not in allowed
-    import airflow
-
+    airflow = importlib.metadata.version("apache-airflow")
     base = re.search(r"ARG AIRFLOW_IMAGE=apache/airflow:(\S+)-python(\S+)", dockerfile)
     assert base is not None
-    assert base.group(1) == airflow.__version__
+    assert base.group(1) == airflow
     assert base.group(2) == "3.11"
-    assert f"apache-airflow=={airflow.__version__}" in (ROOT / "requirements.lock").read_text()
+    assert f"apache-airflow=={airflow} " in (ROOT / "requirements.lock").read_text()
     assert "--require-hashes -r /opt/medguard/requirements.lock" in dockerfile
 
 
