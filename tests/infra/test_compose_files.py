@@ -262,7 +262,7 @@ def test_when_openbao_is_configured_then_raft_tls_and_declared_audit_devices_are
 # With the tools -----------------------------------------------------------------------------------------------------
 
 @pytest.mark.integration
-def test_when_docker_compose_reads_the_file_then_it_is_valid() -> None:
+def test_when_docker_compose_reads_the_file_then_it_is_valid(tmp_path: Path) -> None:
     binary = shutil.which("docker-compose")
     if binary is None:
         pytest.skip("docker-compose is not installed (`make install` installs Debian's as root)")
@@ -273,6 +273,16 @@ def test_when_docker_compose_reads_the_file_then_it_is_valid() -> None:
     resolved = yaml.safe_load(done.stdout)
     assert set(resolved["services"]) == set(_services())
     assert resolved["services"]["spark-master"]["command"][-1].startswith('exec "$$(python -c')
+    # An operator's .env made from the example (changed values must reach the file).
+    env_file = tmp_path / ".env"
+    env_file.write_text(ENV_EXAMPLE.read_text().replace("LAKE_BUCKET=medguard-lake", "LAKE_BUCKET=st-elsewhere")
+                        .replace("AIRFLOW_UID=50000", "AIRFLOW_UID=1234"))
+    with_env = subprocess.run([binary, "-f", str(COMPOSE), "--env-file", str(env_file), "config"],
+                              capture_output=True, text=True, env=env, check=False)
+    assert with_env.returncode == 0, with_env.stderr
+    services = yaml.safe_load(with_env.stdout)["services"]
+    assert services["airflow-scheduler"]["environment"]["MEDGUARD_LAKE_ROOT"] == "s3://st-elsewhere/lake"
+    assert services["medguard-api"]["user"] == "1234:0"
 
 
 @pytest.mark.integration
