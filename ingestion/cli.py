@@ -34,7 +34,8 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
 def ingest(
     ctx: typer.Context,
     path: Annotated[Path, typer.Option("--path", help="Extract file, or a directory of FHIR/HL7/C-CDA files.")],
-    source: Annotated[str | None, typer.Option("--source", help="tabular, fhir, hl7, ccda or notes.")] = None,
+    source: Annotated[str | None, typer.Option(
+        "--source", help="tabular, fhir, hl7, ccda or notes (required unless --locate).")] = None,
     table: Annotated[str | None, typer.Option("--table", help="Table of a tabular extract (default: file stem).")]
     = None,
     contract: Annotated[Path | None, typer.Option("--contract", help="Contract YAML; inferred when omitted.")]
