@@ -23,12 +23,6 @@ if TYPE_CHECKING:
 
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
-DELTA_JARS_HELP = (
-    "Delta Lake's jars are not on Spark's classpath, so the 'spark' lake engine cannot run. Add them with "
-    "MEDGUARD_SPARK__CONF='{\"spark.jars\": \"/path/delta-spark_2.13-4.0.0.jar,/path/delta-storage-4.0.0.jar\"}' "
-    "(or spark.jars.packages=io.delta:delta-spark_2.13:4.0.0 where Maven is reachable, or put them in "
-    "$SPARK_HOME/jars on the cluster), or use the embedded engine with MEDGUARD_LAKE_ENGINE=delta-rs"
-)
 
 IO_ENCRYPTION = "spark.io.encryption.enabled"
 _CLUSTER_TRANSPORT = ("spark.authenticate", "spark.network.crypto.enabled")
@@ -111,6 +105,29 @@ def _check_cluster_transport(settings: Settings, conf: dict[str, str]) -> None:
             "infra/spark/spark-defaults.conf)")
 
 
+def delta_package() -> str:
+    """The Maven coordinate of Delta's Spark jar that matches this environment: the installed delta-spark Python
+    package's version (its API calls that jar's classes) built for the installed pyspark's Spark minor version and
+    Scala 2.13 (Spark 4 is built for Scala 2.13 only), named as Delta's own ``configure_spark_with_delta_pip`` names
+    it; e.g. ``io.delta:delta-spark_4.2_2.13:4.4.1``. infra/spark/spark-defaults.conf names the same coordinate."""
+    from importlib.metadata import version
+
+    spark = ".".join(version("pyspark").split(".")[:2])
+    return f"io.delta:delta-spark_{spark}_2.13:{version('delta-spark')}"
+
+
+def delta_jars_help() -> str:
+    """What to do when Delta's jars are missing, naming the jars that match this environment."""
+    _, artifact, delta = delta_package().split(":")
+    return (
+        "Delta Lake's jars are not on Spark's classpath, so the 'spark' lake engine cannot run. Add them with "
+        f"MEDGUARD_SPARK__CONF='{{\"spark.jars\": \"/path/{artifact}-{delta}.jar,/path/delta-storage-{delta}.jar\"}}' "
+        f"(or spark.jars.packages={delta_package()} where Maven is reachable, as infra/spark/spark-defaults.conf "
+        "does, or put them in $SPARK_HOME/jars on the cluster), or use the embedded engine with "
+        "MEDGUARD_LAKE_ENGINE=delta-rs"
+    )
+
+
 def delta_jars_present(spark: SparkSession) -> bool:
     """True when Delta Lake's Spark classes can be loaded by this session's JVM."""
     try:
@@ -133,7 +150,7 @@ def get_spark(settings: Settings | None = None) -> SparkSession:
             # The running session may have been started for the delta-rs engine: check the jars on every
             # request for the Spark engine, and leave the session running for its other users.
             if settings.lake_engine == "spark" and not delta_jars_present(_session):
-                raise EngineUnavailableError(DELTA_JARS_HELP)
+                raise EngineUnavailableError(delta_jars_help())
             _check_io_encryption(_session)
             return _session
         os.environ["PYSPARK_PYTHON"] = sys.executable
@@ -153,7 +170,7 @@ def get_spark(settings: Settings | None = None) -> SparkSession:
         _check_io_encryption(session)
         if settings.lake_engine == "spark" and not delta_jars_present(session):
             session.stop()
-            raise EngineUnavailableError(DELTA_JARS_HELP)
+            raise EngineUnavailableError(delta_jars_help())
         _session = session
         return session
 
