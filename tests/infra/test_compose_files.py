@@ -99,7 +99,7 @@ def test_when_airflow_runs_then_it_has_a_real_executor_and_postgres_and_the_vaul
         assert env["MEDGUARD_ORCHESTRATION__SECRETS"] == "vault"
         assert "../../dags:/opt/airflow/dags:ro" in services[name]["volumes"]
     # Every Airflow container starts through entrypoint.sh (the image's ENTRYPOINT, or airflow-init's last step).
-    assert "exec /opt/medguard/entrypoint.sh airflow version" in services["airflow-init"]["command"][0]
+    assert "\n/opt/medguard/entrypoint.sh airflow version\n" in services["airflow-init"]["command"][0]
     assert _env(services["airflow-init"])["REQUIRED_SECRET_FILES"] == "/run/secrets/airflow_vault_kwargs"
     conn = (COMPOSE_DIR / "gen-secrets.sh").read_text()
     assert 'write airflow_db_conn "postgresql+psycopg://airflow:' in conn
