@@ -11,10 +11,11 @@ it lives wherever the lake lives (a directory or an object store), both engines 
 batch's patients is one predicate scan. Delta keeps history in two places, and both are closed here:
 
 - deleted rows stay in the Parquet files older versions reference: every shred vacuums with zero retention
-  (under an exclusive lock for a local lake, which every writer of the store takes too, so the vacuum never
-  removes the file of an append still in flight); time travel on this table ends at the last shred. The vacuum
-  is a full one: it also removes files no commit ever referenced, which a write whose commit failed or was
-  interrupted (a crashed ``keys rotate``, a full disk) leaves behind holding live wrapped keys;
+  (under an exclusive lock, which every writer of the store takes too, so the vacuum never removes the file of an
+  append still in flight; on an object store the lock is per machine, under ``$MEDGUARD_HOME/locks``); time
+  travel on this table ends at the last shred. The vacuum is a full one: it also removes files no commit ever
+  referenced, which a write whose commit failed or was interrupted (a crashed ``keys rotate``, a full disk) leaves
+  behind holding live wrapped keys;
 - the ``_delta_log`` JSON and checkpoints carry column min/max statistics, which vacuum never removes: the wrapped
   key is a ``binary`` column, for which neither delta-rs nor Delta Spark write min/max statistics (the key id
   and the pseudonym, which are no secrets, do appear there).
@@ -29,9 +30,9 @@ Shredded patients are noted in ``<lake root>/_keys/shredded`` (``scope_key``, ``
 noted patient (:class:`PatientShreddedError`). So a write that began before a shred (a writer wrapping a new
 patient's DEK, ``keys migrate``) and lands after it cannot bring the patient's key back, and no later write makes
 a new one: either the put commits first and the shred's delete removes it, or the shred's note is there first and
-the put is refused. On an object store there is no lock: a put that read the notes just before a shred's note
-and commits just after its delete still lands; closing that needs a conditional commit (put-if-absent on the
-note's version), which delta-rs does not offer for a read of another table.
+the put is refused. On an object store the lock holds on one machine only: a put on another machine that read the
+notes just before a shred's note and commits just after its delete still lands; closing that needs a conditional
+commit (put-if-absent on the note's version), which delta-rs does not offer for a read of another table.
 
 Columns: ``key_id`` (hex, the key id inside each cell), ``scope_key`` (the patient's pseudonym), ``kek_name``,
 ``wrapped`` (``vault:v<N>:…`` or ``keyring:v<N>:…`` as UTF-8 bytes), ``created_at``.
