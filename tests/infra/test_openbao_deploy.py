@@ -64,7 +64,7 @@ def _free_ports(n: int) -> list[int]:
 def _config(root: Path, secrets: Path, port: int, cluster: int) -> str:
     """The compose config.hcl with only its container paths and listener ports changed."""
     text = (COMPOSE_DIR / "openbao" / "config.hcl").read_text()
-    for old, new in [("/openbao/data", str(root / "data")), ("/openbao/audit", str(root / "audit")),
+    for old, new in [("/openbao/file", str(root / "data")), ("/openbao/logs", str(root / "audit")),
                      ("/run/secrets/", f"{secrets}/"), ("0.0.0.0:8200", f"127.0.0.1:{port}"),
                      ("0.0.0.0:8201", f"127.0.0.1:{cluster}"), ("https://openbao:8200", f"https://127.0.0.1:{port}"),
                      ("https://openbao:8201", f"https://127.0.0.1:{cluster}")]:

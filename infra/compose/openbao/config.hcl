@@ -1,4 +1,7 @@
-# OpenBao server of the compose deployment (mounted read-only at /openbao/config/config.hcl).
+# OpenBao server of the compose deployment (mounted read-only at /etc/openbao/config.hcl).
+#
+# Paths are the image's own folders, which its entry point hands to the `openbao` user: /openbao/file (raft data,
+# volume openbao-data) and /openbao/logs (the audit log, volume openbao-audit).
 #
 # Raft integrated storage in the `openbao-data` volume; TLS on the listener with the certificate from
 # gen-secrets.sh (Docker secrets openbao_tls_cert / openbao_tls_key); audit devices declared here, because OpenBao
@@ -13,7 +16,7 @@ api_addr     = "https://openbao:8200"
 cluster_addr = "https://openbao:8201"
 
 storage "raft" {
-  path    = "/openbao/data"
+  path    = "/openbao/file"
   node_id = "openbao-1"
 }
 
@@ -28,7 +31,7 @@ listener "tcp" {
 audit "file" "file" {
   description = "every request and response, to the openbao-audit volume"
   options {
-    file_path = "/openbao/audit/audit.log"
+    file_path = "/openbao/logs/audit.log"
     mode      = "0600"
   }
 }
