@@ -43,6 +43,14 @@ class _Event:
     source_run_id: str = "upstream-run"
 
 
+@dataclass(frozen=True)
+class _TaskInstance:
+    dag_id: str
+    task_id: str
+    run_id: str
+    try_number: int
+
+
 def _vault_settings(settings: Settings) -> Settings:
     orchestration = settings.orchestration.model_copy(update={"secrets": "vault"})
     return settings.model_copy(update={"orchestration": orchestration})
@@ -256,3 +264,16 @@ def test_when_airflow_reads_connections_from_openbao_then_the_task_settings_carr
     assert {k: v.get_secret_value() for k, v in got.storage_options.items()} == {
         "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "s3/secret",
         "AWS_ENDPOINT_URL": "http://minio:9000", "AWS_ALLOW_HTTP": "true"}
+
+
+def test_when_the_failure_alert_cannot_be_stored_then_the_callback_logs_why_and_returns(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch):
+    # The task's settings point at a Vault nobody listens on: the alert cannot be signed.
+    monkeypatch.setenv("MEDGUARD_VAULT__ADDR", "http://127.0.0.1:9")
+    ti = _TaskInstance("medguard_ingest", "find_extract", "manual__1", 1)
+
+    with caplog.at_level("ERROR", logger="medguard.airflow"):
+        alert_on_failure({"ti": ti, "exception": ValueError("a message that could quote a record")})
+
+    assert "could not store the failure alert of medguard_ingest.find_extract (run manual__1)" in caplog.text
+    assert "could quote a record" not in caplog.text
