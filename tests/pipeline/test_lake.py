@@ -593,6 +593,17 @@ def test_when_the_root_is_a_file_uri_then_tables_are_written_under_it_and_nowher
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lake"]  # no "file:" folder in the working directory
 
 
+def test_when_a_table_takes_many_small_commits_then_a_checkpoint_every_ten_bounds_what_an_open_reads(
+        lake: Lake) -> None:
+    # An open reads each commit since the last checkpoint: on an object store, one request per commit.
+    for i in range(12):
+        lake.append(Zone.AUDIT, "events", pa.table({"seq": [i]}))
+
+    log = Path(lake.uri(Zone.AUDIT, "events")) / "_delta_log"
+    assert sorted(p.name for p in log.glob("*.checkpoint.parquet")) == [f"{9:020d}.checkpoint.parquet"]
+    assert lake.read_arrow(Zone.AUDIT, "events").num_rows == 12 and lake.version(Zone.AUDIT, "events") == 11
+
+
 def test_when_commit_info_has_no_dag_run_then_its_metadata_omits_it() -> None:
     info = CommitInfo(principal="svc:x", purpose="research", extra={"ticket": "SEC-1"})
 
