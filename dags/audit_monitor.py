@@ -26,17 +26,17 @@ from pipeline.airflow_support import task_defaults
 def medguard_audit_monitor() -> None:
     @task(task_id="verify_chain")
     def verify_chain() -> dict[str, Any]:
-        from pipeline.airflow_support import task_settings
+        from pipeline.airflow_support import AUDITOR_CONNECTION, task_settings
         from storage_security.audit.monitoring import verify_chain
 
-        return verify_chain(task_settings())
+        return verify_chain(task_settings(vault_connection=AUDITOR_CONNECTION))
 
     @task(task_id="run_detectors")
     def run_detectors() -> dict[str, Any]:
-        from pipeline.airflow_support import task_settings
+        from pipeline.airflow_support import AUDITOR_CONNECTION, task_settings
         from storage_security.audit.monitoring import run_detectors
 
-        return run_detectors(task_settings())
+        return run_detectors(task_settings(vault_connection=AUDITOR_CONNECTION))
 
     verify_chain() >> run_detectors()
 

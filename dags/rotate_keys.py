@@ -2,7 +2,8 @@
 
 One task, one call into ``storage_security.keys.lifecycle.rotate_with_settings`` (what ``medguard keys rotate``
 runs). No data is touched; a rotation interrupted anywhere (a retry, a timeout) is finished by the next try
-instead of rotating again.
+instead of rotating again. With secrets from Vault it logs in with the key-rotation AppRole of the Airflow
+connection ``medguard_vault_key_rotation`` (the pipeline's AppRole cannot rotate).
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ from pipeline.airflow_support import task_defaults
 def medguard_rotate_keys() -> None:
     @task(task_id="rotate")
     def rotate() -> dict[str, Any]:
-        from pipeline.airflow_support import task_settings
+        from pipeline.airflow_support import KEY_ROTATION_CONNECTION, task_settings
         from storage_security.keys.lifecycle import rotate_with_settings
 
-        return rotate_with_settings(task_settings(), principal="svc:key-rotation").to_dict()
+        settings = task_settings(vault_connection=KEY_ROTATION_CONNECTION)
+        return rotate_with_settings(settings, principal="svc:key-rotation").to_dict()
 
     rotate()
 

@@ -33,11 +33,11 @@ from pydantic import SecretStr
 from pipeline.errors import OrchestrationError, StorageError, ValidationError
 from pipeline.settings import Settings, VaultSettings, get_settings
 
-__all__ = ["DEIDENTIFIED_BATCH", "LAKE_CONNECTION", "MODEL_REGISTRY", "PREDICTIONS", "RAW_BATCH", "SOURCES_EXTRACT",
-           "VAULT_CONNECTION", "ConnectionLookup", "airflow_connection", "alert_on_failure", "connection_fields",
-           "diagnosed_batch", "extract_inputs", "ingested_batch", "landed_extract", "published_batch",
-           "registered_model", "require_tables", "require_verified", "table_versions", "task_defaults",
-           "task_settings", "upstream_batches"]
+__all__ = ["AUDITOR_CONNECTION", "DEIDENTIFIED_BATCH", "KEY_ROTATION_CONNECTION", "LAKE_CONNECTION", "MODEL_REGISTRY",
+           "PREDICTIONS", "RAW_BATCH", "SOURCES_EXTRACT", "VAULT_CONNECTION", "ConnectionLookup",
+           "airflow_connection", "alert_on_failure", "connection_fields", "diagnosed_batch", "extract_inputs",
+           "ingested_batch", "landed_extract", "published_batch", "registered_model", "require_tables",
+           "require_verified", "table_versions", "task_defaults", "task_settings", "upstream_batches"]
 
 # The Asset URIs of the chain (DAG files build their Assets from these).
 SOURCES_EXTRACT = "medguard://sources/extract"
@@ -46,9 +46,12 @@ DEIDENTIFIED_BATCH = "medguard://deidentified/batch"
 MODEL_REGISTRY = "medguard://models/registry"
 PREDICTIONS = "medguard://predictions/diagnoses"
 
-# The Airflow connections read when ``orchestration.secrets`` is ``vault``.
+# The Airflow connections read when ``orchestration.secrets`` is ``vault``: the pipeline's AppRole, the lake's
+# store, and the AppRoles of the tasks that need more than the pipeline's (each falls back to ``medguard_vault``).
 VAULT_CONNECTION = "medguard_vault"
 LAKE_CONNECTION = "medguard_lake"
+KEY_ROTATION_CONNECTION = "medguard_vault_key_rotation"
+AUDITOR_CONNECTION = "medguard_vault_auditor"
 
 ConnectionLookup = Callable[[str], Mapping[str, Any] | None]
 """Returns an Airflow connection's fields (``conn_type``, ``host``, ``port``, ``login``, ``password``,
@@ -93,7 +96,7 @@ def alert_on_failure(context: Mapping[str, Any]) -> None:
     try:
         from storage_security.audit.monitoring import record_task_failure
 
-        record_task_failure(task_settings(), **facts)
+        record_task_failure(task_settings(vault_connection=AUDITOR_CONNECTION), **facts)
     except Exception:  # the alert is best effort: Airflow has recorded the failure itself
         _LOG.exception("could not store the failure alert of %s.%s (run %s)", facts["dag_id"], facts["task_id"],
                        facts["run_id"])
@@ -266,7 +269,8 @@ def connection_fields(conn: Any) -> dict[str, Any] | None:
             "password": conn.password, "schema": conn.schema, "extra": conn.extra_dejson}
 
 
-def task_settings(settings: Settings | None = None, *, lookup: ConnectionLookup | None = None) -> Settings:
+def task_settings(settings: Settings | None = None, *, lookup: ConnectionLookup | None = None,
+                  vault_connection: str = VAULT_CONNECTION) -> Settings:
     """The settings a task runs with: ``settings`` itself, or with ``orchestration.secrets: vault`` its Vault
     credentials and the lake's storage options taken from Airflow connections.
 
@@ -276,9 +280,14 @@ def task_settings(settings: Settings | None = None, *, lookup: ConnectionLookup 
     and ``password`` the access key pair, extra ``endpoint_url``, ``region_name`` and any upper-case delta-rs
     option (``AWS_ALLOW_HTTP``, ...) as it is.
 
+    A task that needs another AppRole than the pipeline's names its connection (``vault_connection``:
+    :data:`KEY_ROTATION_CONNECTION` for the key rotation, :data:`AUDITOR_CONNECTION` for the audit monitor);
+    where that connection does not exist, ``medguard_vault`` is used.
+
     Args:
         settings: the settings to start from; the process-wide ones if omitted.
         lookup: reads a connection by id; :func:`airflow_connection` if omitted.
+        vault_connection: the Vault connection this task logs in with.
 
     Raises:
         OrchestrationError: secrets come from Vault but ``medguard_vault`` is missing or incomplete.
@@ -287,30 +296,33 @@ def task_settings(settings: Settings | None = None, *, lookup: ConnectionLookup 
     if settings.orchestration.secrets == "settings":
         return settings
     lookup = lookup or airflow_connection
-    vault = lookup(VAULT_CONNECTION)
+    used = vault_connection
+    vault = lookup(vault_connection)
+    if vault is None and vault_connection != VAULT_CONNECTION:
+        used, vault = VAULT_CONNECTION, lookup(VAULT_CONNECTION)
     if vault is None:
-        raise OrchestrationError(f"orchestration.secrets is 'vault' but Airflow has no connection {VAULT_CONNECTION!r} "
+        raise OrchestrationError(f"orchestration.secrets is 'vault' but Airflow has no connection {used!r} "
                                  "(check the secrets backend's connections path)")
-    update: dict[str, Any] = {"vault": _vault_settings(settings.vault, vault)}
+    update: dict[str, Any] = {"vault": _vault_settings(settings.vault, vault, used)}
     lake = lookup(LAKE_CONNECTION)
     if lake is not None:
         update["storage_options"] = _storage_options(lake)
     return settings.model_copy(update=update)
 
 
-def _vault_settings(current: VaultSettings, conn: Mapping[str, Any]) -> VaultSettings:
+def _vault_settings(current: VaultSettings, conn: Mapping[str, Any], conn_id: str) -> VaultSettings:
     extra = dict(conn.get("extra") or {})
     if not conn.get("host"):
-        raise OrchestrationError(f"Airflow connection {VAULT_CONNECTION!r} has no host")
+        raise OrchestrationError(f"Airflow connection {conn_id!r} has no host")
     tls = extra.get("use_tls")
     https = str(tls).lower() in ("true", "1", "yes") if tls is not None else conn.get("conn_type") == "vaults"
     addr = f"{'https' if https else 'http'}://{conn['host']}" + (f":{conn['port']}" if conn.get("port") else "")
     auth = extra.get("auth_type", "approle")
     if auth not in ("approle", "token"):
-        raise OrchestrationError(f"Airflow connection {VAULT_CONNECTION!r}: auth_type {auth!r} is not approle or token")
+        raise OrchestrationError(f"Airflow connection {conn_id!r}: auth_type {auth!r} is not approle or token")
     if not conn.get("password") or (auth == "approle" and not conn.get("login")):
         need = "password (the token)" if auth == "token" else "login (role id) and password (secret id)"
-        raise OrchestrationError(f"Airflow connection {VAULT_CONNECTION!r} ({auth}) needs its {need}")
+        raise OrchestrationError(f"Airflow connection {conn_id!r} ({auth}) needs its {need}")
     fields: dict[str, Any] = {"addr": addr, "auth_method": auth, "namespace": extra.get("namespace")}
     if auth == "token":
         fields["token"] = conn["password"]
@@ -319,7 +331,7 @@ def _vault_settings(current: VaultSettings, conn: Mapping[str, Any]) -> VaultSet
     try:
         return VaultSettings.model_validate({**current.model_dump(), **fields})
     except ValueError as exc:
-        raise OrchestrationError(f"Airflow connection {VAULT_CONNECTION!r} is not usable: {exc}") from exc
+        raise OrchestrationError(f"Airflow connection {conn_id!r} is not usable: {exc}") from exc
 
 
 def _storage_options(conn: Mapping[str, Any]) -> dict[str, SecretStr]:

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline.airflow_support import (
+    KEY_ROTATION_CONNECTION,
     LAKE_CONNECTION,
     RAW_BATCH,
     SOURCES_EXTRACT,
@@ -125,6 +126,21 @@ def test_when_the_vault_connection_uses_a_token_then_the_token_is_its_password(s
     assert got.vault.auth_method == "token"
     assert got.vault.token.get_secret_value() == "hvs.token"
     assert got.storage_options == settings.storage_options  # no lake connection: the settings' options stay
+
+
+def test_when_a_task_names_its_own_approle_connection_then_it_wins_and_else_the_pipeline_one_is_used(
+        settings: Settings):
+    pipeline = {"conn_type": "vault", "host": "bao", "port": 8200, "login": "pipeline-role", "password": "p"}
+    rotation = {"conn_type": "vault", "host": "bao", "port": 8200, "login": "rotation-role", "password": "r"}
+    both = _lookup({VAULT_CONNECTION: pipeline, KEY_ROTATION_CONNECTION: rotation})
+    only_pipeline = _lookup({VAULT_CONNECTION: pipeline})
+
+    chosen = task_settings(_vault_settings(settings), lookup=both, vault_connection=KEY_ROTATION_CONNECTION)
+    fallback = task_settings(_vault_settings(settings), lookup=only_pipeline, vault_connection=KEY_ROTATION_CONNECTION)
+
+    assert chosen.vault.role_id == "rotation-role"
+    assert fallback.vault.role_id == "pipeline-role"
+    assert only_pipeline.asked == [KEY_ROTATION_CONNECTION, VAULT_CONNECTION, LAKE_CONNECTION]
 
 
 @pytest.mark.parametrize(("connections", "message"), [
