@@ -61,6 +61,14 @@ def _json(url: str) -> dict[str, object]:
         return json.loads(response.read())
 
 
+def _alive_workers(ui: int) -> int | None:
+    """The master's count of live workers, or None while its web UI does not answer with JSON yet."""
+    try:
+        return int(_json(f"http://127.0.0.1:{ui}/json/")["aliveworkers"])  # type: ignore[call-overload]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int, Path]]:
     root = tmp_path_factory.mktemp("spark-auth")
@@ -82,20 +90,16 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int
                  "--host", "127.0.0.1", "--port", str(port), "--webui-port", str(ui)],
                 env=master_env, stdout=log, stderr=subprocess.STDOUT))
         deadline = time.monotonic() + 120
-        while True:
-            try:
-                _json(f"http://127.0.0.1:{ui}/json/")
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError((root / "master.log").read_text()[-2000:]) from None
-                time.sleep(0.5)
+        while _alive_workers(ui) is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError((root / "master.log").read_text()[-2000:])
+            time.sleep(0.5)
         with (root / "worker.log").open("w") as log:
             processes.append(subprocess.Popen(
                 ["bash", str(COMPOSE_DIR / "entrypoint.sh"), SPARK_CLASS, "org.apache.spark.deploy.worker.Worker",
                  "--webui-port", str(worker_ui), f"spark://127.0.0.1:{port}"],
                 env=worker_env, stdout=log, stderr=subprocess.STDOUT))
-        while _json(f"http://127.0.0.1:{ui}/json/")["aliveworkers"] != 1:
+        while _alive_workers(ui) != 1:
             if time.monotonic() > deadline:
                 raise RuntimeError((root / "worker.log").read_text()[-2000:])
             time.sleep(0.5)
