@@ -163,8 +163,7 @@ def _connections(deployed: Deployed) -> Any:
     return VaultBackend(**kwargs)
 
 
-def test_when_airflow_reads_its_connections_from_openbao_then_a_task_wraps_a_data_key_with_them(
-        deployed: Deployed) -> None:
+def _lookup(deployed: Deployed) -> Any:
     backend = _connections(deployed)
 
     def lookup(conn_id: str) -> dict[str, Any] | None:
@@ -175,6 +174,13 @@ def test_when_airflow_reads_its_connections_from_openbao_then_a_task_wraps_a_dat
             return None
         return {"conn_type": conn.conn_type, "host": conn.host, "port": conn.port, "login": conn.login,
                 "password": conn.password, "schema": conn.schema, "extra": conn.extra_dejson}
+
+    return lookup
+
+
+def test_when_airflow_reads_its_connections_from_openbao_then_a_task_wraps_a_data_key_with_them(
+        deployed: Deployed) -> None:
+    lookup = _lookup(deployed)
 
     base = load_settings(orchestration={"secrets": "vault"}, key_provider="vault",
                          vault={"ca_cert": deployed.secrets / "ca_cert"})
@@ -195,6 +201,21 @@ def test_when_airflow_reads_its_connections_from_openbao_then_a_task_wraps_a_dat
         provider.rotate("medguard-kek")
 
 
+def test_when_the_weekly_rotation_logs_in_with_its_own_connection_then_it_may_rotate_the_kek(
+        deployed: Deployed) -> None:
+    from pipeline.airflow_support import KEY_ROTATION_CONNECTION
+    from storage_security.keys.providers import provider_from_settings
+
+    base = load_settings(orchestration={"secrets": "vault"}, key_provider="vault",
+                         vault={"ca_cert": deployed.secrets / "ca_cert"})
+    settings = task_settings(base, lookup=_lookup(deployed), vault_connection=KEY_ROTATION_CONNECTION)
+    before = deployed.root().secrets.transit.read_key("medguard-kek")["data"]["latest_version"]
+
+    provider_from_settings(settings).rotate("medguard-kek")
+
+    assert deployed.root().secrets.transit.read_key("medguard-kek")["data"]["latest_version"] == before + 1
+
+
 def test_when_airflow_asks_for_anything_beyond_its_connections_then_openbao_refuses(deployed: Deployed) -> None:
     backend = _connections(deployed)
     client = backend.vault_client.client
@@ -206,12 +227,13 @@ def test_when_airflow_asks_for_anything_beyond_its_connections_then_openbao_refu
 
 def test_when_the_setup_job_runs_again_then_it_issues_new_secret_ids_and_keeps_the_keys(deployed: Deployed) -> None:
     before = (deployed.secrets / "medguard_vault_secret_id").read_text()
+    kek = deployed.root().secrets.transit.read_key("medguard-kek")["data"]["latest_version"]
 
     again = _setup(deployed.setup_env)
 
     assert again.returncode == 0, again.stdout + again.stderr
     assert (deployed.secrets / "medguard_vault_secret_id").read_text() != before
-    assert deployed.root().secrets.transit.read_key("medguard-kek")["data"]["latest_version"] == 1
+    assert deployed.root().secrets.transit.read_key("medguard-kek")["data"]["latest_version"] == kek
 
 
 def test_when_no_operator_token_is_given_then_the_setup_job_refuses_in_one_line(deployed: Deployed) -> None:

@@ -8,8 +8,9 @@
 # 1. infra/vault/transit.sh and infra/vault/approle.sh: the Transit keys, the medguard policies and AppRoles.
 # 2. Airflow's secrets backend: KV v2 at `airflow`, policy medguard-airflow (openbao/airflow.hcl) and its AppRole.
 # 3. Connections Airflow's tasks read there (pipeline/airflow_support.py, orchestration.secrets: vault):
-#    airflow/connections/medguard_vault (the medguard-pipeline AppRole) and airflow/connections/medguard_lake (the
-#    lake's S3 user).
+#    airflow/connections/medguard_vault (the medguard-pipeline AppRole), medguard_vault_key_rotation
+#    (medguard-key-rotation, for the weekly rotate_keys DAG), medguard_vault_auditor (medguard-auditor) and
+#    airflow/connections/medguard_lake (the lake's S3 user).
 # 4. Credentials for the containers that are not Airflow tasks, written into SECRETS_OUT (the secrets/ folder):
 #    medguard_vault_role_id + medguard_vault_secret_id (medguard-pipeline, for `medguard serve` and the Spark
 #    workers) and airflow_vault_kwargs (the backend's kwargs JSON: AppRole of medguard-airflow).
@@ -77,10 +78,16 @@ secret_id() { "$VAULT" write -f -field=secret_id "auth/approle/role/$1/secret-id
 json() { python3 -c 'import json, sys; print(json.dumps(dict(zip(sys.argv[1::2], sys.argv[2::2]))))' "$@"; }
 
 umask 022
-# Tasks: the medguard-pipeline AppRole and the lake's S3 user, as Airflow connections in Vault.
-json conn_type vaults host "$VAULT_HOST" port "$VAULT_PORT" login "$(role_id medguard-pipeline)" \
-  password "$(secret_id medguard-pipeline)" extra '{"auth_type": "approle", "use_tls": true}' \
-  | "$VAULT" kv put -mount=airflow connections/medguard_vault - >/dev/null
+# Tasks: one AppRole per job as Airflow connections in Vault (pipeline/airflow_support.py): the pipeline's, the
+# weekly key rotation's (the pipeline role may not rotate or rewrap) and the audit monitor's; then the lake's S3 user.
+connection() {
+  json conn_type vaults host "$VAULT_HOST" port "$VAULT_PORT" login "$(role_id "$1")" \
+    password "$(secret_id "$1")" extra '{"auth_type": "approle", "use_tls": true}' \
+    | "$VAULT" kv put -mount=airflow "connections/$2" - >/dev/null
+}
+connection medguard-pipeline medguard_vault
+connection medguard-key-rotation medguard_vault_key_rotation
+connection medguard-auditor medguard_vault_auditor
 if [[ -s "$LAKE_ACCESS_KEY_FILE" && -s "$LAKE_SECRET_KEY_FILE" ]]; then
   extra="$(json endpoint_url "$LAKE_ENDPOINT" region_name "$LAKE_REGION" AWS_ALLOW_HTTP true \
     AWS_S3_ALLOW_UNSAFE_RENAME true)"
@@ -103,5 +110,5 @@ print(json.dumps({"url": addr, "auth_type": "approle", "role_id": role_id, "secr
                   "variables_path": "variables", "config_path": None, "verify": "/run/secrets/ca_cert"}))
 PY
 
-echo "openbao-setup: Transit keys, policies and AppRoles in place; Airflow connections medguard_vault and" \
-  "medguard_lake written; credentials in $OUT (secret ids expire after $SECRET_ID_TTL)"
+echo "openbao-setup: Transit keys, policies and AppRoles in place; Airflow connections medguard_vault," \
+  "medguard_vault_key_rotation, medguard_vault_auditor and medguard_lake written; credentials in $OUT (secret ids expire after $SECRET_ID_TTL)"
