@@ -6,7 +6,9 @@ from (German, Spanish, French, Italian, Polish, Dutch, Portuguese, Swedish, en_G
 set still measures names the gazetteer does not hold. A capitalised word after a given name is taken for a surname
 unless it is in :data:`SAFE_WORDS`, a safe-word list of clinical and common English words (the i2b2 systems' stop
 list idea), so "Grace Hospital" or "Will Continue" are not names; a given name alone counts when a verb, a
-possessive or a dialogue colon follows it ("Hana spent", "Uwe:").
+possessive or a dialogue colon follows it ("Hana spent", "Uwe:"). Faker's last names (same locales, less
+Faker's ~1,000 common English words) are taken after a capitalised word that is no safe, common, title or given
+name word ("Ottoline Morrison"): a surname list alone would mask "Black" and "Young".
 """
 
 from __future__ import annotations
