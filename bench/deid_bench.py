@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "storage_security"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "storage_security" / "deid"))
 
 Figure = tuple[str, float, str, str]
 

@@ -88,8 +88,8 @@ def test_when_external_sets_are_scored_then_medguard_is_never_below_vanilla_pres
     assert not below
     assert mg["precision"] >= 0.80
     # The target is 0.95 on both; the template set (general-domain sentences, multi-line foreign
-    # addresses) reaches about 0.79 held out, and this floor keeps what has been won.
-    assert mg["recall"] >= (0.95 if corpus == "styled" else 0.75)
+    # addresses) reaches about 0.90 held out, and this floor keeps what has been won.
+    assert mg["recall"] >= (0.95 if corpus == "styled" else 0.88)
 
 
 @pytest.mark.e2e
