@@ -56,18 +56,19 @@ DEMO_DAGS = ("medguard_ingest", "medguard_deidentify", "medguard_train", "medgua
              "medguard_audit_monitor", "medguard_rotate_keys", "medguard_backup")
 
 
+@pytest.mark.timeout(2700)  # about 15 min on 2 busy cores; the verify step's scan of a shared /tmp adds minutes
 def test_when_the_demo_runs_then_the_chain_runs_as_airflow_dag_runs_and_its_summary_matches_the_lake(
         tmp_path: Path) -> None:
     from pipeline.lake import Lake
     from storage_security.local_vault.openbao import free_port_pair
 
     # 1,000 patients: below that the release-wide risk gate leaves too few labelled patients to train on. Their
-    # test split holds a handful of positives, whose 95 % bounds cannot clear the promotion floors: this run
-    # judges point estimates against lower floors (governance settings), so its candidate is promoted and batch
-    # diagnosis runs. The chain is under test here, not the model.
+    # test split holds a handful of positives: the model learns little (AUROC 0.5 to 0.8 from run to run, as the
+    # keyed pseudonyms change the split), so this run sets the promotion floors to their minimum (governance
+    # settings) and its candidate is promoted and batch diagnosis runs. The chain is under test here, not the model.
     env = {**os.environ, "MEDGUARD_HOME": str(tmp_path), "MEDGUARD_VAULT__LOCAL_PORT": str(free_port_pair()),
-           "MEDGUARD_GOVERNANCE__JUDGE_ON": "point", "MEDGUARD_GOVERNANCE__MIN_AUROC": "0.55",
-           "MEDGUARD_GOVERNANCE__MIN_SENSITIVITY": "0.3", "MEDGUARD_GOVERNANCE__MIN_SPECIFICITY": "0.1"}
+           "MEDGUARD_GOVERNANCE__MIN_AUROC": "0.5", "MEDGUARD_GOVERNANCE__MIN_SENSITIVITY": "0",
+           "MEDGUARD_GOVERNANCE__MIN_SPECIFICITY": "0", "MEDGUARD_GOVERNANCE__MAX_ECE": "1"}
     env.pop("TMPDIR", None)
     try:
         # A umask of 022 (the usual default) in the shell: medguard, and the Airflow it runs, must not rely on it.
