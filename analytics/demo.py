@@ -32,8 +32,8 @@ def diagnose_step(settings: Settings) -> dict[str, Any]:
 
     model = registered_model(settings)
     if model["current"] is None:
-        reasons = "; ".join(model.get("promotion", {}).get("reasons", []))
-        return {"skipped": f"no current model: {model['model_version']} stays a candidate ({reasons})"}
+        return {"skipped": f"no current model: {model['model_version']} stays a candidate "
+                           f"({'; '.join(model['reasons'])})"}
     run = run_dag_step(settings, "medguard_batch_diagnosis")
     lake = Lake(settings)
     predictions = {t: table_rows(lake, Zone.PREDICTIONS, t) for t in lake.tables(Zone.PREDICTIONS)}
@@ -43,8 +43,8 @@ def diagnose_step(settings: Settings) -> dict[str, Any]:
 
 
 def registered_model(settings: Settings) -> dict[str, Any]:
-    """The T2D model's newest version in the registry (verified): status, held-out metrics, the promotion decision,
-    the current version and the model card's path.
+    """The T2D model's newest version in the registry (verified): status, held-out metrics, the promotion decision
+    with its reasons and what it judged (bounds or point estimates), the current version and the model card's path.
 
     Raises:
         ValidationError: no T2D model is registered.
@@ -58,7 +58,9 @@ def registered_model(settings: Settings) -> dict[str, Any]:
     described = registry.describe(name)
     newest = described["versions"][-1]
     current = described["current"]
+    judged = newest.get("promotion") or {}
     return {"model_version": newest["model_version"], "status": newest["status"],
-            "metrics": newest.get("metrics", {}), "promotion": newest.get("promotion") or {},
+            "metrics": newest.get("metrics", {}), "decision": judged.get("decision"),
+            "reasons": judged.get("reasons", []), "judged_on": judged.get("judge_on"),
             "current": f"{name}@v{current}" if current is not None else None,
             "model_card": str(registry.root / name / f"v{newest['version']}" / CARD_FILE)}

@@ -111,7 +111,7 @@ def test_when_the_demo_runs_then_the_chain_runs_as_airflow_dag_runs_and_its_summ
     assert summary["quarantine_by_rule"] and sum(summary["quarantine_by_rule"].values()) == sum(map(len, quarantined))
     assert summary["alerts"]["total"] == in_lake["audit"].get("alerts", 0)
     model = summary["model"]
-    assert model["current"] == model["model_version"] and model["promotion"]["decision"] == "promoted"
+    assert model["current"] == model["model_version"] and model["decision"] == "promoted"
     assert set(model["metrics"]) >= {"auroc", "sensitivity", "specificity"}
     # The HTML reports the summary points at exist.
     assert Path(model["model_card"]).is_file() and summary["data_docs"]
