@@ -23,26 +23,28 @@ from typing import Any
 
 import pytest
 
+from pipeline.spark import delta_package
+
 pytestmark = pytest.mark.integration
 
 PATIENTS = 1_500
 NO_DELTA_JARS = ("the delta-spark lake engine is not run here: Delta's jars cannot be fetched without Maven; set "
-                 "DELTA_SPARK_JARS to the delta-spark_4.2_2.13-4.4.0 and delta-storage-4.4.0 jars (comma-separated) "
-                 "to run training and scoring on the cluster through it")
+                 f"DELTA_SPARK_JARS to local copies of {delta_package()} and delta-storage (comma-separated jar "
+                 "paths) to run training and scoring on the cluster through it")
 
 
 @pytest.fixture(scope="module", params=["delta-rs", "spark"])
-def cluster_run(request: pytest.FixtureRequest, spark_cluster, tmp_path_factory: pytest.TempPathFactory,
-                ) -> dict[str, Any]:
+def cluster_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The driver's training and diagnosis on the cluster with the lake engine ``request.param``: its JSON result,
     with ``out`` (its home and lake)."""
     engine = request.param
     if engine == "spark" and not os.environ.get("DELTA_SPARK_JARS"):
         pytest.skip(NO_DELTA_JARS)
+    spark_cluster = request.getfixturevalue("spark_cluster")
     out = tmp_path_factory.mktemp(f"analytics-cluster-{engine}")
     driver = Path(__file__).with_name("_spark_cluster_analytics_driver.py")
     run = subprocess.run([sys.executable, str(driver), str(out), spark_cluster.master, str(PATIENTS), engine],
-                         env=spark_cluster.env, capture_output=True, text=True, timeout=420, check=False)
+                         env=spark_cluster.env, capture_output=True, text=True, timeout=600, check=False)
     (out / "driver.log").write_text(run.stderr + run.stdout)
     assert run.returncode == 0, run.stderr[-3000:]
     return {**json.loads(run.stdout.splitlines()[-1]), "out": out}
