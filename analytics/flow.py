@@ -279,8 +279,7 @@ def step_robustness(settings: Settings, run_dir: str) -> dict[str, Any]:
                                  examples[examples[SPLIT] == "calibration"], examples[examples[SPLIT] == "test"],
                                  bounds=model_attack_bounds(model, config), monotone=config.monotone,
                                  samples=config.attack_samples, seed=config.seed, membership_defence=defence,
-                                 membership_applied=applied is not None,
-                                 augmentation_samples=settings.analytics.augmentation_examples)
+                                 membership_applied=applied is not None)
     state["robustness"] = report
     _save_state(run, state)
     return {k: v for k, v in report.items() if k != "bounds"}

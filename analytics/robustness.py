@@ -9,12 +9,15 @@ that lowers the score most until the flag flips or no move helps. It needs only 
 
 Reported: attack success rate with its 95 % (Wilson) interval, and the minimal perturbation of successful attacks
 (L-infinity in units of each feature's bound, and the number of features changed). Defences, each retrained
-with the same parameters and attacked the same way: monotonic constraints where clinically justified
-(``monotone`` in the config), adversarial augmentation (adversarial examples of training positives added with
-their true label), and input-profile refusal (an isolation forest fitted on the training rows refuses to score a
-row less typical than all but ``refuse_rate`` of them; a refused evasion is no success, and the clean rows it
-refuses are its cost). A defence is *kept* only when it lowers the success rate significantly (one-sided
-two-proportion test, p < 0.05, against the retrained baseline) at a clean-AUROC cost of at most ``max_auroc_cost``.
+with the same parameters and attacked the same way: monotonic constraints where a config asks for them
+(``monotone``; the shipped T2D config no longer does: they measured no gain), adversarial augmentation
+(adversarial examples of training positives added with their true label), and input-profile refusal (an
+isolation forest fitted on the training rows refuses to score a row less typical than all but ``refuse_rate`` of
+them; a refused evasion is no success, and the clean rows it refuses are its cost). A defence is *kept* only when
+it lowers the success rate significantly (one-sided two-proportion test, p < 0.05, against the retrained
+baseline) at a clean-AUROC cost of at most ``max_auroc_cost``. Adversarial augmentation can also be applied to
+the served model in training (``analytics.adversarial_augmentation``; :func:`augmenter`); the report's
+``applied`` lists what the served model (its ``undefended`` row) was trained with.
 
 The membership-inference result (:mod:`analytics.privacy`) travels in the same report under
 ``membership_inference``, so the card shows both attacks on the model.
@@ -219,7 +222,7 @@ def attack(booster: Any, calibrator: Calibrator, threshold: float, x: np.ndarray
     return AttackResult(len(x), succeeded, linf, changed, adversarial, evaded)
 
 
-def _flagged_positives(booster: Any, calibrator: Calibrator, threshold: float, frame: pd.DataFrame,
+def flagged_positives(booster: Any, calibrator: Calibrator, threshold: float, frame: pd.DataFrame,
                        features: list[str], samples: int, rng: np.random.Generator) -> np.ndarray:
     """Up to ``samples`` rows of ``frame`` (as a matrix, in frame order) that are positive and flagged."""
     x = matrix(frame, features)
@@ -236,7 +239,7 @@ def adversarial_examples(model: Any, rows: pd.DataFrame, bounds: dict[str, float
     greedy search's end point when it did not). Returns the rows (the model's features and the label) and a
     summary (``attacked``, ``evaded``).
     """
-    x = _flagged_positives(model.booster, model.calibrator, model.threshold, rows, model.features, samples,
+    x = flagged_positives(model.booster, model.calibrator, model.threshold, rows, model.features, samples,
                            np.random.default_rng(seed))
     found = attack(model.booster, model.calibrator, model.threshold, x, model.features, bounds, model.profile)
     frame = pd.DataFrame(found.adversarial, columns=model.features).assign(**{LABEL: 1})
@@ -290,7 +293,7 @@ def evaluate_robustness(model: Any, train: pd.DataFrame, calibration: pd.DataFra
     identity = Calibrator("platt", {"a": [1.0], "b": [0.0]})
 
     def targets(booster: Any, calibrator: Calibrator, threshold: float, frame: pd.DataFrame) -> np.ndarray:
-        return _flagged_positives(booster, calibrator, threshold, frame, features, samples, rng)
+        return flagged_positives(booster, calibrator, threshold, frame, features, samples, rng)
 
     def run(booster: Any, calibrator: Calibrator, threshold: float) -> tuple[dict[str, Any], AttackResult]:
         x = targets(booster, calibrator, threshold, test)

@@ -30,8 +30,7 @@ T2D_SEED = 11
 FAST = {"n_estimators": 120, "attack_samples": 40,
         # A one-second budget: the first candidate always runs, the second must be skipped (the budget works).
         "cv": {"folds": 2, "budget_seconds": 1.0,
-               "grid": [{"max_depth": 3, "learning_rate": 0.1}, {"max_depth": 4, "learning_rate": 0.1}]},
-        "monotone": {"obs_4548_4_last": 1, "obs_2345_7_last": 1, "obs_39156_5_last": 1, "age_band_lower": 1}}
+               "grid": [{"max_depth": 3, "learning_rate": 0.1}, {"max_depth": 4, "learning_rate": 0.1}]}}
 
 
 class Classes(dict):

@@ -54,9 +54,14 @@ def test_when_a_flat_public_dataset_is_trained_from_the_cli_then_auroc_is_in_lin
     out = json.loads(result.stdout)
     assert {"model_version", "metrics", "model_card"} <= set(out)
     assert set(out["metrics"]) == {"auroc", "auprc", "sensitivity", "specificity", "brier", "ece"}
-    # Published results for this dataset (boosted trees, logistic regression): AUROC about 0.99.
-    assert out["metrics"]["auroc"] >= 0.97
     state = json.loads(next((local.home / "analytics" / "runs").glob("*/state.json")).read_text())
+    # Published results for this dataset (boosted trees, logistic regression): AUROC about 0.99. The served model
+    # carries the membership defence (analytics.membership_defence), which on these 569 rows costs about 0.01
+    # (shallower, more regularised trees; rounded output): the undefended retraining must reach the published
+    # level, the served model stay within 0.02 of it.
+    membership = state["robustness"]["membership_inference"]
+    assert membership["applied"] and membership["undefended"]["clean_auroc"] >= 0.97
+    assert out["metrics"]["auroc"] >= 0.96 and membership["auroc_cost"] <= 0.02
     contract = state["contract"]
     assert "case_ref" not in contract["numeric"] and "case_ref" not in contract["categorical"]
     assert all(not f.startswith("case_ref") for f in contract["features"])
