@@ -337,7 +337,7 @@ class OrchestrationSettings(_Section):
 class BackupSettings(_Section):
     """``medguard backup``: encrypted backups of the lake, the key store and the audit log."""
 
-    # Where backups are written (None: ``<home>/backups``); a local folder or an object-store URI.
+    # Where backups are written (None: ``<home>/backups``); a local folder (an object-store URI is refused).
     dir: str | None = None
     # Backups are encrypted to this X25519 public key (PEM); restoring needs the matching private key, kept
     # offline. None: ``<home>/backup-key.pub``, made with the private key beside it on the first ``create``.
