@@ -20,8 +20,8 @@ from storage_security.deid.operators import age_bands
 
 WITHHELD = "*"
 
-__all__ = ["ReleaseReport", "RiskGateError", "RiskReport", "enforce", "enforce_release", "k_anonymity", "l_diversity",
-           "release_vectors"]
+__all__ = ["ReleaseReport", "RiskGateError", "RiskReport", "count_band", "enforce", "enforce_release", "k_anonymity",
+           "l_diversity", "release_vectors"]
 
 
 class RiskGateError(ValidationError):
@@ -197,8 +197,25 @@ def enforce(frame: pd.DataFrame, quasi_identifiers: Sequence[str], sensitive: Se
 
 ROWS = "#rows"
 """The release column that counts a patient's rows in an event table (their number of encounters, say)."""
-PRESENT = "#present"
-"""The release column that says whether a patient has rows in a table with no quasi-identifier listed."""
+BANDED = "#rows_band"
+"""The release column that gives a patient's count of rows, in :func:`count_band` bands, in a table with no
+quasi-identifier listed (their number of observations, notes or procedures)."""
+
+
+def count_band(rows: int) -> str:
+    """A count of rows as its band: ``0``, ``1``, then ``2-4``, ``5-9``, ``10-19``, ``20-49``, ``50-99``, ``100-199``…
+
+    Bands on a 1-2-5 scale: each as wide as it is far from zero, so a count is known to about a factor of two and a
+    half, the precision one may assume of an outsider's knowledge of how many tests or notes someone had.
+    """
+    if rows <= 1:
+        return str(max(rows, 0))
+    low, step = 2, 0
+    while True:
+        high = (5, 10, 20)[step % 3] * 10 ** (step // 3)
+        if rows < high:
+            return f"{low}-{high - 1}"
+        low, step = high, step + 1
 
 
 @dataclass
@@ -228,9 +245,11 @@ def release_vectors(tables: dict[str, pd.DataFrame], quasi_identifiers: dict[str
     A table with one row per patient (patients, outcomes) gives its quasi-identifiers' values; an event table gives
     the set of its rows' quasi-identifier tuples (the facilities and encounter types a patient was seen with,
     together, so a per-row class is never finer than the patient's) and the exact count of the patient's rows,
-    which anyone holding the table can count. A table with no quasi-identifier listed (observations, notes) gives
-    only whether the patient is in it: its row counts are not counted (a known limit, see the README). A table
-    without the pseudonym links nothing and is left out; a patient absent from a table gets ``<none>`` and 0.
+    which anyone holding the table can count. A table with no quasi-identifier listed (observations, notes,
+    procedures) gives the patient's count of rows in :func:`count_band` bands (0 for a patient absent from it): an
+    attacker may know roughly how many tests or notes someone had, not the exact number, and exact counts of
+    dozens of observations would leave nearly every patient unique. A table without the pseudonym links nothing and
+    is left out; a patient absent from a table gets ``<none>`` and 0.
     """
     columns: dict[str, pd.Series] = {}
     for table, frame in sorted(tables.items()):
@@ -239,8 +258,9 @@ def release_vectors(tables: dict[str, pd.DataFrame], quasi_identifiers: dict[str
             continue
         linked = frame[frame[entity].notna()]
         if not qis:
-            # A table the catalog lists no quasi-identifier for still says who is in it (a join keeps only them).
-            columns[f"{table}{PRESENT}"] = pd.Series(1, index=pd.Index(linked[entity].unique()))
+            # A table the catalog lists no quasi-identifier for still says who is in it and about how often.
+            counts = linked.groupby(entity, sort=False).size()
+            columns[f"{table}{BANDED}"] = counts.map(count_band)
             continue
         keys = _keys(linked, qis).astype(str)
         per_patient = linked.groupby(entity, sort=False).size()
@@ -258,8 +278,12 @@ def release_vectors(tables: dict[str, pd.DataFrame], quasi_identifiers: dict[str
         return pd.DataFrame()
     out = pd.DataFrame(columns)
     for name in out.columns:
-        counted = name.endswith((ROWS, PRESENT))
-        out[name] = out[name].fillna(0).astype(int) if counted else out[name].fillna("<none>")
+        if name.endswith(ROWS):
+            out[name] = out[name].fillna(0).astype(int)
+        elif name.endswith(BANDED):
+            out[name] = out[name].fillna(count_band(0))
+        else:
+            out[name] = out[name].fillna("<none>")
     return out
 
 

@@ -7,6 +7,7 @@ checks here join the published tables themselves and count classes with their ow
 
 from __future__ import annotations
 
+import bisect
 import itertools
 
 import pandas as pd
@@ -19,15 +20,24 @@ QIS = {"patients": ["age_band", "sex", "facility_id"], "encounters": ["facility_
 LADDERS = {"age_band": [5, 10, 20, "*"], "sex": ["*"], "facility_id": ["*"], "encounter_type": ["*"]}
 
 
+BAND_EDGES = [0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
+
+
+def band_of(rows: int) -> int:
+    """The band (0, 1, 2-4, 5-9, 10-19, 20-49…, here as the index of its lower edge) an attacker is assumed to know a
+    patient's count of rows in a table with no quasi-identifier to within."""
+    return bisect.bisect_right(BAND_EDGES, rows) - 1
+
+
 def patient_view(frame: pd.DataFrame, qis: list[str], entity: str = "patient_pseudonym") -> pd.DataFrame:
     """What an attacker reads per patient from one table: its quasi-identifiers (the set of their row tuples when a
-    patient has several rows) and how many rows the patient has; from a table with none listed, that the patient
-    is in it (the join keeps only them)."""
+    patient has several rows) and how many rows the patient has; from a table with none listed, the patient's count
+    of rows to within a band (the join keeps only the patients in it)."""
     linked = frame[frame[entity].notna()].astype({c: str for c in qis})
     if linked.empty:
         return pd.DataFrame()
     grouped = linked.groupby(entity)
-    view = pd.DataFrame({"rows": grouped.size()}) if qis else pd.DataFrame(index=grouped.size().index)
+    view = pd.DataFrame({"rows": grouped.size()}) if qis else pd.DataFrame({"band": grouped.size().map(band_of)})
     for c in qis:
         view[c] = grouped[c].agg(lambda v: "|".join(sorted(set(v))))
     if qis:
@@ -122,3 +132,36 @@ def test_when_every_pair_is_joined_after_the_gate_then_no_class_is_smaller_than_
     for a, b in itertools.combinations(released, 2):
         smallest, _ = smallest_joined_class(released[a], released[b], qis[a], qis[b])
         assert smallest >= K, (a, b)
+
+
+def observation_frames(patients: int = 40) -> dict[str, pd.DataFrame]:
+    """Patients alike in every quasi-identifier and encounter, told apart only by how many observations they have:
+    most have 3, five have 1, 7, 15, 30 and 70 (one alone in each band)."""
+    pseudonyms = [f"p{i:03d}" for i in range(patients)]
+    people = pd.DataFrame({"patient_pseudonym": pseudonyms, "age_band": "40-44", "sex": "F", "facility_id": "FAC-1"})
+    visits = pd.DataFrame({"patient_pseudonym": pseudonyms, "facility_id": "FAC-1", "encounter_type": "AMB"})
+    counts = [1, 7, 15, 30, 70] + [3] * (patients - 5)
+    observations = pd.DataFrame({"patient_pseudonym": [p for p, n in zip(pseudonyms, counts, strict=True)
+                                                       for _ in range(n)], "value": 1.0})
+    return {"patients": people, "encounters": visits, "observations": observations}
+
+
+def test_when_observation_counts_single_out_patients_then_the_release_gate_withholds_them():
+    tables = observation_frames()
+    before, _ = smallest_joined_class(tables["patients"], tables["observations"], QIS["patients"], [])
+    assert before == 1  # joined on the pseudonym, a count of observations alone in its band singles a patient out
+    released, report = enforce_release(tables, QIS, k=K, ladders=LADDERS)
+    for a, b in itertools.combinations(released, 2):
+        smallest, patients = smallest_joined_class(released[a], released[b], QIS.get(a, []), QIS.get(b, []))
+        assert smallest >= K and patients == 35, (a, b)
+    counts = released["observations"].groupby("patient_pseudonym").size()
+    assert set(counts) == {3} and report.suppressed_patients == 5
+
+
+def test_when_observation_counts_share_a_band_then_the_release_gate_keeps_every_patient():
+    # 3 and 4 observations are one band (2-4): the gate does not suppress on exact counts of unlisted tables
+    tables = observation_frames()
+    tables["observations"] = pd.DataFrame({"patient_pseudonym": [f"p{i:03d}" for i in range(40)
+                                                                 for _ in range(3 + i % 2)], "value": 1.0})
+    released, report = enforce_release(tables, QIS, k=K, ladders=LADDERS)
+    assert report.suppressed_patients == 0 and released["observations"] is tables["observations"]
