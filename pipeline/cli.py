@@ -90,7 +90,8 @@ def generate(
 @app.command()
 def demo(
     ctx: typer.Context,
-    patients: Annotated[int, typer.Option("--patients", min=1, help="Size of the demo population.")] = 2000,
+    patients: Annotated[int, typer.Option("--patients", min=1, help="Size of the demo population (training needs "
+                                                                   "about 1,000 or more).")] = 2000,
     seed: Annotated[int, typer.Option("--seed", min=0)] = 42,
     as_json: JsonOption = False,
 ) -> None:
