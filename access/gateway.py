@@ -23,6 +23,7 @@ Every decision (allow or deny, with the reason) and every refusal is an audit ev
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 import threading
 import time
@@ -53,6 +54,8 @@ MASKED_VALUE = "****"
 _PSEUDONYM = re.compile(r"ps1_[A-Za-z0-9]+_[0-9a-f]+")
 _SAFE_LITERAL = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _PATIENT_LINK = "patient_pseudonym"
+_QUERY_DIGEST_LABEL = "query-digest"
+_QUERY_DIGEST_DOMAIN = b"medguard.access.sql.v1\x00"
 _CELL_PATIENT = "__medguard_patient"  # the hidden column small-cell suppression counts; no query can name it
 
 
@@ -180,6 +183,7 @@ class QueryGateway:
         self._service: ProtectedLake | None = None
         self._con: Any = None
         self._con_lock = threading.Lock()
+        self._digest_key: Any = None  # the query digest's keyed HMAC state, derived on the first query
 
     @classmethod
     def from_settings(cls, settings: Settings, *, provider: KeyProvider | None = None) -> QueryGateway:
@@ -269,7 +273,13 @@ class QueryGateway:
         started = time.perf_counter()
         principal = session.principal
         purpose = purpose or (principal.purposes[0] if principal.purposes else "unspecified")
-        base = {"sql_sha256": hashlib.sha256(str(sql).encode()).hexdigest(), **session.audit_details()}
+        try:
+            base = {"sql_digest": self._sql_digest(str(sql)), **session.audit_details()}
+        except CryptoError as exc:
+            # Without the key no digest can be recorded that a reader of the audit log could not confirm by
+            # guessing: the query is refused (fail closed) and the refusal recorded without one.
+            self._refuse(session, purpose, {"sql_digest": None, **session.audit_details()},
+                         f"the query digest key cannot be loaded ({type(exc).__name__})")
         if break_glass_reason is not None:
             # The justification is a clinician's own words and reaches the plaintext audit zone: the PHI detector
             # takes out any name, MRN or SSN before the decision is made and recorded.
@@ -447,6 +457,24 @@ class QueryGateway:
         if key not in self._protections:
             self._protections[key] = self._service_lake().protection(zone, table)
         return self._protections[key]
+
+    def _sql_digest(self, sql: str) -> str:
+        """The keyed digest of a query's text that its audit events carry (``sql_digest``, 64 hex).
+
+        An unkeyed hash of the SQL would let any reader of the audit log confirm a guess (``WHERE mrn = '…'`` for
+        each MRN they suspect); HMAC-SHA256 under a key derived from the lake's provider-wrapped ``patient``
+        pseudonym key (label ``query-digest``, as ingestion derives its keyed digests) cannot be, and the same text
+        still gets the same digest, so monitoring can tell one query's events apart from another's.
+
+        Raises:
+            KeyProviderUnavailableError, KeyAccessDeniedError: the provider cannot unwrap the pseudonym key.
+        """
+        if self._digest_key is None:
+            secret = self._service_lake().pseudonymizer("patient").derive_key(_QUERY_DIGEST_LABEL)
+            self._digest_key = hmac.new(secret, _QUERY_DIGEST_DOMAIN, hashlib.sha256)
+        mac = self._digest_key.copy()
+        mac.update(sql.encode())
+        return mac.hexdigest()
 
     def _service_lake(self) -> ProtectedLake:
         # One per gateway: it caches the pseudonym keys that masks use.

@@ -10,7 +10,7 @@ Each detector is a function of the audit records (:meth:`AuditLog.events`) and t
   What counts is disclosure, not scanning: for a query through the gateway, the rows it returned and the distinct
   patients whose rows they are (``result_rows``, ``patients_disclosed`` in the read event), so an aggregate over a
   25,000-row table returning 15 rows is 15; other reads and decrypts count their rows. The alert names the query
-  (``sql_sha256``), the table and why.
+  (``sql_digest``, keyed), the table and why.
 - ``off_hours``: a person's access outside ``[working_hours_start, working_hours_end)`` UTC (one alert per
   principal and day).
 - ``new_endpoint``: a principal seen from an endpoint it never used before, or with a new API token; an
@@ -158,7 +158,7 @@ def detect_bulk_reads(records: Sequence[AuditRecord], t: Thresholds) -> list[Ale
         details = _details(record)
         if not (_is_person(event.principal) or details.get("via") == "gateway"):
             continue
-        query = details.get("sql_sha256")
+        query = details.get("sql_digest")
         # A join reads several tables in one query, recorded one after another: its result counts once.
         same_query = previous == (event.principal, query, record.seq - 1) and query is not None \
             and event.action == AuditAction.READ
@@ -186,7 +186,7 @@ def detect_bulk_reads(records: Sequence[AuditRecord], t: Thresholds) -> list[Ale
                                 event.principal, f"{event.principal} {what}{source}: {why}", _time(record),
                                 (record.seq,), f"seq:{record.seq}",
                                 {"rows": rows, "patients": patients, "scanned_rows": event.row_count,
-                                 "table": table, "sql_sha256": query, "baseline": baseline, "limit": limit,
+                                 "table": table, "sql_digest": query, "baseline": baseline, "limit": limit,
                                  "why": why}))
         else:
             past.append(measure)

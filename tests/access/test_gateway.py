@@ -71,7 +71,7 @@ def test_when_a_hostile_query_is_sent_then_it_is_refused_with_a_reason_and_audit
     assert last.principal == "user:ann"
     assert last.decision == "deny" and last.action == AuditAction.POLICY_DECISION
     assert last.reason and message.split(" ")[0] in last.reason
-    assert ("sql_sha256" in last.details and sql[:30] not in str(last.to_dict())) or not sql
+    assert ("sql_digest" in last.details and sql[:30] not in str(last.to_dict())) or not sql
 
 
 def _rows(world, who: str, sql: str, **kwargs) -> list[dict]:

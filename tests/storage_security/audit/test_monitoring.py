@@ -165,7 +165,7 @@ def test_when_the_chain_is_tampered_then_the_verify_task_fails(keyring_settings)
 
 def _gateway_read(at: datetime, scanned: int, returned: int, patients: int, sql: str) -> AuditEvent:
     event = _read("user:ann", at, scanned)
-    details = {**event.details, "result_rows": returned, "patients_disclosed": patients, "sql_sha256": sql}
+    details = {**event.details, "result_rows": returned, "patients_disclosed": patients, "sql_digest": sql}
     return AuditEvent(principal=event.principal, action=event.action, zone=event.zone, table_name=event.table_name,
                       row_count=scanned, decision="allow", purpose="research", details=details, time=at)
 
@@ -182,7 +182,7 @@ def test_when_a_query_returns_rows_of_many_patients_then_the_alert_names_the_que
     [alert] = monitor.detect(_records(events))
     assert (alert.detector, alert.severity) == ("bulk_read", "high")
     assert "received 25000 rows of 25000 patients from deidentified.patients by query abababababab" in alert.summary
-    assert alert.details["sql_sha256"] == "ab" * 32 and "above the limit of 10000" in alert.details["why"]
+    assert alert.details["sql_digest"] == "ab" * 32 and "above the limit of 10000" in alert.details["why"]
 
 
 def test_when_the_gateway_answers_15_rows_or_all_25000_patients_then_only_the_second_alerts(lake, keyring, tmp_path):
