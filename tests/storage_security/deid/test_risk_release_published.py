@@ -1,7 +1,8 @@
 """The release gate end to end: publish a generated population and the FHIR, Synthea and C-CDA fixtures, then join
 every pair of published tables on the pseudonym as an attacker would and count the classes.
 
-Quasi-identifiers per table are the catalog's risk-gate lists; an event table adds the count of a patient's rows.
+Quasi-identifiers per table are the catalog's risk-gate lists; an event table adds the count of a patient's rows
+(exact where the table lists quasi-identifiers, in bands where it lists none: observations, notes).
 """
 
 from __future__ import annotations
@@ -62,7 +63,9 @@ def test_when_a_generated_population_is_published_then_every_pair_joined_has_k_p
     pairs = _pairs_hold(lake, k)
     assert len(pairs) == 15
     assert [p for p in pairs if p[2] < k] == []
-    assert lake.read_pandas("deidentified", "patients").shape[0] > 200  # the release is still useful
+    # the release is still useful: measured 180 of 300 patients published (counts of encounters, conditions and
+    # medications, and observation counts in bands, single out the others at this size; 1,000 patients: 83 % kept)
+    assert lake.read_pandas("deidentified", "patients").shape[0] >= 150
 
 
 def test_when_the_issue_attack_is_replayed_on_the_release_then_nobody_is_unique(generated_release, settings):
