@@ -28,7 +28,8 @@ from pipeline.catalog import ColumnClass
 from pipeline.lake import CommitInfo, Lake
 from storage_security.deid.classification import classify
 from storage_security.deid.masking import NoteMasker, load_masking_config, mask_table, table_rules
-from storage_security.deid.operators import MaskingKeys
+from storage_security.deid.operators import MaskingKeys, is_age_column, top_code_ages
+from storage_security.deid.operators.generalize import OLDEST_BAND
 from storage_security.deid.risk import RiskGateError, enforce, enforce_release, k_anonymity, l_diversity
 
 if TYPE_CHECKING:
@@ -290,7 +291,7 @@ class Deidentifier:
         return {"rules": table_rules(self.config, table), "table": (self.config.get("tables") or {}).get(table, {}),
                 "note_entities": self.config.get("note_entities"), "generalize": self.config.get("generalize"),
                 "reference_date": str(self.reference_date), "max_suppression": self.config.get("max_suppression"),
-                "k": d.k_anonymity, "l": d.l_diversity}
+                "k": d.k_anonymity, "l": d.l_diversity, "oldest_age": OLDEST_BAND}
 
     def _publish(self, table: str, source_version: int, protection: Any, shredded: set[str],
                  state: dict[str, Any], *, dag_run: str | None, previous: dict[str, Any] | None) -> dict[str, Any]:
@@ -380,6 +381,9 @@ class Deidentifier:
             if added is None:
                 raise _Rebuild
             masked = _concat([prior, added.select(prior.column_names)]).to_pandas()
+        # Safe Harbor: no published age above 89. Catalog tables publish birth dates only as bands (90+ pooled); a
+        # research table's own age column is published as it is, so its ages of 90 and over are pooled here.
+        masked, ages_pooled = _pool_oldest_ages(masked)
         if "patient_pseudonym" in masked.columns and masked["patient_pseudonym"].isna().all():
             # Rows linked to no patient (a research table without an id column): no empty link column is published,
             # so every row is its own individual to the risk gate and to training.
@@ -395,6 +399,8 @@ class Deidentifier:
                   "source_classes": classification.classes(), "flagged_columns": classification.flagged,
                   "scanned": classification.to_dict()["scanned"], **risk.to_dict()}
         report["masking"] = masking
+        if ages_pooled:
+            report["ages_pooled"] = ages_pooled
         report["publication"] = "incremental" if previous is not None else "full"
         report["rows_decrypted"] = len(raw)
         surrogates = set(keys.issued) | set((previous or {}).get(LEDGER_KEY, {}).get("surrogates", []))
@@ -426,6 +432,30 @@ _POOL_MIN_NOTES = 2_000  # below this, spawning workers that each load spaCy cos
 def _digest(value: Any) -> str:
     # Of rules, settings and batch names, or of pseudonyms (keyed already): nothing here is record content.
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _pool_oldest_ages(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
+    """``frame`` with every age of 90 and over in a column named for ages pooled into one category
+    (:func:`~storage_security.deid.operators.top_code_ages`), and per column how many values were pooled."""
+    import pyarrow as pa
+
+    pooled: dict[str, int] = {}
+    out = frame
+    for column in frame.columns:
+        if not is_age_column(str(column)):
+            continue
+        try:
+            values = pa.Array.from_pandas(frame[column])
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            # Mixed numbers and text in one column: read as text, so "93" and 93 are both found.
+            values = pa.array([None if pd.isna(v) else str(v) for v in frame[column]], pa.string())
+        coded, count = top_code_ages(values)
+        if count:
+            out = out.copy() if out is frame else out
+            out[column] = pd.Series(coded.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get),
+                                    index=frame.index)
+            pooled[str(column)] = count
+    return out, pooled
 
 
 def _sql_text(value: str) -> str:

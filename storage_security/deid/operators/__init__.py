@@ -31,6 +31,8 @@ from storage_security.deid.operators.generalize import (
     GeneralizeOperator,
     age_bands,
     ages_at,
+    is_age_column,
+    top_code_ages,
     zip3,
     zip3_column,
 )
@@ -55,8 +57,10 @@ __all__ = [
     "SurrogateOperator",
     "age_bands",
     "ages_at",
+    "is_age_column",
     "parse_date",
     "shift_text_date",
+    "top_code_ages",
     "zip3",
     "zip3_column",
 ]

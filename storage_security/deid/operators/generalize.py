@@ -2,12 +2,14 @@
 to its year.
 
 :func:`age_bands` is the one place ages become bands: the operator, the risk gate's wider bands and the
-synthetic deidentified zone of the analytics tests all call it. ZIP prefixes HIPAA Safe Harbor counts as low
+synthetic deidentified zone of the analytics tests all call it. :func:`top_code_ages` pools ages of 90 and over
+in a column published as it is (a research table's ``age``). ZIP prefixes HIPAA Safe Harbor counts as low
 population become ``000``.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import date
 from typing import Any
 
@@ -35,6 +37,41 @@ def age_bands(ages: pa.Array, width: int = 5) -> pa.Array:
     high = pc.min_element_wise(pc.add(low, width - 1), OLDEST_BAND - 1, skip_nulls=False)
     band = pc.binary_join_element_wise(pc.cast(low, pa.string()), pc.cast(high, pa.string()), "-")
     return pc.if_else(pc.greater_equal(years, OLDEST_BAND), f"{OLDEST_BAND}+", band)
+
+
+_AGE_NAME = re.compile(r"(?<![a-z])age(?![a-z])|(?<=[a-z])Age(?![a-z])")
+_LEADING_NUMBER = re.compile(r"^\s*(\d+(?:\.\d+)?)")
+
+
+def is_age_column(name: str) -> bool:
+    """Whether a column's name says it holds ages: ``age``, ``Age``, ``age_years``, ``patient_age``,
+    ``age_at_diagnosis``, ``patientAge`` — the word *age* on its own, not inside ``stage``, ``dosage`` or ``page``."""
+    return bool(_AGE_NAME.search(name) or _AGE_NAME.search(name.lower()))
+
+
+def top_code_ages(values: pa.Array) -> tuple[pa.Array, int]:
+    """Safe Harbor's oldest category in a column of ages: every age of 90 and over becomes one value.
+
+    Numbers become 90 (the column stays numeric, so a model can still use it; 90 reads "90 or older"); text whose
+    leading number is 90 or more ("93", "101 years") becomes ``"90+"``, as :func:`age_bands` writes it. Anything
+    else (a band, a null, words) is left as it is. Returns the column and how many values were pooled.
+    """
+    if pa.types.is_integer(values.type) or pa.types.is_floating(values.type) or pa.types.is_decimal(values.type):
+        old = pc.greater_equal(values, pa.scalar(OLDEST_BAND).cast(values.type))
+        pooled = int(pc.sum(old).as_py() or 0)
+        return pc.if_else(old, pa.scalar(OLDEST_BAND).cast(values.type), values), pooled
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        return values, 0
+    texts = values.to_pylist()
+    out, pooled = [], 0
+    for text in texts:
+        found = _LEADING_NUMBER.match(text) if text is not None else None
+        if found and float(found.group(1)) >= OLDEST_BAND and text.strip() != f"{OLDEST_BAND}+":
+            out.append(f"{OLDEST_BAND}+")
+            pooled += 1
+        else:
+            out.append(text)
+    return pa.array(out, values.type), pooled
 
 
 def ages_at(births: pa.Array, reference: date) -> pa.Array:
