@@ -7,7 +7,15 @@ from datetime import date
 import pyarrow as pa
 import pytest
 
-from storage_security.deid.operators import GeneralizeOperator, age_bands, ages_at, zip3, zip3_column
+from storage_security.deid.operators import (
+    GeneralizeOperator,
+    age_bands,
+    ages_at,
+    is_age_column,
+    top_code_ages,
+    zip3,
+    zip3_column,
+)
 
 TEXT_CASES = [
     ("93", {"kind": "age"}, "90+"),
@@ -81,3 +89,19 @@ def test_when_a_column_is_generalized_then_nulls_stay_null(values, params, expec
 def test_when_params_are_invalid_then_validate_refuses(params):
     with pytest.raises(ValueError):
         GeneralizeOperator().validate(params)
+
+
+@pytest.mark.parametrize(("name", "ages"), [("age", True), ("Age", True), ("AGE", True), ("patient_age", True),
+                                            ("age_at_diagnosis", True), ("patientAge", True), ("stage", False),
+                                            ("dosage", False), ("page", False), ("average", False)])
+def test_when_a_column_name_is_read_then_only_the_word_age_marks_it_as_ages(name, ages):
+    assert is_age_column(name) is ages
+
+
+def test_when_ages_of_90_and_over_are_top_coded_then_numbers_become_90_and_text_90_plus():
+    numbers, pooled = top_code_ages(pa.array([63, 93, 101, None, 89, 90]))
+    assert numbers.to_pylist() == [63, 90, 90, None, 89, 90] and pooled == 3
+    floats, pooled = top_code_ages(pa.array([60.667, 95.5, None]))
+    assert floats.to_pylist() == [60.667, 90.0, None] and pooled == 1
+    texts, pooled = top_code_ages(pa.array(["93", "101 years", "85-89", "90+", "unknown", None]))
+    assert texts.to_pylist() == ["90+", "90+", "85-89", "90+", "unknown", None] and pooled == 2
