@@ -50,6 +50,10 @@ def test_when_the_membership_defence_is_on_then_the_registered_model_is_regulari
     # Stopped early: the rounds kept are the model's size, never more than configured.
     assert params["n_estimators"] == booster.num_boosted_rounds() <= state["overrides"]["n_estimators"]
     assert state["model"]["defences"]["membership"]["undefended_params"]["min_child_weight"] == 1.0
+    # Adversarial augmentation is on by default too: some flagged training positives attacked and added.
+    assert local.analytics.adversarial_augmentation
+    added = state["model"]["defences"]["adversarial_augmentation"]["examples_added"]
+    assert 0 < added <= local.analytics.augmentation_examples
 
 
 def test_when_the_defence_is_applied_then_the_card_reports_the_served_models_membership_advantage_as_applied(t2d_run):

@@ -11,7 +11,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from analytics.features import GROUP, LABEL
-from analytics.train import SPLIT, Calibrator, assign_splits, choose_threshold, fit_local, matrix
+from analytics.train import SPLIT, Calibrator, assign_splits, choose_threshold, fit_local
 
 
 def _run(t2d_run):
@@ -32,11 +32,27 @@ def test_when_trained_on_the_population_then_test_auroc_is_within_002_of_the_gen
 
 
 def test_when_single_node_xgboost_trains_on_the_same_features_then_auroc_matches_within_0005(t2d_run):
+    from analytics.config import load_train_config
+    from analytics.features import FeatureContract
+    from analytics.privacy import MembershipDefence
+    from analytics.robustness import augmenter
+    from analytics.train import fit_calibrated
+
     state, examples = _run(t2d_run)
-    features = state["contract"]["features"]
-    train, test = examples[examples[SPLIT] == "train"], examples[examples[SPLIT] == "test"]
-    booster = fit_local(train, features, state["model"]["params"])
-    local = roc_auc_score(test[LABEL], booster.inplace_predict(matrix(test, features)))
+    local_settings = t2d_run["settings"]
+    contract = FeatureContract.from_dict(state["contract"])
+    config = load_train_config(state["config_path"], local_settings, **state["overrides"])
+    split = {s: examples[examples[SPLIT] == s] for s in ("train", "calibration", "test")}
+
+    def fit(frame: pd.DataFrame, params: dict, **stop) -> object:
+        return fit_local(frame, contract.features, params, **stop)
+
+    # The same training as the Spark one, single node: the chosen candidate, both defences (the defaults).
+    model = fit_calibrated(fit, split["train"], split["calibration"], contract, config,
+                           state["model"]["defences"]["membership"]["undefended_params"],
+                           defence=MembershipDefence(),
+                           augment=augmenter(config, local_settings.analytics.augmentation_examples))
+    local = roc_auc_score(split["test"][LABEL], model.predict_proba(split["test"]))
     assert abs(local - t2d_run["result"]["metrics"]["auroc"]) <= 0.005
 
 
