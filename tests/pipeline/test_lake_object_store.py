@@ -1,5 +1,5 @@
 """Tests for pipeline/lake.py on an object store: a lake at ``s3://bucket/lake`` on a local S3 (moto_server, started
-by ``s3_endpoint`` in tests/pipeline/conftest.py)."""
+by ``s3_endpoint`` in tests/conftest.py)."""
 
 from __future__ import annotations
 
