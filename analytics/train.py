@@ -41,19 +41,21 @@ SPLIT = "_split"
 class Calibrator:
     """Maps a raw xgboost probability to a calibrated one; stored as plain numbers (no pickle in artifacts).
 
-    ``params["decimals"]``, when present, rounds what :meth:`apply` serves (the membership defence's output
-    rounding). Every serving path (batch diagnosis, the diagnosis API, the comparison with the current model)
-    builds a Calibrator from the registered bundle and calls :meth:`apply`, so the rounding travels with the model.
+    ``params["significant"]``, when present, rounds what :meth:`apply` serves to that many significant figures
+    (the membership defence's output rounding; significant figures, not decimals, so that a rare label's small
+    probabilities keep their order and the threshold between them). Every serving path (batch diagnosis, the
+    diagnosis API, the comparison with the current model) builds a Calibrator from the registered bundle and calls
+    :meth:`apply`, so the rounding travels with the model.
     """
 
     method: str
     params: dict[str, list[float]]
 
     @classmethod
-    def fit(cls, method: str, raw: np.ndarray, y: np.ndarray, *, decimals: int | None = None) -> Calibrator:
+    def fit(cls, method: str, raw: np.ndarray, y: np.ndarray, *, significant: int | None = None) -> Calibrator:
         if len(np.unique(y)) < 2:
             raise ValidationError("the calibration split holds only one class: more labelled data is needed")
-        rounding = {"decimals": [float(decimals)]} if decimals is not None else {}
+        rounding = {"significant": [float(significant)]} if significant is not None else {}
         if method == "isotonic":
             from sklearn.isotonic import IsotonicRegression
 
@@ -65,9 +67,9 @@ class Calibrator:
         return cls("platt", {"a": [float(lr.coef_[0, 0])], "b": [float(lr.intercept_[0])], **rounding})
 
     @property
-    def decimals(self) -> int | None:
-        """The served probability's decimals, or None when it is not rounded."""
-        return int(self.params["decimals"][0]) if self.params.get("decimals") else None
+    def significant(self) -> int | None:
+        """The served probability's significant figures, or None when it is not rounded."""
+        return int(self.params["significant"][0]) if self.params.get("significant") else None
 
     def probability(self, raw: np.ndarray) -> np.ndarray:
         """The calibrated probability before any rounding (what an attack searches on; never served)."""
@@ -78,13 +80,23 @@ class Calibrator:
         return 1.0 / (1.0 + np.exp(-z))
 
     def round(self, prob: np.ndarray) -> np.ndarray:
-        """``prob`` as served: rounded to :attr:`decimals` when set."""
-        decimals = self.decimals
-        return np.round(prob, decimals) if decimals is not None else np.asarray(prob, dtype=float)
+        """``prob`` as served: rounded to :attr:`significant` figures when set."""
+        return round_significant(prob, self.significant)
 
     def apply(self, raw: np.ndarray) -> np.ndarray:
         """The served probability of raw xgboost scores."""
         return self.round(self.probability(raw))
+
+
+def round_significant(prob: np.ndarray, figures: int | None) -> np.ndarray:
+    """``prob`` rounded to ``figures`` significant figures (0 stays 0); unchanged when ``figures`` is None."""
+    prob = np.asarray(prob, dtype=float)
+    if figures is None:
+        return prob
+    with np.errstate(divide="ignore"):
+        magnitude = np.floor(np.log10(np.abs(prob)))
+    scale = np.power(10.0, np.where(np.isfinite(magnitude), figures - 1 - magnitude, 0.0))
+    return np.round(prob * scale) / scale
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -288,7 +300,7 @@ def fit_calibrated(fit: Fit, train_rows: pd.DataFrame, cal_rows: pd.DataFrame, c
             (:func:`fit_spark` bound to a session, or :func:`fit_local`).
         defence: a :class:`analytics.privacy.MembershipDefence`: its regularisation, early stopping on
             ``cal_rows`` (the rounds kept become ``n_estimators``, so a refit reproduces the model's size) and the
-            served probability rounded to its ``round_decimals``.
+            served probability rounded to its ``round_significant`` figures.
         augment: ``augment(model, train_rows)`` returns adversarial rows (features and label) and a summary; they
             are added to the train split only and the model is refit with the same parameters and recalibrated.
             Calibration and test rows never receive them.
@@ -296,13 +308,13 @@ def fit_calibrated(fit: Fit, train_rows: pd.DataFrame, cal_rows: pd.DataFrame, c
     features = contract.features
     started = time.perf_counter()
     defences: dict[str, Any] = {}
-    decimals = None
+    significant = None
     if defence is not None:
         base = params
         params = defence.params(params)
         booster = fit(train_rows, params, early_stopping=cal_rows, rounds=defence.early_stopping_rounds)
         params = {**params, "n_estimators": int(booster.num_boosted_rounds())}
-        decimals = defence.round_decimals
+        significant = defence.round_significant
         defences["membership"] = {**asdict(defence), "rounds": params["n_estimators"], "undefended_params": base}
     else:
         booster = fit(train_rows, params)
@@ -312,7 +324,7 @@ def fit_calibrated(fit: Fit, train_rows: pd.DataFrame, cal_rows: pd.DataFrame, c
 
     def calibrated(booster: xgb.Booster) -> TrainedModel:
         calibrator = Calibrator.fit(config.calibration, booster.inplace_predict(matrix(cal_rows, features)), y_cal,
-                                    decimals=decimals)
+                                    significant=significant)
         model = TrainedModel(booster=booster, contract=contract, calibrator=calibrator, threshold=0.5,
                              params=params, profile=trained_on, defences=defences)
         model.threshold = choose_threshold(model.predict_proba(cal_rows), y_cal, target)

@@ -7,8 +7,8 @@ Two populations, each split by patient into train / calibration / test as traini
 
 The served model is trained as training trains it with ``analytics.membership_defence`` on
 (:func:`analytics.train.fit_calibrated`: the first grid candidate under the defence's regularisation, stopped
-early on the calibration split, Platt calibration, probabilities rounded to 2 decimals); the undefended side is
-the same candidate retrained without the defence. Printed per population and seed: attack AUROC (members =
+early on the calibration split, Platt calibration, probabilities rounded to 2 significant figures); the undefended
+side is the same candidate retrained without the defence. Printed per population and seed: attack AUROC (members =
 training rows vs non-members = test rows, equal numbers), advantage, TPR at 1 % FPR, and the clean test AUROC,
 undefended → served (defended); then the mean over seeds.
 

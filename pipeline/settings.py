@@ -210,7 +210,7 @@ class AnalyticsSettings(_Section):
     # Bootstrap resamples behind every metric's 95 % interval on the model card.
     bootstrap_draws: int = Field(default=200, ge=20, le=10_000)
     # Membership-inference defence in training (analytics.privacy.MembershipDefence: regularisation, early stopping,
-    # served probability rounded to 2 decimals). On: it cost no clean AUROC on synthetic T2D or UCI heart.
+    # served probability rounded to 2 significant figures). On: it cost no clean AUROC on synthetic T2D or UCI heart.
     membership_defence: bool = True
     # Adversarial augmentation in training: adversarial versions of flagged training positives added to the train
     # split (at most augmentation_examples), within the robustness step's attack bounds. On: it cut evasion success

@@ -44,7 +44,7 @@ def _card(path: Path, *, applied: bool = False) -> Path:
                            "advantage": 0.3086421974, "tpr_at_fpr": 0.0061, "clean_auroc": 0.8861234},
             "defended": {"attack_auroc": 0.5198765, "attack_auroc_interval": {"low": 0.47, "high": 0.57},
                          "advantage": 0.039753, "tpr_at_fpr": 0.0101, "clean_auroc": 0.9051234},
-            "defence": {"max_depth": 3, "round_decimals": 2}, "applied": applied,
+            "defence": {"max_depth": 3, "round_significant": 2}, "applied": applied,
             "served": "defended" if applied else "undefended"},
     }
     return write_model_card(

@@ -17,7 +17,16 @@ import pytest
 from analytics.features import LABEL, FeatureContract
 from analytics.flow import step_evaluate, step_register, step_train
 from analytics.registry import ModelRegistry
-from analytics.train import SPLIT, Calibrator, assign_splits, choose_threshold, fit_calibrated, fit_local, matrix
+from analytics.train import (
+    SPLIT,
+    Calibrator,
+    assign_splits,
+    choose_threshold,
+    fit_calibrated,
+    fit_local,
+    matrix,
+    round_significant,
+)
 from bench.uci_heart import load_heart
 
 
@@ -39,10 +48,13 @@ def test_when_the_membership_defence_is_on_then_the_registered_model_is_regulari
     local, ring, run = t2d_run["settings"], t2d_run["provider"], t2d_run["run_dir"]
     assert local.analytics.membership_defence  # the default
     booster, bundle = _registered(local, ring, t2d_run["result"]["model_version"])
-    assert bundle["calibrator"]["params"]["decimals"] == [2.0]
+    assert bundle["calibrator"]["params"]["significant"] == [2.0]
     test = pd.read_parquet(run / "examples.parquet").query(f"{SPLIT} == 'test'")
     prob = _served(booster, bundle, test)
-    assert np.array_equal(prob, np.round(prob, 2)) and len(np.unique(prob)) > 5
+    assert np.array_equal(prob, round_significant(prob, 2)) and len(np.unique(prob)) > 5
+    # Significant figures keep a rare label's small probabilities apart: the threshold is not on a coarse grid
+    # that flags nearly everyone.
+    assert (prob >= bundle["threshold"]).mean() < 0.9
     params = bundle["params"]
     assert params["max_depth"] <= 3 and params["min_child_weight"] >= 10 and params["reg_lambda"] >= 10
     assert params["subsample"] <= 0.7 and params["colsample_bytree"] <= 0.7
@@ -91,9 +103,9 @@ def test_when_the_defence_is_off_and_augmentation_on_then_probabilities_are_unro
     step_evaluate(local, str(run))
     result = step_register(local, str(run), provider=ring, keep_examples=True)
     booster, bundle = _registered(local, ring, result["model_version"])
-    assert "decimals" not in bundle["calibrator"]["params"]
+    assert "significant" not in bundle["calibrator"]["params"]
     prob = _served(booster, bundle, before[before[SPLIT] == "test"])
-    assert not np.array_equal(prob, np.round(prob, 2))
+    assert not np.array_equal(prob, round_significant(prob, 2))
     params = bundle["params"]
     assert params["min_child_weight"] == 1.0 and params["subsample"] == 1.0 and "reg_lambda" not in params
     assert params["n_estimators"] == booster.num_boosted_rounds() == state["overrides"]["n_estimators"]

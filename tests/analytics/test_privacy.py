@@ -65,7 +65,7 @@ def test_when_the_defence_is_on_then_the_advantage_falls_and_the_clean_auroc_bar
     assert after < before / 2
     cost = np.mean([r["auroc_cost"] for r in reports])
     assert cost < 0.02
-    assert all(r["defence"]["round_decimals"] == MembershipDefence().round_decimals for r in reports)
+    assert all(r["defence"]["round_significant"] == MembershipDefence().round_significant for r in reports)
     assert all(0 < r["defended"]["rounds"] <= PARAMS["n_estimators"] for r in reports)
 
 
