@@ -115,7 +115,7 @@ def verify_step(settings: Settings) -> dict[str, Any]:
     needles = demo_identifiers(sources / "patients.csv")
     began = sources.stat().st_mtime - 60 if sources.exists() else None
     places: list[tuple[Path, float | None]] = [(settings.home, None)]
-    if not Path(lake.root).resolve().is_relative_to(settings.home.resolve()):
+    if settings.lake_is_local and not Path(lake.root).resolve().is_relative_to(settings.home.resolve()):
         places.append((Path(lake.root), None))
     if not SYSTEM_TEMP_DIR.resolve().is_relative_to(settings.home.resolve()):
         places.append((SYSTEM_TEMP_DIR, began))
@@ -126,11 +126,46 @@ def verify_step(settings: Settings) -> dict[str, Any]:
         scanned += count
         for path, kinds in hits.items():
             found.setdefault(path, set()).update(kinds)
+    if not settings.lake_is_local:
+        # The lake is not under any folder scanned above: read its objects through the store itself.
+        hits, count = scan_store_for_identifiers(settings, needles)
+        scanned += count
+        for path, kinds in hits.items():
+            found.setdefault(path, set()).update(kinds)
+    place_names = [str(root) for root, _ in places] + ([] if settings.lake_is_local else [str(settings.lake_root)])
     if found:
         named = "; ".join(f"{path} ({', '.join(sorted(kinds))})" for path, kinds in sorted(found.items())[:5])
         raise PlaintextLeakError(f"plaintext identifiers of the demo patients found in {len(found)} file(s): {named}")
     return {"audit": verified.summary(), "identifiers_checked": len(needles), "files_scanned": scanned,
-            "places": [str(root) for root, _ in places], "plaintext_found": 0}
+            "places": place_names, "plaintext_found": 0}
+
+
+def scan_store_for_identifiers(settings: Settings, needles: dict[bytes, str]) -> tuple[dict[str, set[str]], int]:
+    """:func:`scan_for_identifiers` for a lake on an object store: every object under the lake root, read through
+    the store (``settings.storage_options``), Parquet decoded too. Returns found kinds per object and the count."""
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+
+    from storage_security.backup._members import lake_fs
+
+    found: dict[str, set[str]] = {}
+    if not needles:
+        return found, 0
+    fs, base = lake_fs(settings)
+    finder = _Finder(set(needles))
+    scanned = 0
+    for info in fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True)):
+        if info.type != pafs.FileType.File:
+            continue
+        with fs.open_input_stream(info.path) as stream:
+            blob = stream.read()
+        hits = finder.find(blob)
+        if info.path.endswith(".parquet"):
+            hits |= finder.find(_parquet_text(pa.BufferReader(blob)))
+        scanned += 1
+        if hits:
+            found[f"{str(settings.lake_root).rstrip('/')}/{info.path.lstrip('/')}"] = {needles[n] for n in hits}
+    return found, scanned
 
 
 def demo_identifiers(patients_csv: Path, *, sample: int = _SAMPLE) -> dict[bytes, str]:
@@ -268,7 +303,7 @@ def _standalone(blob: bytes, start: int, length: int) -> bool:
     return not (before.isalnum() or after.isalnum())
 
 
-def _parquet_text(path: Path) -> bytes:
+def _parquet_text(path: Path | Any) -> bytes:
     import pyarrow as pa
     import pyarrow.parquet as pq
 

@@ -105,3 +105,25 @@ def test_when_a_shared_temp_folder_is_scanned_then_only_what_appeared_since_the_
     found, _ = scan_for_identifiers(shared, needles, since=time.time() - 60)
 
     assert found == {str(shared / "spark-1234" / "spill.bin"): {"full_name"}}
+
+
+@pytest.mark.integration
+def test_when_the_lake_is_on_an_object_store_then_its_objects_are_scanned_through_the_store(
+        tmp_path: Path, needles, s3_options: dict[str, str]) -> None:
+    from pipeline.lake import Lake, Zone
+    from pipeline.settings import load_settings
+    from storage_security.demo import scan_store_for_identifiers
+
+    settings = load_settings(home=tmp_path / "home", lake_root="s3://medguard-test/demo-scan/lake",
+                             storage_options=s3_options)
+    lake = Lake(settings)
+    lake.append(Zone.DEIDENTIFIED, "clean", pa.table({"age_band": ["40-44"], "note": ["no identifier here"]}))
+
+    clean, scanned = scan_store_for_identifiers(settings, needles)
+    lake.append(Zone.DEIDENTIFIED, "leaky", pa.table({"age_band": ["40-44"], "note": ["seen by Hannah Marshall"]}))
+    leaky, _ = scan_store_for_identifiers(settings, needles)
+
+    assert clean == {} and scanned >= 2  # a data file and its commit, read from the store
+    assert not (tmp_path / "home" / "lake").exists()
+    [(path, kinds)] = [(p, k) for p, k in leaky.items() if p.endswith(".parquet")]
+    assert path.startswith("s3://medguard-test/demo-scan/lake/deidentified/leaky/") and kinds == {"full_name"}
