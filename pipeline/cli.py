@@ -18,7 +18,7 @@ from rich.table import Table
 
 from pipeline.cli_support import JsonOption, MedguardGroup, emit, settings_from
 from pipeline.progress import ProgressBoard
-from pipeline.settings import get_settings, load_settings, private_home
+from pipeline.settings import CONFIG_ENV, get_settings, load_settings, private_home
 
 app = typer.Typer(
     name="medguard",
@@ -40,6 +40,8 @@ def _root(
     """Load settings once, before any command runs, so invalid settings fail at start-up."""
     if config:
         ctx.obj = load_settings(config)
+        # What this command starts (`airflow dags test` for each DAG run, `medguard serve`) reads the same file.
+        os.environ[CONFIG_ENV] = str(config.expanduser().resolve())
         private_home(ctx.obj)
     else:
         ctx.obj = get_settings()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -62,3 +63,24 @@ def test_when_settings_invalid_then_cli_fails_at_start_naming_the_setting(tmp_pa
 
 def test_when_usage_is_wrong_then_exit_status_is_2(tmp_path: Path) -> None:
     assert _run("generate", "--out", str(tmp_path), "--patients", "0").returncode == 2
+
+
+def test_when_config_is_given_then_what_the_command_starts_reads_the_same_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `medguard --config FILE demo` starts `airflow dags test` and `medguard serve` as subprocesses: they inherit
+    # the environment, so the file must be named there, not only loaded in this process.
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+    from pipeline.settings import CONFIG_ENV
+
+    monkeypatch.delenv(CONFIG_ENV, raising=False)
+    monkeypatch.setenv("MEDGUARD_HOME", str(tmp_path / "home"))
+    config = tmp_path / "medguard.yaml"
+    config.write_text("log_level: WARNING\n")
+    monkeypatch.chdir(tmp_path)
+
+    result = CliRunner().invoke(app, ["--config", "medguard.yaml", "endpoints", "list", "--json"])
+
+    assert result.exit_code == 0, result.output
+    assert os.environ[CONFIG_ENV] == str(config.resolve())
