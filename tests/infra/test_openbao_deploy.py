@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import ssl
 import subprocess
 import time
@@ -26,6 +25,7 @@ from typing import Any
 
 import hvac
 import pytest
+from _ports import free_ports
 
 from pipeline.airflow_support import task_settings
 from pipeline.settings import load_settings
@@ -48,17 +48,6 @@ class Deployed:
 
     def root(self) -> hvac.Client:
         return hvac.Client(url=self.addr, token=self.root_token, verify=str(self.secrets / "ca_cert"))
-
-
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for probe in sockets:
-            probe.bind(("127.0.0.1", 0))
-        return [int(probe.getsockname()[1]) for probe in sockets]
-    finally:
-        for probe in sockets:
-            probe.close()
 
 
 def _config(root: Path, secrets: Path, port: int, cluster: int) -> str:
@@ -87,7 +76,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     assert made.returncode == 0, made.stderr
     (root / "data").mkdir(mode=0o700)
     (root / "audit").mkdir(mode=0o700)
-    port, cluster = _free_ports(2)
+    port, cluster = free_ports(2)
     (root / "config.hcl").write_text(_config(root, secrets, port, cluster))
     addr = f"https://127.0.0.1:{port}"
     bao = bao_binary()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 import pyspark
 import pytest
 import yaml
+from _ports import free_ports
 
 pytestmark = pytest.mark.integration  # starts a Spark master, a worker and a driver as subprocesses
 
@@ -38,17 +38,6 @@ print("MASTER", spark.sparkContext.master)
 print("SUM", spark.range(1000).selectExpr("sum(id) AS s").collect()[0]["s"])
 stop_spark()
 """
-
-
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for probe in sockets:
-            probe.bind(("127.0.0.1", 0))
-        return [int(probe.getsockname()[1]) for probe in sockets]
-    finally:
-        for probe in sockets:
-            probe.close()
 
 
 def _compose_env(service: str) -> dict[str, str]:
@@ -73,7 +62,7 @@ def _alive_workers(ui: int) -> int | None:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int, Path]]:
     root = tmp_path_factory.mktemp("spark-auth")
     (root / "spark_auth_secret").write_text("compose-shared-secret-0123456789")
-    port, ui, worker_ui = _free_ports(3)
+    port, ui, worker_ui = free_ports(3)
     base = {"PATH": os.environ["PATH"], "HOME": str(root), "JAVA_HOME": os.environ.get("JAVA_HOME", ""),
             "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable, "SPARK_NO_DAEMONIZE": "true",
             "SPARK_LOG_DIR": str(root / "logs"), "AIRFLOW_ENTRYPOINT": "/usr/bin/env",
