@@ -96,7 +96,7 @@ def alert_on_failure(context: Mapping[str, Any]) -> None:
     try:
         from storage_security.audit.monitoring import record_task_failure
 
-        record_task_failure(task_settings(vault_connection=AUDITOR_CONNECTION), **facts)
+        record_task_failure(task_settings(), **facts)
     except Exception:  # the alert is best effort: Airflow has recorded the failure itself
         _LOG.exception("could not store the failure alert of %s.%s (run %s)", facts["dag_id"], facts["task_id"],
                        facts["run_id"])

@@ -276,10 +276,14 @@ def task_failure_alert(*, dag_id: str, task_id: str, run_id: str, try_number: in
 
 def record_task_failure(settings: Settings, *, dag_id: str, task_id: str, run_id: str, try_number: int,
                         error: str) -> Alert:
-    """Store :func:`task_failure_alert` at once (the DAGs' failure callback); storing it again stores nothing."""
+    """Store :func:`task_failure_alert` at once (the DAGs' failure callback); storing it again stores nothing.
+
+    Stored as the pipeline that failed (its role may make the audit signing key): a task can fail before anything
+    was audited on a new lake, and the auditor's role may only unwrap that key, never make it.
+    """
     alert = task_failure_alert(dag_id=dag_id, task_id=task_id, run_id=run_id, try_number=try_number, error=error,
                                at=datetime.now(UTC))
-    ActivityMonitor.from_settings(settings).store([alert])
+    ActivityMonitor.from_settings(settings, role=None).store([alert])
     return alert
 
 
