@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -291,3 +292,21 @@ def test_when_key_lifecycle_commands_run_on_the_local_openbao_then_data_stays_re
     assert verified.returncode == 0 and json.loads(verified.stdout)["ok"] is True
     actions = {str(record.event.action) for record in reader.audit.events()}
     assert {"encrypt", "key_rotate", "key_rewrap", "key_retire", "reencrypt", "key_shred", "decrypt"} <= actions
+
+
+@pytest.mark.integration
+def test_when_a_task_fails_on_a_new_lake_then_its_alert_is_stored_although_nothing_was_audited_before(
+        local: tuple[Settings, dict[str, Any]], tmp_path: Path) -> None:
+    from storage_security.audit.monitoring import ActivityMonitor, record_task_failure, task_failure_alert
+
+    settings = local[0].model_copy(update={"lake_root": str(tmp_path / "new-lake")})
+    facts = {"dag_id": "medguard_deidentify", "task_id": "check_raw", "run_id": "manual__1", "try_number": 1,
+             "error": "ValidationError"}
+    # The auditor's role may unwrap the audit signing key but not make the first one.
+    with pytest.raises(Exception, match=r"(?i)denied|forbidden|permission|403"):
+        ActivityMonitor.from_settings(settings).store([task_failure_alert(**facts, at=datetime.now(UTC))])
+
+    alert = record_task_failure(settings, **facts)
+
+    stored = ActivityMonitor.from_settings(settings).alerts()
+    assert [a["summary"] for a in stored] == [alert.summary] and "check_raw" in alert.summary
