@@ -194,9 +194,11 @@ def test_when_synthetic_extract_runs_then_sources_are_written(settings: Settings
 
 
 def test_when_synthetic_extract_gets_a_bad_population_size_then_the_run_is_failed(settings: Settings):
+    # No retries: a bad parameter fails every try alike, and each retry would wait retry_delay_seconds.
+    orchestration = settings.orchestration.model_copy(update={"task_retries": 0})
     result = run_dag(
         "medguard_synthetic_extract",
-        settings=settings,
+        settings=settings.model_copy(update={"orchestration": orchestration}),
         conf={"patients": -1, "seed": 4, "formats": "csv"},
     )
 
