@@ -143,7 +143,6 @@ def verify_step(settings: Settings) -> dict[str, Any]:
 def scan_store_for_identifiers(settings: Settings, needles: dict[bytes, str]) -> tuple[dict[str, set[str]], int]:
     """:func:`scan_for_identifiers` for a lake on an object store: every object under the lake root, read through
     the store (``settings.storage_options``), Parquet decoded too. Returns found kinds per object and the count."""
-    import pyarrow as pa
     import pyarrow.fs as pafs
 
     from storage_security.backup._members import lake_fs
@@ -153,15 +152,16 @@ def scan_store_for_identifiers(settings: Settings, needles: dict[bytes, str]) ->
         return found, 0
     fs, base = lake_fs(settings)
     finder = _Finder(set(needles))
+    overlap = max(len(n) for n in needles) + 1
     scanned = 0
     for info in fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True)):
         if info.type != pafs.FileType.File:
             continue
         with fs.open_input_stream(info.path) as stream:
-            blob = stream.read()
-        hits = finder.find(blob)
+            hits = _find_in_stream(finder, stream, overlap)
         if info.path.endswith(".parquet"):
-            hits |= finder.find(_parquet_text(pa.BufferReader(blob)))
+            with fs.open_input_file(info.path) as handle:
+                hits |= finder.find(_parquet_text(handle))
         scanned += 1
         if hits:
             found[f"{str(settings.lake_root).rstrip('/')}/{info.path.lstrip('/')}"] = {needles[n] for n in hits}
@@ -249,15 +249,19 @@ def _newer(path: Path, since: float) -> bool:
 
 
 def _find_in_file(finder: _Finder, path: Path, overlap: int) -> set[bytes]:
-    """The needles in a file read in pieces (the finder holds 8 bytes per byte searched), each piece starting with
-    the end of the one before so no match is cut in two."""
-    found: set[bytes] = set()
     with path.open("rb") as handle:
-        tail = b""
-        while piece := handle.read(_PIECE_BYTES):
-            blob = tail + piece
-            found |= finder.find(blob)
-            tail = blob[-overlap:]
+        return _find_in_stream(finder, handle, overlap)
+
+
+def _find_in_stream(finder: _Finder, handle: Any, overlap: int) -> set[bytes]:
+    """The needles in a binary stream read in pieces (the finder holds 8 bytes per byte searched), each piece
+    starting with the end of the one before so no match is cut in two."""
+    found: set[bytes] = set()
+    tail = b""
+    while piece := handle.read(_PIECE_BYTES):
+        blob = tail + bytes(piece)
+        found |= finder.find(blob)
+        tail = blob[-overlap:]
     return found
 
 
