@@ -15,10 +15,8 @@ this home, and gathers the steps' headline facts: the one-page summary ``medguar
 from __future__ import annotations
 
 import re
-import sqlite3
 import time
 from collections.abc import Callable, Mapping
-from contextlib import closing
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -95,13 +93,12 @@ def run_dag_step(settings: Settings, dag_id: str, conf: Mapping[str, Any] | None
     Raises:
         OrchestrationError: the run did not succeed; one line naming the DAG, the run, the failed tasks and the log.
     """
-    from pipeline.orchestration import run_dag
+    from pipeline.orchestration import failed_tasks, run_dag
 
     result = run_dag(dag_id, settings=settings, conf=conf, timeout=DAG_TIMEOUT)
-    home = _airflow_home(settings)
-    log = _keep_log(home, dag_id, result.run_id, result.output)
+    log = _keep_log(Path(settings.airflow_home), dag_id, result.run_id, result.output)
     if result.state != "success":
-        failed = _failed_tasks(home, dag_id, result.run_id) if result.run_id else []
+        failed = failed_tasks(settings, dag_id, result.run_id) if result.run_id else []
         where = f"at task {', '.join(failed)}" if failed else "before any task failed"
         raise OrchestrationError(f"DAG {dag_id} run {result.run_id or '(none created)'} failed {where}; "
                                  f"log: {log}")
@@ -111,6 +108,8 @@ def run_dag_step(settings: Settings, dag_id: str, conf: Mapping[str, Any] | None
 def closing_summary(settings: Settings, report: DemoReport) -> dict[str, Any]:
     """The one page the demo ends with: rows per zone (read from the lake), every Airflow run of this home and
     its state (read from the metadata DB), and each step's headline facts (its result's ``summary``)."""
+    from pipeline.orchestration import dag_runs
+
     lake = Lake(settings)
     zones = {zone.value: {table: table_rows(lake, zone, table) for table in lake.tables(zone)} for zone in Zone}
     facts: dict[str, Any] = {}
@@ -118,25 +117,12 @@ def closing_summary(settings: Settings, report: DemoReport) -> dict[str, Any]:
         if isinstance(result, dict) and isinstance(result.get("summary"), dict):
             facts.update(result["summary"])
     return {"home": str(settings.home), "rows_per_zone": {z: t for z, t in zones.items() if t},
-            "airflow_runs": airflow_runs(settings), **facts}
+            "airflow_runs": dag_runs(settings), **facts}
 
 
 def table_rows(lake: Lake, zone: Zone | str, table: str) -> int:
     """The rows of a lake table's current version (one column read, never decrypted)."""
     return lake.read_arrow(zone, table, columns=lake.schema(zone, table).names[:1]).num_rows
-
-
-def airflow_runs(settings: Settings) -> list[dict[str, Any]]:
-    """Every DAG run recorded in this home's Airflow metadata DB, oldest first (none before the first run)."""
-    home = _airflow_home(settings)
-    if not (home / "airflow.db").is_file():
-        return []
-    rows = _query(home, "SELECT dag_id, run_id, state, start_date, end_date FROM dag_run ORDER BY id", ())
-    return [{"dag_id": r[0], "run_id": r[1], "state": r[2], "start_date": r[3], "end_date": r[4]} for r in rows]
-
-
-def _airflow_home(settings: Settings) -> Path:
-    return Path(settings.airflow_home or settings.home / "airflow").expanduser().resolve()
 
 
 def _keep_log(home: Path, dag_id: str, run_id: str | None, output: str) -> Path:
@@ -149,15 +135,3 @@ def _keep_log(home: Path, dag_id: str, run_id: str | None, output: str) -> Path:
     return path
 
 
-def _failed_tasks(home: Path, dag_id: str, run_id: str) -> list[str]:
-    rows = _query(home, "SELECT task_id FROM task_instance WHERE dag_id = ? AND run_id = ? AND state = 'failed' "
-                        "ORDER BY task_id", (dag_id, run_id))
-    return [r[0] for r in rows]
-
-
-def _query(home: Path, sql: str, parameters: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-    try:
-        with closing(sqlite3.connect(f"{(home / 'airflow.db').as_uri()}?mode=ro", uri=True)) as connection:
-            return connection.execute(sql, parameters).fetchall()
-    except sqlite3.Error as exc:
-        raise OrchestrationError(f"cannot read the Airflow metadata DB in {home}: {exc}") from exc

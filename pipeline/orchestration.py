@@ -29,7 +29,7 @@ from typing import Any, Literal
 from pipeline.errors import OrchestrationError
 from pipeline.settings import CONFIG_ENV, Settings, get_settings
 
-__all__ = ["DAGS_FOLDER", "DagRunResult", "airflow_env", "run_dag", "worker_count"]
+__all__ = ["DAGS_FOLDER", "DagRunResult", "airflow_env", "dag_runs", "failed_tasks", "run_dag", "worker_count"]
 
 DAGS_FOLDER: Path = Path(__file__).resolve().parents[1] / "dags"
 """The repository's ``dags/`` directory: the DAG files Airflow parses."""
@@ -253,26 +253,42 @@ def _run(command: list[str], env: dict[str, str], *, cwd: Path, timeout: float) 
     return process.returncode, output
 
 
-def _query(airflow_home: Path, sql: str, parameters: tuple[Any, ...]) -> tuple[Any, ...] | None:
+def dag_runs(settings: Settings) -> list[dict[str, Any]]:
+    """Every DAG run recorded in the settings' Airflow metadata DB, oldest first (none before the first run)."""
+    airflow_home = _airflow_home(settings)
+    if not (airflow_home / _DB_FILE).is_file():
+        return []
+    rows = _query(airflow_home, "SELECT dag_id, run_id, state, start_date, end_date FROM dag_run ORDER BY id", ())
+    return [{"dag_id": r[0], "run_id": r[1], "state": r[2], "start_date": r[3], "end_date": r[4]} for r in rows]
+
+
+def failed_tasks(settings: Settings, dag_id: str, run_id: str) -> list[str]:
+    """The task ids of a DAG run whose state is ``failed``, in name order."""
+    rows = _query(_airflow_home(settings), "SELECT task_id FROM task_instance WHERE dag_id = ? AND run_id = ? "
+                  "AND state = 'failed' ORDER BY task_id", (dag_id, run_id))
+    return [r[0] for r in rows]
+
+
+def _query(airflow_home: Path, sql: str, parameters: tuple[Any, ...]) -> list[tuple[Any, ...]]:
     uri = f"{(airflow_home / _DB_FILE).as_uri()}?mode=ro"
     try:
         with closing(sqlite3.connect(uri, uri=True)) as connection:
-            return connection.execute(sql, parameters).fetchone()
+            return connection.execute(sql, parameters).fetchall()
     except sqlite3.Error as exc:
         raise OrchestrationError(f"cannot read the Airflow metadata DB in {airflow_home}: {exc}") from exc
 
 
 def _last_run_pk(airflow_home: Path, dag_id: str) -> int:
-    row = _query(airflow_home, "SELECT MAX(id) FROM dag_run WHERE dag_id = ?", (dag_id,))
-    return row[0] if row and row[0] is not None else 0
+    rows = _query(airflow_home, "SELECT MAX(id) FROM dag_run WHERE dag_id = ?", (dag_id,))
+    return rows[0][0] if rows and rows[0][0] is not None else 0
 
 
 def _run_since(airflow_home: Path, dag_id: str, last_before: int) -> tuple[str | None, str | None]:
     # The run this call created is the newest run of the DAG added since; runs of the same DAG in the same
     # Airflow home at the same time are not told apart.
-    row = _query(
+    rows = _query(
         airflow_home,
         "SELECT run_id, state FROM dag_run WHERE dag_id = ? AND id > ? ORDER BY id DESC LIMIT 1",
         (dag_id, last_before),
     )
-    return (row[0], row[1]) if row else (None, None)
+    return (rows[0][0], rows[0][1]) if rows else (None, None)

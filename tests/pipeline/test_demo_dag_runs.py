@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from test_file_modes import _open_to_others
 
-from pipeline.demo import airflow_runs, run_dag_step
+from pipeline.demo import run_dag_step
 from pipeline.errors import OrchestrationError
+from pipeline.orchestration import dag_runs
 from pipeline.settings import load_settings
 
 pytestmark = pytest.mark.e2e  # real `airflow dags test` subprocesses
@@ -47,7 +48,7 @@ def test_when_a_dag_run_fails_then_one_line_names_the_dag_the_failed_task_and_it
     assert log.is_relative_to(tmp_path / "airflow" / "logs") and stat.S_IMODE(log.stat().st_mode) == 0o600
     assert "holds no table" in log.read_text()
     # The metadata DB the closing summary reads holds the failed run, under the run id the message named.
-    assert [(r["dag_id"], r["run_id"], r["state"]) for r in airflow_runs(settings)] == [
+    assert [(r["dag_id"], r["run_id"], r["state"]) for r in dag_runs(settings)] == [
         ("medguard_deidentify", found.group(1), "failed")]
 
 
