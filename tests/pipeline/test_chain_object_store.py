@@ -71,6 +71,14 @@ def test_when_the_lake_is_on_s3_then_every_layer_runs_on_it_and_nothing_of_it_is
     ingested = ingest_extract(settings, source="tabular", sources_dir=sources, tabular_format="parquet")
     published = publish_raw_zone(settings=settings)
     trained = train_pipeline(settings, "outcomes", "t2d_within_1y", config_path=str(T2D_CONFIG), overrides=SMALL)
+    # At 600 patients the test split holds a handful of positives and the keyed pseudonyms change it from run to run:
+    # the candidate clears even these floors in most runs, not all (CI saw one stay a candidate). The store is under
+    # test here, not the model: a candidate left unpromoted is promoted as an operator would, through the command,
+    # whose signed index and audit event then live on the store too.
+    assert trained["promotion"]["decision"] in {"promoted", "candidate"}, trained["promotion"]
+    if trained["promotion"]["current"] != trained["model_version"]:
+        assert trained["promotion"]["reasons"], trained["promotion"]
+        _medguard(env, "models", "promote", trained["model_version"], "--force", "--reason", "store test")
     diagnosed = diagnose(settings, "outcomes")
 
     tables = ["conditions", "encounters", "medications", "observations", "outcomes", "patients"]
@@ -82,7 +90,7 @@ def test_when_the_lake_is_on_s3_then_every_layer_runs_on_it_and_nothing_of_it_is
     accepted = ingested["tables"]["patients"]["accepted"]
     # A record the extract repeats is accepted twice and loaded once.
     assert 0.9 * PATIENTS < lake.read_arrow(Zone.RAW, "patients", columns=["patient_id"]).num_rows <= accepted
-    assert trained["promotion"]["current"] == trained["model_version"], trained["promotion"]
+    assert diagnosed["model_version"] == trained["model_version"]
     scored = lake.read_arrow(Zone.PREDICTIONS, "diagnoses", columns=["patient_pseudonym", "model_version"])
     assert scored.num_rows == lake.read_arrow(Zone.DEIDENTIFIED, "outcomes").num_rows > 100
     assert set(scored.column("model_version").to_pylist()) == {diagnosed["model_version"]}
