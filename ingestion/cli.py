@@ -36,7 +36,8 @@ def ingest(
     path: Annotated[Path, typer.Option("--path", help="Extract file, or a directory of FHIR/HL7/C-CDA files.")],
     source: Annotated[str | None, typer.Option(
         "--source", help="tabular, fhir, hl7, ccda or notes (required unless --locate).")] = None,
-    table: Annotated[str | None, typer.Option("--table", help="Table of a tabular extract (default: file stem).")]
+    table: Annotated[str | None, typer.Option(
+        "--table", help="Table of a tabular extract (required unless the file stem is a known table or contract).")]
     = None,
     contract: Annotated[Path | None, typer.Option("--contract", help="Contract YAML; inferred when omitted.")]
     = None,
@@ -60,6 +61,8 @@ def ingest(
         return
     if source is None:
         raise ValueError("--source is required (tabular, fhir, hl7, ccda or notes)")
+    if source == "tabular" and table is None and contract is None:
+        table = known_table(settings_from(ctx), path)
 
     with ProgressBoard() as board:
         tables = board.callback("ingest")
@@ -124,6 +127,29 @@ def _parquet_rows(path: Path) -> int | None:
         return None
 
 
+def known_table(settings: Any, path: Path) -> str:
+    """The table a file's stem names, when it is a conformed table, a contract in ``$MEDGUARD_HOME/contracts`` or a
+    raw table already in the lake.
+
+    A file name can name a patient ("john_smith_labs.csv") and a table name becomes a lake path, a contract file and
+    audit detail, so no other stem is taken as a table name.
+
+    Raises:
+        ValueError: the stem names no known table (the message does not repeat it).
+    """
+    from ingestion.batch import _table_from_path
+    from ingestion.contract import CONFORMED_TABLES
+    from pipeline.lake import Lake
+
+    name = _table_from_path(path)
+    folder = settings.home / "contracts"
+    drafts = {p.name.split(".")[0] for p in folder.glob("*.yaml")} if folder.is_dir() else set()
+    if name in CONFORMED_TABLES or name in drafts or name in Lake(settings).tables("raw"):
+        return name
+    raise ValueError("the file name is not a known table or contract name and is never used as one (file names can "
+                     "name patients): pass --table NAME")
+
+
 def _short(text: str, limit: int = 160) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " …"
@@ -133,17 +159,17 @@ def _short(text: str, limit: int = 160) -> str:
 def infer(
     ctx: typer.Context,
     path: Annotated[Path, typer.Argument(help="A CSV, Parquet or JSON-lines extract.")],
-    table: Annotated[str | None, typer.Option("--table", help="Table name (default: file stem).")] = None,
+    table: Annotated[str | None, typer.Option(
+        "--table", help="Table name (required unless the file stem is a known table or contract).")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Draft a data contract from an extract (types, ranges, enumerations, PHI columns) and save it for review."""
-    from ingestion.batch import _table_from_path
     from ingestion.infer import infer_contract, save_draft
 
     settings = settings_from(ctx)
     if not path.is_file():
         raise ValueError(f"{path} is not a file")
-    draft = infer_contract(path, table=table or _table_from_path(path),
+    draft = infer_contract(path, table=table or known_table(settings, path),
                            sample_rows=settings.ingestion.infer_sample_rows,
                            max_columns=settings.ingestion.max_columns,
                            max_record_bytes=settings.ingestion.max_record_bytes)

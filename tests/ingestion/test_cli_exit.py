@@ -77,7 +77,7 @@ def test_when_a_parquet_extract_is_ingested_then_progress_knows_its_row_count_fr
     extract = lake_env / "heart_failure.parquet"
     pd.read_csv(HEART_FAILURE, thousands=",").to_parquet(extract)
 
-    result = _ingest("--path", str(extract), "--json")
+    result = _ingest("--path", str(extract), "--table", "heart_failure", "--json")
 
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["tables"]["heart_failure"]["accepted"] == 299

@@ -178,13 +178,15 @@ def test_when_a_research_csv_is_ingested_from_the_command_line_then_it_loads_and
 
     monkeypatch.setenv("MEDGUARD_LAKE_ROOT", str(tmp_path / "lake"))
     runner = CliRunner()
-    result = runner.invoke(app, ["ingest", "--source", "tabular", "--path", str(HEART_FAILURE), "--json"])
+    result = runner.invoke(app, ["ingest", "--source", "tabular", "--path", str(HEART_FAILURE), "--table",
+                                 "heart_failure_clinical_records_dataset", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["tables"] == {
         "heart_failure_clinical_records_dataset": {"in": 299, "accepted": 299, "quarantined": 0}}
     wide = tmp_path / "wide.csv"
     wide.write_text(",".join(f"c{i}" for i in range(3_000)) + "\n" + ",".join("1" * 3_000) + "\n")
-    for command in (["ingest", "--source", "tabular", "--path", str(wide)], ["contract", "infer", str(wide)]):
+    for command in (["ingest", "--source", "tabular", "--path", str(wide), "--table", "wide"],
+                    ["contract", "infer", str(wide), "--table", "wide"]):
         refused = runner.invoke(app, command)
         assert refused.exit_code != 0
         assert "3,000 columns, over the limit of 2,000" in refused.output and "Traceback" not in refused.output

@@ -35,7 +35,8 @@ def test_when_ingest_runs_from_the_command_line_then_json_reports_counts(tmp_pat
     extract = tmp_path / "visits.csv"
     extract.write_text("visit_id,person_id,phone,score\nV1,A1,503-555-0101,3.5\nV2,A2,503-555-0102,4.0\n")
     runner = CliRunner()
-    result = runner.invoke(app, ["ingest", "--source", "tabular", "--path", str(extract), "--json"])
+    result = runner.invoke(app, ["ingest", "--source", "tabular", "--path", str(extract), "--table", "visits",
+                                 "--json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert out["tables"] == {"visits": {"in": 2, "accepted": 2, "quarantined": 0}}

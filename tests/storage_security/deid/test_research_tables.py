@@ -50,7 +50,7 @@ def research_home(tmp_path, keyring_env, monkeypatch):
 def test_when_a_research_csv_is_ingested_published_and_trained_from_the_cli_then_each_step_succeeds(
         research_home, csv, table, label, rows, id_column):
     home, extracts = research_home
-    ingested = _medguard("ingest", "--source", "tabular", "--path", str(extracts / csv))
+    ingested = _medguard("ingest", "--source", "tabular", "--path", str(extracts / csv), "--table", table)
     assert ingested.returncode == 0, ingested.stderr
     assert (home / "contracts" / f"{table}.draft.yaml").exists()  # no contract given: one was drafted
 
