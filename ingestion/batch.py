@@ -52,10 +52,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ingestion.checking import CheckedTable, CheckPipeline, HashKey, record_hash_key, record_hashes, worker_count
+from ingestion.checking import (
+    CheckedTable,
+    CheckPipeline,
+    HashKey,
+    hash_prefixes,
+    record_hash_array,
+    record_hash_key,
+    worker_count,
+)
 from ingestion.contract import CONFORMED_TABLES, Contract, builtin_contract, load_contract, with_defaults
 from ingestion.identity import IDENTITY_COLUMN, IdentityCheck, conflict_reason, held_record_reason
 from ingestion.identity import RULE as IDENTITY_RULE
@@ -281,8 +290,9 @@ class _Dedup:
     """First accepted row wins per key; exact copies are duplicates, different rows with a taken key conflict.
 
     Everything is vectorised over the chunk (numpy): each row is reduced to a 64-bit fingerprint of what
-    identifies it (a keyed BLAKE2b of its key under a random per-batch secret that never leaves memory, or, for
-    a table without a key, its record hash, itself keyed) and 64 bits of its record hash. Within a chunk the
+    identifies it (SipHash-2-4 of its key, through pandas' ``hash_array``, under a random per-batch secret
+    that never leaves memory: a keyed hash built against chosen collisions; for a table without a key, its
+    record hash, itself keyed) and 64 bits of its record hash. Within a chunk the
     first occurrence of a fingerprint wins (a stable sort); across chunks the batch's seen fingerprints are kept
     in memory as sorted runs (merged like a binary counter, so a lookup is a few ``searchsorted`` calls),
     16 bytes a row: 53 MB for the 3.3 million observations of 100,000 patients. Nothing is written to disk, and
@@ -296,33 +306,28 @@ class _Dedup:
     def __init__(self) -> None:
         import secrets
 
-        self._salt = secrets.token_bytes(32)
+        self._salt = secrets.token_hex(8)  # SipHash's 16-byte key, as pandas takes it
         self._runs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
 
     def close(self) -> None:
         self._runs.clear()
 
-    def verdicts(self, table: str, keys: list[str | None] | None, record_hashes: list[str]) -> np.ndarray:
+    def verdicts(self, table: str, keys: pa.Array | None, record_hashes: pa.Array) -> np.ndarray:
         """``NEW``, ``DUPLICATE`` or ``CONFLICT`` for each row, in order, against everything seen before."""
         count = len(record_hashes)
         out = np.zeros(count, dtype=np.int8)
         if not count:
             return out
-        hexes = np.frombuffer(b"".join(h[:16].encode() for h in record_hashes), dtype=np.uint8).reshape(count, 16)
-        nibbles = np.where(hexes >= ord("a"), hexes - ord("a") + 10, hexes - ord("0")).astype(np.uint64)
-        content = np.zeros(count, dtype=np.uint64)
-        for position in range(16):
-            content = (content << np.uint64(4)) | nibbles[:, position]
+        content = hash_prefixes(record_hashes)
         if keys is None:
             fingerprints = content.copy()
         else:
-            prefix = f"{table}\0".encode()
-            salt = self._salt
             # A row without a key value is identified by its content (its key column failed required anyway).
-            fingerprints = np.frombuffer(b"".join(
-                hashlib.blake2b(prefix + k.encode(), key=salt, digest_size=8).digest() if k is not None
-                else hashlib.blake2b(b"h" + h.encode(), key=salt, digest_size=8).digest()
-                for k, h in zip(keys, record_hashes, strict=True)), dtype=np.uint64).copy()
+            values = keys.to_numpy(zero_copy_only=False)
+            missing = np.flatnonzero(pc.is_null(keys).to_numpy(zero_copy_only=False))
+            if len(missing):
+                values[missing] = ["\0" + h for h in record_hashes.take(pa.array(missing)).to_pylist()]
+            fingerprints = pd.util.hash_array(values, hash_key=self._salt, categorize=False)
         # Within the chunk: the first occurrence of each fingerprint stands for it.
         order = np.argsort(fingerprints, kind="stable")
         ordered = fingerprints[order]
@@ -366,7 +371,7 @@ def _per_patient_key(contract: Contract) -> bool:
             and contract.key != contract.patient_column)
 
 
-def _dedup_keys(contract: Contract, checked: CheckedTable, rows: np.ndarray) -> list[str | None] | None:
+def _dedup_keys(contract: Contract, checked: CheckedTable, rows: np.ndarray) -> pa.Array | None:
     """What identifies each offered row to the dedup: its key, within its patient for a patient's record.
 
     Source ids of child records are unique only within the system that issued them; two vendors' documents
@@ -378,10 +383,10 @@ def _dedup_keys(contract: Contract, checked: CheckedTable, rows: np.ndarray) -> 
     taken = pa.array(rows, pa.int64())
     keys = checked.keys.take(taken)
     if not _per_patient_key(contract) or checked.patients is None:
-        return keys.to_pylist()
+        return keys
     patients = checked.patients.take(taken)
     joined = pc.binary_join_element_wise(pc.fill_null(patients, ""), keys, "\x1f")
-    return pc.if_else(pc.is_null(keys), pa.scalar(None, pa.string()), joined).to_pylist()
+    return pc.if_else(pc.is_null(keys), pa.scalar(None, pa.string()), joined)
 
 
 _HELD = 3  # a verdict of its own: the row was held by the identity check and never offered to the dedup
@@ -482,7 +487,7 @@ class _Batch:
         violations = result.violations
         hashes = checked.hashes
         if hashes is None:  # checked where no hash key was installed (see check_table): hash here
-            hashes = record_hashes(table, checked.typed, self.hash_key)
+            hashes = record_hash_array(table, checked.typed, self.hash_key)
         identities, held = self._identity_step(contract, checked)
         for position, message in held.items():
             violations[checked.candidates[position]] = [(IDENTITY_RULE, message)]
@@ -491,7 +496,7 @@ class _Batch:
         candidate_keys = _dedup_keys(contract, checked, np.asarray(checked.candidates, dtype=np.int64)[offered])
         verdicts = np.full(len(hashes), _HELD, dtype=np.int8)
         verdicts[offered] = self.dedup.verdicts(table, candidate_keys,
-                                                hashes if not held else [hashes[i] for i in offered.tolist()])
+                                                hashes if not held else hashes.take(pa.array(offered)))
         counts.duplicates += int((verdicts == _Dedup.DUPLICATE).sum())
         counts.accepted += int(((verdicts == _Dedup.NEW) | (verdicts == _Dedup.DUPLICATE)).sum())
         for position in np.flatnonzero(verdicts == _Dedup.CONFLICT).tolist():
@@ -517,9 +522,9 @@ class _Batch:
         if not len(keep):
             return None, quarantined
         if len(keep) == checked.typed.num_rows:
-            return self._raw_table(contract, checked.typed, pa.array(hashes, pa.string()), identities), quarantined
+            return self._raw_table(contract, checked.typed, hashes, identities), quarantined
         taken = pa.array(keep, pa.int64())
-        return (self._raw_table(contract, checked.typed.take(taken), pa.array(hashes, pa.string()).take(taken),
+        return (self._raw_table(contract, checked.typed.take(taken), hashes.take(taken),
                                 identities.take(taken) if identities is not None else None),
                 quarantined)
 

@@ -36,8 +36,8 @@ from ingestion.sources._base import SourceChunk, TableRows
 from ingestion.validate import ChunkResult, ChunkValidator, conform
 from pipeline.settings import Settings
 
-__all__ = ["CheckPipeline", "CheckedTable", "HashKey", "check_chunk", "check_table", "install_hash_key",
-           "record_hash_key", "record_hashes", "worker_count"]
+__all__ = ["CheckPipeline", "CheckedTable", "HashKey", "check_chunk", "check_table", "hash_prefixes",
+           "install_hash_key", "record_hash_array", "record_hash_key", "record_hashes", "worker_count"]
 
 
 @dataclass(frozen=True)
@@ -89,21 +89,23 @@ class CheckedTable:
     result: ChunkResult
     candidates: list[int]
     typed: pa.Table
-    hashes: list[str] | None
+    hashes: pa.StringArray | None
     patients: pa.Array | None = None
     keys: pa.Array | None = None
 
 
-def record_hashes(table: str, data: pa.Table, key: HashKey) -> list[str]:
-    """HMAC-SHA256, under ``key``, of the table name and each row's typed values (its content, not provenance).
+def record_hash_array(table: str, data: pa.Table, key: HashKey) -> pa.StringArray:
+    """HMAC-SHA256, under ``key``, of the table name and each row's typed values (its content, not provenance),
+    as 64 lowercase hex digits per row.
 
     Each value is written as its text with its length in front (``5:hello``), a null as ``\\0``, so no two
     different rows share an encoding; the text of a value is Arrow's cast to string of the contract's type,
-    the same whatever format the row arrived in. The encoding is built column-wise in Arrow; only the MAC
-    itself is one call per row.
+    the same whatever format the row arrived in. The encoding is built column-wise in Arrow and the hex column
+    from one buffer; only the MAC itself is one call per row.
     """
-    if data.num_rows == 0:
-        return []
+    count = data.num_rows
+    if count == 0:
+        return pa.array([], pa.string())
     parts = []
     for column in data.itercolumns():
         text = column if column.type == pa.string() else pc.cast(column, pa.string())
@@ -111,11 +113,40 @@ def record_hashes(table: str, data: pa.Table, key: HashKey) -> list[str]:
         parts.append(pc.fill_null(framed, "\0"))
     encoded = pc.binary_join_element_wise(*parts, "").cast(pa.binary()).to_pylist()
     base = hmac.new(key.secret, json.dumps(table).encode() + b"\0", hashlib.sha256)
-    out = []
+    digests = []
+    copy, append = base.copy, digests.append
     for row in encoded:
-        mac = base.copy()
+        mac = copy()
         mac.update(row)
-        out.append(mac.hexdigest())
+        append(mac.digest())
+    text = b"".join(digests).hex().encode()
+    offsets = np.arange(0, _HEX_DIGITS * (count + 1), _HEX_DIGITS, dtype=np.int32)
+    return pa.StringArray.from_buffers(count, pa.py_buffer(offsets), pa.py_buffer(text))
+
+
+_HEX_DIGITS = 2 * hashlib.sha256().digest_size
+
+
+def record_hashes(table: str, data: pa.Table, key: HashKey) -> list[str]:
+    """:func:`record_hash_array` as a list of hex strings."""
+    return record_hash_array(table, data, key).to_pylist()
+
+
+def hash_prefixes(hashes: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """The first 64 bits of each record hash of :func:`record_hash_array` (hex, no nulls), as ``uint64``."""
+    heads = pc.utf8_slice_codeunits(hashes, 0, 16)
+    if isinstance(heads, pa.ChunkedArray):
+        heads = heads.combine_chunks()
+    count = len(heads)
+    if heads.null_count or pc.any(pc.not_equal(pc.binary_length(heads), 16)).as_py():
+        raise ValueError("record hashes must be 64 hex digits")
+    data = np.frombuffer(heads.buffers()[2], dtype=np.uint8,
+                         count=16 * count, offset=int(np.frombuffer(heads.buffers()[1], np.int32)[heads.offset]))
+    digits = data.reshape(count, 16)
+    nibbles = np.where(digits >= ord("a"), digits - ord("a") + 10, digits - ord("0")).astype(np.uint64)
+    out = np.zeros(count, dtype=np.uint64)
+    for position in range(16):
+        out = (out << np.uint64(4)) | nibbles[:, position]
     return out
 
 
@@ -153,7 +184,7 @@ def check_table(contract: Contract, rows: TableRows, hash_key: HashKey | None = 
         keep[np.fromiter(violations, dtype=np.int64, count=len(violations))] = False
     typed = data.filter(pa.array(keep)) if violations else data
     key = hash_key if hash_key is not None else (_INSTALLED[0] if _INSTALLED else None)
-    hashes = record_hashes(contract.table, typed, key) if key is not None else None
+    hashes = record_hash_array(contract.table, typed, key) if key is not None else None
     return CheckedTable(result, np.flatnonzero(keep).tolist(), typed, hashes,
                         _as_text(data, contract.patient_column), _as_text(data, contract.key))
 

@@ -94,16 +94,23 @@ class SourceChunk:
         return sum(len(t) for t in self.tables.values()) + len(self.rejected)
 
 
+# Records per chunk, at most, for readers that build a Python record per row (FHIR, HL7 v2, C-CDA, notes, CSV and
+# JSON lines): a record costs a kilobyte or more of objects while it is checked, where an Arrow row of a Parquet
+# extract costs its bytes. ``ingestion.chunk_rows`` above this only makes Arrow chunks larger.
+RECORD_CHUNK_ROWS = 50_000
+
+
 class Chunker:
     """Cuts a reader's records into chunks: the reader fills :attr:`chunk`, and takes each chunk that is done.
 
     ``per_record`` names the table whose ``units`` are the records themselves (a tabular line, a note file);
-    readers whose units are bundles or messages count them into ``chunk.units`` as they go instead.
+    readers whose units are bundles or messages count them into ``chunk.units`` as they go instead. A chunk
+    holds ``chunk_rows`` records, at most :data:`RECORD_CHUNK_ROWS`.
     """
 
     def __init__(self, chunk_rows: int, *, per_record: str | None = None) -> None:
         self.chunk = SourceChunk(0)
-        self._rows = chunk_rows
+        self._rows = min(chunk_rows, RECORD_CHUNK_ROWS)
         self._per_record = per_record
 
     def full(self) -> Iterator[SourceChunk]:

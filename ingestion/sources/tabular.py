@@ -57,9 +57,11 @@ _FORMATS = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet
 # learning repository (?) write. Matched exactly, case and all: "Na" (sodium) and "none" stay values.
 MISSING = frozenset({"", "?", "NA", "N/A", "n/a", "#N/A", "NULL", "null", "NaN", "nan"})
 ROW_COLUMN = "source_row"
-# Values per chunk: 50,000 rows of a 20-column extract; a 2,000-column table gets 500 rows a chunk. About 300 bytes
-# a value while a chunk is checked and sealed, two chunks in flight: some 600 MB at most, whatever the width.
-CELLS_PER_CHUNK = 1_000_000
+# Values per chunk of a Parquet extract: 200,000 rows of a 15-column table; a 2,000-column table gets 1,500 rows a
+# chunk. Fixed costs per chunk (a Delta commit per zone, audit events, key look-ups) made 50,000-row chunks of
+# observations 10-15 % slower at 100,000 patients. Measured at about 100 bytes a value while a chunk is checked and
+# sealed (see bench/ingest_bench.py's peak memory). CSV and JSON lines are also cut at RECORD_CHUNK_ROWS records.
+CELLS_PER_CHUNK = 3_000_000
 _NAME_MAX = 63
 _CACHED_NAME = 256
 _UNSAFE = re.compile(r"[^a-z0-9]+")

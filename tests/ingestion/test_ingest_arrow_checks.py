@@ -149,14 +149,19 @@ def test_when_keys_repeat_within_and_across_chunks_then_the_verdicts_equal_a_fir
     got: list[int] = []
     start = 0
     for size in (1, 7, 500, 13, 1_000, 1_479):
-        got += dedup.verdicts("t", keys[start:start + size], hashes[start:start + size]).tolist()
+        got += dedup.verdicts("t", pa.array(keys[start:start + size]), pa.array(hashes[start:start + size])).tolist()
         start += size
     assert start == len(keys)
     assert got == _reference(keys, contents)
     # Without a key column, the record hash is the identity: repeats are duplicates, never conflicts.
-    unkeyed = _Dedup().verdicts("u", None, hashes)
+    unkeyed = _Dedup().verdicts("u", None, pa.array(hashes))
     assert set(np.unique(unkeyed).tolist()) <= {_Dedup.NEW, _Dedup.DUPLICATE}
     assert int((unkeyed == _Dedup.NEW).sum()) == len(set(hashes))
+    # A row whose key is missing is identified by its content: its copy is a duplicate, another row is new.
+    missing = _Dedup().verdicts("m", pa.array([None, None, None, "k1"]), pa.array([hashes[0], hashes[0], hashes[1],
+                                                                                   hashes[0]]))
+    assert missing.tolist() == [_Dedup.NEW, _Dedup.DUPLICATE, _Dedup.NEW if hashes[1] != hashes[0] else
+                                _Dedup.DUPLICATE, _Dedup.NEW]
 
 
 def test_when_a_parquet_column_is_dictionary_encoded_then_it_is_checked_as_its_values() -> None:
