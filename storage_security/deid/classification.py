@@ -6,10 +6,15 @@ classified from evidence: if the data contract marked it PHI (it is sealed in th
 identifier; otherwise a sample of its values is scanned with Presidio, and a column where PHI turns up in at least
 ``threshold`` of the sampled values is a direct identifier too.
 Unknown columns are *flagged* either way and never published as they are.
+
+:func:`name_quasi_identifier` says which unknown columns are quasi-identifiers by their name — an age, a birth year,
+a birth date — whatever the scan found: a number is no PHI to Presidio, yet an exact age or birth year is what an
+attacker links a release with.
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -19,7 +24,11 @@ import pandas as pd
 
 from pipeline.catalog import ColumnClass
 
-__all__ = ["Classified", "TableClassification", "classify"]
+__all__ = ["AGE", "BIRTH_DATE", "BIRTH_YEAR", "Classified", "TableClassification", "classify", "name_quasi_identifier"]
+
+AGE, BIRTH_YEAR, BIRTH_DATE = "age", "birth_year", "birth_date"
+_BIRTH_YEAR = re.compile(r"(?<![a-z])(?:birth_?year|year_?of_?birth|yob|birth_?yr)(?![a-z])")
+_BIRTH_DATE = re.compile(r"(?<![a-z])(?:dob|birth_?date|date_?of_?birth|birth_?dt|birthday|born(?:_on)?)(?![a-z])")
 
 
 @dataclass(frozen=True)
@@ -96,3 +105,18 @@ def _scan(values: pd.Series, column: str, detector: Any, sample: int, threshold:
     entities = Counter(s.entity_type for h in hits for s in h)
     klass = ColumnClass.DIRECT_IDENTIFIER if share >= threshold else ColumnClass.NON_SENSITIVE
     return Classified(column, klass, "scan", round(share, 3), tuple(e for e, _ in entities.most_common(3)))
+
+
+def name_quasi_identifier(column: str) -> str | None:
+    """What a column's name says it holds among the quasi-identifiers of age: :data:`AGE` (``age``, ``age_years``,
+    ``patientAge``), :data:`BIRTH_YEAR` (``birth_year``, ``year_of_birth``, ``yob``, ``birthYear``) or
+    :data:`BIRTH_DATE` (``dob``, ``birth_date``, ``date_of_birth``, ``birthday``); None for any other name."""
+    from storage_security.deid.operators import is_age_column
+
+    # camelCase words apart, then one spelling: "birthYear" → "birth_year", "Year-of-Birth" → "year_of_birth"
+    name = re.sub(r"[^a-z0-9]+", "_", re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", column).lower())
+    if _BIRTH_YEAR.search(name):
+        return BIRTH_YEAR
+    if _BIRTH_DATE.search(name):
+        return BIRTH_DATE
+    return AGE if is_age_column(column) else None

@@ -26,11 +26,19 @@ import pandas as pd
 
 from pipeline.catalog import ColumnClass
 from pipeline.lake import CommitInfo, Lake
-from storage_security.deid.classification import classify
+from storage_security.deid.classification import AGE, BIRTH_DATE, BIRTH_YEAR, classify, name_quasi_identifier
 from storage_security.deid.masking import NoteMasker, load_masking_config, mask_table, table_rules
 from storage_security.deid.operators import MaskingKeys, is_age_column, top_code_ages
 from storage_security.deid.operators.generalize import OLDEST_BAND
-from storage_security.deid.risk import RiskGateError, enforce, enforce_release, k_anonymity, l_diversity
+from storage_security.deid.risk import (
+    WITHHELD,
+    RiskGateError,
+    apply_release,
+    enforce,
+    enforce_release,
+    k_anonymity,
+    l_diversity,
+)
 
 if TYPE_CHECKING:
     from pipeline.settings import Settings
@@ -138,19 +146,36 @@ class Deidentifier:
         published by earlier runs too), runs :func:`~storage_security.deid.risk.enforce_release` and rewrites only
         the tables it changed, each with its report (``release`` added) in the new commit. A release already
         k-anonymous is left untouched: no new table version.
+
+        The gate reads only each table's pseudonym and quasi-identifiers (an event table's other columns stay on
+        disk); a table it changed is read whole to be rewritten. A zone the gate already passed as it now stands
+        (every table's version and commit time, the gate's settings; :meth:`_gate_state`) is not read again:
+        ``{"gated": "unchanged"}``.
         """
         names = self.plake.tables("deidentified")
-        specs = {name: (self.config.get("tables") or {}).get(name, {}).get("quasi_identifiers", [])
-                 for name in names}
-        tables = {name: self.plake.read("deidentified", name, purpose=_PURPOSE).to_pandas()
-                  for name in names if "patient_pseudonym" in self.plake.schema("deidentified", name).names}
+        specs: dict[str, list[str]] = {}
+        for name in names:
+            if "patient_pseudonym" in self.plake.schema("deidentified", name).names:
+                specs[name] = self._release_qis(name)
+        state = self._gate_state(names, specs)
+        record = self._gate_record()
+        if record is not None and record.is_file() and record.read_text() == state:
+            return {"gated": "unchanged", "rewritten": {}}
+        tables = {name: self.plake.read("deidentified", name, columns=["patient_pseudonym", *qis],
+                                        purpose=_PURPOSE).to_pandas() for name, qis in specs.items()}
         released, release = enforce_release(tables, specs, k=self.settings.deidentify.k_anonymity,
-                                            ladders=self.config.get("generalize"),
+                                            ladders=self._ladders([c for qis in specs.values() for c in qis]),
                                             max_suppression=float(self.config.get("max_suppression", 0.05)))
+        del tables, released  # the projections; a changed table is read whole below
         rewritten: dict[str, Any] = {}
-        for name, frame in released.items():
-            if frame is tables[name]:
+        for name in specs:
+            if not (release.dropped or any(table == name for table, _ in release.steps)):
                 continue
+            whole = self.plake.read("deidentified", name, purpose=_PURPOSE).to_pandas()
+            frame = apply_release(whole, name, release)
+            if frame is whole:
+                continue
+            del whole
             try:
                 report = published_report(self.plake.lake, name)
             except ValueError:
@@ -172,7 +197,48 @@ class Deidentifier:
                                                     evolve_schema=True)
             rewritten[name] = {RELEASE_KEY: report[RELEASE_KEY], "rows_out": len(frame), "k": report["k"],
                                "l": report["l"], "version": version}
+        if record is not None:
+            # The zone as the gate leaves it (its own rewrites included) is a release it passed.
+            record.parent.mkdir(parents=True, exist_ok=True)
+            record.write_text(self._gate_state(names, specs))
         return {**release.to_dict(), "rewritten": rewritten}
+
+    def _release_qis(self, table: str) -> list[str]:
+        """The quasi-identifiers the release gate counts in ``deidentified/<table>``: the catalog's, and those its
+        publication found (an uncatalogued age or birth-year column, see :func:`name_quasi_identifiers`)."""
+        listed = list((self.config.get("tables") or {}).get(table, {}).get("quasi_identifiers", []))
+        try:
+            found = published_report(self.plake.lake, table).get("quasi_identifiers") or []
+        except ValueError:
+            found = []
+        present = set(self.plake.schema("deidentified", table).names)
+        return [c for c in dict.fromkeys([*listed, *found]) if c in present]
+
+    def _gate_state(self, names: Sequence[str], specs: dict[str, list[str]]) -> str:
+        """What the release gate's verdict depends on: every deidentified table's latest commit (version and time:
+        a zone rebuilt from scratch has new times), the quasi-identifiers and the gate's settings."""
+        tables = {}
+        for name in names:
+            latest = self.plake.lake.history("deidentified", name, limit=1)[0]
+            tables[name] = [int(latest["version"]), latest.get("timestamp")]
+        return json.dumps({"lake": self.plake.lake.root, "tables": tables, "specs": specs,
+                           "k": self.settings.deidentify.k_anonymity, "ladders": self.config.get("generalize"),
+                           "max_suppression": self.config.get("max_suppression"), "gate": _GATE_VERSION},
+                          sort_keys=True, default=str)
+
+    def _gate_record(self) -> Any:
+        """Where the last release the gate passed is noted: ``$MEDGUARD_HOME/deid/release_<lake digest>.json``.
+
+        A cache, not a verdict: no record, or one for another state of the zone, and the gate runs. (Home, not
+        lake: a note in the deidentified zone would be one more table its readers see.)
+        """
+        home = getattr(self.settings, "home", None)
+        if home is None:
+            return None
+        from pathlib import Path
+
+        lake = hashlib.sha256(str(self.plake.lake.root).encode()).hexdigest()[:16]
+        return Path(home) / "deid" / f"release_{lake}.json"
 
     def _forbidden_names(self) -> tuple[set[str], dict[str, set[str]]]:
         """The real names of the release (lower case) and, per raw.patients batch, the names it brought.
@@ -291,7 +357,18 @@ class Deidentifier:
         return {"rules": table_rules(self.config, table), "table": (self.config.get("tables") or {}).get(table, {}),
                 "note_entities": self.config.get("note_entities"), "generalize": self.config.get("generalize"),
                 "reference_date": str(self.reference_date), "max_suppression": self.config.get("max_suppression"),
-                "k": d.k_anonymity, "l": d.l_diversity, "oldest_age": OLDEST_BAND}
+                "k": d.k_anonymity, "l": d.l_diversity, "oldest_age": OLDEST_BAND, "named_qis": _NAMED_QIS}
+
+    def _ladders(self, quasi_identifiers: Sequence[str]) -> dict[str, list[Any]]:
+        """The catalog's generalisation ladders, and for a quasi-identifier found by its name (an age, or a birth date
+        published as an age band) the catalog's age-band ladder: it is generalised as ``age_band`` is. A birth year
+        has no ladder but withholding."""
+        ladders = {name: list(steps) for name, steps in (self.config.get("generalize") or {}).items()}
+        ages = ladders.get("age_band", [5, 10, 20, WITHHELD])
+        for column in quasi_identifiers:
+            if column not in ladders and name_quasi_identifier(column) in (AGE, BIRTH_DATE):
+                ladders[column] = list(ages)
+        return ladders
 
     def _publish(self, table: str, source_version: int, protection: Any, shredded: set[str],
                  state: dict[str, Any], *, dag_run: str | None, previous: dict[str, Any] | None) -> dict[str, Any]:
@@ -332,6 +409,8 @@ class Deidentifier:
                 # Flagged PHI is dropped; a column the scan cleared is published as it is.
                 used[column] = {"class": found.klass,
                                 "op": "drop" if found.klass is ColumnClass.DIRECT_IDENTIFIER else "keep"}
+        linked = "patient_pseudonym" in raw.columns and bool(raw["patient_pseudonym"].notna().any())
+        named = _named_quasi_identifiers(used, classification.unknown, linked=linked)
         if previous is not None and _digest(used) != previous[LEDGER_KEY].get("used"):
             raise _Rebuild  # the new rows classify otherwise (a newly flagged column): every row again
         forbidden, by_batch = self._forbidden_names() if _has_notes(used) else (set(), {})
@@ -383,14 +462,18 @@ class Deidentifier:
             masked = _concat([prior, added.select(prior.column_names)]).to_pandas()
         # Safe Harbor: no published age above 89. Catalog tables publish birth dates only as bands (90+ pooled); a
         # research table's own age column is published as it is, so its ages of 90 and over are pooled here.
+        masked = _as_numbers(masked, {used[c].get("as", c): used[c]["named"] for c in raw.columns
+                                      if used.get(c, {}).get("named") in (AGE, BIRTH_YEAR)})
         masked, ages_pooled = _pool_oldest_ages(masked)
+        masked, years_pooled = _pool_oldest_birth_years(masked, self.reference_date)
         if "patient_pseudonym" in masked.columns and masked["patient_pseudonym"].isna().all():
             # Rows linked to no patient (a research table without an id column): no empty link column is published,
             # so every row is its own individual to the risk gate and to training.
             masked = masked.drop(columns="patient_pseudonym")
-        published, risk = enforce(masked, spec.get("quasi_identifiers", []), spec.get("sensitive", []),
+        qis = list(dict.fromkeys([*spec.get("quasi_identifiers", []), *named]))
+        published, risk = enforce(masked, qis, spec.get("sensitive", []),
                                   k=self.settings.deidentify.k_anonymity, ell=self.settings.deidentify.l_diversity,
-                                  ladders=self.config.get("generalize"),
+                                  ladders=self._ladders(qis),
                                   max_suppression=float(self.config.get("max_suppression", 0.05)),
                                   entity="patient_pseudonym")
         column_classes = {used[c].get("as", c): published_class(used[c]) for c in raw.columns
@@ -401,6 +484,11 @@ class Deidentifier:
         report["masking"] = masking
         if ages_pooled:
             report["ages_pooled"] = ages_pooled
+        if years_pooled:
+            report["birth_years_pooled"] = years_pooled
+        if any(rule.get("named") for rule in used.values()):
+            report["named_quasi_identifiers"] = {used[c].get("as", c): used[c]["named"] for c in raw.columns
+                                                 if used.get(c, {}).get("named")}
         report["publication"] = "incremental" if previous is not None else "full"
         report["rows_decrypted"] = len(raw)
         surrogates = set(keys.issued) | set((previous or {}).get(LEDGER_KEY, {}).get("surrogates", []))
@@ -425,6 +513,8 @@ class _Rebuild(Exception):
 
 
 _LEDGER_DEPTH = 20
+_NAMED_QIS = 1  # how columns are found quasi-identifiers by name: a change rebuilds every table once
+_GATE_VERSION = 2  # the gate's own logic: a change here makes the next run gate the zone again
 _WORD = re.compile(r"[a-z][a-z'\-]*")
 _POOL_MIN_NOTES = 2_000  # below this, spawning workers that each load spaCy costs more than it saves
 
@@ -454,6 +544,79 @@ def _pool_oldest_ages(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]
             out = out.copy() if out is frame else out
             out[column] = pd.Series(coded.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get),
                                     index=frame.index)
+            pooled[str(column)] = count
+    return out, pooled
+
+
+def _named_quasi_identifiers(used: dict[str, dict[str, Any]], unknown: Sequence[str], *,
+                             linked: bool) -> list[str]:
+    """Make the columns the catalog does not know whose name says they hold an age, a birth year or a birth date
+    quasi-identifiers (``used`` is changed in place); returns their published names when the table is linked to
+    patients (the risk gate counts them then).
+
+    Whether the scan or the contract found them PHI or not (a scan finds dates in birth years and not in ages), they
+    are published as Safe Harbor allows and the catalog publishes ``birth_date``: a birth date only as an age band at
+    the reference date (``<column>_age_band``); an age or a birth year as a number (:func:`_as_numbers`), the oldest
+    values pooled (:func:`_pool_oldest_ages`, :func:`_pool_oldest_birth_years`), generalised by the gate when k needs
+    it. In a table linked to no patient every row is its own individual, counted as one; such a table's ages are
+    pooled but not counted in k.
+    """
+    found = []
+    for column in unknown:
+        kind = name_quasi_identifier(column)
+        if kind is None:
+            continue
+        rule: dict[str, Any] = {"class": ColumnClass.QUASI_IDENTIFIER, "op": "keep",
+                                "published_class": ColumnClass.QUASI_IDENTIFIER.value, "named": kind}
+        if kind == BIRTH_DATE:
+            rule.update(op="age_band", **{"as": f"{column}_age_band"})
+        used[column] = rule
+        found.append(rule.get("as", column))
+    return found if linked else []
+
+
+def _as_numbers(frame: pd.DataFrame, kinds: dict[str, str]) -> pd.DataFrame:
+    """``frame`` with each column of ``kinds`` (an age or a birth year found by its name) as whole numbers: the
+    leading number of a text ("47 years" → 47; "1950-03-04" → 1950 as a birth year), null where there is none, so
+    nothing but the number is published."""
+    out = frame
+    for column, kind in kinds.items():
+        values = frame[column]
+        if pd.api.types.is_numeric_dtype(values):
+            continue
+        pattern = r"^\s*(\d{4})\b" if kind == BIRTH_YEAR else r"^\s*(\d{1,3})(?:\.\d*)?\b"
+        out = out.copy() if out is frame else out
+        out[column] = pd.to_numeric(values.astype("string").str.extract(pattern, expand=False),
+                                    errors="coerce").astype("Int64")
+    return out
+
+
+def _pool_oldest_birth_years(frame: pd.DataFrame, reference: date) -> tuple[pd.DataFrame, dict[str, int]]:
+    """``frame`` with every birth year that may mean an age of 90 or over at ``reference`` pooled into one value, in
+    each column named for birth years (:func:`~storage_security.deid.classification.name_quasi_identifier`).
+
+    Safe Harbor's oldest category, for years: a year up to ``reference.year - 90`` becomes that year ("in or before"):
+    a number in a numeric column, ``"<year> or earlier"`` in text. Returns the frame and per column how many pooled.
+    """
+    limit = reference.year - OLDEST_BAND
+    pooled: dict[str, int] = {}
+    out = frame
+    for column in frame.columns:
+        if name_quasi_identifier(str(column)) != BIRTH_YEAR:
+            continue
+        values = frame[column]
+        if pd.api.types.is_numeric_dtype(values):
+            old = values.notna() & (values <= limit)
+            coded = values.where(~old, limit)
+        else:
+            years = pd.to_numeric(values.astype("string").str.extract(r"^\s*(\d{4})\b", expand=False),
+                                  errors="coerce")
+            old = years.notna() & (years <= limit) & (values.astype("string") != f"{limit} or earlier")
+            coded = values.astype(object).where(~old.fillna(False).astype(bool), f"{limit} or earlier")
+        count = int(old.fillna(False).astype(bool).sum())
+        if count:
+            out = out.copy() if out is frame else out
+            out[column] = coded
             pooled[str(column)] = count
     return out, pooled
 

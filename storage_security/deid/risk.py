@@ -8,6 +8,7 @@ cannot meet k (fewer than k rows, say) raises :class:`RiskGateError` and is not 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,8 +21,8 @@ from storage_security.deid.operators import age_bands
 
 WITHHELD = "*"
 
-__all__ = ["ReleaseReport", "RiskGateError", "RiskReport", "count_band", "enforce", "enforce_release", "k_anonymity",
-           "l_diversity", "release_vectors"]
+__all__ = ["ReleaseReport", "RiskGateError", "RiskReport", "apply_release", "count_band", "enforce", "enforce_release",
+           "k_anonymity", "l_diversity", "release_vectors"]
 
 
 class RiskGateError(ValidationError):
@@ -83,11 +84,14 @@ def l_diversity(frame: pd.DataFrame, quasi_identifiers: Sequence[str], sensitive
 
 
 def _generalize(values: pd.Series, step: Any) -> pd.Series:
-    """One ladder step: an int widens an age band ("40-44" → width, by the operators' age bands), "*" withholds
-    the value; anything that is no band ("90+", a withheld "*") stays as it is."""
+    """One ladder step: an int widens an age band ("40-44" → width, by the operators' age bands) or makes a band of
+    an age given as a number (a research table's own ``age``: 47 or "47" → "45-49"), "*" withholds the value;
+    anything that is neither ("90+", a withheld "*") stays as it is."""
     if step == WITHHELD:
         return pd.Series([WITHHELD] * len(values), index=values.index, dtype=object)
-    lows = values.astype("string").str.extract(r"^(\d+)-\d+$", expand=False)
+    text = values.astype("string")
+    lows = text.str.extract(r"^(\d+)-\d+$", expand=False)
+    lows = lows.fillna(text.str.extract(r"^\s*(\d+)(?:\.\d*)?\s*$", expand=False))
     bands = lows.notna()
     out = values.astype(object)
     out[bands] = age_bands(pa.array(lows[bands].astype("int64")), int(step)).to_numpy(zero_copy_only=False)
@@ -230,6 +234,10 @@ class ReleaseReport:
     generalization: dict[str, list[Any]] = field(default_factory=dict)
     over_budget: bool = False
     rows_suppressed: dict[str, int] = field(default_factory=dict)
+    # What the gate did, to apply it to the tables' other columns (apply_release); never in the report: the
+    # suppressed patients' pseudonyms are no figure to publish.
+    steps: dict[tuple[str, str], list[Any]] = field(default_factory=dict, repr=False)
+    dropped: frozenset[str] = field(default_factory=frozenset, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"k_required": self.k_required, "k": self.k, "patients": self.patients,
@@ -253,27 +261,40 @@ def release_vectors(tables: dict[str, pd.DataFrame], quasi_identifiers: dict[str
     """
     columns: dict[str, pd.Series] = {}
     for table, frame in sorted(tables.items()):
-        qis = [c for c in quasi_identifiers.get(table, ()) if c in frame.columns]
-        if entity not in frame.columns:
-            continue
-        linked = frame[frame[entity].notna()]
-        if not qis:
-            # A table the catalog lists no quasi-identifier for still says who is in it and about how often.
-            counts = linked.groupby(entity, sort=False).size()
-            columns[f"{table}{BANDED}"] = counts.map(count_band)
-            continue
-        keys = _keys(linked, qis).astype(str)
-        per_patient = linked.groupby(entity, sort=False).size()
-        if per_patient.empty:
-            continue
-        if int(per_patient.max()) <= 1:
-            for c in qis:
-                columns[f"{table}.{c}"] = keys[c].set_axis(linked[entity])
-            continue
-        tuples = keys.agg("\x1f".join, axis=1).set_axis(linked[entity])
-        columns[f"{table}.{'+'.join(qis)}"] = tuples.groupby(level=0, sort=False).agg(
-            lambda v: "\x1e".join(sorted(set(v))))
-        columns[f"{table}{ROWS}"] = per_patient
+        columns.update(_table_vectors(table, frame, quasi_identifiers.get(table, ()), entity))
+    return _combine(columns)
+
+
+def _table_vectors(table: str, frame: pd.DataFrame, quasi_identifiers: Sequence[str],
+                   entity: str) -> dict[str, pd.Series]:
+    """One table's columns of :func:`release_vectors`, each indexed by pseudonym."""
+    qis = [c for c in quasi_identifiers if c in frame.columns]
+    if entity not in frame.columns:
+        return {}
+    linked = frame[frame[entity].notna()]
+    if not qis:
+        # A table the catalog lists no quasi-identifier for still says who is in it and about how often.
+        counts = linked.groupby(entity, sort=False).size()
+        return {f"{table}{BANDED}": counts.map(count_band)}
+    keys = _keys(linked, qis).astype(str)
+    per_patient = linked.groupby(entity, sort=False).size()
+    if per_patient.empty:
+        return {}
+    if int(per_patient.max()) <= 1:
+        return {f"{table}.{c}": keys[c].set_axis(linked[entity]) for c in qis}
+    return {f"{table}.{'+'.join(qis)}": _tuple_sets(linked[entity], keys), f"{table}{ROWS}": per_patient}
+
+
+def _coded(frame: pd.DataFrame, entity: str, universe: pd.Index) -> pd.DataFrame:
+    """``frame`` with its ``entity`` column as each patient's position in ``universe`` (null stays null)."""
+    if entity not in frame.columns:
+        return frame
+    codes = pd.Series(universe.get_indexer(frame[entity]), index=frame.index)
+    return frame.assign(**{entity: codes.where(codes >= 0).astype("Int64")})
+
+
+def _combine(columns: dict[str, pd.Series]) -> pd.DataFrame:
+    """The per-table columns as one frame over every patient (absent from a table: ``<none>``, 0 rows)."""
     if not columns:
         return pd.DataFrame()
     out = pd.DataFrame(columns)
@@ -285,6 +306,25 @@ def release_vectors(tables: dict[str, pd.DataFrame], quasi_identifiers: dict[str
         else:
             out[name] = out[name].fillna("<none>")
     return out
+
+
+def _tuple_sets(entities: pd.Series, keys: pd.DataFrame) -> pd.Series:
+    """Per patient, the set of their rows' quasi-identifier tuples, as one code: equal codes, equal sets.
+
+    Vectorised: each distinct tuple gets a code, each patient's sorted distinct codes are one key, and each distinct
+    key a code again (a Python step per patient, not per row or per group of pandas).
+    """
+    import numpy as np
+
+    tuple_code = keys.groupby(list(keys.columns), sort=False).ngroup().to_numpy()
+    patient_code, patients = pd.factorize(entities, sort=False)
+    pairs = np.unique(np.stack([patient_code, tuple_code], axis=1), axis=0)  # sorted by patient, then tuple
+    starts = np.flatnonzero(np.r_[True, pairs[1:, 0] != pairs[:-1, 0]])
+    codes = pairs[:, 1].tolist()
+    bounds = [*starts.tolist(), len(codes)]
+    sets = [tuple(codes[a:b]) for a, b in itertools.pairwise(bounds)]
+    signature, _ = pd.factorize(pd.Series(sets, dtype=object), sort=False)
+    return pd.Series(signature, index=patients[pairs[starts, 0]])
 
 
 def _small(vectors: pd.DataFrame, k: int) -> pd.Series:
@@ -302,6 +342,27 @@ def _release_at(tables: dict[str, pd.DataFrame], steps: dict[tuple[str, str], li
             frame = out[table] = out[table].copy()
             for step in steps[(table, column)][:level]:
                 frame[column] = _generalize(frame[column], step)
+    return out
+
+
+def apply_release(frame: pd.DataFrame, table: str, report: ReleaseReport,
+                  entity: str = "patient_pseudonym") -> pd.DataFrame:
+    """``frame``, a whole published table, as :func:`enforce_release` released it: its quasi-identifiers taken up
+    the same ladder steps and the suppressed patients' rows left out.
+
+    The gate decides over the tables' quasi-identifiers and pseudonyms alone (a projection: an event table's other
+    columns need not be in memory); this applies its decision to the table as written.
+    """
+    out = frame
+    for (name, column), taken in report.steps.items():
+        if name == table and column in out.columns:
+            out = out.copy() if out is frame else out
+            for step in taken:
+                out[column] = _generalize(out[column], step)
+    if report.dropped and entity in out.columns:
+        keep = ~out[entity].isin(report.dropped)
+        if not keep.all():
+            out = out.loc[keep].reset_index(drop=True)
     return out
 
 
@@ -324,9 +385,31 @@ def enforce_release(tables: dict[str, pd.DataFrame], quasi_identifiers: dict[str
     steps = {(t, c): list(ladders.get(c, [WITHHELD])) for t, frame in tables.items()
              for c in quasi_identifiers.get(t, ()) if c in frame.columns and entity in frame.columns}
     levels = dict.fromkeys(steps, 0)
+    stepped = {t: [c for (name, c) in steps if name == t] for t in tables}
+    # Patients as integers while the gate searches: aligning tables on long pseudonym strings was most of its time.
+    linked = [frame[entity] for frame in tables.values() if entity in frame.columns]
+    universe = pd.Index(pd.unique(pd.concat(linked).dropna())) if linked else pd.Index([])
+    coded = {t: _coded(frame, entity, universe) for t, frame in tables.items()}
+    # A trial changes one table's level: every other table's columns are those of an earlier trial.
+    memo: dict[tuple[str, tuple[int, ...]], dict[str, pd.Series]] = {}
+
+    def table_columns(table: str, at: dict[tuple[str, str], int]) -> dict[str, pd.Series]:
+        key = (table, tuple(at[(table, c)] for c in stepped[table]))
+        if key not in memo:
+            frame = coded[table]
+            if any(key[1]):
+                frame = frame.copy()
+                for c in stepped[table]:
+                    for step in steps[(table, c)][:at[(table, c)]]:
+                        frame[c] = _generalize(frame[c], step)
+            memo[key] = _table_vectors(table, frame, quasi_identifiers.get(table, ()), entity)
+        return memo[key]
 
     def failing(at: dict[tuple[str, str], int]) -> pd.Series:
-        return _small(release_vectors(_release_at(tables, steps, at), quasi_identifiers, entity), k)
+        columns: dict[str, pd.Series] = {}
+        for table in sorted(tables):
+            columns.update(table_columns(table, at))
+        return _small(_combine(columns), k)
 
     bad = failing(levels)
     patients = len(bad)
@@ -353,7 +436,7 @@ def enforce_release(tables: dict[str, pd.DataFrame], quasi_identifiers: dict[str
                 levels[key] -= 1
                 bad, changed = trial, True
     released = _release_at(tables, steps, levels)
-    dropped = set(bad.index[bad])
+    dropped = set(universe[bad.index[bad].to_numpy(dtype=int)])
     rows_suppressed: dict[str, int] = {}
     for table, frame in released.items():
         if dropped and entity in frame.columns:
@@ -368,7 +451,8 @@ def enforce_release(tables: dict[str, pd.DataFrame], quasi_identifiers: dict[str
         quasi_identifiers={t: [c for c in quasi_identifiers.get(t, ()) if (t, c) in steps]
                            for t in tables if any(key[0] == t for key in steps)},
         generalization={f"{t}.{c}": steps[(t, c)][:level] for (t, c), level in levels.items() if level},
-        over_budget=over_budget, rows_suppressed=rows_suppressed)
+        over_budget=over_budget, rows_suppressed=rows_suppressed,
+        steps={key: steps[key][:level] for key, level in levels.items() if level}, dropped=frozenset(dropped))
     if not vectors.empty and achieved < k:
         raise RiskGateError(f"release k-anonymity {achieved} < {k} after generalisation and suppression")
     return released, report
