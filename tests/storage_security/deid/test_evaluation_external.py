@@ -87,9 +87,10 @@ def test_when_external_sets_are_scored_then_medguard_is_never_below_vanilla_pres
              (v.get("medguard", {}).get("recall") or 0) < (v.get("vanilla", {}).get("recall") or 0)}
     assert not below
     assert mg["precision"] >= 0.80
-    # The target is 0.95 on both; the template set (general-domain sentences, multi-line foreign
-    # addresses) reaches about 0.90 held out, and this floor keeps what has been won.
-    assert mg["recall"] >= (0.95 if corpus == "styled" else 0.88)
+    # The target is 0.95 on both; held out, the styled notes score 0.998 and the template set
+    # (general-domain sentences, foreign addresses, bare numbers as streets) 0.949: these floors keep what has
+    # been won.
+    assert mg["recall"] >= (0.98 if corpus == "styled" else 0.94)
 
 
 @pytest.mark.e2e
