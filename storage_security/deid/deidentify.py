@@ -171,9 +171,9 @@ class Deidentifier:
         for name in specs:
             if not (release.dropped or any(table == name for table, _ in release.steps)):
                 continue
-            whole = self.plake.read("deidentified", name, purpose=_PURPOSE).to_pandas()
-            frame = apply_release(whole, name, release)
-            if frame is whole:
+            whole = self.plake.read("deidentified", name, purpose=_PURPOSE)
+            table = apply_release(whole, name, release)
+            if table is whole:
                 continue
             del whole
             try:
@@ -182,20 +182,20 @@ class Deidentifier:
                 report = {"table": name}  # a table another writer put in the zone: it gets the release's facts
             report.pop("version", None)
             report[RELEASE_KEY] = release.to_dict()
-            report["rows_out"] = len(frame)
+            report["rows_out"] = table.num_rows
             # The table's own figures, as it now stands (the release may have suppressed rows or widened columns).
-            qis = [c for c in specs[name] if c in frame.columns]
+            qis = [c for c in specs[name] if c in table.column_names]
+            sensitive = [c for c in report.get("sensitive") or () if c in table.column_names]
+            frame = table.select(list(dict.fromkeys(["patient_pseudonym", *qis, *sensitive]))).to_pandas()
             entity = "patient_pseudonym" if frame["patient_pseudonym"].notna().any() else None
             report["k"] = k_anonymity(frame, qis, entity)
-            sensitive = [c for c in report.get("sensitive") or () if c in frame.columns]
             report["l"] = min((l_diversity(frame, qis, c) for c in sensitive), default=None)
             commit = CommitInfo(principal=self.plake.principal, purpose=_PURPOSE, dag_run=dag_run,
                                 extra={"release_k": str(release.k),
                                        "release_suppressed_patients": str(release.suppressed_patients),
                                        REPORT_KEY: json.dumps(report, sort_keys=True, default=str)})
-            version = self.plake.overwrite_unsealed("deidentified", name, _arrow(frame), commit=commit,
-                                                    evolve_schema=True)
-            rewritten[name] = {RELEASE_KEY: report[RELEASE_KEY], "rows_out": len(frame), "k": report["k"],
+            version = self.plake.overwrite_unsealed("deidentified", name, table, commit=commit, evolve_schema=True)
+            rewritten[name] = {RELEASE_KEY: report[RELEASE_KEY], "rows_out": table.num_rows, "k": report["k"],
                                "l": report["l"], "version": version}
         if record is not None:
             # The zone as the gate leaves it (its own rewrites included) is a release it passed.
@@ -453,6 +453,9 @@ class Deidentifier:
             masked = mask_table(raw, used, keys, reference_date=self.reference_date, note_masker=masker,
                                 note_spans=note_spans)
             masking = "local"
+        # The decrypted rows are not needed past masking: let them go before the gate and the write (peak memory).
+        raw_columns, rows_decrypted = list(raw.columns), len(raw)
+        del raw
         if prior is not None:
             # The release kept every masked row as it was: the earlier rows plus the new ones are a full run's rows.
             added = _arrow(masked)
@@ -462,7 +465,7 @@ class Deidentifier:
             masked = _concat([prior, added.select(prior.column_names)]).to_pandas()
         # Safe Harbor: no published age above 89. Catalog tables publish birth dates only as bands (90+ pooled); a
         # research table's own age column is published as it is, so its ages of 90 and over are pooled here.
-        masked = _as_numbers(masked, {used[c].get("as", c): used[c]["named"] for c in raw.columns
+        masked = _as_numbers(masked, {used[c].get("as", c): used[c]["named"] for c in raw_columns
                                       if used.get(c, {}).get("named") in (AGE, BIRTH_YEAR)})
         masked, ages_pooled = _pool_oldest_ages(masked)
         masked, years_pooled = _pool_oldest_birth_years(masked, self.reference_date)
@@ -476,7 +479,7 @@ class Deidentifier:
                                   ladders=self._ladders(qis),
                                   max_suppression=float(self.config.get("max_suppression", 0.05)),
                                   entity="patient_pseudonym")
-        column_classes = {used[c].get("as", c): published_class(used[c]) for c in raw.columns
+        column_classes = {used[c].get("as", c): published_class(used[c]) for c in raw_columns
                           if used.get(c, {}).get("op") != "drop"}
         report = {"table": table, "column_classes": column_classes,
                   "source_classes": classification.classes(), "flagged_columns": classification.flagged,
@@ -487,10 +490,10 @@ class Deidentifier:
         if years_pooled:
             report["birth_years_pooled"] = years_pooled
         if any(rule.get("named") for rule in used.values()):
-            report["named_quasi_identifiers"] = {used[c].get("as", c): used[c]["named"] for c in raw.columns
+            report["named_quasi_identifiers"] = {used[c].get("as", c): used[c]["named"] for c in raw_columns
                                                  if used.get(c, {}).get("named")}
         report["publication"] = "incremental" if previous is not None else "full"
-        report["rows_decrypted"] = len(raw)
+        report["rows_decrypted"] = rows_decrypted
         surrogates = set(keys.issued) | set((previous or {}).get(LEDGER_KEY, {}).get("surrogates", []))
         report[LEDGER_KEY] = {**state, "batches": batches, "used": _digest(used), "name_batches": sorted(by_batch),
                               "surrogates": sorted(surrogates),
@@ -503,7 +506,9 @@ class Deidentifier:
                  "flagged_columns": ",".join(classification.flagged), "source_version": str(source_version)}
         commit = CommitInfo(principal=self.plake.principal, purpose=_PURPOSE, dag_run=dag_run,
                             extra={**facts, REPORT_KEY: json.dumps(report, sort_keys=True, default=str)})
-        report["version"] = self.plake.overwrite_unsealed("deidentified", table, _arrow(published), commit=commit,
+        arrow = _arrow(published)
+        del masked, published
+        report["version"] = self.plake.overwrite_unsealed("deidentified", table, arrow, commit=commit,
                                                           evolve_schema=True)
         return report
 

@@ -153,7 +153,7 @@ def enforce(frame: pd.DataFrame, quasi_identifiers: Sequence[str], sensitive: Se
     # throughout) has one individual per row.
     entity = entity if entity in frame.columns and frame[entity].notna().any() else None
     ladders = ladders or {}
-    work = frame.copy()
+    work = frame  # never changed in place: each ladder step is tried on a copy
     levels = {c: 0 for c in qis}
     rows = len(work)
     budget = int(max_suppression * rows)
@@ -185,7 +185,10 @@ def enforce(frame: pd.DataFrame, quasi_identifiers: Sequence[str], sensitive: Se
             if int(trial_failing.sum()) <= budget:
                 levels, work, failing, changed = trial_levels, trial, trial_failing, True
     suppressed = int(failing.sum()) if rows else 0
-    published = work.loc[~failing].reset_index(drop=True) if rows else work
+    if rows and bool(failing.any()):
+        published = work.loc[~failing].reset_index(drop=True)
+    else:  # nothing to suppress: no copy of a table that may be millions of rows
+        published = work if isinstance(work.index, pd.RangeIndex) else work.reset_index(drop=True)
     if rows and published.empty:
         raise RiskGateError(f"k={k} would suppress every row of the table")
     report = RiskReport(
@@ -345,24 +348,30 @@ def _release_at(tables: dict[str, pd.DataFrame], steps: dict[tuple[str, str], li
     return out
 
 
-def apply_release(frame: pd.DataFrame, table: str, report: ReleaseReport,
-                  entity: str = "patient_pseudonym") -> pd.DataFrame:
-    """``frame``, a whole published table, as :func:`enforce_release` released it: its quasi-identifiers taken up
-    the same ladder steps and the suppressed patients' rows left out.
+def apply_release(table: pa.Table, name: str, report: ReleaseReport, entity: str = "patient_pseudonym") -> pa.Table:
+    """``table``, the whole published table ``name`` as Arrow, as :func:`enforce_release` released it: its
+    quasi-identifiers taken up the same ladder steps and the suppressed patients' rows left out; the same object if
+    the release changed nothing in it.
 
-    The gate decides over the tables' quasi-identifiers and pseudonyms alone (a projection: an event table's other
-    columns need not be in memory); this applies its decision to the table as written.
+    The gate decides over the tables' quasi-identifiers and pseudonyms alone (a projection); this applies its
+    decision to the table as written, in Arrow: only the generalised columns pass through pandas.
     """
-    out = frame
-    for (name, column), taken in report.steps.items():
-        if name == table and column in out.columns:
-            out = out.copy() if out is frame else out
+    import pyarrow.compute as pc
+
+    out = table
+    if report.dropped and entity in out.column_names:
+        gone = pc.fill_null(pc.is_in(out.column(entity), value_set=pa.array(sorted(report.dropped), pa.string())),
+                            False)
+        if pc.any(gone).as_py():
+            out = out.filter(pc.invert(gone))
+    for (owner, column), taken in report.steps.items():
+        if owner == name and column in out.column_names:
+            values = out.column(column).to_pandas()
             for step in taken:
-                out[column] = _generalize(out[column], step)
-    if report.dropped and entity in out.columns:
-        keep = ~out[entity].isin(report.dropped)
-        if not keep.all():
-            out = out.loc[keep].reset_index(drop=True)
+                values = _generalize(values, step)
+            index = out.column_names.index(column)
+            out = out.set_column(index, column, pa.array(values.astype(object).where(values.notna(), None),
+                                                         from_pandas=True))
     return out
 
 
