@@ -29,7 +29,8 @@ class AuthenticationFailed(DecryptionError):
         self.index = index
 
 
-def _check_key(key: bytes) -> None:
+def check_key(key: bytes) -> None:
+    """Raise ``TypeError``/``ValueError`` unless ``key`` is 32 bytes."""
     if not isinstance(key, bytes | bytearray):
         raise TypeError(f"an AES-256-GCM key must be bytes, not {type(key).__name__}")
     if len(key) != KEY_SIZE:
@@ -50,7 +51,7 @@ class AesGcm:
     __slots__ = ("__weakref__", "_aesgcm")
 
     def __init__(self, key: bytes) -> None:
-        _check_key(key)
+        check_key(key)
         self._aesgcm = AESGCM(bytes(key))
 
     def __repr__(self) -> str:
@@ -94,24 +95,41 @@ class AesGcm:
         return _first_failure([self] * len(sealed), nonces, sealed, aads)
 
 
-def seal_rows(keys: Sequence[AesGcm], key_index: list[int], nonces: list[bytes], plaintexts: list[bytes],
+class KeySet:
+    """Many keys' cipher objects, gathered once for all the bulk calls of a column (a chunk of cells names a few
+    of them by index: gathering a hundred thousand patients' keys again for each chunk cost more than sealing)."""
+
+    __slots__ = ("_ciphers", "keys")
+
+    def __init__(self, keys: Sequence[AesGcm]) -> None:
+        self.keys = list(keys)
+        self._ciphers = [key._aesgcm for key in self.keys]
+
+    def __repr__(self) -> str:
+        return f"KeySet({len(self.keys)} keys, <redacted>)"
+
+    def __reduce__(self) -> None:  # type: ignore[override]
+        raise TypeError("a KeySet holds key material and cannot be pickled")
+
+
+def seal_rows(keys: KeySet, key_index: list[int], nonces: list[bytes], plaintexts: list[bytes],
               aads: list[bytes]) -> list[bytes]:
-    """Like :meth:`AesGcm.seal_many`, each row under ``keys[key_index[row]]``."""
+    """Like :meth:`AesGcm.seal_many`, each row under ``keys.keys[key_index[row]]``."""
     # The unbound method over the keys' own objects: no bound method per key, which for a chunk of many
     # patients' keys was garbage enough to set off the collector over the whole heap again and again.
-    encrypt, ciphers = AESGCM.encrypt, [key._aesgcm for key in keys]
+    encrypt, ciphers = AESGCM.encrypt, keys._ciphers
     return [encrypt(ciphers[k], n, p, a) for k, n, p, a in zip(key_index, nonces, plaintexts, aads, strict=True)]
 
 
-def open_rows(keys: Sequence[AesGcm], key_index: list[int], nonces: list[bytes], sealed: list[bytes],
+def open_rows(keys: KeySet, key_index: list[int], nonces: list[bytes], sealed: list[bytes],
               aads: list[bytes]) -> list[bytes]:
-    """Like :meth:`AesGcm.open_many`, each row under ``keys[key_index[row]]``."""
-    decrypt, ciphers = AESGCM.decrypt, [key._aesgcm for key in keys]
+    """Like :meth:`AesGcm.open_many`, each row under ``keys.keys[key_index[row]]``."""
+    decrypt, ciphers = AESGCM.decrypt, keys._ciphers
     try:
         return [decrypt(ciphers[k], n, c, a) for k, n, c, a in zip(key_index, nonces, sealed, aads, strict=True)]
     except InvalidTag:
         pass
-    return _first_failure([keys[k] for k in key_index], nonces, sealed, aads)
+    return _first_failure([keys.keys[k] for k in key_index], nonces, sealed, aads)
 
 
 def _first_failure(keys: Sequence[AesGcm], nonces: list[bytes], sealed: list[bytes], aads: list[bytes]) -> list[bytes]:

@@ -9,8 +9,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field
 from itertools import chain, repeat
 from typing import TYPE_CHECKING, Any
 
@@ -57,7 +56,7 @@ _CONTEXT_SIZE = 16
 # NIST SP 800-38D 8.3: at most 2^32 invocations of one key with random 96-bit nonces; stay a factor 2 below.
 DEFAULT_MAX_INVOCATIONS = 2**31
 DEFAULT_DEK_TTL_SECONDS = 900.0
-_MAX_CACHED_KEYS = 100_000
+_MAX_CACHED_KEYS = 1_000_000  # about 0.4 GB of keys and their cache entries: a million patients stay warm
 _CHUNK = 8192  # cells per sealing pass: its temporaries stay in the CPU caches
 _OFFSETS_LIMIT = 2**31 - 1
 _BINARY_LIKE = (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_binary_view, pa.types.is_fixed_size_binary)
@@ -69,22 +68,32 @@ def patient_kek_name(scope_key: str) -> str:
     return f"patient-{check_scope_key(scope_key)}"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Dek:
-    """A usable DEK: its id, its cipher, and what it may encrypt. Never pickled, never printed."""
+    """A usable DEK: its id, its key, and what it may encrypt. Never pickled, never printed.
+
+    The key is kept as its 32 bytes and a cipher object is made for each bulk call (:attr:`aead`): a cipher
+    object costs about 3 KB, so a process that keeps a million patients' DEKs warm holds 3 GB of them, where
+    the bytes and this record cost a few hundred bytes a patient.
+    """
 
     key_id: bytes
-    aead: _aead.AesGcm
+    key: bytes = field(repr=False)
     table: str
     column: str
     scope_key: str
     created: float
     uses: int = 0
     scope: str = "batch"
+    header: bytes = field(init=False, repr=False)
 
-    @cached_property
-    def header(self) -> bytes:
-        return bytes((FORMAT_VERSION, len(self.key_id))) + self.key_id
+    def __post_init__(self) -> None:
+        _aead.check_key(self.key)
+        self.header = bytes((FORMAT_VERSION, len(self.key_id))) + self.key_id
+
+    @property
+    def aead(self) -> _aead.AesGcm:
+        return _aead.AesGcm(self.key)
 
     def __repr__(self) -> str:
         return f"_Dek(key_id=<redacted>, table={self.table!r}, column={self.column!r})"
@@ -383,6 +392,7 @@ class CellCipher:
         all_groups = None if row_group is None else np.concatenate([item[5] for item in columns_in])
         # Patient DEKs ignore the column (one slot per patient); batch callers pass one column.
         deks, dek_index = self._assign(table, columns_in[0][0], groups, all_groups, total)
+        keyset, headers = _aead.KeySet([dek.aead for dek in deks]), [dek.header for dek in deks]
         position = 0
         for (column, prefix, plaintexts, keys, valid, _groups), count in zip(columns_in, counts, strict=True):
             if count == 0:
@@ -392,7 +402,7 @@ class CellCipher:
             position += count
             contexts = _contexts(prefix, deks, index)
             # Chunks small enough that each step's temporaries stay in the CPU caches.
-            sealed = [_seal(deks, contexts, None if index is None else index[start:start + _CHUNK],
+            sealed = [_seal(keyset, headers, contexts, None if index is None else index[start:start + _CHUNK],
                             plaintexts.slice(start, _CHUNK), keys.slice(start, _CHUNK))
                       for start in range(0, count, _CHUNK)]
             result[column] = _with_nulls(pa.concat_arrays(sealed), valid)
@@ -527,7 +537,7 @@ class CellCipher:
                 record = records[position]
                 key = unbind(plaintext, record.key_id, record.scope_key)
                 if key is not None:
-                    result[position] = _Dek(key_id=bytes.fromhex(record.key_id), aead=_aead.AesGcm(key), table="",
+                    result[position] = _Dek(key_id=bytes.fromhex(record.key_id), key=key, table="",
                                             column="", scope_key=record.scope_key, created=now, scope="patient")
         return result
 
@@ -537,9 +547,8 @@ class CellCipher:
         wrapped = self._provider.wrap_many(self.kek_name, [material for _dek, material in fresh])
         if len(wrapped) != len(fresh):
             raise CryptoError(f"the key provider wrapped {len(wrapped)} of {len(fresh)} patient data keys")
-        store.put([PatientKey(key_id=dek.key_id.hex(), scope_key=dek.scope_key, kek_name=self.kek_name,
-                              wrapped=item) for (dek, _material), item in zip(fresh, wrapped, strict=True)],
-                  commit=self._commit)
+        store.put_new([dek.key_id for dek, _material in fresh], [dek.scope_key for dek, _material in fresh],
+                      self.kek_name, wrapped, commit=self._commit)
 
     def _ensure_keks(self, names: list[str]) -> None:
         ensure_many = getattr(self._provider, "ensure_keys", None)
@@ -556,7 +565,7 @@ class CellCipher:
             raise CryptoError(f"the key provider returned a {len(data_key.plaintext)}-byte data key for {kek!r}; "
                               f"AES-256 needs {_aead.KEY_SIZE}")
         key_id = secrets.token_bytes(KEY_ID_SIZE)
-        dek = _Dek(key_id=key_id, aead=_aead.AesGcm(data_key.plaintext), table=table, column=column,
+        dek = _Dek(key_id=key_id, key=bytes(data_key.plaintext), table=table, column=column,
                    scope_key=scope_key, created=now, scope=scope)
         record = DekRecord(key_id=key_id.hex(), kek_name=kek, wrapped=data_key.wrapped, table=table, column=column,
                            scope=scope, scope_key=scope_key)
@@ -642,13 +651,14 @@ class CellCipher:
         if unknown.any():
             raise fail(int(np.argmax(unknown)))
         usable: list[_Dek] = [dek for dek in deks if dek is not None]
+        keyset = _aead.KeySet([dek.aead for dek in usable])
         uniform = bool(np.all(key_length == key_length[0]))
         plain: list[bytes] = []
         for start in range(0, count, _CHUNK):
             stop = min(start + _CHUNK, count)
             chunk = slice(start, stop)
             try:
-                plain += _open_chunk(usable, inverse[chunk], cells.slice(start, stop - start),
+                plain += _open_chunk(keyset, inverse[chunk], cells.slice(start, stop - start),
                                      row_keys.slice(start, stop - start), key_length[chunk], uniform, prefix)
             except _aead.AuthenticationFailed as exc:
                 raise fail(start + exc.index) from None
@@ -685,7 +695,7 @@ class CellCipher:
                     for record, plaintext in zip(group, self._unwrap(kek, group), strict=True):
                         if plaintext is None or len(plaintext) != _aead.KEY_SIZE:
                             continue
-                        dek = _Dek(key_id=bytes.fromhex(record.key_id), aead=_aead.AesGcm(plaintext),
+                        dek = _Dek(key_id=bytes.fromhex(record.key_id), key=bytes(plaintext),
                                    table=record.table, column=record.column, scope_key=record.scope_key,
                                    created=now, scope=record.scope)
                         self._remember(dek, now)
@@ -751,7 +761,7 @@ def _new_patient_dek(scope_key: str, now: float) -> tuple[_Dek, bytes]:
     """A fresh random patient DEK and what gets wrapped for it (the DEK bound to its key id and patient)."""
     plaintext = os.urandom(_aead.KEY_SIZE)
     key_id = secrets.token_bytes(KEY_ID_SIZE)
-    dek = _Dek(key_id=key_id, aead=_aead.AesGcm(plaintext), table="", column="", scope_key=scope_key,
+    dek = _Dek(key_id=key_id, key=plaintext, table="", column="", scope_key=scope_key,
                created=now, scope="patient")
     return dek, bind(plaintext, key_id.hex(), scope_key)
 
@@ -770,7 +780,8 @@ def _contexts(prefix: bytes, deks: list[_Dek], dek_index: np.ndarray | None) -> 
     return contexts
 
 
-def _seal(deks: list[_Dek], contexts: np.ndarray, dek_index: np.ndarray | None, plaintexts: pa.Array,
+def _seal(keyset: _aead.KeySet, header_bytes: list[bytes], contexts: np.ndarray, dek_index: np.ndarray | None,
+          plaintexts: pa.Array,
           row_keys: pa.Array) -> pa.Array:
     """The cells of a chunk of valid values: ``header || nonce || ciphertext || tag`` each."""
     count = len(plaintexts)
@@ -778,13 +789,12 @@ def _seal(deks: list[_Dek], contexts: np.ndarray, dek_index: np.ndarray | None, 
     nonce_list, plain_list = _aead.nonce_list(nonces), plaintexts.to_pylist()
     if dek_index is None:
         aad_list = _aads(contexts[0].tobytes(), row_keys)
-        sealed = deks[0].aead.seal_many(nonce_list, plain_list, aad_list)
+        sealed = keyset.keys[0].seal_many(nonce_list, plain_list, aad_list)
     else:
         aad_list = _aads(contexts[dek_index], row_keys)
-        sealed = _aead.seal_rows([dek.aead for dek in deks], dek_index.tolist(), nonce_list, plain_list, aad_list)
+        sealed = _aead.seal_rows(keyset, dek_index.tolist(), nonce_list, plain_list, aad_list)
     # Each cell is header || nonce || sealed: one join of the pieces makes the data buffer, and the offsets
     # follow from the plaintext lengths, so no per-cell Arrow conversion is needed.
-    header_bytes = [dek.header for dek in deks]
     per_row = repeat(header_bytes[0], count) if dek_index is None else map(header_bytes.__getitem__,
                                                                             dek_index.tolist())
     data = b"".join(chain.from_iterable(zip(per_row, nonce_list, sealed, strict=True)))
@@ -835,7 +845,7 @@ def _layout(plan: list[list[tuple[_Dek, int]]], row_group: np.ndarray | None,
     return deks, dek_index
 
 
-def _open_chunk(deks: list[_Dek], dek_index: np.ndarray, cells: pa.Array, row_keys: pa.Array,
+def _open_chunk(keyset: _aead.KeySet, dek_index: np.ndarray, cells: pa.Array, row_keys: pa.Array,
                 key_length: np.ndarray, uniform: bool, prefix: bytes) -> list[bytes]:
     """Plaintexts of a chunk of checked cells whose DEKs are known.
 
@@ -850,21 +860,21 @@ def _open_chunk(deks: list[_Dek], dek_index: np.ndarray, cells: pa.Array, row_ke
                                                 count=count * _aead.NONCE_SIZE).reshape(count, -1))
         # An explicit stop: binary_slice sizes its output buffer from it.
         sealed = pc.binary_slice(cells, head + _aead.NONCE_SIZE, _MAX_CELL).to_pylist()
-        header_list = pc.binary_slice(cells, 0, head).to_pylist() if len(deks) > 1 else []
+        header_list = pc.binary_slice(cells, 0, head).to_pylist() if len(keyset.keys) > 1 else []
     else:
         raw = cells.to_pylist()
         heads = (2 + key_length).tolist()
         nonces = [cell[h:h + _aead.NONCE_SIZE] for cell, h in zip(raw, heads, strict=True)]
         sealed = [cell[h + _aead.NONCE_SIZE:] for cell, h in zip(raw, heads, strict=True)]
         header_list = [cell[:h] for cell, h in zip(raw, heads, strict=True)]
-    if len(deks) == 1:  # every cell has the same header: one context
+    if len(keyset.keys) == 1:  # every cell has the same header: one context
         first = cells[0].as_py()
         aads = _aads(_context(prefix, first[:2 + first[1]]), row_keys)
-        return deks[0].aead.open_many(nonces, sealed, aads)
+        return keyset.keys[0].open_many(nonces, sealed, aads)
     contexts = {header: _context(prefix, header) for header in set(header_list)}
     context_rows = np.frombuffer(b"".join(contexts[h] for h in header_list), dtype=np.uint8)
     aads = _aads(context_rows.reshape(count, _CONTEXT_SIZE), row_keys)
-    return _aead.open_rows([dek.aead for dek in deks], dek_index.tolist(), nonces, sealed, aads)
+    return _aead.open_rows(keyset, dek_index.tolist(), nonces, sealed, aads)
 
 
 def _aads(context: bytes | np.ndarray, row_keys: pa.Array) -> list[bytes]:

@@ -163,11 +163,29 @@ class PatientKeyStore:
         """
         if not records:
             return
-        table = pa.Table.from_pylist(
+        self._append(pa.Table.from_pylist(
             [{"key_id": r.key_id, "scope_key": r.scope_key, "kek_name": r.kek_name,
-              "wrapped": r.wrapped.encode("ascii"), "created_at": r.created_at} for r in records], schema=SCHEMA)
+              "wrapped": r.wrapped.encode("ascii"), "created_at": r.created_at} for r in records], schema=SCHEMA),
+            {r.scope_key for r in records}, commit)
+
+    def put_new(self, key_ids: list[bytes], scope_keys: list[str], kek_name: str, wrapped: list[str], *,
+                commit: CommitInfo | None = None) -> None:
+        """:meth:`put` for keys just made here (random ids, checked patients), built column-wise: a first
+        ingestion records one per patient, where a :class:`PatientKey` each cost more than the write."""
+        if not key_ids:
+            return
+        if not len(key_ids) == len(scope_keys) == len(wrapped):
+            raise ValueError("put_new needs one key id, patient and wrapped key each")
+        table = pa.table([
+            pa.array([key_id.hex() for key_id in key_ids], pa.string()),
+            pa.array(scope_keys, pa.string()), pa.repeat(pa.scalar(kek_name, pa.string()), len(key_ids)),
+            pa.array(wrapped, pa.string()).cast(pa.binary()),
+            pa.repeat(pa.scalar(datetime.now(UTC), pa.timestamp("us", tz="UTC")), len(key_ids))], schema=SCHEMA)
+        self._append(table, set(scope_keys), commit)
+
+    def _append(self, table: pa.Table, patients: set[str], commit: CommitInfo | None) -> None:
         with self._locked():
-            dead = self.shredded() & {r.scope_key for r in records}
+            dead = self.shredded() & patients
             if dead:
                 raise PatientShreddedError(dead)
             self.lake.append(SYSTEM_ZONE, self.table, table,

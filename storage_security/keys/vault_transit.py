@@ -28,6 +28,7 @@ _SIGNATURE = re.compile(r"vault:v([1-9]\d*):([A-Za-z0-9+/=]+)")
 # 1000 JSON strings per request by default in OpenBao: "batch_input" + 2 per item leaves room for 499 items.
 MAX_BATCH = 499
 DEFAULT_BATCH = 400
+_IN_FLIGHT = 4  # batch requests sent at once by one call
 _ENSURE_WORKERS = 8  # below requests' default pool of 10 connections per host
 # Transit's own rule for key names (path pattern \w(([\w-.]+)?\w)?).
 _KEY_NAME = re.compile(r"\w(?:[\w.-]*\w)?", re.ASCII)
@@ -332,8 +333,9 @@ class VaultTransitKeys:
     def _batches(
         self, path: str, items: list[dict[str, str]], *, decrypting: bool, policy: str = _WRITER
     ) -> list[tuple[int, list[dict[str, Any]]]]:
-        batches = []
-        for start in range(0, len(items), self._batch_size):
+        starts = list(range(0, len(items), self._batch_size))
+
+        def send(start: int) -> tuple[int, list[dict[str, Any]]]:
             chunk = items[start : start + self._batch_size]
             answer = self._client.write(
                 path,
@@ -345,8 +347,14 @@ class VaultTransitKeys:
             results = _data(answer).get("batch_results")
             if not isinstance(results, list) or len(results) != len(chunk):
                 raise CryptoError(f"Vault answered {path} with {len(results or [])} results for {len(chunk)} items")
-            batches.append((start, results))
-        return batches
+            return start, results
+
+        if len(starts) <= 1:
+            return [send(start) for start in starts]
+        # A first ingestion wraps a key per new patient: 250 requests for 100,000 patients. A few in flight let
+        # Vault's own threads work while this process waits (the client is shared safely between threads).
+        with ThreadPoolExecutor(max_workers=min(_IN_FLIGHT, len(starts)), thread_name_prefix="vault-batch") as pool:
+            return list(pool.map(send, starts))
 
     def _path(self, operation: str, key_name: str, suffix: str = "") -> str:
         if not isinstance(key_name, str) or not _KEY_NAME.fullmatch(key_name):

@@ -29,6 +29,7 @@ from storage_security.crypto._aead import (
     TAG_SIZE,
     AesGcm,
     AuthenticationFailed,
+    KeySet,
     open_rows,
     seal_rows,
 )
@@ -133,7 +134,8 @@ def test_when_nist_encrypt_vector_fits_the_cell_format_then_seal_many_and_seal_r
     failures = _failures(cases, lambda case: AesGcm(case.key).seal_many(
         [case.iv], [case.plaintext], [case.aad]) == [case.ciphertext + case.tag])  # type: ignore[list-item]
     assert not failures, failures
-    sealed = seal_rows([AesGcm(case.key) for case in cases], list(range(len(cases))), [case.iv for case in cases],
+    keys = KeySet([AesGcm(case.key) for case in cases])
+    sealed = seal_rows(keys, list(range(len(cases))), [case.iv for case in cases],
                        [case.plaintext for case in cases], [case.aad for case in cases])  # type: ignore[misc]
     failures = [case.ident for case, got in zip(cases, sealed, strict=True) if got != case.ciphertext + case.tag]
     assert not failures, failures
@@ -149,7 +151,8 @@ def test_when_nist_vector_fits_the_cell_format_then_decrypt_open_many_and_open_r
     failures = _failures(cases, lambda case: AesGcm(case.key).open_many(
         [case.iv], [case.ciphertext + case.tag], [case.aad]) == [case.plaintext])
     assert not failures, failures
-    opened = open_rows([AesGcm(case.key) for case in cases], list(range(len(cases))), [case.iv for case in cases],
+    keys = KeySet([AesGcm(case.key) for case in cases])
+    opened = open_rows(keys, list(range(len(cases))), [case.iv for case in cases],
                        [case.ciphertext + case.tag for case in cases], [case.aad for case in cases])
     failures = [case.ident for case, got in zip(cases, opened, strict=True) if got != case.plaintext]
     assert not failures, failures
@@ -164,7 +167,7 @@ def test_when_nist_decrypt_vector_is_marked_fail_then_every_cell_path_refuses_it
     # In a bulk call the error names the failing cell: here the second, after one that authenticates.
     good = next(case for case in cases if case.plaintext is not None)
     failures = _failures(bad, lambda case: _refused(lambda: open_rows(
-        [AesGcm(good.key), AesGcm(case.key)], [0, 1], [good.iv, case.iv],
+        KeySet([AesGcm(good.key), AesGcm(case.key)]), [0, 1], [good.iv, case.iv],
         [good.ciphertext + good.tag, case.ciphertext + case.tag], [good.aad, case.aad]), index=1))
     assert not failures, failures
     failures = _failures(bad, lambda case: _refused(lambda: AesGcm(case.key).open_many(
