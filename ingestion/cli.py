@@ -52,7 +52,6 @@ def ingest(
     --locate LABEL --path FOLDER finds the file a label stands for. Exits non-zero, with the first quarantine
     reasons, when every record was quarantined and nothing loaded.
     """
-    from ingestion.batch import _table_from_path
     from ingestion.batch import ingest as run
     from pipeline.progress import PLAIN_INTERVAL_S, ProgressBoard
 
@@ -66,8 +65,9 @@ def ingest(
 
     with ProgressBoard() as board:
         tables = board.callback("ingest")
-        if source == "tabular" and path.suffix.lower() == ".parquet" and path.is_file():
-            tables.expect(table or _table_from_path(path), _parquet_rows(path))
+        if table is not None and source == "tabular" and path.suffix.lower() == ".parquet" and path.is_file():
+            # Not with a contract and no --table: the table is the contract's, and a file stem is never shown.
+            tables.expect(table, _parquet_rows(path))
         # A chunk is read and checked whole before its first table loads (30 s for 300 FHIR patients): meanwhile,
         # a heartbeat.
         with board.running(f"ingest {source}", every=PLAIN_INTERVAL_S):  # not the file's name: it can name a patient

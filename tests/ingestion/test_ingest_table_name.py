@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -59,6 +60,12 @@ def test_when_the_contract_infer_workflow_names_the_table_then_the_extract_loads
                                  "--json"])
     assert loaded.exit_code == 0, loaded.output
     assert json.loads(loaded.stdout)["tables"] == {"heart_failure": {"in": 299, "accepted": 299, "quarantined": 0}}
+    # The same rows as Parquet, under the patient's name: the progress lines never show the file's stem.
+    parquet = home / "in" / "john_smith_labs.parquet"
+    pd.read_csv(extract, thousands=",").to_parquet(parquet)
+    shown = runner.invoke(app, ["ingest", "--source", "tabular", "--path", str(parquet), "--contract", str(draft)])
+    assert shown.exit_code == 0, shown.output
+    assert not any(part in shown.output.lower() for part in PHI_PARTS), shown.output
     # A later extract whose file stem is the reviewed contract's table name needs no --table.
     later = _named(home / "later", "heart_failure.csv")
     again = runner.invoke(app, ["ingest", "--source", "tabular", "--path", str(later), "--json"])
