@@ -507,7 +507,8 @@ class _Batch:
                  f"{' for the same patient' if _per_patient_key(contract) else ''} with different content")]
         keep = np.flatnonzero(verdicts == _Dedup.NEW)  # positions in checked.typed
         quarantined = []
-        for index in sorted(violations):
+        rejected = sorted(violations)
+        for index, record in zip(rejected, rows.records(rejected), strict=True):
             rules = list(dict.fromkeys(rule for rule, _ in violations[index]))
             counts.quarantined += 1
             counts.by_rule.update(rules)
@@ -519,7 +520,7 @@ class _Batch:
                 dict.fromkeys(message for _, message in violations[index]))
             patient = checked.patients[index].as_py() if checked.patients is not None else None
             quarantined.append(self._quarantine_row(
-                table, position, rules, reason, json.dumps(rows.record(index), default=str, ensure_ascii=False),
+                table, position, rules, reason, json.dumps(record, default=str, ensure_ascii=False),
                 patient, key_value, False))
         if not len(keep):
             return None, quarantined

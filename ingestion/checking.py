@@ -100,18 +100,13 @@ def record_hash_array(table: str, data: pa.Table, key: HashKey) -> pa.StringArra
 
     Each value is written as its text with its length in front (``5:hello``), a null as ``\\0``, so no two
     different rows share an encoding; the text of a value is Arrow's cast to string of the contract's type,
-    the same whatever format the row arrived in. The encoding is built column-wise in Arrow and the hex column
-    from one buffer; only the MAC itself is one call per row.
+    the same whatever format the row arrived in. The encoding is built column-wise (:func:`_framed_rows`) and
+    the hex column from one buffer; only the MAC itself is one call per row.
     """
     count = data.num_rows
     if count == 0:
         return pa.array([], pa.string())
-    parts = []
-    for column in data.itercolumns():
-        text = column if column.type == pa.string() else pc.cast(column, pa.string())
-        framed = pc.binary_join_element_wise(pc.cast(pc.utf8_length(text), pa.string()), text, ":")
-        parts.append(pc.fill_null(framed, "\0"))
-    encoded = pc.binary_join_element_wise(*parts, "").cast(pa.binary()).to_pylist()
+    encoded = _framed_rows(data).cast(pa.binary()).to_pylist()
     base = hmac.new(key.secret, json.dumps(table).encode() + b"\0", hashlib.sha256)
     digests = []
     copy, append = base.copy, digests.append
@@ -125,6 +120,25 @@ def record_hash_array(table: str, data: pa.Table, key: HashKey) -> pa.StringArra
 
 
 _HEX_DIGITS = 2 * hashlib.sha256().digest_size
+
+
+def _framed_rows(data: pa.Table) -> pa.Array:
+    """Each row's values framed as ``<characters>:<text>`` (a null as ``\\0``) and joined, one string a row.
+
+    The text of a value is Arrow's cast to string; the framing and joining run in DuckDB, over the Arrow
+    columns without copying them in, about twice as fast as the same kernels in Arrow (whose element-wise join
+    of many columns dominated the record hash). DuckDB's ``length`` counts code points, as Arrow's
+    ``utf8_length`` did: the bytes, and so every hash, are the same (tested against the Arrow formulation).
+    """
+    import duckdb
+
+    texts = pa.table([column if column.type == pa.string() else pc.cast(column, pa.string())
+                      for column in data.itercolumns()], names=[f"c{i}" for i in range(data.num_columns)])
+    framed = " || ".join(f"coalesce(length(c{i})::varchar || ':' || c{i}, chr(0))" for i in range(texts.num_columns))
+    with duckdb.connect() as connection:
+        connection.register("texts", texts)
+        result = connection.sql(f"SELECT {framed} AS framed FROM texts").to_arrow_table()  # noqa: S608
+    return result.column("framed").combine_chunks()
 
 
 def record_hashes(table: str, data: pa.Table, key: HashKey) -> list[str]:

@@ -69,7 +69,13 @@ class TableRows:
 
     def record(self, index: int) -> dict[str, Any]:
         """Record ``index`` as a dict of source values (for a quarantined row's payload)."""
-        return self.arrow.slice(index, 1).to_pylist()[0] if self.arrow is not None else self.rows[index]
+        return self.records([index])[0]
+
+    def records(self, indices: list[int]) -> list[dict[str, Any]]:
+        """Records ``indices`` as dicts of source values, an Arrow batch's taken in one go."""
+        if self.arrow is None:
+            return [self.rows[index] for index in indices]
+        return self.arrow.take(indices).to_pylist() if indices else []
 
 
 @dataclass
