@@ -26,7 +26,14 @@ import pandas as pd
 
 from pipeline.catalog import ColumnClass
 from pipeline.lake import CommitInfo, Lake
-from storage_security.deid.classification import AGE, BIRTH_DATE, BIRTH_YEAR, classify, name_quasi_identifier
+from storage_security.deid.classification import (
+    AGE,
+    BIRTH_DATE,
+    BIRTH_YEAR,
+    Classified,
+    classify,
+    name_quasi_identifier,
+)
 from storage_security.deid.masking import NoteMasker, load_masking_config, mask_table, table_rules
 from storage_security.deid.operators import MaskingKeys, is_age_column, top_code_ages
 from storage_security.deid.operators.generalize import OLDEST_BAND
@@ -347,9 +354,18 @@ class Deidentifier:
         done = previous[LEDGER_KEY]["batches"]
         where = (f"_batch_id IN ({', '.join(_sql_text(b) for b in done)}) AND "
                  f"patient_pseudonym IN ({', '.join(_sql_text(p) for p in patients)})")
-        again = self.plake.read("raw", table, decrypt=True, version=source_version, where=where,
+        again = self.plake.read("raw", table, decrypt=True, columns=self._published_inputs(table),
+                                version=source_version, where=where,
                                 purpose=_PURPOSE).to_pandas().drop_duplicates("_record_hash", ignore_index=True)
         return prior.filter(pc.fill_null(keep, True)), again
+
+    def _published_inputs(self, table: str) -> list[str]:
+        """The raw columns a publication of ``table`` reads: all but those the catalog drops (a dropped sealed column
+        is neither read nor decrypted: at 20,000 patients, observations' ``patient_id`` and ``value_text``), keeping
+        the record hash (dedup) and batch id (ledger) and every column the catalog does not know (classified)."""
+        rules = table_rules(self.config, table)
+        return [c for c in self._raw_columns(table)
+                if rules.get(c, {}).get("op") != "drop" or c in ("_record_hash", "_batch_id", "patient_pseudonym")]
 
     def _gate_settings(self, table: str) -> dict[str, Any]:
         """What a publication of ``table`` depends on besides the raw rows: its rules and the gate's settings."""
@@ -386,11 +402,13 @@ class Deidentifier:
                 raise _Rebuild  # a new raw version with no new batch (a rewrite): nothing to add to
             seen = set(meta.loc[~fresh, "_record_hash"])
             where = "_batch_id IN (" + ", ".join(_sql_text(b) for b in new) + ")"
-            raw = self.plake.read("raw", table, decrypt=True, version=source_version, where=where,
+            raw = self.plake.read("raw", table, decrypt=True, columns=self._published_inputs(table),
+                                  version=source_version, where=where,
                                   purpose=_PURPOSE).to_pandas()
             raw = raw[~raw["_record_hash"].isin(seen)].reset_index(drop=True)
         else:
-            raw = self.plake.read("raw", table, decrypt=True, version=source_version, purpose=_PURPOSE).to_pandas()
+            raw = self.plake.read("raw", table, decrypt=True, columns=self._published_inputs(table),
+                                  version=source_version, purpose=_PURPOSE).to_pandas()
             if "_batch_id" in raw.columns:
                 batches = sorted(str(b) for b in raw["_batch_id"].dropna().unique())
         if "_record_hash" in raw.columns:
@@ -403,6 +421,10 @@ class Deidentifier:
         spec = (self.config.get("tables") or {}).get(table, {})
         classification = classify(raw, rules, contract_phi=protection.encrypted if protection else (),
                                   detector=self.detector)
+        for column in self._raw_columns(table):
+            if column not in classification.columns and column in rules:
+                # Dropped by the catalog, so never read: its class is the catalog's all the same.
+                classification.columns[column] = Classified(column, ColumnClass(rules[column]["class"]), "config")
         used = dict(rules)
         for column, found in classification.columns.items():
             if found.source != "config":
