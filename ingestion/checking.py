@@ -134,7 +134,9 @@ def _framed_rows(data: pa.Table) -> pa.Array:
 
     texts = pa.table([column if column.type == pa.string() else pc.cast(column, pa.string())
                       for column in data.itercolumns()], names=[f"c{i}" for i in range(data.num_columns)])
-    framed = " || ".join(f"coalesce(length(c{i})::varchar || ':' || c{i}, chr(0))" for i in range(texts.num_columns))
+    # One flat concat: a chain of || nests one level per column, past DuckDB's depth limit on wide tables.
+    framed = "concat(" + ", ".join(f"coalesce(length(c{i})::varchar || ':' || c{i}, chr(0))"
+                                   for i in range(texts.num_columns)) + ")"
     with duckdb.connect() as connection:
         connection.register("texts", texts)
         result = connection.sql(f"SELECT {framed} AS framed FROM texts").to_arrow_table()  # noqa: S608
