@@ -494,7 +494,9 @@ class _Batch:
         for position, message in held.items():
             violations[checked.candidates[position]] = [(IDENTITY_RULE, message)]
         # Rows held for their identity are not offered to the dedup: they must not take the key of a later row.
-        offered = np.setdiff1d(np.arange(len(hashes)), np.fromiter(held, dtype=np.int64, count=len(held)))
+        offered = np.arange(len(hashes))
+        if held:
+            offered = np.setdiff1d(offered, np.fromiter(held, dtype=np.int64, count=len(held)))
         candidate_keys = _dedup_keys(contract, checked, np.asarray(checked.candidates, dtype=np.int64)[offered])
         verdicts = np.full(len(hashes), _HELD, dtype=np.int8)
         verdicts[offered] = self.dedup.verdicts(table, candidate_keys,

@@ -150,20 +150,21 @@ def record_hashes(table: str, data: pa.Table, key: HashKey) -> list[str]:
 
 def hash_prefixes(hashes: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """The first 64 bits of each record hash of :func:`record_hash_array` (hex, no nulls), as ``uint64``."""
-    heads = pc.utf8_slice_codeunits(hashes, 0, 16)
-    if isinstance(heads, pa.ChunkedArray):
-        heads = heads.combine_chunks()
-    count = len(heads)
-    if heads.null_count or pc.any(pc.not_equal(pc.binary_length(heads), 16)).as_py():
+    if isinstance(hashes, pa.ChunkedArray):
+        hashes = hashes.combine_chunks()
+    count = len(hashes)
+    offsets = np.frombuffer(hashes.buffers()[1], dtype=np.int32, count=count + 1, offset=4 * hashes.offset)
+    if hashes.null_count or np.any(np.diff(offsets) != _HEX_DIGITS):
         raise ValueError("record hashes must be 64 hex digits")
-    data = np.frombuffer(heads.buffers()[2], dtype=np.uint8,
-                         count=16 * count, offset=int(np.frombuffer(heads.buffers()[1], np.int32)[heads.offset]))
-    digits = data.reshape(count, 16)
-    nibbles = np.where(digits >= ord("a"), digits - ord("a") + 10, digits - ord("0")).astype(np.uint64)
-    out = np.zeros(count, dtype=np.uint64)
-    for position in range(16):
-        out = (out << np.uint64(4)) | nibbles[:, position]
-    return out
+    text = np.frombuffer(hashes.buffers()[2], dtype=np.uint8, count=_HEX_DIGITS * count, offset=int(offsets[0]))
+    nibbles = _NIBBLE[text.reshape(count, _HEX_DIGITS)[:, :16]]
+    if np.any(nibbles > 15):
+        raise ValueError("record hashes must be 64 hex digits")
+    return ((nibbles[:, 0::2] << 4) | nibbles[:, 1::2]).copy().view(">u8").ravel().astype(np.uint64)
+
+
+_NIBBLE = np.full(256, 255, dtype=np.uint8)
+_NIBBLE[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = np.arange(16, dtype=np.uint8)
 
 
 _VALIDATORS: dict[tuple[str, str], ChunkValidator] = {}
