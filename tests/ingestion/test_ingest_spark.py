@@ -95,7 +95,7 @@ def test_when_executors_get_the_settings_then_they_hash_records_under_the_lakes_
     out = pa.Table.from_batches(list(check_batches(contracts, executor_settings(settings))(iter([batch]))))
     checked = pickle.loads(out.column("checked")[0].as_py())  # noqa: S301
     assert checked.hashes is not None and len(checked.hashes) == 2
-    assert checked.hashes == record_hashes("observations", checked.typed, key)
+    assert checked.hashes.to_pylist() == record_hashes("observations", checked.typed, key)
 
 
 def test_when_medguard_compute_is_set_then_settings_take_it_and_refuse_an_unknown_placement(monkeypatch) -> None:
