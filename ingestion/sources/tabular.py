@@ -59,8 +59,9 @@ MISSING = frozenset({"", "?", "NA", "N/A", "n/a", "#N/A", "NULL", "null", "NaN",
 ROW_COLUMN = "source_row"
 # Values per chunk of a Parquet extract: 200,000 rows of a 15-column table; a 2,000-column table gets 1,500 rows a
 # chunk. Fixed costs per chunk (a Delta commit per zone, audit events, key look-ups) made 50,000-row chunks of
-# observations 10-15 % slower at 100,000 patients. Measured at about 100 bytes a value while a chunk is checked and
-# sealed (see bench/ingest_bench.py's peak memory). CSV and JSON lines are also cut at RECORD_CHUNK_ROWS records.
+# observations 10-15 % slower at 100,000 patients. Memory: one 100,000-row chunk of the patients table (about 2.2
+# million values) raised the process's RSS by about 1 GB while checked and sealed; bench/ingest_bench.py's peak was
+# 1.9 GB at 100,000 patients. CSV and JSON lines are also cut at RECORD_CHUNK_ROWS records.
 CELLS_PER_CHUNK = 3_000_000
 _NAME_MAX = 63
 _CACHED_NAME = 256
