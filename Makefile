@@ -8,6 +8,7 @@ PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed-stamp
+NATIVE := storage_security/crypto/.native-stamp
 
 # All local state stays under the project's working directory, never in ~.
 export MEDGUARD_HOME ?= $(CURDIR)/.medguard
@@ -26,7 +27,7 @@ help:
 	@echo "make lock   re-resolve requirements.in into requirements.lock"
 	@echo "make audit  check requirements.lock against the advisory database (pip-audit; fails when unreachable)"
 
-install: $(STAMP)
+install: $(STAMP) $(NATIVE)
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(MAKE) --no-print-directory java
@@ -37,6 +38,17 @@ $(STAMP): requirements.lock pyproject.toml
 	$(UV) pip install --python $(PY) --require-hashes --compile-bytecode -r requirements.lock
 	$(UV) pip install --python $(PY) --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
+
+# The native bulk AES-GCM/SHA-256 helpers (storage_security/crypto/_native_build.py): gcc and OpenSSL's headers.
+# Where they cannot be had, the build says so in one line and medguard seals cells through cryptography instead.
+$(NATIVE): storage_security/crypto/_native_build.py $(STAMP)
+	@if ! { command -v gcc >/dev/null && [ -f /usr/include/openssl/evp.h ]; } && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing gcc and libssl-dev to build the native AES-GCM helpers"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libssl-dev >/dev/null; } \
+		|| echo "warning: gcc/libssl-dev did not install" >&2; \
+	fi
+	$(PY) -m storage_security.crypto._native_build
+	@touch $@
 
 # Spark 4 needs Java 17 or newer.
 java:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import atexit
 import hashlib
-import hmac
 import itertools
 import json
 import multiprocessing
@@ -100,23 +99,18 @@ def record_hash_array(table: str, data: pa.Table, key: HashKey) -> pa.StringArra
 
     Each value is written as its text with its length in front (``5:hello``), a null as ``\\0``, so no two
     different rows share an encoding; the text of a value is Arrow's cast to string of the contract's type,
-    the same whatever format the row arrived in. The encoding is built column-wise (:func:`_framed_rows`) and
-    the hex column from one buffer; only the MAC itself is one call per row.
+    the same whatever format the row arrived in. Where the native helpers were built, one call frames and MACs
+    every row from the text columns; where not, the framing is built column-wise (:func:`_framed_rows`) and the
+    MAC is one ``hmac`` call a row.
     """
     count = data.num_rows
     if count == 0:
         return pa.array([], pa.string())
-    encoded = _framed_rows(data).cast(pa.binary()).to_pylist()
-    base = hmac.new(key.secret, json.dumps(table).encode() + b"\0", hashlib.sha256)
-    digests = []
-    copy, append = base.copy, digests.append
-    for row in encoded:
-        mac = copy()
-        mac.update(row)
-        append(mac.digest())
-    text = b"".join(digests).hex().encode()
-    offsets = np.arange(0, _HEX_DIGITS * (count + 1), _HEX_DIGITS, dtype=np.int32)
-    return pa.StringArray.from_buffers(count, pa.py_buffer(offsets), pa.py_buffer(text))
+    from storage_security.crypto.pseudonyms import framed_keyed_hex, keyed_hex  # the security core's digests
+
+    prefix = json.dumps(table).encode() + b"\0"
+    hashes = framed_keyed_hex(key.secret, prefix, _texts(data))
+    return hashes if hashes is not None else keyed_hex(key.secret, prefix, _framed_rows(data))
 
 
 _HEX_DIGITS = 2 * hashlib.sha256().digest_size
@@ -133,8 +127,7 @@ def _framed_rows(data: pa.Table) -> pa.Array:
     """
     import duckdb
 
-    texts = pa.table([column if column.type == pa.string() else pc.cast(column, pa.string())
-                      for column in data.itercolumns()], names=[f"c{i}" for i in range(data.num_columns)])
+    texts = pa.table(_texts(data), names=[f"c{i}" for i in range(data.num_columns)])
     # One flat concat: a chain of || nests one level per column, past DuckDB's depth limit on wide tables.
     framed = "concat(" + ", ".join(f"coalesce(length(c{i})::varchar || ':' || c{i}, chr(0))"
                                    for i in range(texts.num_columns)) + ")"
@@ -142,6 +135,12 @@ def _framed_rows(data: pa.Table) -> pa.Array:
         connection.register("texts", texts)
         result = connection.sql(f"SELECT {framed} AS framed FROM texts").to_arrow_table()  # noqa: S608
     return result.column("framed").combine_chunks()
+
+
+def _texts(data: pa.Table) -> list[pa.Array]:
+    """Each column as Arrow's text of its values (one array each)."""
+    return [(column if column.type == pa.string() else pc.cast(column, pa.string())).combine_chunks()
+            for column in data.itercolumns()]
 
 
 def record_hashes(table: str, data: pa.Table, key: HashKey) -> list[str]:

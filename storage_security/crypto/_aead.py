@@ -3,18 +3,32 @@
 Private: the rest of medguard uses the recipes built on it (:mod:`storage_security.crypto.envelope`,
 :mod:`storage_security.keys.keyring`). Nonces are 96-bit and random, tags 128-bit; the bulk helpers take nonces
 made by :func:`random_nonces` so that a column of cells costs one ``os.urandom`` call.
+
+Where ``make install`` could build them (:mod:`storage_security.crypto._native_build`), :func:`seal_cells`,
+:func:`open_cells`, :func:`contexts` and :func:`hmac_hex` run whole columns through OpenSSL in C, without the
+GIL; :data:`NATIVE` says whether they are here, and callers keep the one-cell-at-a-time path for when not. Both
+paths produce and accept the same bytes (tests check one against the other).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from pipeline.errors import DecryptionError
+from pipeline.errors import CryptoError, DecryptionError
+
+try:  # built by `make install`; absent, the callers seal and open one cell at a time through cryptography
+    from storage_security.crypto import _native  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - depends on the machine's compiler
+    _native = None
+
+NATIVE = _native is not None
 
 KEY_SIZE = 32
 NONCE_SIZE = 12
@@ -150,3 +164,166 @@ def nonce_list(nonces: np.ndarray) -> list[bytes]:
     """The rows of a ``(count, 12)`` uint8 array as ``bytes`` objects."""
     return np.ascontiguousarray(nonces).view(f"V{NONCE_SIZE}").ravel().tolist()
 
+
+
+# native bulk helpers ---------------------------------------------------------------------------------------------
+
+_OFFSETS_LIMIT = 2**31 - 1
+
+
+def _parts(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """The offsets (int64, as many as values + 1) and data bytes of a binary or string array, as numpy."""
+    if not (pa.types.is_binary(values.type) or pa.types.is_string(values.type)):
+        values = values.cast(pa.binary())
+    count = len(values)
+    buffers = values.buffers()
+    offsets = np.frombuffer(buffers[1], dtype=np.int32, count=count + 1, offset=4 * values.offset).astype(np.int64)
+    data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None and buffers[2].size else \
+        np.zeros(1, np.uint8)
+    if count and (offsets[0] < 0 or offsets[-1] > len(data) or np.any(offsets[1:] < offsets[:-1])):
+        raise ValueError("malformed binary array")  # never handed to C
+    return offsets, data
+
+
+def _index(key_index: np.ndarray | None, count: int, keys: int) -> np.ndarray:
+    index = np.zeros(count, dtype=np.int64) if key_index is None else np.ascontiguousarray(key_index, np.int64)
+    if len(index) != count or (count and (index.min() < 0 or index.max() >= keys)):
+        raise ValueError("key index out of range")
+    return index
+
+
+def contexts(prefix: bytes, headers: bytes, header_size: int) -> np.ndarray:
+    """The first 16 bytes of SHA-256(``prefix`` || header) for each ``header_size``-byte header, as rows."""
+    count = len(headers) // header_size if header_size else 0
+    if header_size <= 0 or count * header_size != len(headers):
+        raise ValueError("headers must be whole rows of header_size bytes")
+    out = np.empty((count, 16), dtype=np.uint8)
+    if count and _native.lib.mg_contexts(prefix, len(prefix), headers, header_size, count,
+                                         _native.ffi.from_buffer(out)) != 0:
+        raise CryptoError("OpenSSL failed to hash the cell contexts")
+    return out
+
+
+def seal_cells(keys: bytes, headers: bytes, header_size: int, context_rows: np.ndarray,
+               key_index: np.ndarray | None, plaintexts: pa.Array, row_keys: pa.Array) -> pa.Array:
+    """``header || nonce || ciphertext || tag`` of each plaintext under ``keys[key_index[i]]`` (all under key 0
+    when ``key_index`` is None), with associated data ``context || row key``; one ``binary`` cell per value.
+
+    ``keys`` is the keys' 32-byte values laid end to end, ``headers`` and ``context_rows`` one row per key.
+    """
+    count, key_count = len(plaintexts), len(keys) // KEY_SIZE
+    if key_count * KEY_SIZE != len(keys) or len(headers) != key_count * header_size or \
+            context_rows.shape != (key_count, 16) or len(row_keys) != count:
+        raise ValueError("keys, headers, contexts and row keys do not line up")
+    index = _index(key_index, count, key_count)
+    pt_off, pt_data = _parts(plaintexts)
+    rk_off, rk_data = _parts(row_keys)
+    out_off = np.zeros(count + 1, dtype=np.int64)
+    np.cumsum(np.diff(pt_off) + (header_size + NONCE_SIZE + TAG_SIZE), out=out_off[1:])
+    if out_off[-1] > _OFFSETS_LIMIT:
+        raise ValueError("more than 2 GiB of cells in one call")
+    out = np.empty(max(int(out_off[-1]), 1), dtype=np.uint8)
+    nonces = os.urandom(NONCE_SIZE * count)
+    ffi = _native.ffi
+    context_buffer = np.ascontiguousarray(context_rows)
+    if count and _native.lib.mg_seal(keys, headers, header_size, ffi.from_buffer(context_buffer),
+                                     ffi.cast("int64_t *", ffi.from_buffer(index)), nonces, count,
+                                     ffi.cast("int64_t *", ffi.from_buffer(pt_off)), ffi.from_buffer(pt_data),
+                                     ffi.cast("int64_t *", ffi.from_buffer(rk_off)), ffi.from_buffer(rk_data),
+                                     ffi.cast("int64_t *", ffi.from_buffer(out_off)),
+                                     ffi.from_buffer(out)) != 0:
+        raise CryptoError("OpenSSL failed to seal cells")
+    return pa.Array.from_buffers(pa.binary(), count, [None, pa.py_buffer(out_off.astype(np.int32)),
+                                                      pa.py_buffer(out[:int(out_off[-1])])])
+
+
+def open_cells(keys: bytes, context_rows: np.ndarray, key_index: np.ndarray, cells: pa.Array, head: np.ndarray,
+               row_keys: pa.Array) -> pa.Array:
+    """The plaintexts of checked cells (each ``head[i]`` header bytes, nonce, ciphertext, tag), one ``binary``
+    value each.
+
+    Raises:
+        AuthenticationFailed: naming the position of the first cell that does not verify.
+    """
+    count, key_count = len(cells), len(keys) // KEY_SIZE
+    if key_count * KEY_SIZE != len(keys) or context_rows.shape != (key_count, 16) or len(row_keys) != count:
+        raise ValueError("keys, contexts and row keys do not line up")
+    index = _index(key_index, count, key_count)
+    heads = np.ascontiguousarray(head, dtype=np.int64)
+    cell_off, cell_data = _parts(cells)
+    rk_off, rk_data = _parts(row_keys)
+    sizes = np.diff(cell_off) - heads - (NONCE_SIZE + TAG_SIZE)
+    if len(heads) != count or (count and (heads.min() < 0 or sizes.min() < 0)):
+        raise AuthenticationFailed(int(np.argmax(sizes < 0)) if count and sizes.min() < 0 else 0)
+    out_off = np.zeros(count + 1, dtype=np.int64)
+    np.cumsum(sizes, out=out_off[1:])
+    out = np.zeros(max(int(out_off[-1]), 1), dtype=np.uint8)
+    ffi = _native.ffi
+    failed = _native.lib.mg_open(keys, ffi.from_buffer(np.ascontiguousarray(context_rows)),
+                                 ffi.cast("int64_t *", ffi.from_buffer(index)), count,
+                                 ffi.cast("int64_t *", ffi.from_buffer(cell_off)),
+                                 ffi.cast("int64_t *", ffi.from_buffer(heads)), ffi.from_buffer(cell_data),
+                                 ffi.cast("int64_t *", ffi.from_buffer(rk_off)), ffi.from_buffer(rk_data),
+                                 ffi.cast("int64_t *", ffi.from_buffer(out_off)), ffi.from_buffer(out))
+    if failed >= 0:
+        raise AuthenticationFailed(int(failed))
+    if failed != -1:
+        raise CryptoError("OpenSSL failed to open cells")
+    return pa.Array.from_buffers(pa.binary(), count, [None, pa.py_buffer(out_off.astype(np.int32)),
+                                                      pa.py_buffer(out[:int(out_off[-1])])])
+
+
+def hmac_hex(key: bytes, prefix: bytes, messages: pa.Array) -> pa.StringArray:
+    """HMAC-SHA256 under ``key`` (at most 64 bytes) of ``prefix`` + each message, as 64 lowercase hex digits."""
+    if len(key) > 64:
+        raise ValueError("an HMAC key here is at most one SHA-256 block")
+    block = key.ljust(64, b"\0")
+    inner = bytes(b ^ 0x36 for b in block) + prefix
+    outer = bytes(b ^ 0x5C for b in block)
+    count = len(messages)
+    offsets, data = _parts(messages)
+    out = np.empty(max(64 * count, 1), dtype=np.uint8)
+    ffi = _native.ffi
+    if count and _native.lib.mg_hmac_hex(inner, len(inner), outer, count,
+                                         ffi.cast("int64_t *", ffi.from_buffer(offsets)), ffi.from_buffer(data),
+                                         ffi.from_buffer(out)) != 0:
+        raise CryptoError("OpenSSL failed to compute record hashes")
+    text_offsets = np.arange(0, 64 * (count + 1), 64, dtype=np.int32)
+    return pa.StringArray.from_buffers(count, pa.py_buffer(text_offsets), pa.py_buffer(out[:64 * count]))
+
+
+def framed_hmac_hex(key: bytes, prefix: bytes, columns: Sequence[pa.Array]) -> pa.StringArray:
+    """:func:`hmac_hex` of each row framed from ``columns`` (strings, all of one length): each value as
+    ``<code points>:<text>``, a null as one NUL byte, the columns in order."""
+    if len(key) > 64:
+        raise ValueError("an HMAC key here is at most one SHA-256 block")
+    block = key.ljust(64, b"\0")
+    inner = bytes(b ^ 0x36 for b in block) + prefix
+    outer = bytes(b ^ 0x5C for b in block)
+    count = len(columns[0]) if columns else 0
+    ffi = _native.ffi
+    held: list[Any] = []  # every buffer handed to C stays alive through the call
+    offsets, data, valid = [], [], []
+    for column in columns:
+        if not pa.types.is_string(column.type) or len(column) != count:
+            raise ValueError("framed columns must be strings of one length")
+        buffers = column.buffers()
+        column_offsets = np.frombuffer(buffers[1], dtype=np.int32, count=count + 1, offset=4 * column.offset)
+        column_data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None and buffers[2].size \
+            else np.zeros(1, np.uint8)
+        if count and (column_offsets[0] < 0 or column_offsets[-1] > len(column_data)
+                      or np.any(column_offsets[1:] < column_offsets[:-1])):
+            raise ValueError("malformed string array")  # never handed to C
+        mask = column.is_valid().to_numpy(zero_copy_only=False).astype(np.uint8) if column.null_count else None
+        held += [column_offsets, column_data, mask]
+        offsets.append(ffi.cast("int32_t *", ffi.from_buffer(column_offsets)))
+        data.append(ffi.from_buffer(column_data))
+        valid.append(ffi.from_buffer(mask) if mask is not None else ffi.NULL)
+    out = np.empty(max(64 * count, 1), dtype=np.uint8)
+    if count and _native.lib.mg_framed_hmac_hex(inner, len(inner), outer, len(columns),
+                                                ffi.new("int32_t *[]", offsets), ffi.new("unsigned char *[]", data),
+                                                ffi.new("unsigned char *[]", valid), count,
+                                                ffi.from_buffer(out)) != 0:
+        raise CryptoError("OpenSSL failed to compute record hashes")
+    text_offsets = np.arange(0, 64 * (count + 1), 64, dtype=np.int32)
+    return pa.StringArray.from_buffers(count, pa.py_buffer(text_offsets), pa.py_buffer(out[:64 * count]))

@@ -392,7 +392,13 @@ class CellCipher:
         all_groups = None if row_group is None else np.concatenate([item[5] for item in columns_in])
         # Patient DEKs ignore the column (one slot per patient); batch callers pass one column.
         deks, dek_index = self._assign(table, columns_in[0][0], groups, all_groups, total)
-        keyset, headers = _aead.KeySet([dek.aead for dek in deks]), [dek.header for dek in deks]
+        headers = [dek.header for dek in deks]
+        # The native path wants the DEKs' headers of one size (they are, but for DEKs of old lakes).
+        native = _aead.NATIVE and len({len(header) for header in headers}) == 1
+        if native:
+            key_bytes, header_bytes = b"".join(dek.key for dek in deks), b"".join(headers)
+        else:
+            keyset = _aead.KeySet([dek.aead for dek in deks])
         position = 0
         for (column, prefix, plaintexts, keys, valid, _groups), count in zip(columns_in, counts, strict=True):
             if count == 0:
@@ -400,6 +406,11 @@ class CellCipher:
                 continue
             index = None if dek_index is None else dek_index[position:position + count]
             position += count
+            if native:  # the whole column in one call, outside the GIL
+                contexts = _aead.contexts(prefix, header_bytes, len(headers[0]))
+                result[column] = _with_nulls(_aead.seal_cells(key_bytes, header_bytes, len(headers[0]), contexts,
+                                                              index, plaintexts, keys), valid)
+                continue
             contexts = _contexts(prefix, deks, index)
             # Chunks small enough that each step's temporaries stay in the CPU caches.
             sealed = [_seal(keyset, headers, contexts, None if index is None else index[start:start + _CHUNK],
@@ -651,8 +662,16 @@ class CellCipher:
         if unknown.any():
             raise fail(int(np.argmax(unknown)))
         usable: list[_Dek] = [dek for dek in deks if dek is not None]
-        keyset = _aead.KeySet([dek.aead for dek in usable])
         uniform = bool(np.all(key_length == key_length[0]))
+        if _aead.NATIVE and uniform:  # every cell in one call, outside the GIL
+            header_size = 2 + int(key_length[0])
+            contexts = _aead.contexts(prefix, b"".join(dek.header for dek in usable), header_size)
+            try:
+                return _aead.open_cells(b"".join(dek.key for dek in usable), contexts, inverse, cells,
+                                        np.full(count, header_size, dtype=np.int64), row_keys)
+            except _aead.AuthenticationFailed as exc:
+                raise fail(exc.index) from None
+        keyset = _aead.KeySet([dek.aead for dek in usable])
         plain: list[bytes] = []
         for start in range(0, count, _CHUNK):
             stop = min(start + _CHUNK, count)

@@ -24,16 +24,43 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from storage_security.crypto import _aead
 from storage_security.keys.base import KeyProvider
 from storage_security.keys.dek_store import DekRecord, DekStore, check_scope_key
 
-__all__ = ["PSEUDONYM_SCHEME", "PseudonymKeys", "Pseudonymizer"]
+__all__ = ["PSEUDONYM_SCHEME", "PseudonymKeys", "Pseudonymizer", "framed_keyed_hex", "keyed_hex"]
 
 PSEUDONYM_SCHEME = "ps1"
 _DOMAIN = b"medguard.pseudonym.v1\x00"
 _DERIVE_DOMAIN = b"medguard.derive.v1\x00"
 _DIGEST_BYTES = 16
-_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+
+
+def keyed_hex(key: bytes, prefix: bytes, messages: pa.Array) -> pa.StringArray:
+    """HMAC-SHA256 under ``key`` of ``prefix`` followed by each message (binary or string, no nulls), as 64
+    lowercase hex digits a row: in one native call where it was built, else one ``hmac`` call a row."""
+    if _aead.NATIVE and len(key) <= 64:
+        return _aead.hmac_hex(key, prefix, messages)
+    base = hmac.new(key, prefix, hashlib.sha256)
+    digests = []
+    copy, append = base.copy, digests.append
+    for message in messages.cast(pa.binary()).to_pylist():
+        mac = copy()
+        mac.update(message)
+        append(mac.digest())
+    count = len(messages)
+    text = b"".join(digests).hex().encode()
+    offsets = np.arange(0, 64 * (count + 1), 64, dtype=np.int32)
+    return pa.StringArray.from_buffers(count, pa.py_buffer(offsets), pa.py_buffer(text))
+
+
+def framed_keyed_hex(key: bytes, prefix: bytes, columns: list[pa.Array]) -> pa.StringArray | None:
+    """:func:`keyed_hex` of each row framed from text ``columns`` (each value ``<code points>:<text>``, a null
+    as one NUL byte, in order), in one native call; None where the native helpers were not built (the caller
+    frames the rows itself and calls :func:`keyed_hex`)."""
+    if not _aead.NATIVE or len(key) > 64:
+        return None
+    return _aead.framed_hmac_hex(key, prefix, columns)
 
 
 class Pseudonymizer:
@@ -73,7 +100,7 @@ class Pseudonymizer:
     def _use(self, key_id: str, key: bytes) -> None:
         self.key_version = key_id[:8]
         self._prefix = f"{PSEUDONYM_SCHEME}_{self.key_version}_".encode()
-        self._mac = hmac.new(key, _DOMAIN, hashlib.sha256)
+        self._key = key
         self._derive = hmac.new(key, _DERIVE_DOMAIN, hashlib.sha256)
 
     def derive_key(self, label: str) -> bytes:
@@ -102,20 +129,15 @@ class Pseudonymizer:
         array = values if isinstance(values, pa.Array) else pa.array(values)
         text = array.cast(pa.string()) if not pa.types.is_string(array.type) else array
         valid = text.is_valid().to_numpy(zero_copy_only=False) if text.null_count else None
-        present = text.drop_null().cast(pa.binary()).to_pylist()
-        base = self._mac
-        digests = []
-        for value in present:
-            mac = base.copy()
-            mac.update(value)
-            digests.append(mac.digest()[:_DIGEST_BYTES])
+        present = text.drop_null() if valid is not None else text
         count = len(present)
-        raw = np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(count, _DIGEST_BYTES)
         width = len(self._prefix) + 2 * _DIGEST_BYTES
         out = np.empty((count, width), dtype=np.uint8)
         out[:, :len(self._prefix)] = np.frombuffer(self._prefix, dtype=np.uint8)
-        out[:, len(self._prefix)::2] = _HEX[raw >> 4]
-        out[:, len(self._prefix) + 1::2] = _HEX[raw & 0x0F]
+        if count:
+            digits = np.frombuffer(keyed_hex(self._key, _DOMAIN, present).buffers()[2], dtype=np.uint8,
+                                   count=64 * count).reshape(count, 64)
+            out[:, len(self._prefix):] = digits[:, :2 * _DIGEST_BYTES]
         offsets = np.arange(count + 1, dtype=np.int32) * width
         result = pa.Array.from_buffers(pa.string(), count, [None, pa.py_buffer(offsets), pa.py_buffer(out)])
         if valid is None:
