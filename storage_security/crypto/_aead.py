@@ -12,8 +12,9 @@ paths produce and accept the same bytes (tests check one against the other).
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -169,6 +170,24 @@ def nonce_list(nonces: np.ndarray) -> list[bytes]:
 # native bulk helpers ---------------------------------------------------------------------------------------------
 
 _OFFSETS_LIMIT = 2**31 - 1
+_PARALLEL_MIN = 16_384  # rows per thread below which one thread is faster than handing work out
+_threads: list[Any] = []
+
+
+def _in_parallel(count: int, call: Callable[[int, int], int]) -> list[int]:
+    """Run ``call(start, stop)`` over ``[0, count)`` split across the machine's cores, returning each part's
+    result in order. The native calls release the GIL, so the parts run at once; each writes only its own rows."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    parts = max(1, min(os.cpu_count() or 1, 8, count // _PARALLEL_MIN))
+    if parts == 1:
+        return [call(0, count)]
+    if not _threads:
+        _threads.append(ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 8),
+                                           thread_name_prefix="medguard-aead"))
+    bounds = np.linspace(0, count, parts + 1).astype(np.int64).tolist()
+    futures = [_threads[0].submit(call, start, stop) for start, stop in itertools.pairwise(bounds)]
+    return [future.result() for future in futures]
 
 
 def _parts(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -183,6 +202,11 @@ def _parts(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     if count and (offsets[0] < 0 or offsets[-1] > len(data) or np.any(offsets[1:] < offsets[:-1])):
         raise ValueError("malformed binary array")  # never handed to C
     return offsets, data
+
+
+def _int64s(array: np.ndarray) -> Any:
+    """A C pointer to an int64 array's first element (the array must outlive every use of the pointer)."""
+    return _native.ffi.cast("int64_t *", _native.ffi.from_buffer(array))
 
 
 def _index(key_index: np.ndarray | None, count: int, keys: int) -> np.ndarray:
@@ -225,13 +249,16 @@ def seal_cells(keys: bytes, headers: bytes, header_size: int, context_rows: np.n
     out = np.empty(max(int(out_off[-1]), 1), dtype=np.uint8)
     nonces = os.urandom(NONCE_SIZE * count)
     ffi = _native.ffi
-    context_buffer = np.ascontiguousarray(context_rows)
-    if count and _native.lib.mg_seal(keys, headers, header_size, ffi.from_buffer(context_buffer),
-                                     ffi.cast("int64_t *", ffi.from_buffer(index)), nonces, count,
-                                     ffi.cast("int64_t *", ffi.from_buffer(pt_off)), ffi.from_buffer(pt_data),
-                                     ffi.cast("int64_t *", ffi.from_buffer(rk_off)), ffi.from_buffer(rk_data),
-                                     ffi.cast("int64_t *", ffi.from_buffer(out_off)),
-                                     ffi.from_buffer(out)) != 0:
+    context_buffer = ffi.from_buffer(np.ascontiguousarray(context_rows))
+    index_at, nonce_at = _int64s(index), ffi.cast("unsigned char *", ffi.from_buffer(nonces))
+    pt_at, rk_at, out_at = _int64s(pt_off), _int64s(rk_off), _int64s(out_off)
+    pt_buffer, rk_buffer, out_buffer = ffi.from_buffer(pt_data), ffi.from_buffer(rk_data), ffi.from_buffer(out)
+
+    def seal(start: int, stop: int) -> int:
+        return _native.lib.mg_seal(keys, headers, header_size, context_buffer, index_at + start,
+                                   nonce_at + NONCE_SIZE * start, stop - start, pt_at + start, pt_buffer,
+                                   rk_at + start, rk_buffer, out_at + start, out_buffer)
+    if count and any(_in_parallel(count, seal)):
         raise CryptoError("OpenSSL failed to seal cells")
     return pa.Array.from_buffers(pa.binary(), count, [None, pa.py_buffer(out_off.astype(np.int32)),
                                                       pa.py_buffer(out[:int(out_off[-1])])])
@@ -259,15 +286,21 @@ def open_cells(keys: bytes, context_rows: np.ndarray, key_index: np.ndarray, cel
     np.cumsum(sizes, out=out_off[1:])
     out = np.zeros(max(int(out_off[-1]), 1), dtype=np.uint8)
     ffi = _native.ffi
-    failed = _native.lib.mg_open(keys, ffi.from_buffer(np.ascontiguousarray(context_rows)),
-                                 ffi.cast("int64_t *", ffi.from_buffer(index)), count,
-                                 ffi.cast("int64_t *", ffi.from_buffer(cell_off)),
-                                 ffi.cast("int64_t *", ffi.from_buffer(heads)), ffi.from_buffer(cell_data),
-                                 ffi.cast("int64_t *", ffi.from_buffer(rk_off)), ffi.from_buffer(rk_data),
-                                 ffi.cast("int64_t *", ffi.from_buffer(out_off)), ffi.from_buffer(out))
-    if failed >= 0:
-        raise AuthenticationFailed(int(failed))
-    if failed != -1:
+    context_buffer = ffi.from_buffer(np.ascontiguousarray(context_rows))
+    index_at, cell_at, head_at = _int64s(index), _int64s(cell_off), _int64s(heads)
+    rk_at, out_at = _int64s(rk_off), _int64s(out_off)
+    cell_buffer, rk_buffer, out_buffer = ffi.from_buffer(cell_data), ffi.from_buffer(rk_data), ffi.from_buffer(out)
+
+    def open_part(start: int, stop: int) -> int:
+        failed = _native.lib.mg_open(keys, context_buffer, index_at + start, stop - start, cell_at + start,
+                                     head_at + start, cell_buffer, rk_at + start, rk_buffer, out_at + start,
+                                     out_buffer)
+        return failed + start if failed >= 0 else failed
+    results = _in_parallel(count, open_part) if count else []
+    failures = [failed for failed in results if failed >= 0]
+    if failures:
+        raise AuthenticationFailed(int(failures[0]))
+    if any(failed != -1 for failed in results):
         raise CryptoError("OpenSSL failed to open cells")
     return pa.Array.from_buffers(pa.binary(), count, [None, pa.py_buffer(out_off.astype(np.int32)),
                                                       pa.py_buffer(out[:int(out_off[-1])])])
@@ -318,12 +351,19 @@ def framed_hmac_hex(key: bytes, prefix: bytes, columns: Sequence[pa.Array]) -> p
         held += [column_offsets, column_data, mask]
         offsets.append(ffi.cast("int32_t *", ffi.from_buffer(column_offsets)))
         data.append(ffi.from_buffer(column_data))
-        valid.append(ffi.from_buffer(mask) if mask is not None else ffi.NULL)
+        valid.append(ffi.cast("unsigned char *", ffi.from_buffer(mask)) if mask is not None else ffi.NULL)
     out = np.empty(max(64 * count, 1), dtype=np.uint8)
-    if count and _native.lib.mg_framed_hmac_hex(inner, len(inner), outer, len(columns),
-                                                ffi.new("int32_t *[]", offsets), ffi.new("unsigned char *[]", data),
-                                                ffi.new("unsigned char *[]", valid), count,
-                                                ffi.from_buffer(out)) != 0:
+    out_at = ffi.cast("unsigned char *", ffi.from_buffer(out))
+    data_at = ffi.new("unsigned char *[]", data)
+
+    def hash_part(start: int, stop: int) -> int:
+        # Each part gets its own pointer tables, moved to its first row (the data buffers stay whole).
+        part_offsets = ffi.new("int32_t *[]", [pointer + start for pointer in offsets])
+        part_valid = ffi.new("unsigned char *[]", [pointer + start if pointer != ffi.NULL else ffi.NULL
+                                                   for pointer in valid])
+        return _native.lib.mg_framed_hmac_hex(inner, len(inner), outer, len(columns), part_offsets, data_at,
+                                              part_valid, stop - start, out_at + 64 * start)
+    if count and any(_in_parallel(count, hash_part)):
         raise CryptoError("OpenSSL failed to compute record hashes")
     text_offsets = np.arange(0, 64 * (count + 1), 64, dtype=np.int32)
     return pa.StringArray.from_buffers(count, pa.py_buffer(text_offsets), pa.py_buffer(out[:64 * count]))

@@ -156,3 +156,33 @@ def test_when_pseudonyms_are_computed_natively_then_they_are_the_documented_hmac
                 "ps1_0123abcd_" + hmac.new(key, domain + v.encode(), hashlib.sha256).hexdigest()[:32]
                 for v in values]
     assert pseudonymizer.pseudonymize(values).to_pylist() == expected
+
+
+def test_when_a_column_is_large_enough_to_split_across_threads_then_cells_round_trip_and_failures_keep_positions(
+        ) -> None:
+    count = 4 * _aead._PARALLEL_MIN + 7
+    keys, key_bytes, header_bytes = _keys(5)
+    contexts = _aead.contexts(b"prefix", header_bytes, HEADER)
+    index = np.arange(count, dtype=np.int64) // 1000 % 5
+    plaintexts = pa.array([f"value {i}" * (i % 4) for i in range(count)], pa.string()).cast(pa.binary())
+    row_keys = pa.array([f"r{i}".encode() for i in range(count)], pa.binary())
+    cells = _aead.seal_cells(key_bytes, header_bytes, HEADER, contexts, index, plaintexts, row_keys)
+    for i in (0, count // 2, count - 1):  # the reference opens cells from every part
+        cell, k = cells[i].as_py(), int(index[i])
+        assert AESGCM(keys[k]).decrypt(cell[HEADER:HEADER + 12], cell[HEADER + 12:],
+                                       contexts[k].tobytes() + row_keys[i].as_py()) == plaintexts[i].as_py()
+    heads = np.full(count, HEADER, dtype=np.int64)
+    assert _aead.open_cells(key_bytes, contexts, index, cells, heads, row_keys).equals(plaintexts)
+    late = count - 3
+    bad = cells.to_pylist()
+    bad[late] = bad[late][:-1] + bytes([bad[late][-1] ^ 1])
+    with pytest.raises(_aead.AuthenticationFailed) as failed:
+        _aead.open_cells(key_bytes, contexts, index, pa.array(bad, pa.binary()), heads, row_keys)
+    assert failed.value.index == late
+    texts = [pa.array([None if i % 9 == 0 else f"é{i}" for i in range(count)], pa.string()),
+             pa.array([str(i) for i in range(count)], pa.string())]
+    key = os.urandom(32)
+    hashes = _aead.framed_hmac_hex(key, b"t\x00", texts).to_pylist()
+    for i in (0, 1, count // 2, count - 1):
+        row = ("\x00" if i % 9 == 0 else f"{len(f'é{i}')}:é{i}") + f"{len(str(i))}:{i}"
+        assert hashes[i] == hmac.new(key, b"t\x00" + row.encode(), hashlib.sha256).hexdigest()
