@@ -35,8 +35,6 @@ chunk, load under the existing pseudonym; the quarantined patients row is where 
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from typing import Any
 
 import pyarrow as pa
@@ -78,31 +76,28 @@ def _normalised(field: str, values: pa.Array) -> pa.Array:
 def fingerprints(data: pa.Table, patient_column: str, key: bytes) -> pa.Array:
     """The ``_identity`` fingerprint of every row of a patients table (string; see the module docstring).
 
-    The message of each field is built column-wise in Arrow; only the MAC is one call per present value.
+    The message of each field is built column-wise in Arrow and MACed by the security core's keyed digest
+    (one native call a field where it was built); the fingerprint is joined in Arrow.
     """
+    from storage_security.crypto.pseudonyms import keyed_hex  # the keyed digest the security core computes
+
     count = data.num_rows
     if not count:
         return pa.array([], pa.string())
     patients = data.column(patient_column).combine_chunks()
     patients = patients if patients.type == pa.string() else pc.cast(patients, pa.string())
-    parts: list[list[str]] = []
+    empty = pa.scalar("", pa.string())
+    parts: list[pa.Array] = []
     for field in IDENTITY_FIELDS:
         if field not in data.column_names:
-            parts.append([""] * count)
+            parts.append(pa.array([""] * count, pa.string()))
             continue
         values = _normalised(field, data.column(field).combine_chunks())
-        messages = pc.binary_join_element_wise(pc.fill_null(patients, ""), values, "\0").cast(pa.binary())
-        base = hmac.new(key, field.encode() + b"\0", hashlib.sha256)
-        out = []
-        for message in messages.to_pylist():
-            if message is None:
-                out.append("")
-                continue
-            mac = base.copy()
-            mac.update(message)
-            out.append(mac.digest()[:_DIGEST_BYTES].hex())
-        parts.append(out)
-    return pa.array([f"{_SCHEME}:" + ".".join(row) for row in zip(*parts, strict=True)], pa.string())
+        messages = pc.binary_join_element_wise(pc.fill_null(patients, ""), values, "\0")
+        digests = keyed_hex(key, field.encode() + b"\0", pc.fill_null(messages, ""))
+        parts.append(pc.if_else(messages.is_valid(), pc.utf8_slice_codeunits(digests, 0, 2 * _DIGEST_BYTES), empty))
+    return pc.binary_join_element_wise(pa.array([f"{_SCHEME}:"] * count, pa.string()),
+                                       pc.binary_join_element_wise(*parts, "."), "")
 
 
 def _split(fingerprint: str | None) -> list[str] | None:

@@ -8,7 +8,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import chain, repeat
 from typing import TYPE_CHECKING, Any
@@ -386,12 +386,17 @@ class CellCipher:
             columns_in.append((column, prefix, plaintexts, keys, valid, groups_of))
         counts = [len(item[2]) for item in columns_in]
         total = sum(counts)
-        result: dict[str, pa.Array] = {}
         if total == 0:
             return {column: pa.nulls(size, pa.binary()) for column, *_ in columns_in}
         all_groups = None if row_group is None else np.concatenate([item[5] for item in columns_in])
         # Patient DEKs ignore the column (one slot per patient); batch callers pass one column.
         deks, dek_index = self._assign(table, columns_in[0][0], groups, all_groups, total)
+        return self._seal_columns(deks, dek_index, columns_in, counts, size)
+
+    def _seal_columns(self, deks: list[_Dek], dek_index: np.ndarray | None, columns_in: list[Any],
+                      counts: list[int], size: int) -> dict[str, pa.Array]:
+        """The cells of every column, under the DEKs :meth:`_assign` chose."""
+        result: dict[str, pa.Array] = {}
         headers = [dek.header for dek in deks]
         # The native path wants the DEKs' headers of one size (they are, but for DEKs of old lakes).
         native = _aead.NATIVE and len({len(header) for header in headers}) == 1
@@ -474,6 +479,10 @@ class CellCipher:
             stored = self._stored_patient_deks(lookup, now) if lookup else {}
             records: list[DekRecord] = []
             fresh: list[tuple[_Dek, bytes]] = []
+            # Every new patient DEK's randomness in one call (at most one DEK per patient unless a patient's
+            # cells here pass the invocation limit, which the generator below covers).
+            randomness = _randomness(sum(1 for (scope, _key), need, segments in zip(groups, missing, plan, strict=True)
+                                         if scope == "patient" and need and not segments))
             for index, (scope, key) in enumerate(groups):
                 found = stored.get(key) if scope == "patient" and missing[index] and not plan[index] else None
                 if found is not None:
@@ -486,7 +495,7 @@ class CellCipher:
                         dek, record = self._new_dek(self.kek_name, *slots[index], now)
                         records.append(record)
                     else:
-                        dek, material = _new_patient_dek(key, now)
+                        dek, material = _new_patient_dek(key, now, randomness)
                         fresh.append((dek, material))
                     take = min(need, self._max_invocations)
                     plan[index].append((dek, take))
@@ -776,10 +785,20 @@ class CellCipher:
                 self._patients.pop(scope_key, None)
 
 
-def _new_patient_dek(scope_key: str, now: float) -> tuple[_Dek, bytes]:
+def _randomness(deks: int) -> Iterator[bytes]:
+    """Key and key-id bytes for new DEKs: ``deks`` of them from one ``os.urandom`` call, then one call each."""
+    size = _aead.KEY_SIZE + KEY_ID_SIZE
+    pool = os.urandom(size * deks)
+    for start in range(0, len(pool), size):
+        yield pool[start:start + size]
+    while True:
+        yield os.urandom(size)
+
+
+def _new_patient_dek(scope_key: str, now: float, randomness: Iterator[bytes] | None = None) -> tuple[_Dek, bytes]:
     """A fresh random patient DEK and what gets wrapped for it (the DEK bound to its key id and patient)."""
-    plaintext = os.urandom(_aead.KEY_SIZE)
-    key_id = secrets.token_bytes(KEY_ID_SIZE)
+    drawn = next(randomness) if randomness is not None else os.urandom(_aead.KEY_SIZE + KEY_ID_SIZE)
+    plaintext, key_id = drawn[:_aead.KEY_SIZE], drawn[_aead.KEY_SIZE:]
     dek = _Dek(key_id=key_id, key=plaintext, table="", column="", scope_key=scope_key,
                created=now, scope="patient")
     return dek, bind(plaintext, key_id.hex(), scope_key)
