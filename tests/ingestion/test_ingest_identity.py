@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import hmac
 import json
 from pathlib import Path
 
@@ -151,6 +153,22 @@ def test_when_fingerprints_are_made_then_they_are_keyed_and_bound_to_the_patient
     assert a.split(".")[1] == "" and a_unknown_sex.split(".")[2] == ""  # missing and unknown stay empty
     assert one.to_pylist() != other.to_pylist()
     assert "Ann" not in a and "2000" not in a
+
+
+def test_when_fingerprints_are_made_then_each_part_is_the_documented_hmac_of_the_normalised_field():
+    data = pa.table({"patient_id": ["P-1", "P-2"], "first_name": ["José", None], "last_name": ["O'Brien", "Li"],
+                     "sex": [" f ", "M"], "birth_date": ["1980-06-14", "2001-02-03"]})
+    key = b"k" * 32
+
+    def part(field: str, patient: str, value: str | None) -> str:
+        if value is None:
+            return ""
+        return hmac.new(key, f"{field}\0{patient}\0{value}".encode(), hashlib.sha256).digest()[:8].hex()
+    expected = [f"v1:{part('first_name', 'P-1', 'jose')}.{part('last_name', 'P-1', 'o brien')}."
+                f"{part('sex', 'P-1', 'F')}.{part('birth_date', 'P-1', '1980-06-14')}",
+                f"v1:.{part('last_name', 'P-2', 'li')}.{part('sex', 'P-2', 'M')}."
+                f"{part('birth_date', 'P-2', '2001-02-03')}"]
+    assert fingerprints(data, "patient_id", key).to_pylist() == expected
 
 
 def test_when_an_identity_check_is_pickled_then_it_refuses():
