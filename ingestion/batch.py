@@ -360,11 +360,26 @@ class _Dedup:
         if len(fresh):
             runs.append((fingerprints[fresh], content[fresh]))  # leaders come in fingerprint order already
             while len(runs) > 1 and len(runs[-1][0]) >= len(runs[-2][0]):
-                (a_prints, a_content), (b_prints, b_content) = runs.pop(), runs.pop()
-                prints = np.concatenate([b_prints, a_prints])
-                merged = np.argsort(prints, kind="stable")
-                runs.append((prints[merged], np.concatenate([b_content, a_content])[merged]))
+                newer, older = runs.pop(), runs.pop()
+                runs.append(_merge_runs(older, newer))
         return out
+
+
+def _merge_runs(older: tuple[np.ndarray, np.ndarray],
+                newer: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Two sorted runs of (fingerprint, content) as one. Their fingerprints are disjoint (a run holds only what
+    no earlier run did), so each of the newer run's rows goes where ``searchsorted`` puts it among the older
+    run's: no sort, and no temporaries beyond the merged run and one position a newer row."""
+    (old_prints, old_content), (new_prints, new_content) = older, newer
+    total = len(old_prints) + len(new_prints)
+    at = np.searchsorted(old_prints, new_prints)
+    at += np.arange(len(new_prints), dtype=at.dtype)
+    prints, content = np.empty(total, dtype=np.uint64), np.empty(total, dtype=np.uint64)
+    prints[at], content[at] = new_prints, new_content
+    rest = np.ones(total, dtype=bool)
+    rest[at] = False
+    prints[rest], content[rest] = old_prints, old_content
+    return prints, content
 
 
 def _per_patient_key(contract: Contract) -> bool:

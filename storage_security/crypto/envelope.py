@@ -7,10 +7,9 @@ import os
 import secrets
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from itertools import chain, repeat
+from itertools import chain, islice, repeat
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -85,11 +84,14 @@ class _Dek:
     created: float
     uses: int = 0
     scope: str = "batch"
-    header: bytes = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         _aead.check_key(self.key)
-        self.header = bytes((FORMAT_VERSION, len(self.key_id))) + self.key_id
+
+    @property
+    def header(self) -> bytes:
+        """What starts each of its cells: the format version, the key id's length and the key id."""
+        return bytes((FORMAT_VERSION, len(self.key_id))) + self.key_id
 
     @property
     def aead(self) -> _aead.AesGcm:
@@ -274,8 +276,11 @@ class CellCipher:
         self._patient_keys = patient_keys if patient_keys is not None else PatientKeyStore(store.lake)
         self._max_cached = int(max_cached_keys)
         self._active: dict[tuple[str, str, str, str], _Dek] = {}
-        self._patients: OrderedDict[str, _Dek] = OrderedDict()
-        self._known: OrderedDict[str, tuple[_Dek, float]] = OrderedDict()
+        # Least recently used first (plain dicts keep insertion order; a use moves an entry to the end). Keyed by
+        # pseudonym and by key id's bytes, the DEK itself holding when it was made or unwrapped: a million
+        # patients' keys stay warm in a few hundred bytes each.
+        self._patients: dict[str, _Dek] = {}
+        self._known: dict[bytes, _Dek] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings, provider: KeyProvider | None = None, **options: Any) -> CellCipher:
@@ -506,7 +511,7 @@ class CellCipher:
             for index, slot in enumerate(slots):
                 for dek, take in plan[index]:
                     dek.uses += take
-                    self._remember(dek, dek.created)
+                    self._remember(dek)
                 last = plan[index][-1][0]
                 if groups[index][0] == "patient":
                     self._patients.pop(groups[index][1], None)
@@ -516,16 +521,15 @@ class CellCipher:
                     self._active[slot] = last
             while len(self._active) > self._max_cached:  # many batches: forget the least recently used
                 del self._active[next(iter(self._active))]
-            while len(self._patients) > self._max_cached:
-                self._patients.popitem(last=False)
+            _trim(self._patients, self._max_cached)
         return _layout(plan, row_group, counts)
 
     def _current(self, scope: str, key: str, slot: tuple[str, str, str, str], now: float) -> _Dek | None:
         """The DEK this process is using for a scope, if it may encrypt more (patients' DEKs have no TTL)."""
         if scope == "patient":
-            dek = self._patients.get(key)
+            dek = self._patients.pop(key, None)
             if dek is not None:
-                self._patients.move_to_end(key)
+                self._patients[key] = dek  # most recently used
             return dek if dek is not None and dek.uses < self._max_invocations else None
         dek = self._active.get(slot)
         if dek is not None and now - dek.created < self._ttl and dek.uses < self._max_invocations:
@@ -591,12 +595,10 @@ class CellCipher:
                            scope=scope, scope_key=scope_key)
         return dek, record
 
-    def _remember(self, dek: _Dek, at: float) -> None:
-        key = dek.key_id.hex()
-        self._known.pop(key, None)
-        self._known[key] = (dek, at)
-        while len(self._known) > self._max_cached:
-            self._known.popitem(last=False)
+    def _remember(self, dek: _Dek) -> None:
+        self._known.pop(dek.key_id, None)
+        self._known[dek.key_id] = dek
+        _trim(self._known, self._max_cached)
 
     # decryption ----------------------------------------------------------------------------------------
 
@@ -701,17 +703,19 @@ class CellCipher:
             now = self._clock()
             found: dict[str, _Dek | None] = {}
             for key in key_ids:
-                cached = self._known.get(key)
+                key_id = bytes.fromhex(key)
+                cached = self._known.get(key_id)
                 # Patients' DEKs too: a patient shredded by another process stops decrypting here within the TTL.
-                if cached is not None and now - cached[1] < self._ttl:
-                    found[key] = cached[0]
-                    self._known.move_to_end(key)
+                if cached is not None and now - cached.created < self._ttl:
+                    found[key] = cached
+                    del self._known[key_id]
+                    self._known[key_id] = cached  # most recently used
             missing = [key for key in key_ids if key not in found]
             if missing:
                 patients = list(self._patient_keys.get(missing).values())
                 for record, dek in zip(patients, self._unwrap_patients(patients, now), strict=True):
                     if dek is not None:
-                        self._remember(dek, now)
+                        self._remember(dek)
                         found[record.key_id] = dek
                 missing = [key for key in missing if key not in found]
             if missing:  # batch and pseudonym DEKs, and patients' DEKs of a lake not yet migrated
@@ -726,7 +730,7 @@ class CellCipher:
                         dek = _Dek(key_id=bytes.fromhex(record.key_id), key=bytes(plaintext),
                                    table=record.table, column=record.column, scope_key=record.scope_key,
                                    created=now, scope=record.scope)
-                        self._remember(dek, now)
+                        self._remember(dek)
                         found[record.key_id] = dek
         # A batch DEK only ever decrypts the table and column it was made for; a patient's DEK serves all of
         # that patient's cells (the associated data still binds each cell to its table, column and row).
@@ -773,7 +777,7 @@ class CellCipher:
     def evict(self, scope_key: str | None = None) -> None:
         """Forget cached DEKs (of one scope key, or all): the next use fetches or makes them again."""
         with self._lock:
-            for key, (dek, _at) in list(self._known.items()):
+            for key, dek in list(self._known.items()):
                 if scope_key is None or dek.scope_key == scope_key:
                     del self._known[key]
             for key, dek in list(self._active.items()):
@@ -783,6 +787,14 @@ class CellCipher:
                 self._patients.clear()
             else:
                 self._patients.pop(scope_key, None)
+
+
+def _trim(cache: dict[Any, _Dek], bound: int) -> None:
+    """Forget the least recently used entries of a cache past its bound, and 1 % more of a large one: one pass
+    over the dict's oldest entries per hundredth of it, where one entry at a time would rescan them each time."""
+    if len(cache) > bound:
+        for key in list(islice(cache, len(cache) - bound + bound // 100)):
+            del cache[key]
 
 
 def _randomness(deks: int) -> Iterator[bytes]:

@@ -540,7 +540,7 @@ def test_when_a_cipher_is_pickled_or_printed_then_no_key_material_leaks(cipher: 
     assert cell is not None
     with pytest.raises(TypeError, match="pickled"):
         pickle.dumps(cipher)
-    [(dek, _at)] = cipher._known.values()
+    [dek] = cipher._known.values()
     with pytest.raises(TypeError, match="pickled"):
         pickle.dumps(dek)
     for text in (repr(cipher), repr(dek)):
