@@ -48,7 +48,8 @@ from ingestion.sources._keyed import SourceKeys
 if TYPE_CHECKING:
     from ingestion.contract import Contract
 
-__all__ = ["CELLS_PER_CHUNK", "MISSING", "ROW_COLUMN", "chunk_rows_for", "csv_delimiter", "read_tabular",
+__all__ = ["CELLS_PER_CHUNK", "MISSING", "ROW_COLUMN", "SEALED_CELLS_PER_CHUNK", "chunk_rows_for", "csv_delimiter",
+           "read_tabular",
            "safe_name", "safe_names", "tabular_format", "thousands_number"]
 
 _FORMATS = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl",
@@ -63,6 +64,11 @@ ROW_COLUMN = "source_row"
 # million values) raised the process's RSS by about 1 GB while checked and sealed; bench/ingest_bench.py's peak was
 # 1.9 GB at 100,000 patients. CSV and JSON lines are also cut at RECORD_CHUNK_ROWS records.
 CELLS_PER_CHUNK = 3_000_000
+# Sealed values per chunk: a PHI value costs several times a plain one while in flight (its text, its cell, the
+# Parquet writer's copy), so the patients table (12 sealed columns of 19) gets about 83,000 rows a chunk. At
+# 1,000,000 patients its 157,000-row chunks raised peak RSS to 2.8 GB, 83,000-row ones to 2.2 GB, at the same
+# speed; observations (3 of 14) keep their 200,000.
+SEALED_CELLS_PER_CHUNK = 1_000_000
 _NAME_MAX = 63
 _CACHED_NAME = 256
 _UNSAFE = re.compile(r"[^a-z0-9]+")
@@ -132,10 +138,10 @@ def csv_delimiter(header_line: str) -> str:
     return max(_DELIMITERS, key=header_line.count) if any(d in header_line for d in _DELIMITERS) else ","
 
 
-def chunk_rows_for(chunk_rows: int, width: int) -> int:
-    """Rows per chunk for a table ``width`` columns wide: ``chunk_rows``, fewer when that many rows would hold more
-    than :data:`CELLS_PER_CHUNK` values."""
-    return max(1, min(chunk_rows, CELLS_PER_CHUNK // max(width, 1)))
+def chunk_rows_for(chunk_rows: int, width: int, sealed: int = 0) -> int:
+    """Rows per chunk for a table ``width`` columns wide, ``sealed`` of them PHI: ``chunk_rows``, fewer when that
+    many rows would hold more than :data:`CELLS_PER_CHUNK` values or :data:`SEALED_CELLS_PER_CHUNK` sealed ones."""
+    return max(1, min(chunk_rows, CELLS_PER_CHUNK // max(width, 1), SEALED_CELLS_PER_CHUNK // max(sealed, 1)))
 
 
 def read_tabular(path: Path, table: str, columns: list[str], *, chunk_rows: int, max_record_bytes: int,
@@ -152,7 +158,8 @@ def read_tabular(path: Path, table: str, columns: list[str], *, chunk_rows: int,
             :mod:`ingestion.sources._keyed`); without, by its name.
     """
     name = (keys or SourceKeys.local()).file_name(path.name)
-    layout = _Layout(table, columns, contract, max_columns, chunk_rows_for(chunk_rows, len(columns)), name)
+    sealed = len(contract.phi_columns) if contract is not None else 0
+    layout = _Layout(table, columns, contract, max_columns, chunk_rows_for(chunk_rows, len(columns), sealed), name)
     fmt = tabular_format(path)
     if fmt == "parquet":
         yield from _read_parquet(path, layout)

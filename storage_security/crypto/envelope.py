@@ -522,6 +522,7 @@ class CellCipher:
             while len(self._active) > self._max_cached:  # many batches: forget the least recently used
                 del self._active[next(iter(self._active))]
             _trim(self._patients, self._max_cached)
+            _trim(self._known, self._max_cached)
         return _layout(plan, row_group, counts)
 
     def _current(self, scope: str, key: str, slot: tuple[str, str, str, str], now: float) -> _Dek | None:
@@ -596,9 +597,9 @@ class CellCipher:
         return dek, record
 
     def _remember(self, dek: _Dek) -> None:
+        """Cache a DEK by key id as the most recently used (the caller trims the cache once it is done)."""
         self._known.pop(dek.key_id, None)
         self._known[dek.key_id] = dek
-        _trim(self._known, self._max_cached)
 
     # decryption ----------------------------------------------------------------------------------------
 
@@ -732,6 +733,7 @@ class CellCipher:
                                    created=now, scope=record.scope)
                         self._remember(dek)
                         found[record.key_id] = dek
+            _trim(self._known, self._max_cached)
         # A batch DEK only ever decrypts the table and column it was made for; a patient's DEK serves all of
         # that patient's cells (the associated data still binds each cell to its table, column and row).
         return [dek if dek is not None and _serves(dek, table, column) else None
@@ -790,10 +792,10 @@ class CellCipher:
 
 
 def _trim(cache: dict[Any, _Dek], bound: int) -> None:
-    """Forget the least recently used entries of a cache past its bound, and 1 % more of a large one: one pass
-    over the dict's oldest entries per hundredth of it, where one entry at a time would rescan them each time."""
+    """Forget the least recently used entries of a cache past its bound, in one pass over its oldest entries
+    (once per call that added entries: one entry at a time would rescan the dict's emptied front each time)."""
     if len(cache) > bound:
-        for key in list(islice(cache, len(cache) - bound + bound // 100)):
+        for key in list(islice(cache, len(cache) - bound)):
             del cache[key]
 
 
