@@ -222,8 +222,14 @@ def contexts(prefix: bytes, headers: bytes, header_size: int) -> np.ndarray:
     if header_size <= 0 or count * header_size != len(headers):
         raise ValueError("headers must be whole rows of header_size bytes")
     out = np.empty((count, 16), dtype=np.uint8)
-    if count and _native.lib.mg_contexts(prefix, len(prefix), headers, header_size, count,
-                                         _native.ffi.from_buffer(out)) != 0:
+    ffi = _native.ffi
+    header_at = ffi.cast("unsigned char *", ffi.from_buffer(headers))
+    out_at = ffi.cast("unsigned char *", ffi.from_buffer(out))
+
+    def hash_part(start: int, stop: int) -> int:
+        return _native.lib.mg_contexts(prefix, len(prefix), header_at + header_size * start, header_size,
+                                       stop - start, out_at + 16 * start)
+    if count and any(_in_parallel(count, hash_part)):
         raise CryptoError("OpenSSL failed to hash the cell contexts")
     return out
 

@@ -62,7 +62,7 @@ from storage_security.keys.dek_store import check_scope_key, sql_in_list, store_
 if TYPE_CHECKING:
     from pipeline.lake import Lake
 
-__all__ = ["BINDING_BYTES", "PatientKey", "PatientKeyStore", "PatientShreddedError", "bind", "unbind"]
+__all__ = ["BINDING_BYTES", "PatientKey", "PatientKeyStore", "PatientShreddedError", "bind", "bind_id", "unbind"]
 
 TABLE = "patient_keys"
 SHREDDED_TABLE = "shredded"
@@ -100,14 +100,23 @@ class PatientShreddedError(CryptoError):
 
 
 def _binding(key_id: str, scope_key: str) -> bytes:
-    return hashlib.sha256(_DOMAIN + bytes.fromhex(key_id) + scope_key.encode()).digest()[:BINDING_BYTES]
+    return _binding_of(bytes.fromhex(key_id), scope_key)
+
+
+def _binding_of(key_id: bytes, scope_key: str) -> bytes:
+    return hashlib.sha256(_DOMAIN + key_id + scope_key.encode()).digest()[:BINDING_BYTES]
 
 
 def bind(dek: bytes, key_id: str, scope_key: str) -> bytes:
     """What is wrapped for a patient's DEK: the DEK followed by the binding of its key id and patient."""
+    return bind_id(dek, bytes.fromhex(key_id), scope_key)
+
+
+def bind_id(dek: bytes, key_id: bytes, scope_key: str) -> bytes:
+    """:func:`bind` with the key id as its bytes (a new DEK's, before it is ever written as hex)."""
     if len(dek) != DEK_BYTES:
         raise ValueError(f"a patient DEK is {DEK_BYTES} bytes, not {len(dek)}")
-    return bytes(dek) + _binding(key_id, scope_key)
+    return bytes(dek) + _binding_of(key_id, scope_key)
 
 
 def unbind(plaintext: bytes | None, key_id: str, scope_key: str) -> bytes | None:
