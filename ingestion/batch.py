@@ -296,7 +296,8 @@ class _Dedup:
     that never leaves memory: a keyed hash built against chosen collisions; for a table without a key, its
     record hash, itself keyed) and 64 bits of its record hash. Within a chunk the
     first occurrence of a fingerprint wins (a stable sort); across chunks the batch's seen fingerprints are kept
-    in memory as sorted runs (merged like a binary counter, so a lookup is a few ``searchsorted`` calls),
+    in memory as sorted runs (merged like a binary counter up to 8 million rows a run, so a lookup is a few
+    ``searchsorted`` calls),
     16 bytes a row: 53 MB for the 3.3 million observations of 100,000 patients. Nothing is written to disk, and
     neither keys nor content can be read back from the fingerprints. Two different keys share a fingerprint
     with odds of about n²/2⁶⁵ (3·10⁻⁵ at 33 million rows in one batch); such a row would be quarantined as a
@@ -359,10 +360,17 @@ class _Dedup:
         fresh = leaders[unseen]
         if len(fresh):
             runs.append((fingerprints[fresh], content[fresh]))  # leaders come in fingerprint order already
-            while len(runs) > 1 and len(runs[-1][0]) >= len(runs[-2][0]):
+            while (len(runs) > 1 and len(runs[-1][0]) >= len(runs[-2][0])
+                   and len(runs[-1][0]) + len(runs[-2][0]) <= _MERGED_RUN_ROWS):
                 newer, older = runs.pop(), runs.pop()
                 runs.append(_merge_runs(older, newer))
         return out
+
+
+# Runs stop merging at this many rows (128 MB a run): merging two halves of a batch's 33 million observations
+# held both and the merged run at once, about 1.2 GB, the peak of a million patients' ingestion. Past it a batch
+# keeps a few runs of this size, each one more search a chunk.
+_MERGED_RUN_ROWS = 8_000_000
 
 
 def _merge_runs(older: tuple[np.ndarray, np.ndarray],

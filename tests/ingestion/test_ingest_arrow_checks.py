@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from ingestion import batch as batch_module
 from ingestion.batch import _Dedup
 from ingestion.checking import HashKey, check_table
 from ingestion.contract import Contract
@@ -140,7 +141,10 @@ def _reference(keys: list[str], contents: list[str]) -> list[int]:
     return out
 
 
-def test_when_keys_repeat_within_and_across_chunks_then_the_verdicts_equal_a_first_wins_dictionary() -> None:
+@pytest.mark.parametrize("merged_rows", [8_000_000, 50])
+def test_when_keys_repeat_within_and_across_chunks_then_the_verdicts_equal_a_first_wins_dictionary(
+        merged_rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(batch_module, "_MERGED_RUN_ROWS", merged_rows)  # 50: runs of 300 keys stay apart
     rng = random.Random(7)
     keys = [f"k{rng.randrange(300)}" for _ in range(3_000)]
     contents = [f"{k}-{rng.randrange(2)}" for k in keys]
