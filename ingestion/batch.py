@@ -778,19 +778,20 @@ def _release_freed_memory() -> None:
     A chunk's temporaries are freed when it is written, but glibc keeps the pages for reuse, so a long batch's
     resident memory only grows: 230 MB of the observations' peak at 100,000 patients, at no measurable cost.
     """
-    if _LIBC:
-        _LIBC[0].malloc_trim(0)
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
 
 
-def _glibc() -> list[Any]:
+def _glibc() -> Any:
+    """The C library, where it has ``malloc_trim`` (glibc), else None."""
     import ctypes
     import ctypes.util
 
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return [libc] if hasattr(libc, "malloc_trim") else []
     except OSError:
-        return []
+        return None
+    return libc if hasattr(libc, "malloc_trim") else None
 
 
 _LIBC = _glibc()

@@ -49,8 +49,7 @@ if TYPE_CHECKING:
     from ingestion.contract import Contract
 
 __all__ = ["CELLS_PER_CHUNK", "MISSING", "ROW_COLUMN", "SEALED_CELLS_PER_CHUNK", "chunk_rows_for", "csv_delimiter",
-           "read_tabular",
-           "safe_name", "safe_names", "tabular_format", "thousands_number"]
+           "read_tabular", "safe_name", "safe_names", "tabular_format", "thousands_number"]
 
 _FORMATS = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl",
             ".ndjson": "jsonl", ".json": "jsonl"}

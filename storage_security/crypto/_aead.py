@@ -12,9 +12,11 @@ paths produce and accept the same bytes (tests check one against the other).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -171,27 +173,28 @@ def nonce_list(nonces: np.ndarray) -> list[bytes]:
 
 _OFFSETS_LIMIT = 2**31 - 1
 _PARALLEL_MIN = 16_384  # rows per thread below which one thread is faster than handing work out
-_threads: list[Any] = []
+_THREADS = min(os.cpu_count() or 1, 8)
+
+
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=_THREADS, thread_name_prefix="medguard-aead")
 
 
 def _in_parallel(count: int, call: Callable[[int, int], int]) -> list[int]:
     """Run ``call(start, stop)`` over ``[0, count)`` split across the machine's cores, returning each part's
     result in order. The native calls release the GIL, so the parts run at once; each writes only its own rows."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    parts = max(1, min(os.cpu_count() or 1, 8, count // _PARALLEL_MIN))
+    parts = max(1, min(_THREADS, count // _PARALLEL_MIN))
     if parts == 1:
         return [call(0, count)]
-    if not _threads:
-        _threads.append(ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 8),
-                                           thread_name_prefix="medguard-aead"))
     bounds = np.linspace(0, count, parts + 1).astype(np.int64).tolist()
-    futures = [_threads[0].submit(call, start, stop) for start, stop in itertools.pairwise(bounds)]
+    futures = [_pool().submit(call, start, stop) for start, stop in itertools.pairwise(bounds)]
     return [future.result() for future in futures]
 
 
-def _parts(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """The offsets (int64, as many as values + 1) and data bytes of a binary or string array, as numpy."""
+def binary_parts(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """The offsets (int64, as many as values + 1) and data bytes of a binary or string array, as numpy; checked
+    (monotone, inside the data) before any of it reaches C."""
     if not (pa.types.is_binary(values.type) or pa.types.is_string(values.type)):
         values = values.cast(pa.binary())
     count = len(values)
@@ -246,8 +249,8 @@ def seal_cells(keys: bytes, headers: bytes, header_size: int, context_rows: np.n
             context_rows.shape != (key_count, 16) or len(row_keys) != count:
         raise ValueError("keys, headers, contexts and row keys do not line up")
     index = _index(key_index, count, key_count)
-    pt_off, pt_data = _parts(plaintexts)
-    rk_off, rk_data = _parts(row_keys)
+    pt_off, pt_data = binary_parts(plaintexts)
+    rk_off, rk_data = binary_parts(row_keys)
     out_off = np.zeros(count + 1, dtype=np.int64)
     np.cumsum(np.diff(pt_off) + (header_size + NONCE_SIZE + TAG_SIZE), out=out_off[1:])
     if out_off[-1] > _OFFSETS_LIMIT:
@@ -283,8 +286,8 @@ def open_cells(keys: bytes, context_rows: np.ndarray, key_index: np.ndarray, cel
         raise ValueError("keys, contexts and row keys do not line up")
     index = _index(key_index, count, key_count)
     heads = np.ascontiguousarray(head, dtype=np.int64)
-    cell_off, cell_data = _parts(cells)
-    rk_off, rk_data = _parts(row_keys)
+    cell_off, cell_data = binary_parts(cells)
+    rk_off, rk_data = binary_parts(row_keys)
     sizes = np.diff(cell_off) - heads - (NONCE_SIZE + TAG_SIZE)
     if len(heads) != count or (count and (heads.min() < 0 or sizes.min() < 0)):
         raise AuthenticationFailed(int(np.argmax(sizes < 0)) if count and sizes.min() < 0 else 0)
@@ -312,33 +315,38 @@ def open_cells(keys: bytes, context_rows: np.ndarray, key_index: np.ndarray, cel
                                                       pa.py_buffer(out[:int(out_off[-1])])])
 
 
-def hmac_hex(key: bytes, prefix: bytes, messages: pa.Array) -> pa.StringArray:
-    """HMAC-SHA256 under ``key`` (at most 64 bytes) of ``prefix`` + each message, as 64 lowercase hex digits."""
+def hex_strings(digits: bytes | np.ndarray, count: int) -> pa.StringArray:
+    """``count`` strings of 64 hex digits each, from their digits laid end to end."""
+    offsets = np.arange(0, 64 * (count + 1), 64, dtype=np.int32)
+    return pa.StringArray.from_buffers(count, pa.py_buffer(offsets), pa.py_buffer(digits[:64 * count]))
+
+
+def _hmac_blocks(key: bytes, prefix: bytes) -> tuple[bytes, bytes]:
+    """HMAC-SHA256's inner block (key XOR ipad, then ``prefix``, the fixed start of every message) and outer
+    block (key XOR opad), for a key of at most one SHA-256 block."""
     if len(key) > 64:
         raise ValueError("an HMAC key here is at most one SHA-256 block")
     block = key.ljust(64, b"\0")
-    inner = bytes(b ^ 0x36 for b in block) + prefix
-    outer = bytes(b ^ 0x5C for b in block)
+    return bytes(b ^ 0x36 for b in block) + prefix, bytes(b ^ 0x5C for b in block)
+
+
+def hmac_hex(key: bytes, prefix: bytes, messages: pa.Array) -> pa.StringArray:
+    """HMAC-SHA256 under ``key`` (at most 64 bytes) of ``prefix`` + each message, as 64 lowercase hex digits."""
+    inner, outer = _hmac_blocks(key, prefix)
     count = len(messages)
-    offsets, data = _parts(messages)
+    offsets, data = binary_parts(messages)
     out = np.empty(max(64 * count, 1), dtype=np.uint8)
     ffi = _native.ffi
-    if count and _native.lib.mg_hmac_hex(inner, len(inner), outer, count,
-                                         ffi.cast("int64_t *", ffi.from_buffer(offsets)), ffi.from_buffer(data),
+    if count and _native.lib.mg_hmac_hex(inner, len(inner), outer, count, _int64s(offsets), ffi.from_buffer(data),
                                          ffi.from_buffer(out)) != 0:
         raise CryptoError("OpenSSL failed to compute record hashes")
-    text_offsets = np.arange(0, 64 * (count + 1), 64, dtype=np.int32)
-    return pa.StringArray.from_buffers(count, pa.py_buffer(text_offsets), pa.py_buffer(out[:64 * count]))
+    return hex_strings(out, count)
 
 
 def framed_hmac_hex(key: bytes, prefix: bytes, columns: Sequence[pa.Array]) -> pa.StringArray:
     """:func:`hmac_hex` of each row framed from ``columns`` (strings, all of one length): each value as
     ``<code points>:<text>``, a null as one NUL byte, the columns in order."""
-    if len(key) > 64:
-        raise ValueError("an HMAC key here is at most one SHA-256 block")
-    block = key.ljust(64, b"\0")
-    inner = bytes(b ^ 0x36 for b in block) + prefix
-    outer = bytes(b ^ 0x5C for b in block)
+    inner, outer = _hmac_blocks(key, prefix)
     count = len(columns[0]) if columns else 0
     ffi = _native.ffi
     held: list[Any] = []  # every buffer handed to C stays alive through the call
@@ -346,16 +354,10 @@ def framed_hmac_hex(key: bytes, prefix: bytes, columns: Sequence[pa.Array]) -> p
     for column in columns:
         if not pa.types.is_string(column.type) or len(column) != count:
             raise ValueError("framed columns must be strings of one length")
-        buffers = column.buffers()
-        column_offsets = np.frombuffer(buffers[1], dtype=np.int32, count=count + 1, offset=4 * column.offset)
-        column_data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None and buffers[2].size \
-            else np.zeros(1, np.uint8)
-        if count and (column_offsets[0] < 0 or column_offsets[-1] > len(column_data)
-                      or np.any(column_offsets[1:] < column_offsets[:-1])):
-            raise ValueError("malformed string array")  # never handed to C
+        column_offsets, column_data = binary_parts(column)
         mask = column.is_valid().to_numpy(zero_copy_only=False).astype(np.uint8) if column.null_count else None
         held += [column_offsets, column_data, mask]
-        offsets.append(ffi.cast("int32_t *", ffi.from_buffer(column_offsets)))
+        offsets.append(_int64s(column_offsets))
         data.append(ffi.from_buffer(column_data))
         valid.append(ffi.cast("unsigned char *", ffi.from_buffer(mask)) if mask is not None else ffi.NULL)
     out = np.empty(max(64 * count, 1), dtype=np.uint8)
@@ -364,12 +366,11 @@ def framed_hmac_hex(key: bytes, prefix: bytes, columns: Sequence[pa.Array]) -> p
 
     def hash_part(start: int, stop: int) -> int:
         # Each part gets its own pointer tables, moved to its first row (the data buffers stay whole).
-        part_offsets = ffi.new("int32_t *[]", [pointer + start for pointer in offsets])
+        part_offsets = ffi.new("int64_t *[]", [pointer + start for pointer in offsets])
         part_valid = ffi.new("unsigned char *[]", [pointer + start if pointer != ffi.NULL else ffi.NULL
                                                    for pointer in valid])
         return _native.lib.mg_framed_hmac_hex(inner, len(inner), outer, len(columns), part_offsets, data_at,
                                               part_valid, stop - start, out_at + 64 * start)
     if count and any(_in_parallel(count, hash_part)):
         raise CryptoError("OpenSSL failed to compute record hashes")
-    text_offsets = np.arange(0, 64 * (count + 1), 64, dtype=np.int32)
-    return pa.StringArray.from_buffers(count, pa.py_buffer(text_offsets), pa.py_buffer(out[:64 * count]))
+    return hex_strings(out, count)

@@ -31,7 +31,7 @@ int mg_contexts(const unsigned char *prefix, size_t prefix_size, const unsigned 
 int mg_hmac_hex(const unsigned char *inner_block, size_t inner_size, const unsigned char *outer_block,
                 size_t n, const int64_t *off, const unsigned char *data, unsigned char *out_hex);
 int mg_framed_hmac_hex(const unsigned char *inner_block, size_t inner_size, const unsigned char *outer_block,
-                       size_t columns, const int32_t **offsets, const unsigned char **data,
+                       size_t columns, const int64_t **offsets, const unsigned char **data,
                        const unsigned char **valid, size_t n, unsigned char *out_hex);
 """
 
@@ -176,7 +176,7 @@ static void mg_states(const unsigned char *inner_block, size_t inner_size, const
    (valid[c] non-NULL and valid[c][i] == 0) as one NUL byte, the columns in order. Returns 0, or -1 when out
    of memory. */
 int mg_framed_hmac_hex(const unsigned char *inner_block, size_t inner_size, const unsigned char *outer_block,
-                       size_t columns, const int32_t **offsets, const unsigned char **data,
+                       size_t columns, const int64_t **offsets, const unsigned char **data,
                        const unsigned char **valid, size_t n, unsigned char *out_hex)
 {
     SHA256_CTX inner, outer, ctx;

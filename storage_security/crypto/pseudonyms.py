@@ -48,10 +48,7 @@ def keyed_hex(key: bytes, prefix: bytes, messages: pa.Array) -> pa.StringArray:
         mac = copy()
         mac.update(message)
         append(mac.digest())
-    count = len(messages)
-    text = b"".join(digests).hex().encode()
-    offsets = np.arange(0, 64 * (count + 1), 64, dtype=np.int32)
-    return pa.StringArray.from_buffers(count, pa.py_buffer(offsets), pa.py_buffer(text))
+    return _aead.hex_strings(b"".join(digests).hex().encode(), len(messages))
 
 
 def framed_keyed_hex(key: bytes, prefix: bytes, columns: list[pa.Array]) -> pa.StringArray | None:
