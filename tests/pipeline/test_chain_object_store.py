@@ -22,9 +22,10 @@ from pipeline.settings import Settings, load_settings
 MEDGUARD = str(Path(sys.executable).with_name("medguard"))
 BUCKET = "medguard-test"
 T2D_CONFIG = Path(__file__).parents[2] / "analytics" / "configs" / "t2d_within_1y.yaml"
-# 600 patients of one tabular format: enough labelled patients survive the release's k-anonymity gate for both
-# training splits to hold positives (300 do not), in about a minute of ingest and de-identification.
-PATIENTS = 600
+# 1,000 patients of one tabular format: enough labelled patients survive the release's k-anonymity gate for both
+# training splits to hold positives. 300 never did; at 600 the keyed split (its key is random per lake) left the
+# calibration split 1 positive of 89 rows in one CI-style run of 1 December, and training refused it.
+PATIENTS = 1000
 # The smallest honest training: every step runs, with few trees, a two-fold one-candidate search, few attacks.
 SMALL = {"n_estimators": 40, "attack_samples": 10,
          "cv": {"folds": 2, "grid": [{"max_depth": 3, "learning_rate": 0.1}]}}
